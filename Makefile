@@ -1,0 +1,43 @@
+# Every target sets itself up: `make setup` creates .venv and installs the project with the
+# exact versions in constraints.txt (torch==2.13.0 is the CPU wheel), and is skipped when
+# neither pyproject.toml nor constraints.txt changed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed-dev
+BENCH_STAMP := $(VENV)/.installed-bench
+
+.PHONY: setup setup-bench test test-slow demo bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet -c constraints.txt -e ".[dev]"
+	touch $@
+
+$(BENCH_STAMP): $(STAMP)
+	$(PIP) install --quiet -c constraints.txt -e ".[dev,bench]"
+	touch $@
+
+setup-bench: $(BENCH_STAMP)
+
+test: setup
+	$(PY) -m pytest
+
+test-slow: setup
+	$(PY) -m pytest -m slow
+
+demo: setup
+	$(PY) scripts/train_classic.py --algo ppo --env CartPole-v1 --seed 1 --run-dir runs/demo-ppo-cartpole --overwrite
+	$(PY) scripts/evaluate_classic.py runs/demo-ppo-cartpole --episodes 20
+
+bench: setup-bench
+	$(PY) scripts/bench_classic.py
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,221 @@
+"""The PPO core: pure tensor math shared by classic PPO (flat `[T*N]` steps) and LM PPO/GRPO
+(`[B, L]` tokens with a response mask). Imports torch only.
+
+Conventions:
+- Every function takes an optional `mask` broadcastable to its input (None = all valid, bool or
+  float). Losses return a scalar reduced over the valid positions; elementwise functions
+  (`kl_estimate`, `entropy_from_logits`, `logprobs_from_logits`) return per-position values with
+  the masked positions set to exactly 0, so garbage in padding (e.g. -inf log-probs) never
+  leaks a NaN into a sum.
+- Time runs along the last axis.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+AGGREGATIONS = ("token", "seq", "seq-mean-token-sum")
+KL_KINDS = ("k1", "k2", "k3")
+
+
+def _as_weights(mask: Tensor | None, like: Tensor) -> Tensor:
+    """The mask as float weights shaped like `like` (all ones when mask is None)."""
+    if mask is None:
+        return torch.ones_like(like)
+    return mask.to(like.dtype).expand_as(like)
+
+
+def masked_mean(x: Tensor, mask: Tensor | None = None, dim: int | None = None) -> Tensor:
+    """Mean of x over valid positions, over all positions (dim=None) or along `dim`.
+
+    A reduction with no valid position returns 0 rather than NaN.
+    """
+    if mask is None:
+        return x.mean() if dim is None else x.mean(dim)
+    w = _as_weights(mask, x)
+    if dim is None:
+        return (x * w).sum() / w.sum().clamp(min=1.0)
+    return (x * w).sum(dim) / w.sum(dim).clamp(min=1.0)
+
+
+def masked_var(x: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Population variance of x over the valid positions (a scalar)."""
+    mean = masked_mean(x, mask)
+    return masked_mean((x - mean) ** 2, mask)
+
+
+def masked_whiten(x: Tensor, mask: Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+    """(x - mean) / sqrt(var + eps) with statistics over the valid positions only.
+
+    shift_mean=False keeps the original mean (only rescales), as TRL does for PPO rewards.
+    Masked positions are returned as 0.
+    """
+    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    whitened = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened if mask is None else torch.where(mask.bool(), whitened, torch.zeros_like(whitened))
+
+
+def gae(
+    rewards: Tensor, values: Tensor, dones: Tensor, last_value: Tensor, gamma: float, lam: float
+) -> tuple[Tensor, Tensor]:
+    """Generalised Advantage Estimation (Schulman et al. 2016) along the last axis.
+
+    Shapes: rewards, values, dones `[..., T]`; last_value `[...]` = V(s_T), the state after the
+    last step. `dones[t] = 1` means the episode ended after step t, so nothing is bootstrapped
+    across it. A time-limit truncation is not an end of the task: the caller adds
+    `gamma * V(final_obs)` to that step's reward and marks it done.
+
+        delta_t = r_t + gamma * V(s_{t+1}) * (1 - done_t) - V(s_t)
+        A_t     = delta_t + gamma * lam * (1 - done_t) * A_{t+1}
+        R_t     = A_t + V(s_t)
+
+    Returns (advantages, returns), both `[..., T]`.
+    """
+    not_done = 1.0 - dones.to(values.dtype)
+    next_values = torch.cat([values[..., 1:], last_value.unsqueeze(-1).to(values.dtype)], dim=-1)
+    deltas = rewards + gamma * next_values * not_done - values
+    advantages = torch.zeros_like(values)
+    running = torch.zeros_like(last_value, dtype=values.dtype)
+    for t in reversed(range(values.shape[-1])):
+        running = deltas[..., t] + gamma * lam * not_done[..., t] * running
+        advantages[..., t] = running
+    return advantages, advantages + values
+
+
+def discounted_returns(rewards: Tensor, dones: Tensor, gamma: float) -> Tensor:
+    """Reward-to-go G_t = r_t + gamma * (1 - done_t) * G_{t+1} along the last axis, G_T = 0.
+
+    Used by REINFORCE and VPG on complete episodes. Shapes: `[..., T]` -> `[..., T]`.
+    """
+    not_done = 1.0 - dones.to(rewards.dtype)
+    returns = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[..., 0])
+    for t in reversed(range(rewards.shape[-1])):
+        running = rewards[..., t] + gamma * not_done[..., t] * running
+        returns[..., t] = running
+    return returns
+
+
+def aggregate(per_position: Tensor, mask: Tensor | None = None, agg: str = "token") -> Tensor:
+    """Reduce a per-position loss to a scalar.
+
+    - "token": mean over every valid position of the batch (DAPO; classic PPO on flat steps).
+    - "seq": mean over each sequence's valid positions, then over sequences (GRPO paper).
+    - "seq-mean-token-sum": sum over each sequence's positions, mean over sequences
+      (divide by a constant length for Dr. GRPO).
+    Sequences run along the last axis.
+    """
+    if agg == "token":
+        return masked_mean(per_position, mask)
+    if agg == "seq":
+        return masked_mean(per_position, mask, dim=-1).mean()
+    if agg == "seq-mean-token-sum":
+        return (per_position * _as_weights(mask, per_position)).sum(-1).mean()
+    raise ValueError(f"unknown aggregation {agg!r}; accepted: {', '.join(AGGREGATIONS)}")
+
+
+def policy_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    clip_low: float,
+    clip_high: float | None = None,
+    mask: Tensor | None = None,
+    agg: str = "token",
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO's clipped surrogate (Schulman et al. 2017), negated to be minimised.
+
+        rho = exp(logp - old_logp)
+        L   = -min(rho * A, clip(rho, 1 - clip_low, 1 + clip_high) * A)
+
+    clip_high defaults to clip_low; a larger clip_high is DAPO's "clip-higher".
+    All inputs share one shape (`[N]` steps or `[B, L]` tokens). Returns (loss, stats) with
+    stats, each a detached scalar over the valid positions:
+    - clipfrac: fraction where the clipped branch is active (zero gradient there),
+    - approx_kl: mean((rho - 1) - log rho), a non-negative estimate of KL(old || new),
+    - ratio_mean: mean rho.
+    """
+    clip_high = clip_low if clip_high is None else clip_high
+    log_ratio = logp - old_logp
+    ratio = torch.exp(log_ratio)
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * advantages
+    loss = aggregate(-torch.minimum(unclipped, clipped), mask, agg)
+    with torch.no_grad():
+        is_clipped = ((ratio < 1.0 - clip_low) & (advantages < 0)) | ((ratio > 1.0 + clip_high) & (advantages > 0))
+        stats = {
+            "clipfrac": masked_mean(is_clipped.to(logp.dtype), mask),
+            "approx_kl": masked_mean((ratio - 1.0) - log_ratio, mask),
+            "ratio_mean": masked_mean(ratio, mask),
+        }
+    return loss, stats
+
+
+def value_loss(
+    values: Tensor, old_values: Tensor, returns: Tensor, clip: float | None = None, mask: Tensor | None = None
+) -> Tensor:
+    """Squared-error value loss, optionally clipped around the old values (PPO2 style).
+
+        unclipped: (V - R)^2 / 2
+        clipped:   max((V - R)^2, (old_V + clip(V - old_V, -c, c) - R)^2) / 2
+
+    Mean over valid positions.
+    """
+    squared = (values - returns) ** 2
+    if clip is not None:
+        clipped_values = old_values + torch.clamp(values - old_values, -clip, clip)
+        squared = torch.maximum(squared, (clipped_values - returns) ** 2)
+    return 0.5 * masked_mean(squared, mask)
+
+
+def _zero_masked(x: Tensor, mask: Tensor | None) -> Tensor:
+    return x if mask is None else torch.where(mask.bool(), x, torch.zeros_like(x))
+
+
+def logprobs_from_logits(logits: Tensor, actions: Tensor, mask: Tensor | None = None) -> Tensor:
+    """log pi(a) for categorical logits `[..., A]` and integer actions `[...]` -> `[...]`."""
+    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+    return _zero_masked(logp, mask)
+
+
+def entropy_from_logits(logits: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Entropy of the categorical distribution at each position: `[..., A]` -> `[...]`.
+
+    H = logsumexp(z) - sum(softmax(z) * z), which avoids log(0) for tiny probabilities.
+    """
+    logits = logits.float()
+    entropy = torch.logsumexp(logits, dim=-1) - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+    return _zero_masked(entropy, mask)
+
+
+def kl_estimate(logp: Tensor, ref_logp: Tensor, kind: str = "k1", mask: Tensor | None = None) -> Tensor:
+    """Per-position estimate of KL(pi || ref) from samples of pi (Schulman's k1/k2/k3).
+
+    With x = ref_logp - logp:  k1 = -x,  k2 = x^2 / 2,  k3 = exp(x) - 1 - x.
+    k1 is unbiased but can be negative, k3 is unbiased and non-negative, k2 is low-variance
+    but biased.
+    """
+    x = ref_logp - logp
+    if kind == "k1":
+        kl = -x
+    elif kind == "k2":
+        kl = 0.5 * x**2
+    elif kind == "k3":
+        kl = torch.expm1(x) - x
+    else:
+        raise ValueError(f"unknown KL estimator {kind!r}; accepted: {', '.join(KL_KINDS)}")
+    return _zero_masked(kl, mask)
+
+
+def explained_variance(predicted: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+    """1 - Var[target - predicted] / Var[target]; 1 is perfect, 0 no better than a constant.
+
+    Returns NaN when the target has no variance.
+    """
+    var_target = masked_var(target, mask)
+    if var_target == 0:
+        return torch.tensor(float("nan"))
+    return 1.0 - masked_var(target - predicted, mask) / var_target

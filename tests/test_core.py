@@ -1,0 +1,167 @@
+"""classic_rl.core against numbers worked out by hand (the working is in the comments)."""
+
+import math
+
+import pytest
+import torch
+
+from classic_rl import core
+
+
+def t(*values):
+    return torch.tensor(values, dtype=torch.float32)
+
+
+def close(actual, expected, atol=1e-6):
+    torch.testing.assert_close(torch.as_tensor(actual, dtype=torch.float32), torch.as_tensor(expected, dtype=torch.float32), atol=atol, rtol=0)
+
+
+# ---- masked statistics ------------------------------------------------------------------------
+
+def test_masked_mean_over_all_and_along_dim():
+    x = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    mask = torch.tensor([[1, 0], [1, 1]], dtype=torch.bool)
+    close(core.masked_mean(x), 2.5)
+    close(core.masked_mean(x, mask), 8 / 3)  # (1 + 3 + 4) / 3
+    close(core.masked_mean(x, mask, dim=-1), [1.0, 3.5])
+    close(core.masked_mean(x, torch.zeros_like(mask)), 0.0)  # nothing valid: 0, not NaN
+
+
+def test_masked_whiten_uses_valid_positions_only():
+    x = t(1, 2, 3, 100)  # the 100 is padding and must not move the statistics
+    mask = t(1, 1, 1, 0)
+    # mean 2, population var (1 + 0 + 1) / 3 = 2/3  ->  (x - 2) / sqrt(2/3)
+    s = 1 / math.sqrt(2 / 3)
+    close(core.masked_whiten(x, mask), [-s, 0.0, s, 0.0])
+    close(core.masked_whiten(x, mask, shift_mean=False), [2 - s, 2.0, 2 + s, 0.0])
+    close(core.masked_whiten(t(1, 2, 3)), [-s, 0.0, s])
+
+
+# ---- returns and advantages -------------------------------------------------------------------
+
+def test_gae_by_hand_with_episode_end_and_bootstrap():
+    # gamma = lam = 0.5; an episode ends after t=1, the rollout is cut after t=2 (bootstrap V=2).
+    rewards, values, dones = t(1, 2, 3), t(0.5, 1.0, 1.5), t(0, 1, 0)
+    # next values [1.0, 1.5, 2.0]
+    # delta0 = 1 + .5*1.0 - .5 = 1.0;  delta1 = 2 + 0 - 1.0 = 1.0;  delta2 = 3 + .5*2 - 1.5 = 2.5
+    # A2 = 2.5;  A1 = 1.0 (done: nothing flows back);  A0 = 1.0 + .25 * 1.0 = 1.25
+    adv, ret = core.gae(rewards, values, dones, torch.tensor(2.0), gamma=0.5, lam=0.5)
+    close(adv, [1.25, 1.0, 2.5])
+    close(ret, [1.75, 2.0, 4.0])  # A + V
+
+
+def test_gae_batches_along_last_axis():
+    # Row 1 as above; row 2 terminates at its last step, so its last_value=5 is ignored.
+    rewards = torch.stack([t(1, 2, 3), t(0, 0, 1)])
+    values = torch.stack([t(0.5, 1.0, 1.5), t(0, 0, 0)])
+    dones = torch.stack([t(0, 1, 0), t(0, 0, 1)])
+    adv, _ = core.gae(rewards, values, dones, t(2, 5), gamma=0.5, lam=0.5)
+    # row 2: deltas [0, 0, 1] -> A = [.0625, .25, 1]
+    close(adv, [[1.25, 1.0, 2.5], [0.0625, 0.25, 1.0]])
+
+
+def test_gae_with_lambda_one_is_monte_carlo_return_minus_value():
+    rewards, values, dones = t(1, 1, 1), t(0.3, -0.2, 0.7), t(0, 0, 1)
+    adv, ret = core.gae(rewards, values, dones, torch.tensor(9.0), gamma=0.9, lam=1.0)
+    mc = t(1 + 0.9 + 0.81, 1 + 0.9, 1)
+    close(ret, mc)
+    close(adv, mc - values)
+
+
+def test_discounted_returns_restart_after_episode_end():
+    # gamma 0.9, episode ends after t=1:  G = [1 + .9*1, 1, 1 + .9*1, 1]
+    close(core.discounted_returns(t(1, 1, 1, 1), t(0, 1, 0, 0), gamma=0.9), [1.9, 1.0, 1.9, 1.0])
+
+
+# ---- losses -----------------------------------------------------------------------------------
+
+RATIOS, ADV = t(1.5, 0.5, 1.0, 1.1), t(1, 1, -2, -1)
+# clip 0.2, per position -min(rho*A, clip(rho)*A):
+#   rho 1.5, A  1: min(1.5, 1.2) -> -1.2 (clipped branch active)
+#   rho 0.5, A  1: min(0.5, 0.8) -> -0.5 (not clipped: gradient still pushes rho up)
+#   rho 1.0, A -2: -2            ->  2.0
+#   rho 1.1, A -1: -1.1          ->  1.1
+PER_POSITION = t(-1.2, -0.5, 2.0, 1.1)
+
+
+def policy_loss(**kwargs):
+    return core.policy_loss(torch.log(RATIOS), torch.zeros(4), ADV, **kwargs)
+
+
+def test_policy_loss_clipped_objective_and_stats():
+    loss, stats = policy_loss(clip_low=0.2)
+    close(loss, PER_POSITION.mean())  # 0.35
+    close(stats["clipfrac"], 0.25)
+    # approx_kl = mean((rho - 1) - log rho)
+    close(stats["approx_kl"], ((RATIOS - 1) - torch.log(RATIOS)).mean())
+    close(stats["approx_kl"], (0.5 - math.log(1.5) + (-0.5 - math.log(0.5)) + 0 + 0.1 - math.log(1.1)) / 4)
+    close(stats["ratio_mean"], 1.025)
+
+
+def test_policy_loss_clip_higher_lets_positive_advantages_move_further():
+    loss, stats = policy_loss(clip_low=0.2, clip_high=0.6)
+    close(loss, (-1.5 - 0.5 + 2.0 + 1.1) / 4)  # rho 1.5 < 1.6 is no longer clipped
+    close(stats["clipfrac"], 0.0)
+
+
+def test_policy_loss_mask_and_aggregations():
+    mask = t(1, 1, 0, 1)
+    loss, stats = policy_loss(clip_low=0.2, mask=mask)
+    close(loss, (-1.2 - 0.5 + 1.1) / 3)
+    close(stats["clipfrac"], 1 / 3)
+    # As two sequences of two tokens: [[-1.2, -0.5], [pad, 1.1]]
+    logp, adv, mask2 = torch.log(RATIOS).view(2, 2), ADV.view(2, 2), mask.view(2, 2)
+    for agg, expected in [("token", -0.2), ("seq", (-0.85 + 1.1) / 2), ("seq-mean-token-sum", (-1.7 + 1.1) / 2)]:
+        loss, _ = core.policy_loss(logp, torch.zeros(2, 2), adv, 0.2, mask=mask2, agg=agg)
+        close(loss, expected)
+    with pytest.raises(ValueError, match="accepted: token, seq, seq-mean-token-sum"):
+        core.policy_loss(logp, torch.zeros(2, 2), adv, 0.2, agg="sequence")
+
+
+def test_policy_loss_gradient_is_zero_where_clipped():
+    logp = torch.log(RATIOS).requires_grad_()
+    loss, _ = core.policy_loss(logp, torch.zeros(4), ADV, 0.2)
+    loss.backward()
+    # d/dlogp of -rho*A/4 = -rho*A/4 where unclipped; 0 at the clipped position 0.
+    close(logp.grad, [0.0, -0.5 / 4, 2.0 / 4, 1.1 / 4])
+
+
+def test_value_loss_plain_and_clipped():
+    values, old, returns = t(1.0, 2.0), t(0.0, 2.0), t(2.0, 0.0)
+    # plain: 0.5 * mean((1-2)^2, (2-0)^2) = 0.5 * 2.5
+    close(core.value_loss(values, old, returns), 1.25)
+    # clip 0.5: V0 clipped to 0 + 0.5 -> (0.5-2)^2 = 2.25 > 1;  V1 unchanged -> 4
+    close(core.value_loss(values, old, returns, clip=0.5), 0.5 * (2.25 + 4) / 2)
+    close(core.value_loss(values, old, returns, clip=0.5, mask=t(0, 1)), 0.5 * 4)
+
+
+# ---- distributions ----------------------------------------------------------------------------
+
+def test_entropy_and_logprobs_from_logits():
+    logits = torch.tensor([[0.0, 0.0], [0.0, math.log(3.0)]])  # probs [.5, .5] and [.25, .75]
+    close(core.entropy_from_logits(logits), [math.log(2), -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))])
+    close(core.entropy_from_logits(logits, mask=t(1, 0)), [math.log(2), 0.0])
+    close(core.logprobs_from_logits(logits, torch.tensor([0, 1])), [math.log(0.5), math.log(0.75)])
+
+
+def test_kl_estimators_by_hand():
+    logp, ref = t(-1.0, -2.0), t(-1.5, -1.0)  # x = ref - logp = [-0.5, 1.0]
+    close(core.kl_estimate(logp, ref, "k1"), [0.5, -1.0])
+    close(core.kl_estimate(logp, ref, "k2"), [0.125, 0.5])
+    close(core.kl_estimate(logp, ref, "k3"), [math.exp(-0.5) - 1 + 0.5, math.e - 2])
+    close(core.kl_estimate(logp, logp, "k3"), [0.0, 0.0])  # identical policies: exactly 0
+    with pytest.raises(ValueError, match="accepted: k1, k2, k3"):
+        core.kl_estimate(logp, ref, "k4")
+
+
+def test_kl_mask_zeroes_padding_even_when_it_holds_inf():
+    logp, ref = t(-1.0, -float("inf")), t(-1.5, 0.0)
+    kl = core.kl_estimate(logp, ref, "k3", mask=torch.tensor([True, False]))
+    close(kl, [math.exp(-0.5) - 0.5, 0.0])
+
+
+def test_explained_variance():
+    target = t(1, 2, 3)
+    close(core.explained_variance(target, target), 1.0)
+    close(core.explained_variance(t(2, 2, 2), target), 0.0)
+    assert torch.isnan(core.explained_variance(target, t(5, 5, 5)))
