@@ -1,0 +1,157 @@
+"""Proximal Policy Optimization (Schulman et al. 2017) for discrete-action gymnasium envs.
+
+    for each update:
+        collect num_steps x num_envs transitions with the current policy
+        (a time-limit cut adds gamma * V(final obs) to its reward: truncation is not failure)
+        A, R = GAE(rewards, values, dones)
+        for each epoch, for each minibatch:
+            minimise  clipped policy loss - ent_coef * entropy + vf_coef * value loss
+
+All loss math comes from classic_rl.core, the same functions the RLHF trainers call.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from classic_rl import core, envs
+from classic_rl.nets import ActorCritic
+from classic_rl.runs import ConfigError, RunLogger, config_field
+from classic_rl.training import ClassicConfig, Evaluator, recent_mean, require_positive
+
+
+@dataclass
+class PPOConfig(ClassicConfig):
+    num_envs: int = config_field(8, "Parallel environments")
+    num_steps: int = config_field(128, "Steps per environment per rollout (rollout batch = num_envs * num_steps)")
+    async_envs: bool = config_field(False, "One process per env (gymnasium AsyncVectorEnv); pays off only for slow envs")
+    learning_rate: float = config_field(2.5e-4, "Adam learning rate")
+    anneal_lr: bool = config_field(True, "Decay the learning rate linearly to 0 over training")
+    gamma: float = config_field(0.99, "Discount factor")
+    gae_lambda: float = config_field(0.95, "GAE lambda (bias/variance trade-off of the advantage)")
+    num_minibatches: int = config_field(4, "Minibatches per epoch; must divide the rollout batch")
+    update_epochs: int = config_field(4, "Passes over each rollout")
+    norm_adv: bool = config_field(True, "Whiten advantages within each minibatch")
+    clip_coef: float = config_field(0.2, "Policy ratio clip epsilon")
+    vf_clip: float | None = config_field(None, "Clip value updates to +-this around the rollout's values (None: no clipping)")
+    ent_coef: float = config_field(0.01, "Entropy bonus coefficient")
+    vf_coef: float = config_field(0.5, "Value loss coefficient")
+    max_grad_norm: float = config_field(0.5, "Global gradient-norm clip")
+    target_kl: float | None = config_field(None, "Stop an update's epochs early when approx KL exceeds this")
+    normalize_obs: bool = config_field(False, "Running mean/std observation normalisation (saved with the policy)")
+    hidden_sizes: list[int] = config_field([64, 64], "Hidden layer sizes of the actor and of the critic")
+
+    def __post_init__(self):
+        super().__post_init__()
+        require_positive(num_envs=self.num_envs, num_steps=self.num_steps, learning_rate=self.learning_rate,
+                         num_minibatches=self.num_minibatches, update_epochs=self.update_epochs,
+                         clip_coef=self.clip_coef, max_grad_norm=self.max_grad_norm, gamma=self.gamma)
+        if self.vf_clip is not None:
+            require_positive(vf_clip=self.vf_clip)
+        if self.target_kl is not None:
+            require_positive(target_kl=self.target_kl)
+        if not (self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
+            raise ConfigError(f"--gamma must be in (0, 1] and --gae-lambda in [0, 1], got {self.gamma} and {self.gae_lambda}")
+        if self.ent_coef < 0 or self.vf_coef < 0:
+            raise ConfigError(f"--ent-coef and --vf-coef must be >= 0, got {self.ent_coef} and {self.vf_coef}")
+        if self.batch_size % self.num_minibatches:
+            raise ConfigError(f"the rollout batch num_envs * num_steps = {self.batch_size} does not split into "
+                              f"{self.num_minibatches} minibatches; choose --num-minibatches dividing {self.batch_size}")
+        if not self.hidden_sizes or min(self.hidden_sizes) <= 0:
+            raise ConfigError(f"--hidden-sizes must be positive layer widths, got {self.hidden_sizes}")
+        envs.check_spaces(self.env, "ppo")
+
+    @property
+    def batch_size(self) -> int:
+        return self.num_envs * self.num_steps
+
+
+def train(cfg: PPOConfig, logger: RunLogger, evaluator: Evaluator) -> tuple[ActorCritic, int]:
+    """Train a policy; returns it and the number of env steps taken."""
+    vec_env = envs.make_vec_env(cfg.env, cfg.num_envs, cfg.async_envs)
+    obs_dim, n_actions = envs.check_spaces(cfg.env, "ppo")
+    agent = ActorCritic(obs_dim, n_actions, cfg.hidden_sizes, cfg.normalize_obs)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5, fused=True)
+
+    T, N = cfg.num_steps, cfg.num_envs
+    obs = torch.zeros(T, N, obs_dim)
+    actions = torch.zeros(T, N, dtype=torch.long)
+    logprobs, rewards, dones, values = (torch.zeros(T, N) for _ in range(4))
+    num_updates = max(1, cfg.total_timesteps // cfg.batch_size)
+    minibatch_size = cfg.batch_size // cfg.num_minibatches
+
+    next_obs = agent.normalize(vec_env.reset(seed=cfg.seed)[0], update=True)
+    global_step, episode_returns, episode_lengths = 0, [], []
+    progress = tqdm(total=num_updates * cfg.batch_size, unit="step", desc=f"ppo {cfg.env}", mininterval=1.0)
+    for update in range(1, num_updates + 1):
+        if cfg.anneal_lr:
+            optimizer.param_groups[0]["lr"] = cfg.learning_rate * (1.0 - (update - 1) / num_updates)
+
+        # ---- rollout ----
+        rollout_start = time.perf_counter()
+        with torch.no_grad():
+            for step in range(T):
+                obs[step] = next_obs
+                action, logprobs[step], _, values[step] = agent.get_action_and_value(next_obs)
+                actions[step] = action
+                raw_obs, reward, terminated, truncated, infos = vec_env.step(action.numpy())
+                rewards[step] = torch.as_tensor(reward, dtype=torch.float32)
+                cut, final_obs = envs.truncation_bootstrap_obs(infos, terminated, truncated)
+                if cut.size:
+                    rewards[step, cut] += cfg.gamma * agent.get_value(agent.normalize(final_obs))
+                dones[step] = torch.as_tensor(terminated | truncated, dtype=torch.float32)
+                next_obs = agent.normalize(raw_obs, update=True)
+                for episode_return, episode_length in envs.finished_episodes(infos):
+                    episode_returns.append(episode_return)
+                    episode_lengths.append(episode_length)
+            global_step += cfg.batch_size
+            advantages, returns = core.gae(rewards.T, values.T, dones.T, agent.get_value(next_obs), cfg.gamma, cfg.gae_lambda)
+            advantages, returns = advantages.T, returns.T
+        rollout_s = time.perf_counter() - rollout_start
+
+        # ---- update ----
+        update_start = time.perf_counter()
+        b_obs, b_actions = obs.reshape(-1, obs_dim), actions.reshape(-1)
+        b_logprobs, b_advantages, b_returns, b_values = (x.reshape(-1) for x in (logprobs, advantages, returns, values))
+        for _epoch in range(cfg.update_epochs):
+            for mb in torch.randperm(cfg.batch_size).split(minibatch_size):
+                _, new_logprob, entropy, new_value = agent.get_action_and_value(b_obs[mb], b_actions[mb])
+                mb_advantages = core.masked_whiten(b_advantages[mb]) if cfg.norm_adv else b_advantages[mb]
+                pg_loss, stats = core.policy_loss(new_logprob, b_logprobs[mb], mb_advantages, cfg.clip_coef)
+                v_loss = core.value_loss(new_value, b_values[mb], b_returns[mb], clip=cfg.vf_clip)
+                entropy_loss = entropy.mean()
+                loss = pg_loss - cfg.ent_coef * entropy_loss + cfg.vf_coef * v_loss
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+            if cfg.target_kl is not None and stats["approx_kl"] > cfg.target_kl:
+                break
+        update_s = time.perf_counter() - update_start
+
+        progress.update(cfg.batch_size)
+        sps = global_step / logger.elapsed()
+        progress.set_postfix(ret=f"{recent_mean(episode_returns):.1f}", sps=f"{sps:.0f}", refresh=False)
+        logger.log(global_step, {
+            "charts/learning_rate": optimizer.param_groups[0]["lr"],
+            "charts/episodic_return": recent_mean(episode_returns),
+            "charts/episodic_length": recent_mean(episode_lengths),
+            "charts/SPS": sps,
+            "losses/policy_loss": pg_loss.item(),
+            "losses/value_loss": v_loss.item(),
+            "losses/entropy": entropy_loss.item(),
+            "losses/approx_kl": stats["approx_kl"].item(),
+            "losses/clipfrac": stats["clipfrac"].item(),
+            "losses/explained_variance": core.explained_variance(b_values, b_returns).item(),
+            "time/rollout_s": rollout_s,
+            "time/update_s": update_s,
+        })
+        if evaluator.maybe_evaluate(global_step, agent):
+            break
+    progress.close()
+    vec_env.close()
+    return agent, global_step

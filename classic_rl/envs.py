@@ -1,0 +1,107 @@
+"""Gymnasium environments: checked construction, vector envs with same-step autoreset, evaluation."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import AutoresetMode
+
+from classic_rl.runs import ConfigError
+
+
+def check_env_id(env_id: str) -> gym.envs.registration.EnvSpec:
+    """The registered spec of env_id, or a ConfigError naming close registered ids."""
+    try:
+        return gym.spec(env_id)
+    except gym.error.Error:
+        close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else "see gymnasium.pprint_registry()"
+        raise ConfigError(f"unknown env id {env_id!r}: {hint}") from None
+
+
+def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
+    check_env_id(env_id)
+    return gym.make(env_id, render_mode=render_mode)
+
+
+def require_discrete_actions(space: gym.Space, env_id: str, algo: str) -> int:
+    """The number of actions, or a ConfigError if `algo` cannot act in this space."""
+    if not isinstance(space, gym.spaces.Discrete):
+        raise ConfigError(
+            f"{algo} needs a discrete action space but {env_id} has {space}; "
+            "accepted: envs with gymnasium.spaces.Discrete actions (e.g. CartPole-v1, LunarLander-v3)"
+        )
+    return int(space.n)
+
+
+def require_box_observations(space: gym.Space, env_id: str, algo: str) -> int:
+    """The flat observation size, or a ConfigError for observations an MLP cannot read."""
+    if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+        raise ConfigError(f"{algo} needs a flat Box observation space but {env_id} has {space}")
+    return int(space.shape[0])
+
+
+def check_spaces(env_id: str, algo: str) -> tuple[int, int]:
+    """(obs_dim, n_actions) for an MLP policy over discrete actions, or a ConfigError."""
+    env = make_env(env_id)
+    try:
+        return require_box_observations(env.observation_space, env_id, algo), require_discrete_actions(env.action_space, env_id, algo)
+    finally:
+        env.close()
+
+
+def make_vec_env(env_id: str, num_envs: int, asynchronous: bool = False) -> gym.vector.VectorEnv:
+    """`num_envs` copies of env_id with same-step autoreset and episode statistics.
+
+    Same-step autoreset (not gymnasium's default next-step) means every transition in a rollout
+    is real: at an episode end the returned observation already belongs to the next episode and
+    the final one is in `infos["final_obs"]`, which the caller needs to bootstrap truncations.
+    Async runs each env in its own process, which only pays off for slow envs.
+    """
+    check_env_id(env_id)
+    envs = gym.make_vec(
+        env_id,
+        num_envs=num_envs,
+        vectorization_mode="async" if asynchronous else "sync",
+        vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
+    )
+    return gym.wrappers.vector.RecordEpisodeStatistics(envs)
+
+
+def truncation_bootstrap_obs(infos: dict, terminations: np.ndarray, truncations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of envs cut by a time limit (not terminated) this step, and their final observations."""
+    cut = np.flatnonzero(truncations & ~terminations)
+    if cut.size == 0:
+        return cut, np.empty(0)
+    return cut, np.stack([infos["final_obs"][i] for i in cut])
+
+
+def finished_episodes(infos: dict) -> list[tuple[float, int]]:
+    """(return, length) of every episode that ended this step, from RecordEpisodeStatistics."""
+    if "episode" not in infos:
+        return []
+    done = np.flatnonzero(infos["_episode"])
+    return [(float(infos["episode"]["r"][i]), int(infos["episode"]["l"][i])) for i in done]
+
+
+def evaluate(act: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: int, seed: int) -> np.ndarray:
+    """Return of `episodes` episodes, run side by side in one vector env, one episode per copy.
+
+    act maps a batch of observations `[episodes, obs_dim]` to actions `[episodes]`.
+    Running the copies in lock-step batches the policy's forward passes, which is what makes
+    frequent evaluation cheap. Returns float64 `[episodes]`.
+    """
+    envs = gym.make_vec(env_id, num_envs=episodes, vectorization_mode="sync",
+                        vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP})
+    obs, _ = envs.reset(seed=seed)
+    returns = np.zeros(episodes)
+    running = np.ones(episodes, dtype=bool)
+    while running.any():
+        obs, rewards, terminations, truncations, _ = envs.step(act(obs))
+        returns += rewards * running
+        running &= ~(terminations | truncations)
+    envs.close()
+    return returns

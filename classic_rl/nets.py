@@ -1,0 +1,142 @@
+"""Small networks for classic control, saved and loaded as safetensors with their constructor
+arguments in the file's metadata."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from classic_rl import core
+from classic_rl.runs import ConfigError, atomic_write
+
+
+def layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias: float = 0.0) -> nn.Linear:
+    """Orthogonal weights with gain `std`, constant bias (the PPO implementation-details recipe)."""
+    nn.init.orthogonal_(layer.weight, std)
+    nn.init.constant_(layer.bias, bias)
+    return layer
+
+
+def mlp(in_dim: int, hidden_sizes: list[int], out_dim: int, out_std: float, activation: type[nn.Module] = nn.Tanh) -> nn.Sequential:
+    """Linear -> activation stacks with orthogonal init; the last layer gets gain out_std."""
+    layers: list[nn.Module] = []
+    for size in hidden_sizes:
+        layers += [layer_init(nn.Linear(in_dim, size)), activation()]
+        in_dim = size
+    layers.append(layer_init(nn.Linear(in_dim, out_dim), std=out_std))
+    return nn.Sequential(*layers)
+
+
+class ObsNormalizer(nn.Module):
+    """Running mean/variance of observations (Chan et al. parallel update), clipped z-scores.
+
+    Its statistics are buffers, so they are saved and loaded with the policy that owns them.
+    Disabled, it is the identity.
+    """
+
+    def __init__(self, dim: int, enabled: bool, clip: float = 10.0, eps: float = 1e-8):
+        super().__init__()
+        self.enabled, self.clip, self.eps = enabled, clip, eps
+        self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(dim, dtype=torch.float64))
+        self.register_buffer("count", torch.tensor(eps, dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, batch: Tensor) -> None:
+        """Fold a batch `[B, dim]` into the running statistics."""
+        if not self.enabled:
+            return
+        batch = batch.to(torch.float64)
+        batch_mean, batch_var, n = batch.mean(0), batch.var(0, unbiased=False), batch.shape[0]
+        delta, total = batch_mean - self.mean, self.count + n
+        self.mean += delta * n / total
+        self.var.copy_((self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total)
+        self.count.fill_(total)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        if not self.enabled:
+            return obs
+        z = (obs - self.mean.to(obs.dtype)) / torch.sqrt(self.var.to(obs.dtype) + self.eps)
+        return z.clamp(-self.clip, self.clip)
+
+
+class SavableModule(nn.Module):
+    """A module that remembers its constructor arguments so `load_model` can rebuild it."""
+
+    init_kwargs: dict
+
+    def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        raise NotImplementedError
+
+
+class ActorCritic(SavableModule):
+    """Separate actor and critic MLPs over (optionally normalised) observations.
+
+    `get_action_and_value` is the one call PPO makes; its shapes: obs `[B, obs_dim]` ->
+    action `[B]`, log-prob `[B]`, entropy `[B]`, value `[B]`. Observations passed in are already
+    normalised (see `normalize`), so a rollout stores exactly what the update will see.
+    """
+
+    def __init__(self, obs_dim: int, n_actions: int, hidden_sizes: list[int], normalize_obs: bool = False):
+        super().__init__()
+        self.init_kwargs = dict(obs_dim=obs_dim, n_actions=n_actions, hidden_sizes=list(hidden_sizes), normalize_obs=normalize_obs)
+        self.obs_normalizer = ObsNormalizer(obs_dim, enabled=normalize_obs)
+        self.actor = mlp(obs_dim, hidden_sizes, n_actions, out_std=0.01)
+        self.critic = mlp(obs_dim, hidden_sizes, 1, out_std=1.0)
+
+    def normalize(self, obs: np.ndarray, update: bool = False) -> Tensor:
+        """Raw numpy observations `[B, obs_dim]` -> normalised float32 tensor (updating the stats if asked)."""
+        obs_t = torch.as_tensor(obs, dtype=torch.float32)
+        if update:
+            self.obs_normalizer.update(obs_t)
+        return self.obs_normalizer(obs_t)
+
+    def get_value(self, obs: Tensor) -> Tensor:
+        return self.critic(obs).squeeze(-1)
+
+    def get_action_and_value(self, obs: Tensor, action: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        logits = self.actor(obs)
+        if action is None:
+            action = torch.multinomial(torch.softmax(logits, -1), 1).squeeze(-1)
+        return action, core.logprobs_from_logits(logits, action), core.entropy_from_logits(logits), self.get_value(obs)
+
+    @torch.inference_mode()
+    def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        """Actions for raw observations `[B, obs_dim]` (greedy unless deterministic=False)."""
+        logits = self.actor(self.normalize(obs))
+        if deterministic:
+            return logits.argmax(-1).numpy()
+        return torch.multinomial(torch.softmax(logits, -1), 1).squeeze(-1).numpy()
+
+
+MODEL_CLASSES: dict[str, type[SavableModule]] = {"ActorCritic": ActorCritic}
+
+
+def save_model(model: SavableModule, path: str | Path) -> None:
+    """Weights and buffers as safetensors, class name and constructor arguments as metadata."""
+    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    metadata = {"class": type(model).__name__, "init_kwargs": json.dumps(model.init_kwargs)}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def load_model(path: str | Path) -> SavableModule:
+    """Rebuild a model saved by save_model (no pickle involved)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no saved model at {path}; expected a .safetensors file written by a training run")
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+    cls = MODEL_CLASSES.get(metadata.get("class", ""))
+    if cls is None:
+        raise ConfigError(f"{path} does not name a known model class; accepted: {', '.join(MODEL_CLASSES)}")
+    model = cls(**json.loads(metadata["init_kwargs"]))
+    model.load_state_dict(load_file(str(path)))
+    return model.eval()

@@ -1,0 +1,129 @@
+"""What all classic algorithms share around their loop: the common config fields, periodic
+evaluation with early stopping, and the run folder (config, metrics, summary, plot, policy)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from classic_rl import envs
+from classic_rl.nets import SavableModule, save_model
+from classic_rl.runs import ConfigError, RunLogger, config_field, plot_lines, prepare_run_dir, seed_everything, write_json
+
+
+@dataclass
+class ClassicConfig:
+    """Fields every classic algorithm takes; each algorithm's config extends this."""
+
+    env: str = config_field("CartPole-v1", "Gymnasium env id")
+    seed: int = config_field(1, "Seeds python, numpy, torch and the envs")
+    total_timesteps: int = config_field(100_000, "Env steps to train for (summed over parallel envs)")
+    target_return: float | None = config_field(
+        None, "Stop as soon as an evaluation's mean return reaches this (default: train for total_timesteps; "
+        "solved_at_* still uses the env's registered reward threshold)")
+    eval_every: int = config_field(10_000, "Evaluate every this many env steps (0 disables periodic evaluation)")
+    eval_episodes: int = config_field(10, "Episodes per evaluation, run side by side with the greedy policy")
+    torch_threads: int = config_field(1, "torch.set_num_threads: small MLPs on CPU are fastest with 1")
+    run_dir: str = config_field("runs/classic", "Folder for config.json, metrics.jsonl, summary.json, plots, policy")
+    overwrite: bool = config_field(False, "Replace an existing run in --run-dir")
+
+    def __post_init__(self):
+        envs.check_env_id(self.env)
+        require_positive(total_timesteps=self.total_timesteps, eval_episodes=self.eval_episodes, torch_threads=self.torch_threads)
+        if self.eval_every < 0:
+            raise ConfigError(f"--eval-every must be >= 0 (0 disables), got {self.eval_every}")
+
+    @property
+    def solved_threshold(self) -> float | None:
+        """The return that counts as solved: --target-return, else the env's reward_threshold."""
+        return self.target_return if self.target_return is not None else envs.check_env_id(self.env).reward_threshold
+
+
+def require_positive(**values: float) -> None:
+    """ConfigError for the first value that is not > 0."""
+    for name, value in values.items():
+        if not value > 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+
+
+class Evaluator:
+    """Greedy-policy evaluation every `eval_every` env steps; remembers when the run first solved.
+
+    `maybe_evaluate` returns True when the run should stop (an evaluation reached --target-return).
+    """
+
+    def __init__(self, cfg: ClassicConfig, logger: RunLogger):
+        self.cfg, self.logger = cfg, logger
+        self.history: list[dict[str, float]] = []
+        self.solved_at_steps: int | None = None
+        self.solved_at_s: float | None = None
+        self._next_due = cfg.eval_every if cfg.eval_every > 0 else None
+
+    def maybe_evaluate(self, env_steps: int, model: SavableModule) -> bool:
+        if self._next_due is None or env_steps < self._next_due:
+            return False
+        while self._next_due <= env_steps:
+            self._next_due += self.cfg.eval_every
+        return self.evaluate(env_steps, model)
+
+    def evaluate(self, env_steps: int, model: SavableModule) -> bool:
+        returns = envs.evaluate(model.act, self.cfg.env, self.cfg.eval_episodes, seed=self.cfg.seed + 10_000 * (len(self.history) + 1))
+        record = {"env_steps": env_steps, "wall_s": self.logger.elapsed(), "mean": float(returns.mean()), "std": float(returns.std())}
+        self.history.append(record)
+        self.logger.log(env_steps, {"eval/return_mean": record["mean"], "eval/return_std": record["std"]})
+        threshold = self.cfg.solved_threshold
+        if threshold is not None and record["mean"] >= threshold and self.solved_at_steps is None:
+            self.solved_at_steps, self.solved_at_s = env_steps, record["wall_s"]
+        return self.cfg.target_return is not None and record["mean"] >= self.cfg.target_return
+
+
+def run_training(algo: str, train_fn, cfg: ClassicConfig) -> dict[str, Any]:
+    """Train with train_fn(cfg, logger, evaluator) -> model and write the whole run folder.
+
+    Returns the summary (also written to summary.json).
+    """
+    run_dir = prepare_run_dir(cfg.run_dir, overwrite=cfg.overwrite)
+    write_json(run_dir / "config.json", {"algo": algo, **dataclasses.asdict(cfg)})
+    torch.set_num_threads(cfg.torch_threads)
+    seed_everything(cfg.seed)
+    logger = RunLogger(run_dir)
+    evaluator = Evaluator(cfg, logger)
+    try:
+        model, env_steps = train_fn(cfg, logger, evaluator)
+        if not evaluator.history or evaluator.history[-1]["env_steps"] != env_steps:
+            evaluator.evaluate(env_steps, model)  # the summary always describes the final policy
+        wall_s = logger.elapsed()
+        save_model(model, run_dir / "policy.safetensors")
+        final = evaluator.history[-1]
+        summary = {
+            "algo": algo, "env": cfg.env, "seed": cfg.seed, "env_steps": env_steps, "wall_s": wall_s,
+            "eval_return_mean": final["mean"], "eval_return_std": final["std"], "eval_episodes": cfg.eval_episodes,
+            "solved_threshold": cfg.solved_threshold,
+            "solved_at_steps": evaluator.solved_at_steps, "solved_at_s": evaluator.solved_at_s,
+            "steps_per_s": env_steps / wall_s,
+        }
+        write_json(run_dir / "summary.json", summary)
+        plot_learning_curve(run_dir / "learning_curve.png", logger, evaluator, f"{algo} on {cfg.env} (seed {cfg.seed})", cfg.solved_threshold)
+    finally:
+        logger.close()
+    return summary
+
+
+def plot_learning_curve(path: Path, logger: RunLogger, evaluator: Evaluator, title: str, threshold: float | None) -> None:
+    steps = [h["env_steps"] for h in evaluator.history]
+    lines = {"train episodic return": logger.series("charts/episodic_return"),
+             "eval return (greedy)": (steps, [h["mean"] for h in evaluator.history])}
+    if threshold is not None and steps:
+        lines["solved threshold"] = ([0, max(steps)], [threshold, threshold])
+    wall = {"eval return (greedy)": ([h["wall_s"] for h in evaluator.history], [h["mean"] for h in evaluator.history])}
+    plot_lines(path, [("env steps", "return", lines), ("wall seconds", "return", wall)], title)
+
+
+def recent_mean(values: list[float], n: int = 20) -> float:
+    """Mean of the last n values (NaN when empty), for progress bars and logs."""
+    return float(np.mean(values[-n:])) if values else float("nan")

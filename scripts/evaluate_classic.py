@@ -1,0 +1,63 @@
+#!/usr/bin/env python
+"""Reload a classic run's policy and report its greedy return; optionally record an episode.
+
+    python scripts/evaluate_classic.py runs/ppo-cartpole --episodes 20 --video
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from classic_rl import envs
+from classic_rl.nets import load_model
+from classic_rl.runs import ConfigError, atomic_write, cli
+
+
+def record_episode(model, env_id: str, seed: int, path: Path, max_frames: int = 1000) -> tuple[float, int]:
+    """Play one greedy episode with rgb_array rendering into a GIF; returns (return, frames)."""
+    import imageio.v3 as iio
+
+    env = envs.make_env(env_id, render_mode="rgb_array")
+    obs, _ = env.reset(seed=seed)
+    frames, total, done = [env.render()], 0.0, False
+    while not done and len(frames) < max_frames:
+        obs, reward, terminated, truncated, _ = env.step(model.act(obs[None])[0])
+        total += float(reward)
+        done = terminated or truncated
+        frames.append(env.render())
+    env.close()
+    fps = env.metadata.get("render_fps", 30)
+    atomic_write(path, lambda tmp: iio.imwrite(tmp, np.stack(frames[::2]), extension=".gif", duration=2000 / fps, loop=0))
+    return total, len(frames)
+
+
+@cli
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", help="A folder written by scripts/train_classic.py")
+    parser.add_argument("--episodes", type=int, default=10, help="Evaluation episodes (run side by side)")
+    parser.add_argument("--seed", type=int, default=12345, help="Seed of the evaluation episodes")
+    parser.add_argument("--video", action="store_true", help="Also write RUN_DIR/episode.gif of one greedy episode")
+    args = parser.parse_args()
+    run_dir = Path(args.run_dir)
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise ConfigError(f"{run_dir} has no config.json; give a folder written by scripts/train_classic.py")
+    if args.episodes <= 0:
+        raise ConfigError(f"--episodes must be > 0, got {args.episodes}")
+    env_id = json.loads(config_path.read_text())["env"]
+    torch.set_num_threads(1)
+    model = load_model(run_dir / "policy.safetensors")
+    returns = envs.evaluate(model.act, env_id, args.episodes, seed=args.seed)
+    print(f"{env_id}: greedy return {returns.mean():.1f} +- {returns.std():.1f} over {args.episodes} episodes "
+          f"(min {returns.min():.1f}, max {returns.max():.1f})")
+    if args.video:
+        total, frames = record_episode(model, env_id, args.seed, run_dir / "episode.gif")
+        print(f"video: {run_dir / 'episode.gif'} ({frames} frames, return {total:.1f})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""Classic PPO: environment contract, learning, save/load, the CLI and its bad-input errors."""
+
+import json
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.vector import AutoresetMode
+
+from classic_rl import envs
+from classic_rl.algos.ppo import PPOConfig, train
+from classic_rl.nets import ActorCritic, ObsNormalizer, load_model, save_model
+from classic_rl.presets import preset
+from classic_rl.training import run_training
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_same_step_autoreset_exposes_final_obs_of_truncated_episodes():
+    vec = gym.make_vec("CartPole-v1", num_envs=2, vectorization_mode="sync", max_episode_steps=3,
+                       vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP})
+    obs, _ = vec.reset(seed=0)
+    env0 = gym.make("CartPole-v1", max_episode_steps=3)  # replays env 0 to know its true last state
+    expected, _ = env0.reset(seed=0)
+    for _ in range(3):
+        obs, _, terminated, truncated, infos = vec.step(np.zeros(2, dtype=np.int64))
+        expected, *_ = env0.step(0)
+    assert truncated.all() and not terminated.any()
+    cut, final_obs = envs.truncation_bootstrap_obs(infos, terminated, truncated)
+    assert cut.tolist() == [0, 1]
+    np.testing.assert_allclose(final_obs[0], expected)  # the state the time limit cut off ...
+    assert not np.allclose(obs[0], expected)  # ... not the new episode's first observation
+
+
+def test_obs_normalizer_matches_statistics_of_all_batches():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(3, 2, size=(50, 3)), rng.normal(-1, 0.5, size=(70, 3))
+    norm = ObsNormalizer(3, enabled=True)
+    norm.update(torch.tensor(a))
+    norm.update(torch.tensor(b))
+    both = np.concatenate([a, b])
+    np.testing.assert_allclose(norm.mean.numpy(), both.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(norm.var.numpy(), both.var(0), rtol=1e-6)
+
+
+def test_policy_round_trip_keeps_weights_and_normalisation(tmp_path):
+    model = ActorCritic(4, 2, [16, 16], normalize_obs=True)
+    model.obs_normalizer.update(torch.randn(100, 4) * 5 + 2)
+    save_model(model, tmp_path / "policy.safetensors")
+    loaded = load_model(tmp_path / "policy.safetensors")
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)
+    obs = np.random.default_rng(1).normal(2, 5, size=(32, 4)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.act(obs), model.act(obs))
+    assert loaded.obs_normalizer.count.item() == pytest.approx(100, abs=1e-6)
+
+
+def test_ppo_learns_cartpole(tmp_path):
+    cfg = PPOConfig(**{**preset("ppo", "CartPole-v1"), "seed": 1, "target_return": 195,
+                       "run_dir": str(tmp_path / "run")})
+    summary = run_training("ppo", train, cfg)
+    assert summary["eval_return_mean"] >= 195
+    assert summary["env_steps"] < cfg.total_timesteps  # stopped early at the target
+    assert summary["solved_at_steps"] is None or summary["solved_at_steps"] <= summary["env_steps"]
+
+
+def test_ppo_with_normalised_observations_and_value_clipping_learns(tmp_path):
+    cfg = PPOConfig(**{**preset("ppo", "CartPole-v1"), "seed": 2, "target_return": 150, "normalize_obs": True,
+                       "vf_clip": 10.0, "run_dir": str(tmp_path / "run")})
+    summary = run_training("ppo", train, cfg)
+    assert summary["eval_return_mean"] >= 150
+    assert load_model(tmp_path / "run" / "policy.safetensors").obs_normalizer.count.item() > 1000
+
+
+def test_cli_writes_the_run_folder_and_evaluate_reloads_it(tmp_path):
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "scripts/train_classic.py"), "--algo", "ppo", "--env", "CartPole-v1",
+           "--seed", "3", "--total-timesteps", "2048", "--eval-every", "1024", "--run-dir", str(run_dir)]
+    subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
+    for name in ["config.json", "metrics.jsonl", "summary.json", "learning_curve.png", "policy.safetensors"]:
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "tensorboard").iterdir())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert {"algo", "env", "seed", "env_steps", "wall_s", "eval_return_mean", "eval_return_std",
+            "solved_at_steps", "solved_at_s"} <= set(summary)
+    assert summary["env_steps"] == 2048 and summary["seed"] == 3
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["num_steps"] == 32 and config["total_timesteps"] == 2048  # preset, then the flag
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any("losses/approx_kl" in r for r in rows) and any("eval/return_mean" in r for r in rows)
+    out = subprocess.run([sys.executable, str(ROOT / "scripts/evaluate_classic.py"), str(run_dir), "--episodes", "3",
+                          "--video"], check=True, capture_output=True, text=True, cwd=ROOT).stdout
+    assert "greedy return" in out and (run_dir / "episode.gif").stat().st_size > 1000
+
+
+def run_cli(script, args, monkeypatch, capsys):
+    """Run a script in-process; returns (exit code, stderr)."""
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    with pytest.raises(SystemExit) as exc:
+        runpy.run_path(str(ROOT / "scripts" / script), run_name="__main__")
+    return exc.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--algo", "sac"], "unknown --algo 'sac'; accepted: ppo"),
+    (["--env", "CartPole-v9"], "unknown env id 'CartPole-v9': did you mean CartPole-v1"),
+    (["--env", "Pendulum-v1"], "ppo needs a discrete action space"),
+    (["--learning-rate", "-0.1"], "--learning-rate must be > 0"),
+    (["--clip-coef", "0"], "--clip-coef must be > 0"),
+    (["--num-envs", "3", "--num-steps", "5", "--num-minibatches", "4"], "does not split into 4 minibatches"),
+    (["--gae-lambda", "1.5"], "--gae-lambda in [0, 1]"),
+    (["--num-envs", "many"], "invalid int value: 'many'"),
+    (["--no-such-flag", "1"], "unrecognized arguments: --no-such-flag"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, expected, monkeypatch, capsys, tmp_path):
+    code, err = run_cli("train_classic.py", [*args, "--run-dir", str(tmp_path / "r")], monkeypatch, capsys)
+    assert code == 2
+    assert expected in err and err.count("\n") == 1 and err.startswith("error: ")
+    assert "Traceback" not in err and not (tmp_path / "r").exists()
+
+
+def test_existing_run_is_not_overwritten_without_flag(monkeypatch, capsys, tmp_path):
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "summary.json").write_text("{}")
+    code, err = run_cli("train_classic.py", ["--run-dir", str(run_dir), "--total-timesteps", "256"], monkeypatch, capsys)
+    assert code == 2 and "pass --overwrite" in err
+    assert (run_dir / "summary.json").read_text() == "{}"
+
+
+def test_config_file_sets_fields_and_rejects_unknown_ones(monkeypatch, capsys, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"learning_rate": 0.01, "lerning_rate": 0.1}))
+    code, err = run_cli("train_classic.py", ["--config", str(bad), "--run-dir", str(tmp_path / "r")], monkeypatch, capsys)
+    assert code == 2 and "unknown fields ['lerning_rate']" in err
+
+
+def test_evaluate_rejects_a_folder_without_a_run(monkeypatch, capsys, tmp_path):
+    code, err = run_cli("evaluate_classic.py", [str(tmp_path)], monkeypatch, capsys)
+    assert code == 2 and "has no config.json" in err
