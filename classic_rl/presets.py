@@ -6,11 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 PRESETS: dict[tuple[str, str], dict[str, Any]] = {
+    # RL-Zoo's settings with a constant-then-annealed 2e-3 learning rate: over seeds 1-10 it solved 10/10
+    # with a median of ~10k steps (Zoo's 1e-3: ~16k). Frequent evaluation is cheap (vectorised, ~0.1 s).
     ("ppo", "CartPole-v1"): dict(total_timesteps=100_000, num_envs=8, num_steps=32, num_minibatches=1, update_epochs=20,
-                                 learning_rate=1e-3, gamma=0.98, gae_lambda=0.8, ent_coef=0.0, eval_every=4_096),
-    ("ppo", "LunarLander-v3"): dict(total_timesteps=1_000_000, num_envs=16, num_steps=256, num_minibatches=8,
+                                 learning_rate=2e-3, gamma=0.98, gae_lambda=0.8, ent_coef=0.0, eval_every=2_048),
+    # Observation normalisation and 256-sample minibatches (16 per rollout) made the difference here:
+    # without them this setting was at 163 after 1M steps; with them seeds 1-3 reached 200 by 127k-627k.
+    ("ppo", "LunarLander-v3"): dict(total_timesteps=1_000_000, num_envs=16, num_steps=256, num_minibatches=16,
                                     update_epochs=10, learning_rate=3e-4, gamma=0.999, gae_lambda=0.98, ent_coef=0.01,
-                                    eval_every=25_000),
+                                    normalize_obs=True, eval_every=25_000),
 }
 
 
