@@ -13,7 +13,15 @@ import torch
 
 from classic_rl import envs
 from classic_rl.nets import SavableModule, save_model
-from classic_rl.runs import ConfigError, RunLogger, config_field, plot_lines, prepare_run_dir, seed_everything, write_json
+from classic_rl.runs import (
+    ConfigError,
+    RunLogger,
+    config_field,
+    plot_lines,
+    prepare_run_dir,
+    seed_everything,
+    write_json,
+)
 
 
 @dataclass

@@ -14,7 +14,6 @@ Run it on a quiet machine: a second CPU-heavy job distorts every figure.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time

@@ -1,0 +1,107 @@
+"""Tokenizer and tiny GPT-2: build from scratch, or load any Hugging Face causal LM.
+
+The default policy is a GPT2LMHeadModel of a few million parameters with a byte-level BPE
+tokenizer trained on the project's corpus, both saved with `save_pretrained`, so the standard
+`AutoModelForCausalLM` / `AutoTokenizer` calls load them like any hub model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import transformers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+from classic_rl.runs import ConfigError
+
+EOS_TOKEN, PAD_TOKEN = "<|endoftext|>", "<|pad|>"
+
+# GPT2Config sizes. Parameter counts with the shipped corpus's 1,304-token vocabulary: nano 0.19M, tiny 0.98M, small 2.9M.
+MODEL_PRESETS: dict[str, dict[str, int]] = {
+    "nano": dict(n_layer=2, n_head=2, n_embd=64),
+    "tiny": dict(n_layer=4, n_head=4, n_embd=128),
+    "small": dict(n_layer=6, n_head=6, n_embd=192),
+}
+
+
+def format_prompt(prompt: str) -> str:
+    """The one chat template of the project: what the policy sees before it answers."""
+    return f"Question: {prompt}\nAnswer:"
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Byte-level BPE (GPT-2's scheme) trained on texts, wrapped for transformers.
+
+    A corpus with a small word list can stop short of vocab_size (each word becomes one
+    token), so callers size the model from len(tokenizer), not from vocab_size.
+    Pads on the left, as batched generation needs.
+    """
+    from tokenizers import ByteLevelBPETokenizer
+
+    bpe = ByteLevelBPETokenizer(add_prefix_space=False)
+    bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=[EOS_TOKEN, PAD_TOKEN],
+                            show_progress=False)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN,
+                                   unk_token=EOS_TOKEN, pad_token=PAD_TOKEN, padding_side="left")
+
+
+def build_model(preset: str, tokenizer: PreTrainedTokenizerBase, n_positions: int = 128) -> GPT2LMHeadModel:
+    """A freshly initialised GPT-2 of the named preset, sized to the tokenizer."""
+    if preset not in MODEL_PRESETS:
+        raise ConfigError(f"unknown model preset {preset!r}; accepted: {', '.join(MODEL_PRESETS)}")
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=n_positions, **MODEL_PRESETS[preset],
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,  # tiny models on small data: no dropout
+                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                        pad_token_id=tokenizer.pad_token_id)
+    return GPT2LMHeadModel(config)
+
+
+def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Left padding and a pad token, on purpose: GPT-2 ships without one, so reuse eos."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_tokenizer(name_or_dir: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    _check_exists(name_or_dir)
+    return prepare_tokenizer(AutoTokenizer.from_pretrained(name_or_dir, trust_remote_code=trust_remote_code))
+
+
+def load_model(name_or_dir: str, trust_remote_code: bool = False) -> PreTrainedModel:
+    """Any causal LM: a hub name (`gpt2`, `distilgpt2`, when a hub or local cache is reachable)
+    or a folder written by save_pretrained."""
+    _check_exists(name_or_dir)
+    transformers.utils.logging.disable_progress_bar()  # a per-tensor bar for a 1M-parameter model is noise
+    try:
+        return AutoModelForCausalLM.from_pretrained(name_or_dir, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        raise ConfigError(f"cannot load model {name_or_dir!r}: {str(err).splitlines()[0]}") from None
+
+
+def _check_exists(name_or_dir: str) -> None:
+    """A path-like name must be an existing model folder; a bare name goes to the hub."""
+    looks_like_path = os.sep in name_or_dir or name_or_dir.startswith(".") or Path(name_or_dir).exists()
+    if looks_like_path and not (Path(name_or_dir) / "config.json").is_file():
+        raise ConfigError(f"model folder {name_or_dir} not found (no config.json); give a folder written by "
+                          "save_pretrained (e.g. by scripts/pretrain.py) or a hub name such as gpt2")
+
+
+def num_parameters(model: PreTrainedModel) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def cache_home() -> Path:
+    """Where built artefacts are cached: $RLHF_TOY_HOME, else ~/.cache/rlhf-toy."""
+    return Path(os.environ.get("RLHF_TOY_HOME", Path.home() / ".cache" / "rlhf-toy"))

@@ -1,0 +1,194 @@
+"""Causal-LM pretraining of the base policy on the project's corpus (nanoGPT's recipe, small).
+
+    texts = stories/descriptions/facts + "Question: ...\\nAnswer: response" pairs, each + eos
+    train a byte-level BPE on them; pack token streams into blocks of n_positions
+    AdamW (decay on matrices and embeddings only), linear warmup then cosine, grad clipping
+    every eval_every steps: held-out loss; at the end: save_pretrained(model + tokenizer)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from classic_rl.runs import (
+    ConfigError,
+    RunLogger,
+    config_field,
+    plot_lines,
+    prepare_run_dir,
+    seed_everything,
+    write_json,
+)
+from rlhf_toy import data
+from rlhf_toy.models import MODEL_PRESETS, build_model, format_prompt, num_parameters, train_tokenizer
+
+
+@dataclass
+class PretrainConfig:
+    preset: str = config_field("tiny", f"Model size: {', '.join(MODEL_PRESETS)}")
+    seed: int = config_field(0, "Seeds python, numpy, torch and batch order")
+    data_dir: str = config_field("data", "Folder with pretrain.jsonl and sft.jsonl (scripts/make_data.py writes them)")
+    vocab_size: int = config_field(2048, "BPE vocabulary to ask for (a small corpus may yield fewer tokens)")
+    n_positions: int = config_field(128, "Context length, and the length of the packed training blocks")
+    batch_size: int = config_field(32, "Blocks per optimizer step")
+    max_steps: int = config_field(800, "Optimizer steps (held-out loss is flat after ~800 for tiny)")
+    learning_rate: float = config_field(3e-3, "Peak AdamW learning rate (tiny models take a large one)")
+    min_lr_ratio: float = config_field(0.1, "Cosine decays to learning_rate * this")
+    warmup_steps: int = config_field(60, "Linear warmup steps")
+    weight_decay: float = config_field(0.1, "AdamW weight decay on matrices and embeddings")
+    grad_clip: float = config_field(1.0, "Global gradient-norm clip")
+    val_fraction: float = config_field(0.05, "Share of documents held out for the validation loss")
+    eval_every: int = config_field(200, "Evaluate held-out loss every this many steps")
+    torch_threads: int = config_field(2, "torch.set_num_threads (matmuls of this size use both cores)")
+    cpu: bool = config_field(False, "Train on CPU even when an accelerator is present")
+    run_dir: str = config_field("runs/pretrain", "Output folder (model/ holds the save_pretrained model and tokenizer)")
+    overwrite: bool = config_field(False, "Replace an existing run in --run-dir")
+
+    def __post_init__(self):
+        if self.preset not in MODEL_PRESETS:
+            raise ConfigError(f"unknown --preset {self.preset!r}; accepted: {', '.join(MODEL_PRESETS)}")
+        for name in ("vocab_size", "n_positions", "batch_size", "max_steps", "learning_rate", "grad_clip", "eval_every",
+                     "torch_threads"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if not 0 < self.val_fraction < 1 or not 0 <= self.min_lr_ratio <= 1 or self.warmup_steps < 0:
+            raise ConfigError("--val-fraction must be in (0, 1), --min-lr-ratio in [0, 1] and --warmup-steps >= 0")
+
+
+def pack(token_lists: list[list[int]], eos_id: int, block: int) -> torch.Tensor:
+    """Concatenate documents, each followed by eos, into `[n_blocks, block]` (the tail is dropped)."""
+    stream = [t for tokens in token_lists for t in (*tokens, eos_id)]
+    n = len(stream) // block
+    if n == 0:
+        raise ConfigError(f"the corpus holds {len(stream)} tokens, fewer than one block of {block}")
+    return torch.tensor(stream[: n * block]).view(n, block)
+
+
+def training_texts(data_dir: str) -> list[str]:
+    """Plain documents plus prompt/response pairs in the policy's chat template."""
+    texts = [row["text"] for row in data.load_rows(Path(data_dir) / "pretrain.jsonl", ["text"])]
+    texts += [f"{format_prompt(r['prompt'])} {r['response']}" for r in data.load_rows(Path(data_dir) / "sft.jsonl", ["prompt", "response"])]
+    return texts
+
+
+def cosine_with_warmup(step: int, cfg: PretrainConfig) -> float:
+    """Learning-rate multiplier: linear warmup, then cosine down to min_lr_ratio."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices and embeddings (dim >= 2), none on biases and LayerNorm gains."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+
+@torch.inference_mode()
+def heldout_loss(model, blocks: torch.Tensor, batch_size: int, device) -> float:
+    """Mean next-token loss over every held-out block."""
+    model.eval()
+    losses = [model(input_ids=b.to(device), labels=b.to(device)).loss.item() * len(b) for b in blocks.split(batch_size)]
+    model.train()
+    return sum(losses) / len(blocks)
+
+
+def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
+    """Train tokenizer and model; writes run_dir/{model/, config.json, metrics.jsonl, summary.json, loss.png}."""
+    from accelerate import Accelerator
+
+    run_dir = prepare_run_dir(cfg.run_dir, overwrite=cfg.overwrite)
+    write_json(run_dir / "config.json", dataclasses.asdict(cfg))
+    torch.set_num_threads(cfg.torch_threads)
+    seed_everything(cfg.seed)
+    accelerator = Accelerator(cpu=cfg.cpu)
+
+    texts = training_texts(cfg.data_dir)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    order = torch.randperm(len(texts), generator=generator).tolist()
+    n_val = max(1, int(len(texts) * cfg.val_fraction))
+    tokenizer = train_tokenizer([texts[i] for i in order[n_val:]], cfg.vocab_size)
+    encode = lambda idx: tokenizer([texts[i] for i in idx], add_special_tokens=False).input_ids  # noqa: E731
+    train_blocks = pack(encode(order[n_val:]), tokenizer.eos_token_id, cfg.n_positions)
+    val_blocks = pack(encode(order[:n_val]), tokenizer.eos_token_id, cfg.n_positions)
+
+    model = build_model(cfg.preset, tokenizer, n_positions=cfg.n_positions)
+    optimizer = torch.optim.AdamW(decay_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=(0.9, 0.95))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_with_warmup(step, cfg))
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    device = accelerator.device
+
+    logger = RunLogger(run_dir)
+    print(f"pretraining {cfg.preset}: {num_parameters(model) / 1e6:.2f}M parameters, vocab {len(tokenizer)}, "
+          f"{train_blocks.numel():,} train / {val_blocks.numel():,} held-out tokens, device {device}")
+    epoch_order, cursor, train_time, tokens_seen = torch.randperm(len(train_blocks), generator=generator), 0, 0.0, 0
+    progress = tqdm(range(1, cfg.max_steps + 1), desc=f"pretrain {cfg.preset}", mininterval=1.0)
+    for step in progress:
+        if cursor + cfg.batch_size > len(epoch_order):  # a new epoch: reshuffle
+            epoch_order, cursor = torch.randperm(len(train_blocks), generator=generator), 0
+        batch = train_blocks[epoch_order[cursor: cursor + cfg.batch_size]].to(device)
+        cursor += cfg.batch_size
+        start = time.perf_counter()
+        loss = model(input_ids=batch, labels=batch).loss
+        accelerator.backward(loss)
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        train_time += time.perf_counter() - start
+        tokens_seen += batch.numel()
+        metrics = {"train/loss": loss.item(), "train/grad_norm": float(grad_norm), "train/lr": scheduler.get_last_lr()[0],
+                   "train/tokens_per_s": tokens_seen / train_time}
+        if step % cfg.eval_every == 0 or step == cfg.max_steps:
+            metrics["eval/loss"] = heldout_loss(model, val_blocks, cfg.batch_size, device)
+        logger.log(step, metrics)
+        progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}", refresh=False)
+
+    model_dir = run_dir / "model"
+    accelerator.unwrap_model(model).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    val_loss = logger.series("eval/loss")[1][-1]
+    summary = {"preset": cfg.preset, "params": num_parameters(model), "vocab_size": len(tokenizer), "steps": cfg.max_steps,
+               "train_tokens": tokens_seen, "val_loss": val_loss, "perplexity": math.exp(val_loss),
+               "train_loss_final": logger.rows[-1]["train/loss"], "tokens_per_s": tokens_seen / train_time,
+               "wall_s": logger.elapsed(), "model_dir": "model"}
+    write_json(run_dir / "summary.json", summary)
+    plot_lines(run_dir / "loss.png", [("step", "loss", {"train": logger.series("train/loss"), "held-out": logger.series("eval/loss")})],
+               f"pretraining {cfg.preset}")
+    logger.close()
+    return summary
+
+
+BASE_MODEL_VERSION = "v1"  # bump when the corpus or recipe changes, so cached models are rebuilt
+
+
+def default_base_model(preset: str = "tiny") -> str:
+    """Folder of the default base policy, pretrained once with PretrainConfig's defaults and cached.
+
+    Built in a temporary folder and renamed into place, so an interrupted build is never reused.
+    """
+    import shutil
+
+    from rlhf_toy.data import DATA_DIR
+    from rlhf_toy.models import cache_home
+
+    final = cache_home() / f"base-{preset}-{BASE_MODEL_VERSION}"
+    if (final / "model" / "config.json").is_file():
+        return str(final / "model")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    building = final.with_name(final.name + ".building")
+    print(f"building the default base model ({preset}) once into {final} ...")
+    pretrain(PretrainConfig(preset=preset, data_dir=str(DATA_DIR), run_dir=str(building), overwrite=True))
+    shutil.rmtree(final, ignore_errors=True)
+    building.rename(final)
+    return str(final / "model")

@@ -1,0 +1,23 @@
+#!/usr/bin/env python
+"""Pretrain the base policy (tokenizer + tiny GPT-2) on the project's corpus.
+
+    python scripts/pretrain.py --preset tiny --seed 0 --run-dir runs/pretrain-tiny
+
+Writes RUN_DIR/model/, which AutoModelForCausalLM.from_pretrained and AutoTokenizer.from_pretrained load.
+"""
+
+import json
+
+from classic_rl.runs import cli, parse_dataclass_args
+from rlhf_toy.pretrain import PretrainConfig, pretrain
+
+
+@cli
+def main() -> None:
+    cfg = parse_dataclass_args(PretrainConfig, description=__doc__)
+    summary = pretrain(cfg)
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

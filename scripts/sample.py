@@ -1,0 +1,61 @@
+#!/usr/bin/env python
+"""Print completions of a causal LM, or two models side by side on the same prompts and seed.
+
+    python scripts/sample.py --model runs/pretrain/model --n 5
+    python scripts/sample.py --compare runs/pretrain/model runs/grpo/model --n 8
+
+With no --model (and no --compare) the default base model is used, built on first use.
+"""
+
+import argparse
+import textwrap
+
+import torch
+
+from classic_rl.runs import ConfigError, cli
+from rlhf_toy.data import DATA_DIR, load_prompts
+from rlhf_toy.models import load_model, load_tokenizer
+from rlhf_toy.pretrain import default_base_model
+from rlhf_toy.sampling import SamplingConfig, generate
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="Model folder or hub name (default: the cached default base model)")
+    parser.add_argument("--compare", nargs=2, metavar=("DIR_A", "DIR_B"), help="Two models to show side by side")
+    parser.add_argument("--prompts", default=str(DATA_DIR / "prompts_eval.jsonl"), help="JSONL with a prompt field, or .txt, one per line")
+    parser.add_argument("--n", type=int, default=5, help="How many prompts (from the top of the file)")
+    parser.add_argument("--seed", type=int, default=0, help="Sampling seed (the same for both models in --compare)")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--temperature", type=float, default=1.0, help="0 for greedy")
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--trust-remote-code", action="store_true", help="Allow a hub model's own code to run (off by default)")
+    return parser.parse_args()
+
+
+@cli
+def main() -> None:
+    args = parse_args()
+    if args.n <= 0:
+        raise ConfigError(f"--n must be > 0, got {args.n}")
+    if args.model and args.compare:
+        raise ConfigError("give either --model or --compare DIR_A DIR_B, not both")
+    sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+    prompts = load_prompts(args.prompts)[: args.n]
+    names = args.compare or [args.model or default_base_model()]
+    torch.set_num_threads(2)
+    columns = []
+    for name in names:
+        model, tokenizer = load_model(name, args.trust_remote_code).eval(), load_tokenizer(name, args.trust_remote_code)
+        columns.append((name, generate(model, tokenizer, prompts, sampling, seed=args.seed)))
+    for i, prompt in enumerate(prompts):
+        print(f"[{i}] {prompt}")
+        for name, completions in columns:
+            label = f"{name}: " if len(columns) > 1 else ""
+            print(textwrap.indent(textwrap.fill(label + completions[i].strip(), 100), "    "))
+        print()
+
+
+if __name__ == "__main__":
+    main()

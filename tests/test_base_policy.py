@@ -1,0 +1,135 @@
+"""The base policy: corpus, tokenizer, nano pretraining, save/load, batched generation, sample.py."""
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rlhf_toy import corpus
+from rlhf_toy.data import DATA_DIR, load_prompts, write_jsonl
+from rlhf_toy.models import format_prompt, train_tokenizer
+from rlhf_toy.pretrain import PretrainConfig, pretrain
+from rlhf_toy.sampling import SamplingConfig, generate
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {"pretrain": 1500, "sft": 1500, "prompts_train": 50, "prompts_eval": 8}
+
+
+def test_corpus_is_deterministic_and_leaves_room_for_the_format_reward():
+    a, b = corpus.generate(3, SMALL), corpus.generate(3, SMALL)
+    assert a == b and a != corpus.generate(4, SMALL)
+    responses = [r["response"] for r in corpus.generate(0, {"sft": 4000})["sft"]]
+    formatted = sum(r.startswith(corpus.OPEN_TAG) and r.endswith(corpus.CLOSE_TAG) for r in responses) / len(responses)
+    assert 0.05 <= formatted <= 0.20
+    lengths = sorted(len(r.split()) for r in responses)
+    assert lengths[len(lengths) // 10] <= 5 and lengths[9 * len(lengths) // 10] >= 30  # lengths vary widely
+
+
+def test_shipped_data_is_what_the_generator_writes():
+    for name, rows in corpus.generate(0).items():
+        shipped = [json.loads(line) for line in (DATA_DIR / f"{name}.jsonl").read_text().splitlines()]
+        assert shipped == rows, f"data/{name}.jsonl is stale: run scripts/make_data.py"
+
+
+def test_tokenizer_round_trip_and_padding(tmp_path):
+    texts = [r["text"] for r in corpus.generate(0, SMALL)["pretrain"]]
+    tokenizer = train_tokenizer(texts, vocab_size=500)
+    sample = format_prompt("Tell me about Ada.") + " <answer> Ada the baker lived in Ashford. </answer>"
+    assert tokenizer.decode(tokenizer(sample).input_ids) == sample
+    tokenizer.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert loaded(sample).input_ids == tokenizer(sample).input_ids
+    assert loaded.padding_side == "left" and loaded.pad_token_id != loaded.eos_token_id
+    batch = loaded(["a fox", "the old fox lived near"], padding=True)
+    assert batch["attention_mask"][0][0] == 0 and batch["input_ids"][0][0] == loaded.pad_token_id
+
+
+@pytest.fixture(scope="module")
+def nano(tmp_path_factory):
+    """A nano model pretrained for a few seconds on a small corpus."""
+    root = tmp_path_factory.mktemp("nano")
+    (root / "data").mkdir()
+    for name, rows in corpus.generate(0, SMALL).items():
+        write_jsonl(root / "data" / f"{name}.jsonl", rows)
+    cfg = PretrainConfig(preset="nano", data_dir=str(root / "data"), vocab_size=600, batch_size=16, max_steps=80,
+                         warmup_steps=10, eval_every=40, run_dir=str(root / "run"))
+    summary = pretrain(cfg)
+    return root, summary
+
+
+def test_nano_pretraining_loss_falls(nano):
+    root, summary = nano
+    rows = [json.loads(line) for line in (root / "run" / "metrics.jsonl").read_text().splitlines()]
+    first = rows[0]["train/loss"]
+    assert summary["val_loss"] < first - 1.5, (first, summary["val_loss"])
+    assert {"val_loss", "perplexity", "tokens_per_s", "params", "wall_s"} <= set(summary)
+    assert (root / "run" / "loss.png").is_file()
+
+
+def test_saved_model_reloads_with_auto_classes_and_same_logits(nano):
+    root, _ = nano
+    model_dir = root / "run" / "model"
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    ids = tokenizer(format_prompt("Tell me about Ada."), return_tensors="pt").input_ids
+    logits = model(ids).logits
+    model.save_pretrained(root / "copy")
+    torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(root / "copy")(ids).logits, logits, rtol=0, atol=0)
+
+
+def test_batched_generation_with_padding_equals_one_by_one(nano):
+    root, _ = nano
+    model_dir = str(root / "run" / "model")
+    from rlhf_toy.models import load_model, load_tokenizer
+
+    model, tokenizer = load_model(model_dir).eval(), load_tokenizer(model_dir)
+    prompts = ["Tell me about Ada.", "What happened to the lantern in Ashford?", "Describe a fox."]
+    greedy = SamplingConfig(max_new_tokens=20, temperature=0)
+    batched = generate(model, tokenizer, prompts, greedy)
+    assert batched == [generate(model, tokenizer, [p], greedy)[0] for p in prompts]
+    assert any(c.strip() for c in batched)
+
+
+def run_sample(args, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["sample.py", *args])
+    with pytest.raises(SystemExit) as exc:
+        runpy.run_path(str(ROOT / "scripts" / "sample.py"), run_name="__main__")
+    return exc.value.code, capsys.readouterr()
+
+
+def test_sample_compare_shows_both_models_per_prompt(nano, monkeypatch, capsys):
+    root, _ = nano
+    model_dir = str(root / "run" / "model")
+    monkeypatch.setattr(sys, "argv", ["sample.py", "--compare", model_dir, model_dir, "--n", "2"])
+    runpy.run_path(str(ROOT / "scripts" / "sample.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert out.count(f"{model_dir}: ") == 4 and "[1]" in out
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("", "is empty"),
+    ('{"prompt": "ok"}\n{"prompt": "broken"\n', "line 2 is not valid JSON"),
+    ('{"prompt": "ok"}\n{"text": "no prompt"}\n', "line 2 lacks a non-empty string field 'prompt'"),
+])
+def test_sample_rejects_bad_prompt_files(content, expected, nano, tmp_path, monkeypatch, capsys):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(content)
+    code, captured = run_sample(["--model", str(nano[0] / "run" / "model"), "--prompts", str(path)], monkeypatch, capsys)
+    assert code == 2 and expected in captured.err and captured.err.count("\n") == 1
+
+
+def test_sample_rejects_missing_model_and_too_many_new_tokens(nano, tmp_path, monkeypatch, capsys):
+    code, captured = run_sample(["--model", str(tmp_path / "missing")], monkeypatch, capsys)
+    assert code == 2 and "not found (no config.json)" in captured.err
+    code, captured = run_sample(["--model", str(nano[0] / "run" / "model"), "--max-new-tokens", "500"], monkeypatch, capsys)
+    assert code == 2 and "exceeds the model's context of 128 tokens" in captured.err
+
+
+def test_text_prompt_files_hold_one_prompt_per_line(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_text("Tell me about Ada.\n\nDescribe a fox.\n")
+    assert load_prompts(path) == ["Tell me about Ada.", "Describe a fox."]
