@@ -142,6 +142,13 @@ def _one_line_parser_errors(parser_cls: type[argparse.ArgumentParser]) -> type[a
     return Parser
 
 
+def require_positive(**values: float) -> None:
+    """ConfigError for the first value that is not > 0."""
+    for name, value in values.items():
+        if not value > 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+
+
 def config_field(default: Any, help: str, **kwargs: Any) -> Any:
     """A dataclass field with help text (list defaults are copied per instance)."""
     if isinstance(default, list):

@@ -19,6 +19,7 @@ from classic_rl.runs import (
     config_field,
     plot_lines,
     prepare_run_dir,
+    require_positive,
     seed_everything,
     write_json,
 )
@@ -50,13 +51,6 @@ class ClassicConfig:
     def solved_threshold(self) -> float | None:
         """The return that counts as solved: --target-return, else the env's reward_threshold."""
         return self.target_return if self.target_return is not None else envs.check_env_id(self.env).reward_threshold
-
-
-def require_positive(**values: float) -> None:
-    """ConfigError for the first value that is not > 0."""
-    for name, value in values.items():
-        if not value > 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {value}")
 
 
 class Evaluator:

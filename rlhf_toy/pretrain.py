@@ -24,6 +24,7 @@ from classic_rl.runs import (
     config_field,
     plot_lines,
     prepare_run_dir,
+    require_positive,
     seed_everything,
     write_json,
 )
@@ -55,10 +56,9 @@ class PretrainConfig:
     def __post_init__(self):
         if self.preset not in MODEL_PRESETS:
             raise ConfigError(f"unknown --preset {self.preset!r}; accepted: {', '.join(MODEL_PRESETS)}")
-        for name in ("vocab_size", "n_positions", "batch_size", "max_steps", "learning_rate", "grad_clip", "eval_every",
-                     "torch_threads"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        require_positive(vocab_size=self.vocab_size, n_positions=self.n_positions, batch_size=self.batch_size,
+                         max_steps=self.max_steps, learning_rate=self.learning_rate, grad_clip=self.grad_clip,
+                         eval_every=self.eval_every, torch_threads=self.torch_threads)
         if not 0 < self.val_fraction < 1 or not 0 <= self.min_lr_ratio <= 1 or self.warmup_steps < 0:
             raise ConfigError("--val-fraction must be in (0, 1), --min-lr-ratio in [0, 1] and --warmup-steps >= 0")
 

@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 
 from classic_rl import core, envs
 from classic_rl.nets import ActorCritic
-from classic_rl.runs import ConfigError, RunLogger, config_field
-from classic_rl.training import ClassicConfig, Evaluator, recent_mean, require_positive
+from classic_rl.runs import ConfigError, RunLogger, config_field, require_positive
+from classic_rl.training import ClassicConfig, Evaluator, recent_mean
 
 
 @dataclass
