@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: setup setup-bench test test-slow demo bench lint clean
+.PHONY: setup setup-bench test test-slow demo demo-classic bench lint clean
 
 setup: $(STAMP)
 
@@ -29,7 +29,12 @@ test: setup
 test-slow: setup
 	$(PY) -m pytest -m slow
 
+# The main job: build the default base model if absent (~4 min, once), GRPO with the default
+# reward (~1 min), eval samples before/after side by side, and the plot path.
 demo: setup
+	$(PY) scripts/train_rlhf.py --algo grpo --run-dir runs/demo-grpo --overwrite
+
+demo-classic: setup
 	$(PY) scripts/train_classic.py --algo ppo --env CartPole-v1 --seed 1 --run-dir runs/demo-ppo-cartpole --overwrite
 	$(PY) scripts/evaluate_classic.py runs/demo-ppo-cartpole --episodes 20
 

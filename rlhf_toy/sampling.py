@@ -23,10 +23,12 @@ class SamplingConfig:
             raise ConfigError("sampling needs --max-new-tokens > 0, --temperature >= 0, --top-k >= 0 and --top-p in (0, 1]; "
                               f"got {self.max_new_tokens}, {self.temperature}, {self.top_k}, {self.top_p}")
 
-    def generation_config(self, tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:
+    def generation_config(self, tokenizer: PreTrainedTokenizerBase, with_logits: bool = False) -> GenerationConfig:
+        """transformers' GenerationConfig; with_logits also returns the raw logits of every step."""
         greedy = self.temperature == 0
         return GenerationConfig(
             max_new_tokens=self.max_new_tokens, do_sample=not greedy,
+            return_dict_in_generate=with_logits, output_logits=with_logits,
             temperature=None if greedy else self.temperature, top_k=None if greedy else self.top_k,
             top_p=None if greedy else self.top_p,
             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)

@@ -16,6 +16,7 @@ from classic_rl.runs import ConfigError, cli
 from rlhf_toy.data import DATA_DIR, load_prompts
 from rlhf_toy.models import load_model, load_tokenizer
 from rlhf_toy.pretrain import default_base_model
+from rlhf_toy.rewards import resolve_reward
 from rlhf_toy.sampling import SamplingConfig, generate
 
 
@@ -30,6 +31,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--temperature", type=float, default=1.0, help="0 for greedy")
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--reward", help="Also score each completion, e.g. length,format (see train_rlhf.py --reward)")
+    parser.add_argument("--target-words", type=int, default=12, help="Target of the length reward")
     parser.add_argument("--trust-remote-code", action="store_true", help="Allow a hub model's own code to run (off by default)")
     return parser.parse_args()
 
@@ -43,16 +46,22 @@ def main() -> None:
         raise ConfigError("give either --model or --compare DIR_A DIR_B, not both")
     sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     prompts = load_prompts(args.prompts)[: args.n]
+    reward = resolve_reward(args.reward, target_words=args.target_words) if args.reward else None
     names = args.compare or [args.model or default_base_model()]
     torch.set_num_threads(2)
     columns = []
     for name in names:
         model, tokenizer = load_model(name, args.trust_remote_code).eval(), load_tokenizer(name, args.trust_remote_code)
-        columns.append((name, generate(model, tokenizer, prompts, sampling, seed=args.seed)))
+        completions = generate(model, tokenizer, prompts, sampling, seed=args.seed)
+        scores = reward(prompts, completions) if reward else [None] * len(prompts)
+        columns.append((name, completions, scores))
+    for name, _, scores in columns:
+        if reward:
+            print(f"mean reward ({args.reward}) of {name}: {sum(scores) / len(scores):.3f}")
     for i, prompt in enumerate(prompts):
         print(f"[{i}] {prompt}")
-        for name, completions in columns:
-            label = f"{name}: " if len(columns) > 1 else ""
+        for name, completions, scores in columns:
+            label = (f"{name}: " if len(columns) > 1 else "") + (f"[{scores[i]:.2f}] " if reward else "")
             print(textwrap.indent(textwrap.fill(label + completions[i].strip(), 100), "    "))
         print()
 

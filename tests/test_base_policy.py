@@ -1,22 +1,17 @@
 """The base policy: corpus, tokenizer, nano pretraining, save/load, batched generation, sample.py."""
 
 import json
-import runpy
-import sys
-from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlhf_toy import corpus
-from rlhf_toy.data import DATA_DIR, load_prompts, write_jsonl
+from rlhf_toy.data import DATA_DIR, load_prompts
 from rlhf_toy.models import format_prompt, train_tokenizer
-from rlhf_toy.pretrain import PretrainConfig, pretrain
 from rlhf_toy.sampling import SamplingConfig, generate
-
-ROOT = Path(__file__).resolve().parents[1]
-SMALL = {"pretrain": 1500, "sft": 1500, "prompts_train": 50, "prompts_eval": 8}
+from tests.conftest import SMALL, run_script
 
 
 def test_corpus_is_deterministic_and_leaves_room_for_the_format_reward():
@@ -46,19 +41,6 @@ def test_tokenizer_round_trip_and_padding(tmp_path):
     assert loaded.padding_side == "left" and loaded.pad_token_id != loaded.eos_token_id
     batch = loaded(["a fox", "the old fox lived near"], padding=True)
     assert batch["attention_mask"][0][0] == 0 and batch["input_ids"][0][0] == loaded.pad_token_id
-
-
-@pytest.fixture(scope="module")
-def nano(tmp_path_factory):
-    """A nano model pretrained for a few seconds on a small corpus."""
-    root = tmp_path_factory.mktemp("nano")
-    (root / "data").mkdir()
-    for name, rows in corpus.generate(0, SMALL).items():
-        write_jsonl(root / "data" / f"{name}.jsonl", rows)
-    cfg = PretrainConfig(preset="nano", data_dir=str(root / "data"), vocab_size=600, batch_size=16, max_steps=80,
-                         warmup_steps=10, eval_every=40, run_dir=str(root / "run"))
-    summary = pretrain(cfg)
-    return root, summary
 
 
 def test_nano_pretraining_loss_falls(nano):
@@ -95,18 +77,15 @@ def test_batched_generation_with_padding_equals_one_by_one(nano):
 
 
 def run_sample(args, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["sample.py", *args])
-    with pytest.raises(SystemExit) as exc:
-        runpy.run_path(str(ROOT / "scripts" / "sample.py"), run_name="__main__")
-    return exc.value.code, capsys.readouterr()
+    code, out, err = run_script("sample.py", args, monkeypatch, capsys)
+    return code, SimpleNamespace(out=out, err=err)
 
 
 def test_sample_compare_shows_both_models_per_prompt(nano, monkeypatch, capsys):
     root, _ = nano
     model_dir = str(root / "run" / "model")
-    monkeypatch.setattr(sys, "argv", ["sample.py", "--compare", model_dir, model_dir, "--n", "2"])
-    runpy.run_path(str(ROOT / "scripts" / "sample.py"), run_name="__main__")
-    out = capsys.readouterr().out
+    code, out, _ = run_script("sample.py", ["--compare", model_dir, model_dir, "--n", "2"], monkeypatch, capsys)
+    assert code == 0
     assert out.count(f"{model_dir}: ") == 4 and "[1]" in out
 
 

@@ -61,19 +61,19 @@ def test_policy_round_trip_keeps_weights_and_normalisation(tmp_path):
 
 
 def test_ppo_learns_cartpole(tmp_path):
-    cfg = PPOConfig(**{**preset("ppo", "CartPole-v1"), "seed": 1, "target_return": 195,
+    cfg = PPOConfig(**{**preset("ppo", "CartPole-v1"), "seed": 1, "target_return": 475,
                        "run_dir": str(tmp_path / "run")})
     summary = run_training("ppo", train, cfg)
-    assert summary["eval_return_mean"] >= 195
+    assert summary["eval_return_mean"] >= 475  # solved, not merely better than random (~20)
     assert summary["env_steps"] < cfg.total_timesteps  # stopped early at the target
     assert summary["solved_at_steps"] is None or summary["solved_at_steps"] <= summary["env_steps"]
 
 
 def test_ppo_with_normalised_observations_and_value_clipping_learns(tmp_path):
-    cfg = PPOConfig(**{**preset("ppo", "CartPole-v1"), "seed": 2, "target_return": 150, "normalize_obs": True,
+    cfg = PPOConfig(**{**preset("ppo", "CartPole-v1"), "seed": 2, "target_return": 300, "normalize_obs": True,
                        "vf_clip": 10.0, "run_dir": str(tmp_path / "run")})
     summary = run_training("ppo", train, cfg)
-    assert summary["eval_return_mean"] >= 150
+    assert summary["eval_return_mean"] >= 300
     assert load_model(tmp_path / "run" / "policy.safetensors").obs_normalizer.count.item() > 1000
 
 

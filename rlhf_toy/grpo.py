@@ -1,0 +1,82 @@
+"""Group Relative Policy Optimization (Shao et al. 2024, DeepSeekMath) and its variants.
+
+    for each step:
+        sample G completions for each of P prompts; score them with the reward
+        A_i = (r_i - mean(group)) / (std(group) + eps)        scale_rewards="group" (GRPO)
+            = (r_i - mean(group)) / (std(batch) + eps)        "batch"
+            = (r_i - mean(group))                             "none" (Dr. GRPO, Liu et al. 2025)
+        every completion token gets its sequence's advantage; no critic
+        for num_iterations:
+            minimise  clipped objective + beta * k3 KL to the reference, aggregated by loss_type:
+                "grpo":    mean over each sequence's tokens, then over sequences (the GRPO paper)
+                "dapo":    mean over all tokens of the batch (DAPO, Yu et al. 2025; TRL's "bnpo" too)
+                "dr_grpo": sum over tokens / (sequences * max_completion_length) (Dr. GRPO)
+
+The clipped objective, KL estimator and aggregation are classic_rl.core's, as in classic PPO.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from classic_rl import core
+from rlhf_toy.rollout import Rollout, completion_logits
+
+LOSS_AGGREGATION = {"grpo": "seq", "dapo": "token", "bnpo": "token", "dr_grpo": "seq-mean-token-sum"}
+SCALE_REWARDS = ("group", "batch", "none")
+
+
+def group_advantages(rewards: Tensor, group_size: int, scale_rewards: str = "group", eps: float = 1e-4) -> tuple[Tensor, Tensor]:
+    """Per-completion advantages `[B]` from rewards `[B]` laid out as consecutive groups of group_size.
+
+    Returns (advantages, frac_reward_zero_std): the share of groups whose rewards are all equal,
+    which give no learning signal.
+    """
+    grouped = rewards.view(-1, group_size)
+    group_std = grouped.std(1, keepdim=True)
+    advantages = grouped - grouped.mean(1, keepdim=True)
+    if scale_rewards == "group":
+        advantages = advantages / (group_std + eps)
+    elif scale_rewards == "batch":
+        advantages = advantages / (rewards.std() + eps)
+    elif scale_rewards != "none":
+        raise ValueError(f"unknown scale_rewards {scale_rewards!r}; accepted: {', '.join(SCALE_REWARDS)}")
+    return advantages.view(-1), (group_std < 1e-6).float().mean()
+
+
+def grpo_update(policy, optimizer, accelerator, rollout: Rollout, rewards: Tensor, cfg) -> dict[str, float]:
+    """num_iterations passes of `cfg.num_minibatches` gradient steps over one rollout; returns metrics."""
+    advantages, frac_zero_std = group_advantages(rewards, cfg.num_generations, cfg.scale_rewards)
+    mask = rollout.completion_mask
+    if cfg.mask_truncated_completions:
+        mask = mask * (~rollout.is_truncated).float()[:, None]
+    agg = LOSS_AGGREGATION[cfg.loss_type]
+    size = len(rewards) // cfg.num_minibatches
+    sums: dict[str, float] = {}
+    for _iteration in range(cfg.num_iterations):
+        for mb in torch.randperm(len(rewards)).split(size):
+            logits = completion_logits(policy, rollout.input_ids[mb], rollout.attention_mask[mb], rollout.prompt_length,
+                                       cfg.temperature)
+            logp = core.logprobs_from_logits(logits, rollout.completion_ids[mb], mask[mb])
+            adv = advantages[mb, None].expand_as(logp)
+            loss, stats = core.policy_loss(logp, rollout.old_logprobs[mb], adv, cfg.epsilon, cfg.epsilon_high, mask[mb], agg)
+            if cfg.beta > 0:
+                kl = core.kl_estimate(logp, rollout.ref_logprobs[mb], "k3", mask[mb])
+                loss = loss + cfg.beta * core.aggregate(kl, mask[mb], agg)
+                stats["kl"] = core.masked_mean(kl.detach(), mask[mb])
+            if cfg.loss_type == "dr_grpo":
+                loss = loss / cfg.max_completion_length
+            accelerator.backward(loss)
+            stats["grad_norm"] = accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            stats["loss"] = loss.detach()
+            stats["entropy"] = core.masked_mean(core.entropy_from_logits(logits.detach()), mask[mb])
+            for key, value in stats.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+    n = cfg.num_iterations * cfg.num_minibatches
+    metrics = {key: value / n for key, value in sums.items()}
+    metrics["clip_ratio"] = metrics.pop("clipfrac")
+    metrics["frac_reward_zero_std"] = float(frac_zero_std)
+    return metrics

@@ -1,0 +1,157 @@
+"""Reward functions: plain callables `reward(prompts, completions, **columns) -> list[float]`
+(TRL's signature; extra dataset columns arrive as keyword lists), built-in rules, and the
+`--reward` spec that combines several with weights.
+
+Built-in rules return a score in [0, 1], 1 = perfect:
+- length: closeness of the answer's word count to a target (from the prompt's "in N words",
+  else `target_words`): max(0, 1 - |words - target| / target);
+- format: the completion is exactly `<answer> ... </answer>` (1.0); the tags are there but with
+  text outside them (0.5); only the opening tag (0.25); otherwise 0.
+The default RLHF reward is their equal-weight sum, `length,format` with weights 0.5,0.5.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import math
+import numbers
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from classic_rl.runs import ConfigError
+from rlhf_toy.corpus import CLOSE_TAG, OPEN_TAG
+
+RewardFn = Callable[..., Sequence[float]]
+
+_TARGET_IN_PROMPT = re.compile(r"\bin (\d+) words\b", re.IGNORECASE)
+_EXACT_FORMAT = re.compile(rf"^{re.escape(OPEN_TAG)}(.+?){re.escape(CLOSE_TAG)}$", re.DOTALL)
+
+
+def answer_text(completion: str) -> str:
+    """The text inside the answer tags if present, else the whole completion, stripped."""
+    inner = completion.split(OPEN_TAG, 1)[-1].split(CLOSE_TAG, 1)[0]
+    return inner.strip()
+
+
+def length_reward(prompts: list[str], completions: list[str], target_words: int = 12, **_) -> list[float]:
+    """1 - |words - target| / target, floored at 0; the target comes from "in N words" in the prompt if stated."""
+    scores = []
+    for prompt, completion in zip(prompts, completions, strict=True):
+        stated = _TARGET_IN_PROMPT.search(prompt)
+        target = int(stated.group(1)) if stated else target_words
+        words = len(answer_text(completion).split())
+        scores.append(max(0.0, 1.0 - abs(words - target) / max(target, 1)))
+    return scores
+
+
+def format_reward(prompts: list[str], completions: list[str], **_) -> list[float]:
+    """1 for exactly `<answer> text </answer>`, 0.5 for the tags with text outside, 0.25 for the opening tag only."""
+    scores = []
+    for completion in completions:
+        text = completion.strip()
+        exact = _EXACT_FORMAT.match(text)
+        if exact and exact.group(1).strip() and OPEN_TAG not in exact.group(1):
+            scores.append(1.0)
+        elif OPEN_TAG in text and CLOSE_TAG in text.split(OPEN_TAG, 1)[1]:
+            scores.append(0.5)
+        else:
+            scores.append(0.25 if OPEN_TAG in text else 0.0)
+    return scores
+
+
+BUILTIN_REWARDS: dict[str, RewardFn] = {"length": length_reward, "format": format_reward}
+DEFAULT_REWARD = "length,format"
+
+
+class RewardFunctionError(ConfigError):
+    """A reward function broke its contract; the message names it and the first bad index."""
+
+
+def check_scores(name: str, scores, n: int) -> list[float]:
+    """The scores as floats, or an error naming the function and the first bad value."""
+    try:
+        scores = list(scores)
+    except TypeError:
+        raise RewardFunctionError(f"reward {name!r} returned {type(scores).__name__}, expected a list of {n} numbers") from None
+    if len(scores) != n:
+        raise RewardFunctionError(f"reward {name!r} returned {len(scores)} values for {n} completions")
+    for i, score in enumerate(scores):
+        if score is None or isinstance(score, bool) or not isinstance(score, numbers.Real) or not math.isfinite(score):
+            raise RewardFunctionError(f"reward {name!r} returned {score!r} at index {i}; expected a finite number")
+    return [float(s) for s in scores]
+
+
+class CombinedReward:
+    """A weighted sum of reward functions that also reports each component.
+
+    Called like a reward function; `score` returns (total [B], {name: [B]}).
+    """
+
+    def __init__(self, functions: dict[str, RewardFn], weights: Sequence[float]):
+        self.functions, self.weights = functions, list(weights)
+
+    def score(self, prompts: list[str], completions: list[str], **columns) -> tuple[list[float], dict[str, list[float]]]:
+        components = {name: check_scores(name, fn(prompts, completions, **columns), len(completions))
+                      for name, fn in self.functions.items()}
+        totals = [sum(w * components[name][i] for name, w in zip(self.functions, self.weights, strict=True))
+                  for i in range(len(completions))]
+        return totals, components
+
+    def __call__(self, prompts: list[str], completions: list[str], **columns) -> list[float]:
+        return self.score(prompts, completions, **columns)[0]
+
+
+def _load_user_function(spec: str) -> RewardFn:
+    """`path/to/file.py:function` or `package.module:function`."""
+    target, _, attr = spec.rpartition(":")
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise ConfigError(f"reward file {path} not found (from --reward {spec})")
+        module_spec = importlib.util.spec_from_file_location(f"user_reward_{path.stem}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as err:
+            raise ConfigError(f"cannot import module {target!r} for --reward {spec}: {err}") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ConfigError(f"{target} has no function {attr!r} (from --reward {spec})")
+    return fn
+
+
+def resolve_reward(spec: str = DEFAULT_REWARD, weights: Sequence[float] | None = None, target_words: int = 12,
+                   reward_model_loader: Callable[[str], RewardFn] | None = None) -> CombinedReward:
+    """Build the reward from a comma list of names (`length,format`), `FILE.py:FUNCTION`,
+    `package.module:function` or `rm:DIR` (a trained reward model).
+
+    Weights default to equal shares summing to 1 (so rule sums stay in [0, 1]).
+    """
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    if not parts:
+        raise ConfigError(f"--reward is empty; accepted: a comma list of {', '.join(BUILTIN_REWARDS)}, FILE.py:FUNCTION, "
+                          "package.module:function or rm:DIR")
+    functions: dict[str, RewardFn] = {}
+    for part in parts:
+        if part in BUILTIN_REWARDS:
+            fn = BUILTIN_REWARDS[part]
+            functions[part] = functools.partial(fn, target_words=target_words) if part == "length" else fn
+        elif part.startswith("rm:"):
+            if reward_model_loader is None:
+                raise ConfigError("rm:DIR rewards need a reward-model loader here")
+            functions[part] = reward_model_loader(part[3:])
+        elif ":" in part:
+            functions[part] = _load_user_function(part)
+        else:
+            raise ConfigError(f"unknown reward {part!r}; accepted: {', '.join(BUILTIN_REWARDS)}, FILE.py:FUNCTION, "
+                              "package.module:function or rm:DIR")
+    if weights is None or len(weights) == 0:
+        weights = [1.0 / len(functions)] * len(functions)
+    if len(weights) != len(functions):
+        raise ConfigError(f"--reward-weights has {len(weights)} values for {len(functions)} rewards ({', '.join(functions)})")
+    return CombinedReward(functions, weights)

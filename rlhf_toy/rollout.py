@@ -1,0 +1,91 @@
+"""One rollout batch for RLHF: sample completions with the KV cache, then everything the losses
+need as `[B, C]` tensors over completion tokens (C = longest completion in the batch).
+
+    input_ids        [B, P + C]  left-padded prompt, then the completion padded after its eos
+    attention_mask   [B, P + C]  1 on real prompt tokens and on completion tokens up to eos
+    completion_mask  [B, C]      1 on generated tokens up to and including the first eos
+    old_logprobs     [B, C]      log pi_old(token) at the sampling temperature, from generate's own logits
+    ref_logprobs     [B, C]      the frozen reference, one batched forward (None without a reference)
+
+Log-probs are always of logits / temperature, in sampling and in training, so the PPO ratio
+compares like with like.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from classic_rl import core
+from rlhf_toy.sampling import SamplingConfig, encode_prompts
+
+
+@dataclass
+class Rollout:
+    prompts: list[str]
+    completions: list[str]
+    input_ids: Tensor
+    attention_mask: Tensor
+    completion_mask: Tensor
+    old_logprobs: Tensor
+    ref_logprobs: Tensor | None
+    is_truncated: Tensor  # [B] bool: no eos within max_new_tokens
+
+    @property
+    def prompt_length(self) -> int:
+        return self.input_ids.shape[1] - self.completion_mask.shape[1]
+
+    @property
+    def completion_ids(self) -> Tensor:
+        return self.input_ids[:, self.prompt_length:]
+
+    @property
+    def completion_lengths(self) -> Tensor:
+        return self.completion_mask.sum(1)
+
+
+def position_ids(attention_mask: Tensor) -> Tensor:
+    """Positions that skip left padding, as generate computes them: `[B, T]`."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def completion_logits(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, prompt_length: int,
+                      temperature: float) -> Tensor:
+    """Teacher-forced logits / temperature that predict each completion token: `[B, C, V]`."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask))
+    return out.logits[:, prompt_length - 1: -1].float() / max(temperature, 1e-6)
+
+
+def completion_mask_from_ids(completion_ids: Tensor, eos_token_id: int) -> tuple[Tensor, Tensor]:
+    """(mask `[B, C]`, is_truncated `[B]`): tokens up to and including the first eos are valid."""
+    is_eos = completion_ids == eos_token_id
+    has_eos = is_eos.any(1)
+    first_eos = torch.where(has_eos, is_eos.float().argmax(1), torch.full_like(has_eos, completion_ids.shape[1], dtype=torch.long))
+    steps = torch.arange(completion_ids.shape[1], device=completion_ids.device)
+    return (steps[None, :] <= first_eos[:, None]).float(), ~has_eos
+
+
+@torch.inference_mode()
+def sample_rollout(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], sampling: SamplingConfig,
+                   ref_model: PreTrainedModel | None = None) -> Rollout:
+    """Sample one completion per prompt (repeat prompts for groups) and score it under policy and reference."""
+    batch = encode_prompts(tokenizer, prompts, sampling.max_new_tokens, policy).to(policy.device)
+    out = policy.generate(**batch, generation_config=sampling.generation_config(tokenizer, with_logits=True))
+    prompt_length = batch["input_ids"].shape[1]
+    completion_ids = out.sequences[:, prompt_length:]
+    completion_mask, is_truncated = completion_mask_from_ids(completion_ids, tokenizer.eos_token_id)
+    temperature = sampling.temperature or 1.0
+    # generate's raw logits, one [B, V] per step: log-probs per step keeps memory at [B, V], not [B, C, V]
+    old_logprobs = torch.stack([core.logprobs_from_logits(step_logits.float() / temperature, completion_ids[:, t])
+                                for t, step_logits in enumerate(out.logits)], dim=1) * completion_mask
+    input_ids = out.sequences
+    attention_mask = torch.cat([batch["attention_mask"], completion_mask.long()], dim=1)
+    ref_logprobs = None
+    if ref_model is not None:
+        ref_logits = completion_logits(ref_model, input_ids, attention_mask, prompt_length, temperature)
+        ref_logprobs = core.logprobs_from_logits(ref_logits, completion_ids, completion_mask)
+    completions = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+    return Rollout(prompts, completions, input_ids, attention_mask, completion_mask, old_logprobs, ref_logprobs, is_truncated)

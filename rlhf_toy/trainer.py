@@ -1,0 +1,299 @@
+"""The RLHF loop shared by GRPO and PPO: sample, score, update, log; evaluation before and after.
+
+    for step in 1..steps:
+        prompts   = next prompts_per_step prompts, each repeated num_generations times
+        rollout   = sample_rollout(policy, prompts)          # KV-cache generate, old/ref log-probs
+        rewards   = reward(prompts, completions)             # rule, user function or reward model
+        metrics   = grpo_update(...) or ppo_update(...)      # all loss math from classic_rl.core
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from classic_rl.runs import (
+    ConfigError,
+    RunLogger,
+    config_field,
+    plot_lines,
+    prepare_run_dir,
+    require_positive,
+    seed_everything,
+    write_json,
+)
+from rlhf_toy.data import DATA_DIR, load_prompts
+from rlhf_toy.grpo import LOSS_AGGREGATION, SCALE_REWARDS, grpo_update
+from rlhf_toy.models import load_model, load_tokenizer
+from rlhf_toy.pretrain import default_base_model
+from rlhf_toy.rewards import DEFAULT_REWARD, CombinedReward, resolve_reward
+from rlhf_toy.rollout import sample_rollout
+from rlhf_toy.sampling import SamplingConfig, encode_prompts
+
+ALGOS = ("grpo",)
+
+
+@dataclass
+class RLHFConfig:
+    algo: str = config_field("grpo", f"RL algorithm: {', '.join(ALGOS)}")
+    model: str | None = config_field(None, "Policy to fine-tune: a save_pretrained folder or hub name (default: the "
+                                           "cached default base model, built on first use)")
+    reward: str = config_field(DEFAULT_REWARD, "Comma list of rewards: built-in names (length, format), FILE.py:FUNCTION, "
+                                               "package.module:function or rm:DIR")
+    reward_weights: list[float] | None = config_field(None, "Weights of the rewards in --reward (default: equal, summing to 1)")
+    target_words: int = config_field(12, "Target word count of the length reward when the prompt states none")
+    prompts: str = config_field(str(DATA_DIR / "prompts_train.jsonl"), "Training prompts (JSONL with a prompt field, or .txt)")
+    eval_prompts: str = config_field(str(DATA_DIR / "prompts_eval.jsonl"), "Fixed evaluation prompts")
+    eval_samples_per_prompt: int = config_field(2, "Completions per eval prompt for reward_before / reward_after")
+    steps: int = config_field(100, "Training steps (one rollout and its updates each)")
+    seed: int = config_field(0, "Seeds python, numpy, torch, prompt order and sampling")
+    # batch arithmetic (TRL: generation batch = prompts x num_generations)
+    prompts_per_step: int = config_field(8, "Distinct prompts per step")
+    num_generations: int = config_field(8, "Completions per prompt (GRPO's group size G; must be >= 2)")
+    num_minibatches: int = config_field(1, "Gradient steps per pass over a rollout")
+    # sampling
+    max_completion_length: int = config_field(40, "Max new tokens per completion")
+    temperature: float = config_field(1.0, "Sampling temperature (log-probs are taken at the same temperature)")
+    top_k: int = config_field(0, "Top-k sampling (0: off)")
+    top_p: float = config_field(1.0, "Nucleus sampling (1: off)")
+    # optimisation
+    learning_rate: float = config_field(5e-4, "AdamW learning rate (constant)")
+    max_grad_norm: float = config_field(1.0, "Global gradient-norm clip")
+    # GRPO (field names follow TRL's GRPOConfig)
+    beta: float = config_field(0.04, "k3 KL coefficient to the reference (0 loads no reference model)")
+    epsilon: float = config_field(0.2, "Lower clip of the policy ratio")
+    epsilon_high: float | None = config_field(None, "Upper clip (DAPO's clip-higher); default: epsilon")
+    loss_type: str = config_field("dapo", f"Loss aggregation: {', '.join(LOSS_AGGREGATION)}")
+    scale_rewards: str = config_field("group", f"Advantage scaling: {', '.join(SCALE_REWARDS)} (none = Dr. GRPO)")
+    num_iterations: int = config_field(1, "Updates per rollout (GRPO's mu)")
+    mask_truncated_completions: bool = config_field(False, "Exclude completions without eos from the loss (DAPO)")
+    # run
+    log_completions_every: int = config_field(25, "Print a table of completions every N steps (0: never)")
+    save_every: int = config_field(0, "Checkpoint every N steps (0: only the final model)")
+    keep_checkpoints: int = config_field(2, "How many checkpoints to keep")
+    resume: bool = config_field(False, "Continue the run in --run-dir from its newest checkpoint")
+    torch_threads: int = config_field(2, "torch.set_num_threads")
+    cpu: bool = config_field(False, "Run on CPU even when an accelerator is present")
+    trust_remote_code: bool = config_field(False, "Allow a hub model's own code to run")
+    run_dir: str = config_field("runs/rlhf", "Output folder")
+    overwrite: bool = config_field(False, "Replace an existing run in --run-dir")
+
+    def __post_init__(self):
+        choices = {"algo": (self.algo, ALGOS), "loss_type": (self.loss_type, tuple(LOSS_AGGREGATION)),
+                   "scale_rewards": (self.scale_rewards, SCALE_REWARDS)}
+        for name, (value, accepted) in choices.items():
+            if value not in accepted:
+                raise ConfigError(f"unknown --{name.replace('_', '-')} {value!r}; accepted: {', '.join(accepted)}")
+        require_positive(steps=self.steps, prompts_per_step=self.prompts_per_step, num_generations=self.num_generations,
+                         num_minibatches=self.num_minibatches, max_completion_length=self.max_completion_length,
+                         learning_rate=self.learning_rate, max_grad_norm=self.max_grad_norm, epsilon=self.epsilon,
+                         num_iterations=self.num_iterations, target_words=self.target_words, torch_threads=self.torch_threads,
+                         eval_samples_per_prompt=self.eval_samples_per_prompt, keep_checkpoints=self.keep_checkpoints)
+        if self.algo == "grpo" and self.num_generations < 2:
+            raise ConfigError(f"GRPO compares completions within a group, so --num-generations must be >= 2, got {self.num_generations}")
+        if self.completions_per_step % self.num_minibatches:
+            raise ConfigError(f"{self.completions_per_step} completions per step do not split into {self.num_minibatches} "
+                              "minibatches; choose --num-minibatches dividing prompts_per_step * num_generations")
+        if self.beta < 0 or self.save_every < 0 or self.log_completions_every < 0:
+            raise ConfigError("--beta, --save-every and --log-completions-every must be >= 0")
+        if self.epsilon_high is not None and self.epsilon_high <= 0:
+            raise ConfigError(f"--epsilon-high must be > 0, got {self.epsilon_high}")
+        SamplingConfig(self.max_completion_length, self.temperature, self.top_k, self.top_p)  # validates sampling fields
+
+    @property
+    def completions_per_step(self) -> int:
+        return self.prompts_per_step * self.num_generations
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(self.max_completion_length, self.temperature, self.top_k, self.top_p)
+
+
+def prompts_for_step(prompts: list[str], step: int, cfg: RLHFConfig) -> list[str]:
+    """The prompts of step (1-based), each repeated num_generations times (groups are consecutive).
+
+    Prompts are drawn epoch by epoch from seeded permutations, so the order is a pure function of
+    (seed, step) and a resumed run sees the same prompts.
+    """
+    chosen, n = [], len(prompts)
+    for index in range((step - 1) * cfg.prompts_per_step, step * cfg.prompts_per_step):
+        epoch, position = divmod(index, n)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+        chosen.append(prompts[order[position]])
+    return [p for p in chosen for _ in range(cfg.num_generations)]
+
+
+def evaluate(policy, tokenizer, prompts: list[str], reward: CombinedReward, cfg: RLHFConfig) -> dict[str, Any]:
+    """Mean reward (and components) of sampled completions on the fixed eval prompts.
+
+    Uses its own seed and leaves the training RNG untouched, so before and after see the same
+    sampling noise.
+    """
+    repeated = [p for p in prompts for _ in range(cfg.eval_samples_per_prompt)]
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed + 12345)
+        rollout = sample_rollout(policy, tokenizer, repeated, cfg.sampling)
+    totals, components = reward.score(repeated, rollout.completions)
+    return {"reward": float(np.mean(totals)), "components": {k: float(np.mean(v)) for k, v in components.items()},
+            "mean_length": float(rollout.completion_lengths.float().mean()),
+            "rows": [{"prompt": p, "completion": c, "reward": r} for p, c, r in zip(repeated, rollout.completions, totals, strict=True)]}
+
+
+def print_completions(title: str, rows: list[dict], limit: int = 4, width: int = 90) -> None:
+    tqdm.write(f"--- {title}")
+    for row in rows[:limit]:
+        completion = row["completion"].strip().replace("\n", " ")
+        tqdm.write(f"  [{row['reward']:.2f}] {row['prompt']}\n         -> {completion[:width]}{'...' if len(completion) > width else ''}")
+
+
+# ---- checkpoints ------------------------------------------------------------------------------------
+
+def save_checkpoint(run_dir: Path, step: int, policy, tokenizer, optimizer, accelerator, keep: int) -> None:
+    """checkpoints/step-N/ written under a temporary name, then renamed; keeps the newest `keep`."""
+    root = run_dir / "checkpoints"
+    tmp, final = root / f".step-{step}.tmp", root / f"step-{step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.unwrap_model(policy).save_pretrained(tmp / "model")
+    tokenizer.save_pretrained(tmp / "model")
+    torch.save({"step": step, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, tmp / "state.pt")
+    tmp.rename(final)
+    for old in sorted(root.glob("step-*"), key=lambda p: int(p.name[5:]))[:-keep]:
+        shutil.rmtree(old)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    done = sorted((run_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name[5:]))
+    return done[-1] if done else None
+
+
+# ---- the loop -----------------------------------------------------------------------------------------
+
+def train(cfg: RLHFConfig) -> dict[str, Any]:
+    from accelerate import Accelerator
+
+    run_dir = Path(cfg.run_dir)
+    checkpoint = latest_checkpoint(run_dir) if cfg.resume else None
+    if cfg.resume and checkpoint is None:
+        raise ConfigError(f"--resume found no checkpoint in {run_dir}/checkpoints; run with --save-every N first")
+    if checkpoint is None:
+        prepare_run_dir(run_dir, overwrite=cfg.overwrite)
+    write_json(run_dir / "config.json", dataclasses.asdict(cfg))
+    torch.set_num_threads(cfg.torch_threads)
+    seed_everything(cfg.seed)
+    accelerator = Accelerator(cpu=cfg.cpu)
+
+    reward = resolve_reward(cfg.reward, cfg.reward_weights, cfg.target_words)
+    train_prompts, eval_prompts = load_prompts(cfg.prompts), load_prompts(cfg.eval_prompts)
+    model_name = cfg.model or default_base_model()
+    tokenizer = load_tokenizer(model_name, cfg.trust_remote_code)
+    policy = load_model(str(checkpoint / "model") if checkpoint else model_name, cfg.trust_remote_code)
+    for name, prompts in (("--prompts", train_prompts), ("--eval-prompts", eval_prompts)):
+        try:
+            encode_prompts(tokenizer, prompts, cfg.max_completion_length, policy)
+        except ConfigError as err:
+            raise ConfigError(f"{name}: {err}") from None
+    ref_model = load_model(model_name, cfg.trust_remote_code).eval().requires_grad_(False) if cfg.beta > 0 else None
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
+    start_step = 1
+    if checkpoint is not None:
+        state = torch.load(checkpoint / "state.pt", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        start_step = state["step"] + 1
+    policy, optimizer = accelerator.prepare(policy, optimizer)
+    if ref_model is not None:
+        ref_model = ref_model.to(accelerator.device)
+
+    print(f"{cfg.algo}: {cfg.prompts_per_step} prompts x {cfg.num_generations} completions = {cfg.completions_per_step} "
+          f"completions per step, {cfg.num_minibatches} minibatch(es) x {cfg.num_iterations} iteration(s), "
+          f"{cfg.steps} steps, reward {cfg.reward}, model {model_name}, device {accelerator.device}")
+    logger = RunLogger(run_dir)
+    before = evaluate(policy, tokenizer, eval_prompts, reward, cfg)
+    print_completions(f"before training: eval reward {before['reward']:.3f}", before["rows"])
+    progress = tqdm(range(start_step, cfg.steps + 1), desc=cfg.algo, initial=start_step - 1, total=cfg.steps, mininterval=1.0)
+    train_time = 0.0
+    with open(run_dir / "samples.jsonl", "a") as samples_file:
+        for step in progress:
+            t0 = time.perf_counter()
+            prompts = prompts_for_step(train_prompts, step, cfg)
+            policy.eval()
+            rollout = sample_rollout(accelerator.unwrap_model(policy), tokenizer, prompts, cfg.sampling, ref_model)
+            t1 = time.perf_counter()
+            totals, components = reward.score(prompts, rollout.completions)
+            rewards = torch.tensor(totals, dtype=torch.float32)
+            t2 = time.perf_counter()
+            policy.train()
+            metrics = grpo_update(policy, optimizer, accelerator, rollout, rewards, cfg)
+            t3 = time.perf_counter()
+            train_time += t3 - t0
+            lengths = rollout.completion_lengths.float()
+            metrics.update({"reward": rewards.mean().item(), "reward_std": rewards.std().item(),
+                            **{f"rewards/{k}/mean": float(np.mean(v)) for k, v in components.items()},
+                            "completions/mean_length": lengths.mean().item(), "completions/min_length": lengths.min().item(),
+                            "completions/max_length": lengths.max().item(),
+                            "completions/clipped_ratio": rollout.is_truncated.float().mean().item(),
+                            "time/generate_s": t1 - t0, "time/reward_s": t2 - t1, "time/update_s": t3 - t2,
+                            "completions_per_s": len(prompts) / (t3 - t0)})
+            if not all(math.isfinite(v) for v in metrics.values()):
+                bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+                raise FloatingPointError(f"step {step}: non-finite {', '.join(bad)}; the last checkpoint is intact")
+            logger.log(step, metrics)
+            progress.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics.get('kl', 0.0):.3f}",
+                                 len=f"{metrics['completions/mean_length']:.1f}", refresh=False)
+            if cfg.log_completions_every and step % cfg.log_completions_every == 0:
+                rows = [{"step": step, "prompt": p, "completion": c, "reward": r}
+                        for p, c, r in zip(prompts[:: cfg.num_generations], rollout.completions[:: cfg.num_generations],
+                                           totals[:: cfg.num_generations], strict=True)]
+                samples_file.writelines(json.dumps(row) + "\n" for row in rows)
+                samples_file.flush()
+                print_completions(f"step {step}: reward {metrics['reward']:.3f}", rows)
+            if cfg.save_every and step % cfg.save_every == 0:
+                save_checkpoint(run_dir, step, policy, tokenizer, optimizer, accelerator, cfg.keep_checkpoints)
+    progress.close()
+
+    after = evaluate(policy, tokenizer, eval_prompts, reward, cfg)
+    k = cfg.eval_samples_per_prompt  # one row per distinct prompt
+    print_side_by_side(before["rows"][::k], after["rows"][::k])
+    final_dir = run_dir / "model"
+    accelerator.unwrap_model(policy).save_pretrained(final_dir)
+    tokenizer.save_pretrained(final_dir)
+    completions_done = (cfg.steps - start_step + 1) * cfg.completions_per_step
+    kl_series = logger.series("kl")[1]
+    summary = {
+        "algo": cfg.algo, "model": model_name, "reward": cfg.reward, "steps": cfg.steps, "seed": cfg.seed,
+        "reward_before": before["reward"], "reward_after": after["reward"],
+        "components_before": before["components"], "components_after": after["components"],
+        "mean_length_before": before["mean_length"], "mean_length_after": after["mean_length"],
+        "kl_final": kl_series[-1] if kl_series else None,
+        "wall_s": train_time, "total_wall_s": logger.elapsed(),
+        "completions_per_s": completions_done / train_time if train_time else None,
+    }
+    write_json(run_dir / "summary.json", summary)
+    write_json(run_dir / "eval_samples.json", {"before": before["rows"], "after": after["rows"]})
+    plot_lines(run_dir / "curves.png", [
+        ("step", "reward", {"train reward": logger.series("reward"),
+                            **{k: logger.series(f"rewards/{k}/mean") for k in reward.functions}}),
+        ("step", "KL to reference (k3)", {"kl": logger.series("kl")}),
+        ("step", "completion tokens", {"mean length": logger.series("completions/mean_length")}),
+    ], f"{cfg.algo} on {Path(model_name).name}, reward {cfg.reward}")
+    logger.close()
+    print(f"eval reward {before['reward']:.3f} -> {after['reward']:.3f}; plots: {run_dir / 'curves.png'}; model: {final_dir}")
+    return summary
+
+
+def print_side_by_side(before: list[dict], after: list[dict], n: int = 6, width: int = 80) -> None:
+    """The same eval prompts before and after training, with their rewards."""
+    print("\n=== eval prompts, before -> after training ===")
+    for b, a in list(zip(before, after, strict=True))[:n]:
+        print(f"{b['prompt']}\n  before [{b['reward']:.2f}] {b['completion'].strip()[:width]}\n"
+              f"  after  [{a['reward']:.2f}] {a['completion'].strip()[:width]}")

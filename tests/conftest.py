@@ -1,0 +1,43 @@
+"""Shared fixtures: a nano GPT-2 pretrained for a few seconds on a small generated corpus."""
+
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlhf_toy import corpus
+from rlhf_toy.data import write_jsonl
+from rlhf_toy.pretrain import PretrainConfig, pretrain
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {"pretrain": 1500, "sft": 1500, "prompts_train": 50, "prompts_eval": 8}
+
+
+@pytest.fixture(scope="session")
+def nano(tmp_path_factory):
+    """(root, pretrain summary): root/data holds small data files, root/run/model the nano model."""
+    root = tmp_path_factory.mktemp("nano")
+    (root / "data").mkdir()
+    for name, rows in corpus.generate(0, SMALL).items():
+        write_jsonl(root / "data" / f"{name}.jsonl", rows)
+    cfg = PretrainConfig(preset="nano", data_dir=str(root / "data"), vocab_size=600, batch_size=16, max_steps=80,
+                         warmup_steps=10, eval_every=40, run_dir=str(root / "run"))
+    return root, pretrain(cfg)
+
+
+@pytest.fixture(scope="session")
+def nano_dir(nano):
+    return str(nano[0] / "run" / "model")
+
+
+def run_script(script: str, args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
+    """Run scripts/<script> in-process as __main__; returns (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    code = 0
+    try:
+        runpy.run_path(str(ROOT / "scripts" / script), run_name="__main__")
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

@@ -1,0 +1,109 @@
+"""Reward rules on hand-picked strings, user rewards from files and modules, and contract errors."""
+
+import math
+
+import pytest
+
+from classic_rl.runs import ConfigError
+from rlhf_toy.rewards import RewardFunctionError, format_reward, length_reward, resolve_reward
+
+
+def test_length_reward_by_hand():
+    prompts = ["Describe a fox.", "Describe a fox in 4 words.", "Describe a fox.", "Describe a fox."]
+    completions = [
+        "one two three four five six",                      # 6 words, target 12: 1 - 6/12 = 0.5
+        "<answer> one two three four five </answer>",       # 5 words inside tags, target 4 from the prompt: 0.75
+        " ".join(["w"] * 12),                               # exactly 12: 1.0
+        " ".join(["w"] * 30),                               # 30 words: 1 - 18/12 < 0, floored: 0.0
+    ]
+    assert length_reward(prompts, completions, target_words=12) == [0.5, 0.75, 1.0, 0.0]
+
+
+def test_format_reward_by_hand():
+    completions = [
+        "<answer> The fox ran. </answer>",        # exact: 1
+        "  <answer>The fox ran.</answer>\n",      # surrounding white space is fine: 1
+        "Sure! <answer> The fox. </answer>",     # tags with text outside: 0.5
+        "<answer> The fox ran.",                  # opening tag only: 0.25
+        "The fox ran.",                           # no tags: 0
+        "<answer>  </answer>",                    # empty answer: tags present, nothing inside -> 0.5
+        "</answer> The fox <answer>",             # tags in the wrong order: opening tag only -> 0.25
+    ]
+    assert format_reward([""] * len(completions), completions) == [1.0, 1.0, 0.5, 0.25, 0.0, 0.5, 0.25]
+
+
+def test_default_reward_is_the_mean_of_length_and_format_with_components():
+    reward = resolve_reward("length,format", target_words=4)
+    totals, components = reward.score(["Describe a fox."] * 2, ["<answer> a b c d </answer>", "a b"])
+    assert components == {"length": [1.0, 0.5], "format": [1.0, 0.0]}
+    assert totals == [1.0, 0.25]
+
+
+def test_weights_scale_components():
+    reward = resolve_reward("length,format", weights=[0.8, 0.2], target_words=2)
+    assert reward(["p"], ["a b"]) == [pytest.approx(0.8)]
+
+
+USER_FILE = '''
+def brevity(prompts, completions, **columns):
+    return [1.0 / (1 + len(c.split())) for c in completions]
+
+def wrong_count(prompts, completions, **columns):
+    return [1.0]
+
+def gives_nan(prompts, completions, **columns):
+    return [0.5, float("nan")]
+
+def gives_none(prompts, completions, **columns):
+    return [0.5, None]
+
+def gives_text(prompts, completions, **columns):
+    return ["high", 0.1]
+
+def uses_columns(prompts, completions, answer, **columns):
+    return [float(a in c) for a, c in zip(answer, completions)]
+'''
+
+
+@pytest.fixture
+def user_file(tmp_path):
+    path = tmp_path / "my_rewards.py"
+    path.write_text(USER_FILE)
+    return path
+
+
+def test_user_reward_from_a_file_and_from_a_module(user_file, monkeypatch):
+    reward = resolve_reward(f"{user_file}:brevity")
+    assert reward(["p", "p"], ["one", "one two three"]) == [0.5, 0.25]
+    monkeypatch.syspath_prepend(str(user_file.parent))
+    assert resolve_reward("my_rewards:brevity")(["p"], ["one"]) == [0.5]
+    assert resolve_reward(f"{user_file}:uses_columns")(["p", "p"], ["a fox", "a dog"], answer=["fox", "fox"]) == [1.0, 0.0]
+
+
+@pytest.mark.parametrize("function, message", [
+    ("wrong_count", "reward '{file}:wrong_count' returned 1 values for 2 completions"),
+    ("gives_nan", "returned nan at index 1; expected a finite number"),
+    ("gives_none", "returned None at index 1"),
+    ("gives_text", "returned 'high' at index 0"),
+])
+def test_broken_reward_functions_are_named_with_the_first_bad_index(function, message, user_file):
+    reward = resolve_reward(f"{user_file}:{function}")
+    with pytest.raises(RewardFunctionError, match=message.format(file=user_file).replace("(", r"\(").replace("[", r"\[")):
+        reward(["p", "p"], ["a", "b"])
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("lenght", "unknown reward 'lenght'; accepted: length, format"),
+    ("", "--reward is empty"),
+    ("missing_file.py:fn", "reward file missing_file.py not found"),
+    ("no_such_module_xyz:fn", "cannot import module 'no_such_module_xyz'"),
+])
+def test_unknown_rewards_list_what_exists(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_reward(spec)
+
+
+def test_weights_must_match_rewards():
+    with pytest.raises(ConfigError, match="--reward-weights has 1 values for 2 rewards"):
+        resolve_reward("length,format", weights=[1.0])
+    assert not math.isnan(resolve_reward("format")(["p"], ["x"])[0])

@@ -1,0 +1,126 @@
+"""RLHF: rollouts, GRPO's math and update, the training loop end to end, and bad input."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from classic_rl import core
+from rlhf_toy.grpo import group_advantages, grpo_update
+from rlhf_toy.models import load_model, load_tokenizer
+from rlhf_toy.rollout import completion_logits, completion_mask_from_ids, sample_rollout
+from rlhf_toy.sampling import SamplingConfig
+from rlhf_toy.trainer import RLHFConfig, train
+from tests.conftest import run_script
+
+
+def test_group_advantages_by_hand():
+    rewards = torch.tensor([1.0, 0.0, 0.5, 0.5, 3.0, 1.0])  # groups of 2: [1,0] [.5,.5] [3,1]
+    adv, frac_zero = group_advantages(rewards, 2, "none")
+    torch.testing.assert_close(adv, torch.tensor([0.5, -0.5, 0.0, 0.0, 1.0, -1.0]))
+    assert frac_zero.item() == pytest.approx(1 / 3)
+    adv, _ = group_advantages(rewards, 2, "group")
+    # unbiased std of [1,0] is sqrt(.5), of [3,1] sqrt(2): both give +-sqrt(.5); an equal group stays 0 (eps keeps 0/0 away)
+    s = 0.5 ** 0.5
+    torch.testing.assert_close(adv, torch.tensor([s, -s, 0.0, 0.0, s, -s]), atol=1e-3, rtol=0)
+    adv, _ = group_advantages(rewards, 2, "batch", eps=0.0)
+    torch.testing.assert_close(adv, torch.tensor([0.5, -0.5, 0.0, 0.0, 1.0, -1.0]) / rewards.std())
+
+
+def test_completion_mask_stops_after_the_first_eos():
+    eos = 9
+    ids = torch.tensor([[4, 5, eos, 3, 3], [4, eos, eos, 3, 3], [1, 2, 3, 4, 5]])
+    mask, truncated = completion_mask_from_ids(ids, eos)
+    assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
+    assert truncated.tolist() == [False, False, True]
+
+
+@pytest.fixture(scope="module")
+def policy_and_tokenizer(nano_dir):
+    torch.manual_seed(0)
+    return load_model(nano_dir).eval(), load_tokenizer(nano_dir)
+
+
+def test_rollout_logprobs_equal_a_teacher_forced_forward(policy_and_tokenizer):
+    policy, tokenizer = policy_and_tokenizer
+    prompts = ["Tell me about Ada.", "What happened to the lantern in Ashford?", "Describe a fox."] * 2
+    torch.manual_seed(1)
+    rollout = sample_rollout(policy, tokenizer, prompts, SamplingConfig(max_new_tokens=24, temperature=0.8), ref_model=policy)
+    assert rollout.input_ids[:, 0].eq(tokenizer.pad_token_id).any()  # prompts of different length: left padding is exercised
+    with torch.no_grad():
+        logits = completion_logits(policy, rollout.input_ids, rollout.attention_mask, rollout.prompt_length, 0.8)
+    forward = core.logprobs_from_logits(logits, rollout.completion_ids, rollout.completion_mask)
+    torch.testing.assert_close(rollout.old_logprobs, forward, atol=1e-5, rtol=0)
+    # the reference is the policy itself at step 0: its log-probs agree and k3 KL is zero
+    kl = core.kl_estimate(rollout.old_logprobs, rollout.ref_logprobs, "k3", rollout.completion_mask)
+    assert kl.abs().max().item() < 1e-5
+    # padding and tokens after eos are outside the mask and hold exactly zero log-prob
+    assert (rollout.old_logprobs[rollout.completion_mask == 0] == 0).all()
+    assert rollout.completion_lengths.tolist() == rollout.completion_mask.sum(1).tolist()
+
+
+def test_one_grpo_update_raises_the_logprob_of_the_better_completion(policy_and_tokenizer, nano_dir):
+    policy = load_model(nano_dir)
+    _, tokenizer = policy_and_tokenizer
+    torch.manual_seed(2)
+    rollout = sample_rollout(policy, tokenizer, ["Describe a fox."] * 2, SamplingConfig(max_new_tokens=16), ref_model=policy)
+    cfg = SimpleNamespace(num_generations=2, scale_rewards="group", mask_truncated_completions=False, loss_type="grpo",
+                          num_minibatches=1, num_iterations=1, temperature=1.0, epsilon=0.2, epsilon_high=None, beta=0.04,
+                          max_completion_length=16, max_grad_norm=1.0)
+
+    def sequence_logprobs():
+        with torch.no_grad():
+            logits = completion_logits(policy, rollout.input_ids, rollout.attention_mask, rollout.prompt_length, 1.0)
+        return core.logprobs_from_logits(logits, rollout.completion_ids, rollout.completion_mask).sum(1)
+
+    before = sequence_logprobs()
+    optimizer = torch.optim.SGD(policy.parameters(), lr=0.05)
+    from accelerate import Accelerator
+
+    metrics = grpo_update(policy, optimizer, Accelerator(cpu=True), rollout, torch.tensor([1.0, 0.0]), cfg)
+    after = sequence_logprobs()
+    assert after[0] > before[0] and after[1] < before[1]
+    assert metrics["kl"] == pytest.approx(0.0, abs=1e-5)  # first update: policy still equals the reference
+    assert metrics["clip_ratio"] == 0.0
+
+
+def small_config(nano, tmp_path, **overrides):
+    root = nano[0]
+    fields = dict(model=str(root / "run" / "model"), prompts=str(root / "data" / "prompts_train.jsonl"),
+                  eval_prompts=str(root / "data" / "prompts_eval.jsonl"), steps=3, prompts_per_step=2, num_generations=2,
+                  max_completion_length=12, eval_samples_per_prompt=1, log_completions_every=2, run_dir=str(tmp_path / "run"))
+    return RLHFConfig(**{**fields, **overrides})
+
+
+def test_grpo_end_to_end_writes_the_run_folder(nano, tmp_path):
+    summary = train(small_config(nano, tmp_path))
+    run_dir = tmp_path / "run"
+    for name in ["config.json", "metrics.jsonl", "samples.jsonl", "summary.json", "curves.png", "eval_samples.json",
+                 "model/config.json", "model/tokenizer.json"]:
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "tensorboard").iterdir())
+    assert {"reward_before", "reward_after", "kl_final", "wall_s", "completions_per_s", "components_before",
+            "components_after"} <= set(summary)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 3
+    for key in ["reward", "rewards/length/mean", "rewards/format/mean", "kl", "entropy", "clip_ratio", "approx_kl",
+                "completions/mean_length", "frac_reward_zero_std", "time/generate_s", "time/update_s"]:
+        assert key in rows[0], key
+    assert load_model(str(run_dir / "model")).num_parameters() > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--num-generations", "1"], "--num-generations must be >= 2"),
+    (["--reward", "politeness"], "unknown reward 'politeness'; accepted: length, format"),
+    (["--loss-type", "ppo"], "unknown --loss-type 'ppo'; accepted: grpo, dapo, bnpo, dr_grpo"),
+    (["--learning-rate", "0"], "--learning-rate must be > 0"),
+    (["--algo", "dpo"], "unknown --algo 'dpo'"),
+    (["--max-completion-length", "500"], "--prompts: the longest prompt"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message, nano, tmp_path, monkeypatch, capsys):
+    root = nano[0]
+    base = ["--model", str(root / "run" / "model"), "--prompts", str(root / "data" / "prompts_train.jsonl"),
+            "--eval-prompts", str(root / "data" / "prompts_eval.jsonl"), "--run-dir", str(tmp_path / "r")]
+    code, _, err = run_script("train_rlhf.py", [*base, *args], monkeypatch, capsys)
+    assert code == 2 and message in err and err.count("\n") == 1, err
