@@ -53,10 +53,18 @@ def position_ids(attention_mask: Tensor) -> Tensor:
 
 
 def completion_logits(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, prompt_length: int,
-                      temperature: float) -> Tensor:
-    """Teacher-forced logits / temperature that predict each completion token: `[B, C, V]`."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask))
-    return out.logits[:, prompt_length - 1: -1].float() / max(temperature, 1e-6)
+                      temperature: float, return_hidden: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """Teacher-forced logits / temperature that predict each completion token: `[B, C, V]`.
+
+    return_hidden also gives the last hidden states at the same positions `[B, C, H]` (the state
+    before each completion token, which a shared-trunk value head reads).
+    """
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                output_hidden_states=return_hidden)
+    logits = out.logits[:, prompt_length - 1: -1].float() / max(temperature, 1e-6)
+    if return_hidden:
+        return logits, out.hidden_states[-1][:, prompt_length - 1: -1]
+    return logits
 
 
 def completion_mask_from_ids(completion_ids: Tensor, eos_token_id: int) -> tuple[Tensor, Tensor]:

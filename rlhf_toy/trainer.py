@@ -35,12 +35,14 @@ from classic_rl.runs import (
 from rlhf_toy.data import DATA_DIR, load_prompts
 from rlhf_toy.grpo import LOSS_AGGREGATION, SCALE_REWARDS, grpo_update
 from rlhf_toy.models import load_model, load_tokenizer
+from rlhf_toy.ppo import KLController, build_critic, ppo_update
 from rlhf_toy.pretrain import default_base_model
 from rlhf_toy.rewards import DEFAULT_REWARD, CombinedReward, resolve_reward
 from rlhf_toy.rollout import sample_rollout
 from rlhf_toy.sampling import SamplingConfig, encode_prompts
 
-ALGOS = ("grpo",)
+ALGOS = ("grpo", "ppo")
+CRITICS = ("separate", "shared")
 
 
 @dataclass
@@ -77,6 +79,18 @@ class RLHFConfig:
     scale_rewards: str = config_field("group", f"Advantage scaling: {', '.join(SCALE_REWARDS)} (none = Dr. GRPO)")
     num_iterations: int = config_field(1, "Updates per rollout (GRPO's mu)")
     mask_truncated_completions: bool = config_field(False, "Exclude completions without eos from the loss (DAPO)")
+    # PPO with a critic (field names follow TRL's PPOConfig; the clip range is --epsilon as above)
+    kl_coef: float = config_field(0.05, "Initial beta of the per-token k1 KL penalty in the reward")
+    target_kl: float | None = config_field(None, "Adapt beta towards this KL per sequence (Ziegler et al.); None: fixed beta")
+    kl_horizon: int = config_field(10_000, "Horizon of the adaptive KL controller, in completions")
+    critic: str = config_field("separate", f"Value model: {', '.join(CRITICS)} (a trunk copied from the policy, or the policy's own)")
+    vf_coef: float = config_field(0.1, "Value loss coefficient")
+    cliprange_value: float | None = config_field(0.2, "Clip value updates around the rollout's values (None: off)")
+    gamma: float = config_field(1.0, "Discount over tokens")
+    lam: float = config_field(0.95, "GAE lambda over tokens")
+    num_ppo_epochs: int = config_field(2, "PPO epochs over each rollout")
+    whiten_rewards: bool = config_field(False, "Whiten the per-token rewards before GAE")
+    missing_eos_penalty: float | None = config_field(None, "Subtract this from the score of completions without eos")
     # run
     log_completions_every: int = config_field(25, "Print a table of completions every N steps (0: never)")
     save_every: int = config_field(0, "Checkpoint every N steps (0: only the final model)")
@@ -90,7 +104,7 @@ class RLHFConfig:
 
     def __post_init__(self):
         choices = {"algo": (self.algo, ALGOS), "loss_type": (self.loss_type, tuple(LOSS_AGGREGATION)),
-                   "scale_rewards": (self.scale_rewards, SCALE_REWARDS)}
+                   "scale_rewards": (self.scale_rewards, SCALE_REWARDS), "critic": (self.critic, CRITICS)}
         for name, (value, accepted) in choices.items():
             if value not in accepted:
                 raise ConfigError(f"unknown --{name.replace('_', '-')} {value!r}; accepted: {', '.join(accepted)}")
@@ -98,7 +112,13 @@ class RLHFConfig:
                          num_minibatches=self.num_minibatches, max_completion_length=self.max_completion_length,
                          learning_rate=self.learning_rate, max_grad_norm=self.max_grad_norm, epsilon=self.epsilon,
                          num_iterations=self.num_iterations, target_words=self.target_words, torch_threads=self.torch_threads,
-                         eval_samples_per_prompt=self.eval_samples_per_prompt, keep_checkpoints=self.keep_checkpoints)
+                         eval_samples_per_prompt=self.eval_samples_per_prompt, keep_checkpoints=self.keep_checkpoints,
+                         num_ppo_epochs=self.num_ppo_epochs, kl_horizon=self.kl_horizon, gamma=self.gamma)
+        if not (self.gamma <= 1 and 0 <= self.lam <= 1) or self.kl_coef < 0 or self.vf_coef < 0:
+            raise ConfigError("--gamma must be in (0, 1], --lam in [0, 1], --kl-coef and --vf-coef >= 0")
+        for name in ("target_kl", "cliprange_value"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be > 0 (or None to turn it off), got {getattr(self, name)}")
         if self.algo == "grpo" and self.num_generations < 2:
             raise ConfigError(f"GRPO compares completions within a group, so --num-generations must be >= 2, got {self.num_generations}")
         if self.completions_per_step % self.num_minibatches:
@@ -109,6 +129,10 @@ class RLHFConfig:
         if self.epsilon_high is not None and self.epsilon_high <= 0:
             raise ConfigError(f"--epsilon-high must be > 0, got {self.epsilon_high}")
         SamplingConfig(self.max_completion_length, self.temperature, self.top_k, self.top_p)  # validates sampling fields
+
+    @property
+    def uses_reference(self) -> bool:
+        return (self.beta if self.algo == "grpo" else self.kl_coef) > 0
 
     @property
     def completions_per_step(self) -> int:
@@ -158,14 +182,20 @@ def print_completions(title: str, rows: list[dict], limit: int = 4, width: int =
 
 # ---- checkpoints ------------------------------------------------------------------------------------
 
-def save_checkpoint(run_dir: Path, step: int, policy, tokenizer, optimizer, accelerator, keep: int) -> None:
+def save_checkpoint(run_dir: Path, step: int, policy, tokenizer, optimizer, accelerator, keep: int, critic=None,
+                    kl_ctl: KLController | None = None) -> None:
     """checkpoints/step-N/ written under a temporary name, then renamed; keeps the newest `keep`."""
+    from safetensors.torch import save_file
+
     root = run_dir / "checkpoints"
     tmp, final = root / f".step-{step}.tmp", root / f"step-{step}"
     shutil.rmtree(tmp, ignore_errors=True)
     accelerator.unwrap_model(policy).save_pretrained(tmp / "model")
     tokenizer.save_pretrained(tmp / "model")
-    torch.save({"step": step, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, tmp / "state.pt")
+    if critic is not None:
+        save_file({k: v.contiguous() for k, v in critic.state_dict().items()}, tmp / "critic.safetensors")
+    torch.save({"step": step, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+                "kl_coef": kl_ctl.value if kl_ctl else None}, tmp / "state.pt")
     tmp.rename(final)
     for old in sorted(root.glob("step-*"), key=lambda p: int(p.name[5:]))[:-keep]:
         shutil.rmtree(old)
@@ -202,15 +232,28 @@ def train(cfg: RLHFConfig) -> dict[str, Any]:
             encode_prompts(tokenizer, prompts, cfg.max_completion_length, policy)
         except ConfigError as err:
             raise ConfigError(f"{name}: {err}") from None
-    ref_model = load_model(model_name, cfg.trust_remote_code).eval().requires_grad_(False) if cfg.beta > 0 else None
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
+    ref_model = load_model(model_name, cfg.trust_remote_code).eval().requires_grad_(False) if cfg.uses_reference else None
+    critic, kl_ctl = None, None
+    params = list(policy.parameters())
+    if cfg.algo == "ppo":
+        critic = build_critic(policy, cfg.critic, lambda: load_model(model_name, cfg.trust_remote_code))
+        kl_ctl = KLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
+        params += [p for p in critic.parameters() if all(p is not q for q in params)]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
     start_step = 1
     if checkpoint is not None:
         state = torch.load(checkpoint / "state.pt", weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         start_step = state["step"] + 1
+        if critic is not None:
+            from safetensors.torch import load_file
+
+            critic.load_state_dict(load_file(checkpoint / "critic.safetensors"))
+            kl_ctl.value = state["kl_coef"]
     policy, optimizer = accelerator.prepare(policy, optimizer)
+    if critic is not None:
+        critic = critic.to(accelerator.device)
     if ref_model is not None:
         ref_model = ref_model.to(accelerator.device)
 
@@ -233,7 +276,10 @@ def train(cfg: RLHFConfig) -> dict[str, Any]:
             rewards = torch.tensor(totals, dtype=torch.float32)
             t2 = time.perf_counter()
             policy.train()
-            metrics = grpo_update(policy, optimizer, accelerator, rollout, rewards, cfg)
+            if cfg.algo == "grpo":
+                metrics = grpo_update(policy, optimizer, accelerator, rollout, rewards, cfg)
+            else:
+                metrics = ppo_update(policy, critic, optimizer, accelerator, rollout, rewards, kl_ctl, cfg)
             t3 = time.perf_counter()
             train_time += t3 - t0
             lengths = rollout.completion_lengths.float()
@@ -258,7 +304,7 @@ def train(cfg: RLHFConfig) -> dict[str, Any]:
                 samples_file.flush()
                 print_completions(f"step {step}: reward {metrics['reward']:.3f}", rows)
             if cfg.save_every and step % cfg.save_every == 0:
-                save_checkpoint(run_dir, step, policy, tokenizer, optimizer, accelerator, cfg.keep_checkpoints)
+                save_checkpoint(run_dir, step, policy, tokenizer, optimizer, accelerator, cfg.keep_checkpoints, critic, kl_ctl)
     progress.close()
 
     after = evaluate(policy, tokenizer, eval_prompts, reward, cfg)
@@ -283,7 +329,7 @@ def train(cfg: RLHFConfig) -> dict[str, Any]:
     plot_lines(run_dir / "curves.png", [
         ("step", "reward", {"train reward": logger.series("reward"),
                             **{k: logger.series(f"rewards/{k}/mean") for k in reward.functions}}),
-        ("step", "KL to reference (k3)", {"kl": logger.series("kl")}),
+        ("step", f"KL to reference ({'k3' if cfg.algo == 'grpo' else 'k1'} per token)", {"kl": logger.series("kl")}),
         ("step", "completion tokens", {"mean length": logger.series("completions/mean_length")}),
     ], f"{cfg.algo} on {Path(model_name).name}, reward {cfg.reward}")
     logger.close()

@@ -124,3 +124,66 @@ def test_bad_input_is_one_line_and_exit_2(args, message, nano, tmp_path, monkeyp
             "--eval-prompts", str(root / "data" / "prompts_eval.jsonl"), "--run-dir", str(tmp_path / "r")]
     code, _, err = run_script("train_rlhf.py", [*base, *args], monkeypatch, capsys)
     assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_token_rewards_put_the_score_on_the_last_valid_token():
+    from rlhf_toy.ppo import token_rewards
+
+    kl = torch.tensor([[0.1, 0.2, 0.3], [0.5, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    rewards = token_rewards(torch.tensor([1.0, 2.0]), kl, mask, beta=0.5)
+    torch.testing.assert_close(rewards, torch.tensor([[-0.05, -0.1, 1.0 - 0.15], [2.0 - 0.25, 0.0, 0.0]]))
+
+
+def test_adaptive_kl_controller_moves_beta_towards_the_target():
+    from rlhf_toy.ppo import KLController
+
+    ctl = KLController(0.1, target=6.0, horizon=100)
+    ctl.update(kl=12.0, n_steps=10)  # error clipped to +0.2: beta * (1 + 0.2 * 10 / 100)
+    assert ctl.value == pytest.approx(0.1 * 1.02)
+    ctl.update(kl=3.0, n_steps=10)  # error -0.5 clipped to -0.2
+    assert ctl.value == pytest.approx(0.1 * 1.02 * 0.98)
+    fixed = KLController(0.1)
+    fixed.update(kl=100.0, n_steps=10)
+    assert fixed.value == 0.1
+
+
+@pytest.mark.parametrize("critic_kind", ["separate", "shared"])
+def test_one_ppo_update_raises_the_logprob_of_the_better_completion(critic_kind, policy_and_tokenizer, nano_dir):
+    from accelerate import Accelerator
+
+    from rlhf_toy.ppo import KLController, build_critic, ppo_update
+
+    policy = load_model(nano_dir)
+    _, tokenizer = policy_and_tokenizer
+    torch.manual_seed(2)
+    rollout = sample_rollout(policy, tokenizer, ["Describe a fox.", "Describe a fox."], SamplingConfig(max_new_tokens=16),
+                             ref_model=policy)
+    critic = build_critic(policy, critic_kind, lambda: load_model(nano_dir))
+    cfg = SimpleNamespace(missing_eos_penalty=None, temperature=1.0, whiten_rewards=False, gamma=1.0, lam=0.95,
+                          num_minibatches=1, num_ppo_epochs=1, epsilon=0.2, epsilon_high=None, cliprange_value=0.2,
+                          vf_coef=0.1, max_grad_norm=1.0)
+
+    def sequence_logprobs():
+        with torch.no_grad():
+            logits = completion_logits(policy, rollout.input_ids, rollout.attention_mask, rollout.prompt_length, 1.0)
+        return core.logprobs_from_logits(logits, rollout.completion_ids, rollout.completion_mask).sum(1)
+
+    before = sequence_logprobs()
+    params = list(policy.parameters()) + [p for p in critic.head.parameters()]
+    optimizer = torch.optim.SGD(params, lr=0.05)
+    metrics = ppo_update(policy, critic, optimizer, Accelerator(cpu=True), rollout, torch.tensor([1.0, 0.0]),
+                         KLController(0.05), cfg)
+    after = sequence_logprobs()
+    assert after[0] > before[0] and after[1] < before[1]
+    assert metrics["kl"] == pytest.approx(0.0, abs=1e-5)
+    assert {"value_loss", "explained_variance", "policy_loss", "clip_ratio", "approx_kl"} <= set(metrics)
+
+
+def test_ppo_end_to_end_with_a_shared_critic(nano, tmp_path):
+    summary = train(small_config(nano, tmp_path, algo="ppo", critic="shared", num_generations=1, prompts_per_step=4,
+                                 num_ppo_epochs=2, missing_eos_penalty=0.5, target_kl=1.0))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {"value_loss", "explained_variance", "beta", "kl_sequence"} <= set(rows[-1])
+    assert rows[-1]["beta"] != 0.05  # the adaptive controller moved beta
+    assert summary["algo"] == "ppo" and (tmp_path / "run" / "model" / "config.json").is_file()

@@ -1,0 +1,137 @@
+"""PPO with a critic for RLHF (Ziegler et al. 2019; Ouyang et al. 2022), on token-level MDPs.
+
+    for each step:
+        sample completions; score each with the reward (minus missing_eos_penalty without eos)
+        V = critic(prompt + completion)                         one batched forward
+        r_t = -beta * k1_t  for every completion token,  + score on the last one
+        A, R = core.gae(r, V, dones=last token, gamma, lam);  A whitened over valid tokens
+        for num_ppo_epochs, for each minibatch:
+            minimise  core.policy_loss(clip epsilon) + vf_coef * core.value_loss(clip cliprange_value)
+        beta <- adaptive KL controller (optional)
+
+The same GAE, clipped objective and value loss serve classic PPO on CartPole.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+
+from classic_rl import core
+from rlhf_toy.rollout import Rollout, completion_logits, position_ids
+
+
+class Critic(nn.Module):
+    """A scalar value per token: a head on a transformer trunk.
+
+    separate: its own copy of the policy's trunk (the usual RLHF choice: value and policy do not
+    compete for features); shared: reads the policy's last hidden states, so one forward gives
+    logits and values and the trunk trains on both losses.
+    """
+
+    def __init__(self, hidden_size: int, trunk: PreTrainedModel | None = None):
+        super().__init__()
+        self.trunk = trunk
+        self.head = nn.Linear(hidden_size, 1)
+        nn.init.normal_(self.head.weight, std=1.0 / (hidden_size + 1))
+        nn.init.zeros_(self.head.bias)
+
+    @property
+    def shared(self) -> bool:
+        return self.trunk is None
+
+    def values_from_hidden(self, hidden: Tensor) -> Tensor:
+        return self.head(hidden.float()).squeeze(-1)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, prompt_length: int) -> Tensor:
+        """Values of the states before each completion token, `[B, C]` (separate critic only)."""
+        hidden = self.trunk(input_ids=input_ids, attention_mask=attention_mask,
+                            position_ids=position_ids(attention_mask)).last_hidden_state
+        return self.values_from_hidden(hidden[:, prompt_length - 1: -1])
+
+
+def build_critic(policy: PreTrainedModel, kind: str, load_copy) -> Critic:
+    """kind "separate" initialises a trunk from the policy's weights (load_copy() gives a fresh copy)."""
+    hidden = policy.config.hidden_size
+    return Critic(hidden) if kind == "shared" else Critic(hidden, load_copy().base_model)
+
+
+class KLController:
+    """The KL coefficient beta: fixed, or adapted towards target_kl (Ziegler et al. 2019):
+    beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * n_steps / horizon)."""
+
+    def __init__(self, beta: float, target: float | None = None, horizon: int = 10_000):
+        self.value, self.target, self.horizon = beta, target, horizon
+
+    def update(self, kl: float, n_steps: int) -> None:
+        if self.target is not None:
+            error = max(-0.2, min(0.2, kl / self.target - 1.0))
+            self.value *= 1.0 + error * n_steps / self.horizon
+
+
+def token_rewards(scores: Tensor, kl: Tensor, mask: Tensor, beta: float) -> Tensor:
+    """`[B, C]`: -beta * k1 on every valid token, plus the sequence score on the last valid token."""
+    rewards = -beta * kl * mask
+    last = (mask.sum(1).long() - 1).clamp(min=0)
+    rewards[torch.arange(len(scores)), last] += scores
+    return rewards
+
+
+def logits_and_values(policy, critic: Critic, input_ids: Tensor, attention_mask: Tensor, prompt_length: int,
+                      temperature: float) -> tuple[Tensor, Tensor]:
+    if critic.shared:
+        logits, hidden = completion_logits(policy, input_ids, attention_mask, prompt_length, temperature, return_hidden=True)
+        return logits, critic.values_from_hidden(hidden)
+    logits = completion_logits(policy, input_ids, attention_mask, prompt_length, temperature)
+    return logits, critic(input_ids, attention_mask, prompt_length)
+
+
+def ppo_update(policy, critic: Critic, optimizer, accelerator, rollout: Rollout, scores: Tensor, kl_ctl: KLController,
+               cfg) -> dict[str, float]:
+    """One PPO phase over a rollout; returns metrics (and adapts kl_ctl)."""
+    mask = rollout.completion_mask
+    if cfg.missing_eos_penalty is not None:
+        scores = scores - cfg.missing_eos_penalty * rollout.is_truncated.float()
+    with torch.no_grad():
+        _, old_values = logits_and_values(policy, critic, rollout.input_ids, rollout.attention_mask, rollout.prompt_length,
+                                          cfg.temperature)
+        old_values = old_values * mask
+        kl = (core.kl_estimate(rollout.old_logprobs, rollout.ref_logprobs, "k1", mask) if rollout.ref_logprobs is not None
+              else torch.zeros_like(mask))
+        rewards = token_rewards(scores, kl, mask, kl_ctl.value)
+        if cfg.whiten_rewards:
+            rewards = core.masked_whiten(rewards, mask, shift_mean=False)
+        # the episode ends at each completion's last token; nothing flows back from the padding after it
+        dones = 1.0 - torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], dim=1)
+        advantages, returns = core.gae(rewards, old_values, dones, torch.zeros(len(scores)), cfg.gamma, cfg.lam)
+        advantages = core.masked_whiten(advantages, mask)
+
+    size = len(scores) // cfg.num_minibatches
+    sums: dict[str, float] = {}
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for _epoch in range(cfg.num_ppo_epochs):
+        for mb in torch.randperm(len(scores)).split(size):
+            logits, values = logits_and_values(policy, critic, rollout.input_ids[mb], rollout.attention_mask[mb],
+                                               rollout.prompt_length, cfg.temperature)
+            logp = core.logprobs_from_logits(logits, rollout.completion_ids[mb], mask[mb])
+            pg_loss, stats = core.policy_loss(logp, rollout.old_logprobs[mb], advantages[mb], cfg.epsilon, cfg.epsilon_high,
+                                              mask[mb], "token")
+            v_loss = core.value_loss(values, old_values[mb], returns[mb], clip=cfg.cliprange_value, mask=mask[mb])
+            loss = pg_loss + cfg.vf_coef * v_loss
+            accelerator.backward(loss)
+            stats["grad_norm"] = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            stats.update(loss=loss.detach(), policy_loss=pg_loss.detach(), value_loss=v_loss.detach(),
+                         entropy=core.masked_mean(core.entropy_from_logits(logits.detach()), mask[mb]))
+            for key, value in stats.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+    n = cfg.num_ppo_epochs * cfg.num_minibatches
+    metrics = {key: value / n for key, value in sums.items()}
+    sequence_kl = float((kl.sum(1)).mean())
+    metrics.update(clip_ratio=metrics.pop("clipfrac"), kl=float(core.masked_mean(kl, mask)), kl_sequence=sequence_kl,
+                   beta=kl_ctl.value, explained_variance=float(core.explained_variance(old_values, returns, mask)),
+                   score=float(scores.mean()))
+    kl_ctl.update(sequence_kl, len(scores))
+    return metrics
