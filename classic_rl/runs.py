@@ -132,6 +132,24 @@ def plot_lines(path: Path, panels: Sequence[tuple[str, str, dict[str, tuple[Sequ
     plt.close(fig)
 
 
+def plot_scatter(path: Path, x: Sequence[float], y: Sequence[float], xlabel: str, ylabel: str, title: str = "") -> None:
+    """A scatter plot PNG (e.g. proxy reward against gold reward); written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    ax.scatter(x, y, s=12, alpha=0.6)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
 # ---- command line ---------------------------------------------------------------------------------
 
 def _one_line_parser_errors(parser_cls: type[argparse.ArgumentParser]) -> type[argparse.ArgumentParser]:

@@ -5,7 +5,8 @@ Three kinds of data come from the same small world of names, places, animals and
 - `sft`: instruction-style prompt/response pairs. Responses vary widely in length and only a
   minority (`FORMAT_RATE`) wrap the answer in `<answer>...</answer>`, the format the default
   reward asks for, so a model pretrained on them gives rewards with spread and RL has room;
-- `prompts`: RL prompts (train / eval) and `preferences`: pairs ranked by the rule judge.
+- `prompts`: RL prompts (train / eval) and `preferences`: pairs ranked by the rule judge
+  (the reward model learns from them).
 
 Every generator takes a `random.Random`, so the same seed always gives the same files.
 """
@@ -129,8 +130,29 @@ def sft_example(rng: random.Random) -> dict[str, str]:
     return {"prompt": prompt, "response": make_response(rng, subject)}
 
 
+def preference_pair(rng: random.Random) -> dict:
+    """Two responses to one prompt, ranked by the rule judge (the default RLHF reward).
+
+    Responses use the rewarded format half of the time, so pairs differ in format as well as
+    length; ties are redrawn. Label noise is applied by the reward-model trainer, not here.
+    """
+    from rlhf_toy.rewards import resolve_reward  # rewards imports this module's tags
+
+    judge = resolve_reward()
+    prompt, subject = make_prompt(rng)
+    while True:
+        a, b = (make_response(rng, subject, formatted=rng.random() < 0.5) for _ in range(2))
+        score_a, score_b = judge([prompt, prompt], [a, b])
+        if abs(score_a - score_b) > 1e-9:
+            break
+    (chosen, score_chosen), (rejected, score_rejected) = sorted([(a, score_a), (b, score_b)], key=lambda x: -x[1])
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected,
+            "score_chosen": round(score_chosen, 6), "score_rejected": round(score_rejected, 6)}
+
+
 # Sizes of the shipped files (data/README.md describes their schemas).
-SPLIT_SIZES = {"pretrain": 12_000, "sft": 12_000, "prompts_train": 2_000, "prompts_eval": 64}
+SPLIT_SIZES = {"pretrain": 12_000, "sft": 12_000, "prompts_train": 2_000, "prompts_eval": 64,
+               "preferences_train": 4_000, "preferences_eval": 500}
 
 
 def generate(seed: int = 0, sizes: dict[str, int] | None = None) -> dict[str, list[dict[str, str]]]:
@@ -142,6 +164,8 @@ def generate(seed: int = 0, sizes: dict[str, int] | None = None) -> dict[str, li
         "sft": sft_example,
         "prompts_train": lambda rng: {"prompt": make_prompt(rng)[0]},
         "prompts_eval": lambda rng: {"prompt": make_prompt(rng)[0]},
+        "preferences_train": preference_pair,
+        "preferences_eval": preference_pair,
     }
     splits = {}
     for index, (name, make) in enumerate(makers.items()):

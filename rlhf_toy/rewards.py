@@ -125,8 +125,7 @@ def _load_user_function(spec: str) -> RewardFn:
     return fn
 
 
-def resolve_reward(spec: str = DEFAULT_REWARD, weights: Sequence[float] | None = None, target_words: int = 12,
-                   reward_model_loader: Callable[[str], RewardFn] | None = None) -> CombinedReward:
+def resolve_reward(spec: str = DEFAULT_REWARD, weights: Sequence[float] | None = None, target_words: int = 12) -> CombinedReward:
     """Build the reward from a comma list of names (`length,format`), `FILE.py:FUNCTION`,
     `package.module:function` or `rm:DIR` (a trained reward model).
 
@@ -142,9 +141,9 @@ def resolve_reward(spec: str = DEFAULT_REWARD, weights: Sequence[float] | None =
             fn = BUILTIN_REWARDS[part]
             functions[part] = functools.partial(fn, target_words=target_words) if part == "length" else fn
         elif part.startswith("rm:"):
-            if reward_model_loader is None:
-                raise ConfigError("rm:DIR rewards need a reward-model loader here")
-            functions[part] = reward_model_loader(part[3:])
+            from rlhf_toy.reward_model import RewardModelScorer  # loads transformers models: only when asked
+
+            functions[part] = RewardModelScorer(part[3:])
         elif ":" in part:
             functions[part] = _load_user_function(part)
         else:

@@ -54,6 +54,8 @@ class RLHFConfig:
                                                "package.module:function or rm:DIR")
     reward_weights: list[float] | None = config_field(None, "Weights of the rewards in --reward (default: equal, summing to 1)")
     target_words: int = config_field(12, "Target word count of the length reward when the prompt states none")
+    gold_reward: str | None = config_field(None, "A reward computed on every rollout and evaluation but never optimised, "
+                                                 "e.g. length,format while --reward is rm:DIR (the proxy-vs-gold picture)")
     prompts: str = config_field(str(DATA_DIR / "prompts_train.jsonl"), "Training prompts (JSONL with a prompt field, or .txt)")
     eval_prompts: str = config_field(str(DATA_DIR / "prompts_eval.jsonl"), "Fixed evaluation prompts")
     eval_samples_per_prompt: int = config_field(2, "Completions per eval prompt for reward_before / reward_after")
@@ -157,7 +159,8 @@ def prompts_for_step(prompts: list[str], step: int, cfg: RLHFConfig) -> list[str
     return [p for p in chosen for _ in range(cfg.num_generations)]
 
 
-def evaluate(policy, tokenizer, prompts: list[str], reward: CombinedReward, cfg: RLHFConfig) -> dict[str, Any]:
+def evaluate(policy, tokenizer, prompts: list[str], reward: CombinedReward, cfg: RLHFConfig,
+             gold: CombinedReward | None = None) -> dict[str, Any]:
     """Mean reward (and components) of sampled completions on the fixed eval prompts.
 
     Uses its own seed and leaves the training RNG untouched, so before and after see the same
@@ -168,6 +171,8 @@ def evaluate(policy, tokenizer, prompts: list[str], reward: CombinedReward, cfg:
         torch.manual_seed(cfg.seed + 12345)
         rollout = sample_rollout(policy, tokenizer, repeated, cfg.sampling)
     totals, components = reward.score(repeated, rollout.completions)
+    if gold is not None:
+        components["gold"] = gold(repeated, rollout.completions)
     return {"reward": float(np.mean(totals)), "components": {k: float(np.mean(v)) for k, v in components.items()},
             "mean_length": float(rollout.completion_lengths.float().mean()),
             "rows": [{"prompt": p, "completion": c, "reward": r} for p, c, r in zip(repeated, rollout.completions, totals, strict=True)]}
@@ -223,6 +228,7 @@ def train(cfg: RLHFConfig) -> dict[str, Any]:
     accelerator = Accelerator(cpu=cfg.cpu)
 
     reward = resolve_reward(cfg.reward, cfg.reward_weights, cfg.target_words)
+    gold = resolve_reward(cfg.gold_reward, target_words=cfg.target_words) if cfg.gold_reward else None
     train_prompts, eval_prompts = load_prompts(cfg.prompts), load_prompts(cfg.eval_prompts)
     model_name = cfg.model or default_base_model()
     tokenizer = load_tokenizer(model_name, cfg.trust_remote_code)
@@ -261,7 +267,7 @@ def train(cfg: RLHFConfig) -> dict[str, Any]:
           f"completions per step, {cfg.num_minibatches} minibatch(es) x {cfg.num_iterations} iteration(s), "
           f"{cfg.steps} steps, reward {cfg.reward}, model {model_name}, device {accelerator.device}")
     logger = RunLogger(run_dir)
-    before = evaluate(policy, tokenizer, eval_prompts, reward, cfg)
+    before = evaluate(policy, tokenizer, eval_prompts, reward, cfg, gold)
     print_completions(f"before training: eval reward {before['reward']:.3f}", before["rows"])
     progress = tqdm(range(start_step, cfg.steps + 1), desc=cfg.algo, initial=start_step - 1, total=cfg.steps, mininterval=1.0)
     train_time = 0.0
@@ -273,6 +279,8 @@ def train(cfg: RLHFConfig) -> dict[str, Any]:
             rollout = sample_rollout(accelerator.unwrap_model(policy), tokenizer, prompts, cfg.sampling, ref_model)
             t1 = time.perf_counter()
             totals, components = reward.score(prompts, rollout.completions)
+            if gold is not None:
+                components["gold"] = gold(prompts, rollout.completions)
             rewards = torch.tensor(totals, dtype=torch.float32)
             t2 = time.perf_counter()
             policy.train()
@@ -307,7 +315,7 @@ def train(cfg: RLHFConfig) -> dict[str, Any]:
                 save_checkpoint(run_dir, step, policy, tokenizer, optimizer, accelerator, cfg.keep_checkpoints, critic, kl_ctl)
     progress.close()
 
-    after = evaluate(policy, tokenizer, eval_prompts, reward, cfg)
+    after = evaluate(policy, tokenizer, eval_prompts, reward, cfg, gold)
     k = cfg.eval_samples_per_prompt  # one row per distinct prompt
     print_side_by_side(before["rows"][::k], after["rows"][::k])
     final_dir = run_dir / "model"
@@ -332,6 +340,11 @@ def train(cfg: RLHFConfig) -> dict[str, Any]:
         ("step", f"KL to reference ({'k3' if cfg.algo == 'grpo' else 'k1'} per token)", {"kl": logger.series("kl")}),
         ("step", "completion tokens", {"mean length": logger.series("completions/mean_length")}),
     ], f"{cfg.algo} on {Path(model_name).name}, reward {cfg.reward}")
+    if gold is not None:
+        plot_lines(run_dir / "proxy_vs_gold.png", [("step", "mean reward per step", {
+            f"proxy ({cfg.reward}, optimised)": logger.series("reward"),
+            f"gold ({cfg.gold_reward}, never optimised)": logger.series("rewards/gold/mean")})],
+            "over-optimisation check: proxy against gold reward")
     logger.close()
     print(f"eval reward {before['reward']:.3f} -> {after['reward']:.3f}; plots: {run_dir / 'curves.png'}; model: {final_dir}")
     return summary

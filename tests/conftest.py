@@ -11,7 +11,8 @@ from rlhf_toy.data import write_jsonl
 from rlhf_toy.pretrain import PretrainConfig, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = {"pretrain": 1500, "sft": 1500, "prompts_train": 50, "prompts_eval": 8}
+SMALL = {"pretrain": 1500, "sft": 1500, "prompts_train": 50, "prompts_eval": 8, "preferences_train": 400,
+         "preferences_eval": 100}
 
 
 @pytest.fixture(scope="session")

@@ -36,6 +36,13 @@ def test_completion_mask_stops_after_the_first_eos():
     assert truncated.tolist() == [False, False, True]
 
 
+def sequence_logprobs(policy, rollout) -> torch.Tensor:
+    """Sum of each completion's token log-probs under policy, `[B]`."""
+    with torch.no_grad():
+        logits = completion_logits(policy, rollout.input_ids, rollout.attention_mask, rollout.prompt_length, 1.0)
+    return core.logprobs_from_logits(logits, rollout.completion_ids, rollout.completion_mask).sum(1)
+
+
 @pytest.fixture(scope="module")
 def policy_and_tokenizer(nano_dir):
     torch.manual_seed(0)
@@ -69,17 +76,12 @@ def test_one_grpo_update_raises_the_logprob_of_the_better_completion(policy_and_
                           num_minibatches=1, num_iterations=1, temperature=1.0, epsilon=0.2, epsilon_high=None, beta=0.04,
                           max_completion_length=16, max_grad_norm=1.0)
 
-    def sequence_logprobs():
-        with torch.no_grad():
-            logits = completion_logits(policy, rollout.input_ids, rollout.attention_mask, rollout.prompt_length, 1.0)
-        return core.logprobs_from_logits(logits, rollout.completion_ids, rollout.completion_mask).sum(1)
-
-    before = sequence_logprobs()
+    before = sequence_logprobs(policy, rollout)
     optimizer = torch.optim.SGD(policy.parameters(), lr=0.05)
     from accelerate import Accelerator
 
     metrics = grpo_update(policy, optimizer, Accelerator(cpu=True), rollout, torch.tensor([1.0, 0.0]), cfg)
-    after = sequence_logprobs()
+    after = sequence_logprobs(policy, rollout)
     assert after[0] > before[0] and after[1] < before[1]
     assert metrics["kl"] == pytest.approx(0.0, abs=1e-5)  # first update: policy still equals the reference
     assert metrics["clip_ratio"] == 0.0
@@ -164,17 +166,12 @@ def test_one_ppo_update_raises_the_logprob_of_the_better_completion(critic_kind,
                           num_minibatches=1, num_ppo_epochs=1, epsilon=0.2, epsilon_high=None, cliprange_value=0.2,
                           vf_coef=0.1, max_grad_norm=1.0)
 
-    def sequence_logprobs():
-        with torch.no_grad():
-            logits = completion_logits(policy, rollout.input_ids, rollout.attention_mask, rollout.prompt_length, 1.0)
-        return core.logprobs_from_logits(logits, rollout.completion_ids, rollout.completion_mask).sum(1)
-
-    before = sequence_logprobs()
+    before = sequence_logprobs(policy, rollout)
     params = list(policy.parameters()) + [p for p in critic.head.parameters()]
     optimizer = torch.optim.SGD(params, lr=0.05)
     metrics = ppo_update(policy, critic, optimizer, Accelerator(cpu=True), rollout, torch.tensor([1.0, 0.0]),
                          KLController(0.05), cfg)
-    after = sequence_logprobs()
+    after = sequence_logprobs(policy, rollout)
     assert after[0] > before[0] and after[1] < before[1]
     assert metrics["kl"] == pytest.approx(0.0, abs=1e-5)
     assert {"value_loss", "explained_variance", "policy_loss", "clip_ratio", "approx_kl"} <= set(metrics)

@@ -1,0 +1,197 @@
+"""A trained reward model: the policy's GPT-2 trunk with a scalar head, fitted to preference pairs
+with the Bradley-Terry loss (Christiano et al. 2017; Ouyang et al. 2022).
+
+    pairs (prompt, chosen, rejected) ranked by the rule judge; flip each label with prob label_noise
+    r = AutoModelForSequenceClassification(num_labels=1), initialised from the base policy
+    minimise  -log sigmoid(r(prompt, chosen) - r(prompt, rejected))
+    report    held-out pair accuracy, and the Spearman correlation between r and the rule reward
+              on fresh samples of the base policy (is the proxy ranking what the gold rule ranks?)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import AutoModelForSequenceClassification
+
+from classic_rl.runs import (
+    ConfigError,
+    RunLogger,
+    config_field,
+    plot_scatter,
+    prepare_run_dir,
+    require_positive,
+    seed_everything,
+    write_json,
+)
+from rlhf_toy.data import DATA_DIR, load_prompts, load_rows
+from rlhf_toy.models import format_prompt, load_model, load_tokenizer
+from rlhf_toy.pretrain import default_base_model
+from rlhf_toy.rewards import resolve_reward
+from rlhf_toy.sampling import SamplingConfig, context_length, generate
+
+
+@dataclass
+class RewardModelConfig:
+    model: str | None = config_field(None, "Backbone to start from (default: the cached default base model)")
+    data_dir: str = config_field(str(DATA_DIR), "Folder with preferences_train.jsonl, preferences_eval.jsonl, prompts_eval.jsonl")
+    label_noise: float = config_field(0.0, "Probability of flipping each training label (a noisy human labeller)")
+    seed: int = config_field(0, "Seeds python, numpy, torch, label noise and batch order")
+    steps: int = config_field(250, "Optimizer steps")
+    batch_size: int = config_field(32, "Pairs per step")
+    learning_rate: float = config_field(3e-4, "AdamW learning rate")
+    max_grad_norm: float = config_field(1.0, "Global gradient-norm clip")
+    eval_every: int = config_field(50, "Held-out accuracy every this many steps")
+    spearman_samples: int = config_field(256, "Fresh base-policy completions scored by both the model and the rule")
+    torch_threads: int = config_field(2, "torch.set_num_threads")
+    cpu: bool = config_field(False, "Train on CPU even when an accelerator is present")
+    run_dir: str = config_field("runs/reward_model", "Output folder (model/ is what rm:DIR loads: give rm:RUN_DIR/model)")
+    overwrite: bool = config_field(False, "Replace an existing run in --run-dir")
+
+    def __post_init__(self):
+        require_positive(steps=self.steps, batch_size=self.batch_size, learning_rate=self.learning_rate,
+                         max_grad_norm=self.max_grad_norm, eval_every=self.eval_every,
+                         spearman_samples=self.spearman_samples, torch_threads=self.torch_threads)
+        if not 0 <= self.label_noise < 0.5:
+            raise ConfigError(f"--label-noise must be in [0, 0.5) (at 0.5 labels carry no signal), got {self.label_noise}")
+
+
+def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """-log sigmoid(r_chosen - r_rejected), averaged over pairs `[B]`."""
+    return -F.logsigmoid(chosen - rejected).mean()
+
+
+def sequence_texts(tokenizer, prompts: list[str], responses: list[str]) -> list[str]:
+    """What the reward model reads: the chat template, the response, and eos (its score is read there)."""
+    return [f"{format_prompt(p)} {r.strip()}{tokenizer.eos_token}" for p, r in zip(prompts, responses, strict=True)]
+
+
+def score_texts(model, tokenizer, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+    """Scalar scores `[N]`. Padding and truncation are on the left, so the last position is always
+    each text's eos, where the score is read, even for texts longer than the context."""
+    scores = []
+    tokenizer.truncation_side = "left"
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(texts[start: start + batch_size], return_tensors="pt", padding=True, truncation=True,
+                          max_length=context_length(model), add_special_tokens=False).to(model.device)
+        scores.append(model(**batch).logits.squeeze(-1).float())
+    return torch.cat(scores)
+
+
+class RewardModelScorer:
+    """A saved reward model as a reward function (`rm:DIR`)."""
+
+    def __init__(self, model_dir: str):
+        if not (Path(model_dir) / "config.json").is_file():
+            raise ConfigError(f"reward model folder {model_dir} not found (no config.json); train one with "
+                              "scripts/train_reward_model.py and pass rm:RUN_DIR/model")
+        self.tokenizer = load_tokenizer(model_dir)
+        self.model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+        self.__name__ = f"rm:{model_dir}"
+
+    @torch.inference_mode()
+    def __call__(self, prompts: list[str], completions: list[str], **_) -> list[float]:
+        return score_texts(self.model, self.tokenizer, sequence_texts(self.tokenizer, prompts, completions)).tolist()
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman rank correlation (average ranks for ties)."""
+    import pandas as pd
+
+    return float(pd.Series(x).rank().corr(pd.Series(y).rank()))
+
+
+def noisy_pairs(rows, label_noise: float, seed: int) -> tuple[list[str], list[str], list[str], int]:
+    """(prompts, chosen, rejected, n_flipped) with each label flipped with probability label_noise."""
+    rng = random.Random(seed)
+    prompts, chosen, rejected, flipped = [], [], [], 0
+    for row in rows:
+        flip = rng.random() < label_noise
+        flipped += flip
+        prompts.append(row["prompt"])
+        chosen.append(row["rejected"] if flip else row["chosen"])
+        rejected.append(row["chosen"] if flip else row["rejected"])
+    return prompts, chosen, rejected, flipped
+
+
+@torch.inference_mode()
+def pair_accuracy(model, tokenizer, rows) -> float:
+    model.eval()
+    prompts = list(rows["prompt"])
+    chosen = score_texts(model, tokenizer, sequence_texts(tokenizer, prompts, list(rows["chosen"])))
+    rejected = score_texts(model, tokenizer, sequence_texts(tokenizer, prompts, list(rows["rejected"])))
+    model.train()
+    return float((chosen > rejected).float().mean())
+
+
+def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
+    from accelerate import Accelerator
+
+    run_dir = prepare_run_dir(cfg.run_dir, overwrite=cfg.overwrite)
+    write_json(run_dir / "config.json", dataclasses.asdict(cfg))
+    torch.set_num_threads(cfg.torch_threads)
+    seed_everything(cfg.seed)
+    accelerator = Accelerator(cpu=cfg.cpu)
+    base = cfg.model or default_base_model()
+    train_rows = load_rows(Path(cfg.data_dir) / "preferences_train.jsonl", ["prompt", "chosen", "rejected"])
+    eval_rows = load_rows(Path(cfg.data_dir) / "preferences_eval.jsonl", ["prompt", "chosen", "rejected"])
+    prompts, chosen, rejected, flipped = noisy_pairs(train_rows, cfg.label_noise, cfg.seed)
+
+    tokenizer = load_tokenizer(base)
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    logger = RunLogger(run_dir)
+    print(f"reward model from {base}: {len(prompts)} pairs ({flipped} labels flipped, noise {cfg.label_noise}), "
+          f"{len(eval_rows)} held-out pairs, {cfg.steps} steps of {cfg.batch_size}")
+    generator = torch.Generator().manual_seed(cfg.seed)
+    order, cursor = torch.randperm(len(prompts), generator=generator), 0
+    for step in (progress := tqdm(range(1, cfg.steps + 1), desc="reward model", mininterval=1.0)):
+        if cursor + cfg.batch_size > len(order):
+            order, cursor = torch.randperm(len(prompts), generator=generator), 0
+        idx = order[cursor: cursor + cfg.batch_size].tolist()
+        cursor += cfg.batch_size
+        batch_prompts = [prompts[i] for i in idx]
+        scores = score_texts(model, tokenizer, sequence_texts(tokenizer, batch_prompts * 2, [chosen[i] for i in idx] +
+                                                              [rejected[i] for i in idx]), batch_size=2 * len(idx))
+        loss = bradley_terry_loss(scores[: len(idx)], scores[len(idx):])
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        metrics = {"train/loss": loss.item(), "train/accuracy": float((scores[: len(idx)] > scores[len(idx):]).float().mean())}
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            metrics["eval/accuracy"] = pair_accuracy(model, tokenizer, eval_rows)
+        logger.log(step, metrics)
+        progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", refresh=False)
+    train_s = logger.elapsed()
+
+    model = accelerator.unwrap_model(model).eval()
+    model.save_pretrained(run_dir / "model")
+    tokenizer.save_pretrained(run_dir / "model")
+    # Does the proxy rank fresh base-policy samples as the gold rule does?
+    policy = load_model(base).eval()
+    eval_prompts = load_prompts(Path(cfg.data_dir) / "prompts_eval.jsonl")
+    sample_prompts = [eval_prompts[i % len(eval_prompts)] for i in range(cfg.spearman_samples)]
+    completions = generate(policy, tokenizer, sample_prompts, SamplingConfig(max_new_tokens=40), seed=cfg.seed)
+    gold = np.array(resolve_reward()(sample_prompts, completions))
+    with torch.inference_mode():
+        proxy = score_texts(model, tokenizer, sequence_texts(tokenizer, sample_prompts, completions)).cpu().numpy()
+    summary = {"eval_accuracy": logger.series("eval/accuracy")[1][-1], "spearman": spearman(proxy, gold),
+               "label_noise": cfg.label_noise, "labels_flipped": flipped, "steps": cfg.steps,
+               "train_loss_final": logger.rows[-1]["train/loss"], "train_s": train_s, "wall_s": logger.elapsed(),
+               "model_dir": "model"}
+    write_json(run_dir / "summary.json", summary)
+    plot_scatter(run_dir / "rm_vs_rule.png", gold, proxy, "rule reward (gold)", "reward model score (proxy)",
+                 f"reward model vs rule on {len(gold)} base-policy samples: Spearman {summary['spearman']:.2f}")
+    logger.close()
+    return summary

@@ -1,0 +1,24 @@
+#!/usr/bin/env python
+"""Train a Bradley-Terry reward model on the rule-labelled preference pairs in data/.
+
+    python scripts/train_reward_model.py --run-dir runs/rm                     # clean labels
+    python scripts/train_reward_model.py --label-noise 0.1 --run-dir runs/rm-noisy
+    python scripts/train_rlhf.py --reward rm:runs/rm/model --gold-reward length,format
+
+Every field is a flag (see --help).
+"""
+
+import json
+
+from classic_rl.runs import cli, parse_dataclass_args
+from rlhf_toy.reward_model import RewardModelConfig, train_reward_model
+
+
+@cli
+def main() -> None:
+    summary = train_reward_model(parse_dataclass_args(RewardModelConfig, description=__doc__))
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""The trained reward model: its loss by hand, learning on a small set, save/load, rm:DIR."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from classic_rl.runs import ConfigError
+from rlhf_toy.data import load_rows
+from rlhf_toy.reward_model import (
+    RewardModelConfig,
+    RewardModelScorer,
+    bradley_terry_loss,
+    noisy_pairs,
+    spearman,
+    train_reward_model,
+)
+from rlhf_toy.rewards import resolve_reward
+
+
+def test_bradley_terry_loss_by_hand():
+    # -log sigmoid(1 - 0) = log(1 + e^-1);  -log sigmoid(0) = log 2
+    loss = bradley_terry_loss(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0]))
+    assert loss.item() == pytest.approx((math.log(1 + math.exp(-1)) + math.log(2)) / 2)
+
+
+def test_spearman_by_hand():
+    assert spearman(np.array([1.0, 2.0, 3.0]), np.array([10.0, 30.0, 20.0])) == pytest.approx(0.5)
+    assert spearman(np.array([1.0, 2.0, 3.0]), np.array([3.0, 2.0, 1.0])) == pytest.approx(-1.0)
+
+
+def test_label_noise_flips_about_the_asked_share(nano):
+    rows = load_rows(nano[0] / "data" / "preferences_train.jsonl", ["prompt", "chosen", "rejected"])
+    _, chosen, _, flipped = noisy_pairs(rows, 0.25, seed=0)
+    assert 0.15 * len(rows) < flipped < 0.35 * len(rows)
+    assert sum(c != r for c, r in zip(chosen, rows["chosen"], strict=True)) == flipped
+    assert noisy_pairs(rows, 0.0, seed=0)[3] == 0
+
+
+def test_preference_pairs_are_ranked_by_the_rule_judge(nano):
+    rows = load_rows(nano[0] / "data" / "preferences_train.jsonl", ["prompt", "chosen", "rejected"])
+    judge = resolve_reward()
+    for row in list(rows)[:20]:
+        chosen, rejected = judge([row["prompt"]] * 2, [row["chosen"], row["rejected"]])
+        assert chosen > rejected and chosen == pytest.approx(row["score_chosen"], abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def small_rm(nano, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("rm") / "run"
+    cfg = RewardModelConfig(model=str(nano[0] / "run" / "model"), data_dir=str(nano[0] / "data"), steps=60, batch_size=16,
+                            learning_rate=1e-3, eval_every=30, spearman_samples=32, run_dir=str(run_dir))
+    return run_dir, train_reward_model(cfg)
+
+
+def test_reward_model_loss_falls_and_accuracy_rises(small_rm):
+    run_dir, summary = small_rm
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    early = np.mean([r["train/loss"] for r in rows[:5]])
+    late = np.mean([r["train/loss"] for r in rows[-5:]])
+    assert late < early - 0.1, (early, late)
+    assert summary["eval_accuracy"] > 0.75
+    assert {"eval_accuracy", "spearman", "wall_s"} <= set(summary) and (run_dir / "rm_vs_rule.png").is_file()
+
+
+def test_saved_reward_model_reloads_with_the_same_scores(small_rm, nano):
+    run_dir, _ = small_rm
+    scorer = RewardModelScorer(str(run_dir / "model"))
+    prompts, completions = ["Describe a fox."] * 2, ["<answer> The fox ran to Ashford. </answer>", "fox"]
+    again = resolve_reward(f"rm:{run_dir / 'model'}")
+    assert scorer(prompts, completions) == pytest.approx(again(prompts, completions), abs=1e-6)
+
+
+def test_missing_reward_model_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="reward model folder .* not found"):
+        resolve_reward(f"rm:{tmp_path / 'nope'}")
