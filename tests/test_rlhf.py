@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from classic_rl import core
+from classic_rl.runs import ConfigError
 from rlhf_toy.grpo import group_advantages, grpo_update
 from rlhf_toy.models import load_model, load_tokenizer
 from rlhf_toy.rollout import completion_logits, completion_mask_from_ids, sample_rollout
@@ -184,3 +185,26 @@ def test_ppo_end_to_end_with_a_shared_critic(nano, tmp_path):
     assert {"value_loss", "explained_variance", "beta", "kl_sequence"} <= set(rows[-1])
     assert rows[-1]["beta"] != 0.05  # the adaptive controller moved beta
     assert summary["algo"] == "ppo" and (tmp_path / "run" / "model" / "config.json").is_file()
+
+
+def test_a_user_reward_file_is_optimised_through_the_same_loop(nano, tmp_path):
+    reward_file = tmp_path / "short.py"
+    reward_file.write_text("def short(prompts, completions, **columns):\n"
+                           "    return [1.0 / (1 + len(c.split())) for c in completions]\n")
+    summary = train(small_config(nano, tmp_path, reward=f"{reward_file}:short", gold_reward="length,format"))
+    assert set(summary["components_after"]) == {f"{reward_file}:short", "gold"}
+    assert (tmp_path / "run" / "proxy_vs_gold.png").is_file()
+
+
+def test_resume_continues_from_the_newest_checkpoint(nano, tmp_path):
+    train(small_config(nano, tmp_path, steps=2, save_every=1, keep_checkpoints=1))
+    checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert checkpoints == ["step-2"]  # only the newest kept, no temporary folder left behind
+    train(small_config(nano, tmp_path, steps=4, save_every=1, resume=True))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(nano, tmp_path):
+    with pytest.raises(ConfigError, match="--resume found no checkpoint"):
+        train(small_config(nano, tmp_path, resume=True))
