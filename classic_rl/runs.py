@@ -75,6 +75,17 @@ def prepare_run_dir(path: str | Path, overwrite: bool = False) -> Path:
     return path
 
 
+def start_run(cfg: Any, resume: bool = False, **extra_config: Any) -> Path:
+    """Open cfg.run_dir for a run (a fresh folder unless resuming), write config.json (cfg's fields
+    plus extra_config), and set torch threads and all seeds. cfg needs run_dir, overwrite,
+    torch_threads and seed."""
+    run_dir = Path(cfg.run_dir) if resume else prepare_run_dir(cfg.run_dir, overwrite=cfg.overwrite)
+    write_json(run_dir / "config.json", {**extra_config, **dataclasses.asdict(cfg)})
+    torch.set_num_threads(cfg.torch_threads)
+    seed_everything(cfg.seed)
+    return run_dir
+
+
 class RunLogger:
     """Metrics to `metrics.jsonl` (one JSON row per call) and TensorBoard, kept in memory for plots."""
 

@@ -3,13 +3,11 @@ evaluation with early stopping, and the run folder (config, metrics, summary, pl
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from classic_rl import envs
 from classic_rl.nets import SavableModule, save_model
@@ -18,9 +16,8 @@ from classic_rl.runs import (
     RunLogger,
     config_field,
     plot_lines,
-    prepare_run_dir,
     require_positive,
-    seed_everything,
+    start_run,
     write_json,
 )
 
@@ -89,10 +86,7 @@ def run_training(algo: str, train_fn, cfg: ClassicConfig) -> dict[str, Any]:
 
     Returns the summary (also written to summary.json).
     """
-    run_dir = prepare_run_dir(cfg.run_dir, overwrite=cfg.overwrite)
-    write_json(run_dir / "config.json", {"algo": algo, **dataclasses.asdict(cfg)})
-    torch.set_num_threads(cfg.torch_threads)
-    seed_everything(cfg.seed)
+    run_dir = start_run(cfg, algo=algo)
     logger = RunLogger(run_dir)
     evaluator = Evaluator(cfg, logger)
     try:

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -23,9 +22,8 @@ from classic_rl.runs import (
     RunLogger,
     config_field,
     plot_lines,
-    prepare_run_dir,
     require_positive,
-    seed_everything,
+    start_run,
     write_json,
 )
 from rlhf_toy import data
@@ -107,10 +105,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     """Train tokenizer and model; writes run_dir/{model/, config.json, metrics.jsonl, summary.json, loss.png}."""
     from accelerate import Accelerator
 
-    run_dir = prepare_run_dir(cfg.run_dir, overwrite=cfg.overwrite)
-    write_json(run_dir / "config.json", dataclasses.asdict(cfg))
-    torch.set_num_threads(cfg.torch_threads)
-    seed_everything(cfg.seed)
+    run_dir = start_run(cfg)
     accelerator = Accelerator(cpu=cfg.cpu)
 
     texts = training_texts(cfg.data_dir)

@@ -10,7 +10,6 @@ with the Bradley-Terry loss (Christiano et al. 2017; Ouyang et al. 2022).
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +26,8 @@ from classic_rl.runs import (
     RunLogger,
     config_field,
     plot_scatter,
-    prepare_run_dir,
     require_positive,
-    seed_everything,
+    start_run,
     write_json,
 )
 from rlhf_toy.data import DATA_DIR, load_prompts, load_rows
@@ -135,10 +133,7 @@ def pair_accuracy(model, tokenizer, rows) -> float:
 def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     from accelerate import Accelerator
 
-    run_dir = prepare_run_dir(cfg.run_dir, overwrite=cfg.overwrite)
-    write_json(run_dir / "config.json", dataclasses.asdict(cfg))
-    torch.set_num_threads(cfg.torch_threads)
-    seed_everything(cfg.seed)
+    run_dir = start_run(cfg)
     accelerator = Accelerator(cpu=cfg.cpu)
     base = cfg.model or default_base_model()
     train_rows = load_rows(Path(cfg.data_dir) / "preferences_train.jsonl", ["prompt", "chosen", "rejected"])

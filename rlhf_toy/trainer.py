@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import shutil
@@ -27,9 +26,8 @@ from classic_rl.runs import (
     RunLogger,
     config_field,
     plot_lines,
-    prepare_run_dir,
     require_positive,
-    seed_everything,
+    start_run,
     write_json,
 )
 from rlhf_toy.data import DATA_DIR, load_prompts
@@ -220,11 +218,7 @@ def train(cfg: RLHFConfig) -> dict[str, Any]:
     checkpoint = latest_checkpoint(run_dir) if cfg.resume else None
     if cfg.resume and checkpoint is None:
         raise ConfigError(f"--resume found no checkpoint in {run_dir}/checkpoints; run with --save-every N first")
-    if checkpoint is None:
-        prepare_run_dir(run_dir, overwrite=cfg.overwrite)
-    write_json(run_dir / "config.json", dataclasses.asdict(cfg))
-    torch.set_num_threads(cfg.torch_threads)
-    seed_everything(cfg.seed)
+    start_run(cfg, resume=checkpoint is not None)
     accelerator = Accelerator(cpu=cfg.cpu)
 
     reward = resolve_reward(cfg.reward, cfg.reward_weights, cfg.target_words)

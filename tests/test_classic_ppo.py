@@ -1,7 +1,6 @@
 """Classic PPO: environment contract, learning, save/load, the CLI and its bad-input errors."""
 
 import json
-import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from classic_rl.algos.ppo import PPOConfig, train
 from classic_rl.nets import ActorCritic, ObsNormalizer, load_model, save_model
 from classic_rl.presets import preset
 from classic_rl.training import run_training
+from tests.conftest import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,11 +99,9 @@ def test_cli_writes_the_run_folder_and_evaluate_reloads_it(tmp_path):
 
 
 def run_cli(script, args, monkeypatch, capsys):
-    """Run a script in-process; returns (exit code, stderr)."""
-    monkeypatch.setattr(sys, "argv", [script, *args])
-    with pytest.raises(SystemExit) as exc:
-        runpy.run_path(str(ROOT / "scripts" / script), run_name="__main__")
-    return exc.value.code, capsys.readouterr().err
+    """(exit code, stderr) of a script run in-process."""
+    code, _, err = run_script(script, args, monkeypatch, capsys)
+    return code, err
 
 
 @pytest.mark.parametrize("args, expected", [
