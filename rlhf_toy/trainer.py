@@ -261,7 +261,12 @@ def train(cfg: RLHFConfig) -> dict[str, Any]:
           f"completions per step, {cfg.num_minibatches} minibatch(es) x {cfg.num_iterations} iteration(s), "
           f"{cfg.steps} steps, reward {cfg.reward}, model {model_name}, device {accelerator.device}")
     logger = RunLogger(run_dir)
-    before = evaluate(policy, tokenizer, eval_prompts, reward, cfg, gold)
+    before_path = run_dir / "eval_before.json"  # measured once on the initial policy, reused on resume
+    if checkpoint is None:
+        before = evaluate(policy, tokenizer, eval_prompts, reward, cfg, gold)
+        write_json(before_path, before)
+    else:
+        before = json.loads(before_path.read_text())
     print_completions(f"before training: eval reward {before['reward']:.3f}", before["rows"])
     progress = tqdm(range(start_step, cfg.steps + 1), desc=cfg.algo, initial=start_step - 1, total=cfg.steps, mininterval=1.0)
     train_time = 0.0

@@ -141,3 +141,14 @@ def test_config_file_sets_fields_and_rejects_unknown_ones(monkeypatch, capsys, t
 def test_evaluate_rejects_a_folder_without_a_run(monkeypatch, capsys, tmp_path):
     code, err = run_cli("evaluate_classic.py", [str(tmp_path)], monkeypatch, capsys)
     assert code == 2 and "has no config.json" in err
+
+
+def test_same_seed_twice_gives_identical_metrics(tmp_path):
+    def learning_rows(name):
+        cfg = PPOConfig(**{**preset("ppo", "CartPole-v1"), "seed": 4, "total_timesteps": 4096, "eval_every": 2048,
+                           "normalize_obs": True, "run_dir": str(tmp_path / name)})
+        run_training("ppo", train, cfg)
+        rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if not k.startswith("time/") and k != "charts/SPS"} for r in rows]
+
+    assert learning_rows("a") == learning_rows("b")

@@ -196,13 +196,29 @@ def test_a_user_reward_file_is_optimised_through_the_same_loop(nano, tmp_path):
     assert (tmp_path / "run" / "proxy_vs_gold.png").is_file()
 
 
-def test_resume_continues_from_the_newest_checkpoint(nano, tmp_path):
+def learning_rows(run_dir):
+    """metrics.jsonl without the wall-clock fields, which no seed can fix."""
+    return [{k: v for k, v in json.loads(line).items() if not k.startswith("time/") and k != "completions_per_s"}
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_same_seed_twice_gives_identical_metrics(nano, tmp_path):
+    first = train(small_config(nano, tmp_path / "a"))
+    second = train(small_config(nano, tmp_path / "b"))
+    assert learning_rows(tmp_path / "a" / "run") == learning_rows(tmp_path / "b" / "run")
+    assert first["reward_after"] == second["reward_after"]
+
+
+def test_resume_ends_where_an_uninterrupted_run_ends(nano, tmp_path):
+    straight = train(small_config(nano, tmp_path / "straight", steps=4))
     train(small_config(nano, tmp_path, steps=2, save_every=1, keep_checkpoints=1))
     checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert checkpoints == ["step-2"]  # only the newest kept, no temporary folder left behind
-    train(small_config(nano, tmp_path, steps=4, save_every=1, resume=True))
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    resumed = train(small_config(nano, tmp_path, steps=4, save_every=1, resume=True))
+    assert [r["step"] for r in learning_rows(tmp_path / "run")] == [1, 2, 3, 4]
+    assert learning_rows(tmp_path / "run") == learning_rows(tmp_path / "straight" / "run")
+    for key in ("reward_before", "reward_after", "kl_final"):  # before: the initial policy's, not the checkpoint's
+        assert resumed[key] == straight[key], key
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(nano, tmp_path):
