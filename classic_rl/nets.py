@@ -115,7 +115,20 @@ class ActorCritic(SavableModule):
         return torch.multinomial(torch.softmax(logits, -1), 1).squeeze(-1).numpy()
 
 
-MODEL_CLASSES: dict[str, type[SavableModule]] = {"ActorCritic": ActorCritic}
+class QTable(SavableModule):
+    """Action values `[n_states, n_actions]` as a buffer, so it saves like any other policy."""
+
+    def __init__(self, n_states: int, n_actions: int):
+        super().__init__()
+        self.init_kwargs = dict(n_states=n_states, n_actions=n_actions)
+        self.register_buffer("q", torch.zeros(n_states, n_actions, dtype=torch.float64))
+
+    def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        """Greedy actions for integer states `[B]` (ties broken towards the lowest action)."""
+        return self.q[torch.as_tensor(obs, dtype=torch.long)].argmax(-1).numpy()
+
+
+MODEL_CLASSES: dict[str, type[SavableModule]] = {"ActorCritic": ActorCritic, "QTable": QTable}
 
 
 def save_model(model: SavableModule, path: str | Path) -> None:

@@ -15,6 +15,12 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     ("ppo", "LunarLander-v3"): dict(total_timesteps=1_000_000, num_envs=16, num_steps=256, num_minibatches=16,
                                     update_epochs=10, learning_rate=3e-4, gamma=0.999, gae_lambda=0.98, ent_coef=0.01,
                                     normalize_obs=True, eval_every=25_000),
+    # Tabular: Taxi-v4 (gymnasium 1.4 renamed Taxi-v3) reaches 7.86 in 200k steps; FrozenLake's optimum is 0.744.
+    ("q_learning", "Taxi-v4"): dict(total_timesteps=200_000, eval_every=20_000, eval_episodes=100),
+    ("sarsa", "Taxi-v4"): dict(total_timesteps=200_000, eval_every=20_000, eval_episodes=100),
+    **{(algo, "FrozenLake-v1"): dict(total_timesteps=300_000, eval_every=100_000, eval_episodes=2_000, learning_rate=0.05,
+                                     exploration_fraction=0.8) for algo in ("q_learning", "sarsa")},
+    **{(algo, "FrozenLake-v1"): dict(eval_episodes=2_000) for algo in ("value_iteration", "policy_iteration")},
 }
 
 

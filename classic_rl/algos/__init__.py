@@ -1,5 +1,11 @@
 """One module per algorithm family; each exposes a config dataclass and `train(cfg, logger, evaluator)`."""
 
-from classic_rl.algos import ppo
+from classic_rl.algos import ppo, tabular
 
-ALGOS = {"ppo": (ppo.PPOConfig, ppo.train)}
+ALGOS = {
+    "ppo": (ppo.PPOConfig, ppo.train),
+    "q_learning": (tabular.TabularConfig, tabular.train_q_learning),
+    "sarsa": (tabular.TabularConfig, tabular.train_sarsa),
+    "value_iteration": (tabular.TabularConfig, tabular.train_value_iteration),
+    "policy_iteration": (tabular.TabularConfig, tabular.train_policy_iteration),
+}

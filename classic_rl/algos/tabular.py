@@ -1,0 +1,168 @@
+"""Tabular methods on discrete-state envs (Sutton & Barto, chapters 4 and 6).
+
+Planning, from the env's transition model P[s][a] = [(prob, next_state, reward, terminated), ...]:
+    value iteration:   V(s) <- max_a sum_s' p (r + gamma * V(s') * (1 - done))      until max change < theta
+    policy iteration:  evaluate pi exactly (iterate to theta), then pi(s) <- argmax_a Q(s, a); repeat until stable
+
+Learning, from experience with an epsilon-greedy behaviour policy (epsilon decays linearly):
+    Q-learning (off-policy):  Q(s,a) += alpha * (r + gamma * max_a' Q(s',a') * (1 - terminated) - Q(s,a))
+    SARSA (on-policy):        Q(s,a) += alpha * (r + gamma * Q(s',a')          * (1 - terminated) - Q(s,a))
+A time-limit truncation is not terminal: the target still bootstraps from s'.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from classic_rl import envs
+from classic_rl.nets import QTable
+from classic_rl.runs import ConfigError, RunLogger, config_field, require_positive
+from classic_rl.training import ClassicConfig, Evaluator, recent_mean
+
+Transitions = dict[int, dict[int, list[tuple[float, int, float, bool]]]]
+
+
+@dataclass
+class TabularConfig(ClassicConfig):
+    env: str = config_field("Taxi-v4", "Gymnasium env id with Discrete observations and actions")
+    total_timesteps: int = config_field(200_000, "Env steps (learning methods) or sweeps are not counted (planning)")
+    eval_every: int = config_field(20_000, "Evaluate every this many env steps")
+    eval_episodes: int = config_field(100, "Greedy episodes per evaluation (run side by side)")
+    gamma: float = config_field(0.99, "Discount factor")
+    learning_rate: float = config_field(0.1, "Step size alpha of the TD update")
+    epsilon_start: float = config_field(1.0, "Initial exploration rate")
+    epsilon_end: float = config_field(0.05, "Final exploration rate")
+    exploration_fraction: float = config_field(0.5, "Share of total_timesteps over which epsilon decays linearly")
+    theta: float = config_field(1e-10, "Planning stops when no value changes by more than this")
+
+    def __post_init__(self):
+        super().__post_init__()
+        require_positive(gamma=self.gamma, learning_rate=self.learning_rate, theta=self.theta,
+                         exploration_fraction=self.exploration_fraction)
+        if self.gamma > 1 or not 0 <= self.epsilon_end <= self.epsilon_start <= 1:
+            raise ConfigError("need --gamma <= 1 and 0 <= --epsilon-end <= --epsilon-start <= 1")
+        env_sizes(self.env, "tabular methods")
+
+
+def env_sizes(env_id: str, algo: str) -> tuple[int, int]:
+    """(n_states, n_actions), or a ConfigError for a space a table cannot index."""
+    env = envs.make_env(env_id)
+    try:
+        if not isinstance(env.observation_space, gym.spaces.Discrete):
+            raise ConfigError(f"{algo} need a Discrete observation space but {env_id} has {env.observation_space}; "
+                              "accepted: e.g. Taxi-v4, FrozenLake-v1, CliffWalking-v1")
+        return int(env.observation_space.n), envs.require_discrete_actions(env.action_space, env_id, algo)
+    finally:
+        env.close()
+
+
+def transition_model(env_id: str) -> Transitions:
+    env = envs.make_env(env_id)
+    model = getattr(env.unwrapped, "P", None)
+    env.close()
+    if model is None:
+        raise ConfigError(f"{env_id} exposes no transition model (env.unwrapped.P); planning needs one, e.g. FrozenLake-v1 or Taxi-v4")
+    return model
+
+
+def q_from_v(model: Transitions, v: np.ndarray, gamma: float, n_actions: int) -> np.ndarray:
+    """One-step lookahead Q(s, a) = sum_s' p (r + gamma V(s') (1 - done)): `[S, A]`."""
+    q = np.zeros((len(v), n_actions))
+    for s, actions in model.items():
+        for a, outcomes in actions.items():
+            q[s, a] = sum(p * (r + gamma * v[s2] * (not done)) for p, s2, r, done in outcomes)
+    return q
+
+
+def value_iteration(model: Transitions, n_actions: int, gamma: float, theta: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """(V*, greedy policy, sweeps) by synchronous Bellman optimality backups."""
+    v = np.zeros(len(model))
+    for sweep in range(1, 100_000):
+        q = q_from_v(model, v, gamma, n_actions)
+        new_v = q.max(1)
+        delta, v = np.abs(new_v - v).max(), new_v
+        if delta < theta:
+            return v, q.argmax(1), sweep
+    raise RuntimeError("value iteration did not converge; is gamma < 1 or every policy terminating?")
+
+
+def policy_iteration(model: Transitions, n_actions: int, gamma: float, theta: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """(V_pi, pi, improvement rounds): iterative policy evaluation, then greedy improvement, until stable."""
+    policy = np.zeros(len(model), dtype=np.int64)
+    v = np.zeros(len(model))
+    for rounds in range(1, 10_000):
+        while True:  # evaluate the current policy
+            new_v = q_from_v(model, v, gamma, n_actions)[np.arange(len(v)), policy]
+            delta, v = np.abs(new_v - v).max(), new_v
+            if delta < theta:
+                break
+        improved = q_from_v(model, v, gamma, n_actions).argmax(1)
+        if np.array_equal(improved, policy):
+            return v, policy, rounds
+        policy = improved
+    raise RuntimeError("policy iteration did not stabilise")
+
+
+def _plan(solver, cfg: TabularConfig, logger: RunLogger) -> tuple[QTable, int]:
+    n_states, n_actions = env_sizes(cfg.env, "planning methods")
+    model = transition_model(cfg.env)
+    v, policy, iterations = solver(model, n_actions, cfg.gamma, cfg.theta)
+    table = QTable(n_states, n_actions)
+    table.q.copy_(torch.as_tensor(q_from_v(model, v, cfg.gamma, n_actions)))
+    logger.log(0, {"planning/iterations": iterations, "planning/v_start": float(v[0])})
+    return table, 0
+
+
+def train_value_iteration(cfg: TabularConfig, logger: RunLogger, evaluator: Evaluator) -> tuple[QTable, int]:
+    return _plan(value_iteration, cfg, logger)
+
+
+def train_policy_iteration(cfg: TabularConfig, logger: RunLogger, evaluator: Evaluator) -> tuple[QTable, int]:
+    return _plan(policy_iteration, cfg, logger)
+
+
+def _td_control(cfg: TabularConfig, logger: RunLogger, evaluator: Evaluator, on_policy: bool) -> tuple[QTable, int]:
+    n_states, n_actions = env_sizes(cfg.env, "tabular methods")
+    table = QTable(n_states, n_actions)
+    q = table.q.numpy()  # shares memory with the buffer: updates land in the saved table
+    env = envs.make_env(cfg.env)
+    rng = np.random.default_rng(cfg.seed)
+    decay_steps = max(1, int(cfg.exploration_fraction * cfg.total_timesteps))
+
+    def epsilon_greedy(state: int, step: int) -> int:
+        epsilon = max(cfg.epsilon_end, cfg.epsilon_start - (cfg.epsilon_start - cfg.epsilon_end) * step / decay_steps)
+        return int(rng.integers(n_actions)) if rng.random() < epsilon else int(q[state].argmax())
+
+    state, _ = env.reset(seed=cfg.seed)
+    action = epsilon_greedy(state, 0)
+    episode_return, returns = 0.0, []
+    for step in range(1, cfg.total_timesteps + 1):
+        next_state, reward, terminated, truncated, _ = env.step(action)
+        next_action = epsilon_greedy(next_state, step)
+        bootstrap = q[next_state, next_action] if on_policy else q[next_state].max()
+        q[state, action] += cfg.learning_rate * (reward + cfg.gamma * bootstrap * (not terminated) - q[state, action])
+        episode_return += reward
+        state, action = next_state, next_action
+        if terminated or truncated:
+            returns.append(episode_return)
+            episode_return = 0.0
+            state, _ = env.reset()
+            action = epsilon_greedy(state, step)
+        if step % 1000 == 0:
+            logger.log(step, {"charts/episodic_return": recent_mean(returns, 100)})
+        if evaluator.maybe_evaluate(step, table):
+            break
+    env.close()
+    return table, step
+
+
+def train_q_learning(cfg: TabularConfig, logger: RunLogger, evaluator: Evaluator) -> tuple[QTable, int]:
+    return _td_control(cfg, logger, evaluator, on_policy=False)
+
+
+def train_sarsa(cfg: TabularConfig, logger: RunLogger, evaluator: Evaluator) -> tuple[QTable, int]:
+    return _td_control(cfg, logger, evaluator, on_policy=True)
