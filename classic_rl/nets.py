@@ -128,7 +128,34 @@ class QTable(SavableModule):
         return self.q[torch.as_tensor(obs, dtype=torch.long)].argmax(-1).numpy()
 
 
-MODEL_CLASSES: dict[str, type[SavableModule]] = {"ActorCritic": ActorCritic, "QTable": QTable}
+class QNetwork(SavableModule):
+    """Action values from an MLP: obs `[B, obs_dim]` -> Q `[B, n_actions]`.
+
+    dueling=True splits the last layer into a state value V and advantages A and recombines
+    them as Q = V + A - mean(A) (Wang et al. 2016), which makes V identifiable.
+    """
+
+    def __init__(self, obs_dim: int, n_actions: int, hidden_sizes: list[int], dueling: bool = False):
+        super().__init__()
+        self.init_kwargs = dict(obs_dim=obs_dim, n_actions=n_actions, hidden_sizes=list(hidden_sizes), dueling=dueling)
+        self.dueling = dueling
+        width = hidden_sizes[-1]
+        self.trunk = mlp(obs_dim, hidden_sizes[:-1], width, out_std=math.sqrt(2), activation=nn.ReLU)
+        self.head = nn.Sequential(nn.ReLU(), layer_init(nn.Linear(width, n_actions + int(dueling)), std=1.0))
+
+    def forward(self, obs: Tensor) -> Tensor:
+        out = self.head(self.trunk(obs))
+        if not self.dueling:
+            return out
+        value, advantages = out[:, :1], out[:, 1:]
+        return value + advantages - advantages.mean(1, keepdim=True)
+
+    @torch.inference_mode()
+    def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        return self(torch.as_tensor(obs, dtype=torch.float32)).argmax(-1).numpy()
+
+
+MODEL_CLASSES: dict[str, type[SavableModule]] = {"ActorCritic": ActorCritic, "QTable": QTable, "QNetwork": QNetwork}
 
 
 def save_model(model: SavableModule, path: str | Path) -> None:

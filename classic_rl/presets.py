@@ -15,6 +15,8 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     ("ppo", "LunarLander-v3"): dict(total_timesteps=1_000_000, num_envs=16, num_steps=256, num_minibatches=16,
                                     update_epochs=10, learning_rate=3e-4, gamma=0.999, gae_lambda=0.98, ent_coef=0.01,
                                     normalize_obs=True, eval_every=25_000),
+    # DQN's dataclass defaults are RL-Zoo's CartPole settings; measured: solved (500) at 40k steps, 35 s, seed 1.
+    ("dqn", "CartPole-v1"): dict(total_timesteps=100_000, eval_every=5_000),
     # Tabular: Taxi-v4 (gymnasium 1.4 renamed Taxi-v3) reaches 7.86 in 200k steps; FrozenLake's optimum is 0.744.
     ("q_learning", "Taxi-v4"): dict(total_timesteps=200_000, eval_every=20_000, eval_episodes=100),
     ("sarsa", "Taxi-v4"): dict(total_timesteps=200_000, eval_every=20_000, eval_episodes=100),
