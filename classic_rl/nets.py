@@ -155,7 +155,37 @@ class QNetwork(SavableModule):
         return self(torch.as_tensor(obs, dtype=torch.float32)).argmax(-1).numpy()
 
 
-MODEL_CLASSES: dict[str, type[SavableModule]] = {"ActorCritic": ActorCritic, "QTable": QTable, "QNetwork": QNetwork}
+class SoftmaxPolicy(SavableModule):
+    """pi(.|s) = softmax(f(s)) with f linear (weights `[obs_dim, n_actions]`) or an MLP."""
+
+    def __init__(self, obs_dim: int, n_actions: int, kind: str = "linear", hidden_sizes: list[int] | None = None):
+        super().__init__()
+        self.init_kwargs = dict(obs_dim=obs_dim, n_actions=n_actions, kind=kind, hidden_sizes=list(hidden_sizes or []))
+        self.kind = kind
+        if kind == "linear":
+            self.weight = nn.Parameter(torch.zeros(obs_dim, n_actions, dtype=torch.float64))
+            self.bias = nn.Parameter(torch.zeros(n_actions, dtype=torch.float64))
+        else:
+            self.net = mlp(obs_dim, hidden_sizes or [64], n_actions, out_std=0.01)
+
+    def logits(self, obs: Tensor) -> Tensor:
+        if self.kind == "linear":
+            return obs.to(torch.float64) @ self.weight + self.bias
+        return self.net(obs.float())
+
+    @torch.no_grad()
+    def sample(self, obs: np.ndarray) -> int:
+        probs = torch.softmax(self.logits(torch.as_tensor(obs)[None]), -1)[0]
+        return int(torch.multinomial(probs, 1))
+
+    @torch.inference_mode()
+    def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        return self.logits(torch.as_tensor(obs)).argmax(-1).numpy()
+
+
+MODEL_CLASSES: dict[str, type[SavableModule]] = {
+    cls.__name__: cls for cls in (ActorCritic, QTable, QNetwork, SoftmaxPolicy)
+}
 
 
 def save_model(model: SavableModule, path: str | Path) -> None:
