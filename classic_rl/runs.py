@@ -86,6 +86,22 @@ def start_run(cfg: Any, resume: bool = False, **extra_config: Any) -> Path:
     return run_dir
 
 
+class MeanStats:
+    """Means of scalar stats accumulated over the minibatches of one update."""
+
+    def __init__(self):
+        self._sums: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+
+    def add(self, stats: dict[str, Any]) -> None:
+        for key, value in stats.items():
+            self._sums[key] = self._sums.get(key, 0.0) + float(value)
+            self._counts[key] = self._counts.get(key, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        return {key: total / self._counts[key] for key, total in self._sums.items()}
+
+
 class RunLogger:
     """Metrics to `metrics.jsonl` (one JSON row per call) and TensorBoard, kept in memory for plots."""
 

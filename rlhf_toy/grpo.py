@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from classic_rl import core
+from classic_rl.runs import MeanStats
 from rlhf_toy.rollout import Rollout, completion_logits
 
 LOSS_AGGREGATION = {"grpo": "seq", "dapo": "token", "bnpo": "token", "dr_grpo": "seq-mean-token-sum"}
@@ -53,7 +54,7 @@ def grpo_update(policy, optimizer, accelerator, rollout: Rollout, rewards: Tenso
         mask = mask * (~rollout.is_truncated).float()[:, None]
     agg = LOSS_AGGREGATION[cfg.loss_type]
     size = len(rewards) // cfg.num_minibatches
-    sums: dict[str, float] = {}
+    means = MeanStats()
     for _iteration in range(cfg.num_iterations):
         for mb in torch.randperm(len(rewards)).split(size):
             logits = completion_logits(policy, rollout.input_ids[mb], rollout.attention_mask[mb], rollout.prompt_length,
@@ -73,10 +74,8 @@ def grpo_update(policy, optimizer, accelerator, rollout: Rollout, rewards: Tenso
             optimizer.zero_grad(set_to_none=True)
             stats["loss"] = loss.detach()
             stats["entropy"] = core.masked_mean(core.entropy_from_logits(logits.detach()), mask[mb])
-            for key, value in stats.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
-    n = cfg.num_iterations * cfg.num_minibatches
-    metrics = {key: value / n for key, value in sums.items()}
+            means.add(stats)
+    metrics = means.means()
     metrics["clip_ratio"] = metrics.pop("clipfrac")
     metrics["frac_reward_zero_std"] = float(frac_zero_std)
     return metrics

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from classic_rl import core
+from classic_rl.runs import MeanStats
 from rlhf_toy.rollout import Rollout, completion_logits, position_ids
 
 
@@ -108,7 +109,7 @@ def ppo_update(policy, critic: Critic, optimizer, accelerator, rollout: Rollout,
         advantages = core.masked_whiten(advantages, mask)
 
     size = len(scores) // cfg.num_minibatches
-    sums: dict[str, float] = {}
+    means = MeanStats()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     for _epoch in range(cfg.num_ppo_epochs):
         for mb in torch.randperm(len(scores)).split(size):
@@ -125,10 +126,8 @@ def ppo_update(policy, critic: Critic, optimizer, accelerator, rollout: Rollout,
             optimizer.zero_grad(set_to_none=True)
             stats.update(loss=loss.detach(), policy_loss=pg_loss.detach(), value_loss=v_loss.detach(),
                          entropy=core.masked_mean(core.entropy_from_logits(logits.detach()), mask[mb]))
-            for key, value in stats.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
-    n = cfg.num_ppo_epochs * cfg.num_minibatches
-    metrics = {key: value / n for key, value in sums.items()}
+            means.add(stats)
+    metrics = means.means()
     sequence_kl = float((kl.sum(1)).mean())
     metrics.update(clip_ratio=metrics.pop("clipfrac"), kl=float(core.masked_mean(kl, mask)), kl_sequence=sequence_kl,
                    beta=kl_ctl.value, explained_variance=float(core.explained_variance(old_values, returns, mask)),

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -143,6 +144,12 @@ class RLHFConfig:
         return SamplingConfig(self.max_completion_length, self.temperature, self.top_k, self.top_p)
 
 
+@functools.lru_cache(maxsize=4)
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The seeded permutation of n prompts for one epoch (built once, not once per prompt)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+
+
 def prompts_for_step(prompts: list[str], step: int, cfg: RLHFConfig) -> list[str]:
     """The prompts of step (1-based), each repeated num_generations times (groups are consecutive).
 
@@ -152,8 +159,7 @@ def prompts_for_step(prompts: list[str], step: int, cfg: RLHFConfig) -> list[str
     chosen, n = [], len(prompts)
     for index in range((step - 1) * cfg.prompts_per_step, step * cfg.prompts_per_step):
         epoch, position = divmod(index, n)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
-        chosen.append(prompts[order[position]])
+        chosen.append(prompts[epoch_order(n, cfg.seed, epoch)[position]])
     return [p for p in chosen for _ in range(cfg.num_generations)]
 
 
