@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
+from typing import NamedTuple
 
 import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
 from classic_rl.runs import ConfigError
+
+
+class Episode(NamedTuple):
+    """One episode: observations `[T, obs_dim]`, actions `[T]`, rewards `[T]`, whether it ended in a
+    terminal state (False: cut by the time limit) and the observation it ended in."""
+
+    observations: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    terminated: bool
+    final_obs: np.ndarray
 
 
 def check_env_id(env_id: str) -> gym.envs.registration.EnvSpec:
@@ -87,21 +99,41 @@ def finished_episodes(infos: dict) -> list[tuple[float, int]]:
     return [(float(infos["episode"]["r"][i]), int(infos["episode"]["l"][i])) for i in done]
 
 
-def evaluate(act: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: int, seed: int) -> np.ndarray:
-    """Return of `episodes` episodes, run side by side in one vector env, one episode per copy.
+def play_episode(env: gym.Env, act: Callable[[np.ndarray], np.ndarray]) -> Episode:
+    """One complete episode of a single env, acting with act(obs `[1, obs_dim]`) -> actions `[1]`."""
+    obs, _ = env.reset()
+    observations, actions, rewards = [], [], []
+    while True:
+        action = int(act(obs[None])[0])
+        observations.append(obs)
+        actions.append(action)
+        obs, reward, terminated, truncated, _ = env.step(action)
+        rewards.append(reward)
+        if terminated or truncated:
+            return Episode(np.array(observations), np.array(actions), np.array(rewards, dtype=np.float64), bool(terminated), obs)
+
+
+def run_episodes(act: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(returns float64 `[episodes]`, lengths int `[episodes]`) of episodes run side by side, one per env copy.
 
     act maps a batch of observations `[episodes, obs_dim]` to actions `[episodes]`.
     Running the copies in lock-step batches the policy's forward passes, which is what makes
-    frequent evaluation cheap. Returns float64 `[episodes]`.
+    frequent evaluation cheap.
     """
     envs = gym.make_vec(env_id, num_envs=episodes, vectorization_mode="sync",
                         vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP})
     obs, _ = envs.reset(seed=seed)
-    returns = np.zeros(episodes)
+    returns, lengths = np.zeros(episodes), np.zeros(episodes, dtype=np.int64)
     running = np.ones(episodes, dtype=bool)
     while running.any():
         obs, rewards, terminations, truncations, _ = envs.step(act(obs))
         returns += rewards * running
+        lengths += running
         running &= ~(terminations | truncations)
     envs.close()
-    return returns
+    return returns, lengths
+
+
+def evaluate(act: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: int, seed: int) -> np.ndarray:
+    """Returns `[episodes]` of `episodes` greedy episodes (see run_episodes)."""
+    return run_episodes(act, env_id, episodes, seed)[0]

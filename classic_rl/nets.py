@@ -76,19 +76,27 @@ class SavableModule(nn.Module):
 
 
 class ActorCritic(SavableModule):
-    """Separate actor and critic MLPs over (optionally normalised) observations.
+    """Actor and critic MLPs over (optionally normalised) observations: separate networks, or
+    (shared=True) one trunk of hidden layers with a policy head and a value head.
 
     `get_action_and_value` is the one call PPO makes; its shapes: obs `[B, obs_dim]` ->
     action `[B]`, log-prob `[B]`, entropy `[B]`, value `[B]`. Observations passed in are already
     normalised (see `normalize`), so a rollout stores exactly what the update will see.
     """
 
-    def __init__(self, obs_dim: int, n_actions: int, hidden_sizes: list[int], normalize_obs: bool = False):
+    def __init__(self, obs_dim: int, n_actions: int, hidden_sizes: list[int], normalize_obs: bool = False, shared: bool = False):
         super().__init__()
-        self.init_kwargs = dict(obs_dim=obs_dim, n_actions=n_actions, hidden_sizes=list(hidden_sizes), normalize_obs=normalize_obs)
+        self.init_kwargs = dict(obs_dim=obs_dim, n_actions=n_actions, hidden_sizes=list(hidden_sizes),
+                                normalize_obs=normalize_obs, shared=shared)
         self.obs_normalizer = ObsNormalizer(obs_dim, enabled=normalize_obs)
-        self.actor = mlp(obs_dim, hidden_sizes, n_actions, out_std=0.01)
-        self.critic = mlp(obs_dim, hidden_sizes, 1, out_std=1.0)
+        if shared:
+            self.trunk = nn.Sequential(*mlp(obs_dim, hidden_sizes[:-1], hidden_sizes[-1], out_std=math.sqrt(2)), nn.Tanh())
+            self.actor = layer_init(nn.Linear(hidden_sizes[-1], n_actions), std=0.01)
+            self.critic = layer_init(nn.Linear(hidden_sizes[-1], 1), std=1.0)
+        else:
+            self.trunk = nn.Identity()
+            self.actor = mlp(obs_dim, hidden_sizes, n_actions, out_std=0.01)
+            self.critic = mlp(obs_dim, hidden_sizes, 1, out_std=1.0)
 
     def normalize(self, obs: np.ndarray, update: bool = False) -> Tensor:
         """Raw numpy observations `[B, obs_dim]` -> normalised float32 tensor (updating the stats if asked)."""
@@ -98,34 +106,48 @@ class ActorCritic(SavableModule):
         return self.obs_normalizer(obs_t)
 
     def get_value(self, obs: Tensor) -> Tensor:
-        return self.critic(obs).squeeze(-1)
+        return self.critic(self.trunk(obs)).squeeze(-1)
 
     def get_action_and_value(self, obs: Tensor, action: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        logits = self.actor(obs)
+        hidden = self.trunk(obs)
+        logits = self.actor(hidden)
         if action is None:
             action = torch.multinomial(torch.softmax(logits, -1), 1).squeeze(-1)
-        return action, core.logprobs_from_logits(logits, action), core.entropy_from_logits(logits), self.get_value(obs)
+        return action, core.logprobs_from_logits(logits, action), core.entropy_from_logits(logits), self.critic(hidden).squeeze(-1)
 
     @torch.inference_mode()
     def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
         """Actions for raw observations `[B, obs_dim]` (greedy unless deterministic=False)."""
-        logits = self.actor(self.normalize(obs))
-        if deterministic:
-            return logits.argmax(-1).numpy()
-        return torch.multinomial(torch.softmax(logits, -1), 1).squeeze(-1).numpy()
+        return sample_or_argmax(self.actor(self.trunk(self.normalize(obs))), deterministic)
 
 
 class QTable(SavableModule):
-    """Action values `[n_states, n_actions]` as a buffer, so it saves like any other policy."""
+    """Action values `[n_states, n_actions]` as a buffer, so it saves like any other policy.
 
-    def __init__(self, n_states: int, n_actions: int):
+    For a Box observation space the table carries its own discretisation (`bins` per dimension
+    over [low, high]), so a saved table acts on the env's raw observations anywhere.
+    """
+
+    def __init__(self, n_states: int, n_actions: int, bins: list[int] | None = None,
+                 low: list[float] | None = None, high: list[float] | None = None):
         super().__init__()
-        self.init_kwargs = dict(n_states=n_states, n_actions=n_actions)
+        self.init_kwargs = dict(n_states=n_states, n_actions=n_actions, bins=bins, low=low, high=high)
+        self.bins = None if bins is None else np.array(bins)
+        self.low, self.high = (None if x is None else np.array(x, dtype=np.float64) for x in (low, high))
         self.register_buffer("q", torch.zeros(n_states, n_actions, dtype=torch.float64))
 
+    def state_index(self, obs: np.ndarray) -> np.ndarray:
+        """Integer states `[B]`. Box observations `[B, d]`: each dimension is clipped to [low, high],
+        cut into equal-width bins, and the bin indices are flattened row-major."""
+        if self.bins is None:
+            return np.asarray(obs, dtype=np.int64)
+        fraction = (np.asarray(obs, dtype=np.float64) - self.low) / (self.high - self.low)
+        cells = np.clip((fraction * self.bins).astype(np.int64), 0, self.bins - 1)
+        return np.ravel_multi_index(tuple(cells.T), tuple(self.bins))
+
     def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
-        """Greedy actions for integer states `[B]` (ties broken towards the lowest action)."""
-        return self.q[torch.as_tensor(obs, dtype=torch.long)].argmax(-1).numpy()
+        """Greedy actions for a batch of observations (ties broken towards the lowest action)."""
+        return self.q[torch.as_tensor(self.state_index(obs))].argmax(-1).numpy()
 
 
 class QNetwork(SavableModule):
@@ -173,14 +195,17 @@ class SoftmaxPolicy(SavableModule):
             return obs.to(torch.float64) @ self.weight + self.bias
         return self.net(obs.float())
 
-    @torch.no_grad()
-    def sample(self, obs: np.ndarray) -> int:
-        probs = torch.softmax(self.logits(torch.as_tensor(obs)[None]), -1)[0]
-        return int(torch.multinomial(probs, 1))
-
     @torch.inference_mode()
     def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
-        return self.logits(torch.as_tensor(obs)).argmax(-1).numpy()
+        """Actions for observations `[B, obs_dim]`: argmax, or sampled from pi when deterministic=False."""
+        return sample_or_argmax(self.logits(torch.as_tensor(obs)), deterministic)
+
+
+def sample_or_argmax(logits: Tensor, deterministic: bool) -> np.ndarray:
+    """Actions `[B]` from logits `[B, A]`: the argmax, or a draw from the softmax."""
+    if deterministic:
+        return logits.argmax(-1).numpy()
+    return torch.multinomial(torch.softmax(logits.float(), -1), 1).squeeze(-1).numpy()
 
 
 MODEL_CLASSES: dict[str, type[SavableModule]] = {

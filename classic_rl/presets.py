@@ -23,6 +23,11 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     **{(algo, "FrozenLake-v1"): dict(total_timesteps=300_000, eval_every=100_000, eval_episodes=2_000, learning_rate=0.05,
                                      exploration_fraction=0.8) for algo in ("q_learning", "sarsa")},
     **{(algo, "FrozenLake-v1"): dict(eval_episodes=2_000) for algo in ("value_iteration", "policy_iteration")},
+    # CartPole as a table: 6 angle x 12 angular-velocity cells (position and velocity ignored), the classic
+    # tutorial grid; measured: greedy return 229 at 50k steps, 500 at 400k (seed 1). Finer grids learn slower.
+    **{(algo, "CartPole-v1"): dict(total_timesteps=500_000, eval_every=50_000, eval_episodes=20, discretize_bins=[1, 1, 6, 12],
+                                   obs_low=[-2.4, -3.0, -0.21, -3.5], obs_high=[2.4, 3.0, 0.21, 3.5])
+       for algo in ("q_learning", "sarsa")},
 }
 
 

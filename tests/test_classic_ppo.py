@@ -105,7 +105,7 @@ def run_cli(script, args, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["--algo", "sac"], "unknown --algo 'sac'; accepted: ppo"),
+    (["--algo", "sac"], "unknown --algo 'sac'; accepted: random_search, hill_climbing"),
     (["--env", "CartPole-v9"], "unknown env id 'CartPole-v9': did you mean CartPole-v1"),
     (["--env", "Pendulum-v1"], "ppo needs a discrete action space"),
     (["--learning-rate", "-0.1"], "--learning-rate must be > 0"),

@@ -1,13 +1,19 @@
-"""One module per algorithm family; each exposes a config dataclass and `train(cfg, logger, evaluator)`."""
+"""One module per algorithm family; each exposes a config dataclass and `train(cfg, logger, evaluator)`.
 
-from classic_rl.algos import dqn, ppo, reinforce, tabular
+Listed in the order a course would teach them, from search to PPO."""
+
+from classic_rl.algos import a2c, dqn, ppo, reinforce, search, tabular, vpg
 
 ALGOS = {
-    "ppo": (ppo.PPOConfig, ppo.train),
-    "dqn": (dqn.DQNConfig, dqn.train),
-    "reinforce": (reinforce.ReinforceConfig, reinforce.train),
-    "q_learning": (tabular.TabularConfig, tabular.train_q_learning),
-    "sarsa": (tabular.TabularConfig, tabular.train_sarsa),
+    "random_search": (search.SearchConfig, search.train_random_search),
+    "hill_climbing": (search.SearchConfig, search.train_hill_climbing),
     "value_iteration": (tabular.TabularConfig, tabular.train_value_iteration),
     "policy_iteration": (tabular.TabularConfig, tabular.train_policy_iteration),
+    "q_learning": (tabular.TabularConfig, tabular.train_q_learning),
+    "sarsa": (tabular.TabularConfig, tabular.train_sarsa),
+    "reinforce": (reinforce.ReinforceConfig, reinforce.train),
+    "vpg": (vpg.VPGConfig, vpg.train),
+    "a2c": (a2c.A2CConfig, a2c.train),
+    "dqn": (dqn.DQNConfig, dqn.train),
+    "ppo": (ppo.PPOConfig, ppo.train),
 }

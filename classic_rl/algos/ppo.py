@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from classic_rl import core, envs
 from classic_rl.nets import ActorCritic
+from classic_rl.rollouts import RolloutBuffer
 from classic_rl.runs import ConfigError, RunLogger, config_field, require_positive
 from classic_rl.training import ClassicConfig, Evaluator, recent_mean
 
@@ -77,10 +78,7 @@ def train(cfg: PPOConfig, logger: RunLogger, evaluator: Evaluator) -> tuple[Acto
     agent = ActorCritic(obs_dim, n_actions, cfg.hidden_sizes, cfg.normalize_obs)
     optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5, fused=True)
 
-    T, N = cfg.num_steps, cfg.num_envs
-    obs = torch.zeros(T, N, obs_dim)
-    actions = torch.zeros(T, N, dtype=torch.long)
-    logprobs, rewards, dones, values = (torch.zeros(T, N) for _ in range(4))
+    buffer = RolloutBuffer(cfg.num_steps, cfg.num_envs, obs_dim)
     num_updates = max(1, cfg.total_timesteps // cfg.batch_size)
     minibatch_size = cfg.batch_size // cfg.num_minibatches
 
@@ -93,30 +91,16 @@ def train(cfg: PPOConfig, logger: RunLogger, evaluator: Evaluator) -> tuple[Acto
 
         # ---- rollout ----
         rollout_start = time.perf_counter()
-        with torch.no_grad():
-            for step in range(T):
-                obs[step] = next_obs
-                action, logprobs[step], _, values[step] = agent.get_action_and_value(next_obs)
-                actions[step] = action
-                raw_obs, reward, terminated, truncated, infos = vec_env.step(action.numpy())
-                rewards[step] = torch.as_tensor(reward, dtype=torch.float32)
-                cut, final_obs = envs.truncation_bootstrap_obs(infos, terminated, truncated)
-                if cut.size:
-                    rewards[step, cut] += cfg.gamma * agent.get_value(agent.normalize(final_obs))
-                dones[step] = torch.as_tensor(terminated | truncated, dtype=torch.float32)
-                next_obs = agent.normalize(raw_obs, update=True)
-                for episode_return, episode_length in envs.finished_episodes(infos):
-                    episode_returns.append(episode_return)
-                    episode_lengths.append(episode_length)
-            global_step += cfg.batch_size
-            advantages, returns = core.gae(rewards.T, values.T, dones.T, agent.get_value(next_obs), cfg.gamma, cfg.gae_lambda)
-            advantages, returns = advantages.T, returns.T
+        next_obs, finished = buffer.collect(agent, vec_env, next_obs, cfg.gamma)
+        episode_returns += [r for r, _ in finished]
+        episode_lengths += [n for _, n in finished]
+        global_step += cfg.batch_size
+        b_advantages, b_returns = buffer.advantages(agent, next_obs, cfg.gamma, cfg.gae_lambda)
         rollout_s = time.perf_counter() - rollout_start
 
         # ---- update ----
         update_start = time.perf_counter()
-        b_obs, b_actions = obs.reshape(-1, obs_dim), actions.reshape(-1)
-        b_logprobs, b_advantages, b_returns, b_values = (x.reshape(-1) for x in (logprobs, advantages, returns, values))
+        b_obs, b_actions, b_logprobs, b_values = buffer.flat()
         for _epoch in range(cfg.update_epochs):
             for mb in torch.randperm(cfg.batch_size).split(minibatch_size):
                 _, new_logprob, entropy, new_value = agent.get_action_and_value(b_obs[mb], b_actions[mb])

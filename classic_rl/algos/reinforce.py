@@ -59,20 +59,6 @@ class ReinforceConfig(ClassicConfig):
         envs.check_spaces(self.env, "reinforce")
 
 
-def run_episode(env, policy: SoftmaxPolicy) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
-    """(observations `[T, d]`, actions `[T]`, rewards `[T]`, terminated) of one episode."""
-    obs, _ = env.reset()
-    observations, actions, rewards = [], [], []
-    while True:
-        action = policy.sample(obs)
-        observations.append(obs)
-        actions.append(action)
-        obs, reward, terminated, truncated, _ = env.step(action)
-        rewards.append(reward)
-        if terminated or truncated:
-            return np.array(observations), np.array(actions), np.array(rewards, dtype=np.float64), terminated
-
-
 def train(cfg: ReinforceConfig, logger: RunLogger, evaluator: Evaluator) -> tuple[SoftmaxPolicy, int]:
     obs_dim, n_actions = envs.check_spaces(cfg.env, "reinforce")
     policy = SoftmaxPolicy(obs_dim, n_actions, cfg.policy, cfg.hidden_sizes)
@@ -81,11 +67,11 @@ def train(cfg: ReinforceConfig, logger: RunLogger, evaluator: Evaluator) -> tupl
     env.reset(seed=cfg.seed)
     global_step, episode_returns = 0, []
     while global_step < cfg.total_timesteps:
-        batch = [run_episode(env, policy) for _ in range(cfg.episodes_per_update)]
-        obs = torch.as_tensor(np.concatenate([b[0] for b in batch]))
-        actions = torch.as_tensor(np.concatenate([b[1] for b in batch]))
-        # reward-to-go per episode; the last step of each is done (truncated episodes are simply cut short)
-        returns = torch.cat([core.discounted_returns(torch.as_tensor(b[2]), torch.zeros(len(b[2])), cfg.gamma) for b in batch])
+        batch = [envs.play_episode(env, lambda o: policy.act(o, deterministic=False)) for _ in range(cfg.episodes_per_update)]
+        obs = torch.as_tensor(np.concatenate([b.observations for b in batch]))
+        actions = torch.as_tensor(np.concatenate([b.actions for b in batch]))
+        # reward-to-go per episode (truncated episodes are simply cut short: REINFORCE has no value to bootstrap from)
+        returns = torch.cat([core.discounted_returns(torch.as_tensor(b.rewards), torch.zeros(len(b.rewards)), cfg.gamma) for b in batch])
         if cfg.normalize_returns:
             returns = core.masked_whiten(returns)
         if cfg.policy == "linear":
@@ -98,11 +84,10 @@ def train(cfg: ReinforceConfig, logger: RunLogger, evaluator: Evaluator) -> tupl
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        previous = global_step
         global_step += len(returns)
-        episode_returns += [float(b[2].sum()) for b in batch]
+        episode_returns += [float(b.rewards.sum()) for b in batch]
         logger.log(global_step, {"charts/episodic_return": recent_mean(episode_returns), "charts/episodes": len(episode_returns)})
-        if evaluator.maybe_evaluate(global_step, policy) and global_step > previous:
+        if evaluator.maybe_evaluate(global_step, policy):
             break
     env.close()
     return policy, global_step

@@ -8,6 +8,11 @@ Learning, from experience with an epsilon-greedy behaviour policy (epsilon decay
     Q-learning (off-policy):  Q(s,a) += alpha * (r + gamma * max_a' Q(s',a') * (1 - terminated) - Q(s,a))
     SARSA (on-policy):        Q(s,a) += alpha * (r + gamma * Q(s',a')          * (1 - terminated) - Q(s,a))
 A time-limit truncation is not terminal: the target still bootstraps from s'.
+
+Continuous observations (CartPole) become table rows through `--discretize-bins`: each dimension
+is clipped to [obs_low, obs_high] and cut into equal-width bins. The discretisation lives in the
+saved QTable rather than in an env wrapper (gymnasium's DiscretizeObservation needs finite
+bounds, which CartPole's velocities lack), so the saved policy acts on raw observations.
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ class TabularConfig(ClassicConfig):
     epsilon_end: float = config_field(0.05, "Final exploration rate")
     exploration_fraction: float = config_field(0.5, "Share of total_timesteps over which epsilon decays linearly")
     theta: float = config_field(1e-10, "Planning stops when no value changes by more than this")
+    discretize_bins: list[int] = config_field([], "Bins per observation dimension, for Box observations (e.g. CartPole)")
+    obs_low: list[float] = config_field([], "Lower clip of each observation dimension (default: the space's bounds)")
+    obs_high: list[float] = config_field([], "Upper clip of each observation dimension (default: the space's bounds)")
 
     def __post_init__(self):
         super().__post_init__()
@@ -45,11 +53,32 @@ class TabularConfig(ClassicConfig):
                          exploration_fraction=self.exploration_fraction)
         if self.gamma > 1 or not 0 <= self.epsilon_end <= self.epsilon_start <= 1:
             raise ConfigError("need --gamma <= 1 and 0 <= --epsilon-end <= --epsilon-start <= 1")
-        env_sizes(self.env, "tabular methods")
+        self.make_table("tabular methods")
+
+    def make_table(self, algo: str) -> QTable:
+        """An all-zero table for this env (discretising Box observations), or a ConfigError naming the fix."""
+        env = envs.make_env(self.env)
+        space, n_actions = env.observation_space, envs.require_discrete_actions(env.action_space, self.env, algo)
+        env.close()
+        if isinstance(space, gym.spaces.Discrete):
+            return QTable(int(space.n), n_actions)
+        if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1 or not self.discretize_bins:
+            raise ConfigError(f"{algo} need a Discrete observation space but {self.env} has {space}; accepted: e.g. "
+                              "Taxi-v4, FrozenLake-v1, or a flat Box space with --discretize-bins (one count per dimension)")
+        dim = space.shape[0]
+        low = self.obs_low or space.low.tolist()
+        high = self.obs_high or space.high.tolist()
+        if not len(self.discretize_bins) == len(low) == len(high) == dim:
+            raise ConfigError(f"{self.env} observations have {dim} dimensions; give {dim} values to each of "
+                              "--discretize-bins, --obs-low and --obs-high")
+        if min(self.discretize_bins) <= 0 or not np.all(np.isfinite(low + high)) or not np.all(np.array(low) < np.array(high)):
+            raise ConfigError(f"need positive --discretize-bins and finite --obs-low < --obs-high for {self.env} "
+                              f"(its space is {space}); got bins {self.discretize_bins}, low {low}, high {high}")
+        return QTable(int(np.prod(self.discretize_bins)), n_actions, list(self.discretize_bins), low, high)
 
 
 def env_sizes(env_id: str, algo: str) -> tuple[int, int]:
-    """(n_states, n_actions), or a ConfigError for a space a table cannot index."""
+    """(n_states, n_actions) of an env with Discrete observations and actions, as planning needs."""
     env = envs.make_env(env_id)
     try:
         if not isinstance(env.observation_space, gym.spaces.Discrete):
@@ -126,8 +155,8 @@ def train_policy_iteration(cfg: TabularConfig, logger: RunLogger, evaluator: Eva
 
 
 def _td_control(cfg: TabularConfig, logger: RunLogger, evaluator: Evaluator, on_policy: bool) -> tuple[QTable, int]:
-    n_states, n_actions = env_sizes(cfg.env, "tabular methods")
-    table = QTable(n_states, n_actions)
+    table = cfg.make_table("tabular methods")
+    n_actions = table.q.shape[1]
     q = table.q.numpy()  # shares memory with the buffer: updates land in the saved table
     env = envs.make_env(cfg.env)
     rng = np.random.default_rng(cfg.seed)
@@ -137,11 +166,15 @@ def _td_control(cfg: TabularConfig, logger: RunLogger, evaluator: Evaluator, on_
         epsilon = max(cfg.epsilon_end, cfg.epsilon_start - (cfg.epsilon_start - cfg.epsilon_end) * step / decay_steps)
         return int(rng.integers(n_actions)) if rng.random() < epsilon else int(q[state].argmax())
 
-    state, _ = env.reset(seed=cfg.seed)
+    def observe(obs) -> int:
+        return int(table.state_index(np.asarray(obs)[None])[0])
+
+    state = observe(env.reset(seed=cfg.seed)[0])
     action = epsilon_greedy(state, 0)
     episode_return, returns = 0.0, []
     for step in range(1, cfg.total_timesteps + 1):
-        next_state, reward, terminated, truncated, _ = env.step(action)
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        next_state = observe(next_obs)
         next_action = epsilon_greedy(next_state, step)
         bootstrap = q[next_state, next_action] if on_policy else q[next_state].max()
         q[state, action] += cfg.learning_rate * (reward + cfg.gamma * bootstrap * (not terminated) - q[state, action])
@@ -150,7 +183,7 @@ def _td_control(cfg: TabularConfig, logger: RunLogger, evaluator: Evaluator, on_
         if terminated or truncated:
             returns.append(episode_return)
             episode_return = 0.0
-            state, _ = env.reset()
+            state = observe(env.reset()[0])
             action = epsilon_greedy(state, step)
         if step % 1000 == 0:
             logger.log(step, {"charts/episodic_return": recent_mean(returns, 100)})

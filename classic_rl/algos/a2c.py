@@ -1,0 +1,100 @@
+"""Advantage actor-critic, A2C: the synchronous form of A3C (Mnih et al. 2016).
+
+    for each update:
+        collect num_steps x num_envs transitions with the current policy (vector envs, in lock-step)
+        (a time-limit cut adds gamma * V(final obs) to its reward: truncation is not failure)
+        A, R = GAE(rewards, values, dones)            (gae_lambda=1: the n-step advantage R_t^(n) - V(s_t))
+        one gradient step on  -mean(log pi(a|s) A) + vf_coef * value loss - ent_coef * entropy
+
+It is PPO with one epoch, one minibatch and no ratio to clip: the same rollout and core functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from classic_rl import core, envs
+from classic_rl.nets import ActorCritic
+from classic_rl.rollouts import RolloutBuffer
+from classic_rl.runs import ConfigError, RunLogger, config_field, require_positive
+from classic_rl.training import ClassicConfig, Evaluator, recent_mean
+
+
+@dataclass
+class A2CConfig(ClassicConfig):
+    total_timesteps: int = config_field(500_000, "Env steps to train for (summed over parallel envs)")
+    num_envs: int = config_field(8, "Parallel environments")
+    num_steps: int = config_field(5, "Steps per environment per update (the n of the n-step return)")
+    learning_rate: float = config_field(7e-4, "RMSprop learning rate")
+    anneal_lr: bool = config_field(False, "Decay the learning rate linearly to 0 over training")
+    gamma: float = config_field(0.99, "Discount factor")
+    gae_lambda: float = config_field(1.0, "GAE lambda; 1 gives the plain n-step advantage")
+    norm_adv: bool = config_field(False, "Whiten advantages within each update")
+    ent_coef: float = config_field(0.0, "Entropy bonus coefficient")
+    vf_coef: float = config_field(0.5, "Value loss coefficient")
+    max_grad_norm: float = config_field(0.5, "Global gradient-norm clip")
+    shared: bool = config_field(False, "One network trunk for actor and critic (two heads) instead of two networks")
+    hidden_sizes: list[int] = config_field([64, 64], "Hidden layer sizes")
+
+    def __post_init__(self):
+        super().__post_init__()
+        require_positive(num_envs=self.num_envs, num_steps=self.num_steps, learning_rate=self.learning_rate,
+                         gamma=self.gamma, max_grad_norm=self.max_grad_norm)
+        if not (self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
+            raise ConfigError(f"--gamma must be in (0, 1] and --gae-lambda in [0, 1], got {self.gamma} and {self.gae_lambda}")
+        if self.ent_coef < 0 or self.vf_coef < 0:
+            raise ConfigError(f"--ent-coef and --vf-coef must be >= 0, got {self.ent_coef} and {self.vf_coef}")
+        if not self.hidden_sizes or min(self.hidden_sizes) <= 0:
+            raise ConfigError(f"--hidden-sizes must be positive layer widths, got {self.hidden_sizes}")
+        envs.check_spaces(self.env, "a2c")
+
+
+def train(cfg: A2CConfig, logger: RunLogger, evaluator: Evaluator) -> tuple[ActorCritic, int]:
+    obs_dim, n_actions = envs.check_spaces(cfg.env, "a2c")
+    vec_env = envs.make_vec_env(cfg.env, cfg.num_envs)
+    agent = ActorCritic(obs_dim, n_actions, cfg.hidden_sizes, shared=cfg.shared)
+    # RMSprop as in the A3C paper and SB3 (alpha 0.99, eps 1e-5)
+    optimizer = torch.optim.RMSprop(agent.parameters(), lr=cfg.learning_rate, alpha=0.99, eps=1e-5)
+    buffer = RolloutBuffer(cfg.num_steps, cfg.num_envs, obs_dim)
+    batch_size = cfg.num_envs * cfg.num_steps
+    num_updates = max(1, cfg.total_timesteps // batch_size)
+
+    next_obs = agent.normalize(vec_env.reset(seed=cfg.seed)[0])
+    global_step, episode_returns = 0, []
+    progress = tqdm(total=num_updates * batch_size, unit="step", desc=f"a2c {cfg.env}", mininterval=1.0)
+    for update in range(1, num_updates + 1):
+        if cfg.anneal_lr:
+            optimizer.param_groups[0]["lr"] = cfg.learning_rate * (1.0 - (update - 1) / num_updates)
+        next_obs, finished = buffer.collect(agent, vec_env, next_obs, cfg.gamma)
+        episode_returns += [r for r, _ in finished]
+        global_step += batch_size
+        advantages, returns = buffer.advantages(agent, next_obs, cfg.gamma, cfg.gae_lambda)
+        if cfg.norm_adv:
+            advantages = core.masked_whiten(advantages)
+
+        b_obs, b_actions, b_logprobs, b_values = buffer.flat()
+        _, logprob, entropy, value = agent.get_action_and_value(b_obs, b_actions)
+        pg_loss = -(logprob * advantages).mean()
+        v_loss = core.value_loss(value, b_values, returns)
+        loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy.mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+
+        progress.update(batch_size)
+        if update % 20 == 0 or update == num_updates:  # per-update logging would dominate 40-step updates
+            progress.set_postfix(ret=f"{recent_mean(episode_returns):.1f}", refresh=False)
+            logger.log(global_step, {"charts/episodic_return": recent_mean(episode_returns),
+                                     "charts/SPS": global_step / logger.elapsed(),
+                                     "losses/policy_loss": pg_loss.item(), "losses/value_loss": v_loss.item(),
+                                     "losses/entropy": entropy.mean().item(),
+                                     "losses/explained_variance": core.explained_variance(b_values, returns).item()})
+        if evaluator.maybe_evaluate(global_step, agent):
+            break
+    progress.close()
+    vec_env.close()
+    return agent, global_step
