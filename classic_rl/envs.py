@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -65,6 +66,53 @@ def check_spaces(env_id: str, algo: str) -> tuple[int, int]:
         env.close()
 
 
+class EpisodeRecorder(gym.Wrapper):
+    """Remembers how the current episode began (its seed, or the env's RNG state) and every action
+    since, so a resumed run can rebuild the env exactly: gymnasium envs are deterministic given
+    their RNG and actions, and most (Box2D ones included) cannot be pickled."""
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        self.episode_start = {"seed": int(seed)} if seed is not None else {"rng": self.unwrapped.np_random.bit_generator.state}
+        self.episode_actions: list = []
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, action):
+        self.episode_actions.append(action.item() if hasattr(action, "item") else action)
+        return self.env.step(action)
+
+    def episode_state(self) -> str:
+        return json.dumps({"start": self.episode_start, "actions": self.episode_actions})
+
+    def replay(self) -> None:
+        """Rebuild the episode that episode_state() described, set as `pending_episode`: same start,
+        same actions. (An attribute rather than an argument, so vector envs can set one per copy.)"""
+        state = json.loads(self.pending_episode)
+        if "seed" in state["start"]:
+            self.reset(seed=state["start"]["seed"])
+        else:
+            self.unwrapped.np_random.bit_generator.state = state["start"]["rng"]
+            self.reset()
+        for action in state["actions"]:
+            self.step(action)
+
+
+def vec_env_state(vec_env: gym.vector.VectorEnv) -> str:
+    """Everything needed to rebuild a vector env from make_vec_env mid-episode, as JSON."""
+    return json.dumps({"episodes": list(vec_env.unwrapped.call("episode_state")),
+                       "episode_returns": vec_env.episode_returns.tolist(), "episode_lengths": vec_env.episode_lengths.tolist(),
+                       "episode_count": int(vec_env.episode_count)})
+
+
+def restore_vec_env(vec_env: gym.vector.VectorEnv, state: str) -> None:
+    """Replay each copy's current episode and restore the episode statistics (see vec_env_state)."""
+    state = json.loads(state)
+    vec_env.unwrapped.set_attr("pending_episode", state["episodes"])
+    vec_env.unwrapped.call("replay")
+    vec_env.episode_returns[:] = state["episode_returns"]
+    vec_env.episode_lengths[:] = state["episode_lengths"]
+    vec_env.episode_count = state["episode_count"]
+
+
 def make_vec_env(env_id: str, num_envs: int, asynchronous: bool = False) -> gym.vector.VectorEnv:
     """`num_envs` copies of env_id with same-step autoreset and episode statistics.
 
@@ -79,6 +127,7 @@ def make_vec_env(env_id: str, num_envs: int, asynchronous: bool = False) -> gym.
         num_envs=num_envs,
         vectorization_mode="async" if asynchronous else "sync",
         vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
+        wrappers=[EpisodeRecorder],
     )
     return gym.wrappers.vector.RecordEpisodeStatistics(envs)
 

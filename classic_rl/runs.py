@@ -10,8 +10,10 @@ import json
 import os
 import random
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,11 +28,95 @@ class ConfigError(ValueError):
     one line and exit with status 2."""
 
 
+class NonFiniteError(FloatingPointError):
+    """A loss, reward or gradient norm became NaN or inf; the message names the step and the quantity."""
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C arrived; raised at the next safe point, after a checkpoint was saved."""
+
+
+class StopRequest:
+    """Ctrl-C as a request, while the `with` block runs: the first sets `requested` (the training
+    loop then saves a checkpoint at its next consistent point and stops); a second stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handler(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: saving a checkpoint at the end of this step, then stopping (Ctrl-C again to stop now)", file=sys.stderr)
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def check_finite(step: int | None, **values: Any) -> None:
+    """NonFiniteError naming the step (when given) and the first value (float or tensor) that is NaN or inf."""
+    for name, value in values.items():
+        if not bool(torch.isfinite(torch.as_tensor(value)).all()):
+            where = f"step {step}: " if step is not None else ""
+            raise NonFiniteError(f"{where}non-finite {name.replace('_', ' ')} ({value!r:.40})")
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (envs are seeded through reset(seed=...))."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy (global) and torch RNG states, in types torch.load(weights_only=True) accepts."""
+    np_state = np.random.get_state(legacy=False)
+    return {"python": json.dumps(random.getstate()), "numpy": json.dumps({**np_state, "state": {
+        k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in np_state["state"].items()}}),
+            "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = json.loads(state["python"])
+    random.setstate((version, tuple(internal), gauss))
+    np_state = json.loads(state["numpy"])
+    np_state["state"]["key"] = np.array(np_state["state"]["key"], dtype=np.uint32)
+    np.random.set_state(np_state)
+    torch.set_rng_state(state["torch"])
+
+
+class Checkpoints:
+    """`checkpoints/step-N/` folders of a run: each written under a temporary name and renamed when
+    complete (so a crash never leaves a half checkpoint that --resume would pick), newest `keep` kept."""
+
+    def __init__(self, run_dir: str | Path, keep: int = 2):
+        self.root, self.keep = Path(run_dir) / "checkpoints", keep
+
+    def save(self, step: int, write: Callable[[Path], None]) -> Path:
+        """Call write(folder) on a fresh temporary folder, then publish it as step-{step}."""
+        tmp, final = self.root / f".step-{step}.tmp", self.root / f"step-{step}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        write(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in self.complete()[:-self.keep]:
+            shutil.rmtree(old)
+        return final
+
+    def complete(self) -> list[Path]:
+        return sorted(self.root.glob("step-*"), key=lambda p: int(p.name[5:]))
+
+    def latest(self) -> Path | None:
+        done = self.complete()
+        return done[-1] if done else None
 
 
 # ---- files --------------------------------------------------------------------------------------
@@ -53,10 +139,13 @@ def write_json(path: str | Path, obj: Any) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, default=str) + "\n"))
 
 
+MIN_FREE_MB = 50
+
+
 def prepare_run_dir(path: str | Path, overwrite: bool = False) -> Path:
     """Create the run folder, refusing to clobber an earlier run unless overwrite is set.
 
-    Checks that the folder is writable before any training starts.
+    Checks that the folder is writable and its disk not full before any training starts.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -72,18 +161,34 @@ def prepare_run_dir(path: str | Path, overwrite: bool = False) -> Path:
         probe.unlink()
     except OSError as err:
         raise ConfigError(f"run dir {path} is not writable: {err.strerror}") from None
+    free_mb = shutil.disk_usage(path).free / 2**20
+    if free_mb < MIN_FREE_MB:
+        raise ConfigError(f"only {free_mb:.0f} MB free on the disk of run dir {path}; free at least {MIN_FREE_MB} MB "
+                          "or choose another --run-dir")
     return path
 
 
-def start_run(cfg: Any, resume: bool = False, **extra_config: Any) -> Path:
-    """Open cfg.run_dir for a run (a fresh folder unless resuming), write config.json (cfg's fields
-    plus extra_config), and set torch threads and all seeds. cfg needs run_dir, overwrite,
-    torch_threads and seed."""
+def start_run(cfg: Any, **extra_config: Any) -> tuple[Path, Path | None]:
+    """Open cfg.run_dir for a run, write config.json (cfg's fields plus extra_config), and set
+    torch threads and all seeds. Returns (run folder, checkpoint to resume from or None).
+
+    A fresh run gets a new, checked folder; with cfg.resume (when cfg has it) the newest complete
+    checkpoint of the existing run is returned instead. cfg needs run_dir, overwrite,
+    torch_threads and seed, and may have resume and keep_checkpoints.
+    """
+    resume = getattr(cfg, "resume", False)
+    checkpoint = None
+    if resume:
+        if cfg.overwrite:
+            raise ConfigError("--resume continues the run in --run-dir and --overwrite deletes it; pass one of them")
+        checkpoint = Checkpoints(cfg.run_dir).latest()
+        if checkpoint is None:
+            raise ConfigError(f"--resume found no checkpoint in {Path(cfg.run_dir) / 'checkpoints'}; start the run with --save-every N")
     run_dir = Path(cfg.run_dir) if resume else prepare_run_dir(cfg.run_dir, overwrite=cfg.overwrite)
     write_json(run_dir / "config.json", {**extra_config, **dataclasses.asdict(cfg)})
     torch.set_num_threads(cfg.torch_threads)
     seed_everything(cfg.seed)
-    return run_dir
+    return run_dir, checkpoint
 
 
 class MeanStats:
@@ -102,17 +207,32 @@ class MeanStats:
         return {key: total / self._counts[key] for key, total in self._sums.items()}
 
 
+def truncate_jsonl(path: Path, last_step: int) -> list[dict]:
+    """Keep only the rows of a JSON-lines file whose "step" is <= last_step (what a resumed run
+    had saved); returns them. A missing file counts as empty."""
+    if not path.exists():
+        return []
+    rows = [row for row in map(json.loads, path.read_text().splitlines()) if row["step"] <= last_step]
+    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(json.dumps(row) + "\n" for row in rows)))
+    return rows
+
+
 class RunLogger:
     """Metrics to `metrics.jsonl` (one JSON row per call) and TensorBoard, kept in memory for plots."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, resume_step: int | None = None, resume_elapsed: float = 0.0):
+        """resume_step: continue a run from its checkpoint at that step: rows logged after it (by
+        the run that crashed) are dropped, and elapsed() continues from resume_elapsed."""
         from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
 
         self.run_dir = run_dir
         self.rows: list[dict[str, float]] = []
-        self._jsonl = open(run_dir / "metrics.jsonl", "a")
+        path = run_dir / "metrics.jsonl"
+        if resume_step is not None:
+            self.rows = truncate_jsonl(path, resume_step)
+        self._jsonl = open(path, "a")
         self._tb = SummaryWriter(str(run_dir / "tensorboard"))
-        self.start_time = time.perf_counter()
+        self.start_time = time.perf_counter() - resume_elapsed
 
     def elapsed(self) -> float:
         """Seconds since the logger was created (the start of training)."""
@@ -250,7 +370,8 @@ def parse_dataclass_args(config_cls: type, argv: Sequence[str] | None = None, de
 
 
 def cli(main: Callable[[], Any]) -> Callable[[], None]:
-    """Run a script's main: a ConfigError becomes `error: ...` on stderr and exit status 2."""
+    """Run a script's main: a ConfigError becomes `error: ...` on stderr and exit status 2, a
+    non-finite loss or reward exit status 1, Ctrl-C exit status 130; none prints a traceback."""
 
     @functools.wraps(main)
     def wrapped() -> None:
@@ -259,5 +380,11 @@ def cli(main: Callable[[], Any]) -> Callable[[], None]:
         except ConfigError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
+        except NonFiniteError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(1)
+        except (TrainingInterrupted, KeyboardInterrupt) as err:
+            print(f"interrupted: {err or 'nothing was saved'}", file=sys.stderr)
+            sys.exit(130)
 
     return wrapped

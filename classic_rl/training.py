@@ -3,20 +3,30 @@ evaluation with early stopping, and the run folder (config, metrics, summary, pl
 
 from __future__ import annotations
 
+import inspect
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
+import torch
 
 from classic_rl import envs
 from classic_rl.nets import SavableModule, save_model
 from classic_rl.runs import (
+    Checkpoints,
     ConfigError,
+    NonFiniteError,
     RunLogger,
+    StopRequest,
+    TrainingInterrupted,
     config_field,
     plot_lines,
     require_positive,
+    rng_state,
+    set_rng_state,
     start_run,
     write_json,
 )
@@ -37,12 +47,16 @@ class ClassicConfig:
     torch_threads: int = config_field(1, "torch.set_num_threads: small MLPs on CPU are fastest with 1")
     run_dir: str = config_field("runs/classic", "Folder for config.json, metrics.jsonl, summary.json, plots, policy")
     overwrite: bool = config_field(False, "Replace an existing run in --run-dir")
+    save_every: int = config_field(0, "Write a checkpoint every this many env steps (0: only on Ctrl-C; ppo, a2c, dqn)")
+    keep_checkpoints: int = config_field(2, "How many checkpoints to keep")
+    resume: bool = config_field(False, "Continue the run in --run-dir from its newest checkpoint")
 
     def __post_init__(self):
         envs.check_env_id(self.env)
-        require_positive(total_timesteps=self.total_timesteps, eval_episodes=self.eval_episodes, torch_threads=self.torch_threads)
-        if self.eval_every < 0:
-            raise ConfigError(f"--eval-every must be >= 0 (0 disables), got {self.eval_every}")
+        require_positive(total_timesteps=self.total_timesteps, eval_episodes=self.eval_episodes, torch_threads=self.torch_threads,
+                         keep_checkpoints=self.keep_checkpoints)
+        if self.eval_every < 0 or self.save_every < 0:
+            raise ConfigError(f"--eval-every and --save-every must be >= 0 (0 disables), got {self.eval_every} and {self.save_every}")
 
     @property
     def solved_threshold(self) -> float | None:
@@ -63,6 +77,12 @@ class Evaluator:
         self.solved_at_s: float | None = None
         self._next_due = cfg.eval_every if cfg.eval_every > 0 else None
 
+    def state(self) -> str:
+        return json.dumps({k: getattr(self, k) for k in ("history", "solved_at_steps", "solved_at_s", "_next_due")})
+
+    def load_state(self, state: str) -> None:
+        self.__dict__.update(json.loads(state))
+
     def maybe_evaluate(self, env_steps: int, model: SavableModule) -> bool:
         if self._next_due is None or env_steps < self._next_due:
             return False
@@ -81,16 +101,84 @@ class Evaluator:
         return self.cfg.target_return is not None and record["mean"] >= self.cfg.target_return
 
 
+class Checkpointer:
+    """Periodic, atomic checkpoints of a classic run (--save-every) and their restoration (--resume).
+
+    A checkpoint holds the model (safetensors, observation statistics included) and `state.pt`
+    (read back with torch.load(weights_only=True)): optimizer, RNG states, counters, the evaluator,
+    the vector env's replay state (see envs.EpisodeRecorder) and whatever the algorithm adds.
+    Ctrl-C only sets a flag (StopRequest): the next `due` answers True, the algorithm saves at a consistent
+    point, and `save` then stops the run with TrainingInterrupted.
+    """
+
+    def __init__(self, cfg: ClassicConfig, store: Checkpoints, logger: RunLogger, evaluator: Evaluator, resumed: dict | None,
+                 stop: StopRequest):
+        self.every, self.store, self.logger, self.evaluator, self.resumed = cfg.save_every, store, logger, evaluator, resumed
+        start = resumed["env_steps"] if resumed else 0
+        self._next_due = (start // self.every + 1) * self.every if self.every else None
+        self.stop = stop
+
+    def due(self, env_steps: int) -> bool:
+        return self.stop.requested or (self._next_due is not None and env_steps >= self._next_due)
+
+    def save(self, env_steps: int, model: SavableModule, optimizer: torch.optim.Optimizer,
+             vec_env: gym.vector.VectorEnv | None = None, **extra: Any) -> None:
+        """Checkpoint at an update boundary; extra holds tensors, numbers, strings and lists of them."""
+        while self._next_due is not None and self._next_due <= env_steps:
+            self._next_due += self.every
+        state = {"env_steps": env_steps, "elapsed": self.logger.elapsed(), "optimizer": optimizer.state_dict(),
+                 "rng": rng_state(), "evaluator": self.evaluator.state(), "extra": extra,
+                 "vec_env": envs.vec_env_state(vec_env) if vec_env is not None else None}
+
+        def write(folder: Path) -> None:
+            save_model(model, folder / "model.safetensors")
+            torch.save(state, folder / "state.pt")
+
+        path = self.store.save(env_steps, write)
+        if self.stop.requested:
+            raise TrainingInterrupted(f"stopped at {env_steps} env steps; saved {path}; continue with --resume")
+
+    def restore(self, model: SavableModule, optimizer: torch.optim.Optimizer, vec_env: gym.vector.VectorEnv | None = None) -> dict | None:
+        """Load the checkpoint being resumed into these objects; returns the algorithm's extra state
+        (None for a fresh run). Call it after the envs were created and reset."""
+        if self.resumed is None:
+            return None
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(self.store.latest() / "model.safetensors"))
+        optimizer.load_state_dict(self.resumed["optimizer"])
+        if vec_env is not None:
+            envs.restore_vec_env(vec_env, self.resumed["vec_env"])
+        set_rng_state(self.resumed["rng"])
+        return self.resumed["extra"]
+
+
 def run_training(algo: str, train_fn, cfg: ClassicConfig) -> dict[str, Any]:
-    """Train with train_fn(cfg, logger, evaluator) -> model and write the whole run folder.
+    """Train with train_fn(cfg, logger, evaluator[, checkpoints]) -> (model, env steps) and write
+    the whole run folder. Algorithms that take a `checkpoints` argument (a Checkpointer) can save
+    and resume.
 
     Returns the summary (also written to summary.json).
     """
-    run_dir = start_run(cfg, algo=algo)
-    logger = RunLogger(run_dir)
+    resumable = "checkpoints" in inspect.signature(train_fn).parameters
+    store = Checkpoints(cfg.run_dir, cfg.keep_checkpoints)
+    if (cfg.save_every or cfg.resume) and not resumable:
+        raise ConfigError(f"{algo} has no checkpoints (it trains in seconds to minutes); --save-every and --resume "
+                          "are accepted by ppo, a2c and dqn")
+    run_dir, checkpoint = start_run(cfg, algo=algo)
+    resumed = torch.load(checkpoint / "state.pt", weights_only=True) if checkpoint else None
+    logger = RunLogger(run_dir, *((resumed["env_steps"], resumed["elapsed"]) if resumed else ()))
     evaluator = Evaluator(cfg, logger)
+    if resumed:
+        evaluator.load_state(resumed["evaluator"])
+        print(f"resuming {run_dir} from {checkpoint.name}")
     try:
-        model, env_steps = train_fn(cfg, logger, evaluator)
+        if resumable:
+            with StopRequest() as stop:
+                checkpointer = Checkpointer(cfg, store, logger, evaluator, resumed, stop)
+                model, env_steps = train_fn(cfg, logger, evaluator, checkpoints=checkpointer)
+        else:
+            model, env_steps = train_fn(cfg, logger, evaluator)
         if not evaluator.history or evaluator.history[-1]["env_steps"] != env_steps:
             evaluator.evaluate(env_steps, model)  # the summary always describes the final policy
         wall_s = logger.elapsed()
@@ -102,9 +190,14 @@ def run_training(algo: str, train_fn, cfg: ClassicConfig) -> dict[str, Any]:
             "solved_threshold": cfg.solved_threshold,
             "solved_at_steps": evaluator.solved_at_steps, "solved_at_s": evaluator.solved_at_s,
             "steps_per_s": env_steps / wall_s,
+            "evaluations": evaluator.history,
         }
         write_json(run_dir / "summary.json", summary)
         plot_learning_curve(run_dir / "learning_curve.png", logger, evaluator, f"{algo} on {cfg.env} (seed {cfg.seed})", cfg.solved_threshold)
+    except NonFiniteError as err:
+        newest = store.latest()
+        raise NonFiniteError(f"{err}; nothing after it was saved; the last good checkpoint is "
+                             f"{newest if newest else 'none (pass --save-every N to keep some)'}") from None
     finally:
         logger.close()
     return summary

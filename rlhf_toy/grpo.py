@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from classic_rl import core
-from classic_rl.runs import MeanStats
+from classic_rl.runs import MeanStats, check_finite
 from rlhf_toy.rollout import Rollout, completion_logits
 
 LOSS_AGGREGATION = {"grpo": "seq", "dapo": "token", "bnpo": "token", "dr_grpo": "seq-mean-token-sum"}
@@ -70,6 +70,7 @@ def grpo_update(policy, optimizer, accelerator, rollout: Rollout, rewards: Tenso
                 loss = loss / cfg.max_completion_length
             accelerator.backward(loss)
             stats["grad_norm"] = accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+            check_finite(None, loss=loss, grad_norm=stats["grad_norm"])  # before the step: the weights stay good
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             stats["loss"] = loss.detach()

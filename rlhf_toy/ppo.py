@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from classic_rl import core
-from classic_rl.runs import MeanStats
+from classic_rl.runs import MeanStats, check_finite
 from rlhf_toy.rollout import Rollout, completion_logits, position_ids
 
 
@@ -122,6 +122,7 @@ def ppo_update(policy, critic: Critic, optimizer, accelerator, rollout: Rollout,
             loss = pg_loss + cfg.vf_coef * v_loss
             accelerator.backward(loss)
             stats["grad_norm"] = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+            check_finite(None, loss=loss, grad_norm=stats["grad_norm"])  # before the step: the weights stay good
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             stats.update(loss=loss.detach(), policy_loss=pg_loss.detach(), value_loss=v_loss.detach(),

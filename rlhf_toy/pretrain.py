@@ -105,7 +105,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     """Train tokenizer and model; writes run_dir/{model/, config.json, metrics.jsonl, summary.json, loss.png}."""
     from accelerate import Accelerator
 
-    run_dir = start_run(cfg)
+    run_dir, _ = start_run(cfg)
     accelerator = Accelerator(cpu=cfg.cpu)
 
     texts = training_texts(cfg.data_dir)

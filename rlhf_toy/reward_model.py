@@ -133,7 +133,7 @@ def pair_accuracy(model, tokenizer, rows) -> float:
 def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     from accelerate import Accelerator
 
-    run_dir = start_run(cfg)
+    run_dir, _ = start_run(cfg)
     accelerator = Accelerator(cpu=cfg.cpu)
     base = cfg.model or default_base_model()
     train_rows = load_rows(Path(cfg.data_dir) / "preferences_train.jsonl", ["prompt", "chosen", "rejected"])

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +21,19 @@ import torch
 from tqdm.auto import tqdm
 
 from classic_rl.runs import (
+    Checkpoints,
     ConfigError,
+    NonFiniteError,
     RunLogger,
+    StopRequest,
+    TrainingInterrupted,
     config_field,
     plot_lines,
     require_positive,
+    rng_state,
+    set_rng_state,
     start_run,
+    truncate_jsonl,
     write_json,
 )
 from rlhf_toy.data import DATA_DIR, load_prompts
@@ -36,7 +41,7 @@ from rlhf_toy.grpo import LOSS_AGGREGATION, SCALE_REWARDS, grpo_update
 from rlhf_toy.models import load_model, load_tokenizer
 from rlhf_toy.ppo import KLController, build_critic, ppo_update
 from rlhf_toy.pretrain import default_base_model
-from rlhf_toy.rewards import DEFAULT_REWARD, CombinedReward, resolve_reward
+from rlhf_toy.rewards import DEFAULT_REWARD, CombinedReward, RewardFunctionError, resolve_reward
 from rlhf_toy.rollout import sample_rollout
 from rlhf_toy.sampling import SamplingConfig, encode_prompts
 
@@ -191,28 +196,21 @@ def print_completions(title: str, rows: list[dict], limit: int = 4, width: int =
 
 # ---- checkpoints ------------------------------------------------------------------------------------
 
-def save_checkpoint(run_dir: Path, step: int, policy, tokenizer, optimizer, accelerator, keep: int, critic=None,
-                    kl_ctl: KLController | None = None) -> None:
-    """checkpoints/step-N/ written under a temporary name, then renamed; keeps the newest `keep`."""
+def save_checkpoint(store: Checkpoints, step: int, policy, tokenizer, optimizer, accelerator, critic=None,
+                    kl_ctl: KLController | None = None) -> Path:
+    """checkpoints/step-N/: the policy (save_pretrained), the critic (safetensors), and state.pt with
+    the optimizer, RNG states and KL coefficient (prompt order is a function of the step)."""
     from safetensors.torch import save_file
 
-    root = run_dir / "checkpoints"
-    tmp, final = root / f".step-{step}.tmp", root / f"step-{step}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.unwrap_model(policy).save_pretrained(tmp / "model")
-    tokenizer.save_pretrained(tmp / "model")
-    if critic is not None:
-        save_file({k: v.contiguous() for k, v in critic.state_dict().items()}, tmp / "critic.safetensors")
-    torch.save({"step": step, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-                "kl_coef": kl_ctl.value if kl_ctl else None}, tmp / "state.pt")
-    tmp.rename(final)
-    for old in sorted(root.glob("step-*"), key=lambda p: int(p.name[5:]))[:-keep]:
-        shutil.rmtree(old)
+    def write(folder: Path) -> None:
+        accelerator.unwrap_model(policy).save_pretrained(folder / "model")
+        tokenizer.save_pretrained(folder / "model")
+        if critic is not None:
+            save_file({k: v.contiguous() for k, v in critic.state_dict().items()}, folder / "critic.safetensors")
+        torch.save({"step": step, "optimizer": optimizer.state_dict(), "rng": rng_state(),
+                    "kl_coef": kl_ctl.value if kl_ctl else None}, folder / "state.pt")
 
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    done = sorted((run_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name[5:]))
-    return done[-1] if done else None
+    return store.save(step, write)
 
 
 # ---- the loop -----------------------------------------------------------------------------------------
@@ -220,11 +218,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 def train(cfg: RLHFConfig) -> dict[str, Any]:
     from accelerate import Accelerator
 
-    run_dir = Path(cfg.run_dir)
-    checkpoint = latest_checkpoint(run_dir) if cfg.resume else None
-    if cfg.resume and checkpoint is None:
-        raise ConfigError(f"--resume found no checkpoint in {run_dir}/checkpoints; run with --save-every N first")
-    start_run(cfg, resume=checkpoint is not None)
+    run_dir, checkpoint = start_run(cfg)
     accelerator = Accelerator(cpu=cfg.cpu)
 
     reward = resolve_reward(cfg.reward, cfg.reward_weights, cfg.target_words)
@@ -250,7 +244,7 @@ def train(cfg: RLHFConfig) -> dict[str, Any]:
     if checkpoint is not None:
         state = torch.load(checkpoint / "state.pt", weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
+        set_rng_state(state["rng"])
         start_step = state["step"] + 1
         if critic is not None:
             from safetensors.torch import load_file
@@ -266,7 +260,10 @@ def train(cfg: RLHFConfig) -> dict[str, Any]:
     print(f"{cfg.algo}: {cfg.prompts_per_step} prompts x {cfg.num_generations} completions = {cfg.completions_per_step} "
           f"completions per step, {cfg.num_minibatches} minibatch(es) x {cfg.num_iterations} iteration(s), "
           f"{cfg.steps} steps, reward {cfg.reward}, model {model_name}, device {accelerator.device}")
-    logger = RunLogger(run_dir)
+    store = Checkpoints(run_dir, cfg.keep_checkpoints)
+    logger = RunLogger(run_dir, resume_step=start_step - 1 if checkpoint else None)
+    if checkpoint:
+        truncate_jsonl(run_dir / "samples.jsonl", start_step - 1)
     before_path = run_dir / "eval_before.json"  # measured once on the initial policy, reused on resume
     if checkpoint is None:
         before = evaluate(policy, tokenizer, eval_prompts, reward, cfg, gold)
@@ -276,23 +273,27 @@ def train(cfg: RLHFConfig) -> dict[str, Any]:
     print_completions(f"before training: eval reward {before['reward']:.3f}", before["rows"])
     progress = tqdm(range(start_step, cfg.steps + 1), desc=cfg.algo, initial=start_step - 1, total=cfg.steps, mininterval=1.0)
     train_time = 0.0
-    with open(run_dir / "samples.jsonl", "a") as samples_file:
+    with open(run_dir / "samples.jsonl", "a") as samples_file, StopRequest() as stop:
         for step in progress:
             t0 = time.perf_counter()
             prompts = prompts_for_step(train_prompts, step, cfg)
             policy.eval()
             rollout = sample_rollout(accelerator.unwrap_model(policy), tokenizer, prompts, cfg.sampling, ref_model)
             t1 = time.perf_counter()
-            totals, components = reward.score(prompts, rollout.completions)
-            if gold is not None:
-                components["gold"] = gold(prompts, rollout.completions)
-            rewards = torch.tensor(totals, dtype=torch.float32)
-            t2 = time.perf_counter()
-            policy.train()
-            if cfg.algo == "grpo":
-                metrics = grpo_update(policy, optimizer, accelerator, rollout, rewards, cfg)
-            else:
-                metrics = ppo_update(policy, critic, optimizer, accelerator, rollout, rewards, kl_ctl, cfg)
+            try:  # a broken reward or a non-finite loss stops the run before any bad optimizer step
+                totals, components = reward.score(prompts, rollout.completions)
+                if gold is not None:
+                    components["gold"] = gold(prompts, rollout.completions)
+                rewards = torch.tensor(totals, dtype=torch.float32)
+                t2 = time.perf_counter()
+                policy.train()
+                if cfg.algo == "grpo":
+                    metrics = grpo_update(policy, optimizer, accelerator, rollout, rewards, cfg)
+                else:
+                    metrics = ppo_update(policy, critic, optimizer, accelerator, rollout, rewards, kl_ctl, cfg)
+            except (NonFiniteError, RewardFunctionError) as err:
+                saved = save_checkpoint(store, step - 1, policy, tokenizer, optimizer, accelerator, critic, kl_ctl)
+                raise type(err)(f"step {step}: {err}; saved the last good weights to {saved}") from None
             t3 = time.perf_counter()
             train_time += t3 - t0
             lengths = rollout.completion_lengths.float()
@@ -303,9 +304,6 @@ def train(cfg: RLHFConfig) -> dict[str, Any]:
                             "completions/clipped_ratio": rollout.is_truncated.float().mean().item(),
                             "time/generate_s": t1 - t0, "time/reward_s": t2 - t1, "time/update_s": t3 - t2,
                             "completions_per_s": len(prompts) / (t3 - t0)})
-            if not all(math.isfinite(v) for v in metrics.values()):
-                bad = [k for k, v in metrics.items() if not math.isfinite(v)]
-                raise FloatingPointError(f"step {step}: non-finite {', '.join(bad)}; the last checkpoint is intact")
             logger.log(step, metrics)
             progress.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics.get('kl', 0.0):.3f}",
                                  len=f"{metrics['completions/mean_length']:.1f}", refresh=False)
@@ -316,8 +314,10 @@ def train(cfg: RLHFConfig) -> dict[str, Any]:
                 samples_file.writelines(json.dumps(row) + "\n" for row in rows)
                 samples_file.flush()
                 print_completions(f"step {step}: reward {metrics['reward']:.3f}", rows)
-            if cfg.save_every and step % cfg.save_every == 0:
-                save_checkpoint(run_dir, step, policy, tokenizer, optimizer, accelerator, cfg.keep_checkpoints, critic, kl_ctl)
+            if (cfg.save_every and step % cfg.save_every == 0) or stop.requested:
+                saved = save_checkpoint(store, step, policy, tokenizer, optimizer, accelerator, critic, kl_ctl)
+                if stop.requested:
+                    raise TrainingInterrupted(f"stopped after step {step}; saved {saved}; continue with --resume")
     progress.close()
 
     after = evaluate(policy, tokenizer, eval_prompts, reward, cfg, gold)

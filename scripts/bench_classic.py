@@ -1,14 +1,16 @@
 #!/usr/bin/env python
-"""Our PPO against Stable-Baselines3 PPO (RL-Zoo hyperparameters), side by side.
+"""Our classic algorithms against Stable-Baselines3 (RL-Zoo hyperparameters), side by side.
 
-    make bench                      # both envs, all seeds (needs the [bench] extra)
+    make bench                                                     # PPO on both envs, ours and SB3
     python scripts/bench_classic.py --envs CartPole-v1 --seeds 5 --json bench/classic.json
+    python scripts/bench_classic.py --envs CartPole-v1 --algos all --seeds 3 --plot bench/classic_cartpole_all.png
 
-For each env and seed the two run back to back in this process (ours first, then SB3, then the
-next seed), with the same torch thread count and the same evaluation: the greedy policy on
-`--eval-episodes` episodes every `eval_every` env steps (ours' preset), stopping at the env's
-reward threshold. Wall time counts from before env creation, evaluations included.
-Run it on a quiet machine: a second CPU-heavy job distorts every figure.
+For each env, seed and algorithm the implementations run back to back in this process (ours, then
+SB3 where the Zoo has settings for that algorithm and env), with the same torch thread count and the
+same evaluation: the greedy policy on `--eval-episodes` episodes every `eval_every` env steps (ours'
+preset), stopping at the env's reward threshold. Wall time counts from before env creation,
+evaluations included. `--plot` draws every algorithm's eval curve (first seed) against env steps and
+against wall seconds. Run it on a quiet machine: a second CPU-heavy job distorts every figure.
 """
 
 from __future__ import annotations
@@ -23,41 +25,54 @@ import gymnasium as gym
 import torch
 
 from classic_rl import envs
-from classic_rl.algos.ppo import PPOConfig, train
+from classic_rl.algos import ALGOS
 from classic_rl.presets import preset
-from classic_rl.runs import ConfigError, cli, write_json
+from classic_rl.runs import ConfigError, cli, plot_lines, write_json
 from classic_rl.training import run_training
 
-# rl-baselines3-zoo hyperparams/ppo.yml (LunarLander-v3 uses the v2 entry).
+# rl-baselines3-zoo hyperparams/{ppo,dqn,a2c}.yml (LunarLander-v3 uses the v2 entries).
 ZOO = {
-    "CartPole-v1": dict(n_envs=8, n_timesteps=100_000, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98,
-                        n_epochs=20, ent_coef=0.0, learning_rate="lin_0.001", clip_range="lin_0.2"),
-    "LunarLander-v3": dict(n_envs=16, n_timesteps=1_000_000, n_steps=1024, batch_size=64, gae_lambda=0.98,
-                           gamma=0.999, n_epochs=4, ent_coef=0.01),
+    ("ppo", "CartPole-v1"): dict(n_envs=8, n_timesteps=100_000, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98,
+                                 n_epochs=20, ent_coef=0.0, learning_rate="lin_0.001", clip_range="lin_0.2"),
+    ("ppo", "LunarLander-v3"): dict(n_envs=16, n_timesteps=1_000_000, n_steps=1024, batch_size=64, gae_lambda=0.98,
+                                    gamma=0.999, n_epochs=4, ent_coef=0.01),
+    ("dqn", "CartPole-v1"): dict(n_timesteps=100_000, learning_rate=2.3e-3, batch_size=64, buffer_size=100_000,
+                                 learning_starts=1000, gamma=0.99, target_update_interval=10, train_freq=256,
+                                 gradient_steps=128, exploration_fraction=0.16, exploration_final_eps=0.04,
+                                 policy_kwargs=dict(net_arch=[256, 256])),
+    ("dqn", "LunarLander-v3"): dict(n_timesteps=500_000, learning_rate=6.3e-4, batch_size=128, buffer_size=50_000,
+                                    learning_starts=0, gamma=0.99, target_update_interval=250, train_freq=4,
+                                    gradient_steps=-1, exploration_fraction=0.12, exploration_final_eps=0.1,
+                                    policy_kwargs=dict(net_arch=[256, 256])),
+    ("a2c", "CartPole-v1"): dict(n_envs=8, n_timesteps=500_000, ent_coef=0.0),
 }
 DEFAULT_SEEDS = {"CartPole-v1": 5, "LunarLander-v3": 3}
 
 
-def run_ours(env_id: str, seed: int, eval_episodes: int, max_steps: int | None, run_root: Path) -> dict:
-    fields = {**preset("ppo", env_id), "env": env_id, "seed": seed, "eval_episodes": eval_episodes,
-              "target_return": gym.spec(env_id).reward_threshold, "run_dir": str(run_root / f"ours-{env_id}-{seed}"),
-              "overwrite": True}
+def ours_config(algo: str, env_id: str, seed: int, eval_episodes: int, max_steps: int | None, run_dir: Path):
+    config_cls, _ = ALGOS[algo]
+    fields = {**preset(algo, env_id), "env": env_id, "seed": seed, "eval_episodes": eval_episodes,
+              "target_return": gym.spec(env_id).reward_threshold, "run_dir": str(run_dir), "overwrite": True}
     if max_steps:
         fields["total_timesteps"] = max_steps
-    s = run_training("ppo", train, PPOConfig(**fields))
+    return config_cls(**fields)
+
+
+def run_ours(algo: str, cfg) -> dict:
+    s = run_training(algo, ALGOS[algo][1], cfg)
     return dict(solved=s["solved_at_steps"] is not None, steps_to_solve=s["solved_at_steps"], s_to_solve=s["solved_at_s"],
-                final_eval=s["eval_return_mean"], env_steps=s["env_steps"], wall_s=s["wall_s"], steps_per_s=s["steps_per_s"])
+                final_eval=s["eval_return_mean"], env_steps=s["env_steps"], wall_s=s["wall_s"], steps_per_s=s["steps_per_s"],
+                evaluations=s["evaluations"])
 
 
-def run_sb3(env_id: str, seed: int, eval_episodes: int, eval_every: int, max_steps: int | None, max_seconds: float) -> dict:
-    from stable_baselines3 import PPO
+def run_sb3(algo: str, env_id: str, seed: int, eval_episodes: int, eval_every: int, max_steps: int | None, max_seconds: float) -> dict:
+    import stable_baselines3
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.utils import get_linear_fn
 
-    hp = dict(ZOO[env_id])
-    n_envs, n_timesteps = hp.pop("n_envs"), max_steps or hp.pop("n_timesteps")
-    hp.pop("n_timesteps", None)
+    hp = dict(ZOO[(algo, env_id)])
+    n_envs, n_timesteps = hp.pop("n_envs", 1), hp.pop("n_timesteps")
     for key in ("learning_rate", "clip_range"):  # "lin_x": linear decay from x to 0, as the Zoo means it
         if isinstance(hp.get(key), str):
             hp[key] = get_linear_fn(float(hp[key][4:]), 0.0, 1.0)
@@ -74,21 +89,23 @@ def run_sb3(env_id: str, seed: int, eval_episodes: int, eval_every: int, max_ste
             self.next_eval += eval_every
             act = lambda obs: self.model.predict(obs, deterministic=True)[0]  # noqa: E731
             returns = envs.evaluate(act, env_id, eval_episodes, seed=seed + 10_000 * (len(self.history) + 1))
-            self.history.append((self.num_timesteps, time.perf_counter() - start, float(returns.mean())))
+            self.history.append({"env_steps": self.num_timesteps, "wall_s": time.perf_counter() - start, "mean": float(returns.mean())})
             if returns.mean() >= threshold:
                 self.solved = self.history[-1]
                 return False
             return time.perf_counter() - start < max_seconds
 
     start = time.perf_counter()
-    model = PPO("MlpPolicy", make_vec_env(env_id, n_envs=n_envs, seed=seed), seed=seed, device="cpu", verbose=0, **hp)
+    model_cls = getattr(stable_baselines3, algo.upper())
+    model = model_cls("MlpPolicy", make_vec_env(env_id, n_envs=n_envs, seed=seed), seed=seed, device="cpu", verbose=0, **hp)
     callback = EvalAndStop()
-    model.learn(total_timesteps=n_timesteps, callback=callback)
+    model.learn(total_timesteps=max_steps or n_timesteps, callback=callback)
     wall_s = time.perf_counter() - start
-    final = callback.history[-1][2] if callback.history else float("nan")
-    return dict(solved=callback.solved is not None, steps_to_solve=callback.solved[0] if callback.solved else None,
-                s_to_solve=callback.solved[1] if callback.solved else None, final_eval=final,
-                env_steps=int(model.num_timesteps), wall_s=wall_s, steps_per_s=model.num_timesteps / wall_s)
+    final = callback.history[-1]["mean"] if callback.history else float("nan")
+    return dict(solved=callback.solved is not None, steps_to_solve=callback.solved["env_steps"] if callback.solved else None,
+                s_to_solve=callback.solved["wall_s"] if callback.solved else None, final_eval=final,
+                env_steps=int(model.num_timesteps), wall_s=wall_s, steps_per_s=model.num_timesteps / wall_s,
+                evaluations=callback.history)
 
 
 def median_or_none(values):
@@ -101,21 +118,34 @@ def fmt(x, digits=1):
 
 
 def markdown(results: dict) -> str:
-    lines = ["| env | impl | solved | median steps to solve | median s to solve | median final eval | env steps/s |",
-             "|---|---|---|---|---|---|---|"]
-    for env_id, by_impl in results.items():
-        for impl, runs in by_impl.items():
-            solved = sum(r["solved"] for r in runs)
-            lines.append(f"| {env_id} | {impl} | {solved}/{len(runs)} | {fmt(median_or_none([r['steps_to_solve'] for r in runs]), 0)} "
-                         f"| {fmt(median_or_none([r['s_to_solve'] for r in runs]))} | {fmt(statistics.median(r['final_eval'] for r in runs))} "
-                         f"| {fmt(statistics.median(r['steps_per_s'] for r in runs), 0)} |")
+    lines = ["| env | algo | impl | solved | median steps to solve | median s to solve | median final eval | env steps/s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (env_id, algo, impl), runs in results.items():
+        solved = sum(r["solved"] for r in runs)
+        lines.append(f"| {env_id} | {algo} | {impl} | {solved}/{len(runs)} | {fmt(median_or_none([r['steps_to_solve'] for r in runs]), 0)} "
+                     f"| {fmt(median_or_none([r['s_to_solve'] for r in runs]))} | {fmt(statistics.median(r['final_eval'] for r in runs))} "
+                     f"| {fmt(statistics.median(r['steps_per_s'] for r in runs), 0)} |")
     return "\n".join(lines)
+
+
+def plot_curves(path: str, results: dict, env_id: str) -> None:
+    """Eval return of each (algo, impl)'s first seed against env steps and against wall seconds."""
+    by_steps, by_wall = {}, {}
+    for (env, algo, impl), runs in results.items():
+        if env != env_id or not runs[0]["evaluations"]:
+            continue
+        history, label = runs[0]["evaluations"], f"{algo} ({impl})"
+        by_steps[label] = ([h["env_steps"] for h in history], [h["mean"] for h in history])
+        by_wall[label] = ([h["wall_s"] for h in history], [h["mean"] for h in history])
+    plot_lines(Path(path), [("env steps", "eval return (greedy)", by_steps), ("wall seconds", "eval return (greedy)", by_wall)],
+               f"{env_id}: every algorithm, seed {runs[0]['seed']}, until solved or out of budget")
 
 
 @cli
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--envs", nargs="+", default=list(ZOO), help=f"Env ids (accepted: {', '.join(ZOO)})")
+    parser.add_argument("--envs", nargs="+", default=list(DEFAULT_SEEDS), help=f"Env ids (default: {', '.join(DEFAULT_SEEDS)})")
+    parser.add_argument("--algos", nargs="+", default=["ppo"], help=f"Algorithms, or 'all' (accepted: {', '.join(ALGOS)})")
     parser.add_argument("--seeds", type=int, default=None, help="Seeds per env (default: 5 for CartPole, 3 for LunarLander)")
     parser.add_argument("--impls", nargs="+", default=["ours", "sb3"], choices=["ours", "sb3"], help="Which implementations to run")
     parser.add_argument("--eval-episodes", type=int, default=10, help="Episodes per evaluation")
@@ -124,37 +154,51 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both (1 is fastest for these MLPs here)")
     parser.add_argument("--json", default="bench/classic.json", help="Where to write the raw results")
     parser.add_argument("--md", default="bench/classic.md", help="Where to write the Markdown table")
+    parser.add_argument("--plot", default=None, help="PNG of every algorithm's learning curve on the first env")
     args = parser.parse_args()
-    unknown = [e for e in args.envs if e not in ZOO]
+    algos = list(ALGOS) if args.algos == ["all"] else args.algos
+    unknown = [a for a in algos if a not in ALGOS]
     if unknown:
-        raise ConfigError(f"no Zoo settings for {unknown}; accepted: {', '.join(ZOO)}")
+        raise ConfigError(f"unknown --algos {unknown}; accepted: all, {', '.join(ALGOS)}")
+    for env_id in args.envs:
+        envs.check_env_id(env_id)
     if "sb3" in args.impls:
         try:
             import stable_baselines3  # noqa: F401
         except ImportError:
             raise ConfigError("stable-baselines3 is not installed; run `make setup-bench` (the [bench] extra)") from None
     torch.set_num_threads(args.threads)
-    results: dict[str, dict[str, list]] = {}
+    results: dict[tuple[str, str, str], list] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for env_id in args.envs:
-            results[env_id] = {impl: [] for impl in args.impls}
-            eval_every = PPOConfig(**{**preset("ppo", env_id), "env": env_id}).eval_every
-            for seed in range(1, (args.seeds or DEFAULT_SEEDS[env_id]) + 1):
-                for impl in args.impls:
-                    if impl == "ours":
-                        r = run_ours(env_id, seed, args.eval_episodes, args.max_steps, Path(tmp))
-                    else:
-                        r = run_sb3(env_id, seed, args.eval_episodes, eval_every, args.max_steps, args.sb3_max_seconds)
-                    results[env_id][impl].append({"seed": seed, **r})
-                    print(f"{env_id} seed {seed} {impl}: solved={r['solved']} at {r['steps_to_solve']} steps / "
-                          f"{fmt(r['s_to_solve'])} s, final eval {r['final_eval']:.1f}, {r['steps_per_s']:.0f} steps/s", flush=True)
+            for seed in range(1, (args.seeds or DEFAULT_SEEDS.get(env_id, 3)) + 1):
+                for algo in algos:
+                    try:
+                        cfg = ours_config(algo, env_id, seed, args.eval_episodes, args.max_steps, Path(tmp) / f"{algo}-{env_id}-{seed}")
+                    except ConfigError as err:  # e.g. planning on CartPole: skip the pair, say why
+                        if seed == 1:
+                            print(f"skipping {algo} on {env_id}: {err}")
+                        continue
+                    impls = [i for i in args.impls if i == "ours" or (algo, env_id) in ZOO]
+                    for impl in impls:
+                        if impl == "ours":
+                            r = run_ours(algo, cfg)
+                        else:
+                            r = run_sb3(algo, env_id, seed, args.eval_episodes, cfg.eval_every or 10_000, args.max_steps, args.sb3_max_seconds)
+                        results.setdefault((env_id, algo, impl), []).append({"seed": seed, **r})
+                        print(f"{env_id} {algo} seed {seed} {impl}: solved={r['solved']} at {r['steps_to_solve']} steps / "
+                              f"{fmt(r['s_to_solve'])} s, final eval {r['final_eval']:.1f}, {r['steps_per_s']:.0f} steps/s", flush=True)
     table = markdown(results)
     print(table)
     for path in (args.json, args.md):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.json, {"threads": args.threads, "eval_episodes": args.eval_episodes, "results": results})
+    write_json(args.json, {"threads": args.threads, "eval_episodes": args.eval_episodes,
+                           "results": [{"env": e, "algo": a, "impl": i, "runs": runs} for (e, a, i), runs in results.items()]})
     Path(args.md).write_text(table + "\n")
     print(f"wrote {args.json} and {args.md}")
+    if args.plot:
+        plot_curves(args.plot, results, args.envs[0])
+        print(f"wrote {args.plot}")
 
 
 if __name__ == "__main__":

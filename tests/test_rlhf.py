@@ -1,6 +1,7 @@
 """RLHF: rollouts, GRPO's math and update, the training loop end to end, and bad input."""
 
 import json
+import signal
 from types import SimpleNamespace
 
 import pytest
@@ -13,7 +14,7 @@ from rlhf_toy.models import load_model, load_tokenizer
 from rlhf_toy.rollout import completion_logits, completion_mask_from_ids, sample_rollout
 from rlhf_toy.sampling import SamplingConfig
 from rlhf_toy.trainer import RLHFConfig, train
-from tests.conftest import run_script
+from tests.conftest import comparable_metrics, kill_after_first_checkpoint, run_script
 
 
 def test_group_advantages_by_hand():
@@ -196,16 +197,10 @@ def test_a_user_reward_file_is_optimised_through_the_same_loop(nano, tmp_path):
     assert (tmp_path / "run" / "proxy_vs_gold.png").is_file()
 
 
-def learning_rows(run_dir):
-    """metrics.jsonl without the wall-clock fields, which no seed can fix."""
-    return [{k: v for k, v in json.loads(line).items() if not k.startswith("time/") and k != "completions_per_s"}
-            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_same_seed_twice_gives_identical_metrics(nano, tmp_path):
     first = train(small_config(nano, tmp_path / "a"))
     second = train(small_config(nano, tmp_path / "b"))
-    assert learning_rows(tmp_path / "a" / "run") == learning_rows(tmp_path / "b" / "run")
+    assert comparable_metrics(tmp_path / "a" / "run") == comparable_metrics(tmp_path / "b" / "run")
     assert first["reward_after"] == second["reward_after"]
 
 
@@ -215,8 +210,8 @@ def test_resume_ends_where_an_uninterrupted_run_ends(nano, tmp_path):
     checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert checkpoints == ["step-2"]  # only the newest kept, no temporary folder left behind
     resumed = train(small_config(nano, tmp_path, steps=4, save_every=1, resume=True))
-    assert [r["step"] for r in learning_rows(tmp_path / "run")] == [1, 2, 3, 4]
-    assert learning_rows(tmp_path / "run") == learning_rows(tmp_path / "straight" / "run")
+    assert [r["step"] for r in comparable_metrics(tmp_path / "run")] == [1, 2, 3, 4]
+    assert comparable_metrics(tmp_path / "run") == comparable_metrics(tmp_path / "straight" / "run")
     for key in ("reward_before", "reward_after", "kl_final"):  # before: the initial policy's, not the checkpoint's
         assert resumed[key] == straight[key], key
 
@@ -224,3 +219,40 @@ def test_resume_ends_where_an_uninterrupted_run_ends(nano, tmp_path):
 def test_resume_without_a_checkpoint_is_a_clear_error(nano, tmp_path):
     with pytest.raises(ConfigError, match="--resume found no checkpoint"):
         train(small_config(nano, tmp_path, resume=True))
+
+
+def as_flags(cfg: RLHFConfig, **extra) -> list[str]:
+    """The command line that builds cfg (its non-default fields) plus extra flags."""
+    defaults = RLHFConfig()
+    flags = []
+    for key, value in {**cfg.__dict__, **extra}.items():
+        if key in extra or value != getattr(defaults, key):
+            flags += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
+    return flags
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGINT, 130)])
+def test_grpo_killed_or_interrupted_then_resumed_matches_an_uninterrupted_run(sig, code, nano, tmp_path, monkeypatch, capsys):
+    straight = train(small_config(nano, tmp_path / "straight", steps=12))
+    cfg = small_config(nano, tmp_path, steps=12, save_every=2)
+    assert kill_after_first_checkpoint("train_rlhf.py", as_flags(cfg), tmp_path / "run", sig) == code
+    assert not (tmp_path / "run" / "summary.json").exists()
+    exit_code, out, _ = run_script("train_rlhf.py", as_flags(cfg, resume=True), monkeypatch, capsys)
+    assert exit_code == 0
+    assert comparable_metrics(tmp_path / "run") == comparable_metrics(tmp_path / "straight" / "run")
+    resumed = json.loads((tmp_path / "run" / "summary.json").read_text())
+    for key in ("reward_after", "kl_final"):
+        assert resumed[key] == pytest.approx(straight[key], abs=1e-4), key
+
+
+def test_non_finite_reward_stops_the_run_and_keeps_the_last_good_weights(nano, tmp_path, monkeypatch, capsys):
+    reward_file = tmp_path / "bad_reward.py"
+    reward_file.write_text("def nan_from_step_3(prompts, completions, **kw):\n"
+                           "    nan_from_step_3.calls = getattr(nan_from_step_3, 'calls', 0) + 1\n"
+                           "    return [float('nan') if nan_from_step_3.calls > 3 else 0.5 * (i % 2) for i in range(len(completions))]\n")
+    cfg = small_config(nano, tmp_path, steps=4, reward=f"{reward_file}:nan_from_step_3")
+    code, _, err = run_script("train_rlhf.py", as_flags(cfg), monkeypatch, capsys)
+    message = err[err.index("error: "):].splitlines()[0]
+    assert code == 2 and "Traceback" not in err  # a reward function breaking its contract is bad input
+    assert message.startswith("error: step 3: reward") and "returned nan" in message and message.endswith("checkpoints/step-2")
+    assert load_model(str(tmp_path / "run" / "checkpoints" / "step-2" / "model")).num_parameters() > 0

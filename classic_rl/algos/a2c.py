@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 from classic_rl import core, envs
 from classic_rl.nets import ActorCritic
 from classic_rl.rollouts import RolloutBuffer
-from classic_rl.runs import ConfigError, RunLogger, config_field, require_positive
-from classic_rl.training import ClassicConfig, Evaluator, recent_mean
+from classic_rl.runs import ConfigError, RunLogger, check_finite, config_field, require_positive
+from classic_rl.training import Checkpointer, ClassicConfig, Evaluator, recent_mean
 
 
 @dataclass
@@ -52,7 +52,7 @@ class A2CConfig(ClassicConfig):
         envs.check_spaces(self.env, "a2c")
 
 
-def train(cfg: A2CConfig, logger: RunLogger, evaluator: Evaluator) -> tuple[ActorCritic, int]:
+def train(cfg: A2CConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: Checkpointer) -> tuple[ActorCritic, int]:
     obs_dim, n_actions = envs.check_spaces(cfg.env, "a2c")
     vec_env = envs.make_vec_env(cfg.env, cfg.num_envs)
     agent = ActorCritic(obs_dim, n_actions, cfg.hidden_sizes, shared=cfg.shared)
@@ -63,9 +63,12 @@ def train(cfg: A2CConfig, logger: RunLogger, evaluator: Evaluator) -> tuple[Acto
     num_updates = max(1, cfg.total_timesteps // batch_size)
 
     next_obs = agent.normalize(vec_env.reset(seed=cfg.seed)[0])
-    global_step, episode_returns = 0, []
-    progress = tqdm(total=num_updates * batch_size, unit="step", desc=f"a2c {cfg.env}", mininterval=1.0)
-    for update in range(1, num_updates + 1):
+    global_step, episode_returns, first_update = 0, [], 1
+    if resumed := checkpoints.restore(agent, optimizer, vec_env):
+        next_obs, global_step, first_update = resumed["next_obs"], resumed["global_step"], resumed["update"] + 1
+        episode_returns = resumed["episode_returns"]
+    progress = tqdm(total=num_updates * batch_size, initial=global_step, unit="step", desc=f"a2c {cfg.env}", mininterval=1.0)
+    for update in range(first_update, num_updates + 1):
         if cfg.anneal_lr:
             optimizer.param_groups[0]["lr"] = cfg.learning_rate * (1.0 - (update - 1) / num_updates)
         next_obs, finished = buffer.collect(agent, vec_env, next_obs, cfg.gamma)
@@ -80,6 +83,7 @@ def train(cfg: A2CConfig, logger: RunLogger, evaluator: Evaluator) -> tuple[Acto
         pg_loss = -(logprob * advantages).mean()
         v_loss = core.value_loss(value, b_values, returns)
         loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy.mean()
+        check_finite(global_step, policy_loss=pg_loss, value_loss=v_loss)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
@@ -95,6 +99,9 @@ def train(cfg: A2CConfig, logger: RunLogger, evaluator: Evaluator) -> tuple[Acto
                                      "losses/explained_variance": core.explained_variance(b_values, returns).item()})
         if evaluator.maybe_evaluate(global_step, agent):
             break
+        if checkpoints.due(global_step):
+            checkpoints.save(global_step, agent, optimizer, vec_env, update=update, global_step=global_step, next_obs=next_obs,
+                             episode_returns=episode_returns)
     progress.close()
     vec_env.close()
     return agent, global_step

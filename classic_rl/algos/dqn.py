@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 
@@ -22,8 +23,8 @@ from tqdm.auto import tqdm
 
 from classic_rl import envs
 from classic_rl.nets import QNetwork
-from classic_rl.runs import ConfigError, RunLogger, config_field, require_positive
-from classic_rl.training import ClassicConfig, Evaluator, recent_mean
+from classic_rl.runs import ConfigError, RunLogger, check_finite, config_field, require_positive
+from classic_rl.training import Checkpointer, ClassicConfig, Evaluator, recent_mean
 
 
 @dataclass
@@ -62,6 +63,8 @@ class DQNConfig(ClassicConfig):
 class ReplayBuffer:
     """A ring buffer of transitions in preallocated numpy arrays."""
 
+    FIELDS = ("obs", "next_obs", "actions", "rewards", "terminated")
+
     def __init__(self, capacity: int, obs_dim: int, seed: int):
         self.obs = np.zeros((capacity, obs_dim), dtype=np.float32)
         self.next_obs = np.zeros((capacity, obs_dim), dtype=np.float32)
@@ -80,6 +83,17 @@ class ReplayBuffer:
             self.cursor = (j + 1) % self.capacity
             self.size = min(self.size + 1, self.capacity)
 
+    def state_dict(self) -> dict:
+        """Contents, position and sampling RNG, for checkpoints (tensors and strings only)."""
+        arrays = {name: torch.from_numpy(getattr(self, name)[: self.size].copy()) for name in self.FIELDS}
+        return {**arrays, "size": self.size, "cursor": self.cursor, "rng": json.dumps(self.rng.bit_generator.state)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.size, self.cursor = state["size"], state["cursor"]
+        for name in self.FIELDS:
+            getattr(self, name)[: self.size] = state[name].numpy()
+        self.rng.bit_generator.state = json.loads(state["rng"])
+
     def sample(self, batch_size: int) -> tuple[torch.Tensor, ...]:
         idx = self.rng.integers(0, self.size, size=batch_size)
         return tuple(torch.from_numpy(a[idx]) for a in (self.obs, self.actions, self.rewards, self.next_obs, self.terminated))
@@ -97,7 +111,7 @@ def td_targets(q_target: QNetwork, q_online: QNetwork, rewards, next_obs, termin
         return rewards + gamma * (1.0 - terminated) * next_value
 
 
-def train(cfg: DQNConfig, logger: RunLogger, evaluator: Evaluator) -> tuple[QNetwork, int]:
+def train(cfg: DQNConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: Checkpointer) -> tuple[QNetwork, int]:
     obs_dim, n_actions = envs.check_spaces(cfg.env, "dqn")
     vec_env = envs.make_vec_env(cfg.env, cfg.num_envs)
     vec_env.action_space.seed(cfg.seed)
@@ -110,8 +124,13 @@ def train(cfg: DQNConfig, logger: RunLogger, evaluator: Evaluator) -> tuple[QNet
     decay_steps = max(1.0, cfg.exploration_fraction * cfg.total_timesteps)
 
     obs, _ = vec_env.reset(seed=cfg.seed)
-    returns, losses, global_step = [], [], 0
-    progress = tqdm(total=cfg.total_timesteps, unit="step", desc=f"dqn {cfg.env}", mininterval=1.0)
+    returns, global_step = [], 0
+    if resumed := checkpoints.restore(q_network, optimizer, vec_env):
+        target_network.load_state_dict(resumed["target_network"])
+        buffer.load_state_dict(resumed["buffer"])
+        rng.bit_generator.state = json.loads(resumed["rng"])
+        obs, returns, global_step = resumed["obs"].numpy(), resumed["returns"], resumed["global_step"]
+    progress = tqdm(total=cfg.total_timesteps, initial=global_step, unit="step", desc=f"dqn {cfg.env}", mininterval=1.0)
     while global_step < cfg.total_timesteps:
         epsilon = max(cfg.end_e, cfg.start_e - (cfg.start_e - cfg.end_e) * global_step / decay_steps)
         actions = q_network.act(obs)
@@ -134,11 +153,11 @@ def train(cfg: DQNConfig, logger: RunLogger, evaluator: Evaluator) -> tuple[QNet
                 targets = td_targets(target_network, q_network, b_rewards, b_next, b_terminated, cfg.gamma, cfg.double_dqn)
                 q_taken = q_network(b_obs).gather(1, b_actions[:, None]).squeeze(1)
                 loss = F.smooth_l1_loss(q_taken, targets)
+                check_finite(global_step, td_loss=loss)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(q_network.parameters(), cfg.max_grad_norm)
                 optimizer.step()
-            losses.append(loss.item())
             logger.log(global_step, {"losses/td_loss": loss.item(), "losses/q_values": q_taken.mean().item(),
                                      "charts/epsilon": epsilon, "charts/episodic_return": recent_mean(returns),
                                      "charts/SPS": global_step / logger.elapsed(), "time/update_s": time.perf_counter() - start})
@@ -149,6 +168,10 @@ def train(cfg: DQNConfig, logger: RunLogger, evaluator: Evaluator) -> tuple[QNet
                     target.lerp_(online, cfg.tau)
         if evaluator.maybe_evaluate(global_step, q_network):
             break
+        if checkpoints.due(global_step):
+            checkpoints.save(global_step, q_network, optimizer, vec_env, target_network=target_network.state_dict(),
+                             buffer=buffer.state_dict(), rng=json.dumps(rng.bit_generator.state), obs=torch.from_numpy(obs),
+                             returns=returns, global_step=global_step)
     progress.close()
     vec_env.close()
     return q_network, global_step

@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 from classic_rl import core, envs
 from classic_rl.nets import ActorCritic
 from classic_rl.rollouts import RolloutBuffer
-from classic_rl.runs import ConfigError, RunLogger, config_field, require_positive
-from classic_rl.training import ClassicConfig, Evaluator, recent_mean
+from classic_rl.runs import ConfigError, RunLogger, check_finite, config_field, require_positive
+from classic_rl.training import Checkpointer, ClassicConfig, Evaluator, recent_mean
 
 
 @dataclass
@@ -71,7 +71,7 @@ class PPOConfig(ClassicConfig):
         return self.num_envs * self.num_steps
 
 
-def train(cfg: PPOConfig, logger: RunLogger, evaluator: Evaluator) -> tuple[ActorCritic, int]:
+def train(cfg: PPOConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: Checkpointer) -> tuple[ActorCritic, int]:
     """Train a policy; returns it and the number of env steps taken."""
     vec_env = envs.make_vec_env(cfg.env, cfg.num_envs, cfg.async_envs)
     obs_dim, n_actions = envs.check_spaces(cfg.env, "ppo")
@@ -83,9 +83,12 @@ def train(cfg: PPOConfig, logger: RunLogger, evaluator: Evaluator) -> tuple[Acto
     minibatch_size = cfg.batch_size // cfg.num_minibatches
 
     next_obs = agent.normalize(vec_env.reset(seed=cfg.seed)[0], update=True)
-    global_step, episode_returns, episode_lengths = 0, [], []
-    progress = tqdm(total=num_updates * cfg.batch_size, unit="step", desc=f"ppo {cfg.env}", mininterval=1.0)
-    for update in range(1, num_updates + 1):
+    global_step, episode_returns, episode_lengths, first_update = 0, [], [], 1
+    if resumed := checkpoints.restore(agent, optimizer, vec_env):
+        next_obs, global_step, first_update = resumed["next_obs"], resumed["global_step"], resumed["update"] + 1
+        episode_returns, episode_lengths = resumed["episode_returns"], resumed["episode_lengths"]
+    progress = tqdm(total=num_updates * cfg.batch_size, initial=global_step, unit="step", desc=f"ppo {cfg.env}", mininterval=1.0)
+    for update in range(first_update, num_updates + 1):
         if cfg.anneal_lr:
             optimizer.param_groups[0]["lr"] = cfg.learning_rate * (1.0 - (update - 1) / num_updates)
 
@@ -109,6 +112,7 @@ def train(cfg: PPOConfig, logger: RunLogger, evaluator: Evaluator) -> tuple[Acto
                 v_loss = core.value_loss(new_value, b_values[mb], b_returns[mb], clip=cfg.vf_clip)
                 entropy_loss = entropy.mean()
                 loss = pg_loss - cfg.ent_coef * entropy_loss + cfg.vf_coef * v_loss
+                check_finite(global_step, policy_loss=pg_loss, value_loss=v_loss)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
@@ -136,6 +140,9 @@ def train(cfg: PPOConfig, logger: RunLogger, evaluator: Evaluator) -> tuple[Acto
         })
         if evaluator.maybe_evaluate(global_step, agent):
             break
+        if checkpoints.due(global_step):
+            checkpoints.save(global_step, agent, optimizer, vec_env, update=update, global_step=global_step, next_obs=next_obs,
+                             episode_returns=episode_returns, episode_lengths=episode_lengths)
     progress.close()
     vec_env.close()
     return agent, global_step
