@@ -18,16 +18,30 @@ import torch
 from tqdm.auto import tqdm
 
 from classic_rl.runs import (
+    Checkpoints,
     ConfigError,
+    NonFiniteError,
     RunLogger,
+    StopRequest,
+    TrainingInterrupted,
+    check_finite,
     config_field,
     plot_lines,
     require_positive,
+    rng_state,
+    set_rng_state,
     start_run,
     write_json,
 )
 from rlhf_toy import data
-from rlhf_toy.models import MODEL_PRESETS, build_model, format_prompt, num_parameters, train_tokenizer
+from rlhf_toy.models import (
+    MODEL_PRESETS,
+    build_model,
+    format_prompt,
+    load_model,
+    num_parameters,
+    train_tokenizer,
+)
 
 
 @dataclass
@@ -50,13 +64,18 @@ class PretrainConfig:
     cpu: bool = config_field(False, "Train on CPU even when an accelerator is present")
     run_dir: str = config_field("runs/pretrain", "Output folder (model/ holds the save_pretrained model and tokenizer)")
     overwrite: bool = config_field(False, "Replace an existing run in --run-dir")
+    save_every: int = config_field(0, "Write a checkpoint every this many steps (0: only on Ctrl-C or a non-finite loss)")
+    keep_checkpoints: int = config_field(2, "How many checkpoints to keep")
+    resume: bool = config_field(False, "Continue the run in --run-dir from its newest checkpoint")
 
     def __post_init__(self):
         if self.preset not in MODEL_PRESETS:
             raise ConfigError(f"unknown --preset {self.preset!r}; accepted: {', '.join(MODEL_PRESETS)}")
         require_positive(vocab_size=self.vocab_size, n_positions=self.n_positions, batch_size=self.batch_size,
                          max_steps=self.max_steps, learning_rate=self.learning_rate, grad_clip=self.grad_clip,
-                         eval_every=self.eval_every, torch_threads=self.torch_threads)
+                         eval_every=self.eval_every, torch_threads=self.torch_threads, keep_checkpoints=self.keep_checkpoints)
+        if self.save_every < 0:
+            raise ConfigError(f"--save-every must be >= 0 (0 disables), got {self.save_every}")
         if not 0 < self.val_fraction < 1 or not 0 <= self.min_lr_ratio <= 1 or self.warmup_steps < 0:
             raise ConfigError("--val-fraction must be in (0, 1), --min-lr-ratio in [0, 1] and --warmup-steps >= 0")
 
@@ -105,8 +124,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     """Train tokenizer and model; writes run_dir/{model/, config.json, metrics.jsonl, summary.json, loss.png}."""
     from accelerate import Accelerator
 
-    run_dir, _ = start_run(cfg)
+    run_dir, checkpoint = start_run(cfg)
     accelerator = Accelerator(cpu=cfg.cpu)
+    store = Checkpoints(run_dir, cfg.keep_checkpoints)
 
     texts = training_texts(cfg.data_dir)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -117,37 +137,68 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     train_blocks = pack(encode(order[n_val:]), tokenizer.eos_token_id, cfg.n_positions)
     val_blocks = pack(encode(order[:n_val]), tokenizer.eos_token_id, cfg.n_positions)
 
-    model = build_model(cfg.preset, tokenizer, n_positions=cfg.n_positions)
+    model = load_model(str(checkpoint / "model")) if checkpoint else build_model(cfg.preset, tokenizer, n_positions=cfg.n_positions)
     optimizer = torch.optim.AdamW(decay_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=(0.9, 0.95))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_with_warmup(step, cfg))
+    epoch_order, cursor, train_time, tokens_seen = torch.randperm(len(train_blocks), generator=generator), 0, 0.0, 0
+    start_step, elapsed = 1, 0.0
+    if checkpoint is not None:
+        state = torch.load(checkpoint / "state.pt", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        set_rng_state(state["rng"])
+        epoch_order, cursor, train_time, tokens_seen = state["epoch_order"], state["cursor"], state["train_time"], state["tokens_seen"]
+        start_step, elapsed = state["step"] + 1, state["elapsed"]
+        print(f"resuming {run_dir} from {checkpoint.name}")
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     device = accelerator.device
 
-    logger = RunLogger(run_dir)
+    logger = RunLogger(run_dir, *((start_step - 1, elapsed) if checkpoint else ()))
+
+    def save(step: int) -> Path:
+        def write(folder: Path) -> None:
+            accelerator.unwrap_model(model).save_pretrained(folder / "model")
+            tokenizer.save_pretrained(folder / "model")
+            torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "generator": generator.get_state(), "rng": rng_state(), "epoch_order": epoch_order, "cursor": cursor,
+                        "train_time": train_time, "tokens_seen": tokens_seen, "elapsed": logger.elapsed()}, folder / "state.pt")
+        return store.save(step, write)
+
     print(f"pretraining {cfg.preset}: {num_parameters(model) / 1e6:.2f}M parameters, vocab {len(tokenizer)}, "
           f"{train_blocks.numel():,} train / {val_blocks.numel():,} held-out tokens, device {device}")
-    epoch_order, cursor, train_time, tokens_seen = torch.randperm(len(train_blocks), generator=generator), 0, 0.0, 0
-    progress = tqdm(range(1, cfg.max_steps + 1), desc=f"pretrain {cfg.preset}", mininterval=1.0)
-    for step in progress:
-        if cursor + cfg.batch_size > len(epoch_order):  # a new epoch: reshuffle
-            epoch_order, cursor = torch.randperm(len(train_blocks), generator=generator), 0
-        batch = train_blocks[epoch_order[cursor: cursor + cfg.batch_size]].to(device)
-        cursor += cfg.batch_size
-        start = time.perf_counter()
-        loss = model(input_ids=batch, labels=batch).loss
-        accelerator.backward(loss)
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        train_time += time.perf_counter() - start
-        tokens_seen += batch.numel()
-        metrics = {"train/loss": loss.item(), "train/grad_norm": float(grad_norm), "train/lr": scheduler.get_last_lr()[0],
-                   "train/tokens_per_s": tokens_seen / train_time}
-        if step % cfg.eval_every == 0 or step == cfg.max_steps:
-            metrics["eval/loss"] = heldout_loss(model, val_blocks, cfg.batch_size, device)
-        logger.log(step, metrics)
-        progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}", refresh=False)
+    progress = tqdm(range(start_step, cfg.max_steps + 1), initial=start_step - 1, total=cfg.max_steps,
+                    desc=f"pretrain {cfg.preset}", mininterval=1.0)
+    with StopRequest() as stop:
+        for step in progress:
+            if cursor + cfg.batch_size > len(epoch_order):  # a new epoch: reshuffle
+                epoch_order, cursor = torch.randperm(len(train_blocks), generator=generator), 0
+            batch = train_blocks[epoch_order[cursor: cursor + cfg.batch_size]].to(device)
+            cursor += cfg.batch_size
+            start = time.perf_counter()
+            loss = model(input_ids=batch, labels=batch).loss
+            accelerator.backward(loss)
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            try:
+                check_finite(step, train_loss=loss, grad_norm=grad_norm)
+            except NonFiniteError as err:  # the step was not taken: the weights are those after step - 1
+                cursor -= cfg.batch_size
+                raise NonFiniteError(f"{err}; saved the last good weights to {save(step - 1)}") from None
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            train_time += time.perf_counter() - start
+            tokens_seen += batch.numel()
+            metrics = {"train/loss": loss.item(), "train/grad_norm": float(grad_norm), "train/lr": scheduler.get_last_lr()[0],
+                       "train/tokens_per_s": tokens_seen / train_time}
+            if step % cfg.eval_every == 0 or step == cfg.max_steps:
+                metrics["eval/loss"] = heldout_loss(model, val_blocks, cfg.batch_size, device)
+            logger.log(step, metrics)
+            progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}", refresh=False)
+            if (cfg.save_every and step % cfg.save_every == 0) or stop.requested:
+                saved = save(step)
+                if stop.requested:
+                    raise TrainingInterrupted(f"stopped after step {step}; saved {saved}; continue with --resume")
 
     model_dir = run_dir / "model"
     accelerator.unwrap_model(model).save_pretrained(model_dir)

@@ -112,3 +112,20 @@ def test_text_prompt_files_hold_one_prompt_per_line(tmp_path):
     path = tmp_path / "p.txt"
     path.write_text("Tell me about Ada.\n\nDescribe a fox.\n")
     assert load_prompts(path) == ["Tell me about Ada.", "Describe a fox."]
+
+
+def test_pretraining_resumed_from_a_checkpoint_ends_like_an_uninterrupted_run(nano, tmp_path):
+    import shutil
+
+    from rlhf_toy.pretrain import PretrainConfig, pretrain
+    from tests.conftest import comparable_metrics
+
+    fields = dict(preset="nano", data_dir=str(nano[0] / "data"), vocab_size=600, batch_size=8, max_steps=12, warmup_steps=2,
+                  eval_every=4, run_dir=str(tmp_path / "run"), save_every=4, keep_checkpoints=5)
+    straight = pretrain(PretrainConfig(**fields))
+    reference = comparable_metrics(tmp_path / "run")
+    for later in ("step-8", "step-12"):  # as if the run had died just after step 4's checkpoint
+        shutil.rmtree(tmp_path / "run" / "checkpoints" / later)
+    resumed = pretrain(PretrainConfig(**fields, resume=True))
+    assert comparable_metrics(tmp_path / "run") == reference
+    assert resumed["val_loss"] == pytest.approx(straight["val_loss"], abs=1e-6)
