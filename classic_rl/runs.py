@@ -99,8 +99,9 @@ class Checkpoints:
     def __init__(self, run_dir: str | Path, keep: int = 2):
         self.root, self.keep = Path(run_dir) / "checkpoints", keep
 
-    def save(self, step: int, write: Callable[[Path], None]) -> Path:
-        """Call write(folder) on a fresh temporary folder, then publish it as step-{step}."""
+    def save(self, step: int, write: Callable[[Path], None], stop: StopRequest | None = None) -> Path:
+        """Call write(folder) on a fresh temporary folder, then publish it as step-{step}. If `stop`
+        holds a Ctrl-C request, the run then ends with TrainingInterrupted."""
         tmp, final = self.root / f".step-{step}.tmp", self.root / f"step-{step}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -109,6 +110,8 @@ class Checkpoints:
         tmp.rename(final)
         for old in self.complete()[:-self.keep]:
             shutil.rmtree(old)
+        if stop is not None and stop.requested:
+            raise TrainingInterrupted(f"stopped at step {step}; saved {final}; continue with --resume")
         return final
 
     def complete(self) -> list[Path]:
@@ -312,6 +315,24 @@ def require_positive(**values: float) -> None:
     for name, value in values.items():
         if not value > 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+
+
+def require_nonnegative(**values: float) -> None:
+    """ConfigError for the first value that is < 0."""
+    for name, value in values.items():
+        if not value >= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+
+
+def require_discount(gamma: float, gae_lambda: float) -> None:
+    """ConfigError unless gamma is in (0, 1] and the GAE lambda in [0, 1]."""
+    if not (0 < gamma <= 1 and 0 <= gae_lambda <= 1):
+        raise ConfigError(f"--gamma must be in (0, 1] and --gae-lambda in [0, 1], got {gamma} and {gae_lambda}")
+
+
+def require_layer_widths(hidden_sizes: list[int]) -> None:
+    if not hidden_sizes or min(hidden_sizes) <= 0:
+        raise ConfigError(f"--hidden-sizes must be positive layer widths, got {hidden_sizes}")
 
 
 def config_field(default: Any, help: str, **kwargs: Any) -> Any:

@@ -21,7 +21,6 @@ from classic_rl.runs import (
     NonFiniteError,
     RunLogger,
     StopRequest,
-    TrainingInterrupted,
     config_field,
     plot_lines,
     require_positive,
@@ -111,9 +110,10 @@ class Checkpointer:
     point, and `save` then stops the run with TrainingInterrupted.
     """
 
-    def __init__(self, cfg: ClassicConfig, store: Checkpoints, logger: RunLogger, evaluator: Evaluator, resumed: dict | None,
-                 stop: StopRequest):
-        self.every, self.store, self.logger, self.evaluator, self.resumed = cfg.save_every, store, logger, evaluator, resumed
+    def __init__(self, cfg: ClassicConfig, store: Checkpoints, logger: RunLogger, evaluator: Evaluator,
+                 checkpoint: Path | None, resumed: dict | None, stop: StopRequest):
+        self.every, self.store, self.logger, self.evaluator = cfg.save_every, store, logger, evaluator
+        self.checkpoint, self.resumed = checkpoint, resumed
         start = resumed["env_steps"] if resumed else 0
         self._next_due = (start // self.every + 1) * self.every if self.every else None
         self.stop = stop
@@ -134,9 +134,7 @@ class Checkpointer:
             save_model(model, folder / "model.safetensors")
             torch.save(state, folder / "state.pt")
 
-        path = self.store.save(env_steps, write)
-        if self.stop.requested:
-            raise TrainingInterrupted(f"stopped at {env_steps} env steps; saved {path}; continue with --resume")
+        self.store.save(env_steps, write, self.stop)
 
     def restore(self, model: SavableModule, optimizer: torch.optim.Optimizer, vec_env: gym.vector.VectorEnv | None = None) -> dict | None:
         """Load the checkpoint being resumed into these objects; returns the algorithm's extra state
@@ -145,7 +143,7 @@ class Checkpointer:
             return None
         from safetensors.torch import load_file
 
-        model.load_state_dict(load_file(self.store.latest() / "model.safetensors"))
+        model.load_state_dict(load_file(self.checkpoint / "model.safetensors"))
         optimizer.load_state_dict(self.resumed["optimizer"])
         if vec_env is not None:
             envs.restore_vec_env(vec_env, self.resumed["vec_env"])
@@ -175,7 +173,7 @@ def run_training(algo: str, train_fn, cfg: ClassicConfig) -> dict[str, Any]:
     try:
         if resumable:
             with StopRequest() as stop:
-                checkpointer = Checkpointer(cfg, store, logger, evaluator, resumed, stop)
+                checkpointer = Checkpointer(cfg, store, logger, evaluator, checkpoint, resumed, stop)
                 model, env_steps = train_fn(cfg, logger, evaluator, checkpoints=checkpointer)
         else:
             model, env_steps = train_fn(cfg, logger, evaluator)

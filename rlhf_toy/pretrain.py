@@ -23,7 +23,6 @@ from classic_rl.runs import (
     NonFiniteError,
     RunLogger,
     StopRequest,
-    TrainingInterrupted,
     check_finite,
     config_field,
     plot_lines,
@@ -156,14 +155,14 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
 
     logger = RunLogger(run_dir, *((start_step - 1, elapsed) if checkpoint else ()))
 
-    def save(step: int) -> Path:
+    def save(step: int, stop: StopRequest | None = None) -> Path:
         def write(folder: Path) -> None:
             accelerator.unwrap_model(model).save_pretrained(folder / "model")
             tokenizer.save_pretrained(folder / "model")
             torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "generator": generator.get_state(), "rng": rng_state(), "epoch_order": epoch_order, "cursor": cursor,
                         "train_time": train_time, "tokens_seen": tokens_seen, "elapsed": logger.elapsed()}, folder / "state.pt")
-        return store.save(step, write)
+        return store.save(step, write, stop)
 
     print(f"pretraining {cfg.preset}: {num_parameters(model) / 1e6:.2f}M parameters, vocab {len(tokenizer)}, "
           f"{train_blocks.numel():,} train / {val_blocks.numel():,} held-out tokens, device {device}")
@@ -196,9 +195,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
             logger.log(step, metrics)
             progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}", refresh=False)
             if (cfg.save_every and step % cfg.save_every == 0) or stop.requested:
-                saved = save(step)
-                if stop.requested:
-                    raise TrainingInterrupted(f"stopped after step {step}; saved {saved}; continue with --resume")
+                save(step, stop)
 
     model_dir = run_dir / "model"
     accelerator.unwrap_model(model).save_pretrained(model_dir)

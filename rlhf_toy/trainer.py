@@ -26,7 +26,6 @@ from classic_rl.runs import (
     NonFiniteError,
     RunLogger,
     StopRequest,
-    TrainingInterrupted,
     config_field,
     plot_lines,
     require_positive,
@@ -197,7 +196,7 @@ def print_completions(title: str, rows: list[dict], limit: int = 4, width: int =
 # ---- checkpoints ------------------------------------------------------------------------------------
 
 def save_checkpoint(store: Checkpoints, step: int, policy, tokenizer, optimizer, accelerator, critic=None,
-                    kl_ctl: KLController | None = None) -> Path:
+                    kl_ctl: KLController | None = None, stop: StopRequest | None = None) -> Path:
     """checkpoints/step-N/: the policy (save_pretrained), the critic (safetensors), and state.pt with
     the optimizer, RNG states and KL coefficient (prompt order is a function of the step)."""
     from safetensors.torch import save_file
@@ -210,7 +209,7 @@ def save_checkpoint(store: Checkpoints, step: int, policy, tokenizer, optimizer,
         torch.save({"step": step, "optimizer": optimizer.state_dict(), "rng": rng_state(),
                     "kl_coef": kl_ctl.value if kl_ctl else None}, folder / "state.pt")
 
-    return store.save(step, write)
+    return store.save(step, write, stop)
 
 
 # ---- the loop -----------------------------------------------------------------------------------------
@@ -315,9 +314,7 @@ def train(cfg: RLHFConfig) -> dict[str, Any]:
                 samples_file.flush()
                 print_completions(f"step {step}: reward {metrics['reward']:.3f}", rows)
             if (cfg.save_every and step % cfg.save_every == 0) or stop.requested:
-                saved = save_checkpoint(store, step, policy, tokenizer, optimizer, accelerator, critic, kl_ctl)
-                if stop.requested:
-                    raise TrainingInterrupted(f"stopped after step {step}; saved {saved}; continue with --resume")
+                save_checkpoint(store, step, policy, tokenizer, optimizer, accelerator, critic, kl_ctl, stop)
     progress.close()
 
     after = evaluate(policy, tokenizer, eval_prompts, reward, cfg, gold)

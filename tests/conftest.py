@@ -1,7 +1,10 @@
 """Shared fixtures: a nano GPT-2 pretrained for a few seconds on a small generated corpus."""
 
+import json
 import runpy
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -46,8 +49,6 @@ def run_script(script: str, args: list[str], monkeypatch, capsys) -> tuple[int, 
 
 def comparable_metrics(run_dir: Path) -> list[dict]:
     """metrics.jsonl without the fields that measure time, which differ between any two runs."""
-    import json
-
     rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in row.items() if not k.startswith("time/") and "SPS" not in k and "per_s" not in k} for row in rows]
 
@@ -55,9 +56,6 @@ def comparable_metrics(run_dir: Path) -> list[dict]:
 def kill_after_first_checkpoint(script: str, args: list[str], run_dir: Path, sig: int, timeout: float = 120.0) -> int:
     """Start scripts/<script> in a fresh process, send it `sig` as soon as a complete checkpoint
     exists in run_dir, and return its exit status (negative: killed by that signal)."""
-    import subprocess
-    import time
-
     process = subprocess.Popen([sys.executable, str(ROOT / "scripts" / script), *args], cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout

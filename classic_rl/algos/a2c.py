@@ -19,7 +19,15 @@ from tqdm.auto import tqdm
 from classic_rl import core, envs
 from classic_rl.nets import ActorCritic
 from classic_rl.rollouts import RolloutBuffer
-from classic_rl.runs import ConfigError, RunLogger, check_finite, config_field, require_positive
+from classic_rl.runs import (
+    RunLogger,
+    check_finite,
+    config_field,
+    require_discount,
+    require_layer_widths,
+    require_nonnegative,
+    require_positive,
+)
 from classic_rl.training import Checkpointer, ClassicConfig, Evaluator, recent_mean
 
 
@@ -43,12 +51,9 @@ class A2CConfig(ClassicConfig):
         super().__post_init__()
         require_positive(num_envs=self.num_envs, num_steps=self.num_steps, learning_rate=self.learning_rate,
                          gamma=self.gamma, max_grad_norm=self.max_grad_norm)
-        if not (self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
-            raise ConfigError(f"--gamma must be in (0, 1] and --gae-lambda in [0, 1], got {self.gamma} and {self.gae_lambda}")
-        if self.ent_coef < 0 or self.vf_coef < 0:
-            raise ConfigError(f"--ent-coef and --vf-coef must be >= 0, got {self.ent_coef} and {self.vf_coef}")
-        if not self.hidden_sizes or min(self.hidden_sizes) <= 0:
-            raise ConfigError(f"--hidden-sizes must be positive layer widths, got {self.hidden_sizes}")
+        require_discount(self.gamma, self.gae_lambda)
+        require_nonnegative(ent_coef=self.ent_coef, vf_coef=self.vf_coef)
+        require_layer_widths(self.hidden_sizes)
         envs.check_spaces(self.env, "a2c")
 
 

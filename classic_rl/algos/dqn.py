@@ -23,7 +23,14 @@ from tqdm.auto import tqdm
 
 from classic_rl import envs
 from classic_rl.nets import QNetwork
-from classic_rl.runs import ConfigError, RunLogger, check_finite, config_field, require_positive
+from classic_rl.runs import (
+    ConfigError,
+    RunLogger,
+    check_finite,
+    config_field,
+    require_layer_widths,
+    require_positive,
+)
 from classic_rl.training import Checkpointer, ClassicConfig, Evaluator, recent_mean
 
 
@@ -55,8 +62,7 @@ class DQNConfig(ClassicConfig):
                          tau=self.tau, exploration_fraction=self.exploration_fraction, max_grad_norm=self.max_grad_norm)
         if self.gamma > 1 or self.tau > 1 or not 0 <= self.end_e <= self.start_e <= 1 or self.learning_starts < 0:
             raise ConfigError("need --gamma <= 1, --tau <= 1, 0 <= --end-e <= --start-e <= 1 and --learning-starts >= 0")
-        if not self.hidden_sizes or min(self.hidden_sizes) <= 0:
-            raise ConfigError(f"--hidden-sizes must be positive layer widths, got {self.hidden_sizes}")
+        require_layer_widths(self.hidden_sizes)
         envs.check_spaces(self.env, "dqn")
 
 

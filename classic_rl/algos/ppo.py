@@ -21,7 +21,16 @@ from tqdm.auto import tqdm
 from classic_rl import core, envs
 from classic_rl.nets import ActorCritic
 from classic_rl.rollouts import RolloutBuffer
-from classic_rl.runs import ConfigError, RunLogger, check_finite, config_field, require_positive
+from classic_rl.runs import (
+    ConfigError,
+    RunLogger,
+    check_finite,
+    config_field,
+    require_discount,
+    require_layer_widths,
+    require_nonnegative,
+    require_positive,
+)
 from classic_rl.training import Checkpointer, ClassicConfig, Evaluator, recent_mean
 
 
@@ -55,15 +64,12 @@ class PPOConfig(ClassicConfig):
             require_positive(vf_clip=self.vf_clip)
         if self.target_kl is not None:
             require_positive(target_kl=self.target_kl)
-        if not (self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
-            raise ConfigError(f"--gamma must be in (0, 1] and --gae-lambda in [0, 1], got {self.gamma} and {self.gae_lambda}")
-        if self.ent_coef < 0 or self.vf_coef < 0:
-            raise ConfigError(f"--ent-coef and --vf-coef must be >= 0, got {self.ent_coef} and {self.vf_coef}")
+        require_discount(self.gamma, self.gae_lambda)
+        require_nonnegative(ent_coef=self.ent_coef, vf_coef=self.vf_coef)
         if self.batch_size % self.num_minibatches:
             raise ConfigError(f"the rollout batch num_envs * num_steps = {self.batch_size} does not split into "
                               f"{self.num_minibatches} minibatches; choose --num-minibatches dividing {self.batch_size}")
-        if not self.hidden_sizes or min(self.hidden_sizes) <= 0:
-            raise ConfigError(f"--hidden-sizes must be positive layer widths, got {self.hidden_sizes}")
+        require_layer_widths(self.hidden_sizes)
         envs.check_spaces(self.env, "ppo")
 
     @property

@@ -77,18 +77,6 @@ class TabularConfig(ClassicConfig):
         return QTable(int(np.prod(self.discretize_bins)), n_actions, list(self.discretize_bins), low, high)
 
 
-def env_sizes(env_id: str, algo: str) -> tuple[int, int]:
-    """(n_states, n_actions) of an env with Discrete observations and actions, as planning needs."""
-    env = envs.make_env(env_id)
-    try:
-        if not isinstance(env.observation_space, gym.spaces.Discrete):
-            raise ConfigError(f"{algo} need a Discrete observation space but {env_id} has {env.observation_space}; "
-                              "accepted: e.g. Taxi-v4, FrozenLake-v1, CliffWalking-v1")
-        return int(env.observation_space.n), envs.require_discrete_actions(env.action_space, env_id, algo)
-    finally:
-        env.close()
-
-
 def transition_model(env_id: str) -> Transitions:
     env = envs.make_env(env_id)
     model = getattr(env.unwrapped, "P", None)
@@ -137,10 +125,10 @@ def policy_iteration(model: Transitions, n_actions: int, gamma: float, theta: fl
 
 
 def _plan(solver, cfg: TabularConfig, logger: RunLogger) -> tuple[QTable, int]:
-    n_states, n_actions = env_sizes(cfg.env, "planning methods")
+    table = cfg.make_table("planning methods")
+    n_actions = table.q.shape[1]
     model = transition_model(cfg.env)
     v, policy, iterations = solver(model, n_actions, cfg.gamma, cfg.theta)
-    table = QTable(n_states, n_actions)
     table.q.copy_(torch.as_tensor(q_from_v(model, v, cfg.gamma, n_actions)))
     logger.log(0, {"planning/iterations": iterations, "planning/v_start": float(v[0])})
     return table, 0

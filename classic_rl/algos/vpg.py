@@ -20,7 +20,7 @@ import torch
 
 from classic_rl import core, envs
 from classic_rl.nets import ActorCritic
-from classic_rl.runs import ConfigError, RunLogger, config_field, require_positive
+from classic_rl.runs import RunLogger, config_field, require_discount, require_layer_widths, require_positive
 from classic_rl.training import ClassicConfig, Evaluator, recent_mean
 
 
@@ -39,10 +39,8 @@ class VPGConfig(ClassicConfig):
         super().__post_init__()
         require_positive(episodes_per_epoch=self.episodes_per_epoch, policy_lr=self.policy_lr, value_lr=self.value_lr,
                          value_iterations=self.value_iterations, gamma=self.gamma)
-        if not (self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
-            raise ConfigError(f"--gamma must be in (0, 1] and --gae-lambda in [0, 1], got {self.gamma} and {self.gae_lambda}")
-        if not self.hidden_sizes or min(self.hidden_sizes) <= 0:
-            raise ConfigError(f"--hidden-sizes must be positive layer widths, got {self.hidden_sizes}")
+        require_discount(self.gamma, self.gae_lambda)
+        require_layer_widths(self.hidden_sizes)
         envs.check_spaces(self.env, "vpg")
 
 
