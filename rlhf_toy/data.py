@@ -6,6 +6,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from classic_rl.runs import ConfigError, atomic_write
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
@@ -62,3 +64,29 @@ def load_prompts(path: str | Path) -> list[str]:
             raise ConfigError(f"{path} is empty; expected one prompt per line")
         return prompts
     return list(load_rows(path, ["prompt"])["prompt"])
+
+
+class ShuffledBatches:
+    """Index batches `[batch_size]` drawn epoch by epoch from seeded permutations of n items; the
+    position (generator, order, cursor) saves and restores exactly, so a resumed run sees the same data."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator):
+        self.n, self.batch_size, self.generator = n, batch_size, generator
+        self.order, self.cursor = torch.randperm(n, generator=generator), 0
+
+    def next(self) -> torch.Tensor:
+        if self.cursor + self.batch_size > self.n:  # a new epoch: reshuffle
+            self.order, self.cursor = torch.randperm(self.n, generator=self.generator), 0
+        self.cursor += self.batch_size
+        return self.order[self.cursor - self.batch_size: self.cursor]
+
+    def put_back(self) -> None:
+        """Undo the last next(), e.g. when its batch gave a non-finite loss and no step was taken."""
+        self.cursor -= self.batch_size
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "order": self.order, "cursor": self.cursor}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.order, self.cursor = state["order"], state["cursor"]

@@ -22,7 +22,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from classic_rl.runs import ConfigError
+from classic_rl.runs import Checkpoints, ConfigError, StopRequest, rng_state
 
 EOS_TOKEN, PAD_TOKEN = "<|endoftext|>", "<|pad|>"
 
@@ -105,3 +105,19 @@ def num_parameters(model: PreTrainedModel) -> int:
 def cache_home() -> Path:
     """Where built artefacts are cached: $RLHF_TOY_HOME, else ~/.cache/rlhf-toy."""
     return Path(os.environ.get("RLHF_TOY_HOME", Path.home() / ".cache" / "rlhf-toy"))
+
+
+def save_model_checkpoint(store: Checkpoints, step: int, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                          state: dict, stop: StopRequest | None = None, write_extra=None) -> Path:
+    """checkpoints/step-N/: model/ (save_pretrained, with the tokenizer) and state.pt holding `state`,
+    the step and every RNG state (loadable with weights_only=True); write_extra(folder) adds more files."""
+    import torch
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder / "model")
+        tokenizer.save_pretrained(folder / "model")
+        torch.save({"step": step, "rng": rng_state(), **state}, folder / "state.pt")
+        if write_extra is not None:
+            write_extra(folder)
+
+    return store.save(step, write, stop)

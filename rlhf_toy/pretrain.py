@@ -27,7 +27,6 @@ from classic_rl.runs import (
     config_field,
     plot_lines,
     require_positive,
-    rng_state,
     set_rng_state,
     start_run,
     write_json,
@@ -39,6 +38,7 @@ from rlhf_toy.models import (
     format_prompt,
     load_model,
     num_parameters,
+    save_model_checkpoint,
     train_tokenizer,
 )
 
@@ -139,16 +139,15 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     model = load_model(str(checkpoint / "model")) if checkpoint else build_model(cfg.preset, tokenizer, n_positions=cfg.n_positions)
     optimizer = torch.optim.AdamW(decay_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=(0.9, 0.95))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_with_warmup(step, cfg))
-    epoch_order, cursor, train_time, tokens_seen = torch.randperm(len(train_blocks), generator=generator), 0, 0.0, 0
-    start_step, elapsed = 1, 0.0
+    batches = data.ShuffledBatches(len(train_blocks), cfg.batch_size, generator)
+    start_step, elapsed, train_time, tokens_seen = 1, 0.0, 0.0, 0
     if checkpoint is not None:
         state = torch.load(checkpoint / "state.pt", weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
+        batches.load_state_dict(state["batches"])
         set_rng_state(state["rng"])
-        epoch_order, cursor, train_time, tokens_seen = state["epoch_order"], state["cursor"], state["train_time"], state["tokens_seen"]
-        start_step, elapsed = state["step"] + 1, state["elapsed"]
+        start_step, elapsed, train_time, tokens_seen = state["step"] + 1, state["elapsed"], state["train_time"], state["tokens_seen"]
         print(f"resuming {run_dir} from {checkpoint.name}")
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     device = accelerator.device
@@ -156,13 +155,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     logger = RunLogger(run_dir, *((start_step - 1, elapsed) if checkpoint else ()))
 
     def save(step: int, stop: StopRequest | None = None) -> Path:
-        def write(folder: Path) -> None:
-            accelerator.unwrap_model(model).save_pretrained(folder / "model")
-            tokenizer.save_pretrained(folder / "model")
-            torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "generator": generator.get_state(), "rng": rng_state(), "epoch_order": epoch_order, "cursor": cursor,
-                        "train_time": train_time, "tokens_seen": tokens_seen, "elapsed": logger.elapsed()}, folder / "state.pt")
-        return store.save(step, write, stop)
+        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "batches": batches.state_dict(),
+                 "train_time": train_time, "tokens_seen": tokens_seen, "elapsed": logger.elapsed()}
+        return save_model_checkpoint(store, step, accelerator.unwrap_model(model), tokenizer, state, stop)
 
     print(f"pretraining {cfg.preset}: {num_parameters(model) / 1e6:.2f}M parameters, vocab {len(tokenizer)}, "
           f"{train_blocks.numel():,} train / {val_blocks.numel():,} held-out tokens, device {device}")
@@ -170,10 +165,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                     desc=f"pretrain {cfg.preset}", mininterval=1.0)
     with StopRequest() as stop:
         for step in progress:
-            if cursor + cfg.batch_size > len(epoch_order):  # a new epoch: reshuffle
-                epoch_order, cursor = torch.randperm(len(train_blocks), generator=generator), 0
-            batch = train_blocks[epoch_order[cursor: cursor + cfg.batch_size]].to(device)
-            cursor += cfg.batch_size
+            batch = train_blocks[batches.next()].to(device)
             start = time.perf_counter()
             loss = model(input_ids=batch, labels=batch).loss
             accelerator.backward(loss)
@@ -181,7 +173,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
             try:
                 check_finite(step, train_loss=loss, grad_norm=grad_norm)
             except NonFiniteError as err:  # the step was not taken: the weights are those after step - 1
-                cursor -= cfg.batch_size
+                batches.put_back()
                 raise NonFiniteError(f"{err}; saved the last good weights to {save(step - 1)}") from None
             optimizer.step()
             scheduler.step()

@@ -22,16 +22,22 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification
 
 from classic_rl.runs import (
+    Checkpoints,
     ConfigError,
+    NonFiniteError,
     RunLogger,
+    StopRequest,
+    check_finite,
     config_field,
     plot_scatter,
+    require_nonnegative,
     require_positive,
+    set_rng_state,
     start_run,
     write_json,
 )
-from rlhf_toy.data import DATA_DIR, load_prompts, load_rows
-from rlhf_toy.models import format_prompt, load_model, load_tokenizer
+from rlhf_toy.data import DATA_DIR, ShuffledBatches, load_prompts, load_rows
+from rlhf_toy.models import format_prompt, load_model, load_tokenizer, save_model_checkpoint
 from rlhf_toy.pretrain import default_base_model
 from rlhf_toy.rewards import resolve_reward
 from rlhf_toy.sampling import SamplingConfig, context_length, generate
@@ -53,11 +59,16 @@ class RewardModelConfig:
     cpu: bool = config_field(False, "Train on CPU even when an accelerator is present")
     run_dir: str = config_field("runs/reward_model", "Output folder (model/ is what rm:DIR loads: give rm:RUN_DIR/model)")
     overwrite: bool = config_field(False, "Replace an existing run in --run-dir")
+    save_every: int = config_field(0, "Write a checkpoint every this many steps (0: only on Ctrl-C or a non-finite loss)")
+    keep_checkpoints: int = config_field(2, "How many checkpoints to keep")
+    resume: bool = config_field(False, "Continue the run in --run-dir from its newest checkpoint")
 
     def __post_init__(self):
         require_positive(steps=self.steps, batch_size=self.batch_size, learning_rate=self.learning_rate,
                          max_grad_norm=self.max_grad_norm, eval_every=self.eval_every,
-                         spearman_samples=self.spearman_samples, torch_threads=self.torch_threads)
+                         spearman_samples=self.spearman_samples, torch_threads=self.torch_threads,
+                         keep_checkpoints=self.keep_checkpoints)
+        require_nonnegative(save_every=self.save_every)
         if not 0 <= self.label_noise < 0.5:
             raise ConfigError(f"--label-noise must be in [0, 0.5) (at 0.5 labels carry no signal), got {self.label_noise}")
 
@@ -133,41 +144,62 @@ def pair_accuracy(model, tokenizer, rows) -> float:
 def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     from accelerate import Accelerator
 
-    run_dir, _ = start_run(cfg)
+    run_dir, checkpoint = start_run(cfg)
     accelerator = Accelerator(cpu=cfg.cpu)
+    store = Checkpoints(run_dir, cfg.keep_checkpoints)
     base = cfg.model or default_base_model()
     train_rows = load_rows(Path(cfg.data_dir) / "preferences_train.jsonl", ["prompt", "chosen", "rejected"])
     eval_rows = load_rows(Path(cfg.data_dir) / "preferences_eval.jsonl", ["prompt", "chosen", "rejected"])
     prompts, chosen, rejected, flipped = noisy_pairs(train_rows, cfg.label_noise, cfg.seed)
 
     tokenizer = load_tokenizer(base)
-    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+    model = AutoModelForSequenceClassification.from_pretrained(str(checkpoint / "model") if checkpoint else base, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
+    batches = ShuffledBatches(len(prompts), cfg.batch_size, torch.Generator().manual_seed(cfg.seed))
+    start_step, elapsed = 1, 0.0
+    if checkpoint is not None:
+        state = torch.load(checkpoint / "state.pt", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        batches.load_state_dict(state["batches"])
+        set_rng_state(state["rng"])
+        start_step, elapsed = state["step"] + 1, state["elapsed"]
+        print(f"resuming {run_dir} from {checkpoint.name}")
     model, optimizer = accelerator.prepare(model, optimizer)
-    logger = RunLogger(run_dir)
+    logger = RunLogger(run_dir, *((start_step - 1, elapsed) if checkpoint else ()))
+
+    def save(step: int, stop: StopRequest | None = None) -> Path:
+        state = {"optimizer": optimizer.state_dict(), "batches": batches.state_dict(), "elapsed": logger.elapsed()}
+        return save_model_checkpoint(store, step, accelerator.unwrap_model(model), tokenizer, state, stop)
+
     print(f"reward model from {base}: {len(prompts)} pairs ({flipped} labels flipped, noise {cfg.label_noise}), "
           f"{len(eval_rows)} held-out pairs, {cfg.steps} steps of {cfg.batch_size}")
-    generator = torch.Generator().manual_seed(cfg.seed)
-    order, cursor = torch.randperm(len(prompts), generator=generator), 0
-    for step in (progress := tqdm(range(1, cfg.steps + 1), desc="reward model", mininterval=1.0)):
-        if cursor + cfg.batch_size > len(order):
-            order, cursor = torch.randperm(len(prompts), generator=generator), 0
-        idx = order[cursor: cursor + cfg.batch_size].tolist()
-        cursor += cfg.batch_size
-        batch_prompts = [prompts[i] for i in idx]
-        scores = score_texts(model, tokenizer, sequence_texts(tokenizer, batch_prompts * 2, [chosen[i] for i in idx] +
-                                                              [rejected[i] for i in idx]), batch_size=2 * len(idx))
-        loss = bradley_terry_loss(scores[: len(idx)], scores[len(idx):])
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        metrics = {"train/loss": loss.item(), "train/accuracy": float((scores[: len(idx)] > scores[len(idx):]).float().mean())}
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            metrics["eval/accuracy"] = pair_accuracy(model, tokenizer, eval_rows)
-        logger.log(step, metrics)
-        progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", refresh=False)
+    progress = tqdm(range(start_step, cfg.steps + 1), initial=start_step - 1, total=cfg.steps, desc="reward model",
+                    mininterval=1.0)
+    with StopRequest() as stop:
+        for step in progress:
+            idx = batches.next().tolist()
+            batch_prompts = [prompts[i] for i in idx]
+            scores = score_texts(model, tokenizer, sequence_texts(tokenizer, batch_prompts * 2, [chosen[i] for i in idx] +
+                                                                  [rejected[i] for i in idx]), batch_size=2 * len(idx))
+            loss = bradley_terry_loss(scores[: len(idx)], scores[len(idx):])
+            accelerator.backward(loss)
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            try:
+                check_finite(step, train_loss=loss, grad_norm=grad_norm)
+            except NonFiniteError as err:  # the step was not taken: the weights are those after step - 1
+                batches.put_back()
+                raise NonFiniteError(f"{err}; saved the last good weights to {save(step - 1)}") from None
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            metrics = {"train/loss": loss.item(), "train/grad_norm": float(grad_norm),
+                       "train/accuracy": float((scores[: len(idx)] > scores[len(idx):]).float().mean())}
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                metrics["eval/accuracy"] = pair_accuracy(model, tokenizer, eval_rows)
+            logger.log(step, metrics)
+            progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", refresh=False)
+            if (cfg.save_every and step % cfg.save_every == 0) or stop.requested:
+                save(step, stop)
     train_s = logger.elapsed()
 
     model = accelerator.unwrap_model(model).eval()

@@ -29,7 +29,6 @@ from classic_rl.runs import (
     config_field,
     plot_lines,
     require_positive,
-    rng_state,
     set_rng_state,
     start_run,
     truncate_jsonl,
@@ -37,7 +36,7 @@ from classic_rl.runs import (
 )
 from rlhf_toy.data import DATA_DIR, load_prompts
 from rlhf_toy.grpo import LOSS_AGGREGATION, SCALE_REWARDS, grpo_update
-from rlhf_toy.models import load_model, load_tokenizer
+from rlhf_toy.models import load_model, load_tokenizer, save_model_checkpoint
 from rlhf_toy.ppo import KLController, build_critic, ppo_update
 from rlhf_toy.pretrain import default_base_model
 from rlhf_toy.rewards import DEFAULT_REWARD, CombinedReward, RewardFunctionError, resolve_reward
@@ -201,15 +200,12 @@ def save_checkpoint(store: Checkpoints, step: int, policy, tokenizer, optimizer,
     the optimizer, RNG states and KL coefficient (prompt order is a function of the step)."""
     from safetensors.torch import save_file
 
-    def write(folder: Path) -> None:
-        accelerator.unwrap_model(policy).save_pretrained(folder / "model")
-        tokenizer.save_pretrained(folder / "model")
-        if critic is not None:
-            save_file({k: v.contiguous() for k, v in critic.state_dict().items()}, folder / "critic.safetensors")
-        torch.save({"step": step, "optimizer": optimizer.state_dict(), "rng": rng_state(),
-                    "kl_coef": kl_ctl.value if kl_ctl else None}, folder / "state.pt")
+    def write_critic(folder: Path) -> None:
+        save_file({k: v.contiguous() for k, v in critic.state_dict().items()}, folder / "critic.safetensors")
 
-    return store.save(step, write, stop)
+    state = {"optimizer": optimizer.state_dict(), "kl_coef": kl_ctl.value if kl_ctl else None}
+    return save_model_checkpoint(store, step, accelerator.unwrap_model(policy), tokenizer, state, stop,
+                                 write_critic if critic is not None else None)
 
 
 # ---- the loop -----------------------------------------------------------------------------------------

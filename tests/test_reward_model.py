@@ -76,3 +76,39 @@ def test_saved_reward_model_reloads_with_the_same_scores(small_rm, nano):
 def test_missing_reward_model_folder_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="reward model folder .* not found"):
         resolve_reward(f"rm:{tmp_path / 'nope'}")
+
+
+def rm_fields(nano, run_dir, **overrides) -> dict:
+    return dict(model=str(nano[0] / "run" / "model"), data_dir=str(nano[0] / "data"), steps=12, batch_size=8,
+                learning_rate=1e-3, eval_every=4, spearman_samples=8, run_dir=str(run_dir), **overrides)
+
+
+def test_reward_model_resumed_from_a_checkpoint_ends_like_an_uninterrupted_run(nano, tmp_path):
+    import shutil
+
+    from tests.conftest import comparable_metrics
+
+    fields = rm_fields(nano, tmp_path / "run", save_every=4, keep_checkpoints=5)
+    straight = train_reward_model(RewardModelConfig(**fields))
+    reference = comparable_metrics(tmp_path / "run")
+    for later in ("step-8", "step-12"):  # as if the run had died just after step 4's checkpoint
+        shutil.rmtree(tmp_path / "run" / "checkpoints" / later)
+    resumed = train_reward_model(RewardModelConfig(**fields, resume=True))
+    assert comparable_metrics(tmp_path / "run") == reference
+    assert resumed["eval_accuracy"] == straight["eval_accuracy"] and resumed["spearman"] == pytest.approx(straight["spearman"])
+
+
+def test_non_finite_reward_model_loss_stops_and_keeps_the_last_good_weights(nano, tmp_path, monkeypatch):
+    import rlhf_toy.reward_model as rm
+    from classic_rl.runs import NonFiniteError
+
+    calls = {"n": 0}
+
+    def nan_on_third_step(chosen, rejected):
+        calls["n"] += 1
+        return bradley_terry_loss(chosen, rejected) * (float("nan") if calls["n"] == 3 else 1.0)
+
+    monkeypatch.setattr(rm, "bradley_terry_loss", nan_on_third_step)
+    with pytest.raises(NonFiniteError, match=r"step 3: non-finite train loss.*saved the last good weights to .*step-2"):
+        train_reward_model(RewardModelConfig(**rm_fields(nano, tmp_path / "run")))
+    assert (tmp_path / "run" / "checkpoints" / "step-2" / "model" / "model.safetensors").is_file()
