@@ -111,8 +111,12 @@ class Checkpoints:
         for old in self.complete()[:-self.keep]:
             shutil.rmtree(old)
         if stop is not None and stop.requested:
-            raise TrainingInterrupted(f"stopped at step {step}; saved {final}; continue with --resume")
+            raise self.interrupted(step)
         return final
+
+    def interrupted(self, step: int) -> TrainingInterrupted:
+        """The exception that ends a run stopped by Ctrl-C after its checkpoint at step was saved."""
+        return TrainingInterrupted(f"stopped at step {step}; saved {self.root / f'step-{step}'}; continue with --resume")
 
     def complete(self) -> list[Path]:
         return sorted(self.root.glob("step-*"), key=lambda p: int(p.name[5:]))
@@ -171,13 +175,14 @@ def prepare_run_dir(path: str | Path, overwrite: bool = False) -> Path:
     return path
 
 
-def start_run(cfg: Any, **extra_config: Any) -> tuple[Path, Path | None]:
+def start_run(cfg: Any, main_process: bool = True, **extra_config: Any) -> tuple[Path, Path | None]:
     """Open cfg.run_dir for a run, write config.json (cfg's fields plus extra_config), and set
     torch threads and all seeds. Returns (run folder, checkpoint to resume from or None).
 
     A fresh run gets a new, checked folder; with cfg.resume (when cfg has it) the newest complete
     checkpoint of the existing run is returned instead. cfg needs run_dir, overwrite,
-    torch_threads and seed, and may have resume and keep_checkpoints.
+    torch_threads and seed, and may have resume and keep_checkpoints. The other processes of a
+    multi-process run (main_process=False) only find the checkpoint and set threads and seeds.
     """
     resume = getattr(cfg, "resume", False)
     checkpoint = None
@@ -187,8 +192,9 @@ def start_run(cfg: Any, **extra_config: Any) -> tuple[Path, Path | None]:
         checkpoint = Checkpoints(cfg.run_dir).latest()
         if checkpoint is None:
             raise ConfigError(f"--resume found no checkpoint in {Path(cfg.run_dir) / 'checkpoints'}; start the run with --save-every N")
-    run_dir = Path(cfg.run_dir) if resume else prepare_run_dir(cfg.run_dir, overwrite=cfg.overwrite)
-    write_json(run_dir / "config.json", {**extra_config, **dataclasses.asdict(cfg)})
+    run_dir = Path(cfg.run_dir) if resume or not main_process else prepare_run_dir(cfg.run_dir, overwrite=cfg.overwrite)
+    if main_process:
+        write_json(run_dir / "config.json", {**extra_config, **dataclasses.asdict(cfg)})
     torch.set_num_threads(cfg.torch_threads)
     seed_everything(cfg.seed)
     return run_dir, checkpoint

@@ -47,8 +47,14 @@ def group_advantages(rewards: Tensor, group_size: int, scale_rewards: str = "gro
 
 
 def grpo_update(policy, optimizer, accelerator, rollout: Rollout, rewards: Tensor, cfg) -> dict[str, float]:
-    """num_iterations passes of `cfg.num_minibatches` gradient steps over one rollout; returns metrics."""
-    advantages, frac_zero_std = group_advantages(rewards, cfg.num_generations, cfg.scale_rewards)
+    """num_iterations passes of `cfg.num_minibatches` gradient steps over one rollout; returns metrics.
+
+    In a multi-process run each process holds whole groups of the step's completions; the
+    advantages come from every process's rewards, so "batch" scaling sees the whole batch.
+    """
+    everyone = accelerator.gather(rewards)  # [completions of all processes], in process order
+    advantages, frac_zero_std = group_advantages(everyone, cfg.num_generations, cfg.scale_rewards)
+    advantages = advantages.view(accelerator.num_processes, -1)[accelerator.process_index]
     mask = rollout.completion_mask
     if cfg.mask_truncated_completions:
         mask = mask * (~rollout.is_truncated).float()[:, None]
@@ -68,12 +74,17 @@ def grpo_update(policy, optimizer, accelerator, rollout: Rollout, rewards: Tenso
                 stats["kl"] = core.masked_mean(kl.detach(), mask[mb])
             if cfg.loss_type == "dr_grpo":
                 loss = loss / cfg.max_completion_length
+            stats["loss"] = loss.detach()
+            if agg == "token" and accelerator.num_processes > 1:
+                # DDP averages gradients over processes; weighing each by its share of the tokens makes
+                # the result the token mean over the whole batch, as in one process.
+                tokens = mask[mb].sum()
+                loss = loss * tokens * accelerator.num_processes / accelerator.reduce(tokens, "sum")
             accelerator.backward(loss)
             stats["grad_norm"] = accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
             check_finite(None, loss=loss, grad_norm=stats["grad_norm"])  # before the step: the weights stay good
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            stats["loss"] = loss.detach()
             stats["entropy"] = core.masked_mean(core.entropy_from_logits(logits.detach()), mask[mb])
             means.add(stats)
     metrics = means.means()

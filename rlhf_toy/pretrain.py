@@ -32,6 +32,7 @@ from classic_rl.runs import (
     write_json,
 )
 from rlhf_toy import data
+from rlhf_toy.distributed import make_accelerator
 from rlhf_toy.models import (
     MODEL_PRESETS,
     build_model,
@@ -121,10 +122,9 @@ def heldout_loss(model, blocks: torch.Tensor, batch_size: int, device) -> float:
 
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     """Train tokenizer and model; writes run_dir/{model/, config.json, metrics.jsonl, summary.json, loss.png}."""
-    from accelerate import Accelerator
-
     run_dir, checkpoint = start_run(cfg)
-    accelerator = Accelerator(cpu=cfg.cpu)
+    # One process, no DDP wrapper, even inside a multi-process RLHF run that builds its base model on the main process.
+    device = make_accelerator(cfg.cpu).device
     store = Checkpoints(run_dir, cfg.keep_checkpoints)
 
     texts = training_texts(cfg.data_dir)
@@ -149,15 +149,14 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         set_rng_state(state["rng"])
         start_step, elapsed, train_time, tokens_seen = state["step"] + 1, state["elapsed"], state["train_time"], state["tokens_seen"]
         print(f"resuming {run_dir} from {checkpoint.name}")
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    device = accelerator.device
+    model.to(device)
 
     logger = RunLogger(run_dir, *((start_step - 1, elapsed) if checkpoint else ()))
 
     def save(step: int, stop: StopRequest | None = None) -> Path:
         state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "batches": batches.state_dict(),
                  "train_time": train_time, "tokens_seen": tokens_seen, "elapsed": logger.elapsed()}
-        return save_model_checkpoint(store, step, accelerator.unwrap_model(model), tokenizer, state, stop)
+        return save_model_checkpoint(store, step, model, tokenizer, state, stop)
 
     print(f"pretraining {cfg.preset}: {num_parameters(model) / 1e6:.2f}M parameters, vocab {len(tokenizer)}, "
           f"{train_blocks.numel():,} train / {val_blocks.numel():,} held-out tokens, device {device}")
@@ -168,8 +167,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
             batch = train_blocks[batches.next()].to(device)
             start = time.perf_counter()
             loss = model(input_ids=batch, labels=batch).loss
-            accelerator.backward(loss)
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             try:
                 check_finite(step, train_loss=loss, grad_norm=grad_norm)
             except NonFiniteError as err:  # the step was not taken: the weights are those after step - 1
@@ -190,7 +189,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                 save(step, stop)
 
     model_dir = run_dir / "model"
-    accelerator.unwrap_model(model).save_pretrained(model_dir)
+    model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     val_loss = logger.series("eval/loss")[1][-1]
     summary = {"preset": cfg.preset, "params": num_parameters(model), "vocab_size": len(tokenizer), "steps": cfg.max_steps,

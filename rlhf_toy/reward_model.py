@@ -37,6 +37,7 @@ from classic_rl.runs import (
     write_json,
 )
 from rlhf_toy.data import DATA_DIR, ShuffledBatches, load_prompts, load_rows
+from rlhf_toy.distributed import make_accelerator
 from rlhf_toy.models import format_prompt, load_model, load_tokenizer, save_model_checkpoint
 from rlhf_toy.pretrain import default_base_model
 from rlhf_toy.rewards import resolve_reward
@@ -142,10 +143,8 @@ def pair_accuracy(model, tokenizer, rows) -> float:
 
 
 def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
-    from accelerate import Accelerator
-
     run_dir, checkpoint = start_run(cfg)
-    accelerator = Accelerator(cpu=cfg.cpu)
+    accelerator = make_accelerator(cfg.cpu)
     store = Checkpoints(run_dir, cfg.keep_checkpoints)
     base = cfg.model or default_base_model()
     train_rows = load_rows(Path(cfg.data_dir) / "preferences_train.jsonl", ["prompt", "chosen", "rejected"])

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import time
@@ -35,6 +36,7 @@ from classic_rl.runs import (
     write_json,
 )
 from rlhf_toy.data import DATA_DIR, load_prompts
+from rlhf_toy.distributed import any_process, make_accelerator, mean_over_processes, process_share
 from rlhf_toy.grpo import LOSS_AGGREGATION, SCALE_REWARDS, grpo_update
 from rlhf_toy.models import load_model, load_tokenizer, save_model_checkpoint
 from rlhf_toy.ppo import KLController, build_critic, ppo_update
@@ -210,16 +212,27 @@ def save_checkpoint(store: Checkpoints, step: int, policy, tokenizer, optimizer,
 
 # ---- the loop -----------------------------------------------------------------------------------------
 
-def train(cfg: RLHFConfig) -> dict[str, Any]:
-    from accelerate import Accelerator
+def step_seed(seed: int, step: int, process_index: int) -> int:
+    """The torch seed of one step on one process: sampling and minibatch order are then a pure function
+    of (seed, step, process), so resumed and multi-process runs need no saved torch RNG state."""
+    return int(np.random.SeedSequence([seed, step, process_index]).generate_state(1)[0])
 
-    run_dir, checkpoint = start_run(cfg)
-    accelerator = Accelerator(cpu=cfg.cpu)
+
+def train(cfg: RLHFConfig) -> dict[str, Any]:
+    accelerator = make_accelerator(cfg.cpu)
+    main, world = accelerator.is_main_process, accelerator.num_processes
+    if world > 1 and (cfg.algo != "grpo" or cfg.prompts_per_step % world):
+        raise ConfigError(f"a run in {world} processes needs --algo grpo and --prompts-per-step divisible by {world} "
+                          f"(each process takes whole prompt groups), got --algo {cfg.algo} --prompts-per-step {cfg.prompts_per_step}")
+    run_dir, checkpoint = start_run(cfg, main_process=main)
+    torch.set_num_threads(max(1, cfg.torch_threads // world))  # the processes share the machine's cores
+    accelerator.wait_for_everyone()  # the main process has checked and created the run folder
 
     reward = resolve_reward(cfg.reward, cfg.reward_weights, cfg.target_words)
     gold = resolve_reward(cfg.gold_reward, target_words=cfg.target_words) if cfg.gold_reward else None
     train_prompts, eval_prompts = load_prompts(cfg.prompts), load_prompts(cfg.eval_prompts)
-    model_name = cfg.model or default_base_model()
+    with accelerator.main_process_first():  # the main process builds the default base model if it is not cached
+        model_name = cfg.model or default_base_model()
     tokenizer = load_tokenizer(model_name, cfg.trust_remote_code)
     policy = load_model(str(checkpoint / "model") if checkpoint else model_name, cfg.trust_remote_code)
     for name, prompts in (("--prompts", train_prompts), ("--eval-prompts", eval_prompts)):
@@ -252,26 +265,31 @@ def train(cfg: RLHFConfig) -> dict[str, Any]:
     if ref_model is not None:
         ref_model = ref_model.to(accelerator.device)
 
-    print(f"{cfg.algo}: {cfg.prompts_per_step} prompts x {cfg.num_generations} completions = {cfg.completions_per_step} "
-          f"completions per step, {cfg.num_minibatches} minibatch(es) x {cfg.num_iterations} iteration(s), "
-          f"{cfg.steps} steps, reward {cfg.reward}, model {model_name}, device {accelerator.device}")
+    if main:
+        print(f"{cfg.algo}: {cfg.prompts_per_step} prompts x {cfg.num_generations} completions = {cfg.completions_per_step} "
+              f"completions per step in {world} process(es), {cfg.num_minibatches} minibatch(es) x {cfg.num_iterations} "
+              f"iteration(s), {cfg.steps} steps, reward {cfg.reward}, model {model_name}, device {accelerator.device}")
     store = Checkpoints(run_dir, cfg.keep_checkpoints)
-    logger = RunLogger(run_dir, resume_step=start_step - 1 if checkpoint else None)
-    if checkpoint:
-        truncate_jsonl(run_dir / "samples.jsonl", start_step - 1)
+    logger = RunLogger(run_dir, resume_step=start_step - 1 if checkpoint else None) if main else None
     before_path = run_dir / "eval_before.json"  # measured once on the initial policy, reused on resume
-    if checkpoint is None:
-        before = evaluate(policy, tokenizer, eval_prompts, reward, cfg, gold)
+    if main and checkpoint is None:
+        before = evaluate(accelerator.unwrap_model(policy), tokenizer, eval_prompts, reward, cfg, gold)
         write_json(before_path, before)
-    else:
+    elif main:
         before = json.loads(before_path.read_text())
-    print_completions(f"before training: eval reward {before['reward']:.3f}", before["rows"])
-    progress = tqdm(range(start_step, cfg.steps + 1), desc=cfg.algo, initial=start_step - 1, total=cfg.steps, mininterval=1.0)
+        truncate_jsonl(run_dir / "samples.jsonl", start_step - 1)
+    if main:
+        print_completions(f"before training: eval reward {before['reward']:.3f}", before["rows"])
+    accelerator.wait_for_everyone()
+    progress = tqdm(range(start_step, cfg.steps + 1), desc=cfg.algo, initial=start_step - 1, total=cfg.steps,
+                    mininterval=1.0, disable=not main)
     train_time = 0.0
-    with open(run_dir / "samples.jsonl", "a") as samples_file, StopRequest() as stop:
+    with open(run_dir / "samples.jsonl", "a") if main else contextlib.nullcontext() as samples_file, StopRequest() as stop:
         for step in progress:
             t0 = time.perf_counter()
-            prompts = prompts_for_step(train_prompts, step, cfg)
+            torch.manual_seed(step_seed(cfg.seed, step, accelerator.process_index))
+            step_prompts = prompts_for_step(train_prompts, step, cfg)
+            prompts = process_share(step_prompts, accelerator.process_index, world)
             policy.eval()
             rollout = sample_rollout(accelerator.unwrap_model(policy), tokenizer, prompts, cfg.sampling, ref_model)
             t1 = time.perf_counter()
@@ -279,7 +297,7 @@ def train(cfg: RLHFConfig) -> dict[str, Any]:
                 totals, components = reward.score(prompts, rollout.completions)
                 if gold is not None:
                     components["gold"] = gold(prompts, rollout.completions)
-                rewards = torch.tensor(totals, dtype=torch.float32)
+                rewards = torch.tensor(totals, dtype=torch.float32, device=accelerator.device)
                 t2 = time.perf_counter()
                 policy.train()
                 if cfg.algo == "grpo":
@@ -287,33 +305,44 @@ def train(cfg: RLHFConfig) -> dict[str, Any]:
                 else:
                     metrics = ppo_update(policy, critic, optimizer, accelerator, rollout, rewards, kl_ctl, cfg)
             except (NonFiniteError, RewardFunctionError) as err:
-                saved = save_checkpoint(store, step - 1, policy, tokenizer, optimizer, accelerator, critic, kl_ctl)
-                raise type(err)(f"step {step}: {err}; saved the last good weights to {saved}") from None
+                saved = save_checkpoint(store, step - 1, policy, tokenizer, optimizer, accelerator, critic, kl_ctl) if main else None
+                raise type(err)(f"step {step}: {err}" + (f"; saved the last good weights to {saved}" if saved else "")) from None
             t3 = time.perf_counter()
             train_time += t3 - t0
-            lengths = rollout.completion_lengths.float()
-            metrics.update({"reward": rewards.mean().item(), "reward_std": rewards.std().item(),
-                            **{f"rewards/{k}/mean": float(np.mean(v)) for k, v in components.items()},
+            metrics = mean_over_processes(accelerator, {
+                **metrics, **{f"rewards/{k}/mean": float(np.mean(v)) for k, v in components.items()},
+                "time/generate_s": t1 - t0, "time/reward_s": t2 - t1, "time/update_s": t3 - t2})
+            everyone = accelerator.gather(torch.stack([rewards, rollout.completion_lengths.to(rewards),
+                                                       rollout.is_truncated.to(rewards)], dim=1))  # [completions, 3]
+            all_rewards, lengths, truncated = everyone.cpu().unbind(1)
+            metrics.update({"reward": all_rewards.mean().item(), "reward_std": all_rewards.std().item(),
                             "completions/mean_length": lengths.mean().item(), "completions/min_length": lengths.min().item(),
-                            "completions/max_length": lengths.max().item(),
-                            "completions/clipped_ratio": rollout.is_truncated.float().mean().item(),
-                            "time/generate_s": t1 - t0, "time/reward_s": t2 - t1, "time/update_s": t3 - t2,
-                            "completions_per_s": len(prompts) / (t3 - t0)})
-            logger.log(step, metrics)
-            progress.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics.get('kl', 0.0):.3f}",
-                                 len=f"{metrics['completions/mean_length']:.1f}", refresh=False)
-            if cfg.log_completions_every and step % cfg.log_completions_every == 0:
+                            "completions/max_length": lengths.max().item(), "completions/clipped_ratio": truncated.mean().item(),
+                            "completions_per_s": len(step_prompts) / (t3 - t0)})
+            if main:
+                logger.log(step, metrics)
+                progress.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics.get('kl', 0.0):.3f}",
+                                     len=f"{metrics['completions/mean_length']:.1f}", refresh=False)
+            if main and cfg.log_completions_every and step % cfg.log_completions_every == 0:
                 rows = [{"step": step, "prompt": p, "completion": c, "reward": r}
                         for p, c, r in zip(prompts[:: cfg.num_generations], rollout.completions[:: cfg.num_generations],
                                            totals[:: cfg.num_generations], strict=True)]
                 samples_file.writelines(json.dumps(row) + "\n" for row in rows)
                 samples_file.flush()
                 print_completions(f"step {step}: reward {metrics['reward']:.3f}", rows)
+            stop.requested = any_process(accelerator, stop.requested)
             if (cfg.save_every and step % cfg.save_every == 0) or stop.requested:
-                save_checkpoint(store, step, policy, tokenizer, optimizer, accelerator, critic, kl_ctl, stop)
+                if main:
+                    save_checkpoint(store, step, policy, tokenizer, optimizer, accelerator, critic, kl_ctl)
+                accelerator.wait_for_everyone()
+                if stop.requested:
+                    raise store.interrupted(step)
     progress.close()
+    if not main:
+        accelerator.wait_for_everyone()
+        return {}
 
-    after = evaluate(policy, tokenizer, eval_prompts, reward, cfg, gold)
+    after = evaluate(accelerator.unwrap_model(policy), tokenizer, eval_prompts, reward, cfg, gold)
     k = cfg.eval_samples_per_prompt  # one row per distinct prompt
     print_side_by_side(before["rows"][::k], after["rows"][::k])
     final_dir = run_dir / "model"
@@ -323,6 +352,7 @@ def train(cfg: RLHFConfig) -> dict[str, Any]:
     kl_series = logger.series("kl")[1]
     summary = {
         "algo": cfg.algo, "model": model_name, "reward": cfg.reward, "steps": cfg.steps, "seed": cfg.seed,
+        "num_processes": world, "device": str(accelerator.device),
         "reward_before": before["reward"], "reward_after": after["reward"],
         "components_before": before["components"], "components_after": after["components"],
         "mean_length_before": before["mean_length"], "mean_length_after": after["mean_length"],
@@ -345,6 +375,7 @@ def train(cfg: RLHFConfig) -> dict[str, Any]:
             "over-optimisation check: proxy against gold reward")
     logger.close()
     print(f"eval reward {before['reward']:.3f} -> {after['reward']:.3f}; plots: {run_dir / 'curves.png'}; model: {final_dir}")
+    accelerator.wait_for_everyone()
     return summary
 
 

@@ -11,11 +11,13 @@ Every field is a flag (see --help).
 import json
 
 from classic_rl.runs import cli, parse_dataclass_args
+from rlhf_toy.distributed import require_one_process
 from rlhf_toy.reward_model import RewardModelConfig, train_reward_model
 
 
 @cli
 def main() -> None:
+    require_one_process("train_reward_model.py")
     summary = train_reward_model(parse_dataclass_args(RewardModelConfig, description=__doc__))
     print(json.dumps(summary, indent=2))
 
