@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -227,8 +228,11 @@ def load_model(path: str | Path) -> SavableModule:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"no saved model at {path}; expected a .safetensors file written by a training run")
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (OSError, SafetensorError) as err:
+        raise ConfigError(f"{path} is not a readable .safetensors file ({err})") from None
     cls = MODEL_CLASSES.get(metadata.get("class", ""))
     if cls is None:
         raise ConfigError(f"{path} does not name a known model class; accepted: {', '.join(MODEL_CLASSES)}")

@@ -316,6 +316,12 @@ def _one_line_parser_errors(parser_cls: type[argparse.ArgumentParser]) -> type[a
     return Parser
 
 
+def script_parser(description: str) -> argparse.ArgumentParser:
+    """An argparse parser for scripts without a config dataclass, with the same one-line errors."""
+    return _one_line_parser_errors(argparse.ArgumentParser)(description=description,
+                                                            formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def require_positive(**values: float) -> None:
     """ConfigError for the first value that is not > 0."""
     for name, value in values.items():

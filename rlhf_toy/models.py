@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import transformers
+from safetensors import SafetensorError
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -75,22 +76,25 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
 
 
 def load_tokenizer(name_or_dir: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    _check_exists(name_or_dir)
-    return prepare_tokenizer(AutoTokenizer.from_pretrained(name_or_dir, trust_remote_code=trust_remote_code))
+    check_model_exists(name_or_dir)
+    try:
+        return prepare_tokenizer(AutoTokenizer.from_pretrained(name_or_dir, trust_remote_code=trust_remote_code))
+    except (OSError, ValueError) as err:  # no or malformed tokenizer files
+        raise ConfigError(f"cannot load the tokenizer of {name_or_dir!r}: {str(err).splitlines()[0]}") from None
 
 
 def load_model(name_or_dir: str, trust_remote_code: bool = False) -> PreTrainedModel:
     """Any causal LM: a hub name (`gpt2`, `distilgpt2`, when a hub or local cache is reachable)
     or a folder written by save_pretrained."""
-    _check_exists(name_or_dir)
+    check_model_exists(name_or_dir)
     transformers.utils.logging.disable_progress_bar()  # a per-tensor bar for a 1M-parameter model is noise
     try:
         return AutoModelForCausalLM.from_pretrained(name_or_dir, trust_remote_code=trust_remote_code)
-    except OSError as err:
+    except (OSError, ValueError, SafetensorError) as err:  # no weights, corrupt weights, or an unreadable config.json
         raise ConfigError(f"cannot load model {name_or_dir!r}: {str(err).splitlines()[0]}") from None
 
 
-def _check_exists(name_or_dir: str) -> None:
+def check_model_exists(name_or_dir: str) -> None:
     """A path-like name must be an existing model folder; a bare name goes to the hub."""
     looks_like_path = os.sep in name_or_dir or name_or_dir.startswith(".") or Path(name_or_dir).exists()
     if looks_like_path and not (Path(name_or_dir) / "config.json").is_file():

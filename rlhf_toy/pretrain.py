@@ -48,7 +48,7 @@ from rlhf_toy.models import (
 class PretrainConfig:
     preset: str = config_field("tiny", f"Model size: {', '.join(MODEL_PRESETS)}")
     seed: int = config_field(0, "Seeds python, numpy, torch and batch order")
-    data_dir: str = config_field("data", "Folder with pretrain.jsonl and sft.jsonl (scripts/make_data.py writes them)")
+    data_dir: str = config_field(str(data.DATA_DIR), "Folder with pretrain.jsonl and sft.jsonl (scripts/make_data.py writes them)")
     vocab_size: int = config_field(2048, "BPE vocabulary to ask for (a small corpus may yield fewer tokens)")
     n_positions: int = config_field(128, "Context length, and the length of the packed training blocks")
     batch_size: int = config_field(32, "Blocks per optimizer step")
@@ -122,12 +122,12 @@ def heldout_loss(model, blocks: torch.Tensor, batch_size: int, device) -> float:
 
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     """Train tokenizer and model; writes run_dir/{model/, config.json, metrics.jsonl, summary.json, loss.png}."""
+    texts = training_texts(cfg.data_dir)  # bad data files are reported before the run folder is created
     run_dir, checkpoint = start_run(cfg)
     # One process, no DDP wrapper, even inside a multi-process RLHF run that builds its base model on the main process.
     device = make_accelerator(cfg.cpu).device
     store = Checkpoints(run_dir, cfg.keep_checkpoints)
 
-    texts = training_texts(cfg.data_dir)
     generator = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(len(texts), generator=generator).tolist()
     n_val = max(1, int(len(texts) * cfg.val_fraction))

@@ -38,7 +38,13 @@ from classic_rl.runs import (
 )
 from rlhf_toy.data import DATA_DIR, ShuffledBatches, load_prompts, load_rows
 from rlhf_toy.distributed import make_accelerator
-from rlhf_toy.models import format_prompt, load_model, load_tokenizer, save_model_checkpoint
+from rlhf_toy.models import (
+    check_model_exists,
+    format_prompt,
+    load_model,
+    load_tokenizer,
+    save_model_checkpoint,
+)
 from rlhf_toy.pretrain import default_base_model
 from rlhf_toy.rewards import resolve_reward
 from rlhf_toy.sampling import SamplingConfig, context_length, generate
@@ -143,12 +149,16 @@ def pair_accuracy(model, tokenizer, rows) -> float:
 
 
 def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
+    # bad data files and model folders are reported before the run folder is created
+    train_rows = load_rows(Path(cfg.data_dir) / "preferences_train.jsonl", ["prompt", "chosen", "rejected"])
+    eval_rows = load_rows(Path(cfg.data_dir) / "preferences_eval.jsonl", ["prompt", "chosen", "rejected"])
+    eval_prompts = load_prompts(Path(cfg.data_dir) / "prompts_eval.jsonl")
+    if cfg.model:
+        check_model_exists(cfg.model)
     run_dir, checkpoint = start_run(cfg)
     accelerator = make_accelerator(cfg.cpu)
     store = Checkpoints(run_dir, cfg.keep_checkpoints)
     base = cfg.model or default_base_model()
-    train_rows = load_rows(Path(cfg.data_dir) / "preferences_train.jsonl", ["prompt", "chosen", "rejected"])
-    eval_rows = load_rows(Path(cfg.data_dir) / "preferences_eval.jsonl", ["prompt", "chosen", "rejected"])
     prompts, chosen, rejected, flipped = noisy_pairs(train_rows, cfg.label_noise, cfg.seed)
 
     tokenizer = load_tokenizer(base)
@@ -206,7 +216,6 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     tokenizer.save_pretrained(run_dir / "model")
     # Does the proxy rank fresh base-policy samples as the gold rule does?
     policy = load_model(base).eval()
-    eval_prompts = load_prompts(Path(cfg.data_dir) / "prompts_eval.jsonl")
     sample_prompts = [eval_prompts[i % len(eval_prompts)] for i in range(cfg.spearman_samples)]
     completions = generate(policy, tokenizer, sample_prompts, SamplingConfig(max_new_tokens=40), seed=cfg.seed)
     gold = np.array(resolve_reward()(sample_prompts, completions))

@@ -38,7 +38,7 @@ from classic_rl.runs import (
 from rlhf_toy.data import DATA_DIR, load_prompts
 from rlhf_toy.distributed import any_process, make_accelerator, mean_over_processes, process_share
 from rlhf_toy.grpo import LOSS_AGGREGATION, SCALE_REWARDS, grpo_update
-from rlhf_toy.models import load_model, load_tokenizer, save_model_checkpoint
+from rlhf_toy.models import check_model_exists, load_model, load_tokenizer, save_model_checkpoint
 from rlhf_toy.ppo import KLController, build_critic, ppo_update
 from rlhf_toy.pretrain import default_base_model
 from rlhf_toy.rewards import DEFAULT_REWARD, CombinedReward, RewardFunctionError, resolve_reward
@@ -224,13 +224,16 @@ def train(cfg: RLHFConfig) -> dict[str, Any]:
     if world > 1 and (cfg.algo != "grpo" or cfg.prompts_per_step % world):
         raise ConfigError(f"a run in {world} processes needs --algo grpo and --prompts-per-step divisible by {world} "
                           f"(each process takes whole prompt groups), got --algo {cfg.algo} --prompts-per-step {cfg.prompts_per_step}")
+    # bad names and files are reported before the run folder is created
+    reward = resolve_reward(cfg.reward, cfg.reward_weights, cfg.target_words)
+    gold = resolve_reward(cfg.gold_reward, target_words=cfg.target_words) if cfg.gold_reward else None
+    train_prompts, eval_prompts = load_prompts(cfg.prompts), load_prompts(cfg.eval_prompts)
+    if cfg.model:
+        check_model_exists(cfg.model)
     run_dir, checkpoint = start_run(cfg, main_process=main)
     torch.set_num_threads(max(1, cfg.torch_threads // world))  # the processes share the machine's cores
     accelerator.wait_for_everyone()  # the main process has checked and created the run folder
 
-    reward = resolve_reward(cfg.reward, cfg.reward_weights, cfg.target_words)
-    gold = resolve_reward(cfg.gold_reward, target_words=cfg.target_words) if cfg.gold_reward else None
-    train_prompts, eval_prompts = load_prompts(cfg.prompts), load_prompts(cfg.eval_prompts)
     with accelerator.main_process_first():  # the main process builds the default base model if it is not cached
         model_name = cfg.model or default_base_model()
     tokenizer = load_tokenizer(model_name, cfg.trust_remote_code)

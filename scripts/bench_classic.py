@@ -15,7 +15,6 @@ against wall seconds. Run it on a quiet machine: a second CPU-heavy job distorts
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
@@ -28,7 +27,7 @@ import torch
 from classic_rl import envs
 from classic_rl.algos import ALGOS
 from classic_rl.presets import preset
-from classic_rl.runs import ConfigError, cli, write_json
+from classic_rl.runs import ConfigError, cli, require_positive, script_parser, write_json
 from classic_rl.training import run_training
 
 # rl-baselines3-zoo hyperparams/{ppo,dqn,a2c}.yml (LunarLander-v3 uses the v2 entries).
@@ -159,14 +158,17 @@ def plot_curves(path: str, results: dict, env_id: str) -> None:
 
 def replot(json_path: str, plot_path: str) -> None:
     """Redraw the plot from a saved results JSON (no training)."""
-    saved = json.loads(Path(json_path).read_text())
-    results = {(r["env"], r["algo"], r["impl"]): r["runs"] for r in saved["results"]}
+    try:
+        saved = json.loads(Path(json_path).read_text())
+        results = {(r["env"], r["algo"], r["impl"]): r["runs"] for r in saved["results"]}
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ConfigError(f"--replot {json_path} is not a results JSON written by this script ({err!r:.60})") from None
     plot_curves(plot_path, results, saved["results"][0]["env"])
 
 
 @cli
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--envs", nargs="+", default=list(DEFAULT_SEEDS), help=f"Env ids (default: {', '.join(DEFAULT_SEEDS)})")
     parser.add_argument("--algos", nargs="+", default=["ppo"], help=f"Algorithms, or 'all' (accepted: {', '.join(ALGOS)})")
     parser.add_argument("--seeds", type=int, default=None, help="Seeds per env (default: 5 for CartPole, 3 for LunarLander)")
@@ -180,6 +182,9 @@ def main() -> None:
     parser.add_argument("--plot", default=None, help="PNG of every algorithm's learning curve on the first env")
     parser.add_argument("--replot", default=None, metavar="JSON", help="Only redraw --plot from a results JSON written earlier")
     args = parser.parse_args()
+    given = {"seeds": args.seeds, "max_steps": args.max_steps}  # None: each env's or preset's default
+    require_positive(**{k: v for k, v in given.items() if v is not None}, eval_episodes=args.eval_episodes,
+                     sb3_max_seconds=args.sb3_max_seconds, threads=args.threads)
     if args.replot:
         if not args.plot or not Path(args.replot).is_file():
             raise ConfigError("--replot needs an existing results JSON and --plot PNG")

@@ -4,7 +4,6 @@
     python scripts/evaluate_classic.py runs/ppo-cartpole --episodes 20 --video
 """
 
-import argparse
 import json
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import torch
 
 from classic_rl import envs
 from classic_rl.nets import load_model
-from classic_rl.runs import ConfigError, atomic_write, cli
+from classic_rl.runs import ConfigError, atomic_write, cli, script_parser
 
 
 def record_episode(model, env_id: str, seed: int, path: Path, max_frames: int = 1000) -> tuple[float, int]:
@@ -36,7 +35,7 @@ def record_episode(model, env_id: str, seed: int, path: Path, max_frames: int = 
 
 @cli
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("run_dir", help="A folder written by scripts/train_classic.py")
     parser.add_argument("--episodes", type=int, default=10, help="Evaluation episodes (run side by side)")
     parser.add_argument("--seed", type=int, default=12345, help="Seed of the evaluation episodes")
@@ -48,7 +47,10 @@ def main() -> None:
         raise ConfigError(f"{run_dir} has no config.json; give a folder written by scripts/train_classic.py")
     if args.episodes <= 0:
         raise ConfigError(f"--episodes must be > 0, got {args.episodes}")
-    env_id = json.loads(config_path.read_text())["env"]
+    try:
+        env_id = json.loads(config_path.read_text())["env"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise ConfigError(f"{config_path} is not a config written by scripts/train_classic.py (no JSON with an env)") from None
     torch.set_num_threads(1)
     model = load_model(run_dir / "policy.safetensors")
     returns = envs.evaluate(model.act, env_id, args.episodes, seed=args.seed)

@@ -4,17 +4,16 @@
     python scripts/make_data.py            # rewrites data/*.jsonl exactly as shipped
 """
 
-import argparse
 from pathlib import Path
 
-from classic_rl.runs import cli
+from classic_rl.runs import cli, script_parser
 from rlhf_toy import corpus
 from rlhf_toy.data import DATA_DIR, write_jsonl
 
 
 @cli
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--seed", type=int, default=0, help="Generator seed (0 gives the shipped files)")
     parser.add_argument("--out", default=str(DATA_DIR), help="Output folder")
     args = parser.parse_args()

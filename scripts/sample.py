@@ -12,7 +12,7 @@ import textwrap
 
 import torch
 
-from classic_rl.runs import ConfigError, cli
+from classic_rl.runs import ConfigError, cli, script_parser
 from rlhf_toy.data import DATA_DIR, load_prompts
 from rlhf_toy.models import load_model, load_tokenizer
 from rlhf_toy.pretrain import default_base_model
@@ -21,7 +21,7 @@ from rlhf_toy.sampling import SamplingConfig, generate
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--model", help="Model folder or hub name (default: the cached default base model)")
     parser.add_argument("--compare", nargs=2, metavar=("DIR_A", "DIR_B"), help="Two models to show side by side")
     parser.add_argument("--prompts", default=str(DATA_DIR / "prompts_eval.jsonl"), help="JSONL with a prompt field, or .txt, one per line")

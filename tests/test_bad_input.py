@@ -1,0 +1,99 @@
+"""Every script answers bad input with one line on stderr, `error: ...`, saying what was wrong and
+what is accepted, exit status 2, no traceback, and leaves existing run folders as they were."""
+
+import pytest
+
+from tests.conftest import run_script
+
+SCRIPTS = ["train_classic.py", "evaluate_classic.py", "bench_classic.py", "make_data.py", "pretrain.py", "sample.py",
+           "train_reward_model.py", "train_rlhf.py"]
+
+
+@pytest.fixture
+def files(tmp_path, nano):
+    """Paths for the cases: a file that is not JSON, a JSONL row without the needed field, a run
+    folder that holds a file, a model folder with corrupt weights, and the nano model."""
+    import shutil
+
+    (tmp_path / "not_json.jsonl").write_text("this is not JSON\n")
+    (tmp_path / "no_prompt.jsonl").write_text('{"text": "no prompt field"}\n')
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("earlier results")
+    corrupt = tmp_path / "corrupt_model"
+    shutil.copytree(nano[0] / "run" / "model", corrupt)
+    (corrupt / "model.safetensors").write_text("not weights")
+    (tmp_path / "classic_run").mkdir()
+    (tmp_path / "classic_run" / "config.json").write_text('{"env": "CartPole-v1"}')
+    (tmp_path / "classic_run" / "policy.safetensors").write_text("not weights")
+    return {"dir": tmp_path, "nano": str(nano[0] / "run" / "model")}
+
+
+CASES = {
+    "unknown flag": [(s, ["--no-such-flag", "1"], "unrecognized arguments: --no-such-flag") for s in SCRIPTS
+                     if s != "evaluate_classic.py"] + [("evaluate_classic.py", ["{dir}/classic_run", "--no-such-flag"],
+                                                        "unrecognized arguments: --no-such-flag")],
+    "wrong type": [
+        ("train_classic.py", ["--learning-rate", "fast"], "invalid float value: 'fast'"),
+        ("evaluate_classic.py", ["{dir}/classic_run", "--episodes", "ten"], "invalid int value: 'ten'"),
+        ("bench_classic.py", ["--seeds", "three"], "invalid int value: 'three'"),
+        ("make_data.py", ["--seed", "x"], "invalid int value: 'x'"),
+        ("pretrain.py", ["--max-steps", "1.5"], "invalid int value: '1.5'"),
+        ("sample.py", ["--n", "all"], "invalid int value: 'all'"),
+        ("train_reward_model.py", ["--label-noise", "some"], "invalid float value: 'some'"),
+        ("train_rlhf.py", ["--steps", "many"], "invalid int value: 'many'"),
+    ],
+    "unknown name": [
+        ("train_classic.py", ["--algo", "sac"], "unknown --algo 'sac'; accepted: random_search"),
+        ("train_classic.py", ["--env", "CartPol-v1"], "unknown env id 'CartPol-v1': did you mean CartPole-v1"),
+        ("bench_classic.py", ["--algos", "sac"], "unknown --algos ['sac']; accepted: all, random_search"),
+        ("bench_classic.py", ["--impls", "trl"], "invalid choice: 'trl' (choose from 'ours', 'sb3')"),
+        ("pretrain.py", ["--preset", "huge"], "unknown --preset 'huge'; accepted: nano, tiny, small"),
+        ("sample.py", ["--model", "{nano}", "--reward", "politeness"], "unknown reward 'politeness'; accepted: length, format"),
+        ("train_rlhf.py", ["--algo", "dpo"], "unknown --algo 'dpo'; accepted: grpo, ppo"),
+        ("train_rlhf.py", ["--reward", "length,politeness"], "unknown reward 'politeness'"),
+    ],
+    "invalid value": [
+        ("train_classic.py", ["--gamma", "1.5"], "--gamma"),
+        ("evaluate_classic.py", ["{dir}/classic_run", "--episodes", "0"], "--episodes must be > 0, got 0"),
+        ("bench_classic.py", ["--seeds", "0"], "--seeds must be > 0, got 0"),
+        ("pretrain.py", ["--batch-size", "0"], "--batch-size must be > 0, got 0"),
+        ("sample.py", ["--model", "{nano}", "--temperature", "-1"], "--temperature >= 0"),
+        ("train_reward_model.py", ["--label-noise", "0.7"], "--label-noise must be in [0, 0.5)"),
+        ("train_rlhf.py", ["--num-generations", "1"], "--num-generations must be >= 2"),
+        ("train_rlhf.py", ["--num-minibatches", "5"], "do not split into 5 minibatches"),
+    ],
+    "missing file": [
+        ("train_classic.py", ["--config", "{dir}/none.yaml"], "cannot read --config {dir}/none.yaml"),
+        ("evaluate_classic.py", ["{dir}/none"], "{dir}/none has no config.json"),
+        ("bench_classic.py", ["--replot", "{dir}/none.json", "--plot", "{dir}/p.png"], "--replot needs an existing results JSON"),
+        ("pretrain.py", ["--data-dir", "{dir}"], "data file {dir}/pretrain.jsonl not found"),
+        ("sample.py", ["--model", "{dir}/none"], "model folder {dir}/none not found (no config.json)"),
+        ("train_reward_model.py", ["--data-dir", "{dir}"], "data file {dir}/preferences_train.jsonl not found"),
+        ("train_rlhf.py", ["--model", "{dir}/none"], "model folder {dir}/none not found"),
+        ("train_rlhf.py", ["--reward", "rm:{dir}/none"], "reward model folder {dir}/none not found"),
+    ],
+    "malformed file": [
+        ("train_classic.py", ["--config", "{dir}/not_json.jsonl"], "is not valid JSON"),
+        ("evaluate_classic.py", ["{dir}/classic_run"], "policy.safetensors is not a readable .safetensors file"),
+        ("bench_classic.py", ["--replot", "{dir}/not_json.jsonl", "--plot", "{dir}/p.png"], "is not a results JSON written by this script"),
+        ("sample.py", ["--model", "{dir}/corrupt_model"], "cannot load model '{dir}/corrupt_model'"),
+        ("sample.py", ["--model", "{nano}", "--prompts", "{dir}/no_prompt.jsonl"], "line 1 lacks a non-empty string field 'prompt'"),
+        ("train_rlhf.py", ["--prompts", "{dir}/not_json.jsonl"], "line 1 is not valid JSON"),
+    ],
+    "taken run folder": [(s, ["--run-dir", "{dir}/taken"], "run dir {dir}/taken already holds files; pass --overwrite")
+                         for s in ("train_classic.py", "pretrain.py", "train_reward_model.py", "train_rlhf.py")],
+}
+
+
+@pytest.mark.parametrize("script, args, message", [case for cases in CASES.values() for case in cases],
+                         ids=[f"{kind}: {script} {' '.join(args)}" for kind, cases in CASES.items() for script, args, _ in cases])
+def test_bad_input_gets_one_line_and_exit_2(script, args, message, files, monkeypatch, capsys):
+    fill = lambda text: text.format(**files)  # noqa: E731
+    if "--run-dir" not in args and script not in ("evaluate_classic.py", "bench_classic.py", "make_data.py", "sample.py"):
+        args = [*args, "--run-dir", "{dir}/fresh"]
+    monkeypatch.chdir(files["dir"])  # so that nothing a case wrongly writes lands in the repository
+    code, _, err = run_script(script, [fill(a) for a in args], monkeypatch, capsys)
+    assert code == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1 and fill(message) in err, err
+    assert not (files["dir"] / "fresh").exists()  # refused before any run folder was created
+    assert (files["dir"] / "taken" / "keep.txt").read_text() == "earlier results"
