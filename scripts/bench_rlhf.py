@@ -1,0 +1,317 @@
+#!/usr/bin/env python
+"""Our GRPO against TRL's GRPOTrainer on identical work (and our PPO with a critic beside them).
+
+    make bench-rlhf
+    python scripts/bench_rlhf.py --steps 30 --threads 1 2 --json bench/rlhf.json --md bench/rlhf.md
+
+Both get the same base model folder and tokenizer, the same training prompts in the same chat
+template, the same reward functions (length, format; weights 0.5/0.5), prompts per step,
+completions per prompt, max new tokens, temperature, learning rate (constant), beta, clip range,
+loss aggregation ("dapo") and number of optimizer steps: one step = one generation batch = one
+optimizer step. Each run is a fresh child process (so peak RSS is its own), started in turn:
+for every repeat and thread count, ours, then TRL, then PPO. TRL runs as its users would run it
+on CPU (use_cpu=True, bf16=False), with gradient checkpointing off (the small model does not need
+it and it costs TRL time). Each implementation is reported at its best thread count. After
+training, every policy is scored by the same evaluation: the eval prompts, fixed sampling seed,
+the same reward. Run it on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from classic_rl.runs import ConfigError, cli, require_positive, script_parser, write_json
+
+IMPLS = ("ours", "trl", "ppo")
+
+
+def parse_args():
+    parser = script_parser(__doc__)
+    parser.add_argument("--steps", type=int, default=30, help="Optimizer steps per run")
+    parser.add_argument("--prompts-per-step", type=int, default=4, help="Distinct prompts per step")
+    parser.add_argument("--num-generations", type=int, default=8, help="Completions per prompt (G)")
+    parser.add_argument("--max-completion-length", type=int, default=24, help="Max new tokens")
+    parser.add_argument("--learning-rate", type=float, default=5e-4, help="AdamW learning rate, constant")
+    parser.add_argument("--beta", type=float, default=0.04, help="KL coefficient to the reference")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", default=None, help="Base model folder (default: the cached default base model)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts to try for each implementation")
+    parser.add_argument("--repeats", type=int, default=1, help="Runs per (implementation, thread count)")
+    parser.add_argument("--impls", nargs="+", default=list(IMPLS), help=f"Which to run (accepted: {', '.join(IMPLS)})")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--json", default="bench/rlhf.json", help="Where to write the raw results")
+    parser.add_argument("--md", default="bench/rlhf.md", help="Where to write the Markdown table")
+    parser.add_argument("--worker", choices=IMPLS, help=argparse.SUPPRESS)  # internal: run one implementation here
+    args = parser.parse_args()
+    require_positive(steps=args.steps, prompts_per_step=args.prompts_per_step, num_generations=args.num_generations,
+                     max_completion_length=args.max_completion_length, learning_rate=args.learning_rate,
+                     repeats=args.repeats, **{f"threads ({t})": t for t in args.threads})
+    unknown = [i for i in args.impls if i not in IMPLS]
+    if unknown:
+        raise ConfigError(f"unknown --impls {unknown}; accepted: {', '.join(IMPLS)}")
+    if args.device not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown --device {args.device!r}; accepted: cpu, cuda")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda asked for, but torch sees no CUDA GPU")
+    return args
+
+
+# ---- shared by both workers -----------------------------------------------------------------------
+
+def rlhf_config(args, algo: str, run_dir: str):
+    from rlhf_toy.trainer import RLHFConfig
+
+    return RLHFConfig(algo=algo, model=args.model, steps=args.steps, seed=args.seed, prompts_per_step=args.prompts_per_step,
+                      num_generations=args.num_generations, max_completion_length=args.max_completion_length,
+                      learning_rate=args.learning_rate, beta=args.beta, kl_coef=args.beta, torch_threads=args.threads[0],
+                      log_completions_every=0, cpu=args.device == "cpu", run_dir=run_dir, overwrite=True)
+
+
+def model_flops_per_step(args, model, mean_completion_tokens: float, prompt_tokens: float, ppo: bool) -> float:
+    """Matmul FLOPs of one step, 2 * params per token per forward, backward twice the forward:
+    sampling and the reference forward (2 forwards), then one forward and backward (3): 10 * N * tokens;
+    PPO adds the critic's forward before and its forward and backward in the update (8 * N * tokens)."""
+    params = sum(p.numel() for p in model.parameters()) - model.transformer.wpe.weight.numel()  # lookups cost no matmul
+    tokens = args.prompts_per_step * args.num_generations * (prompt_tokens + mean_completion_tokens)
+    return (10 + (8 if ppo else 0)) * params * tokens
+
+
+def peak_matmul_flops(threads: int, n: int = 1024, repeats: int = 20) -> float:
+    """Measured fp32 matmul FLOP/s of this machine at this thread count (the denominator of MFU)."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - start)
+
+
+def evaluate_policy(policy, tokenizer, args) -> float:
+    """The same evaluation for every implementation: trainer.evaluate on the eval prompts, fixed seed."""
+    from rlhf_toy.data import DATA_DIR, load_prompts
+    from rlhf_toy.rewards import resolve_reward
+    from rlhf_toy.trainer import evaluate
+
+    cfg = rlhf_config(args, "grpo", "unused")
+    return evaluate(policy.eval(), tokenizer, load_prompts(DATA_DIR / "prompts_eval.jsonl"), resolve_reward(), cfg)["reward"]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+# ---- workers: one implementation in this process -----------------------------------------------
+
+def run_ours(args, algo: str) -> dict:
+    from rlhf_toy.models import load_model, load_tokenizer
+    from rlhf_toy.trainer import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = rlhf_config(args, algo, tmp)
+        summary = train(cfg)
+        rows = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
+        policy = load_model(str(Path(tmp) / "model"))
+        tokenizer = load_tokenizer(str(Path(tmp) / "model"))
+    split = {part: sum(r[f"time/{key}_s"] for r in rows) for part, key in
+             (("generation", "generate"), ("scoring", "reward"), ("update", "update"))}
+    return {"train_s": summary["wall_s"], "split_s": split, "eval_reward": summary["reward_after"],
+            "completion_tokens": sum(r["completions/mean_length"] for r in rows) * cfg.completions_per_step,
+            "mean_completion_tokens": sum(r["completions/mean_length"] for r in rows) / len(rows),
+            "policy": policy, "tokenizer": tokenizer}
+
+
+def run_trl(args) -> dict:
+    import datasets
+    import transformers
+    from trl import GRPOConfig, GRPOTrainer
+
+    from rlhf_toy.data import DATA_DIR, load_prompts
+    from rlhf_toy.models import format_prompt, load_model, load_tokenizer
+    from rlhf_toy.pretrain import default_base_model
+    from rlhf_toy.rewards import resolve_reward
+
+    model_dir = args.model or default_base_model()
+    reward = resolve_reward()  # the same functions and weights as ours
+    functions = []
+    for name, fn in reward.functions.items():
+        def named(prompts, completions, _fn=fn, **_):
+            return _fn(prompts, completions)
+        named.__name__ = name
+        functions.append(named)
+    prompts = datasets.Dataset.from_dict({"prompt": [format_prompt(p) for p in load_prompts(DATA_DIR / "prompts_train.jsonl")]})
+    with tempfile.TemporaryDirectory() as tmp:
+        config = GRPOConfig(
+            output_dir=tmp, max_steps=args.steps, seed=args.seed, learning_rate=args.learning_rate, lr_scheduler_type="constant",
+            weight_decay=0.0, max_grad_norm=1.0, per_device_train_batch_size=args.prompts_per_step * args.num_generations,
+            gradient_accumulation_steps=1, steps_per_generation=1, num_generations=args.num_generations,
+            max_completion_length=args.max_completion_length, temperature=1.0, beta=args.beta, epsilon=0.2,
+            loss_type="dapo", scale_rewards="group", num_iterations=1, reward_weights=reward.weights,
+            use_cpu=args.device == "cpu", bf16=args.device == "cuda", gradient_checkpointing=False,
+            logging_steps=1, report_to="none", save_strategy="no", disable_tqdm=True, dataloader_num_workers=0)
+        trainer = GRPOTrainer(model=load_model(model_dir), reward_funcs=functions, args=config, train_dataset=prompts,
+                              processing_class=load_tokenizer(model_dir))
+        timer = StepTimer(trainer)
+        trainer.add_callback(timer)
+        trainer.train()
+        policy = trainer.accelerator.unwrap_model(trainer.model)
+    lengths = [log["completions/mean_length"] for log in timer.logs if "completions/mean_length" in log]
+    transformers.logging.set_verbosity_error()
+    return {"train_s": timer.total, "split_s": {"generation": timer.parts["generation"], "scoring": timer.parts["scoring"],
+                                                "update": timer.total - timer.parts["generation"] - timer.parts["scoring"]},
+            "completion_tokens": sum(lengths) * args.prompts_per_step * args.num_generations,
+            "mean_completion_tokens": sum(lengths) / len(lengths), "policy": policy, "tokenizer": trainer.processing_class}
+
+
+class StepTimer(TrainerCallback):
+    """Times each optimizer step of a TRL trainer, and the generation and reward calls inside it."""
+
+    def __init__(self, trainer):
+        self.total, self.parts, self.logs, self._start = 0.0, {"generation": 0.0, "scoring": 0.0}, [], 0.0
+        for method, part in (("_generate", "generation"), ("_calculate_rewards", "scoring")):
+            setattr(trainer, method, self._timed(getattr(trainer, method), part))
+
+    def _timed(self, fn, part: str):
+        def wrapper(*a, **kw):
+            start = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                self.parts[part] += time.perf_counter() - start
+        return wrapper
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.total += time.perf_counter() - self._start
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append(dict(logs or {}))
+
+
+def worker(args) -> None:
+    """Run one implementation at args.threads[0] threads and print its result as the last line."""
+    threads = args.threads[0]
+    torch.set_num_threads(threads)
+    from rlhf_toy.data import DATA_DIR, load_prompts
+    from rlhf_toy.models import format_prompt
+
+    result = run_trl(args) if args.worker == "trl" else run_ours(args, "ppo" if args.worker == "ppo" else "grpo")
+    policy, tokenizer = result.pop("policy"), result.pop("tokenizer")
+    rss = peak_rss_mb()  # before evaluation, which is the same for all and not part of training
+    result["eval_reward"] = evaluate_policy(policy, tokenizer, args)
+    prompts = [format_prompt(p) for p in load_prompts(DATA_DIR / "prompts_train.jsonl")]
+    prompt_tokens = sum(len(ids) for ids in tokenizer(prompts)["input_ids"]) / len(prompts)
+    completions = args.steps * args.prompts_per_step * args.num_generations
+    flops = model_flops_per_step(args, policy, result.pop("mean_completion_tokens"), prompt_tokens, args.worker == "ppo")
+    result.update({"impl": args.worker, "threads": threads, "sec_per_step": result["train_s"] / args.steps,
+                   "completions_per_s": completions / result["train_s"], "tokens_per_s": result["completion_tokens"] / result["train_s"],
+                   "peak_rss_mb": rss, "model_tflops_per_step": flops / 1e12, "achieved_gflops": flops * args.steps / result["train_s"] / 1e9})
+    print("RESULT " + json.dumps(result))
+
+
+# ---- the driver --------------------------------------------------------------------------------
+
+def launch(args, impl: str, threads: int) -> dict:
+    flags = ["--worker", impl, "--threads", str(threads)]
+    for name in ("steps", "prompts_per_step", "num_generations", "max_completion_length", "learning_rate", "beta", "seed", "device"):
+        flags += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    if args.model:
+        flags += ["--model", args.model]
+    done = subprocess.run([sys.executable, __file__, *flags], capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode or not lines:
+        raise RuntimeError(f"{impl} at {threads} threads failed:\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def best_by_impl(runs: list[dict]) -> dict[str, dict]:
+    """Per implementation, the thread count with the highest mean completions/s, averaged over repeats."""
+    best = {}
+    for impl in dict.fromkeys(r["impl"] for r in runs):
+        by_threads = {}
+        for r in runs:
+            if r["impl"] == impl:
+                by_threads.setdefault(r["threads"], []).append(r)
+        mean = lambda rs, key: sum(r[key] for r in rs) / len(rs)  # noqa: E731
+        threads, group = max(by_threads.items(), key=lambda kv: mean(kv[1], "completions_per_s"))
+        best[impl] = {key: mean(group, key) for key in ("completions_per_s", "sec_per_step", "tokens_per_s", "eval_reward",
+                                                         "peak_rss_mb", "achieved_gflops", "model_tflops_per_step")}
+        best[impl]["split_s"] = {part: sum(r["split_s"][part] for r in group) / len(group) for part in group[0]["split_s"]}
+        best[impl].update(threads=threads, repeats=len(group))
+    return best
+
+
+def markdown(best: dict[str, dict], peak_gflops: dict[int, float]) -> str:
+    names = {"ours": "ours, GRPO", "trl": "TRL GRPOTrainer", "ppo": "ours, PPO + critic"}
+    lines = ["| implementation | threads | s/step | completions/s | gen. tokens/s | generation / scoring / update s | "
+             "peak RSS MB | eval reward | MFU |", "|---|---|---|---|---|---|---|---|---|"]
+    for impl, b in best.items():
+        split = " / ".join(f"{b['split_s'][p]:.1f}" for p in ("generation", "scoring", "update"))
+        mfu = b["achieved_gflops"] / peak_gflops[b["threads"]]
+        lines.append(f"| {names[impl]} | {b['threads']} | {b['sec_per_step']:.3f} | {b['completions_per_s']:.0f} | "
+                     f"{b['tokens_per_s']:.0f} | {split} | {b['peak_rss_mb']:.0f} | {b['eval_reward']:.3f} | {mfu:.2%} |")
+    if "ours" in best and "trl" in best:
+        lines.append(f"\nours / TRL: {best['ours']['completions_per_s'] / best['trl']['completions_per_s']:.2f}x completions/s")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    return f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__}, python {platform.python_version()}"
+
+
+@cli
+def main() -> None:
+    args = parse_args()
+    if args.worker:
+        worker(args)
+        return
+    try:
+        import trl
+    except ImportError:
+        raise ConfigError("trl is not installed; run `make setup-bench` (the [bench] extra)") from None
+    from rlhf_toy.pretrain import default_base_model
+
+    args.model = args.model or default_base_model()  # built once here, not inside a timed run
+    peak = {t: peak_matmul_flops(t) / 1e9 for t in args.threads}
+    print(f"{machine()}; fp32 matmul peak (1024^3): " + ", ".join(f"{g:.0f} GFLOP/s at {t} thread(s)" for t, g in peak.items()))
+    runs = []
+    for repeat in range(args.repeats):
+        for threads in args.threads:
+            for impl in args.impls:
+                r = launch(args, impl, threads)
+                runs.append(r)
+                print(f"[{repeat + 1}/{args.repeats}] {impl} at {threads} thread(s): {r['sec_per_step']:.3f} s/step, "
+                      f"{r['completions_per_s']:.0f} completions/s, peak RSS {r['peak_rss_mb']:.0f} MB, "
+                      f"eval reward {r['eval_reward']:.3f}", flush=True)
+    best = best_by_impl(runs)
+    table = markdown(best, peak)
+    print(table)
+    settings = {k: getattr(args, k) for k in ("steps", "prompts_per_step", "num_generations", "max_completion_length",
+                                              "learning_rate", "beta", "seed", "threads", "repeats", "device", "model")}
+    for path in (args.json, args.md):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_json(args.json, {**best, "settings": settings, "machine": machine(), "trl_version": trl.__version__,
+                           "peak_matmul_gflops": peak, "runs": runs})
+    Path(args.md).write_text(f"{machine()}\n\n{table}\n")
+    print(f"wrote {args.json} and {args.md}")
+
+
+if __name__ == "__main__":
+    main()
