@@ -20,7 +20,7 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from classic_rl import core
-from rlhf_toy.sampling import SamplingConfig, encode_prompts
+from rlhf_toy.sampling import SamplingConfig, encode_prompts, sample_sequences
 
 
 @dataclass
@@ -59,9 +59,10 @@ def completion_logits(model: PreTrainedModel, input_ids: Tensor, attention_mask:
     return_hidden also gives the last hidden states at the same positions `[B, C, H]` (the state
     before each completion token, which a shared-trunk value head reads).
     """
+    completion_length = input_ids.shape[1] - prompt_length
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-                output_hidden_states=return_hidden)
-    logits = out.logits[:, prompt_length - 1: -1].float() / max(temperature, 1e-6)
+                output_hidden_states=return_hidden, logits_to_keep=completion_length + 1)  # no vocabulary projection of the prompt
+    logits = out.logits[:, :-1].float() / max(temperature, 1e-6)
     if return_hidden:
         return logits, out.hidden_states[-1][:, prompt_length - 1: -1]
     return logits
@@ -81,15 +82,15 @@ def sample_rollout(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
                    ref_model: PreTrainedModel | None = None) -> Rollout:
     """Sample one completion per prompt (repeat prompts for groups) and score it under policy and reference."""
     batch = encode_prompts(tokenizer, prompts, sampling.max_new_tokens, policy).to(policy.device)
-    out = policy.generate(**batch, generation_config=sampling.generation_config(tokenizer, with_logits=True))
+    sequences, step_logits = sample_sequences(policy, tokenizer, batch, sampling)
     prompt_length = batch["input_ids"].shape[1]
-    completion_ids = out.sequences[:, prompt_length:]
+    completion_ids = sequences[:, prompt_length:]
     completion_mask, is_truncated = completion_mask_from_ids(completion_ids, tokenizer.eos_token_id)
     temperature = sampling.temperature or 1.0
-    # generate's raw logits, one [B, V] per step: log-probs per step keeps memory at [B, V], not [B, C, V]
-    old_logprobs = torch.stack([core.logprobs_from_logits(step_logits.float() / temperature, completion_ids[:, t])
-                                for t, step_logits in enumerate(out.logits)], dim=1) * completion_mask
-    input_ids = out.sequences
+    # the raw logits of each step, [B, V]: log-probs per step keep memory at [B, V], not [B, C, V]
+    old_logprobs = torch.stack([core.logprobs_from_logits(logits.float() / temperature, completion_ids[:, t])
+                                for t, logits in enumerate(step_logits)], dim=1) * completion_mask
+    input_ids = sequences
     attention_mask = torch.cat([batch["attention_mask"], completion_mask.long()], dim=1)
     ref_logprobs = None
     if ref_model is not None:

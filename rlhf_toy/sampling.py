@@ -1,13 +1,21 @@
-"""Batched sampling from a causal LM with transformers' `generate` (KV cache, left padding)."""
+"""Batched sampling from a causal LM with a KV cache and left padding: rlhf_toy.fast_decode for GPT-2-family
+models, transformers' `generate` for the rest."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    GenerationConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from classic_rl.runs import ConfigError, config_field
+from rlhf_toy.fast_decode import sample_gpt2, supports_fast_decode
 from rlhf_toy.models import format_prompt
 
 
@@ -32,6 +40,35 @@ class SamplingConfig:
             temperature=None if greedy else self.temperature, top_k=None if greedy else self.top_k,
             top_p=None if greedy else self.top_p,
             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+
+
+    def next_tokens(self, logits: torch.Tensor) -> torch.Tensor:
+        """The next token `[B]` from raw logits `[B, V]`: argmax at temperature 0, else a sample of
+        softmax(logits / T) after top-k / top-p filtering (transformers' warpers), as generate does.
+
+        Sampling inverts the CDF with one uniform per row: torch.multinomial (generate's choice) was a
+        quarter of CPU decoding time here, and the distribution is the same."""
+        if self.temperature == 0:
+            return logits.argmax(-1)
+        scores = logits.float() / self.temperature
+        if self.top_k:
+            scores = TopKLogitsWarper(self.top_k)(None, scores)
+        if self.top_p < 1:
+            scores = TopPLogitsWarper(self.top_p)(None, scores)
+        cdf = scores.softmax(-1).cumsum_(-1)
+        uniform = torch.rand(len(cdf), 1, device=cdf.device) * cdf[:, -1:]
+        return torch.searchsorted(cdf, uniform).squeeze(1).clamp_(max=cdf.shape[-1] - 1)
+
+
+def sample_sequences(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch: dict[str, torch.Tensor],
+                     sampling: SamplingConfig) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """(sequences `[B, P + C]`, raw logits of each generated step `C x [B, V]`) for an encoded batch:
+    GPT-2-family models decode with rlhf_toy.fast_decode, others with transformers' generate."""
+    if supports_fast_decode(model):
+        return sample_gpt2(model, batch["input_ids"], batch["attention_mask"], sampling.max_new_tokens, sampling.next_tokens,
+                           tokenizer.eos_token_id, tokenizer.pad_token_id)
+    out = model.generate(**batch, generation_config=sampling.generation_config(tokenizer, with_logits=True))
+    return out.sequences, out.logits
 
 
 def context_length(model: PreTrainedModel) -> int:
@@ -60,5 +97,5 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
     batch = encode_prompts(tokenizer, prompts, sampling.max_new_tokens, model).to(model.device)
     if seed is not None:
         torch.manual_seed(seed)
-    out = model.generate(**batch, generation_config=sampling.generation_config(tokenizer))
-    return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    sequences, _ = sample_sequences(model, tokenizer, batch, sampling)
+    return tokenizer.batch_decode(sequences[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)

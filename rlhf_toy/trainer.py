@@ -2,7 +2,7 @@
 
     for step in 1..steps:
         prompts   = next prompts_per_step prompts, each repeated num_generations times
-        rollout   = sample_rollout(policy, prompts)          # KV-cache generate, old/ref log-probs
+        rollout   = sample_rollout(policy, prompts)          # KV-cache sampling, old/ref log-probs
         rewards   = reward(prompts, completions)             # rule, user function or reward model
         metrics   = grpo_update(...) or ppo_update(...)      # all loss math from classic_rl.core
 """

@@ -311,3 +311,32 @@ def test_ppo_refuses_several_processes_and_single_process_scripts_refuse_a_launc
     monkeypatch.setenv("WORLD_SIZE", "2")
     code, _, err = run_script("pretrain.py", ["--run-dir", str(tmp_path / "p")], monkeypatch, capsys)
     assert code == 2 and "pretrain.py runs in one process, but was launched in 2" in err and err.count("\n") == 1
+
+
+# ---- fast decoding -------------------------------------------------------------------------------------
+
+def test_fast_decode_matches_generate_token_for_token_and_logit_for_logit(policy_and_tokenizer):
+    from rlhf_toy.fast_decode import sample_gpt2, supports_fast_decode
+    from rlhf_toy.sampling import encode_prompts
+
+    policy, tokenizer = policy_and_tokenizer
+    greedy = SamplingConfig(max_new_tokens=16, temperature=0)
+    batch = encode_prompts(tokenizer, ["Describe a fox.", "Tell me about Ada and the lake in 8 words.", "Hi."], 16, policy)
+    assert supports_fast_decode(policy) and batch["attention_mask"].min() == 0  # left padding is exercised
+    with torch.inference_mode():
+        reference = policy.generate(**batch, generation_config=greedy.generation_config(tokenizer, with_logits=True))
+        sequences, logits = sample_gpt2(policy, batch["input_ids"], batch["attention_mask"], 16, greedy.next_tokens,
+                                        tokenizer.eos_token_id, tokenizer.pad_token_id)
+    assert torch.equal(sequences, reference.sequences)
+    assert len(logits) == len(reference.logits)
+    assert max((a - b).abs().max().item() for a, b in zip(logits, reference.logits, strict=True)) < 1e-4
+
+
+def test_next_tokens_samples_the_softmax_and_respects_top_k_and_top_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2, 0.0]])).expand(20_000, 4)
+    torch.manual_seed(0)
+    counts = torch.bincount(SamplingConfig(temperature=1.0).next_tokens(logits), minlength=4).float() / 20_000
+    assert torch.allclose(counts, torch.tensor([0.5, 0.3, 0.2, 0.0]), atol=0.015), counts
+    assert set(SamplingConfig(top_k=2).next_tokens(logits).tolist()) == {0, 1}
+    assert set(SamplingConfig(top_p=0.5).next_tokens(logits).tolist()) == {0}
+    assert set(SamplingConfig(temperature=0).next_tokens(logits).tolist()) == {0}
