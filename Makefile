@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: setup setup-bench test test-slow demo demo-classic bench lint clean
+.PHONY: setup setup-bench test test-slow demo demo-classic bench bench-rlhf lint clean
 
 setup: $(STAMP)
 
@@ -26,7 +26,7 @@ setup-bench: $(BENCH_STAMP)
 test: setup
 	$(PY) -m pytest
 
-test-slow: setup
+test-slow: setup-bench
 	$(PY) -m pytest -m slow
 
 # The main job: build the default base model if absent (~4 min, once), GRPO with the default
@@ -40,6 +40,11 @@ demo-classic: setup
 
 bench: setup-bench
 	$(PY) scripts/bench_classic.py
+	$(PY) scripts/bench_rlhf.py
+
+# Our GRPO (and PPO) against TRL's GRPOTrainer on identical work: bench/rlhf.{md,json} (~4 min).
+bench-rlhf: setup-bench
+	$(PY) scripts/bench_rlhf.py --steps 30 --threads 1 2 --repeats 2
 
 lint: setup
 	$(VENV)/bin/ruff check .

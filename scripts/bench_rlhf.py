@@ -63,6 +63,10 @@ def parse_args():
         raise ConfigError(f"unknown --impls {unknown}; accepted: {', '.join(IMPLS)}")
     if args.device not in ("cpu", "cuda"):
         raise ConfigError(f"unknown --device {args.device!r}; accepted: cpu, cuda")
+    if args.model:
+        from rlhf_toy.models import check_model_exists
+
+        check_model_exists(args.model)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda asked for, but torch sees no CUDA GPU")
     return args

@@ -6,7 +6,7 @@ import pytest
 from tests.conftest import run_script
 
 SCRIPTS = ["train_classic.py", "evaluate_classic.py", "bench_classic.py", "make_data.py", "pretrain.py", "sample.py",
-           "train_reward_model.py", "train_rlhf.py"]
+           "train_reward_model.py", "train_rlhf.py", "bench_rlhf.py"]
 
 
 @pytest.fixture
@@ -41,6 +41,7 @@ CASES = {
         ("sample.py", ["--n", "all"], "invalid int value: 'all'"),
         ("train_reward_model.py", ["--label-noise", "some"], "invalid float value: 'some'"),
         ("train_rlhf.py", ["--steps", "many"], "invalid int value: 'many'"),
+        ("bench_rlhf.py", ["--learning-rate", "high"], "invalid float value: 'high'"),
     ],
     "unknown name": [
         ("train_classic.py", ["--algo", "sac"], "unknown --algo 'sac'; accepted: random_search"),
@@ -51,6 +52,7 @@ CASES = {
         ("sample.py", ["--model", "{nano}", "--reward", "politeness"], "unknown reward 'politeness'; accepted: length, format"),
         ("train_rlhf.py", ["--algo", "dpo"], "unknown --algo 'dpo'; accepted: grpo, ppo"),
         ("train_rlhf.py", ["--reward", "length,politeness"], "unknown reward 'politeness'"),
+        ("bench_rlhf.py", ["--impls", "ours", "openrlhf"], "unknown --impls ['openrlhf']; accepted: ours, trl, ppo"),
     ],
     "invalid value": [
         ("train_classic.py", ["--gamma", "1.5"], "--gamma"),
@@ -61,6 +63,7 @@ CASES = {
         ("train_reward_model.py", ["--label-noise", "0.7"], "--label-noise must be in [0, 0.5)"),
         ("train_rlhf.py", ["--num-generations", "1"], "--num-generations must be >= 2"),
         ("train_rlhf.py", ["--num-minibatches", "5"], "do not split into 5 minibatches"),
+        ("bench_rlhf.py", ["--steps", "0"], "--steps must be > 0, got 0"),
     ],
     "missing file": [
         ("train_classic.py", ["--config", "{dir}/none.yaml"], "cannot read --config {dir}/none.yaml"),
@@ -71,6 +74,7 @@ CASES = {
         ("train_reward_model.py", ["--data-dir", "{dir}"], "data file {dir}/preferences_train.jsonl not found"),
         ("train_rlhf.py", ["--model", "{dir}/none"], "model folder {dir}/none not found"),
         ("train_rlhf.py", ["--reward", "rm:{dir}/none"], "reward model folder {dir}/none not found"),
+        ("bench_rlhf.py", ["--model", "{dir}/none"], "model folder {dir}/none not found"),
     ],
     "malformed file": [
         ("train_classic.py", ["--config", "{dir}/not_json.jsonl"], "is not valid JSON"),
@@ -89,7 +93,8 @@ CASES = {
                          ids=[f"{kind}: {script} {' '.join(args)}" for kind, cases in CASES.items() for script, args, _ in cases])
 def test_bad_input_gets_one_line_and_exit_2(script, args, message, files, monkeypatch, capsys):
     fill = lambda text: text.format(**files)  # noqa: E731
-    if "--run-dir" not in args and script not in ("evaluate_classic.py", "bench_classic.py", "make_data.py", "sample.py"):
+    if "--run-dir" not in args and script not in ("evaluate_classic.py", "bench_classic.py", "make_data.py", "sample.py",
+                                                  "bench_rlhf.py"):
         args = [*args, "--run-dir", "{dir}/fresh"]
     monkeypatch.chdir(files["dir"])  # so that nothing a case wrongly writes lands in the repository
     code, _, err = run_script(script, [fill(a) for a in args], monkeypatch, capsys)

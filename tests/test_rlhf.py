@@ -340,3 +340,17 @@ def test_next_tokens_samples_the_softmax_and_respects_top_k_and_top_p():
     assert set(SamplingConfig(top_k=2).next_tokens(logits).tolist()) == {0, 1}
     assert set(SamplingConfig(top_p=0.5).next_tokens(logits).tolist()) == {0}
     assert set(SamplingConfig(temperature=0).next_tokens(logits).tolist()) == {0}
+
+
+@pytest.mark.slow
+def test_bench_rlhf_runs_ours_trl_and_ppo_and_writes_the_table(nano_dir, tmp_path):
+    args = ["--model", nano_dir, "--steps", "2", "--threads", "1", "--prompts-per-step", "2", "--num-generations", "2",
+            "--max-completion-length", "8", "--json", str(tmp_path / "b.json"), "--md", str(tmp_path / "b.md")]
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_rlhf.py"), *args], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = json.loads((tmp_path / "b.json").read_text())
+    for impl in ("ours", "trl", "ppo"):
+        assert table[impl]["completions_per_s"] > 0 and table[impl]["sec_per_step"] > 0 and table[impl]["peak_rss_mb"] > 100
+        assert 0 <= table[impl]["eval_reward"] <= 1
+    assert "TRL GRPOTrainer" in (tmp_path / "b.md").read_text()
