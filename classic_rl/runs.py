@@ -179,12 +179,12 @@ def start_run(cfg: Any, main_process: bool = True, **extra_config: Any) -> tuple
     """Open cfg.run_dir for a run, write config.json (cfg's fields plus extra_config), and set
     torch threads and all seeds. Returns (run folder, checkpoint to resume from or None).
 
-    A fresh run gets a new, checked folder; with cfg.resume (when cfg has it) the newest complete
-    checkpoint of the existing run is returned instead. cfg needs run_dir, overwrite,
-    torch_threads and seed, and may have resume and keep_checkpoints. The other processes of a
-    multi-process run (main_process=False) only find the checkpoint and set threads and seeds.
+    A fresh run gets a new, checked folder; with cfg.resume the newest complete checkpoint of the
+    existing run is returned instead. cfg is a RunFields with run_dir, torch_threads and seed. The
+    other processes of a multi-process run (main_process=False) only find the checkpoint and set
+    threads and seeds.
     """
-    resume = getattr(cfg, "resume", False)
+    resume = cfg.resume
     checkpoint = None
     if resume:
         if cfg.overwrite:
@@ -352,6 +352,26 @@ def config_field(default: Any, help: str, **kwargs: Any) -> Any:
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata={"help": help, **kwargs})
     return dataclasses.field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclasses.dataclass
+class RunFields:
+    """The run-folder and checkpoint fields every training config shares (each config adds run_dir,
+    seed and torch_threads, whose defaults differ)."""
+
+    overwrite: bool = config_field(False, "Replace an existing run in --run-dir")
+    save_every: int = config_field(0, "Write a checkpoint every this many steps (env steps in classic RL; 0: only on "
+                                      "Ctrl-C or a non-finite loss)")
+    keep_checkpoints: int = config_field(2, "How many checkpoints to keep")
+    resume: bool = config_field(False, "Continue the run in --run-dir from its newest checkpoint")
+
+    def __post_init__(self):
+        require_positive(keep_checkpoints=self.keep_checkpoints)
+        require_nonnegative(save_every=self.save_every)
+
+    def checkpoint_due(self, step: int, stop: StopRequest) -> bool:
+        """Save after this step: a --save-every multiple, or Ctrl-C asked for it."""
+        return bool(self.save_every and step % self.save_every == 0) or stop.requested
 
 
 def load_config_file(path: str) -> dict[str, Any]:

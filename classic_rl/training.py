@@ -19,10 +19,12 @@ from classic_rl.runs import (
     Checkpoints,
     ConfigError,
     NonFiniteError,
+    RunFields,
     RunLogger,
     StopRequest,
     config_field,
     plot_lines,
+    require_nonnegative,
     require_positive,
     rng_state,
     set_rng_state,
@@ -32,7 +34,7 @@ from classic_rl.runs import (
 
 
 @dataclass
-class ClassicConfig:
+class ClassicConfig(RunFields):
     """Fields every classic algorithm takes; each algorithm's config extends this."""
 
     env: str = config_field("CartPole-v1", "Gymnasium env id")
@@ -45,17 +47,12 @@ class ClassicConfig:
     eval_episodes: int = config_field(10, "Episodes per evaluation, run side by side with the greedy policy")
     torch_threads: int = config_field(1, "torch.set_num_threads: small MLPs on CPU are fastest with 1")
     run_dir: str = config_field("runs/classic", "Folder for config.json, metrics.jsonl, summary.json, plots, policy")
-    overwrite: bool = config_field(False, "Replace an existing run in --run-dir")
-    save_every: int = config_field(0, "Write a checkpoint every this many env steps (0: only on Ctrl-C; ppo, a2c, dqn)")
-    keep_checkpoints: int = config_field(2, "How many checkpoints to keep")
-    resume: bool = config_field(False, "Continue the run in --run-dir from its newest checkpoint")
 
     def __post_init__(self):
         envs.check_env_id(self.env)
-        require_positive(total_timesteps=self.total_timesteps, eval_episodes=self.eval_episodes, torch_threads=self.torch_threads,
-                         keep_checkpoints=self.keep_checkpoints)
-        if self.eval_every < 0 or self.save_every < 0:
-            raise ConfigError(f"--eval-every and --save-every must be >= 0 (0 disables), got {self.eval_every} and {self.save_every}")
+        super().__post_init__()
+        require_positive(total_timesteps=self.total_timesteps, eval_episodes=self.eval_episodes, torch_threads=self.torch_threads)
+        require_nonnegative(eval_every=self.eval_every)
 
     @property
     def solved_threshold(self) -> float | None:

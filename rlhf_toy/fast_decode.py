@@ -43,11 +43,11 @@ def sample_gpt2(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tenso
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, past_key_values=cache,
                    use_cache=True, logits_to_keep=1).logits[:, -1]  # the vocabulary projection for the last position only
     total = prompt_length + max_new_tokens
-    keys = [input_ids.new_zeros(()).float().new_zeros(batch, heads, total, head_dim) for _ in gpt.h]
-    values = [k.clone() for k in keys]
-    for layer, (k, v) in enumerate(zip(keys, values, strict=True)):
-        k[:, :, :prompt_length] = cache.layers[layer].keys
-        v[:, :, :prompt_length] = cache.layers[layer].values
+    keys, values = [], []
+    for layer in cache.layers:  # buffers of the cache's dtype and device, holding the prompt's keys and values
+        for buffers, filled in ((keys, layer.keys), (values, layer.values)):
+            buffers.append(filled.new_zeros(batch, heads, total, head_dim))
+            buffers[-1][:, :, :prompt_length] = filled
     allowed = torch.zeros(batch, 1, 1, total, dtype=torch.bool, device=input_ids.device)
     allowed[:, 0, 0, :prompt_length] = attention_mask.bool()
     position = positions[:, -1]

@@ -21,6 +21,7 @@ from classic_rl.runs import (
     Checkpoints,
     ConfigError,
     NonFiniteError,
+    RunFields,
     RunLogger,
     StopRequest,
     check_finite,
@@ -45,7 +46,7 @@ from rlhf_toy.models import (
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(RunFields):
     preset: str = config_field("tiny", f"Model size: {', '.join(MODEL_PRESETS)}")
     seed: int = config_field(0, "Seeds python, numpy, torch and batch order")
     data_dir: str = config_field(str(data.DATA_DIR), "Folder with pretrain.jsonl and sft.jsonl (scripts/make_data.py writes them)")
@@ -63,19 +64,14 @@ class PretrainConfig:
     torch_threads: int = config_field(2, "torch.set_num_threads (matmuls of this size use both cores)")
     cpu: bool = config_field(False, "Train on CPU even when an accelerator is present")
     run_dir: str = config_field("runs/pretrain", "Output folder (model/ holds the save_pretrained model and tokenizer)")
-    overwrite: bool = config_field(False, "Replace an existing run in --run-dir")
-    save_every: int = config_field(0, "Write a checkpoint every this many steps (0: only on Ctrl-C or a non-finite loss)")
-    keep_checkpoints: int = config_field(2, "How many checkpoints to keep")
-    resume: bool = config_field(False, "Continue the run in --run-dir from its newest checkpoint")
 
     def __post_init__(self):
+        super().__post_init__()
         if self.preset not in MODEL_PRESETS:
             raise ConfigError(f"unknown --preset {self.preset!r}; accepted: {', '.join(MODEL_PRESETS)}")
         require_positive(vocab_size=self.vocab_size, n_positions=self.n_positions, batch_size=self.batch_size,
                          max_steps=self.max_steps, learning_rate=self.learning_rate, grad_clip=self.grad_clip,
-                         eval_every=self.eval_every, torch_threads=self.torch_threads, keep_checkpoints=self.keep_checkpoints)
-        if self.save_every < 0:
-            raise ConfigError(f"--save-every must be >= 0 (0 disables), got {self.save_every}")
+                         eval_every=self.eval_every, torch_threads=self.torch_threads)
         if not 0 < self.val_fraction < 1 or not 0 <= self.min_lr_ratio <= 1 or self.warmup_steps < 0:
             raise ConfigError("--val-fraction must be in (0, 1), --min-lr-ratio in [0, 1] and --warmup-steps >= 0")
 
@@ -185,7 +181,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                 metrics["eval/loss"] = heldout_loss(model, val_blocks, cfg.batch_size, device)
             logger.log(step, metrics)
             progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}", refresh=False)
-            if (cfg.save_every and step % cfg.save_every == 0) or stop.requested:
+            if cfg.checkpoint_due(step, stop):
                 save(step, stop)
 
     model_dir = run_dir / "model"

@@ -25,12 +25,12 @@ from classic_rl.runs import (
     Checkpoints,
     ConfigError,
     NonFiniteError,
+    RunFields,
     RunLogger,
     StopRequest,
     check_finite,
     config_field,
     plot_scatter,
-    require_nonnegative,
     require_positive,
     set_rng_state,
     start_run,
@@ -51,7 +51,7 @@ from rlhf_toy.sampling import SamplingConfig, context_length, generate
 
 
 @dataclass
-class RewardModelConfig:
+class RewardModelConfig(RunFields):
     model: str | None = config_field(None, "Backbone to start from (default: the cached default base model)")
     data_dir: str = config_field(str(DATA_DIR), "Folder with preferences_train.jsonl, preferences_eval.jsonl, prompts_eval.jsonl")
     label_noise: float = config_field(0.0, "Probability of flipping each training label (a noisy human labeller)")
@@ -65,17 +65,12 @@ class RewardModelConfig:
     torch_threads: int = config_field(2, "torch.set_num_threads")
     cpu: bool = config_field(False, "Train on CPU even when an accelerator is present")
     run_dir: str = config_field("runs/reward_model", "Output folder (model/ is what rm:DIR loads: give rm:RUN_DIR/model)")
-    overwrite: bool = config_field(False, "Replace an existing run in --run-dir")
-    save_every: int = config_field(0, "Write a checkpoint every this many steps (0: only on Ctrl-C or a non-finite loss)")
-    keep_checkpoints: int = config_field(2, "How many checkpoints to keep")
-    resume: bool = config_field(False, "Continue the run in --run-dir from its newest checkpoint")
 
     def __post_init__(self):
+        super().__post_init__()
         require_positive(steps=self.steps, batch_size=self.batch_size, learning_rate=self.learning_rate,
                          max_grad_norm=self.max_grad_norm, eval_every=self.eval_every,
-                         spearman_samples=self.spearman_samples, torch_threads=self.torch_threads,
-                         keep_checkpoints=self.keep_checkpoints)
-        require_nonnegative(save_every=self.save_every)
+                         spearman_samples=self.spearman_samples, torch_threads=self.torch_threads)
         if not 0 <= self.label_noise < 0.5:
             raise ConfigError(f"--label-noise must be in [0, 0.5) (at 0.5 labels carry no signal), got {self.label_noise}")
 
@@ -207,7 +202,7 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
                 metrics["eval/accuracy"] = pair_accuracy(model, tokenizer, eval_rows)
             logger.log(step, metrics)
             progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", refresh=False)
-            if (cfg.save_every and step % cfg.save_every == 0) or stop.requested:
+            if cfg.checkpoint_due(step, stop):
                 save(step, stop)
     train_s = logger.elapsed()
 

@@ -25,6 +25,7 @@ from classic_rl.runs import (
     Checkpoints,
     ConfigError,
     NonFiniteError,
+    RunFields,
     RunLogger,
     StopRequest,
     config_field,
@@ -50,7 +51,7 @@ CRITICS = ("separate", "shared")
 
 
 @dataclass
-class RLHFConfig:
+class RLHFConfig(RunFields):
     algo: str = config_field("grpo", f"RL algorithm: {', '.join(ALGOS)}")
     model: str | None = config_field(None, "Policy to fine-tune: a save_pretrained folder or hub name (default: the "
                                            "cached default base model, built on first use)")
@@ -99,16 +100,13 @@ class RLHFConfig:
     missing_eos_penalty: float | None = config_field(None, "Subtract this from the score of completions without eos")
     # run
     log_completions_every: int = config_field(25, "Print a table of completions every N steps (0: never)")
-    save_every: int = config_field(0, "Checkpoint every N steps (0: only the final model)")
-    keep_checkpoints: int = config_field(2, "How many checkpoints to keep")
-    resume: bool = config_field(False, "Continue the run in --run-dir from its newest checkpoint")
     torch_threads: int = config_field(2, "torch.set_num_threads")
     cpu: bool = config_field(False, "Run on CPU even when an accelerator is present")
     trust_remote_code: bool = config_field(False, "Allow a hub model's own code to run")
     run_dir: str = config_field("runs/rlhf", "Output folder")
-    overwrite: bool = config_field(False, "Replace an existing run in --run-dir")
 
     def __post_init__(self):
+        super().__post_init__()
         choices = {"algo": (self.algo, ALGOS), "loss_type": (self.loss_type, tuple(LOSS_AGGREGATION)),
                    "scale_rewards": (self.scale_rewards, SCALE_REWARDS), "critic": (self.critic, CRITICS)}
         for name, (value, accepted) in choices.items():
@@ -118,7 +116,7 @@ class RLHFConfig:
                          num_minibatches=self.num_minibatches, max_completion_length=self.max_completion_length,
                          learning_rate=self.learning_rate, max_grad_norm=self.max_grad_norm, epsilon=self.epsilon,
                          num_iterations=self.num_iterations, target_words=self.target_words, torch_threads=self.torch_threads,
-                         eval_samples_per_prompt=self.eval_samples_per_prompt, keep_checkpoints=self.keep_checkpoints,
+                         eval_samples_per_prompt=self.eval_samples_per_prompt,
                          num_ppo_epochs=self.num_ppo_epochs, kl_horizon=self.kl_horizon, gamma=self.gamma)
         if not (self.gamma <= 1 and 0 <= self.lam <= 1) or self.kl_coef < 0 or self.vf_coef < 0:
             raise ConfigError("--gamma must be in (0, 1], --lam in [0, 1], --kl-coef and --vf-coef >= 0")
@@ -130,8 +128,8 @@ class RLHFConfig:
         if self.completions_per_step % self.num_minibatches:
             raise ConfigError(f"{self.completions_per_step} completions per step do not split into {self.num_minibatches} "
                               "minibatches; choose --num-minibatches dividing prompts_per_step * num_generations")
-        if self.beta < 0 or self.save_every < 0 or self.log_completions_every < 0:
-            raise ConfigError("--beta, --save-every and --log-completions-every must be >= 0")
+        if self.beta < 0 or self.log_completions_every < 0:
+            raise ConfigError("--beta and --log-completions-every must be >= 0")
         if self.epsilon_high is not None and self.epsilon_high <= 0:
             raise ConfigError(f"--epsilon-high must be > 0, got {self.epsilon_high}")
         SamplingConfig(self.max_completion_length, self.temperature, self.top_k, self.top_p)  # validates sampling fields
@@ -334,7 +332,7 @@ def train(cfg: RLHFConfig) -> dict[str, Any]:
                 samples_file.flush()
                 print_completions(f"step {step}: reward {metrics['reward']:.3f}", rows)
             stop.requested = any_process(accelerator, stop.requested)
-            if (cfg.save_every and step % cfg.save_every == 0) or stop.requested:
+            if cfg.checkpoint_due(step, stop):
                 if main:
                     save_checkpoint(store, step, policy, tokenizer, optimizer, accelerator, critic, kl_ctl)
                 accelerator.wait_for_everyone()

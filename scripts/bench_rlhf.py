@@ -140,7 +140,6 @@ def run_ours(args, algo: str) -> dict:
 
 def run_trl(args) -> dict:
     import datasets
-    import transformers
     from trl import GRPOConfig, GRPOTrainer
 
     from rlhf_toy.data import DATA_DIR, load_prompts
@@ -173,7 +172,6 @@ def run_trl(args) -> dict:
         trainer.train()
         policy = trainer.accelerator.unwrap_model(trainer.model)
     lengths = [log["completions/mean_length"] for log in timer.logs if "completions/mean_length" in log]
-    transformers.logging.set_verbosity_error()
     return {"train_s": timer.total, "split_s": {"generation": timer.parts["generation"], "scoring": timer.parts["scoring"],
                                                 "update": timer.total - timer.parts["generation"] - timer.parts["scoring"]},
             "completion_tokens": sum(lengths) * args.prompts_per_step * args.num_generations,
