@@ -6,7 +6,7 @@ matmuls. This loop keeps the model's own weights and maths (transformers runs th
 `model(...)` once to fill the KV cache), then decodes with the same operations called directly,
 writing keys and values into preallocated buffers instead of concatenating a growing cache.
 
-    prefill   logits, cache = model(prompt)                       # transformers' forward
+    prefill   logits, cache = model(distinct prompts)             # transformers' forward, once per GRPO group
     repeat    token ~ softmax(filtered logits / T)                # the sampling of generate
               logits = lean_gpt2_step(token, position, buffers)   # layer norm, attention, MLP
     until     every sequence has produced eos, or max_new_tokens
@@ -23,6 +23,8 @@ from torch import Tensor
 from transformers import DynamicCache, PreTrainedModel
 from transformers.activations import ACT2FN
 
+from rlhf_toy.models import distinct_prompts, position_ids
+
 
 def supports_fast_decode(model: PreTrainedModel) -> bool:
     config = model.config
@@ -38,19 +40,19 @@ def sample_gpt2(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tenso
     config, gpt = model.config, model.transformer
     batch, prompt_length = input_ids.shape
     heads, head_dim = config.n_head, config.n_embd // config.n_head
-    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    prompt_ids, prompt_mask, row_prompt = distinct_prompts(input_ids, attention_mask)  # each prompt of a group once
     cache = DynamicCache()
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, past_key_values=cache,
-                   use_cache=True, logits_to_keep=1).logits[:, -1]  # the vocabulary projection for the last position only
+    logits = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids(prompt_mask), past_key_values=cache,
+                   use_cache=True, logits_to_keep=1).logits[row_prompt, -1]  # the vocabulary projection for the last position only
     total = prompt_length + max_new_tokens
     keys, values = [], []
-    for layer in cache.layers:  # buffers of the cache's dtype and device, holding the prompt's keys and values
+    for layer in cache.layers:  # buffers of the cache's dtype and device, holding each row's prompt keys and values
         for buffers, filled in ((keys, layer.keys), (values, layer.values)):
             buffers.append(filled.new_zeros(batch, heads, total, head_dim))
-            buffers[-1][:, :, :prompt_length] = filled
+            buffers[-1][:, :, :prompt_length] = filled[row_prompt]
     allowed = torch.zeros(batch, 1, 1, total, dtype=torch.bool, device=input_ids.device)
     allowed[:, 0, 0, :prompt_length] = attention_mask.bool()
-    position = positions[:, -1]
+    position = position_ids(attention_mask)[:, -1]
     activation, eps = ACT2FN[config.activation_function], config.layer_norm_epsilon
     done = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
     tokens, step_logits = [], []

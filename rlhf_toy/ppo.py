@@ -20,7 +20,8 @@ from transformers import PreTrainedModel
 
 from classic_rl import core
 from classic_rl.runs import MeanStats, check_finite
-from rlhf_toy.rollout import Rollout, completion_logits, position_ids
+from rlhf_toy.models import position_ids
+from rlhf_toy.rollout import Rollout, completion_logits
 
 
 class Critic(nn.Module):

@@ -199,7 +199,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     return summary
 
 
-BASE_MODEL_VERSION = "v1"  # bump when the corpus or recipe changes, so cached models are rebuilt
+BASE_MODEL_VERSION = "v2"  # bump when the corpus or recipe changes, so cached models are rebuilt (v2: fused GELU)
 
 
 def default_base_model(preset: str = "tiny") -> str:

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from classic_rl import core
+from rlhf_toy.models import distinct_prompts, position_ids
 from rlhf_toy.sampling import SamplingConfig, encode_prompts, sample_sequences
 
 
@@ -47,25 +48,37 @@ class Rollout:
         return self.completion_mask.sum(1)
 
 
-def position_ids(attention_mask: Tensor) -> Tensor:
-    """Positions that skip left padding, as generate computes them: `[B, T]`."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
 def completion_logits(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, prompt_length: int,
                       temperature: float, return_hidden: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """Teacher-forced logits / temperature that predict each completion token: `[B, C, V]`.
 
     return_hidden also gives the last hidden states at the same positions `[B, C, H]` (the state
     before each completion token, which a shared-trunk value head reads).
+
+    Rows with the same prompt (a GRPO group) share its forward pass: each distinct prompt runs once
+    into a KV cache, the cache is copied to its rows, and only the completions run per row. Same
+    logits to float rounding; with 8 completions of 24 tokens per 13-token prompt it is 30% fewer
+    FLOPs in the forward and the backward.
     """
     completion_length = input_ids.shape[1] - prompt_length
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-                output_hidden_states=return_hidden, logits_to_keep=completion_length + 1)  # no vocabulary projection of the prompt
-    logits = out.logits[:, :-1].float() / max(temperature, 1e-6)
-    if return_hidden:
-        return logits, out.hidden_states[-1][:, prompt_length - 1: -1]
-    return logits
+    positions = position_ids(attention_mask)
+    prompt_ids, prompt_mask, row_prompt = distinct_prompts(input_ids[:, :prompt_length], attention_mask[:, :prompt_length])
+    if len(prompt_ids) == len(input_ids) or completion_length < 2:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                    output_hidden_states=return_hidden, logits_to_keep=completion_length + 1)  # no vocabulary projection of the prompt
+        logits, hidden = out.logits[:, :-1], (out.hidden_states[-1][:, prompt_length - 1: -1] if return_hidden else None)
+    else:
+        cache = DynamicCache()
+        head = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids(prompt_mask), past_key_values=cache,
+                     use_cache=True, output_hidden_states=return_hidden, logits_to_keep=1)  # predicts each first completion token
+        cache.batch_select_indices(row_prompt)
+        tail = model(input_ids=input_ids[:, prompt_length:-1], attention_mask=attention_mask[:, :-1],
+                     position_ids=positions[:, prompt_length:-1], past_key_values=cache, use_cache=True,
+                     output_hidden_states=return_hidden)
+        logits = torch.cat([head.logits[row_prompt], tail.logits], dim=1)
+        hidden = torch.cat([head.hidden_states[-1][row_prompt, -1:], tail.hidden_states[-1]], dim=1) if return_hidden else None
+    logits = logits.float() / max(temperature, 1e-6)
+    return (logits, hidden) if return_hidden else logits
 
 
 def completion_mask_from_ids(completion_ids: Tensor, eos_token_id: int) -> tuple[Tensor, Tensor]:

@@ -13,7 +13,7 @@ from classic_rl import core
 from classic_rl.runs import ConfigError
 from rlhf_toy.distributed import process_share
 from rlhf_toy.grpo import group_advantages, grpo_update
-from rlhf_toy.models import load_model, load_tokenizer
+from rlhf_toy.models import load_model, load_tokenizer, position_ids
 from rlhf_toy.rollout import completion_logits, completion_mask_from_ids, sample_rollout
 from rlhf_toy.sampling import SamplingConfig
 from rlhf_toy.trainer import RLHFConfig, train
@@ -70,6 +70,27 @@ def test_rollout_logprobs_equal_a_teacher_forced_forward(policy_and_tokenizer):
     # padding and tokens after eos are outside the mask and hold exactly zero log-prob
     assert (rollout.old_logprobs[rollout.completion_mask == 0] == 0).all()
     assert rollout.completion_lengths.tolist() == rollout.completion_mask.sum(1).tolist()
+
+
+def test_rows_sharing_a_prompt_give_the_logits_and_gradients_of_one_full_forward(nano_dir, policy_and_tokenizer):
+    policy, tokenizer = load_model(nano_dir), policy_and_tokenizer[1]
+    prompts = ["Tell me about Ada.", "Describe a fox.", "Tell me about Ada.", "What happened to the lantern in Ashford?"] * 2
+    torch.manual_seed(3)
+    rollout = sample_rollout(policy, tokenizer, prompts, SamplingConfig(max_new_tokens=12))
+    ids, mask, prompt_length = rollout.input_ids.clone(), rollout.attention_mask.clone(), rollout.prompt_length  # not inference tensors
+    out = policy(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), output_hidden_states=True)
+    full_logits, full_hidden = out.logits[:, prompt_length - 1: -1] / 0.7, out.hidden_states[-1][:, prompt_length - 1: -1]
+    shared_logits, shared_hidden = completion_logits(policy, ids, mask, prompt_length, 0.7, return_hidden=True)  # 3 prompts run, not 8
+    torch.testing.assert_close(shared_logits, full_logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(shared_hidden, full_hidden, atol=1e-5, rtol=0)
+
+    def gradients(logits):
+        policy.zero_grad()
+        core.logprobs_from_logits(logits, ids[:, prompt_length:], rollout.completion_mask.clone()).sum().backward()
+        return torch.cat([p.grad.flatten() for p in policy.parameters()])
+
+    shared, full = gradients(shared_logits), gradients(full_logits)
+    assert (shared - full).norm() < 1e-5 * full.norm()
 
 
 def test_one_grpo_update_raises_the_logprob_of_the_better_completion(policy_and_tokenizer, nano_dir):
