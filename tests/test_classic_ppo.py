@@ -90,7 +90,7 @@ def test_cli_writes_the_run_folder_and_evaluate_reloads_it(tmp_path):
             "solved_at_steps", "solved_at_s"} <= set(summary)
     assert summary["env_steps"] == 2048 and summary["seed"] == 3
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["num_steps"] == 64 and config["total_timesteps"] == 2048  # preset, then the flag
+    assert config["num_steps"] == 32 and config["total_timesteps"] == 2048  # preset, then the flag
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert any("losses/approx_kl" in r for r in rows) and any("eval/return_mean" in r for r in rows)
     out = subprocess.run([sys.executable, str(ROOT / "scripts/evaluate_classic.py"), str(run_dir), "--episodes", "3",
