@@ -167,10 +167,13 @@ def run_episodes(act: Callable[[np.ndarray], np.ndarray], env_id: str, episodes:
 
     act maps a batch of observations `[episodes, obs_dim]` to actions `[episodes]`.
     Running the copies in lock-step batches the policy's forward passes, which is what makes
-    frequent evaluation cheap.
+    frequent evaluation cheap. An env with its own array implementation (gymnasium's
+    CartPoleVectorEnv: the same dynamics in numpy) steps all copies in one call; its autoreset
+    mode does not matter here, since nothing after an episode's end is counted.
     """
-    envs = gym.make_vec(env_id, num_envs=episodes, vectorization_mode="sync",
-                        vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP})
+    own = gym.spec(env_id).vector_entry_point is not None
+    envs = gym.make_vec(env_id, num_envs=episodes, vectorization_mode="vector_entry_point" if own else "sync",
+                        vector_kwargs={} if own else {"autoreset_mode": AutoresetMode.SAME_STEP})
     obs, _ = envs.reset(seed=seed)
     returns, lengths = np.zeros(episodes), np.zeros(episodes, dtype=np.int64)
     running = np.ones(episodes, dtype=bool)

@@ -202,6 +202,9 @@ def main() -> None:
         except ImportError:
             raise ConfigError("stable-baselines3 is not installed; run `make setup-bench` (the [bench] extra)") from None
     torch.set_num_threads(args.threads)
+    # The first torch optimizer imports torch._dynamo (~1 s here): pay it before the first timed run, which
+    # is always ours, rather than charge one seed of one implementation with a library's start-up.
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
     results: dict[tuple[str, str, str], list] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for env_id in args.envs:
