@@ -84,9 +84,11 @@ def rlhf_config(args, algo: str, run_dir: str):
 
 
 def model_flops_per_step(args, model, mean_completion_tokens: float, prompt_tokens: float, ppo: bool) -> float:
-    """Matmul FLOPs of one step, 2 * params per token per forward, backward twice the forward:
-    sampling and the reference forward (2 forwards), then one forward and backward (3): 10 * N * tokens;
-    PPO adds the critic's forward before and its forward and backward in the update (8 * N * tokens)."""
+    """Matmul FLOPs of the nominal work of one step, each completion with its own prompt: 2 * params per
+    token per forward, backward twice the forward: sampling and the reference forward (2 forwards), then
+    one forward and backward (3): 10 * N * tokens; PPO adds the critic's forward before and its forward
+    and backward in the update (8 * N * tokens). Ours runs each distinct prompt once, so for ours the
+    MFU from this count is an effective one."""
     params = sum(p.numel() for p in model.parameters()) - model.transformer.wpe.weight.numel()  # lookups cost no matmul
     tokens = args.prompts_per_step * args.num_generations * (prompt_tokens + mean_completion_tokens)
     return (10 + (8 if ppo else 0)) * params * tokens
