@@ -20,8 +20,7 @@ from transformers import PreTrainedModel
 
 from classic_rl import core
 from classic_rl.runs import MeanStats, check_finite
-from rlhf_toy.models import position_ids
-from rlhf_toy.rollout import Rollout, completion_logits
+from rlhf_toy.rollout import Rollout, completion_logits, completion_states
 
 
 class Critic(nn.Module):
@@ -47,10 +46,10 @@ class Critic(nn.Module):
         return self.head(hidden.float()).squeeze(-1)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, prompt_length: int) -> Tensor:
-        """Values of the states before each completion token, `[B, C]` (separate critic only)."""
-        hidden = self.trunk(input_ids=input_ids, attention_mask=attention_mask,
-                            position_ids=position_ids(attention_mask)).last_hidden_state
-        return self.values_from_hidden(hidden[:, prompt_length - 1: -1])
+        """Values of the states before each completion token, `[B, C]` (separate critic only); rows that
+        share a prompt share its forward pass, as in the policy's."""
+        (hidden,) = completion_states(self.trunk, input_ids, attention_mask, prompt_length, lambda out: (out.last_hidden_state,))
+        return self.values_from_hidden(hidden)
 
 
 def build_critic(policy: PreTrainedModel, kind: str, load_copy) -> Critic:
