@@ -117,7 +117,9 @@ def train(cfg: PPOConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
                 pg_loss, stats = core.policy_loss(new_logprob, b_logprobs[mb], mb_advantages, cfg.clip_coef)
                 v_loss = core.value_loss(new_value, b_values[mb], b_returns[mb], clip=cfg.vf_clip)
                 entropy_loss = entropy.mean()
-                loss = pg_loss - cfg.ent_coef * entropy_loss + cfg.vf_coef * v_loss
+                loss = pg_loss + cfg.vf_coef * v_loss
+                if cfg.ent_coef:  # a zero-weighted term would still cost its share of the backward pass
+                    loss = loss - cfg.ent_coef * entropy_loss
                 check_finite(global_step, policy_loss=pg_loss, value_loss=v_loss)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
