@@ -77,6 +77,18 @@ def test_ppo_with_normalised_observations_and_value_clipping_learns(tmp_path):
     assert load_model(tmp_path / "run" / "policy.safetensors").obs_normalizer.count.item() > 1000
 
 
+@pytest.mark.parametrize("target_kl, epochs", [(None, 6), (1e-4, 2)])
+def test_target_kl_stops_an_update_after_the_epoch_whose_kl_passed_it(tmp_path, target_kl, epochs):
+    # An epoch's KL is measured on its minibatch before its step: ~0 in the first epoch (the policy that
+    # collected the rollout), far above 1e-4 in the second after one Adam step of 0.05.
+    cfg = PPOConfig(env="CartPole-v1", seed=1, num_envs=4, num_steps=16, num_minibatches=1, update_epochs=6,
+                    learning_rate=0.05, anneal_lr=False, target_kl=target_kl, total_timesteps=128, eval_every=0,
+                    run_dir=str(tmp_path / "run"))
+    run_training("ppo", train, cfg)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["losses/epochs"] for r in rows if "losses/epochs" in r] == [epochs, epochs]
+
+
 def test_cli_writes_the_run_folder_and_evaluate_reloads_it(tmp_path):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, str(ROOT / "scripts/train_classic.py"), "--algo", "ppo", "--env", "CartPole-v1",

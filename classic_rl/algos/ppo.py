@@ -110,7 +110,7 @@ def train(cfg: PPOConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
         # ---- update ----
         update_start = time.perf_counter()
         b_obs, b_actions, b_logprobs, b_values = buffer.flat()
-        for _epoch in range(cfg.update_epochs):
+        for epoch in range(1, cfg.update_epochs + 1):
             for mb in torch.randperm(cfg.batch_size).split(minibatch_size):
                 _, new_logprob, entropy, new_value = agent.get_action_and_value(b_obs[mb], b_actions[mb])
                 mb_advantages = core.masked_whiten(b_advantages[mb]) if cfg.norm_adv else b_advantages[mb]
@@ -143,6 +143,7 @@ def train(cfg: PPOConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
             "losses/approx_kl": stats["approx_kl"].item(),
             "losses/clipfrac": stats["clipfrac"].item(),
             "losses/explained_variance": core.explained_variance(b_values, b_returns).item(),
+            "losses/epochs": epoch,  # fewer than update_epochs when target_kl stopped the update
             "time/rollout_s": rollout_s,
             "time/update_s": update_s,
         })
