@@ -110,7 +110,7 @@ def train(cfg: PPOConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
         # ---- update ----
         update_start = time.perf_counter()
         b_obs, b_actions, b_logprobs, b_values = buffer.flat()
-        for epoch in range(1, cfg.update_epochs + 1):
+        for epoch in range(1, cfg.update_epochs + 1):  # noqa: B007 (read after the loop)
             for mb in torch.randperm(cfg.batch_size).split(minibatch_size):
                 _, new_logprob, entropy, new_value = agent.get_action_and_value(b_obs[mb], b_actions[mb])
                 mb_advantages = core.masked_whiten(b_advantages[mb]) if cfg.norm_adv else b_advantages[mb]
