@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 import numpy as np
 import torch
@@ -405,6 +405,11 @@ def parse_dataclass_args(config_cls: type, argv: Sequence[str] | None = None, de
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _one_line_parser_errors(HfArgumentParser)(config_cls, description=description)
     parser.add_argument("--config", default=None, help="JSON or YAML file of field values (flags override it)")
+    optional = {name for name, hint in get_type_hints(config_cls).items() if type(None) in get_args(hint)}
+    for action in parser._actions:  # `--x none` unsets an optional field, e.g. a value a preset gave it
+        if action.dest in optional and action.type is not None and action.nargs is None:
+            action.type = _none_or(action.type)
+            action.help = f"{action.help} ('none': unset)"
     field_names = {f.name for f in dataclasses.fields(config_cls)}
     merged = dict(defaults or {})
     config_path = parser.parse_known_args(argv)[0].config if "--config" in argv else None
@@ -420,6 +425,14 @@ def parse_dataclass_args(config_cls: type, argv: Sequence[str] | None = None, de
     if unknown:
         raise ConfigError(f"unrecognized arguments: {' '.join(unknown)} (see --help)")
     return config
+
+
+def _none_or(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse_or_none(text: str) -> Any:
+        return None if text.lower() == "none" else parse(text)
+
+    parse_or_none.__name__ = parse.__name__  # argparse names the type in its errors ("invalid float value")
+    return parse_or_none
 
 
 def cli(main: Callable[[], Any]) -> Callable[[], None]:

@@ -15,6 +15,7 @@ from classic_rl import envs
 from classic_rl.algos.ppo import PPOConfig, train
 from classic_rl.nets import ActorCritic, ObsNormalizer, load_model, save_model
 from classic_rl.presets import preset
+from classic_rl.runs import parse_dataclass_args
 from classic_rl.training import run_training
 from tests.conftest import run_script
 
@@ -148,6 +149,13 @@ def test_config_file_sets_fields_and_rejects_unknown_ones(monkeypatch, capsys, t
     bad.write_text(json.dumps({"learning_rate": 0.01, "lerning_rate": 0.1}))
     code, err = run_cli("train_classic.py", ["--config", str(bad), "--run-dir", str(tmp_path / "r")], monkeypatch, capsys)
     assert code == 2 and "unknown fields ['lerning_rate']" in err
+
+
+def test_none_unsets_an_optional_field_that_a_preset_set():
+    argv = ["--env", "CartPole-v1", "--vf-clip", "0.5"]
+    assert parse_dataclass_args(PPOConfig, argv, defaults=preset("ppo", "CartPole-v1")).target_kl == 0.03
+    cfg = parse_dataclass_args(PPOConfig, argv + ["--target-kl", "None", "--vf-clip", "none"], defaults=preset("ppo", "CartPole-v1"))
+    assert cfg.target_kl is None and cfg.vf_clip is None
 
 
 def test_evaluate_rejects_a_folder_without_a_run(monkeypatch, capsys, tmp_path):
