@@ -92,7 +92,7 @@ class RLHFConfig(RunFields):
     kl_horizon: int = config_field(10_000, "Horizon of the adaptive KL controller, in completions")
     critic: str = config_field("separate", f"Value model: {', '.join(CRITICS)} (a trunk copied from the policy, or the policy's own)")
     vf_coef: float = config_field(0.1, "Value loss coefficient")
-    cliprange_value: float | None = config_field(0.2, "Clip value updates around the rollout's values (None: off)")
+    cliprange_value: float | None = config_field(0.2, "Clip value updates around the rollout's values")
     gamma: float = config_field(1.0, "Discount over tokens")
     lam: float = config_field(0.95, "GAE lambda over tokens")
     num_ppo_epochs: int = config_field(2, "PPO epochs over each rollout")

@@ -47,7 +47,7 @@ class PPOConfig(ClassicConfig):
     update_epochs: int = config_field(4, "Passes over each rollout")
     norm_adv: bool = config_field(True, "Whiten advantages within each minibatch")
     clip_coef: float = config_field(0.2, "Policy ratio clip epsilon")
-    vf_clip: float | None = config_field(None, "Clip value updates to +-this around the rollout's values (None: no clipping)")
+    vf_clip: float | None = config_field(None, "Clip value updates to +-this around the rollout's values (default: no clipping)")
     ent_coef: float = config_field(0.01, "Entropy bonus coefficient")
     vf_coef: float = config_field(0.5, "Value loss coefficient")
     max_grad_norm: float = config_field(0.5, "Global gradient-norm clip")
