@@ -20,11 +20,9 @@ from tqdm.auto import tqdm
 from classic_rl.runs import (
     Checkpoints,
     ConfigError,
-    NonFiniteError,
     RunFields,
     RunLogger,
     StopRequest,
-    check_finite,
     config_field,
     plot_lines,
     require_positive,
@@ -165,11 +163,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
             loss = model(input_ids=batch, labels=batch).loss
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            try:
-                check_finite(step, train_loss=loss, grad_norm=grad_norm)
-            except NonFiniteError as err:  # the step was not taken: the weights are those after step - 1
-                batches.put_back()
-                raise NonFiniteError(f"{err}; saved the last good weights to {save(step - 1)}") from None
+            data.check_finite_before_step(step, batches, save, train_loss=loss, grad_norm=grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)

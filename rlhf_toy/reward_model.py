@@ -24,11 +24,9 @@ from transformers import AutoModelForSequenceClassification
 from classic_rl.runs import (
     Checkpoints,
     ConfigError,
-    NonFiniteError,
     RunFields,
     RunLogger,
     StopRequest,
-    check_finite,
     config_field,
     plot_scatter,
     require_positive,
@@ -36,7 +34,7 @@ from classic_rl.runs import (
     start_run,
     write_json,
 )
-from rlhf_toy.data import DATA_DIR, ShuffledBatches, load_prompts, load_rows
+from rlhf_toy.data import DATA_DIR, ShuffledBatches, check_finite_before_step, load_prompts, load_rows
 from rlhf_toy.distributed import make_accelerator
 from rlhf_toy.models import (
     check_model_exists,
@@ -189,11 +187,7 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
             loss = bradley_terry_loss(scores[: len(idx)], scores[len(idx):])
             accelerator.backward(loss)
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            try:
-                check_finite(step, train_loss=loss, grad_norm=grad_norm)
-            except NonFiniteError as err:  # the step was not taken: the weights are those after step - 1
-                batches.put_back()
-                raise NonFiniteError(f"{err}; saved the last good weights to {save(step - 1)}") from None
+            check_finite_before_step(step, batches, save, train_loss=loss, grad_norm=grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             metrics = {"train/loss": loss.item(), "train/grad_norm": float(grad_norm),
