@@ -27,16 +27,22 @@ def _as_weights(mask: Tensor | None, like: Tensor) -> Tensor:
 
 
 def masked_mean(x: Tensor, mask: Tensor | None = None, dim: int | None = None) -> Tensor:
-    """Mean of x over valid positions, over all positions (dim=None) or along `dim`.
+    """Weighted mean of x over all positions (dim=None) or along `dim`; a bool mask gives weights 0/1.
 
-    A reduction with no valid position returns 0 rather than NaN.
+    Soft masks are weighted means: sum(w * x) / sum(w). A reduction with no weight returns 0 rather
+    than NaN (the numerator is 0 there too, so the divisor 1 changes nothing else).
     """
     if mask is None:
         return x.mean() if dim is None else x.mean(dim)
     w = _as_weights(mask, x)
     if dim is None:
-        return (x * w).sum() / w.sum().clamp(min=1.0)
-    return (x * w).sum(dim) / w.sum(dim).clamp(min=1.0)
+        return (x * w).sum() / _nonzero(w.sum())
+    return (x * w).sum(dim) / _nonzero(w.sum(dim))
+
+
+def _nonzero(total: Tensor) -> Tensor:
+    """total with zeros replaced by ones: a safe divisor whose gradient stays finite."""
+    return torch.where(total == 0, torch.ones_like(total), total)
 
 
 def masked_var(x: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -217,5 +223,5 @@ def explained_variance(predicted: Tensor, target: Tensor, mask: Tensor | None = 
     """
     var_target = masked_var(target, mask)
     if var_target == 0:
-        return torch.tensor(float("nan"))
+        return torch.full_like(var_target, float("nan"))
     return 1.0 - masked_var(target - predicted, mask) / var_target

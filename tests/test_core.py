@@ -27,6 +27,16 @@ def test_masked_mean_over_all_and_along_dim():
     close(core.masked_mean(x, torch.zeros_like(mask)), 0.0)  # nothing valid: 0, not NaN
 
 
+def test_masked_mean_with_soft_weights_is_the_weighted_mean():
+    x = t(2.0, 4.0, 10.0)
+    close(core.masked_mean(x, t(0.25, 0.25, 0.0)), 3.0)  # (0.5 + 1) / 0.5, not / 1
+    close(core.masked_mean(torch.stack([x, x]), torch.stack([t(0.5, 0.0, 0.0), t(0.0, 0.1, 0.3)]), dim=-1),
+          [2.0, (0.4 + 3.0) / 0.4])
+    x.requires_grad_(True)
+    core.masked_mean(x, t(0.0, 0.0, 0.0)).backward()  # no weight at all: 0 and a finite gradient
+    assert torch.isfinite(x.grad).all()
+
+
 def test_masked_whiten_uses_valid_positions_only():
     x = t(1, 2, 3, 100)  # the 100 is padding and must not move the statistics
     mask = t(1, 1, 1, 0)
