@@ -57,7 +57,9 @@ class SamplingConfig:
             scores = TopPLogitsWarper(self.top_p)(None, scores)
         cdf = scores.softmax(-1).cumsum_(-1)
         uniform = torch.rand(len(cdf), 1, device=cdf.device) * cdf[:, -1:]
-        return torch.searchsorted(cdf, uniform).squeeze(1).clamp_(max=cdf.shape[-1] - 1)
+        # token i owns [cdf[i-1], cdf[i]): the first cdf above the draw, so a filtered token (an empty
+        # interval) is never picked, not even by a draw of exactly 0
+        return torch.searchsorted(cdf, uniform, right=True).squeeze(1).clamp_(max=cdf.shape[-1] - 1)
 
 
 def sample_sequences(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch: dict[str, torch.Tensor],

@@ -363,6 +363,14 @@ def test_next_tokens_samples_the_softmax_and_respects_top_k_and_top_p():
     assert set(SamplingConfig(temperature=0).next_tokens(logits).tolist()) == {0}
 
 
+def test_next_tokens_never_picks_a_filtered_token_even_for_a_uniform_draw_of_zero(monkeypatch):
+    logits = torch.tensor([[0.0, 2.0, 1.0, 3.0]])  # top-k 2 filters tokens 0 and 2
+    monkeypatch.setattr(torch, "rand", lambda *shape, **kw: torch.zeros(*shape))
+    assert SamplingConfig(top_k=2).next_tokens(logits).item() == 1  # the first token with probability
+    monkeypatch.setattr(torch, "rand", lambda *shape, **kw: torch.full(shape, 1 - 1e-7))
+    assert SamplingConfig(top_k=2).next_tokens(logits).item() == 3
+
+
 @pytest.mark.slow
 def test_bench_rlhf_runs_ours_trl_and_ppo_and_writes_the_table(nano_dir, tmp_path):
     args = ["--model", nano_dir, "--steps", "2", "--threads", "1", "--prompts-per-step", "2", "--num-generations", "2",
