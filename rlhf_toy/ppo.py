@@ -45,10 +45,11 @@ class Critic(nn.Module):
     def values_from_hidden(self, hidden: Tensor) -> Tensor:
         return self.head(hidden.float()).squeeze(-1)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, prompt_length: int) -> Tensor:
-        """Values of the states before each completion token, `[B, C]` (separate critic only); rows that
-        share a prompt share its forward pass, as in the policy's."""
-        (hidden,) = completion_states(self.trunk, input_ids, attention_mask, prompt_length, lambda out: (out.last_hidden_state,))
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, prompt_length: int, policy: PreTrainedModel) -> Tensor:
+        """Values of the states before each completion token, `[B, C]`, from the critic's own trunk or, shared,
+        the policy's (its trunk alone: no vocabulary projection). Rows that share a prompt share its forward."""
+        trunk = policy.base_model if self.shared else self.trunk
+        (hidden,) = completion_states(trunk, input_ids, attention_mask, prompt_length, lambda out: (out.last_hidden_state,))
         return self.values_from_hidden(hidden)
 
 
@@ -75,17 +76,30 @@ def token_rewards(scores: Tensor, kl: Tensor, mask: Tensor, beta: float) -> Tens
     """`[B, C]`: -beta * k1 on every valid token, plus the sequence score on the last valid token."""
     rewards = -beta * kl * mask
     last = (mask.sum(1).long() - 1).clamp(min=0)
-    rewards[torch.arange(len(scores)), last] += scores
+    rewards[torch.arange(len(scores), device=scores.device), last] += scores
     return rewards
+
+
+def advantages_and_returns(scores: Tensor, values: Tensor, kl: Tensor, mask: Tensor, beta: float, cfg) -> tuple[Tensor, Tensor]:
+    """(advantages whitened over valid tokens, returns), both `[B, C]`, from sequence scores `[B]`, the rollout's
+    values and per-token KL `[B, C]`: token_rewards, then GAE over each completion, which ends at its last token."""
+    rewards = token_rewards(scores, kl, mask, beta)
+    if cfg.whiten_rewards:
+        rewards = core.masked_whiten(rewards, mask, shift_mean=False)
+    # the episode ends at each completion's last token; nothing flows back from the padding after it
+    dones = 1.0 - torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], dim=1)
+    advantages, returns = core.gae(rewards, values, dones, scores.new_zeros(len(scores)), cfg.gamma, cfg.lam)
+    return core.masked_whiten(advantages, mask), returns
 
 
 def logits_and_values(policy, critic: Critic, input_ids: Tensor, attention_mask: Tensor, prompt_length: int,
                       temperature: float) -> tuple[Tensor, Tensor]:
+    """Policy logits `[B, C, V]` and values `[B, C]`; a shared critic reads the same forward pass."""
     if critic.shared:
         logits, hidden = completion_logits(policy, input_ids, attention_mask, prompt_length, temperature, return_hidden=True)
         return logits, critic.values_from_hidden(hidden)
     logits = completion_logits(policy, input_ids, attention_mask, prompt_length, temperature)
-    return logits, critic(input_ids, attention_mask, prompt_length)
+    return logits, critic(input_ids, attention_mask, prompt_length, policy)
 
 
 def ppo_update(policy, critic: Critic, optimizer, accelerator, rollout: Rollout, scores: Tensor, kl_ctl: KLController,
@@ -95,18 +109,10 @@ def ppo_update(policy, critic: Critic, optimizer, accelerator, rollout: Rollout,
     if cfg.missing_eos_penalty is not None:
         scores = scores - cfg.missing_eos_penalty * rollout.is_truncated.float()
     with torch.no_grad():
-        _, old_values = logits_and_values(policy, critic, rollout.input_ids, rollout.attention_mask, rollout.prompt_length,
-                                          cfg.temperature)
-        old_values = old_values * mask
+        old_values = critic(rollout.input_ids, rollout.attention_mask, rollout.prompt_length, policy) * mask
         kl = (core.kl_estimate(rollout.old_logprobs, rollout.ref_logprobs, "k1", mask) if rollout.ref_logprobs is not None
               else torch.zeros_like(mask))
-        rewards = token_rewards(scores, kl, mask, kl_ctl.value)
-        if cfg.whiten_rewards:
-            rewards = core.masked_whiten(rewards, mask, shift_mean=False)
-        # the episode ends at each completion's last token; nothing flows back from the padding after it
-        dones = 1.0 - torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], dim=1)
-        advantages, returns = core.gae(rewards, old_values, dones, torch.zeros(len(scores)), cfg.gamma, cfg.lam)
-        advantages = core.masked_whiten(advantages, mask)
+        advantages, returns = advantages_and_returns(scores, old_values, kl, mask, kl_ctl.value, cfg)
 
     size = len(scores) // cfg.num_minibatches
     means = MeanStats()

@@ -1,5 +1,6 @@
 """RLHF: rollouts, GRPO's math and update, the training loop end to end, and bad input."""
 
+import functools
 import json
 import signal
 import subprocess
@@ -163,6 +164,42 @@ def test_token_rewards_put_the_score_on_the_last_valid_token():
     torch.testing.assert_close(rewards, torch.tensor([[-0.05, -0.1, 1.0 - 0.15], [2.0 - 0.25, 0.0, 0.0]]))
 
 
+PPO_CASE = dict(scores=[1.0, 2.0], kl=[[0.2, 0.4, 0.0], [0.6, 0.0, 0.0]], mask=[[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]],
+                values=[[0.5, 0.25, 0.5], [0.3, 0.0, 0.0]])
+
+
+def ppo_case(device="cpu", **cfg):
+    tensors = {k: torch.tensor(v, device=device) for k, v in PPO_CASE.items()}
+    cfg = SimpleNamespace(**{"whiten_rewards": False, "gamma": 0.9, "lam": 0.5, **cfg})
+    return tensors, cfg
+
+
+def test_ppo_advantages_and_returns_by_hand():
+    from rlhf_toy.ppo import advantages_and_returns
+
+    case, cfg = ppo_case()
+    advantages, returns = advantages_and_returns(case["scores"], case["values"], case["kl"], case["mask"], 0.5, cfg)
+    # beta 0.5: rewards row 0 [-0.1, -0.2, 1.0], row 1 [2 - 0.3, 0, 0] (its completion is one token long)
+    # row 0, gamma .9, lam .5: deltas t2 = 1 - .5 = .5; t1 = -.2 + .9 * .5 - .25 = 0; t0 = -.1 + .9 * .25 - .5 = -.375
+    #   A2 = .5, A1 = 0 + .45 * .5 = .225, A0 = -.375 + .45 * .225 = -.27375;  row 1: A0 = 1.7 - .3 = 1.4
+    close = functools.partial(torch.testing.assert_close, atol=1e-6, rtol=0)
+    close(returns, torch.tensor([[-0.27375 + 0.5, 0.225 + 0.25, 1.0], [1.7, 0.0, 0.0]]))
+    # whitened over the 4 valid tokens: mean 0.4628125, population variance 0.3696956
+    close(advantages, torch.tensor([[-1.2113997, -0.3911223, 0.0611611], [1.5413610, 0.0, 0.0]]))
+    _, whitened_returns = advantages_and_returns(case["scores"], case["values"], case["kl"], case["mask"], 0.5,
+                                                 ppo_case(whiten_rewards=True)[1])
+    # whiten_rewards rescales the valid rewards [-.1, -.2, 1, 1.7] (mean .6, variance .625) keeping their mean
+    assert whitened_returns[1, 0].item() == pytest.approx((1.7 - 0.6) / 0.625 ** 0.5 + 0.6, abs=1e-5)
+
+
+def test_ppo_advantages_stay_on_the_device_of_their_inputs():
+    from rlhf_toy.ppo import advantages_and_returns
+
+    case, cfg = ppo_case(device="meta")  # shapes and devices only: a CPU tensor among them fails as it would on a GPU
+    advantages, returns = advantages_and_returns(case["scores"], case["values"], case["kl"], case["mask"], 0.5, cfg)
+    assert advantages.device.type == returns.device.type == "meta" and advantages.shape == (2, 3)
+
+
 def test_adaptive_kl_controller_moves_beta_towards_the_target():
     from rlhf_toy.ppo import KLController
 
@@ -180,7 +217,7 @@ def test_adaptive_kl_controller_moves_beta_towards_the_target():
 def test_one_ppo_update_raises_the_logprob_of_the_better_completion(critic_kind, policy_and_tokenizer, nano_dir):
     from accelerate import Accelerator
 
-    from rlhf_toy.ppo import KLController, build_critic, ppo_update
+    from rlhf_toy.ppo import KLController, build_critic, logits_and_values, ppo_update
 
     policy = load_model(nano_dir)
     _, tokenizer = policy_and_tokenizer
@@ -193,10 +230,19 @@ def test_one_ppo_update_raises_the_logprob_of_the_better_completion(critic_kind,
                           vf_coef=0.1, max_grad_norm=1.0)
 
     before = sequence_logprobs(policy, rollout)
+    with torch.no_grad():  # the values of the rollout (the critic's own pass) are those the update's forward gives
+        args = (rollout.input_ids, rollout.attention_mask, rollout.prompt_length)
+        torch.testing.assert_close(critic(*args, policy), logits_and_values(policy, critic, *args, 1.0)[1], atol=1e-5, rtol=0)
     params = list(policy.parameters()) + [p for p in critic.head.parameters()]
     optimizer = torch.optim.SGD(params, lr=0.05)
+    policy_forwards = []
+    policy.register_forward_hook(lambda *_: policy_forwards.append(1))
+    with torch.no_grad():
+        completion_logits(policy, *args, 1.0)
+    one_pass = len(policy_forwards)  # 2: the shared prompt, then the completions
     metrics = ppo_update(policy, critic, optimizer, Accelerator(cpu=True), rollout, torch.tensor([1.0, 0.0]),
                          KLController(0.05), cfg)
+    assert len(policy_forwards) == 2 * one_pass  # the update's pass only: the rollout's values need no logits
     after = sequence_logprobs(policy, rollout)
     assert after[0] > before[0] and after[1] < before[1]
     assert metrics["kl"] == pytest.approx(0.0, abs=1e-5)
