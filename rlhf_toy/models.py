@@ -7,6 +7,7 @@ tokenizer trained on the project's corpus, both saved with `save_pretrained`, so
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -120,6 +121,17 @@ def distinct_prompts(input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor,
     distinct, row_prompt = torch.unique(torch.cat([input_ids, attention_mask], dim=1), dim=0, return_inverse=True)
     ids, mask = distinct.split(input_ids.shape[1], dim=1)
     return ids, mask, row_prompt
+
+
+@contextlib.contextmanager
+def evaluation_mode(model: torch.nn.Module):
+    """model.eval() inside the block (no dropout), then back to the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def num_parameters(model: PreTrainedModel) -> int:

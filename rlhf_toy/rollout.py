@@ -20,7 +20,7 @@ from torch import Tensor
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from classic_rl import core
-from rlhf_toy.models import distinct_prompts, position_ids
+from rlhf_toy.models import distinct_prompts, evaluation_mode, position_ids
 from rlhf_toy.sampling import SamplingConfig, encode_prompts, sample_sequences
 
 
@@ -102,9 +102,11 @@ def completion_mask_from_ids(completion_ids: Tensor, eos_token_id: int) -> tuple
 @torch.inference_mode()
 def sample_rollout(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], sampling: SamplingConfig,
                    ref_model: PreTrainedModel | None = None) -> Rollout:
-    """Sample one completion per prompt (repeat prompts for groups) and score it under policy and reference."""
+    """Sample one completion per prompt (repeat prompts for groups) and score it under policy and reference,
+    both in eval mode (no dropout: the log-probs are those of the policy itself)."""
     batch = encode_prompts(tokenizer, prompts, sampling.max_new_tokens, policy).to(policy.device)
-    sequences, step_logits = sample_sequences(policy, tokenizer, batch, sampling)
+    with evaluation_mode(policy):
+        sequences, step_logits = sample_sequences(policy, tokenizer, batch, sampling)
     prompt_length = batch["input_ids"].shape[1]
     completion_ids = sequences[:, prompt_length:]
     completion_mask, is_truncated = completion_mask_from_ids(completion_ids, tokenizer.eos_token_id)
@@ -116,7 +118,8 @@ def sample_rollout(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     attention_mask = torch.cat([batch["attention_mask"], completion_mask.long()], dim=1)
     ref_logprobs = None
     if ref_model is not None:
-        ref_logits = completion_logits(ref_model, input_ids, attention_mask, prompt_length, temperature)
+        with evaluation_mode(ref_model):
+            ref_logits = completion_logits(ref_model, input_ids, attention_mask, prompt_length, temperature)
         ref_logprobs = core.logprobs_from_logits(ref_logits, completion_ids, completion_mask)
     completions = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
     return Rollout(prompts, completions, input_ids, attention_mask, completion_mask, old_logprobs, ref_logprobs, is_truncated)

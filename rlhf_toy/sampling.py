@@ -16,7 +16,7 @@ from transformers import (
 
 from classic_rl.runs import ConfigError, config_field
 from rlhf_toy.fast_decode import sample_gpt2, supports_fast_decode
-from rlhf_toy.models import format_prompt
+from rlhf_toy.models import evaluation_mode, format_prompt
 
 
 @dataclass
@@ -99,5 +99,6 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
     batch = encode_prompts(tokenizer, prompts, sampling.max_new_tokens, model).to(model.device)
     if seed is not None:
         torch.manual_seed(seed)
-    sequences, _ = sample_sequences(model, tokenizer, batch, sampling)
+    with evaluation_mode(model):
+        sequences, _ = sample_sequences(model, tokenizer, batch, sampling)
     return tokenizer.batch_decode(sequences[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)

@@ -72,7 +72,8 @@ class RLHFConfig(RunFields):
     num_minibatches: int = config_field(1, "Gradient steps per pass over a rollout")
     # sampling
     max_completion_length: int = config_field(40, "Max new tokens per completion")
-    temperature: float = config_field(1.0, "Sampling temperature (log-probs are taken at the same temperature)")
+    temperature: float = config_field(1.0, "Sampling temperature of training, > 0 (log-probs are taken at the same temperature)")
+    eval_temperature: float | None = config_field(None, "Sampling temperature of evaluation (default: --temperature; 0: greedy)")
     top_k: int = config_field(0, "Top-k sampling (0: off)")
     top_p: float = config_field(1.0, "Nucleus sampling (1: off)")
     # optimisation
@@ -132,7 +133,10 @@ class RLHFConfig(RunFields):
             raise ConfigError("--beta and --log-completions-every must be >= 0")
         if self.epsilon_high is not None and self.epsilon_high <= 0:
             raise ConfigError(f"--epsilon-high must be > 0, got {self.epsilon_high}")
-        SamplingConfig(self.max_completion_length, self.temperature, self.top_k, self.top_p)  # validates sampling fields
+        if self.temperature <= 0:  # every log-prob of the losses is of softmax(logits / T): greedy has none
+            raise ConfigError(f"--temperature must be > 0 for training, got {self.temperature}; greedy decoding is for "
+                              "evaluation (--eval-temperature 0) and scripts/sample.py")
+        self.eval_sampling  # validates the sampling fields
 
     @property
     def uses_reference(self) -> bool:
@@ -145,6 +149,11 @@ class RLHFConfig(RunFields):
     @property
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(self.max_completion_length, self.temperature, self.top_k, self.top_p)
+
+    @property
+    def eval_sampling(self) -> SamplingConfig:
+        temperature = self.temperature if self.eval_temperature is None else self.eval_temperature
+        return SamplingConfig(self.max_completion_length, temperature, self.top_k, self.top_p)
 
 
 @functools.lru_cache(maxsize=4)
@@ -176,7 +185,7 @@ def evaluate(policy, tokenizer, prompts: list[str], reward: CombinedReward, cfg:
     repeated = [p for p in prompts for _ in range(cfg.eval_samples_per_prompt)]
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed + 12345)
-        rollout = sample_rollout(policy, tokenizer, repeated, cfg.sampling)
+        rollout = sample_rollout(policy, tokenizer, repeated, cfg.eval_sampling)
     totals, components = reward.score(repeated, rollout.completions)
     if gold is not None:
         components["gold"] = gold(repeated, rollout.completions)
@@ -291,7 +300,6 @@ def train(cfg: RLHFConfig) -> dict[str, Any]:
             torch.manual_seed(step_seed(cfg.seed, step, accelerator.process_index))
             step_prompts = prompts_for_step(train_prompts, step, cfg)
             prompts = process_share(step_prompts, accelerator.process_index, world)
-            policy.eval()
             rollout = sample_rollout(accelerator.unwrap_model(policy), tokenizer, prompts, cfg.sampling, ref_model)
             t1 = time.perf_counter()
             try:  # a broken reward or a non-finite loss stops the run before any bad optimizer step

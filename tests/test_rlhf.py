@@ -73,6 +73,24 @@ def test_rollout_logprobs_equal_a_teacher_forced_forward(policy_and_tokenizer):
     assert rollout.completion_lengths.tolist() == rollout.completion_mask.sum(1).tolist()
 
 
+def test_sampling_and_evaluation_run_in_eval_mode_and_restore_the_mode(nano, nano_dir, tmp_path):
+    from rlhf_toy.rewards import resolve_reward
+    from rlhf_toy.trainer import evaluate
+
+    policy, tokenizer = load_model(nano_dir), load_tokenizer(nano_dir)
+    for module in policy.modules():  # as a hub GPT-2 has (0.1); the nano model is built without dropout
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.5
+    cfg = small_config(nano, tmp_path)
+    prompts = ["Describe a fox.", "Tell me about Ada."]
+    results = {}
+    for training in (True, False):
+        policy.train(training)
+        results[training] = evaluate(policy, tokenizer, prompts, resolve_reward(), cfg)
+        assert policy.training == training
+    assert results[True]["rows"] == results[False]["rows"]
+
+
 def test_rows_sharing_a_prompt_give_the_logits_and_gradients_of_one_full_forward(nano_dir, policy_and_tokenizer):
     policy, tokenizer = load_model(nano_dir), policy_and_tokenizer[1]
     prompts = ["Tell me about Ada.", "Describe a fox.", "Tell me about Ada.", "What happened to the lantern in Ashford?"] * 2
@@ -146,6 +164,8 @@ def test_grpo_end_to_end_writes_the_run_folder(nano, tmp_path):
     (["--learning-rate", "0"], "--learning-rate must be > 0"),
     (["--algo", "dpo"], "unknown --algo 'dpo'"),
     (["--max-completion-length", "500"], "--prompts: the longest prompt"),
+    (["--temperature", "0"], "--temperature must be > 0 for training, got 0.0; greedy decoding is for evaluation"),
+    (["--eval-temperature", "-1"], "--temperature >= 0"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, nano, tmp_path, monkeypatch, capsys):
     root = nano[0]
