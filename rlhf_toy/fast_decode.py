@@ -11,11 +11,15 @@ writing keys and values into preallocated buffers instead of concatenating a gro
               logits = lean_gpt2_step(token, position, buffers)   # layer norm, attention, MLP
     until     every sequence has produced eos, or max_new_tokens
 
-`tests/test_rlhf.py` checks it against `model.generate`: the same greedy tokens and logits.
-Other architectures use `generate` itself (`supports_fast_decode` says which).
+`tests/test_decoding.py` checks it against `model.generate` (the same greedy tokens and logits) and, while
+sampling, against a teacher-forced forward. Other architectures, and GPT-2 variants whose attention this
+loop does not write out, use `generate` itself (`supports_fast_decode` says which).
 """
 
 from __future__ import annotations
+
+import functools
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -27,16 +31,40 @@ from rlhf_toy.models import distinct_prompts, position_ids
 
 
 def supports_fast_decode(model: PreTrainedModel) -> bool:
+    """True when the lean step computes what the model's own forward does: a GPT-2 with the attention this loop
+    writes out (scaled by 1/sqrt(head_dim), no per-layer scaling or upcast reordering, no cross-attention), an
+    activation transformers knows, and a KV cache whose per-layer tensors this loop can read."""
     config = model.config
-    return (config.model_type == "gpt2" and not config.scale_attn_by_inverse_layer_idx and not config.reorder_and_upcast_attn
-            and not getattr(config, "add_cross_attention", False))
+    return (config.model_type == "gpt2" and getattr(config, "scale_attn_weights", False)
+            and not getattr(config, "scale_attn_by_inverse_layer_idx", True) and not getattr(config, "reorder_and_upcast_attn", True)
+            and not getattr(config, "add_cross_attention", False) and config.activation_function in ACT2FN
+            and cache_layout_is_known())
+
+
+@functools.cache
+def cache_layout_is_known() -> bool:
+    """Whether transformers' DynamicCache still keeps one `layers[i].keys / .values` tensor `[B, heads, T, head_dim]`
+    per layer, which the prefill hands to this loop. An upgrade that changes it turns fast decoding off (once,
+    with a notice) and sampling goes through generate."""
+    try:
+        cache = DynamicCache()
+        cache.update(torch.zeros(1, 1, 2, 1), torch.ones(1, 1, 2, 1), 0)
+        layer = cache.layers[0]
+        known = layer.keys.shape == (1, 1, 2, 1) and bool(layer.values.eq(1).all())
+    except (AttributeError, IndexError, TypeError):
+        known = False
+    if not known:
+        warnings.warn("rlhf_toy.fast_decode: this transformers version's DynamicCache has no layers[i].keys/values; "
+                      "sampling falls back to model.generate", stacklevel=2)
+    return known
 
 
 @torch.inference_mode()
 def sample_gpt2(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int,
-                choose, eos_token_id: int, pad_token_id: int) -> tuple[Tensor, list[Tensor]]:
+                choose, eos_token_ids: list[int], pad_token_id: int) -> tuple[Tensor, list[Tensor]]:
     """(sequences `[B, P + C]`, raw logits of each step `C x [B, V]`), as generate's `sequences` and
-    `logits`. choose(logits [B, V]) -> tokens [B] picks the next token (sampling or greedy)."""
+    `logits`; a row stops at any of eos_token_ids. choose(logits [B, V]) -> tokens [B] picks the next token
+    (sampling or greedy)."""
     config, gpt = model.config, model.transformer
     batch, prompt_length = input_ids.shape
     heads, head_dim = config.n_head, config.n_embd // config.n_head
@@ -55,12 +83,13 @@ def sample_gpt2(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tenso
     position = position_ids(attention_mask)[:, -1]
     activation, eps = ACT2FN[config.activation_function], config.layer_norm_epsilon
     done = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
+    eos = torch.tensor(eos_token_ids, device=input_ids.device)
     tokens, step_logits = [], []
     for t in range(prompt_length, total):
         token = torch.where(done, pad_token_id, choose(logits))
         tokens.append(token)
         step_logits.append(logits)
-        done |= token == eos_token_id
+        done |= torch.isin(token, eos)
         if bool(done.all()) or t == total - 1:
             break
         allowed[:, 0, 0, t] = True

@@ -109,6 +109,14 @@ def check_model_exists(name_or_dir: str) -> None:
                           "save_pretrained (e.g. by scripts/pretrain.py) or a hub name such as gpt2")
 
 
+def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Every id that ends a completion: the tokenizer's eos and the model's generation_config eos ids (chat
+    models list an end-of-turn token there too)."""
+    configured = getattr(model.generation_config, "eos_token_id", None) if hasattr(model, "generation_config") else None
+    configured = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
+    return list(dict.fromkeys([tokenizer.eos_token_id, *configured]))
+
+
 def position_ids(attention_mask: Tensor) -> Tensor:
     """Positions that skip left padding, as generate computes them: `[B, T]`."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

@@ -20,7 +20,7 @@ from torch import Tensor
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from classic_rl import core
-from rlhf_toy.models import distinct_prompts, evaluation_mode, position_ids
+from rlhf_toy.models import distinct_prompts, evaluation_mode, position_ids, stop_token_ids
 from rlhf_toy.sampling import SamplingConfig, encode_prompts, sample_sequences
 
 
@@ -90,9 +90,9 @@ def completion_logits(model: PreTrainedModel, input_ids: Tensor, attention_mask:
     return (logits, hidden[0]) if return_hidden else logits
 
 
-def completion_mask_from_ids(completion_ids: Tensor, eos_token_id: int) -> tuple[Tensor, Tensor]:
-    """(mask `[B, C]`, is_truncated `[B]`): tokens up to and including the first eos are valid."""
-    is_eos = completion_ids == eos_token_id
+def completion_mask_from_ids(completion_ids: Tensor, eos_token_ids: list[int]) -> tuple[Tensor, Tensor]:
+    """(mask `[B, C]`, is_truncated `[B]`): tokens up to and including the first of any eos id are valid."""
+    is_eos = torch.isin(completion_ids, torch.tensor(eos_token_ids, device=completion_ids.device))
     has_eos = is_eos.any(1)
     first_eos = torch.where(has_eos, is_eos.float().argmax(1), torch.full_like(has_eos, completion_ids.shape[1], dtype=torch.long))
     steps = torch.arange(completion_ids.shape[1], device=completion_ids.device)
@@ -109,7 +109,7 @@ def sample_rollout(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
         sequences, step_logits = sample_sequences(policy, tokenizer, batch, sampling)
     prompt_length = batch["input_ids"].shape[1]
     completion_ids = sequences[:, prompt_length:]
-    completion_mask, is_truncated = completion_mask_from_ids(completion_ids, tokenizer.eos_token_id)
+    completion_mask, is_truncated = completion_mask_from_ids(completion_ids, stop_token_ids(policy, tokenizer))
     temperature = sampling.temperature or 1.0
     # the raw logits of each step, [B, V]: log-probs per step keep memory at [B, V], not [B, C, V]
     old_logprobs = torch.stack([core.logprobs_from_logits(logits.float() / temperature, completion_ids[:, t])

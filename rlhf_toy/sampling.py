@@ -16,7 +16,7 @@ from transformers import (
 
 from classic_rl.runs import ConfigError, config_field
 from rlhf_toy.fast_decode import sample_gpt2, supports_fast_decode
-from rlhf_toy.models import evaluation_mode, format_prompt
+from rlhf_toy.models import evaluation_mode, format_prompt, stop_token_ids
 
 
 @dataclass
@@ -31,16 +31,17 @@ class SamplingConfig:
             raise ConfigError("sampling needs --max-new-tokens > 0, --temperature >= 0, --top-k >= 0 and --top-p in (0, 1]; "
                               f"got {self.max_new_tokens}, {self.temperature}, {self.top_k}, {self.top_p}")
 
-    def generation_config(self, tokenizer: PreTrainedTokenizerBase, with_logits: bool = False) -> GenerationConfig:
-        """transformers' GenerationConfig; with_logits also returns the raw logits of every step."""
+    def generation_config(self, tokenizer: PreTrainedTokenizerBase, eos_token_ids: list[int],
+                          with_logits: bool = False) -> GenerationConfig:
+        """transformers' GenerationConfig stopping at any of eos_token_ids; with_logits also returns the raw
+        logits of every step."""
         greedy = self.temperature == 0
         return GenerationConfig(
             max_new_tokens=self.max_new_tokens, do_sample=not greedy,
             return_dict_in_generate=with_logits, output_logits=with_logits,
             temperature=None if greedy else self.temperature, top_k=None if greedy else self.top_k,
             top_p=None if greedy else self.top_p,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_token_ids)
 
     def next_tokens(self, logits: torch.Tensor) -> torch.Tensor:
         """The next token `[B]` from raw logits `[B, V]`: argmax at temperature 0, else a sample of
@@ -64,12 +65,13 @@ class SamplingConfig:
 
 def sample_sequences(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch: dict[str, torch.Tensor],
                      sampling: SamplingConfig) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-    """(sequences `[B, P + C]`, raw logits of each generated step `C x [B, V]`) for an encoded batch:
-    GPT-2-family models decode with rlhf_toy.fast_decode, others with transformers' generate."""
+    """(sequences `[B, P + C]`, raw logits of each generated step `C x [B, V]`) for an encoded batch, stopping at
+    any eos id: GPT-2-family models decode with rlhf_toy.fast_decode, others with transformers' generate."""
+    eos_token_ids = stop_token_ids(model, tokenizer)
     if supports_fast_decode(model):
         return sample_gpt2(model, batch["input_ids"], batch["attention_mask"], sampling.max_new_tokens, sampling.next_tokens,
-                           tokenizer.eos_token_id, tokenizer.pad_token_id)
-    out = model.generate(**batch, generation_config=sampling.generation_config(tokenizer, with_logits=True))
+                           eos_token_ids, tokenizer.pad_token_id)
+    out = model.generate(**batch, generation_config=sampling.generation_config(tokenizer, eos_token_ids, with_logits=True))
     return out.sequences, out.logits
 
 

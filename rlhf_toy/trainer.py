@@ -136,7 +136,7 @@ class RLHFConfig(RunFields):
         if self.temperature <= 0:  # every log-prob of the losses is of softmax(logits / T): greedy has none
             raise ConfigError(f"--temperature must be > 0 for training, got {self.temperature}; greedy decoding is for "
                               "evaluation (--eval-temperature 0) and scripts/sample.py")
-        self.eval_sampling  # validates the sampling fields
+        _ = self.eval_sampling  # validates the sampling fields
 
     @property
     def uses_reference(self) -> bool:

@@ -34,12 +34,12 @@ def test_group_advantages_by_hand():
     torch.testing.assert_close(adv, torch.tensor([0.5, -0.5, 0.0, 0.0, 1.0, -1.0]) / rewards.std())
 
 
-def test_completion_mask_stops_after_the_first_eos():
-    eos = 9
-    ids = torch.tensor([[4, 5, eos, 3, 3], [4, eos, eos, 3, 3], [1, 2, 3, 4, 5]])
-    mask, truncated = completion_mask_from_ids(ids, eos)
-    assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
-    assert truncated.tolist() == [False, False, True]
+def test_completion_mask_stops_after_the_first_of_any_eos_id():
+    eos, end_of_turn = 9, 7
+    ids = torch.tensor([[4, 5, eos, 3, 3], [4, eos, eos, 3, 3], [1, 2, 3, 4, 5], [1, end_of_turn, eos, 4, 5]])
+    mask, truncated = completion_mask_from_ids(ids, [eos, end_of_turn])
+    assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
+    assert truncated.tolist() == [False, False, True, False]
 
 
 def sequence_logprobs(policy, rollout) -> torch.Tensor:
@@ -398,43 +398,6 @@ def test_ppo_refuses_several_processes_and_single_process_scripts_refuse_a_launc
     monkeypatch.setenv("WORLD_SIZE", "2")
     code, _, err = run_script("pretrain.py", ["--run-dir", str(tmp_path / "p")], monkeypatch, capsys)
     assert code == 2 and "pretrain.py runs in one process, but was launched in 2" in err and err.count("\n") == 1
-
-
-# ---- fast decoding -------------------------------------------------------------------------------------
-
-def test_fast_decode_matches_generate_token_for_token_and_logit_for_logit(policy_and_tokenizer):
-    from rlhf_toy.fast_decode import sample_gpt2, supports_fast_decode
-    from rlhf_toy.sampling import encode_prompts
-
-    policy, tokenizer = policy_and_tokenizer
-    greedy = SamplingConfig(max_new_tokens=16, temperature=0)
-    batch = encode_prompts(tokenizer, ["Describe a fox.", "Tell me about Ada and the lake in 8 words.", "Hi."], 16, policy)
-    assert supports_fast_decode(policy) and batch["attention_mask"].min() == 0  # left padding is exercised
-    with torch.inference_mode():
-        reference = policy.generate(**batch, generation_config=greedy.generation_config(tokenizer, with_logits=True))
-        sequences, logits = sample_gpt2(policy, batch["input_ids"], batch["attention_mask"], 16, greedy.next_tokens,
-                                        tokenizer.eos_token_id, tokenizer.pad_token_id)
-    assert torch.equal(sequences, reference.sequences)
-    assert len(logits) == len(reference.logits)
-    assert max((a - b).abs().max().item() for a, b in zip(logits, reference.logits, strict=True)) < 1e-4
-
-
-def test_next_tokens_samples_the_softmax_and_respects_top_k_and_top_p():
-    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2, 0.0]])).expand(20_000, 4)
-    torch.manual_seed(0)
-    counts = torch.bincount(SamplingConfig(temperature=1.0).next_tokens(logits), minlength=4).float() / 20_000
-    assert torch.allclose(counts, torch.tensor([0.5, 0.3, 0.2, 0.0]), atol=0.015), counts
-    assert set(SamplingConfig(top_k=2).next_tokens(logits).tolist()) == {0, 1}
-    assert set(SamplingConfig(top_p=0.5).next_tokens(logits).tolist()) == {0}
-    assert set(SamplingConfig(temperature=0).next_tokens(logits).tolist()) == {0}
-
-
-def test_next_tokens_never_picks_a_filtered_token_even_for_a_uniform_draw_of_zero(monkeypatch):
-    logits = torch.tensor([[0.0, 2.0, 1.0, 3.0]])  # top-k 2 filters tokens 0 and 2
-    monkeypatch.setattr(torch, "rand", lambda *shape, **kw: torch.zeros(*shape))
-    assert SamplingConfig(top_k=2).next_tokens(logits).item() == 1  # the first token with probability
-    monkeypatch.setattr(torch, "rand", lambda *shape, **kw: torch.full(shape, 1 - 1e-7))
-    assert SamplingConfig(top_k=2).next_tokens(logits).item() == 3
 
 
 @pytest.mark.slow

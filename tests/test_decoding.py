@@ -1,0 +1,132 @@
+"""Sampling: the fast GPT-2 decoder against transformers' generate and a teacher-forced forward, its fallbacks,
+stop tokens, and the inverse-CDF sampler."""
+
+import copy
+import warnings
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from rlhf_toy import fast_decode
+from rlhf_toy.fast_decode import sample_gpt2, supports_fast_decode
+from rlhf_toy.models import load_model, load_tokenizer, position_ids, stop_token_ids
+from rlhf_toy.sampling import SamplingConfig, encode_prompts, sample_sequences
+
+PROMPTS = ["Describe a fox.", "Tell me about Ada and the lake in 8 words.", "Hi."]
+
+
+@pytest.fixture(scope="module")
+def policy_and_tokenizer(nano_dir):
+    return load_model(nano_dir).eval(), load_tokenizer(nano_dir)
+
+
+def generate_greedy(policy, tokenizer, batch, max_new_tokens):
+    greedy = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0)
+    config = greedy.generation_config(tokenizer, stop_token_ids(policy, tokenizer), with_logits=True)
+    with torch.inference_mode():
+        return policy.generate(**batch, generation_config=config)
+
+
+def fast_greedy(policy, tokenizer, batch, max_new_tokens):
+    with torch.inference_mode():
+        return sample_gpt2(policy, batch["input_ids"], batch["attention_mask"], max_new_tokens,
+                           SamplingConfig(temperature=0).next_tokens, stop_token_ids(policy, tokenizer), tokenizer.pad_token_id)
+
+
+def pad_is_eos(tokenizer):
+    """A copy of tokenizer that pads with eos, as GPT-2's hub tokenizer does."""
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+@pytest.mark.parametrize("pad", ["own pad token", "pad is eos"])
+def test_fast_decode_matches_generate_token_for_token_and_logit_for_logit(pad, policy_and_tokenizer):
+    policy, tokenizer = policy_and_tokenizer
+    tokenizer = pad_is_eos(tokenizer) if pad == "pad is eos" else tokenizer
+    batch = encode_prompts(tokenizer, PROMPTS, 16, policy)
+    assert supports_fast_decode(policy) and batch["attention_mask"].min() == 0  # left padding is exercised
+    reference = generate_greedy(policy, tokenizer, batch, 16)
+    sequences, logits = fast_greedy(policy, tokenizer, batch, 16)
+    assert torch.equal(sequences, reference.sequences)
+    assert len(logits) == len(reference.logits)
+    assert max((a - b).abs().max().item() for a, b in zip(logits, reference.logits, strict=True)) < 1e-4
+
+
+def test_fast_decode_stops_at_any_eos_id_of_the_generation_config(policy_and_tokenizer):
+    policy, tokenizer = copy.deepcopy(policy_and_tokenizer[0]), policy_and_tokenizer[1]
+    batch = encode_prompts(tokenizer, PROMPTS, 16, policy)
+    free_run = fast_greedy(policy, tokenizer, batch, 16)[0][:, batch["input_ids"].shape[1]:]
+    end_of_turn = int(free_run[0, 2])  # what row 0 says third becomes an end-of-turn token
+    policy.generation_config.eos_token_id = [tokenizer.eos_token_id, end_of_turn]
+    assert stop_token_ids(policy, tokenizer) == [tokenizer.eos_token_id, end_of_turn]
+    sequences, _ = fast_greedy(policy, tokenizer, batch, 16)
+    completion = sequences[:, batch["input_ids"].shape[1]:]
+    first_stop = int(torch.isin(completion[0], torch.tensor([tokenizer.eos_token_id, end_of_turn])).float().argmax())
+    assert first_stop <= 2 and (completion[0, first_stop + 1:] == tokenizer.pad_token_id).all()
+    assert torch.equal(sequences, generate_greedy(policy, tokenizer, batch, 16).sequences)
+
+
+def test_fast_decode_while_sampling_gives_the_logits_of_a_teacher_forced_forward(policy_and_tokenizer):
+    policy, tokenizer = policy_and_tokenizer
+    batch = encode_prompts(tokenizer, PROMPTS * 2, 20, policy)  # repeated prompts: the shared prefill is exercised
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        sequences, logits = sample_gpt2(policy, batch["input_ids"], batch["attention_mask"], 20,
+                                        SamplingConfig(temperature=1.3, top_k=50).next_tokens, [tokenizer.eos_token_id],
+                                        tokenizer.pad_token_id)
+        prompt_length = batch["input_ids"].shape[1]
+        completion = sequences[:, prompt_length:]
+        valid = torch.cat([batch["attention_mask"], torch.ones_like(completion)], dim=1)
+        forward = policy(input_ids=sequences, attention_mask=valid, position_ids=position_ids(valid)).logits
+    assert len(set(map(tuple, completion.tolist()))) > 3  # sampled: the repeated prompts got different completions
+    for t, step_logits in enumerate(logits):
+        alive = ~torch.isin(completion[:, :t], torch.tensor([tokenizer.eos_token_id])).any(1)  # rows not finished before t
+        torch.testing.assert_close(step_logits[alive], forward[alive, prompt_length - 1 + t], atol=1e-4, rtol=0)
+
+
+def test_a_gpt2_the_lean_step_does_not_compute_falls_back_to_generate(nano_dir, policy_and_tokenizer):
+    tokenizer = policy_and_tokenizer[1]
+    policy = AutoModelForCausalLM.from_pretrained(nano_dir, scale_attn_weights=False).eval()  # logits not / sqrt(head_dim)
+    batch = encode_prompts(tokenizer, PROMPTS, 12, policy)
+    reference = generate_greedy(policy, tokenizer, batch, 12)
+    lean = fast_greedy(policy, tokenizer, batch, 12)[1]
+    assert max((a - b).abs().max().item() for a, b in zip(lean, reference.logits, strict=False)) > 1e-2  # it would be wrong
+    assert not supports_fast_decode(policy)
+    sequences, _ = sample_sequences(policy, tokenizer, batch, SamplingConfig(max_new_tokens=12, temperature=0))
+    assert torch.equal(sequences, reference.sequences)
+
+
+def test_an_unknown_cache_layout_turns_fast_decoding_off_once_with_a_notice(policy_and_tokenizer, monkeypatch):
+    class CacheWithoutLayers(fast_decode.DynamicCache):
+        layers = property(lambda self: (_ for _ in ()).throw(AttributeError("layers")))
+
+    fast_decode.cache_layout_is_known.cache_clear()
+    monkeypatch.setattr(fast_decode, "DynamicCache", CacheWithoutLayers)
+    try:
+        with pytest.warns(UserWarning, match="sampling falls back to model.generate"):
+            assert not supports_fast_decode(policy_and_tokenizer[0])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the notice comes once
+            assert not supports_fast_decode(policy_and_tokenizer[0])
+    finally:
+        fast_decode.cache_layout_is_known.cache_clear()
+
+
+def test_next_tokens_samples_the_softmax_and_respects_top_k_and_top_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2, 0.0]])).expand(20_000, 4)
+    torch.manual_seed(0)
+    counts = torch.bincount(SamplingConfig(temperature=1.0).next_tokens(logits), minlength=4).float() / 20_000
+    assert torch.allclose(counts, torch.tensor([0.5, 0.3, 0.2, 0.0]), atol=0.015), counts
+    assert set(SamplingConfig(top_k=2).next_tokens(logits).tolist()) == {0, 1}
+    assert set(SamplingConfig(top_p=0.5).next_tokens(logits).tolist()) == {0}
+    assert set(SamplingConfig(temperature=0).next_tokens(logits).tolist()) == {0}
+
+
+def test_next_tokens_never_picks_a_filtered_token_even_for_a_uniform_draw_of_zero(monkeypatch):
+    logits = torch.tensor([[0.0, 2.0, 1.0, 3.0]])  # top-k 2 filters tokens 0 and 2
+    monkeypatch.setattr(torch, "rand", lambda *shape, **kw: torch.zeros(*shape))
+    assert SamplingConfig(top_k=2).next_tokens(logits).item() == 1  # the first token with probability
+    monkeypatch.setattr(torch, "rand", lambda *shape, **kw: torch.full(shape, 1 - 1e-7))
+    assert SamplingConfig(top_k=2).next_tokens(logits).item() == 3
