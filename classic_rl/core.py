@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-AGGREGATIONS = ("token", "seq", "seq-mean-token-sum")
+AGGREGATIONS = ("token", "seq", "seq-mean-token-sum", "none")
 KL_KINDS = ("k1", "k2", "k3")
 
 
@@ -106,14 +106,18 @@ def discounted_returns(rewards: Tensor, dones: Tensor, gamma: float) -> Tensor:
 
 
 def aggregate(per_position: Tensor, mask: Tensor | None = None, agg: str = "token") -> Tensor:
-    """Reduce a per-position loss to a scalar.
+    """Reduce a per-position loss to a scalar (or, "none", leave it per position).
 
     - "token": mean over every valid position of the batch (DAPO; classic PPO on flat steps).
     - "seq": mean over each sequence's valid positions, then over sequences (GRPO paper).
     - "seq-mean-token-sum": sum over each sequence's positions, mean over sequences
       (divide by a constant length for Dr. GRPO).
+    - "none": no reduction; the per-position values with masked positions set to 0, for a caller's
+      own normaliser (GRPO's loss types).
     Sequences run along the last axis.
     """
+    if agg == "none":
+        return _zero_masked(per_position, mask)
     if agg == "token":
         return masked_mean(per_position, mask)
     if agg == "seq":

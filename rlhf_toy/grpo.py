@@ -6,11 +6,9 @@
             = (r_i - mean(group)) / (std(batch) + eps)        "batch"
             = (r_i - mean(group))                             "none" (Dr. GRPO, Liu et al. 2025)
         every completion token gets its sequence's advantage; no critic
-        for num_iterations:
-            minimise  clipped objective + beta * k3 KL to the reference, aggregated by loss_type:
-                "grpo":    mean over each sequence's tokens, then over sequences (the GRPO paper)
-                "dapo":    mean over all tokens of the batch (DAPO, Yu et al. 2025; TRL's "bnpo" too)
-                "dr_grpo": sum over tokens / (sequences * max_completion_length) (Dr. GRPO)
+        for num_iterations, for each of num_minibatches minibatches:
+            per-token loss = clipped objective + beta * k3 KL to the reference
+            minimise its aggregation by loss_type (TRL's GRPOConfig names; see grpo_loss)
 
 The clipped objective, KL estimator and aggregation are classic_rl.core's, as in classic PPO.
 """
@@ -24,7 +22,7 @@ from classic_rl import core
 from classic_rl.runs import MeanStats, check_finite
 from rlhf_toy.rollout import Rollout, completion_logits
 
-LOSS_AGGREGATION = {"grpo": "seq", "dapo": "token", "bnpo": "token", "dr_grpo": "seq-mean-token-sum"}
+LOSS_TYPES = ("grpo", "dapo", "bnpo", "dr_grpo")
 SCALE_REWARDS = ("group", "batch", "none")
 
 
@@ -46,6 +44,28 @@ def group_advantages(rewards: Tensor, group_size: int, scale_rewards: str = "gro
     return advantages.view(-1), (group_std < 1e-6).float().mean()
 
 
+def grpo_loss(per_token_loss: Tensor, mask: Tensor, loss_type: str, max_completion_length: int,
+              dapo_normaliser: Tensor) -> Tensor:
+    """One minibatch's loss on one process from its per-token losses `[b, C]`, as TRL's GRPOTrainer aggregates
+    them (DDP then averages the processes' gradients):
+
+        grpo     mean over each sequence's tokens, then over the sequences (the GRPO paper)
+        bnpo     mean over the minibatch's tokens on this process
+        dr_grpo  sum / (sequences * max_completion_length)                  (Dr. GRPO, Liu et al. 2025)
+        dapo     sum / dapo_normaliser, the generation batch's tokens on all processes / (processes * minibatches):
+                 every token of the batch weighs the same, whichever minibatch and process hold it (DAPO)
+    """
+    if loss_type == "grpo":
+        return core.aggregate(per_token_loss, mask, "seq")
+    if loss_type == "bnpo":
+        return core.aggregate(per_token_loss, mask, "token")
+    if loss_type == "dr_grpo":
+        return core.aggregate(per_token_loss, mask, "seq-mean-token-sum") / max_completion_length
+    if loss_type == "dapo":
+        return (per_token_loss * mask).sum() / dapo_normaliser
+    raise ValueError(f"unknown loss_type {loss_type!r}; accepted: {', '.join(LOSS_TYPES)}")
+
+
 def grpo_update(policy, optimizer, accelerator, rollout: Rollout, rewards: Tensor, cfg) -> dict[str, float]:
     """num_iterations passes of `cfg.num_minibatches` gradient steps over one rollout; returns metrics.
 
@@ -58,7 +78,7 @@ def grpo_update(policy, optimizer, accelerator, rollout: Rollout, rewards: Tenso
     mask = rollout.completion_mask
     if cfg.mask_truncated_completions:
         mask = mask * (~rollout.is_truncated).float()[:, None]
-    agg = LOSS_AGGREGATION[cfg.loss_type]
+    dapo_normaliser = accelerator.reduce(mask.sum(), "sum").clamp(min=1.0) / (accelerator.num_processes * cfg.num_minibatches)
     size = len(rewards) // cfg.num_minibatches
     means = MeanStats()
     for _iteration in range(cfg.num_iterations):
@@ -67,19 +87,14 @@ def grpo_update(policy, optimizer, accelerator, rollout: Rollout, rewards: Tenso
                                        cfg.temperature)
             logp = core.logprobs_from_logits(logits, rollout.completion_ids[mb], mask[mb])
             adv = advantages[mb, None].expand_as(logp)
-            loss, stats = core.policy_loss(logp, rollout.old_logprobs[mb], adv, cfg.epsilon, cfg.epsilon_high, mask[mb], agg)
+            per_token_loss, stats = core.policy_loss(logp, rollout.old_logprobs[mb], adv, cfg.epsilon, cfg.epsilon_high,
+                                                     mask[mb], "none")
             if cfg.beta > 0:
                 kl = core.kl_estimate(logp, rollout.ref_logprobs[mb], "k3", mask[mb])
-                loss = loss + cfg.beta * core.aggregate(kl, mask[mb], agg)
+                per_token_loss = per_token_loss + cfg.beta * kl
                 stats["kl"] = core.masked_mean(kl.detach(), mask[mb])
-            if cfg.loss_type == "dr_grpo":
-                loss = loss / cfg.max_completion_length
+            loss = grpo_loss(per_token_loss, mask[mb], cfg.loss_type, cfg.max_completion_length, dapo_normaliser)
             stats["loss"] = loss.detach()
-            if agg == "token" and accelerator.num_processes > 1:
-                # DDP averages gradients over processes; weighing each by its share of the tokens makes
-                # the result the token mean over the whole batch, as in one process.
-                tokens = mask[mb].sum()
-                loss = loss * tokens * accelerator.num_processes / accelerator.reduce(tokens, "sum")
             accelerator.backward(loss)
             stats["grad_norm"] = accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
             check_finite(None, loss=loss, grad_norm=stats["grad_norm"])  # before the step: the weights stay good

@@ -38,7 +38,7 @@ from classic_rl.runs import (
 )
 from rlhf_toy.data import DATA_DIR, load_prompts
 from rlhf_toy.distributed import any_process, make_accelerator, mean_over_processes, process_share
-from rlhf_toy.grpo import LOSS_AGGREGATION, SCALE_REWARDS, grpo_update
+from rlhf_toy.grpo import LOSS_TYPES, SCALE_REWARDS, grpo_update
 from rlhf_toy.models import check_model_exists, load_model, load_tokenizer, save_model_checkpoint
 from rlhf_toy.ppo import KLController, build_critic, ppo_update
 from rlhf_toy.pretrain import default_base_model
@@ -83,7 +83,7 @@ class RLHFConfig(RunFields):
     beta: float = config_field(0.04, "k3 KL coefficient to the reference (0 loads no reference model)")
     epsilon: float = config_field(0.2, "Lower clip of the policy ratio")
     epsilon_high: float | None = config_field(None, "Upper clip (DAPO's clip-higher); default: epsilon")
-    loss_type: str = config_field("dapo", f"Loss aggregation: {', '.join(LOSS_AGGREGATION)}")
+    loss_type: str = config_field("dapo", f"Loss aggregation, as TRL's: {', '.join(LOSS_TYPES)}")
     scale_rewards: str = config_field("group", f"Advantage scaling: {', '.join(SCALE_REWARDS)} (none = Dr. GRPO)")
     num_iterations: int = config_field(1, "Updates per rollout (GRPO's mu)")
     mask_truncated_completions: bool = config_field(False, "Exclude completions without eos from the loss (DAPO)")
@@ -108,7 +108,7 @@ class RLHFConfig(RunFields):
 
     def __post_init__(self):
         super().__post_init__()
-        choices = {"algo": (self.algo, ALGOS), "loss_type": (self.loss_type, tuple(LOSS_AGGREGATION)),
+        choices = {"algo": (self.algo, ALGOS), "loss_type": (self.loss_type, LOSS_TYPES),
                    "scale_rewards": (self.scale_rewards, SCALE_REWARDS), "critic": (self.critic, CRITICS)}
         for name, (value, accepted) in choices.items():
             if value not in accepted:

@@ -117,9 +117,7 @@ def test_one_grpo_update_raises_the_logprob_of_the_better_completion(policy_and_
     _, tokenizer = policy_and_tokenizer
     torch.manual_seed(2)
     rollout = sample_rollout(policy, tokenizer, ["Describe a fox."] * 2, SamplingConfig(max_new_tokens=16), ref_model=policy)
-    cfg = SimpleNamespace(num_generations=2, scale_rewards="group", mask_truncated_completions=False, loss_type="grpo",
-                          num_minibatches=1, num_iterations=1, temperature=1.0, epsilon=0.2, epsilon_high=None, beta=0.04,
-                          max_completion_length=16, max_grad_norm=1.0)
+    cfg = RLHFConfig(num_generations=2, prompts_per_step=1, loss_type="grpo", max_completion_length=16)
 
     before = sequence_logprobs(policy, rollout)
     optimizer = torch.optim.SGD(policy.parameters(), lr=0.05)
@@ -245,9 +243,7 @@ def test_one_ppo_update_raises_the_logprob_of_the_better_completion(critic_kind,
     rollout = sample_rollout(policy, tokenizer, ["Describe a fox.", "Describe a fox."], SamplingConfig(max_new_tokens=16),
                              ref_model=policy)
     critic = build_critic(policy, critic_kind, lambda: load_model(nano_dir))
-    cfg = SimpleNamespace(missing_eos_penalty=None, temperature=1.0, whiten_rewards=False, gamma=1.0, lam=0.95,
-                          num_minibatches=1, num_ppo_epochs=1, epsilon=0.2, epsilon_high=None, cliprange_value=0.2,
-                          vf_coef=0.1, max_grad_norm=1.0)
+    cfg = RLHFConfig(algo="ppo", num_generations=1, prompts_per_step=2, num_ppo_epochs=1, gamma=1.0)
 
     before = sequence_logprobs(policy, rollout)
     with torch.no_grad():  # the values of the rollout (the critic's own pass) are those the update's forward gives
