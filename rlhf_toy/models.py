@@ -21,6 +21,8 @@ from transformers import (
     AutoTokenizer,
     GPT2Config,
     GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
@@ -59,18 +61,31 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
                                    unk_token=EOS_TOKEN, pad_token=PAD_TOKEN, padding_side="left")
 
 
-def build_model(preset: str, tokenizer: PreTrainedTokenizerBase, n_positions: int = 128) -> GPT2LMHeadModel:
-    """A freshly initialised GPT-2 of the named preset, sized to the tokenizer."""
+ARCHITECTURES = ("gpt2", "llama")
+
+
+def build_model(preset: str, tokenizer: PreTrainedTokenizerBase, n_positions: int = 128, arch: str = "gpt2") -> PreTrainedModel:
+    """A freshly initialised causal LM of the named size preset, sized to the tokenizer: GPT-2, or a Llama
+    (RMSNorm, rotary positions, SwiGLU, grouped-query attention with half as many key/value heads)."""
     if preset not in MODEL_PRESETS:
         raise ConfigError(f"unknown model preset {preset!r}; accepted: {', '.join(MODEL_PRESETS)}")
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=n_positions, **MODEL_PRESETS[preset],
+    if arch not in ARCHITECTURES:
+        raise ConfigError(f"unknown architecture {arch!r}; accepted: {', '.join(ARCHITECTURES)}")
+    size = MODEL_PRESETS[preset]
+    special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    if arch == "llama":
+        width = size["n_embd"]
+        return LlamaForCausalLM(LlamaConfig(
+            vocab_size=len(tokenizer), max_position_embeddings=n_positions, hidden_size=width, num_hidden_layers=size["n_layer"],
+            num_attention_heads=size["n_head"], num_key_value_heads=max(1, size["n_head"] // 2),
+            intermediate_size=32 * round(8 / 3 * width / 32),  # SwiGLU's 8/3 expansion keeps GPT-2's 4x MLP compute
+            tie_word_embeddings=True, **special))
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=n_positions, **size,
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,  # tiny models on small data: no dropout
                         # GPT-2's tanh-approximate GELU as one fused PyTorch kernel: "gelu_new" computes the same
                         # function in five ops, and torch.tanh has no vectorised CPU kernel (43 us vs sigmoid's
                         # 7.5 us on [256, 64] here), which made it a tenth of an RLHF step.
-                        activation_function="gelu_pytorch_tanh",
-                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                        pad_token_id=tokenizer.pad_token_id)
+                        activation_function="gelu_pytorch_tanh", **special)
     return GPT2LMHeadModel(config)
 
 

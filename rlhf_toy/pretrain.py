@@ -33,6 +33,7 @@ from classic_rl.runs import (
 from rlhf_toy import data
 from rlhf_toy.distributed import make_accelerator
 from rlhf_toy.models import (
+    ARCHITECTURES,
     MODEL_PRESETS,
     build_model,
     format_prompt,
@@ -46,6 +47,7 @@ from rlhf_toy.models import (
 @dataclass
 class PretrainConfig(RunFields):
     preset: str = config_field("tiny", f"Model size: {', '.join(MODEL_PRESETS)}")
+    arch: str = config_field("gpt2", f"Architecture: {', '.join(ARCHITECTURES)} (the policy's fast decoder is GPT-2's)")
     seed: int = config_field(0, "Seeds python, numpy, torch and batch order")
     data_dir: str = config_field(str(data.DATA_DIR), "Folder with pretrain.jsonl and sft.jsonl (scripts/make_data.py writes them)")
     vocab_size: int = config_field(2048, "BPE vocabulary to ask for (a small corpus may yield fewer tokens)")
@@ -67,6 +69,8 @@ class PretrainConfig(RunFields):
         super().__post_init__()
         if self.preset not in MODEL_PRESETS:
             raise ConfigError(f"unknown --preset {self.preset!r}; accepted: {', '.join(MODEL_PRESETS)}")
+        if self.arch not in ARCHITECTURES:
+            raise ConfigError(f"unknown --arch {self.arch!r}; accepted: {', '.join(ARCHITECTURES)}")
         require_positive(vocab_size=self.vocab_size, n_positions=self.n_positions, batch_size=self.batch_size,
                          max_steps=self.max_steps, learning_rate=self.learning_rate, grad_clip=self.grad_clip,
                          eval_every=self.eval_every, torch_threads=self.torch_threads)
@@ -130,7 +134,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     train_blocks = pack(encode(order[n_val:]), tokenizer.eos_token_id, cfg.n_positions)
     val_blocks = pack(encode(order[:n_val]), tokenizer.eos_token_id, cfg.n_positions)
 
-    model = load_model(str(checkpoint / "model")) if checkpoint else build_model(cfg.preset, tokenizer, n_positions=cfg.n_positions)
+    model = load_model(str(checkpoint / "model")) if checkpoint else build_model(cfg.preset, tokenizer, cfg.n_positions, cfg.arch)
     optimizer = torch.optim.AdamW(decay_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=(0.9, 0.95))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_with_warmup(step, cfg))
     batches = data.ShuffledBatches(len(train_blocks), cfg.batch_size, generator)
@@ -152,7 +156,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                  "train_time": train_time, "tokens_seen": tokens_seen, "elapsed": logger.elapsed()}
         return save_model_checkpoint(store, step, model, tokenizer, state, stop)
 
-    print(f"pretraining {cfg.preset}: {num_parameters(model) / 1e6:.2f}M parameters, vocab {len(tokenizer)}, "
+    print(f"pretraining {cfg.arch} {cfg.preset}: {num_parameters(model) / 1e6:.2f}M parameters, vocab {len(tokenizer)}, "
           f"{train_blocks.numel():,} train / {val_blocks.numel():,} held-out tokens, device {device}")
     progress = tqdm(range(start_step, cfg.max_steps + 1), initial=start_step - 1, total=cfg.max_steps,
                     desc=f"pretrain {cfg.preset}", mininterval=1.0)
@@ -182,7 +186,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     val_loss = logger.series("eval/loss")[1][-1]
-    summary = {"preset": cfg.preset, "params": num_parameters(model), "vocab_size": len(tokenizer), "steps": cfg.max_steps,
+    summary = {"arch": cfg.arch, "preset": cfg.preset, "params": num_parameters(model), "vocab_size": len(tokenizer), "steps": cfg.max_steps,
                "train_tokens": tokens_seen, "val_loss": val_loss, "perplexity": math.exp(val_loss),
                "train_loss_final": logger.rows[-1]["train/loss"], "tokens_per_s": tokens_seen / train_time,
                "wall_s": logger.elapsed(), "model_dir": "model"}

@@ -35,6 +35,16 @@ def nano_dir(nano):
     return str(nano[0] / "run" / "model")
 
 
+@pytest.fixture(scope="session")
+def nano_llama_dir(nano):
+    """A nano Llama (rotary positions, RMSNorm, SwiGLU, grouped-query attention) pretrained as briefly on the same data."""
+    root = nano[0]
+    cfg = PretrainConfig(preset="nano", arch="llama", data_dir=str(root / "data"), vocab_size=600, batch_size=16, max_steps=80,
+                         warmup_steps=10, eval_every=40, run_dir=str(root / "llama"))
+    pretrain(cfg)
+    return str(root / "llama" / "model")
+
+
 def run_script(script: str, args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
     """Run scripts/<script> in-process as __main__; returns (exit code, stdout, stderr)."""
     monkeypatch.setattr(sys, "argv", [script, *args])

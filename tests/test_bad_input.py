@@ -49,6 +49,7 @@ CASES = {
         ("bench_classic.py", ["--algos", "sac"], "unknown --algos ['sac']; accepted: all, random_search"),
         ("bench_classic.py", ["--impls", "trl"], "invalid choice: 'trl' (choose from 'ours', 'sb3')"),
         ("pretrain.py", ["--preset", "huge"], "unknown --preset 'huge'; accepted: nano, tiny, small"),
+        ("pretrain.py", ["--arch", "mamba"], "unknown --arch 'mamba'; accepted: gpt2, llama"),
         ("sample.py", ["--model", "{nano}", "--reward", "politeness"], "unknown reward 'politeness'; accepted: length, format"),
         ("train_rlhf.py", ["--algo", "dpo"], "unknown --algo 'dpo'; accepted: grpo, ppo"),
         ("train_rlhf.py", ["--reward", "length,politeness"], "unknown reward 'politeness'"),
