@@ -274,6 +274,17 @@ def test_ppo_end_to_end_with_a_shared_critic(nano, tmp_path):
     assert summary["algo"] == "ppo" and (tmp_path / "run" / "model" / "config.json").is_file()
 
 
+@pytest.mark.parametrize("algo, learning_rate, gain", [("grpo", 4e-3, 0.10), ("ppo", 2e-3, 0.06)])
+def test_rlhf_learns_the_length_reward_on_the_nano_model(algo, learning_rate, gain, nano, tmp_path):
+    """120 steps (5-8 s) raise the eval reward by a clear margin. Measured on seeds 0-3, eval reward 0.68-0.72 before:
+    GRPO +0.141 to +0.148, PPO +0.080 to +0.208; the test runs seed 0 at 1 thread, which repeats exactly."""
+    batch = dict(prompts_per_step=4, num_generations=8) if algo == "grpo" else dict(prompts_per_step=16, num_generations=1)
+    summary = train(small_config(nano, tmp_path, algo=algo, reward="length", steps=120, max_completion_length=24,
+                                 eval_samples_per_prompt=4, learning_rate=learning_rate, torch_threads=1,
+                                 log_completions_every=0, **batch))
+    assert summary["reward_after"] > summary["reward_before"] + gain, (summary["reward_before"], summary["reward_after"])
+
+
 def test_a_user_reward_file_is_optimised_through_the_same_loop(nano, tmp_path):
     reward_file = tmp_path / "short.py"
     reward_file.write_text("def short(prompts, completions, **columns):\n"
