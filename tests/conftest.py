@@ -1,5 +1,6 @@
 """Shared fixtures: a nano GPT-2 pretrained for a few seconds on a small generated corpus."""
 
+import copy
 import json
 import runpy
 import subprocess
@@ -8,10 +9,14 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from rlhf_toy import corpus
 from rlhf_toy.data import write_jsonl
+from rlhf_toy.models import load_model, load_tokenizer
 from rlhf_toy.pretrain import PretrainConfig, pretrain
+from rlhf_toy.rollout import sample_rollout
+from rlhf_toy.sampling import SamplingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"pretrain": 1500, "sft": 1500, "prompts_train": 50, "prompts_eval": 8, "preferences_train": 400,
@@ -76,3 +81,20 @@ def kill_after_first_checkpoint(script: str, args: list[str], run_dir: Path, sig
         time.sleep(0.02)
     process.send_signal(sig)
     return process.wait(timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def policy_reference_rollout(nano_dir):
+    """(policy, rollout): a reference that differs from the policy (so KL terms and their gradients are not zero)
+    and a rollout of 2 prompts x 4 completions of at most 10 tokens, some of them truncated, scored under both."""
+    policy, tokenizer = load_model(nano_dir), load_tokenizer(nano_dir)
+    reference = copy.deepcopy(policy).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    prompts = [p for p in ["Describe a fox.", "Tell me about Ada and the lake."] for _ in range(4)]
+    rollout = sample_rollout(policy, tokenizer, prompts, SamplingConfig(max_new_tokens=10), ref_model=reference)
+    assert rollout.is_truncated.any() and not rollout.is_truncated.all()
+    assert (rollout.ref_logprobs - rollout.old_logprobs).abs().max() > 0.05
+    return policy, rollout

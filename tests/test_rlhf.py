@@ -5,7 +5,6 @@ import json
 import signal
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -188,7 +187,7 @@ PPO_CASE = dict(scores=[1.0, 2.0], kl=[[0.2, 0.4, 0.0], [0.6, 0.0, 0.0]], mask=[
 
 def ppo_case(device="cpu", **cfg):
     tensors = {k: torch.tensor(v, device=device) for k, v in PPO_CASE.items()}
-    cfg = SimpleNamespace(**{"whiten_rewards": False, "gamma": 0.9, "lam": 0.5, **cfg})
+    cfg = RLHFConfig(**{"algo": "ppo", "gamma": 0.9, "lam": 0.5, **cfg})
     return tensors, cfg
 
 

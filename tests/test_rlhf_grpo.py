@@ -8,8 +8,7 @@ import torch
 from accelerate import Accelerator
 
 from rlhf_toy.grpo import grpo_loss, grpo_update
-from rlhf_toy.models import load_model, load_tokenizer, position_ids
-from rlhf_toy.rollout import sample_rollout
+from rlhf_toy.models import position_ids
 from rlhf_toy.trainer import RLHFConfig
 
 # four completions of 3, 1, 2 and 1 tokens (7 in all); per-token losses, 0 on padding
@@ -88,20 +87,8 @@ def plain_grpo(policy, rollout, rewards, cfg, lr):
 
 
 @pytest.fixture(scope="module")
-def grpo_setup(nano_dir):
-    """A policy, a reference that differs from it (so the KL term and its gradient are not zero), and a
-    rollout of 2 prompts x 4 completions, some of them truncated."""
-    policy, tokenizer = load_model(nano_dir), load_tokenizer(nano_dir)
-    reference = copy.deepcopy(policy).eval()
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in reference.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    prompts = [p for p in ["Describe a fox.", "Tell me about Ada and the lake."] for _ in range(4)]
-    rollout = sample_rollout(policy, tokenizer, prompts, RLHFConfig(max_completion_length=10).sampling, ref_model=reference)
-    assert rollout.is_truncated.any() and not rollout.is_truncated.all()
-    assert (rollout.ref_logprobs - rollout.old_logprobs).abs().max() > 0.05
-    return policy, rollout, torch.tensor([1.0, 0.0, 0.5, 0.2, 0.0, 1.0, 0.3, 0.9])
+def grpo_setup(policy_reference_rollout):
+    return (*policy_reference_rollout, torch.tensor([1.0, 0.0, 0.5, 0.2, 0.0, 1.0, 0.3, 0.9]))
 
 
 @pytest.mark.parametrize("case", [

@@ -1,0 +1,86 @@
+"""RLHF PPO with a critic: ppo_update against PPO written out plainly, with a reference that differs from the policy."""
+
+import copy
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from classic_rl import core
+from rlhf_toy.models import load_model, position_ids
+from rlhf_toy.ppo import KLController, build_critic, ppo_update
+from rlhf_toy.trainer import RLHFConfig
+
+
+def plain_ppo(policy, critic, rollout, scores, cfg, beta, lr):
+    """PPO-with-critic for LMs written out from Ziegler et al. / TRL: k1 KL penalty per token, the score on the last
+    token, GAE by explicit loops, whitened advantages, clipped policy and value losses, gradient-norm-clipped SGD
+    in the same minibatch order; returns the updated copies of policy and critic."""
+    policy, critic = copy.deepcopy(policy), copy.deepcopy(critic)
+    params = list(policy.parameters()) + list(critic.parameters())
+    ids, attention, prompt = rollout.input_ids.clone(), rollout.attention_mask.clone(), rollout.prompt_length
+    mask, lengths = rollout.completion_mask.clone(), rollout.completion_mask.sum(1).long().tolist()
+    scores = scores - cfg.missing_eos_penalty * rollout.is_truncated.float()
+
+    def values_of(rows):
+        hidden = critic.trunk(input_ids=ids[rows], attention_mask=attention[rows],
+                              position_ids=position_ids(attention[rows])).last_hidden_state[:, prompt - 1: -1]
+        return critic.head(hidden).squeeze(-1)
+
+    with torch.no_grad():
+        old_values = values_of(slice(None)) * mask
+    advantages, returns = torch.zeros_like(mask), torch.zeros_like(mask)
+    for i, n in enumerate(lengths):
+        running = 0.0
+        for t in reversed(range(n)):
+            reward = -beta * (rollout.old_logprobs[i, t] - rollout.ref_logprobs[i, t]) + (scores[i] if t == n - 1 else 0.0)
+            next_value = old_values[i, t + 1] if t + 1 < n else 0.0
+            running = reward + cfg.gamma * next_value - old_values[i, t] + cfg.gamma * cfg.lam * running
+            advantages[i, t] = running
+            returns[i, t] = running + old_values[i, t]
+    valid = mask.bool()
+    advantages[valid] = (advantages[valid] - advantages[valid].mean()) / torch.sqrt(advantages[valid].var(unbiased=False) + 1e-8)
+    for _ in range(cfg.num_ppo_epochs):
+        for mb in torch.randperm(len(scores)).split(len(scores) // cfg.num_minibatches):
+            out = policy(input_ids=ids[mb], attention_mask=attention[mb], position_ids=position_ids(attention[mb]))
+            logp = out.logits[:, prompt - 1: -1].log_softmax(-1).gather(-1, ids[mb, prompt:, None]).squeeze(-1)
+            ratio, adv, m = torch.exp(logp - rollout.old_logprobs[mb]), advantages[mb], mask[mb]
+            policy_loss = (-torch.minimum(ratio * adv, ratio.clamp(1 - cfg.epsilon, 1 + cfg.epsilon) * adv) * m).sum() / m.sum()
+            values, old, target = values_of(mb), old_values[mb], returns[mb]
+            clipped = old + (values - old).clamp(-cfg.cliprange_value, cfg.cliprange_value)
+            value_loss = 0.5 * (torch.maximum((values - target) ** 2, (clipped - target) ** 2) * m).sum() / m.sum()
+            grads = torch.autograd.grad(policy_loss + cfg.vf_coef * value_loss, params)
+            norm = torch.sqrt(sum((g ** 2).sum() for g in grads))
+            with torch.no_grad():
+                for p, g in zip(params, grads, strict=True):
+                    p -= lr * g * min(1.0, cfg.max_grad_norm / (norm.item() + 1e-6))
+    return policy, critic
+
+
+def largest_difference(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    return max((x - y).abs().max().item() for x, y in zip(a.parameters(), b.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("case", [dict(max_grad_norm=1e9, lr=0.02), dict(max_grad_norm=1.0, lr=0.3, cliprange_value=0.05)],
+                         ids=["unclipped-gradient", "clipped-gradient-and-values"])
+def test_ppo_update_equals_ppo_written_out(case, policy_reference_rollout, nano_dir):
+    policy, rollout = policy_reference_rollout
+    torch.manual_seed(0)
+    critic = build_critic(policy, "separate", lambda: load_model(nano_dir))
+    case = dict(case)
+    lr = case.pop("lr")
+    cfg = RLHFConfig(algo="ppo", num_generations=1, prompts_per_step=8, num_minibatches=2, num_ppo_epochs=2, gamma=0.95,
+                     lam=0.9, vf_coef=0.5, missing_eos_penalty=0.5, max_completion_length=10, **case)
+    scores = torch.tensor([1.0, 0.0, 0.5, 0.2, 0.0, 1.0, 0.3, 0.9])
+    torch.manual_seed(1)
+    expected_policy, expected_critic = plain_ppo(policy, critic, rollout, scores, cfg, beta=0.2, lr=lr)
+    model, value_model = copy.deepcopy(policy), copy.deepcopy(critic)
+    optimizer = torch.optim.SGD([*model.parameters(), *value_model.parameters()], lr=lr)
+    torch.manual_seed(1)  # the same minibatch order
+    metrics = ppo_update(model, value_model, optimizer, Accelerator(cpu=True), rollout, scores, KLController(0.2), cfg)
+    for updated, expected, start in ((model, expected_policy, policy), (value_model, expected_critic, critic)):
+        change, error = largest_difference(expected, start), largest_difference(updated, expected)
+        assert change > 1e-3 and error < 1e-4 * change, (change, error)
+    k1 = core.masked_mean(rollout.old_logprobs - rollout.ref_logprobs, rollout.completion_mask).item()
+    assert metrics["kl"] == pytest.approx(k1, abs=1e-6) and abs(k1) > 1e-3
+    assert metrics["score"] == pytest.approx((scores - 0.5 * rollout.is_truncated.float()).mean().item())
