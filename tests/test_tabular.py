@@ -1,5 +1,7 @@
 """Tabular methods: planning solved by hand, agreement on FrozenLake, and learning on Taxi."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -59,7 +61,9 @@ def test_td_control_learns_taxi(train_fn, tmp_path):
 def test_value_iteration_through_the_cli_reaches_the_frozenlake_optimum(tmp_path, monkeypatch, capsys):
     code, out, _ = run_script("train_classic.py", ["--algo", "value_iteration", "--env", "FrozenLake-v1",
                                                   "--run-dir", str(tmp_path / "vi")], monkeypatch, capsys)
-    assert code == 0 and '"eval_return_mean": 0.7' in out  # about 0.74 over 2,000 slippery episodes
+    assert code == 0
+    # the optimum reaches the goal 74% of the time; 2,000 episodes measure it to +-0.01 (one standard error)
+    assert 0.70 <= json.loads((tmp_path / "vi" / "summary.json").read_text())["eval_return_mean"] <= 0.78
 
 
 def test_tabular_methods_reject_continuous_observations():
