@@ -317,7 +317,6 @@ def train(cfg: RLHFConfig) -> dict[str, Any]:
                 saved = save_checkpoint(store, step - 1, policy, tokenizer, optimizer, accelerator, critic, kl_ctl) if main else None
                 raise type(err)(f"step {step}: {err}" + (f"; saved the last good weights to {saved}" if saved else "")) from None
             t3 = time.perf_counter()
-            train_time += t3 - t0
             metrics = mean_over_processes(accelerator, {
                 **metrics, **{f"rewards/{k}/mean": float(np.mean(v)) for k, v in components.items()},
                 "time/generate_s": t1 - t0, "time/reward_s": t2 - t1, "time/update_s": t3 - t2})
@@ -330,6 +329,7 @@ def train(cfg: RLHFConfig) -> dict[str, Any]:
                             "completions_per_s": len(step_prompts) / (t3 - t0)})
             if main:
                 logger.log(step, metrics)
+                train_time += time.perf_counter() - t0  # a step's time includes its metrics and their logging
                 progress.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics.get('kl', 0.0):.3f}",
                                      len=f"{metrics['completions/mean_length']:.1f}", refresh=False)
             if main and cfg.log_completions_every and step % cfg.log_completions_every == 0:

@@ -1,16 +1,24 @@
 #!/usr/bin/env python
-"""Our classic algorithms against Stable-Baselines3 (RL-Zoo hyperparameters), side by side.
+"""Our classic algorithms against Stable-Baselines3, side by side, in two comparisons:
+
+    identical hyperparameters  SB3 runs our preset (PPO): the implementations are compared
+    each side's own best       SB3 runs RL-Zoo's settings for the (algo, env), ours its preset
 
     make bench                                                     # PPO on both envs, ours and SB3
     python scripts/bench_classic.py --envs CartPole-v1 --seeds 5 --json bench/classic.json
     python scripts/bench_classic.py --envs CartPole-v1 --algos all --seeds 3 --plot bench/classic_cartpole_all.png
 
-For each env, seed and algorithm the implementations run back to back in this process (ours, then
-SB3 where the Zoo has settings for that algorithm and env), with the same torch thread count and the
-same evaluation: the greedy policy on `--eval-episodes` episodes every `eval_every` env steps (ours'
-preset), stopping at the env's reward threshold. Wall time counts from before env creation,
-evaluations included. `--plot` draws every algorithm's eval curve (first seed) against env steps and
-against wall seconds. Run it on a quiet machine: a second CPU-heavy job distorts every figure.
+For each env, seed and algorithm the runs go back to back in this process (ours, then SB3 with each
+of --sb3-hparams where it has settings), with the same torch thread count and the same evaluation:
+the greedy policy on `--eval-episodes` episodes at the first update that ends at or past each
+multiple of `eval_every` env steps (ours' preset), after that update, stopping at the env's reward
+threshold. Wall time counts from before env creation, evaluations included. Our preset in SB3's
+terms: the same network (separate 64x64 tanh actor and critic), rollout, minibatches, epochs,
+learning rate and its linear decay, clip range, loss coefficients and advantage normalisation; our
+KL stop (after an epoch whose approx KL exceeded target_kl) becomes SB3's target_kl / 1.5, since SB3
+stops before the minibatch whose approx KL exceeds 1.5 x target_kl. `--plot` draws every algorithm's
+eval curve (first seed) against env steps and against wall seconds. Run it on a quiet machine: a
+second CPU-heavy job distorts every figure.
 """
 
 from __future__ import annotations
@@ -47,6 +55,24 @@ ZOO = {
     ("a2c", "CartPole-v1"): dict(n_envs=8, n_timesteps=500_000, ent_coef=0.0),
 }
 DEFAULT_SEEDS = {"CartPole-v1": 5, "LunarLander-v3": 3}
+SB3_HPARAMS = ("ours", "zoo")  # our preset given to SB3 (identical settings); RL-Zoo's (each side's own best)
+HPARAMS_LABEL = {"preset": "our preset", "ours": "our preset (identical)", "zoo": "RL-Zoo (its own best)"}
+
+
+def sb3_settings(algo: str, env_id: str, hparams: str, ours) -> dict | None:
+    """SB3 keyword arguments (plus n_envs and n_timesteps) for one comparison, or None where there are none:
+    RL-Zoo's table, or our PPO preset `ours` (a PPOConfig) translated to SB3's names."""
+    if hparams == "zoo":
+        return dict(ZOO[(algo, env_id)]) if (algo, env_id) in ZOO else None
+    if algo != "ppo" or ours.normalize_obs:  # SB3 would need a VecNormalize wrapper: not the same run
+        return None
+    return dict(n_envs=ours.num_envs, n_timesteps=ours.total_timesteps, n_steps=ours.num_steps,
+                batch_size=ours.batch_size // ours.num_minibatches, n_epochs=ours.update_epochs,
+                learning_rate=f"lin_{ours.learning_rate}" if ours.anneal_lr else ours.learning_rate, gamma=ours.gamma,
+                gae_lambda=ours.gae_lambda, clip_range=ours.clip_coef, clip_range_vf=ours.vf_clip, ent_coef=ours.ent_coef,
+                vf_coef=ours.vf_coef, max_grad_norm=ours.max_grad_norm, normalize_advantage=ours.norm_adv,
+                target_kl=None if ours.target_kl is None else ours.target_kl / 1.5,
+                policy_kwargs=dict(net_arch=dict(pi=list(ours.hidden_sizes), vf=list(ours.hidden_sizes)), activation_fn=torch.nn.Tanh))
 
 
 def ours_config(algo: str, env_id: str, seed: int, eval_episodes: int, max_steps: int | None, run_dir: Path):
@@ -65,35 +91,41 @@ def run_ours(algo: str, cfg) -> dict:
                 evaluations=s["evaluations"])
 
 
-def run_sb3(algo: str, env_id: str, seed: int, eval_episodes: int, eval_every: int, max_steps: int | None, max_seconds: float) -> dict:
+def run_sb3(algo: str, env_id: str, hp: dict, seed: int, eval_episodes: int, eval_every: int, max_steps: int | None,
+            max_seconds: float) -> dict:
     import stable_baselines3
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.utils import get_linear_fn
+    from stable_baselines3.common.utils import LinearSchedule
 
-    hp = dict(ZOO[(algo, env_id)])
+    hp = dict(hp)
     n_envs, n_timesteps = hp.pop("n_envs", 1), hp.pop("n_timesteps")
     for key in ("learning_rate", "clip_range"):  # "lin_x": linear decay from x to 0, as the Zoo means it
         if isinstance(hp.get(key), str):
-            hp[key] = get_linear_fn(float(hp[key][4:]), 0.0, 1.0)
+            hp[key] = LinearSchedule(float(hp[key][4:]), 0.0, 1.0)
     threshold = gym.spec(env_id).reward_threshold
 
     class EvalAndStop(BaseCallback):
+        """Evaluates where ours does, after the update that follows each eval_every steps: SB3 calls
+        _on_rollout_start after train(); _on_step then stops the run once solved or out of time."""
+
         def __init__(self):
             super().__init__()
             self.history, self.solved, self.next_eval = [], None, eval_every
 
-        def _on_step(self) -> bool:
-            if self.num_timesteps < self.next_eval:
-                return time.perf_counter() - start < max_seconds
-            self.next_eval += eval_every
+        def _on_rollout_start(self) -> None:
+            if self.num_timesteps < self.next_eval or self.solved:
+                return
+            while self.next_eval <= self.num_timesteps:
+                self.next_eval += eval_every
             act = lambda obs: self.model.predict(obs, deterministic=True)[0]  # noqa: E731
             returns = envs.evaluate(act, env_id, eval_episodes, seed=seed + 10_000 * (len(self.history) + 1))
             self.history.append({"env_steps": self.num_timesteps, "wall_s": time.perf_counter() - start, "mean": float(returns.mean())})
             if returns.mean() >= threshold:
                 self.solved = self.history[-1]
-                return False
-            return time.perf_counter() - start < max_seconds
+
+        def _on_step(self) -> bool:
+            return not self.solved and time.perf_counter() - start < max_seconds
 
     start = time.perf_counter()
     model_cls = getattr(stable_baselines3, algo.upper())
@@ -118,13 +150,20 @@ def fmt(x, digits=1):
 
 
 def markdown(results: dict) -> str:
-    lines = ["| env | algo | impl | solved | median steps to solve | median s to solve | median final eval | env steps/s |",
-             "|---|---|---|---|---|---|---|---|"]
-    for (env_id, algo, impl), runs in results.items():
+    """One row per (env, algo, impl, hyperparameters); under each comparison, our median seconds to solve
+    over SB3's (below 1: ours is faster)."""
+    lines = ["| env | algo | impl | hyperparameters | solved | median steps to solve | median s to solve | median final eval "
+             "| env steps/s |", "|---|---|---|---|---|---|---|---|---|"]
+    for (env_id, algo, impl, hparams), runs in results.items():
         solved = sum(r["solved"] for r in runs)
-        lines.append(f"| {env_id} | {algo} | {impl} | {solved}/{len(runs)} | {fmt(median_or_none([r['steps_to_solve'] for r in runs]), 0)} "
-                     f"| {fmt(median_or_none([r['s_to_solve'] for r in runs]))} | {fmt(statistics.median(r['final_eval'] for r in runs))} "
-                     f"| {fmt(statistics.median(r['steps_per_s'] for r in runs), 0)} |")
+        lines.append(f"| {env_id} | {algo} | {impl} | {HPARAMS_LABEL[hparams]} | {solved}/{len(runs)} "
+                     f"| {fmt(median_or_none([r['steps_to_solve'] for r in runs]), 0)} | {fmt(median_or_none([r['s_to_solve'] for r in runs]))} "
+                     f"| {fmt(statistics.median(r['final_eval'] for r in runs))} | {fmt(statistics.median(r['steps_per_s'] for r in runs), 0)} |")
+    for (env_id, algo, impl, hparams), runs in results.items():
+        ours = results.get((env_id, algo, "ours", "preset"))
+        mine, theirs = (median_or_none([r["s_to_solve"] for r in rs]) for rs in (ours or [], runs))
+        if impl == "sb3" and mine and theirs:
+            lines.append(f"\n{env_id} {algo}, {HPARAMS_LABEL[hparams]}: ours / SB3 median seconds to solve = {mine / theirs:.2f}x")
     return "\n".join(lines)
 
 
@@ -136,14 +175,15 @@ def plot_curves(path: str, results: dict, env_id: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = {(algo, impl): r[0] for (env, algo, impl), r in results.items() if env == env_id and r[0]["evaluations"]}
+    runs = {(algo, impl if impl == "ours" else f"sb3, {hparams}"): r[0] for (env, algo, impl, hparams), r in results.items()
+            if env == env_id and r[0]["evaluations"]}
     colors = dict(zip(dict.fromkeys(algo for algo, _ in runs), plt.get_cmap("tab10").colors, strict=False))
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     for ax, key, xlabel in ((axes[0], "env_steps", "env steps"), (axes[1], "wall_s", "wall seconds")):
         for (algo, impl), run in runs.items():
             history = run["evaluations"]
             ax.plot([h[key] for h in history], [h["mean"] for h in history], color=colors[algo],
-                    linestyle="--" if impl == "sb3" else "-", marker="o", markersize=3, label=f"{algo} ({impl})")
+                    linestyle="-" if impl == "ours" else "--", marker="o", markersize=3, label=f"{algo} ({impl})")
         ax.set_xscale("log")
         ax.set_xlabel(f"{xlabel} (log scale)")
         ax.set_ylabel("eval return (greedy)")
@@ -160,7 +200,8 @@ def replot(json_path: str, plot_path: str) -> None:
     """Redraw the plot from a saved results JSON (no training)."""
     try:
         saved = json.loads(Path(json_path).read_text())
-        results = {(r["env"], r["algo"], r["impl"]): r["runs"] for r in saved["results"]}
+        results = {(r["env"], r["algo"], r["impl"], r.get("hparams", "zoo" if r["impl"] == "sb3" else "preset")): r["runs"]
+                   for r in saved["results"]}
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise ConfigError(f"--replot {json_path} is not a results JSON written by this script ({err!r:.60})") from None
     plot_curves(plot_path, results, saved["results"][0]["env"])
@@ -173,6 +214,8 @@ def main() -> None:
     parser.add_argument("--algos", nargs="+", default=["ppo"], help=f"Algorithms, or 'all' (accepted: {', '.join(ALGOS)})")
     parser.add_argument("--seeds", type=int, default=None, help="Seeds per env (default: 5 for CartPole, 3 for LunarLander)")
     parser.add_argument("--impls", nargs="+", default=["ours", "sb3"], choices=["ours", "sb3"], help="Which implementations to run")
+    parser.add_argument("--sb3-hparams", nargs="+", default=list(SB3_HPARAMS), choices=SB3_HPARAMS,
+                        help="SB3's settings: ours (our preset: identical hyperparameters; PPO only) and/or zoo (RL-Zoo's)")
     parser.add_argument("--eval-episodes", type=int, default=10, help="Episodes per evaluation")
     parser.add_argument("--max-steps", type=int, default=None, help="Cap on env steps per run (default: each preset's budget)")
     parser.add_argument("--sb3-max-seconds", type=float, default=900.0, help="Wall-clock cap per SB3 run")
@@ -216,21 +259,26 @@ def main() -> None:
                         if seed == 1:
                             print(f"skipping {algo} on {env_id}: {err}")
                         continue
-                    impls = [i for i in args.impls if i == "ours" or (algo, env_id) in ZOO]
-                    for impl in impls:
+                    runs = [("ours", "preset", None)] if "ours" in args.impls else []
+                    if "sb3" in args.impls:
+                        runs += [("sb3", h, hp) for h in args.sb3_hparams if (hp := sb3_settings(algo, env_id, h, cfg)) is not None]
+                    for impl, hparams, hp in runs:
                         if impl == "ours":
                             r = run_ours(algo, cfg)
                         else:
-                            r = run_sb3(algo, env_id, seed, args.eval_episodes, cfg.eval_every or 10_000, args.max_steps, args.sb3_max_seconds)
-                        results.setdefault((env_id, algo, impl), []).append({"seed": seed, **r})
-                        print(f"{env_id} {algo} seed {seed} {impl}: solved={r['solved']} at {r['steps_to_solve']} steps / "
-                              f"{fmt(r['s_to_solve'])} s, final eval {r['final_eval']:.1f}, {r['steps_per_s']:.0f} steps/s", flush=True)
+                            r = run_sb3(algo, env_id, hp, seed, args.eval_episodes, cfg.eval_every or 10_000, args.max_steps,
+                                        args.sb3_max_seconds)
+                        results.setdefault((env_id, algo, impl, hparams), []).append({"seed": seed, **r})
+                        print(f"{env_id} {algo} seed {seed} {impl} ({HPARAMS_LABEL[hparams]}): solved={r['solved']} at "
+                              f"{r['steps_to_solve']} steps / {fmt(r['s_to_solve'])} s, final eval {r['final_eval']:.1f}, "
+                              f"{r['steps_per_s']:.0f} steps/s", flush=True)
     table = markdown(results)
     print(table)
     for path in (args.json, args.md):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_json(args.json, {"threads": args.threads, "eval_episodes": args.eval_episodes,
-                           "results": [{"env": e, "algo": a, "impl": i, "runs": runs} for (e, a, i), runs in results.items()]})
+                           "results": [{"env": e, "algo": a, "impl": i, "hparams": h, "runs": runs}
+                                       for (e, a, i, h), runs in results.items()]})
     Path(args.md).write_text(table + "\n")
     print(f"wrote {args.json} and {args.md}")
     if args.plot:

@@ -10,10 +10,13 @@ completions per prompt, max new tokens, temperature, learning rate (constant), b
 loss aggregation ("dapo") and number of optimizer steps: one step = one generation batch = one
 optimizer step. Each run is a fresh child process (so peak RSS is its own), started in turn:
 for every repeat and thread count, ours, then TRL, then PPO. TRL runs as its users would run it
-on CPU (use_cpu=True, bf16=False), with gradient checkpointing off (the small model does not need
-it and it costs TRL time). Each implementation is reported at its best thread count. After
-training, every policy is scored by the same evaluation: the eval prompts, fixed sampling seed,
-the same reward. Run it on a quiet machine.
+on CPU (use_cpu=True), with gradient checkpointing off (the small model does not need it and it
+costs TRL time). Both run in fp32 on every device (`precision` in the JSON). Both timers start
+warm in the same way: one sampling pass over the eval prompts before the first step (ours samples
+them for reward_before; TRL's model runs generate on them), and both count a step's metric
+gathering and logging. Each implementation is reported at its best thread count, as the mean over
+repeats with the range beside it. After training, every policy is scored by the same evaluation:
+the eval prompts, fixed sampling seed, the same reward. Run it on a quiet machine.
 """
 
 from __future__ import annotations
@@ -165,10 +168,11 @@ def run_trl(args) -> dict:
             gradient_accumulation_steps=1, steps_per_generation=1, num_generations=args.num_generations,
             max_completion_length=args.max_completion_length, temperature=1.0, beta=args.beta, epsilon=0.2,
             loss_type="dapo", scale_rewards="group", num_iterations=1, reward_weights=reward.weights,
-            use_cpu=args.device == "cpu", bf16=args.device == "cuda", gradient_checkpointing=False,
+            use_cpu=args.device == "cpu", bf16=False, gradient_checkpointing=False,
             logging_steps=1, report_to="none", save_strategy="no", disable_tqdm=True, dataloader_num_workers=0)
         trainer = GRPOTrainer(model=load_model(model_dir), reward_funcs=functions, args=config, train_dataset=prompts,
                               processing_class=load_tokenizer(model_dir))
+        warm_up_generate(trainer, args)
         timer = StepTimer(trainer)
         trainer.add_callback(timer)
         trainer.train()
@@ -178,6 +182,20 @@ def run_trl(args) -> dict:
                                                 "update": timer.total - timer.parts["generation"] - timer.parts["scoring"]},
             "completion_tokens": sum(lengths) * args.prompts_per_step * args.num_generations,
             "mean_completion_tokens": sum(lengths) / len(lengths), "policy": policy, "tokenizer": trainer.processing_class}
+
+
+def warm_up_generate(trainer, args) -> None:
+    """TRL's warm-up, the counterpart of ours' before-training evaluation: its model samples the eval prompts
+    once with transformers' generate, as its training steps will."""
+    from rlhf_toy.data import DATA_DIR, load_prompts
+    from rlhf_toy.models import format_prompt
+
+    tokenizer = trainer.processing_class
+    prompts = [format_prompt(p) for p in load_prompts(DATA_DIR / "prompts_eval.jsonl")]
+    batch = tokenizer(prompts, return_tensors="pt", padding=True).to(trainer.accelerator.device)
+    with torch.inference_mode():
+        trainer.model.generate(**batch, do_sample=True, max_new_tokens=args.max_completion_length,
+                               pad_token_id=tokenizer.pad_token_id)
 
 
 class StepTimer(TrainerCallback):
@@ -222,7 +240,7 @@ def worker(args) -> None:
     prompt_tokens = sum(len(ids) for ids in tokenizer(prompts)["input_ids"]) / len(prompts)
     completions = args.steps * args.prompts_per_step * args.num_generations
     flops = model_flops_per_step(args, policy, result.pop("mean_completion_tokens"), prompt_tokens, args.worker == "ppo")
-    result.update({"impl": args.worker, "threads": threads, "sec_per_step": result["train_s"] / args.steps,
+    result.update({"impl": args.worker, "threads": threads, "precision": "fp32", "sec_per_step": result["train_s"] / args.steps,
                    "completions_per_s": completions / result["train_s"], "tokens_per_s": result["completion_tokens"] / result["train_s"],
                    "peak_rss_mb": rss, "model_tflops_per_step": flops / 1e12, "achieved_gflops": flops * args.steps / result["train_s"] / 1e9})
     print("RESULT " + json.dumps(result))
@@ -256,22 +274,38 @@ def best_by_impl(runs: list[dict]) -> dict[str, dict]:
         best[impl] = {key: mean(group, key) for key in ("completions_per_s", "sec_per_step", "tokens_per_s", "eval_reward",
                                                          "peak_rss_mb", "achieved_gflops", "model_tflops_per_step")}
         best[impl]["split_s"] = {part: sum(r["split_s"][part] for r in group) / len(group) for part in group[0]["split_s"]}
-        best[impl].update(threads=threads, repeats=len(group))
+        best[impl].update(threads=threads, repeats=len(group), precision=group[0]["precision"],
+                          **{f"{key}_range": [min(r[key] for r in group), max(r[key] for r in group)]
+                             for key in ("completions_per_s", "eval_reward")})
     return best
 
 
 def markdown(best: dict[str, dict], peak_gflops: dict[int, float]) -> str:
     names = {"ours": "ours, GRPO", "trl": "TRL GRPOTrainer", "ppo": "ours, PPO + critic"}
-    lines = ["| implementation | threads | s/step | completions/s | gen. tokens/s | generation / scoring / update s | "
-             "peak RSS MB | eval reward | MFU |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| implementation | threads | precision | s/step | completions/s (range) | gen. tokens/s | generation / scoring / "
+             "update s | peak RSS MB | eval reward (range) | MFU |", "|---|---|---|---|---|---|---|---|---|---|"]
     for impl, b in best.items():
         split = " / ".join(f"{b['split_s'][p]:.1f}" for p in ("generation", "scoring", "update"))
         mfu = b["achieved_gflops"] / peak_gflops[b["threads"]]
-        lines.append(f"| {names[impl]} | {b['threads']} | {b['sec_per_step']:.3f} | {b['completions_per_s']:.0f} | "
-                     f"{b['tokens_per_s']:.0f} | {split} | {b['peak_rss_mb']:.0f} | {b['eval_reward']:.3f} | {mfu:.2%} |")
+        (low, high), (r_low, r_high) = b["completions_per_s_range"], b["eval_reward_range"]
+        lines.append(f"| {names[impl]} | {b['threads']} | {b['precision']} | {b['sec_per_step']:.3f} | "
+                     f"{b['completions_per_s']:.0f} ({low:.0f}-{high:.0f}) | {b['tokens_per_s']:.0f} | {split} | "
+                     f"{b['peak_rss_mb']:.0f} | {b['eval_reward']:.3f} ({r_low:.3f}-{r_high:.3f}) | {mfu:.2%} |")
     if "ours" in best and "trl" in best:
-        lines.append(f"\nours / TRL: {best['ours']['completions_per_s'] / best['trl']['completions_per_s']:.2f}x completions/s")
+        ours, trl = best["ours"], best["trl"]
+        lines.append(f"\nours / TRL: {ours['completions_per_s'] / trl['completions_per_s']:.2f}x completions/s "
+                     f"({separation(ours, trl, 'completions_per_s')}); eval reward {separation(ours, trl, 'eval_reward')}")
     return "\n".join(lines)
+
+
+def separation(a: dict, b: dict, key: str) -> str:
+    """Whether the repeats of a and b separate on key: a claim needs ranges that do not overlap."""
+    (a_low, a_high), (b_low, b_high) = a[f"{key}_range"], b[f"{key}_range"]
+    if a["repeats"] < 2 or b["repeats"] < 2:
+        return "one repeat: no spread measured"
+    if a_low > b_high or b_low > a_high:
+        return "the repeats' ranges do not overlap"
+    return "the repeats' ranges overlap: no difference claimed"
 
 
 def machine() -> str:

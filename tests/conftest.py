@@ -2,6 +2,7 @@
 
 import copy
 import json
+import os
 import runpy
 import subprocess
 import sys
@@ -25,13 +26,19 @@ SMALL = {"pretrain": 1500, "sft": 1500, "prompts_train": 50, "prompts_eval": 8, 
 
 @pytest.fixture(scope="session")
 def nano(tmp_path_factory):
-    """(root, pretrain summary): root/data holds small data files, root/run/model the nano model."""
-    root = tmp_path_factory.mktemp("nano")
-    (root / "data").mkdir()
+    """(root, pretrain summary): root/data holds small data files, root/run/model the nano model.
+
+    $RLHF_TOY_TEST_CACHE names a folder where it is built once and reused by later sessions (make mutate
+    runs a session per mutant); without it every session builds its own."""
+    cache = os.environ.get("RLHF_TOY_TEST_CACHE")
+    root = Path(cache) / "nano" if cache else tmp_path_factory.mktemp("nano")
+    if (root / "run" / "summary.json").is_file():
+        return root, json.loads((root / "run" / "summary.json").read_text())
+    (root / "data").mkdir(parents=True, exist_ok=True)
     for name, rows in corpus.generate(0, SMALL).items():
         write_jsonl(root / "data" / f"{name}.jsonl", rows)
     cfg = PretrainConfig(preset="nano", data_dir=str(root / "data"), vocab_size=600, batch_size=16, max_steps=80,
-                         warmup_steps=10, eval_every=40, run_dir=str(root / "run"))
+                         warmup_steps=10, eval_every=40, run_dir=str(root / "run"), overwrite=True)
     return root, pretrain(cfg)
 
 
@@ -44,9 +51,9 @@ def nano_dir(nano):
 def nano_llama_dir(nano):
     """A nano Llama (rotary positions, RMSNorm, SwiGLU, grouped-query attention) pretrained as briefly on the same data."""
     root = nano[0]
-    cfg = PretrainConfig(preset="nano", arch="llama", data_dir=str(root / "data"), vocab_size=600, batch_size=16, max_steps=80,
-                         warmup_steps=10, eval_every=40, run_dir=str(root / "llama"))
-    pretrain(cfg)
+    if not (root / "llama" / "summary.json").is_file():
+        pretrain(PretrainConfig(preset="nano", arch="llama", data_dir=str(root / "data"), vocab_size=600, batch_size=16,
+                                max_steps=80, warmup_steps=10, eval_every=40, run_dir=str(root / "llama"), overwrite=True))
     return str(root / "llama" / "model")
 
 
