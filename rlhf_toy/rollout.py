@@ -18,8 +18,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.cache_utils import DynamicLayer
 
 from classic_rl import core
+from rlhf_toy.fast_decode import cache_layout_is_known
 from rlhf_toy.models import distinct_prompts, evaluation_mode, position_ids, stop_token_ids
 from rlhf_toy.sampling import SamplingConfig, encode_prompts, sample_sequences
 
@@ -67,10 +69,25 @@ def completion_states(model: PreTrainedModel, input_ids: Tensor, attention_mask:
     cache = DynamicCache()
     head = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids(prompt_mask), past_key_values=cache,
                  use_cache=True, **model_kwargs)  # its last position predicts each first completion token
-    cache.batch_select_indices(row_prompt)
+    select_cache_rows(cache, row_prompt)
     tail = model(input_ids=input_ids[:, prompt_length:-1], attention_mask=attention_mask[:, :-1],
                  position_ids=positions[:, prompt_length:-1], past_key_values=cache, use_cache=True, **model_kwargs)
-    return tuple(torch.cat([h[row_prompt, -1:], t], dim=1) for h, t in zip(read(head), read(tail), strict=True))
+    return tuple(torch.cat([h[:, -1:].index_select(0, row_prompt), t], dim=1) for h, t in zip(read(head), read(tail), strict=True))
+
+
+def select_cache_rows(cache: DynamicCache, rows: Tensor) -> None:
+    """cache.batch_select_indices(rows), with index_select where the cache is plain per-layer keys and values.
+
+    Rows that share a prompt send their gradients back to one cache row. index_select's backward
+    (index_add_) sums them in a fixed order; that of transformers' `keys[rows, ...]` (index_put_ with
+    accumulate) adds them with parallel atomics on CPU once a tensor passes 32k elements, so runs with
+    2 threads and the same seed drifted apart in the last bits and then in their metrics.
+    """
+    if not cache_layout_is_known() or any(type(layer) is not DynamicLayer for layer in cache.layers):
+        cache.batch_select_indices(rows)
+        return
+    for layer in cache.layers:
+        layer.keys, layer.values = layer.keys.index_select(0, rows), layer.values.index_select(0, rows)
 
 
 def completion_logits(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, prompt_length: int,
