@@ -81,6 +81,9 @@ def test_gae_with_lambda_one_is_monte_carlo_return_minus_value():
 def test_discounted_returns_restart_after_episode_end():
     # gamma 0.9, episode ends after t=1:  G = [1 + .9*1, 1, 1 + .9*1, 1]
     close(core.discounted_returns(t(1, 1, 1, 1), t(0, 1, 0, 0), gamma=0.9), [1.9, 1.0, 1.9, 1.0])
+    bool_dones = torch.tensor([False, True, False, False])  # the dtype envs hand back
+    close(core.discounted_returns(t(1, 1, 1, 1), bool_dones, gamma=0.9), [1.9, 1.0, 1.9, 1.0])
+    close(core.discounted_returns(t(2.5), t(1), gamma=0.9), [2.5])  # a one-step episode
 
 
 # ---- losses -----------------------------------------------------------------------------------
