@@ -80,6 +80,13 @@ def test_user_reward_from_a_file_and_from_a_module(user_file, monkeypatch):
     assert resolve_reward(f"{user_file}:uses_columns")(["p", "p"], ["a fox", "a dog"], answer=["fox", "fox"]) == [1.0, 0.0]
 
 
+def test_a_reward_file_in_a_folder_whose_name_holds_a_colon(tmp_path):
+    path = tmp_path / "run:3" / "my_rewards.py"  # only the last colon separates the function
+    path.parent.mkdir()
+    path.write_text(USER_FILE)
+    assert resolve_reward(f"{path}:brevity")(["p"], ["one"]) == [0.5]
+
+
 @pytest.mark.parametrize("function, message", [
     ("wrong_count", "reward '{file}:wrong_count' returned 1 values for 2 completions"),
     ("gives_nan", "returned nan at index 1; expected a finite number"),

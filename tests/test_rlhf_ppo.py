@@ -84,3 +84,24 @@ def test_ppo_update_equals_ppo_written_out(case, policy_reference_rollout, nano_
     k1 = core.masked_mean(rollout.old_logprobs - rollout.ref_logprobs, rollout.completion_mask).item()
     assert metrics["kl"] == pytest.approx(k1, abs=1e-6) and abs(k1) > 1e-3
     assert metrics["score"] == pytest.approx((scores - 0.5 * rollout.is_truncated.float()).mean().item())
+
+
+def test_a_shared_critic_is_a_head_on_the_policy_and_a_separate_one_copies_the_trunk(policy_reference_rollout, nano_dir):
+    policy, _ = policy_reference_rollout
+    shared, separate = build_critic(policy, "shared", lambda: load_model(nano_dir)), build_critic(policy, "separate",
+                                                                                                    lambda: load_model(nano_dir))
+    assert shared.shared and [p.shape for p in shared.parameters()] == [torch.Size([1, 64]), torch.Size([1])]
+    assert not separate.shared and all(p is not q for p in separate.trunk.parameters() for q in policy.parameters())
+    torch.testing.assert_close(separate.trunk.wte.weight, policy.transformer.wte.weight)  # initialised from the policy
+
+
+def test_ppo_without_a_reference_has_no_kl_penalty(policy_reference_rollout, nano_dir):
+    policy, rollout = policy_reference_rollout
+    no_reference = copy.copy(rollout)
+    no_reference.ref_logprobs = None  # kl_coef 0: the trainer loads no reference model
+    critic = build_critic(policy, "shared", lambda: load_model(nano_dir))
+    model = copy.deepcopy(policy)
+    cfg = RLHFConfig(algo="ppo", num_generations=1, prompts_per_step=8, kl_coef=0.0, max_completion_length=10)
+    metrics = ppo_update(model, critic, torch.optim.SGD([*model.parameters(), *critic.head.parameters()], lr=0.01),
+                         Accelerator(cpu=True), no_reference, torch.linspace(0, 1, 8), KLController(0.0), cfg)
+    assert metrics["kl"] == 0.0 and metrics["kl_sequence"] == 0.0 and metrics["grad_norm"] > 0
