@@ -49,7 +49,7 @@ bench: setup-bench
 
 # Our GRPO (and PPO) against TRL's GRPOTrainer on identical work: bench/rlhf.{md,json} (~4 min).
 bench-rlhf: setup-bench
-	$(PY) scripts/bench_rlhf.py --steps 30 --threads 1 2 --repeats 2
+	$(PY) scripts/bench_rlhf.py --steps 30 --threads 1 2 --repeats 3
 
 # Mutation testing (~25 min on 2 cores, not part of make test): mutmut plants small bugs in classic_rl/core.py and
 # rlhf_toy/{grpo,ppo,rewards}.py, runs the fast tests that reach each, and lists the mutants no test caught.

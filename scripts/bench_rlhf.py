@@ -294,17 +294,21 @@ def markdown(best: dict[str, dict], peak_gflops: dict[int, float]) -> str:
     if "ours" in best and "trl" in best:
         ours, trl = best["ours"], best["trl"]
         lines.append(f"\nours / TRL: {ours['completions_per_s'] / trl['completions_per_s']:.2f}x completions/s "
-                     f"({separation(ours, trl, 'completions_per_s')}); eval reward {separation(ours, trl, 'eval_reward')}")
+                     f"({separation(ours, trl, 'completions_per_s')}); eval reward: {separation(ours, trl, 'eval_reward')}")
     return "\n".join(lines)
 
 
-def separation(a: dict, b: dict, key: str) -> str:
-    """Whether the repeats of a and b separate on key: a claim needs ranges that do not overlap."""
-    (a_low, a_high), (b_low, b_high) = a[f"{key}_range"], b[f"{key}_range"]
-    if a["repeats"] < 2 or b["repeats"] < 2:
-        return "one repeat: no spread measured"
-    if a_low > b_high or b_low > a_high:
-        return "the repeats' ranges do not overlap"
+def separation(ours: dict, trl: dict, key: str) -> str:
+    """Which side is higher on key, claimed only where the repeats' ranges do not overlap."""
+    (ours_low, ours_high), (trl_low, trl_high) = ours[f"{key}_range"], trl[f"{key}_range"]
+    if ours["repeats"] < 2 or trl["repeats"] < 2:
+        return "one repeat, no spread measured: no difference claimed"
+    if ours_low == ours_high and trl_low == trl_high:  # e.g. eval reward: one seed, and each run repeats exactly
+        return "each side repeats exactly at this seed, so the repeats measure no noise: no difference claimed"
+    if ours_low > trl_high:
+        return "ours higher in every repeat"
+    if trl_low > ours_high:
+        return "TRL higher in every repeat"
     return "the repeats' ranges overlap: no difference claimed"
 
 

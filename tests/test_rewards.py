@@ -80,6 +80,11 @@ def test_user_reward_from_a_file_and_from_a_module(user_file, monkeypatch):
     assert resolve_reward(f"{user_file}:uses_columns")(["p", "p"], ["a fox", "a dog"], answer=["fox", "fox"]) == [1.0, 0.0]
 
 
+def test_a_missing_function_in_a_reward_file_is_named(user_file):
+    with pytest.raises(ConfigError, match=f"{user_file} has no function 'politeness'"):
+        resolve_reward(f"{user_file}:politeness")
+
+
 def test_a_reward_file_in_a_folder_whose_name_holds_a_colon(tmp_path):
     path = tmp_path / "run:3" / "my_rewards.py"  # only the last colon separates the function
     path.parent.mkdir()

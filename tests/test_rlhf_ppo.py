@@ -6,7 +6,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from classic_rl import core
+from classic_rl.runs import NonFiniteError
 from rlhf_toy.models import load_model, position_ids
 from rlhf_toy.ppo import KLController, build_critic, ppo_update
 from rlhf_toy.trainer import RLHFConfig
@@ -15,7 +15,7 @@ from rlhf_toy.trainer import RLHFConfig
 def plain_ppo(policy, critic, rollout, scores, cfg, beta, lr):
     """PPO-with-critic for LMs written out from Ziegler et al. / TRL: k1 KL penalty per token, the score on the last
     token, GAE by explicit loops, whitened advantages, clipped policy and value losses, gradient-norm-clipped SGD
-    in the same minibatch order; returns the updated copies of policy and critic."""
+    in the same minibatch order; returns the updated copies of policy and critic and the metrics it expects."""
     policy, critic = copy.deepcopy(policy), copy.deepcopy(critic)
     params = list(policy.parameters()) + list(critic.parameters())
     ids, attention, prompt = rollout.input_ids.clone(), rollout.attention_mask.clone(), rollout.prompt_length
@@ -39,30 +39,40 @@ def plain_ppo(policy, critic, rollout, scores, cfg, beta, lr):
             advantages[i, t] = running
             returns[i, t] = running + old_values[i, t]
     valid = mask.bool()
+    explained = 1 - (returns - old_values)[valid].var(unbiased=False) / returns[valid].var(unbiased=False)
     advantages[valid] = (advantages[valid] - advantages[valid].mean()) / torch.sqrt(advantages[valid].var(unbiased=False) + 1e-8)
+    high = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high
+    losses, entropies = [], []
     for _ in range(cfg.num_ppo_epochs):
         for mb in torch.randperm(len(scores)).split(len(scores) // cfg.num_minibatches):
             out = policy(input_ids=ids[mb], attention_mask=attention[mb], position_ids=position_ids(attention[mb]))
             logp = out.logits[:, prompt - 1: -1].log_softmax(-1).gather(-1, ids[mb, prompt:, None]).squeeze(-1)
             ratio, adv, m = torch.exp(logp - rollout.old_logprobs[mb]), advantages[mb], mask[mb]
-            policy_loss = (-torch.minimum(ratio * adv, ratio.clamp(1 - cfg.epsilon, 1 + cfg.epsilon) * adv) * m).sum() / m.sum()
+            policy_loss = (-torch.minimum(ratio * adv, ratio.clamp(1 - cfg.epsilon, 1 + high) * adv) * m).sum() / m.sum()
+            probs = out.logits[:, prompt - 1: -1].softmax(-1)
+            entropies.append(((-(probs * probs.clamp(min=1e-30).log()).sum(-1) * m).sum() / m.sum()).item())
             values, old, target = values_of(mb), old_values[mb], returns[mb]
             clipped = old + (values - old).clamp(-cfg.cliprange_value, cfg.cliprange_value)
             value_loss = 0.5 * (torch.maximum((values - target) ** 2, (clipped - target) ** 2) * m).sum() / m.sum()
+            losses.append((policy_loss + cfg.vf_coef * value_loss).item())
             grads = torch.autograd.grad(policy_loss + cfg.vf_coef * value_loss, params)
             norm = torch.sqrt(sum((g ** 2).sum() for g in grads))
             with torch.no_grad():
                 for p, g in zip(params, grads, strict=True):
                     p -= lr * g * min(1.0, cfg.max_grad_norm / (norm.item() + 1e-6))
-    return policy, critic
+    k1 = (rollout.old_logprobs - rollout.ref_logprobs) * mask
+    expected = {"loss": sum(losses) / len(losses), "entropy": sum(entropies) / len(entropies),
+                "kl": (k1.sum() / mask.sum()).item(), "kl_sequence": k1.sum(1).mean().item(), "explained_variance": explained.item()}
+    return policy, critic, expected
 
 
 def largest_difference(a: torch.nn.Module, b: torch.nn.Module) -> float:
     return max((x - y).abs().max().item() for x, y in zip(a.parameters(), b.parameters(), strict=True))
 
 
-@pytest.mark.parametrize("case", [dict(max_grad_norm=1e9, lr=0.02), dict(max_grad_norm=1.0, lr=0.3, cliprange_value=0.05)],
-                         ids=["unclipped-gradient", "clipped-gradient-and-values"])
+@pytest.mark.parametrize("case", [dict(max_grad_norm=1e9, lr=0.02),
+                                  dict(max_grad_norm=1.0, lr=0.3, cliprange_value=0.05, epsilon=0.1, epsilon_high=0.3)],
+                         ids=["unclipped-gradient", "clipped-gradient-values-and-clip-higher"])
 def test_ppo_update_equals_ppo_written_out(case, policy_reference_rollout, nano_dir):
     policy, rollout = policy_reference_rollout
     torch.manual_seed(0)
@@ -73,7 +83,7 @@ def test_ppo_update_equals_ppo_written_out(case, policy_reference_rollout, nano_
                      lam=0.9, vf_coef=0.5, missing_eos_penalty=0.5, max_completion_length=10, **case)
     scores = torch.tensor([1.0, 0.0, 0.5, 0.2, 0.0, 1.0, 0.3, 0.9])
     torch.manual_seed(1)
-    expected_policy, expected_critic = plain_ppo(policy, critic, rollout, scores, cfg, beta=0.2, lr=lr)
+    expected_policy, expected_critic, expected_metrics = plain_ppo(policy, critic, rollout, scores, cfg, beta=0.2, lr=lr)
     model, value_model = copy.deepcopy(policy), copy.deepcopy(critic)
     optimizer = torch.optim.SGD([*model.parameters(), *value_model.parameters()], lr=lr)
     torch.manual_seed(1)  # the same minibatch order
@@ -81,8 +91,9 @@ def test_ppo_update_equals_ppo_written_out(case, policy_reference_rollout, nano_
     for updated, expected, start in ((model, expected_policy, policy), (value_model, expected_critic, critic)):
         change, error = largest_difference(expected, start), largest_difference(updated, expected)
         assert change > 1e-3 and error < 1e-4 * change, (change, error)
-    k1 = core.masked_mean(rollout.old_logprobs - rollout.ref_logprobs, rollout.completion_mask).item()
-    assert metrics["kl"] == pytest.approx(k1, abs=1e-6) and abs(k1) > 1e-3
+    for key, value in expected_metrics.items():
+        assert metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    assert abs(metrics["kl"]) > 1e-3 and metrics["kl_sequence"] != pytest.approx(metrics["kl"])
     assert metrics["score"] == pytest.approx((scores - 0.5 * rollout.is_truncated.float()).mean().item())
 
 
@@ -105,3 +116,15 @@ def test_ppo_without_a_reference_has_no_kl_penalty(policy_reference_rollout, nan
     metrics = ppo_update(model, critic, torch.optim.SGD([*model.parameters(), *critic.head.parameters()], lr=0.01),
                          Accelerator(cpu=True), no_reference, torch.linspace(0, 1, 8), KLController(0.0), cfg)
     assert metrics["kl"] == 0.0 and metrics["kl_sequence"] == 0.0 and metrics["grad_norm"] > 0
+
+
+def test_a_non_finite_loss_stops_ppo_before_the_optimizer_step(policy_reference_rollout, nano_dir):
+    policy, rollout = policy_reference_rollout
+    critic = build_critic(policy, "shared", lambda: load_model(nano_dir))
+    model = copy.deepcopy(policy)
+    cfg = RLHFConfig(algo="ppo", num_generations=1, prompts_per_step=8, max_completion_length=10)
+    scores = torch.tensor([1.0, float("nan"), 0.5, 0.2, 0.0, 1.0, 0.3, 0.9])
+    with pytest.raises(NonFiniteError, match="non-finite loss"):
+        ppo_update(model, critic, torch.optim.SGD([*model.parameters(), *critic.head.parameters()], lr=0.01),
+                   Accelerator(cpu=True), rollout, scores, KLController(0.1), cfg)
+    assert largest_difference(model, policy) == 0.0  # the weights stayed as they were
