@@ -127,7 +127,7 @@ def check_model_exists(name_or_dir: str) -> None:
 def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Every id that ends a completion: the tokenizer's eos and the model's generation_config eos ids (chat
     models list an end-of-turn token there too)."""
-    configured = getattr(model.generation_config, "eos_token_id", None) if hasattr(model, "generation_config") else None
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)  # None, an id or a list
     configured = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
     return list(dict.fromkeys([tokenizer.eos_token_id, *configured]))
 
