@@ -1,16 +1,18 @@
-"""The RLHF loop shared by GRPO and PPO: sample, score, update, log; evaluation before and after.
+"""The RLHF loop shared by GRPO and PPO, in three phases:
 
-    for step in 1..steps:
+    set_up     policy, reference, critic, optimizer; resume from a checkpoint; evaluate before
+    for step in 1..steps:                                       (train_step)
         prompts   = next prompts_per_step prompts, each repeated num_generations times
-        rollout   = sample_rollout(policy, prompts)          # KV-cache sampling, old/ref log-probs
-        rewards   = reward(prompts, completions)             # rule, user function or reward model
-        metrics   = grpo_update(...) or ppo_update(...)      # all loss math from classic_rl.core
+        rollout   = sample_rollout(policy, prompts)             # KV-cache sampling, old/ref log-probs
+        rewards   = reward(prompts, completions)                # rule, user function or reward model
+        metrics   = grpo_update(...) or ppo_update(...)         # all loss math from classic_rl.core
+        log; checkpoint when due or on Ctrl-C
+    finish     evaluate after, save the policy, summary.json and plots
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import time
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from classic_rl.runs import (
@@ -38,10 +41,12 @@ from classic_rl.runs import (
 )
 from rlhf_toy.data import DATA_DIR, load_prompts
 from rlhf_toy.distributed import any_process, make_accelerator, mean_over_processes, process_share
+from rlhf_toy.evaluation import evaluate_on_prompts, print_completions, print_side_by_side
 from rlhf_toy.grpo import LOSS_TYPES, SCALE_REWARDS, grpo_update
 from rlhf_toy.models import check_model_exists, load_model, load_tokenizer, save_model_checkpoint
-from rlhf_toy.ppo import KLController, build_critic, ppo_update
+from rlhf_toy.ppo import Critic, KLController, build_critic, ppo_update
 from rlhf_toy.pretrain import default_base_model
+from rlhf_toy.prompt_schedule import prompts_for_step, step_seed
 from rlhf_toy.rewards import DEFAULT_REWARD, CombinedReward, RewardFunctionError, resolve_reward
 from rlhf_toy.rollout import sample_rollout
 from rlhf_toy.sampling import SamplingConfig, encode_prompts
@@ -151,93 +156,86 @@ class RLHFConfig(RunFields):
         return SamplingConfig(self.max_completion_length, self.temperature, self.top_k, self.top_p)
 
     @property
+    def eval_seed(self) -> int:
+        """Evaluation samples with its own seed, apart from training's."""
+        return self.seed + 12345
+
+    @property
     def eval_sampling(self) -> SamplingConfig:
         temperature = self.temperature if self.eval_temperature is None else self.eval_temperature
         return SamplingConfig(self.max_completion_length, temperature, self.top_k, self.top_p)
 
 
-@functools.lru_cache(maxsize=4)
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """The seeded permutation of n prompts for one epoch (built once, not once per prompt)."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+@dataclass
+class Run:
+    """What the phases of one RLHF run share: its inputs, its models and its outputs."""
+    cfg: RLHFConfig
+    accelerator: Any
+    reward: CombinedReward
+    gold: CombinedReward | None
+    train_prompts: list[str]
+    eval_prompts: list[str]
+    run_dir: Path
+    model_name: str
+    tokenizer: Any
+    policy: Any
+    ref_model: Any
+    critic: Critic | None
+    kl_ctl: KLController | None
+    optimizer: Any
+    start_step: int
+    store: Checkpoints
+    logger: RunLogger | None  # the main process's only
 
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
 
-def prompts_for_step(prompts: list[str], step: int, cfg: RLHFConfig) -> list[str]:
-    """The prompts of step (1-based), each repeated num_generations times (groups are consecutive).
+    def evaluate(self) -> dict[str, Any]:
+        return evaluate_on_prompts(self.accelerator.unwrap_model(self.policy), self.tokenizer, self.eval_prompts, self.reward,
+                                   self.cfg.eval_sampling, self.cfg.eval_samples_per_prompt, self.cfg.eval_seed, self.gold)
 
-    Prompts are drawn epoch by epoch from seeded permutations, so the order is a pure function of
-    (seed, step) and a resumed run sees the same prompts.
-    """
-    chosen, n = [], len(prompts)
-    for index in range((step - 1) * cfg.prompts_per_step, step * cfg.prompts_per_step):
-        epoch, position = divmod(index, n)
-        chosen.append(prompts[epoch_order(n, cfg.seed, epoch)[position]])
-    return [p for p in chosen for _ in range(cfg.num_generations)]
+    def save_checkpoint(self, step: int) -> Path:
+        """checkpoints/step-N/: the policy (save_pretrained), the critic (safetensors), and state.pt with the
+        optimizer, RNG states and KL coefficient (prompt order is a function of the step)."""
+        def write_critic(folder: Path) -> None:
+            save_file({k: v.contiguous() for k, v in self.critic.state_dict().items()}, folder / "critic.safetensors")
 
-
-def evaluate(policy, tokenizer, prompts: list[str], reward: CombinedReward, cfg: RLHFConfig,
-             gold: CombinedReward | None = None) -> dict[str, Any]:
-    """Mean reward (and components) of sampled completions on the fixed eval prompts.
-
-    Uses its own seed and leaves the training RNG untouched, so before and after see the same
-    sampling noise.
-    """
-    repeated = [p for p in prompts for _ in range(cfg.eval_samples_per_prompt)]
-    with torch.random.fork_rng():
-        torch.manual_seed(cfg.seed + 12345)
-        rollout = sample_rollout(policy, tokenizer, repeated, cfg.eval_sampling)
-    totals, components = reward.score(repeated, rollout.completions)
-    if gold is not None:
-        components["gold"] = gold(repeated, rollout.completions)
-    return {"reward": float(np.mean(totals)), "components": {k: float(np.mean(v)) for k, v in components.items()},
-            "mean_length": float(rollout.completion_lengths.float().mean()),
-            "rows": [{"prompt": p, "completion": c, "reward": r} for p, c, r in zip(repeated, rollout.completions, totals, strict=True)]}
-
-
-def print_completions(title: str, rows: list[dict], limit: int = 4, width: int = 90) -> None:
-    tqdm.write(f"--- {title}")
-    for row in rows[:limit]:
-        completion = row["completion"].strip().replace("\n", " ")
-        tqdm.write(f"  [{row['reward']:.2f}] {row['prompt']}\n         -> {completion[:width]}{'...' if len(completion) > width else ''}")
-
-
-# ---- checkpoints ------------------------------------------------------------------------------------
-
-def save_checkpoint(store: Checkpoints, step: int, policy, tokenizer, optimizer, accelerator, critic=None,
-                    kl_ctl: KLController | None = None, stop: StopRequest | None = None) -> Path:
-    """checkpoints/step-N/: the policy (save_pretrained), the critic (safetensors), and state.pt with
-    the optimizer, RNG states and KL coefficient (prompt order is a function of the step)."""
-    from safetensors.torch import save_file
-
-    def write_critic(folder: Path) -> None:
-        save_file({k: v.contiguous() for k, v in critic.state_dict().items()}, folder / "critic.safetensors")
-
-    state = {"optimizer": optimizer.state_dict(), "kl_coef": kl_ctl.value if kl_ctl else None}
-    return save_model_checkpoint(store, step, accelerator.unwrap_model(policy), tokenizer, state, stop,
-                                 write_critic if critic is not None else None)
-
-
-# ---- the loop -----------------------------------------------------------------------------------------
-
-def step_seed(seed: int, step: int, process_index: int) -> int:
-    """The torch seed of one step on one process: sampling and minibatch order are then a pure function
-    of (seed, step, process), so resumed and multi-process runs need no saved torch RNG state."""
-    return int(np.random.SeedSequence([seed, step, process_index]).generate_state(1)[0])
+        state = {"optimizer": self.optimizer.state_dict(), "kl_coef": self.kl_ctl.value if self.kl_ctl else None}
+        return save_model_checkpoint(self.store, step, self.accelerator.unwrap_model(self.policy), self.tokenizer, state,
+                                     write_extra=write_critic if self.critic is not None else None)
 
 
 def train(cfg: RLHFConfig) -> dict[str, Any]:
+    """Fine-tune cfg.model (or the default base model) with GRPO or PPO; returns the summary (empty on other
+    processes than the main one)."""
+    run = set_up(cfg)
+    before = evaluate_before(run)
+    train_time = run_steps(run)
+    if not run.main:
+        run.accelerator.wait_for_everyone()
+        return {}
+    summary = finish(run, before, train_time)
+    run.accelerator.wait_for_everyone()
+    return summary
+
+
+# ---- set-up ----------------------------------------------------------------------------------------------
+
+def set_up(cfg: RLHFConfig) -> Run:
+    """Check the inputs (before the run folder exists), create it, build the models and the optimizer, and
+    restore them from the newest checkpoint on --resume."""
     accelerator = make_accelerator(cfg.cpu)
-    main, world = accelerator.is_main_process, accelerator.num_processes
+    world = accelerator.num_processes
     if world > 1 and (cfg.algo != "grpo" or cfg.prompts_per_step % world):
         raise ConfigError(f"a run in {world} processes needs --algo grpo and --prompts-per-step divisible by {world} "
                           f"(each process takes whole prompt groups), got --algo {cfg.algo} --prompts-per-step {cfg.prompts_per_step}")
-    # bad names and files are reported before the run folder is created
     reward = resolve_reward(cfg.reward, cfg.reward_weights, cfg.target_words)
     gold = resolve_reward(cfg.gold_reward, target_words=cfg.target_words) if cfg.gold_reward else None
     train_prompts, eval_prompts = load_prompts(cfg.prompts), load_prompts(cfg.eval_prompts)
     if cfg.model:
         check_model_exists(cfg.model)
-    run_dir, checkpoint = start_run(cfg, main_process=main)
+    run_dir, checkpoint = start_run(cfg, main_process=accelerator.is_main_process)
     torch.set_num_threads(max(1, cfg.torch_threads // world))  # the processes share the machine's cores
     accelerator.wait_for_everyone()  # the main process has checked and created the run folder
 
@@ -251,117 +249,142 @@ def train(cfg: RLHFConfig) -> dict[str, Any]:
         except ConfigError as err:
             raise ConfigError(f"{name}: {err}") from None
     ref_model = load_model(model_name, cfg.trust_remote_code).eval().requires_grad_(False) if cfg.uses_reference else None
-    critic, kl_ctl = None, None
-    params = list(policy.parameters())
+    critic, kl_ctl, params = None, None, list(policy.parameters())
     if cfg.algo == "ppo":
         critic = build_critic(policy, cfg.critic, lambda: load_model(model_name, cfg.trust_remote_code))
         kl_ctl = KLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
         params += [p for p in critic.parameters() if all(p is not q for q in params)]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
-    start_step = 1
-    if checkpoint is not None:
-        state = torch.load(checkpoint / "state.pt", weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        start_step = state["step"] + 1
-        if critic is not None:
-            from safetensors.torch import load_file
-
-            critic.load_state_dict(load_file(checkpoint / "critic.safetensors"))
-            kl_ctl.value = state["kl_coef"]
+    start_step = restore(checkpoint, optimizer, critic, kl_ctl) if checkpoint else 1
     policy, optimizer = accelerator.prepare(policy, optimizer)
-    if critic is not None:
-        critic = critic.to(accelerator.device)
-    if ref_model is not None:
-        ref_model = ref_model.to(accelerator.device)
-
-    if main:
+    critic = critic.to(accelerator.device) if critic is not None else None
+    ref_model = ref_model.to(accelerator.device) if ref_model is not None else None
+    if accelerator.is_main_process:
         print(f"{cfg.algo}: {cfg.prompts_per_step} prompts x {cfg.num_generations} completions = {cfg.completions_per_step} "
               f"completions per step in {world} process(es), {cfg.num_minibatches} minibatch(es) x {cfg.num_iterations} "
               f"iteration(s), {cfg.steps} steps, reward {cfg.reward}, model {model_name}, device {accelerator.device}")
-    store = Checkpoints(run_dir, cfg.keep_checkpoints)
-    logger = RunLogger(run_dir, resume_step=start_step - 1 if checkpoint else None) if main else None
-    before_path = run_dir / "eval_before.json"  # measured once on the initial policy, reused on resume
-    if main and checkpoint is None:
-        before = evaluate(accelerator.unwrap_model(policy), tokenizer, eval_prompts, reward, cfg, gold)
-        write_json(before_path, before)
-    elif main:
-        before = json.loads(before_path.read_text())
-        truncate_jsonl(run_dir / "samples.jsonl", start_step - 1)
-    if main:
+    logger = RunLogger(run_dir, resume_step=start_step - 1 if checkpoint else None) if accelerator.is_main_process else None
+    return Run(cfg, accelerator, reward, gold, train_prompts, eval_prompts, run_dir, model_name, tokenizer, policy, ref_model,
+               critic, kl_ctl, optimizer, start_step, Checkpoints(run_dir, cfg.keep_checkpoints), logger)
+
+
+def restore(checkpoint: Path, optimizer, critic: Critic | None, kl_ctl: KLController | None) -> int:
+    """Load the optimizer, RNG states, critic and KL coefficient of a checkpoint; returns the step to start at."""
+    state = torch.load(checkpoint / "state.pt", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    set_rng_state(state["rng"])
+    if critic is not None:
+        critic.load_state_dict(load_file(checkpoint / "critic.safetensors"))
+        kl_ctl.value = state["kl_coef"]
+    return state["step"] + 1
+
+
+def evaluate_before(run: Run) -> dict[str, Any] | None:
+    """The initial policy's evaluation: measured once and written to eval_before.json, reused on resume."""
+    path = run.run_dir / "eval_before.json"
+    before = None
+    if run.main and run.start_step == 1:
+        before = run.evaluate()
+        write_json(path, before)
+    elif run.main:
+        before = json.loads(path.read_text())
+        truncate_jsonl(run.run_dir / "samples.jsonl", run.start_step - 1)
+    if run.main:
         print_completions(f"before training: eval reward {before['reward']:.3f}", before["rows"])
-    accelerator.wait_for_everyone()
-    progress = tqdm(range(start_step, cfg.steps + 1), desc=cfg.algo, initial=start_step - 1, total=cfg.steps,
+    run.accelerator.wait_for_everyone()
+    return before
+
+
+# ---- the steps -------------------------------------------------------------------------------------------
+
+def run_steps(run: Run) -> float:
+    """Steps start_step..steps, with logging and checkpoints; returns the training seconds (a step's
+    sampling, scoring, update and logging)."""
+    cfg, main = run.cfg, run.main
+    progress = tqdm(range(run.start_step, cfg.steps + 1), desc=cfg.algo, initial=run.start_step - 1, total=cfg.steps,
                     mininterval=1.0, disable=not main)
     train_time = 0.0
-    with open(run_dir / "samples.jsonl", "a") if main else contextlib.nullcontext() as samples_file, StopRequest() as stop:
+    with open(run.run_dir / "samples.jsonl", "a") if main else contextlib.nullcontext() as samples_file, StopRequest() as stop:
         for step in progress:
-            t0 = time.perf_counter()
-            torch.manual_seed(step_seed(cfg.seed, step, accelerator.process_index))
-            step_prompts = prompts_for_step(train_prompts, step, cfg)
-            prompts = process_share(step_prompts, accelerator.process_index, world)
-            rollout = sample_rollout(accelerator.unwrap_model(policy), tokenizer, prompts, cfg.sampling, ref_model)
-            t1 = time.perf_counter()
-            try:  # a broken reward or a non-finite loss stops the run before any bad optimizer step
-                totals, components = reward.score(prompts, rollout.completions)
-                if gold is not None:
-                    components["gold"] = gold(prompts, rollout.completions)
-                rewards = torch.tensor(totals, dtype=torch.float32, device=accelerator.device)
-                t2 = time.perf_counter()
-                policy.train()
-                if cfg.algo == "grpo":
-                    metrics = grpo_update(policy, optimizer, accelerator, rollout, rewards, cfg)
-                else:
-                    metrics = ppo_update(policy, critic, optimizer, accelerator, rollout, rewards, kl_ctl, cfg)
-            except (NonFiniteError, RewardFunctionError) as err:
-                saved = save_checkpoint(store, step - 1, policy, tokenizer, optimizer, accelerator, critic, kl_ctl) if main else None
-                raise type(err)(f"step {step}: {err}" + (f"; saved the last good weights to {saved}" if saved else "")) from None
-            t3 = time.perf_counter()
-            metrics = mean_over_processes(accelerator, {
-                **metrics, **{f"rewards/{k}/mean": float(np.mean(v)) for k, v in components.items()},
-                "time/generate_s": t1 - t0, "time/reward_s": t2 - t1, "time/update_s": t3 - t2})
-            everyone = accelerator.gather(torch.stack([rewards, rollout.completion_lengths.to(rewards),
-                                                       rollout.is_truncated.to(rewards)], dim=1))  # [completions, 3]
-            all_rewards, lengths, truncated = everyone.cpu().unbind(1)
-            metrics.update({"reward": all_rewards.mean().item(), "reward_std": all_rewards.std().item(),
-                            "completions/mean_length": lengths.mean().item(), "completions/min_length": lengths.min().item(),
-                            "completions/max_length": lengths.max().item(), "completions/clipped_ratio": truncated.mean().item(),
-                            "completions_per_s": len(step_prompts) / (t3 - t0)})
+            start = time.perf_counter()
+            metrics, samples = train_step(run, step)
             if main:
-                logger.log(step, metrics)
-                train_time += time.perf_counter() - t0  # a step's time includes its metrics and their logging
+                run.logger.log(step, metrics)
+                train_time += time.perf_counter() - start
                 progress.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics.get('kl', 0.0):.3f}",
                                      len=f"{metrics['completions/mean_length']:.1f}", refresh=False)
-            if main and cfg.log_completions_every and step % cfg.log_completions_every == 0:
-                rows = [{"step": step, "prompt": p, "completion": c, "reward": r}
-                        for p, c, r in zip(prompts[:: cfg.num_generations], rollout.completions[:: cfg.num_generations],
-                                           totals[:: cfg.num_generations], strict=True)]
-                samples_file.writelines(json.dumps(row) + "\n" for row in rows)
-                samples_file.flush()
-                print_completions(f"step {step}: reward {metrics['reward']:.3f}", rows)
-            stop.requested = any_process(accelerator, stop.requested)
+                if cfg.log_completions_every and step % cfg.log_completions_every == 0:
+                    samples_file.writelines(json.dumps(row) + "\n" for row in samples)
+                    samples_file.flush()
+                    print_completions(f"step {step}: reward {metrics['reward']:.3f}", samples)
+            stop.requested = any_process(run.accelerator, stop.requested)
             if cfg.checkpoint_due(step, stop):
                 if main:
-                    save_checkpoint(store, step, policy, tokenizer, optimizer, accelerator, critic, kl_ctl)
-                accelerator.wait_for_everyone()
+                    run.save_checkpoint(step)
+                run.accelerator.wait_for_everyone()
                 if stop.requested:
-                    raise store.interrupted(step)
+                    raise run.store.interrupted(step)
     progress.close()
-    if not main:
-        accelerator.wait_for_everyone()
-        return {}
+    return train_time
 
-    after = evaluate(accelerator.unwrap_model(policy), tokenizer, eval_prompts, reward, cfg, gold)
+
+def train_step(run: Run, step: int) -> tuple[dict[str, float], list[dict]]:
+    """Sample this process's share of the step's prompts, score them, update; returns the step's metrics
+    (averaged over processes) and one sample row per prompt group."""
+    cfg, accelerator = run.cfg, run.accelerator
+    t0 = time.perf_counter()
+    torch.manual_seed(step_seed(cfg.seed, step, accelerator.process_index))
+    step_prompts = prompts_for_step(run.train_prompts, step, cfg.prompts_per_step, cfg.num_generations, cfg.seed)
+    prompts = process_share(step_prompts, accelerator.process_index, accelerator.num_processes)
+    rollout = sample_rollout(accelerator.unwrap_model(run.policy), run.tokenizer, prompts, cfg.sampling, run.ref_model)
+    t1 = time.perf_counter()
+    try:  # a broken reward or a non-finite loss stops the run before any bad optimizer step
+        totals, components = run.reward.score(prompts, rollout.completions)
+        if run.gold is not None:
+            components["gold"] = run.gold(prompts, rollout.completions)
+        rewards = torch.tensor(totals, dtype=torch.float32, device=accelerator.device)
+        t2 = time.perf_counter()
+        run.policy.train()
+        if cfg.algo == "grpo":
+            metrics = grpo_update(run.policy, run.optimizer, accelerator, rollout, rewards, cfg)
+        else:
+            metrics = ppo_update(run.policy, run.critic, run.optimizer, accelerator, rollout, rewards, run.kl_ctl, cfg)
+    except (NonFiniteError, RewardFunctionError) as err:
+        saved = run.save_checkpoint(step - 1) if run.main else None
+        raise type(err)(f"step {step}: {err}" + (f"; saved the last good weights to {saved}" if saved else "")) from None
+    t3 = time.perf_counter()
+    metrics = mean_over_processes(accelerator, {
+        **metrics, **{f"rewards/{k}/mean": float(np.mean(v)) for k, v in components.items()},
+        "time/generate_s": t1 - t0, "time/reward_s": t2 - t1, "time/update_s": t3 - t2})
+    everyone = accelerator.gather(torch.stack([rewards, rollout.completion_lengths.to(rewards),
+                                               rollout.is_truncated.to(rewards)], dim=1))  # [completions, 3]
+    all_rewards, lengths, truncated = everyone.cpu().unbind(1)
+    metrics.update({"reward": all_rewards.mean().item(), "reward_std": all_rewards.std().item(),
+                    "completions/mean_length": lengths.mean().item(), "completions/min_length": lengths.min().item(),
+                    "completions/max_length": lengths.max().item(), "completions/clipped_ratio": truncated.mean().item(),
+                    "completions_per_s": len(step_prompts) / (t3 - t0)})
+    group = cfg.num_generations
+    samples = [{"step": step, "prompt": p, "completion": c, "reward": r}
+               for p, c, r in zip(prompts[::group], rollout.completions[::group], totals[::group], strict=True)]
+    return metrics, samples
+
+
+# ---- finish ----------------------------------------------------------------------------------------------
+
+def finish(run: Run, before: dict[str, Any], train_time: float) -> dict[str, Any]:
+    """Evaluate the trained policy, save it, and write summary.json, eval_samples.json and the plots."""
+    cfg, logger = run.cfg, run.logger
+    after = run.evaluate()
     k = cfg.eval_samples_per_prompt  # one row per distinct prompt
     print_side_by_side(before["rows"][::k], after["rows"][::k])
-    final_dir = run_dir / "model"
-    accelerator.unwrap_model(policy).save_pretrained(final_dir)
-    tokenizer.save_pretrained(final_dir)
-    completions_done = (cfg.steps - start_step + 1) * cfg.completions_per_step
+    final_dir = run.run_dir / "model"
+    run.accelerator.unwrap_model(run.policy).save_pretrained(final_dir)
+    run.tokenizer.save_pretrained(final_dir)
+    completions_done = (cfg.steps - run.start_step + 1) * cfg.completions_per_step
     kl_series = logger.series("kl")[1]
     summary = {
-        "algo": cfg.algo, "model": model_name, "reward": cfg.reward, "steps": cfg.steps, "seed": cfg.seed,
-        "num_processes": world, "device": str(accelerator.device),
+        "algo": cfg.algo, "model": run.model_name, "reward": cfg.reward, "steps": cfg.steps, "seed": cfg.seed,
+        "num_processes": run.accelerator.num_processes, "device": str(run.accelerator.device),
         "reward_before": before["reward"], "reward_after": after["reward"],
         "components_before": before["components"], "components_after": after["components"],
         "mean_length_before": before["mean_length"], "mean_length_after": after["mean_length"],
@@ -369,28 +392,26 @@ def train(cfg: RLHFConfig) -> dict[str, Any]:
         "wall_s": train_time, "total_wall_s": logger.elapsed(),
         "completions_per_s": completions_done / train_time if train_time else None,
     }
-    write_json(run_dir / "summary.json", summary)
-    write_json(run_dir / "eval_samples.json", {"before": before["rows"], "after": after["rows"]})
-    plot_lines(run_dir / "curves.png", [
-        ("step", "reward", {"train reward": logger.series("reward"),
-                            **{k: logger.series(f"rewards/{k}/mean") for k in reward.functions}}),
-        ("step", f"KL to reference ({'k3' if cfg.algo == 'grpo' else 'k1'} per token)", {"kl": logger.series("kl")}),
-        ("step", "completion tokens", {"mean length": logger.series("completions/mean_length")}),
-    ], f"{cfg.algo} on {Path(model_name).name}, reward {cfg.reward}")
-    if gold is not None:
-        plot_lines(run_dir / "proxy_vs_gold.png", [("step", "mean reward per step", {
-            f"proxy ({cfg.reward}, optimised)": logger.series("reward"),
-            f"gold ({cfg.gold_reward}, never optimised)": logger.series("rewards/gold/mean")})],
-            "over-optimisation check: proxy against gold reward")
+    write_json(run.run_dir / "summary.json", summary)
+    write_json(run.run_dir / "eval_samples.json", {"before": before["rows"], "after": after["rows"]})
+    plot_run(run)
     logger.close()
-    print(f"eval reward {before['reward']:.3f} -> {after['reward']:.3f}; plots: {run_dir / 'curves.png'}; model: {final_dir}")
-    accelerator.wait_for_everyone()
+    print(f"eval reward {before['reward']:.3f} -> {after['reward']:.3f}; plots: {run.run_dir / 'curves.png'}; model: {final_dir}")
     return summary
 
 
-def print_side_by_side(before: list[dict], after: list[dict], n: int = 6, width: int = 80) -> None:
-    """The same eval prompts before and after training, with their rewards."""
-    print("\n=== eval prompts, before -> after training ===")
-    for b, a in list(zip(before, after, strict=True))[:n]:
-        print(f"{b['prompt']}\n  before [{b['reward']:.2f}] {b['completion'].strip()[:width]}\n"
-              f"  after  [{a['reward']:.2f}] {a['completion'].strip()[:width]}")
+def plot_run(run: Run) -> None:
+    """curves.png (reward and its components, KL, length against step) and, with a gold reward,
+    proxy_vs_gold.png."""
+    cfg, logger = run.cfg, run.logger
+    plot_lines(run.run_dir / "curves.png", [
+        ("step", "reward", {"train reward": logger.series("reward"),
+                            **{k: logger.series(f"rewards/{k}/mean") for k in run.reward.functions}}),
+        ("step", f"KL to reference ({'k3' if cfg.algo == 'grpo' else 'k1'} per token)", {"kl": logger.series("kl")}),
+        ("step", "completion tokens", {"mean length": logger.series("completions/mean_length")}),
+    ], f"{cfg.algo} on {Path(run.model_name).name}, reward {cfg.reward}")
+    if run.gold is not None:
+        plot_lines(run.run_dir / "proxy_vs_gold.png", [("step", "mean reward per step", {
+            f"proxy ({cfg.reward}, optimised)": logger.series("reward"),
+            f"gold ({cfg.gold_reward}, never optimised)": logger.series("rewards/gold/mean")})],
+            "over-optimisation check: proxy against gold reward")

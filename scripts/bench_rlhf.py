@@ -110,13 +110,14 @@ def peak_matmul_flops(threads: int, n: int = 1024, repeats: int = 20) -> float:
 
 
 def evaluate_policy(policy, tokenizer, args) -> float:
-    """The same evaluation for every implementation: trainer.evaluate on the eval prompts, fixed seed."""
+    """The same evaluation for every implementation: the trainer's, on the eval prompts with its fixed seed."""
     from rlhf_toy.data import DATA_DIR, load_prompts
+    from rlhf_toy.evaluation import evaluate_on_prompts
     from rlhf_toy.rewards import resolve_reward
-    from rlhf_toy.trainer import evaluate
 
     cfg = rlhf_config(args, "grpo", "unused")
-    return evaluate(policy.eval(), tokenizer, load_prompts(DATA_DIR / "prompts_eval.jsonl"), resolve_reward(), cfg)["reward"]
+    return evaluate_on_prompts(policy, tokenizer, load_prompts(DATA_DIR / "prompts_eval.jsonl"), resolve_reward(),
+                               cfg.eval_sampling, cfg.eval_samples_per_prompt, cfg.eval_seed)["reward"]
 
 
 def peak_rss_mb() -> float:

@@ -73,8 +73,8 @@ def test_rollout_logprobs_equal_a_teacher_forced_forward(policy_and_tokenizer):
 
 
 def test_sampling_and_evaluation_run_in_eval_mode_and_restore_the_mode(nano, nano_dir, tmp_path):
+    from rlhf_toy.evaluation import evaluate_on_prompts
     from rlhf_toy.rewards import resolve_reward
-    from rlhf_toy.trainer import evaluate
 
     policy, tokenizer = load_model(nano_dir), load_tokenizer(nano_dir)
     for module in policy.modules():  # as a hub GPT-2 has (0.1); the nano model is built without dropout
@@ -85,7 +85,7 @@ def test_sampling_and_evaluation_run_in_eval_mode_and_restore_the_mode(nano, nan
     results = {}
     for training in (True, False):
         policy.train(training)
-        results[training] = evaluate(policy, tokenizer, prompts, resolve_reward(), cfg)
+        results[training] = evaluate_on_prompts(policy, tokenizer, prompts, resolve_reward(), cfg.eval_sampling, 1, seed=5)
         assert policy.training == training
     assert results[True]["rows"] == results[False]["rows"]
 
