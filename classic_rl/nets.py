@@ -68,7 +68,7 @@ class ObsNormalizer(nn.Module):
 
 
 class SavableModule(nn.Module):
-    """A module that remembers its constructor arguments so `load_model` can rebuild it."""
+    """A module that remembers its constructor arguments so `load_agent` can rebuild it."""
 
     init_kwargs: dict
 
@@ -214,15 +214,15 @@ MODEL_CLASSES: dict[str, type[SavableModule]] = {
 }
 
 
-def save_model(model: SavableModule, path: str | Path) -> None:
+def save_agent(model: SavableModule, path: str | Path) -> None:
     """Weights and buffers as safetensors, class name and constructor arguments as metadata."""
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     metadata = {"class": type(model).__name__, "init_kwargs": json.dumps(model.init_kwargs)}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
-def load_model(path: str | Path) -> SavableModule:
-    """Rebuild a model saved by save_model (no pickle involved)."""
+def load_agent(path: str | Path) -> SavableModule:
+    """Rebuild a model saved by save_agent (no pickle involved)."""
     from safetensors import safe_open
 
     path = Path(path)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from classic_rl import envs
-from classic_rl.nets import SavableModule, save_model
+from classic_rl.nets import SavableModule, save_agent
 from classic_rl.runs import (
     Checkpoints,
     ConfigError,
@@ -128,7 +128,7 @@ class Checkpointer:
                  "vec_env": envs.vec_env_state(vec_env) if vec_env is not None else None}
 
         def write(folder: Path) -> None:
-            save_model(model, folder / "model.safetensors")
+            save_agent(model, folder / "model.safetensors")
             torch.save(state, folder / "state.pt")
 
         self.store.save(env_steps, write, self.stop)
@@ -177,7 +177,7 @@ def run_training(algo: str, train_fn, cfg: ClassicConfig) -> dict[str, Any]:
         if not evaluator.history or evaluator.history[-1]["env_steps"] != env_steps:
             evaluator.evaluate(env_steps, model)  # the summary always describes the final policy
         wall_s = logger.elapsed()
-        save_model(model, run_dir / "policy.safetensors")
+        save_agent(model, run_dir / "policy.safetensors")
         final = evaluator.history[-1]
         summary = {
             "algo": algo, "env": cfg.env, "seed": cfg.seed, "env_steps": env_steps, "wall_s": wall_s,

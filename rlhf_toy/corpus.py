@@ -155,7 +155,7 @@ SPLIT_SIZES = {"pretrain": 12_000, "sft": 12_000, "prompts_train": 2_000, "promp
                "preferences_train": 4_000, "preferences_eval": 500}
 
 
-def generate(seed: int = 0, sizes: dict[str, int] | None = None) -> dict[str, list[dict[str, str]]]:
+def generate_corpus(seed: int = 0, sizes: dict[str, int] | None = None) -> dict[str, list[dict[str, str]]]:
     """Every shipped split as rows, deterministically from seed (one stream per split, so
     changing the size of one leaves the others as they were)."""
     sizes = {**SPLIT_SIZES, **(sizes or {})}

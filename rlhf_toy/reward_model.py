@@ -45,7 +45,7 @@ from rlhf_toy.models import (
 )
 from rlhf_toy.pretrain import default_base_model
 from rlhf_toy.rewards import resolve_reward
-from rlhf_toy.sampling import SamplingConfig, context_length, generate
+from rlhf_toy.sampling import SamplingConfig, context_length, generate_completions
 
 
 @dataclass
@@ -206,7 +206,7 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     # Does the proxy rank fresh base-policy samples as the gold rule does?
     policy = load_model(base).eval()
     sample_prompts = [eval_prompts[i % len(eval_prompts)] for i in range(cfg.spearman_samples)]
-    completions = generate(policy, tokenizer, sample_prompts, SamplingConfig(max_new_tokens=40), seed=cfg.seed)
+    completions = generate_completions(policy, tokenizer, sample_prompts, SamplingConfig(max_new_tokens=40), seed=cfg.seed)
     gold = np.array(resolve_reward()(sample_prompts, completions))
     with torch.inference_mode():
         proxy = score_texts(model, tokenizer, sequence_texts(tokenizer, sample_prompts, completions)).cpu().numpy()

@@ -95,7 +95,7 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_n
 
 
 @torch.inference_mode()
-def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], sampling: SamplingConfig,
+def generate_completions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], sampling: SamplingConfig,
              seed: int | None = None) -> list[str]:
     """One completion per prompt, decoded without special tokens."""
     batch = encode_prompts(tokenizer, prompts, sampling.max_new_tokens, model).to(model.device)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from classic_rl import envs
-from classic_rl.nets import load_model
+from classic_rl.nets import load_agent
 from classic_rl.runs import ConfigError, atomic_write, cli, script_parser
 
 
@@ -52,7 +52,7 @@ def main() -> None:
     except (json.JSONDecodeError, KeyError, TypeError):
         raise ConfigError(f"{config_path} is not a config written by scripts/train_classic.py (no JSON with an env)") from None
     torch.set_num_threads(1)
-    model = load_model(run_dir / "policy.safetensors")
+    model = load_agent(run_dir / "policy.safetensors")
     returns = envs.evaluate(model.act, env_id, args.episodes, seed=args.seed)
     print(f"{env_id}: greedy return {returns.mean():.1f} +- {returns.std():.1f} over {args.episodes} episodes "
           f"(min {returns.min():.1f}, max {returns.max():.1f})")

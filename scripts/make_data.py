@@ -19,7 +19,7 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name, rows in corpus.generate(args.seed).items():
+    for name, rows in corpus.generate_corpus(args.seed).items():
         write_jsonl(out / f"{name}.jsonl", rows)
         print(f"{out / name}.jsonl: {len(rows)} rows")
 

@@ -17,7 +17,7 @@ from rlhf_toy.data import DATA_DIR, load_prompts
 from rlhf_toy.models import load_model, load_tokenizer
 from rlhf_toy.pretrain import default_base_model
 from rlhf_toy.rewards import resolve_reward
-from rlhf_toy.sampling import SamplingConfig, generate
+from rlhf_toy.sampling import SamplingConfig, generate_completions
 
 
 def parse_args() -> argparse.Namespace:
@@ -52,7 +52,7 @@ def main() -> None:
     columns = []
     for name in names:
         model, tokenizer = load_model(name, args.trust_remote_code).eval(), load_tokenizer(name, args.trust_remote_code)
-        completions = generate(model, tokenizer, prompts, sampling, seed=args.seed)
+        completions = generate_completions(model, tokenizer, prompts, sampling, seed=args.seed)
         scores = reward(prompts, completions) if reward else [None] * len(prompts)
         columns.append((name, completions, scores))
     for name, _, scores in columns:

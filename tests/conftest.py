@@ -35,7 +35,7 @@ def nano(tmp_path_factory):
     if (root / "run" / "summary.json").is_file():
         return root, json.loads((root / "run" / "summary.json").read_text())
     (root / "data").mkdir(parents=True, exist_ok=True)
-    for name, rows in corpus.generate(0, SMALL).items():
+    for name, rows in corpus.generate_corpus(0, SMALL).items():
         write_jsonl(root / "data" / f"{name}.jsonl", rows)
     cfg = PretrainConfig(preset="nano", data_dir=str(root / "data"), vocab_size=600, batch_size=16, max_steps=80,
                          warmup_steps=10, eval_every=40, run_dir=str(root / "run"), overwrite=True)

@@ -10,14 +10,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rlhf_toy import corpus
 from rlhf_toy.data import DATA_DIR, load_prompts
 from rlhf_toy.models import format_prompt, train_tokenizer
-from rlhf_toy.sampling import SamplingConfig, generate
+from rlhf_toy.sampling import SamplingConfig, generate_completions
 from tests.conftest import SMALL, run_script
 
 
 def test_corpus_is_deterministic_and_leaves_room_for_the_format_reward():
-    a, b = corpus.generate(3, SMALL), corpus.generate(3, SMALL)
-    assert a == b and a != corpus.generate(4, SMALL)
-    responses = [r["response"] for r in corpus.generate(0, {"sft": 4000})["sft"]]
+    a, b = corpus.generate_corpus(3, SMALL), corpus.generate_corpus(3, SMALL)
+    assert a == b and a != corpus.generate_corpus(4, SMALL)
+    responses = [r["response"] for r in corpus.generate_corpus(0, {"sft": 4000})["sft"]]
     formatted = sum(r.startswith(corpus.OPEN_TAG) and r.endswith(corpus.CLOSE_TAG) for r in responses) / len(responses)
     assert 0.05 <= formatted <= 0.20
     lengths = sorted(len(r.split()) for r in responses)
@@ -25,13 +25,13 @@ def test_corpus_is_deterministic_and_leaves_room_for_the_format_reward():
 
 
 def test_shipped_data_is_what_the_generator_writes():
-    for name, rows in corpus.generate(0).items():
+    for name, rows in corpus.generate_corpus(0).items():
         shipped = [json.loads(line) for line in (DATA_DIR / f"{name}.jsonl").read_text().splitlines()]
         assert shipped == rows, f"data/{name}.jsonl is stale: run scripts/make_data.py"
 
 
 def test_tokenizer_round_trip_and_padding(tmp_path):
-    texts = [r["text"] for r in corpus.generate(0, SMALL)["pretrain"]]
+    texts = [r["text"] for r in corpus.generate_corpus(0, SMALL)["pretrain"]]
     tokenizer = train_tokenizer(texts, vocab_size=500)
     sample = format_prompt("Tell me about Ada.") + " <answer> Ada the baker lived in Ashford. </answer>"
     assert tokenizer.decode(tokenizer(sample).input_ids) == sample
@@ -71,8 +71,8 @@ def test_batched_generation_with_padding_equals_one_by_one(nano):
     model, tokenizer = load_model(model_dir).eval(), load_tokenizer(model_dir)
     prompts = ["Tell me about Ada.", "What happened to the lantern in Ashford?", "Describe a fox."]
     greedy = SamplingConfig(max_new_tokens=20, temperature=0)
-    batched = generate(model, tokenizer, prompts, greedy)
-    assert batched == [generate(model, tokenizer, [p], greedy)[0] for p in prompts]
+    batched = generate_completions(model, tokenizer, prompts, greedy)
+    assert batched == [generate_completions(model, tokenizer, [p], greedy)[0] for p in prompts]
     assert any(c.strip() for c in batched)
 
 

@@ -13,7 +13,7 @@ from gymnasium.vector import AutoresetMode
 
 from classic_rl import envs
 from classic_rl.algos.ppo import PPOConfig, train
-from classic_rl.nets import ActorCritic, ObsNormalizer, load_model, save_model
+from classic_rl.nets import ActorCritic, ObsNormalizer, load_agent, save_agent
 from classic_rl.presets import preset
 from classic_rl.runs import parse_dataclass_args
 from classic_rl.training import run_training
@@ -52,8 +52,8 @@ def test_obs_normalizer_matches_statistics_of_all_batches():
 def test_policy_round_trip_keeps_weights_and_normalisation(tmp_path):
     model = ActorCritic(4, 2, [16, 16], normalize_obs=True)
     model.obs_normalizer.update(torch.randn(100, 4) * 5 + 2)
-    save_model(model, tmp_path / "policy.safetensors")
-    loaded = load_model(tmp_path / "policy.safetensors")
+    save_agent(model, tmp_path / "policy.safetensors")
+    loaded = load_agent(tmp_path / "policy.safetensors")
     for key, value in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)
     obs = np.random.default_rng(1).normal(2, 5, size=(32, 4)).astype(np.float32)
@@ -75,7 +75,7 @@ def test_ppo_with_normalised_observations_and_value_clipping_learns(tmp_path):
                        "vf_clip": 10.0, "run_dir": str(tmp_path / "run")})
     summary = run_training("ppo", train, cfg)
     assert summary["eval_return_mean"] >= 300
-    assert load_model(tmp_path / "run" / "policy.safetensors").obs_normalizer.count.item() > 1000
+    assert load_agent(tmp_path / "run" / "policy.safetensors").obs_normalizer.count.item() > 1000
 
 
 @pytest.mark.parametrize("target_kl, epochs", [(None, 6), (1e-4, 2)])

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from classic_rl.algos.reinforce import ReinforceConfig, linear_softmax_gradient, train
-from classic_rl.nets import load_model
+from classic_rl.nets import load_agent
 from classic_rl.training import run_training
 
 
@@ -26,5 +26,5 @@ def test_reinforce_solves_cartpole(policy, tmp_path):
                           run_dir=str(tmp_path / "run"))
     summary = run_training("reinforce", train, cfg)
     assert summary["eval_return_mean"] >= 475
-    reloaded = load_model(tmp_path / "run" / "policy.safetensors")
+    reloaded = load_agent(tmp_path / "run" / "policy.safetensors")
     assert reloaded.kind == policy

@@ -4,7 +4,7 @@ import pytest
 
 from classic_rl.algos.search import SearchConfig, train_hill_climbing, train_random_search
 from classic_rl.envs import evaluate
-from classic_rl.nets import load_model
+from classic_rl.nets import load_agent
 from classic_rl.runs import ConfigError
 from classic_rl.training import run_training
 
@@ -14,7 +14,7 @@ def test_search_solves_cartpole(train_fn, tmp_path):
     cfg = SearchConfig(env="CartPole-v1", seed=1, total_timesteps=200_000, target_return=475, run_dir=str(tmp_path / "run"))
     summary = run_training("search", train_fn, cfg)
     assert summary["eval_return_mean"] >= 475 and summary["solved_at_steps"] <= 200_000
-    policy = load_model(tmp_path / "run" / "policy.safetensors")  # the saved policy is the one that solved it
+    policy = load_agent(tmp_path / "run" / "policy.safetensors")  # the saved policy is the one that solved it
     assert policy.kind == "linear" and evaluate(policy.act, "CartPole-v1", episodes=5, seed=1234).mean() >= 475
 
 

@@ -14,7 +14,7 @@ from classic_rl.algos.tabular import (
     transition_model,
     value_iteration,
 )
-from classic_rl.nets import load_model
+from classic_rl.nets import load_agent
 from classic_rl.presets import preset
 from classic_rl.runs import ConfigError
 from classic_rl.training import run_training
@@ -54,7 +54,7 @@ def test_td_control_learns_taxi(train_fn, tmp_path):
                            "run_dir": str(tmp_path / "run")})
     summary = run_training("td", train_fn, cfg)
     assert summary["eval_return_mean"] >= 7.0
-    table = load_model(tmp_path / "run" / "policy.safetensors")
+    table = load_agent(tmp_path / "run" / "policy.safetensors")
     assert table.q.abs().sum() > 0 and table.act(np.array([0, 1])).shape == (2,)
 
 
@@ -84,7 +84,7 @@ def test_q_learning_learns_cartpole_through_discretisation(tmp_path):
                            "run_dir": str(tmp_path / "run")})
     summary = run_training("q_learning", train_q_learning, cfg)
     assert summary["eval_return_mean"] >= 195  # measured 229 (greedy, 20 episodes); random play scores ~22
-    table = load_model(tmp_path / "run" / "policy.safetensors")
+    table = load_agent(tmp_path / "run" / "policy.safetensors")
     assert table.act(np.zeros((1, 4), dtype=np.float32)).shape == (1,)  # acts on raw observations
 
 

@@ -6,7 +6,7 @@ import torch
 
 from classic_rl import envs
 from classic_rl.algos import a2c, vpg
-from classic_rl.nets import ActorCritic, load_model
+from classic_rl.nets import ActorCritic, load_agent
 from classic_rl.runs import ConfigError
 from classic_rl.training import run_training
 
@@ -41,7 +41,7 @@ def test_a2c_learns_cartpole(shared, tmp_path):
                         eval_every=5_000, run_dir=str(tmp_path / "run"))
     summary = run_training("a2c", a2c.train, cfg)
     assert summary["eval_return_mean"] >= 195
-    agent = load_model(tmp_path / "run" / "policy.safetensors")
+    agent = load_agent(tmp_path / "run" / "policy.safetensors")
     assert isinstance(agent.trunk, torch.nn.Identity) != shared
 
 

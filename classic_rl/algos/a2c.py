@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from classic_rl import core, envs
 from classic_rl.nets import ActorCritic
-from classic_rl.rollouts import RolloutBuffer
+from classic_rl.rollout_buffer import RolloutBuffer
 from classic_rl.runs import (
     RunLogger,
     check_finite,
