@@ -20,6 +20,12 @@ from rlhf_toy.rollout import sample_rollout
 from rlhf_toy.sampling import SamplingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+
+if os.environ.get("MUTANT_UNDER_TEST"):
+    # make mutate: mutmut forks a worker per mutant from a process that has run the tests, and a fork made
+    # after torch's OpenMP threads ran crashes in its first parallel region; one thread keeps them unused.
+    torch.set_num_threads(1)
+    torch.set_num_threads = lambda _threads: None
 SMALL = {"pretrain": 1500, "sft": 1500, "prompts_train": 50, "prompts_eval": 8, "preferences_train": 400,
          "preferences_eval": 100}
 

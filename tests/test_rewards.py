@@ -28,8 +28,11 @@ def test_format_reward_by_hand():
         "The fox ran.",                           # no tags: 0
         "<answer>  </answer>",                    # empty answer: tags present, nothing inside -> 0.5
         "</answer> The fox <answer>",             # tags in the wrong order: opening tag only -> 0.25
+        "Hi </answer> then <answer>",             # a closing tag only before the first opening one: 0.25
+        "<answer> a </answer> b <answer>",        # closed after the first opening tag, text outside: 0.5
+        "<answer> a <answer> b </answer>",        # a second opening tag inside: not exact, closed after the first: 0.5
     ]
-    assert format_reward([""] * len(completions), completions) == [1.0, 1.0, 0.5, 0.25, 0.0, 0.5, 0.25]
+    assert format_reward([""] * len(completions), completions) == [1.0, 1.0, 0.5, 0.25, 0.0, 0.5, 0.25, 0.25, 0.5, 0.5]
 
 
 def test_default_reward_is_the_mean_of_length_and_format_with_components():

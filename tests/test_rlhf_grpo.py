@@ -53,7 +53,7 @@ def test_an_unknown_loss_type_names_the_accepted_ones():
 
 def plain_grpo(policy, rollout, rewards, cfg, lr):
     """GRPO written out from the papers and TRL's formulas, with full forward passes and gradient-norm-clipped
-    SGD steps in the same minibatch order; returns the updated copy of policy."""
+    SGD steps in the same minibatch order; returns the updated copy of policy and the metrics it expects."""
     model = copy.deepcopy(policy)
     params = list(model.parameters())
     ids, attention, prompt = rollout.input_ids.clone(), rollout.attention_mask.clone(), rollout.prompt_length
@@ -62,8 +62,10 @@ def plain_grpo(policy, rollout, rewards, cfg, lr):
     if cfg.mask_truncated_completions:
         mask = mask * (~rollout.is_truncated).float()[:, None]
     grouped = rewards.view(-1, cfg.num_generations)
-    advantages = ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-4)).view(-1)
+    scale = {"group": grouped.std(1, keepdim=True) + 1e-4, "batch": rewards.std() + 1e-4, "none": 1.0}[cfg.scale_rewards]
+    advantages = ((grouped - grouped.mean(1, keepdim=True)) / scale).view(-1)
     high = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high
+    seen = {key: [] for key in ("loss", "kl", "entropy", "approx_kl", "clip_ratio")}
     for _ in range(cfg.num_iterations):
         for mb in torch.randperm(len(rewards)).split(len(rewards) // cfg.num_minibatches):
             out = model(input_ids=ids[mb], attention_mask=attention[mb], position_ids=position_ids(attention[mb]))
@@ -78,12 +80,18 @@ def plain_grpo(policy, rollout, rewards, cfg, lr):
                     "bnpo": total / m.sum(),
                     "dr_grpo": total / (len(mb) * cfg.max_completion_length),
                     "dapo": total / (mask.sum() / cfg.num_minibatches)}[cfg.loss_type]
+            probs = out.logits[:, prompt - 1: -1].softmax(-1)
+            clipped = ((ratio < 1 - cfg.epsilon) & (adv < 0)) | ((ratio > 1 + high) & (adv > 0))
+            for key, per_position in (("kl", torch.exp(log_ref_over_pi) - log_ref_over_pi - 1), ("approx_kl", ratio - 1 - ratio.log()),
+                                      ("entropy", -(probs * probs.clamp(min=1e-30).log()).sum(-1)), ("clip_ratio", clipped.float())):
+                seen[key].append(((per_position * m).sum() / m.sum()).item())
+            seen["loss"].append(loss.item())
             grads = torch.autograd.grad(loss, params)
             norm = torch.sqrt(sum((g ** 2).sum() for g in grads))
             with torch.no_grad():
                 for p, g in zip(params, grads, strict=True):
                     p -= lr * g * min(1.0, cfg.max_grad_norm / (norm.item() + 1e-6))
-    return model
+    return model, {key: sum(values) / len(values) for key, values in seen.items()}
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +106,10 @@ def grpo_setup(policy_reference_rollout):
     dict(loss_type="dapo", num_minibatches=2),
     dict(loss_type="dapo", num_minibatches=1, num_iterations=3, epsilon=0.05, epsilon_high=0.3),
     dict(loss_type="grpo", num_minibatches=1, num_iterations=2, mask_truncated_completions=True, max_grad_norm=1.0, lr=0.3),
-], ids=["grpo", "bnpo", "dr_grpo", "dapo", "dapo-3-iterations-clip-higher", "grpo-truncated-masked-grad-clipped"])
+    dict(loss_type="dapo", num_minibatches=2, scale_rewards="batch"),
+    dict(loss_type="dr_grpo", num_minibatches=1, scale_rewards="none"),
+], ids=["grpo", "bnpo", "dr_grpo", "dapo", "dapo-3-iterations-clip-higher", "grpo-truncated-masked-grad-clipped",
+        "dapo-batch-scaled", "dr_grpo-unscaled"])
 def test_grpo_update_equals_grpo_written_out(case, grpo_setup):
     """Without gradient clipping (which would hide a wrong scale) unless the case asks for it."""
     policy, rollout, rewards = grpo_setup
@@ -106,13 +117,15 @@ def test_grpo_update_equals_grpo_written_out(case, grpo_setup):
     lr = case.pop("lr")
     cfg = RLHFConfig(num_generations=4, prompts_per_step=2, max_completion_length=10, beta=0.1, **case)
     torch.manual_seed(1)
-    expected = plain_grpo(policy, rollout, rewards, cfg, lr)
+    expected, expected_metrics = plain_grpo(policy, rollout, rewards, cfg, lr)
     model = copy.deepcopy(policy)
     torch.manual_seed(1)  # the same minibatch order
     metrics = grpo_update(model, torch.optim.SGD(model.parameters(), lr=lr), Accelerator(cpu=True), rollout, rewards, cfg)
     change = max((e - p).abs().max().item() for e, p in zip(expected.parameters(), policy.parameters(), strict=True))
     error = max((a - e).abs().max().item() for a, e in zip(model.parameters(), expected.parameters(), strict=True))
     assert change > 1e-3 and error < 1e-4 * change, (change, error)
+    for key, value in expected_metrics.items():
+        assert metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
     assert metrics["kl"] > 0.01
     if case.get("num_iterations", 1) > 1:
         assert metrics["clip_ratio"] > 0  # later iterations see ratios outside the clip range
@@ -137,3 +150,13 @@ def kl_to_reference(model, rollout):
         logits = completion_logits(model, rollout.input_ids, rollout.attention_mask, rollout.prompt_length, 1.0)
         logp = core.logprobs_from_logits(logits, rollout.completion_ids, rollout.completion_mask)
         return core.masked_mean(core.kl_estimate(logp, rollout.ref_logprobs, "k3"), rollout.completion_mask).item()
+
+
+def test_grpo_without_a_reference_has_no_kl_term(grpo_setup):
+    policy, rollout, rewards = grpo_setup
+    no_reference = copy.copy(rollout)
+    no_reference.ref_logprobs = None  # beta 0: the trainer loads no reference model
+    cfg = RLHFConfig(num_generations=4, prompts_per_step=2, max_completion_length=10, beta=0.0)
+    model = copy.deepcopy(policy)
+    metrics = grpo_update(model, torch.optim.SGD(model.parameters(), lr=0.01), Accelerator(cpu=True), no_reference, rewards, cfg)
+    assert "kl" not in metrics and metrics["grad_norm"] > 0
