@@ -178,3 +178,9 @@ def test_explained_variance():
     close(core.explained_variance(target, target), 1.0)
     close(core.explained_variance(t(2, 2, 2), target), 0.0)
     assert torch.isnan(core.explained_variance(target, t(5, 5, 5)))
+
+
+def test_kl_estimate_defaults_to_k1_and_a_sum_aggregation_needs_no_mask():
+    logp, ref = t(-1.0, -2.0), t(-1.5, -1.0)
+    close(core.kl_estimate(logp, ref), [0.5, -1.0])  # k1 = logp - ref
+    close(core.aggregate(torch.stack([t(1, 2), t(3, 4)]), None, "seq-mean-token-sum"), 5.0)  # (3 + 7) / 2

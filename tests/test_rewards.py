@@ -17,6 +17,17 @@ def test_length_reward_by_hand():
         " ".join(["w"] * 30),                               # 30 words: 1 - 18/12 < 0, floored: 0.0
     ]
     assert length_reward(prompts, completions, target_words=12) == [0.5, 0.75, 1.0, 0.0]
+    assert length_reward(prompts[:1], [" ".join(["w"] * 12)]) == [1.0]  # 12 words is the default target
+
+
+def test_length_reward_counts_the_first_answer_and_small_stated_targets():
+    completions = ["<answer> a b </answer> c d </answer>",       # up to the first closing tag: 2 words
+                   "<answer> a <answer> b c </answer>",          # after the first opening tag: a, <answer>, b, c
+                   "a b"]
+    prompts = ["Describe a fox in 2 words.", "Describe a fox in 4 words.", "Describe a fox in 1 words."]
+    assert length_reward(prompts, completions) == [1.0, 1.0, 0.0]  # 2 words for a target of 1: 1 - 1/1
+    with pytest.raises(ValueError):
+        length_reward(["one prompt"], ["two", "completions"])
 
 
 def test_format_reward_by_hand():
@@ -63,6 +74,12 @@ def gives_none(prompts, completions, **columns):
 def gives_text(prompts, completions, **columns):
     return ["high", 0.1]
 
+def gives_bool(prompts, completions, **columns):
+    return [0.5, True]
+
+def gives_number(prompts, completions, **columns):
+    return 0.5
+
 def uses_columns(prompts, completions, answer, **columns):
     return [float(a in c) for a, c in zip(answer, completions)]
 '''
@@ -100,6 +117,8 @@ def test_a_reward_file_in_a_folder_whose_name_holds_a_colon(tmp_path):
     ("gives_nan", "returned nan at index 1; expected a finite number"),
     ("gives_none", "returned None at index 1"),
     ("gives_text", "returned 'high' at index 0"),
+    ("gives_bool", "returned True at index 1"),
+    ("gives_number", "reward '{file}:gives_number' returned float, expected a list of 2 numbers"),
 ])
 def test_broken_reward_functions_are_named_with_the_first_bad_index(function, message, user_file):
     reward = resolve_reward(f"{user_file}:{function}")
@@ -109,7 +128,7 @@ def test_broken_reward_functions_are_named_with_the_first_bad_index(function, me
 
 @pytest.mark.parametrize("spec, message", [
     ("lenght", "unknown reward 'lenght'; accepted: length, format"),
-    ("", "--reward is empty"),
+    ("", "--reward is empty; accepted: a comma list of length, format, FILE.py:FUNCTION"),
     ("missing_file.py:fn", "reward file missing_file.py not found"),
     ("no_such_module_xyz:fn", "cannot import module 'no_such_module_xyz'"),
 ])

@@ -31,6 +31,8 @@ def test_group_advantages_by_hand():
     torch.testing.assert_close(adv, torch.tensor([s, -s, 0.0, 0.0, s, -s]), atol=1e-3, rtol=0)
     adv, _ = group_advantages(rewards, 2, "batch", eps=0.0)
     torch.testing.assert_close(adv, torch.tensor([0.5, -0.5, 0.0, 0.0, 1.0, -1.0]) / rewards.std())
+    with pytest.raises(ValueError, match="unknown scale_rewards 'token'; accepted: group, batch, none"):
+        group_advantages(rewards, 2, "token")
 
 
 def test_completion_mask_stops_after_the_first_of_any_eos_id():
