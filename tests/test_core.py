@@ -184,3 +184,25 @@ def test_kl_estimate_defaults_to_k1_and_a_sum_aggregation_needs_no_mask():
     logp, ref = t(-1.0, -2.0), t(-1.5, -1.0)
     close(core.kl_estimate(logp, ref), [0.5, -1.0])  # k1 = logp - ref
     close(core.aggregate(torch.stack([t(1, 2), t(3, 4)]), None, "seq-mean-token-sum"), 5.0)  # (3 + 7) / 2
+
+
+def test_policy_loss_counts_no_clipping_where_the_advantage_is_zero():
+    # a GRPO group with equal rewards has advantage 0: its gradient is 0 either way, and no branch is "clipped"
+    _, stats = core.policy_loss(torch.log(t(0.5, 1.5)), t(0.0, 0.0), t(0.0, 0.0), 0.2)
+    close(stats["clipfrac"], 0.0)
+    # masked positions count in none of the statistics
+    _, stats = core.policy_loss(torch.log(t(1.1, 3.0)), t(0.0, 0.0), t(1.0, 1.0), 0.2, mask=t(1, 0))
+    close(stats["ratio_mean"], 1.1)
+    close(stats["approx_kl"], 0.1 - math.log(1.1))
+
+
+def test_aggregate_defaults_to_the_token_mean_and_reduces_the_last_axis():
+    x = torch.arange(12.0).view(2, 2, 3)  # [batch, sequences, tokens]
+    close(core.aggregate(x), 5.5)
+    close(core.aggregate(x, None, "seq"), 5.5)
+    close(core.aggregate(x, None, "seq-mean-token-sum"), x.sum(-1).mean())
+    close(core.aggregate(t(1, 2, 3), t(1, 1, 0), "seq"), 1.5)
+
+
+def test_masked_whiten_of_a_constant_is_zero_not_nan():
+    close(core.masked_whiten(t(2, 2, 2)), [0.0, 0.0, 0.0])

@@ -127,8 +127,8 @@ def test_broken_reward_functions_are_named_with_the_first_bad_index(function, me
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("lenght", "unknown reward 'lenght'; accepted: length, format"),
-    ("", "--reward is empty; accepted: a comma list of length, format, FILE.py:FUNCTION"),
+    ("lenght", "unknown reward 'lenght'; accepted: length, format, FILE.py:FUNCTION, package.module:function or rm:DIR"),
+    ("", "--reward is empty; accepted: a comma list of length, format, FILE.py:FUNCTION, package.module:function or rm:DIR"),
     ("missing_file.py:fn", "reward file missing_file.py not found"),
     ("no_such_module_xyz:fn", "cannot import module 'no_such_module_xyz'"),
 ])
@@ -138,6 +138,6 @@ def test_unknown_rewards_list_what_exists(spec, message):
 
 
 def test_weights_must_match_rewards():
-    with pytest.raises(ConfigError, match="--reward-weights has 1 values for 2 rewards"):
+    with pytest.raises(ConfigError, match=r"--reward-weights has 1 values for 2 rewards \(length, format\)"):
         resolve_reward("length,format", weights=[1.0])
     assert not math.isnan(resolve_reward("format")(["p"], ["x"])[0])
