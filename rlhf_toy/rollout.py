@@ -122,11 +122,12 @@ def sample_rollout(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     """Sample one completion per prompt (repeat prompts for groups) and score it under policy and reference,
     both in eval mode (no dropout: the log-probs are those of the policy itself)."""
     batch = encode_prompts(tokenizer, prompts, sampling.max_new_tokens, policy).to(policy.device)
+    eos_token_ids = stop_token_ids(policy, tokenizer)
     with evaluation_mode(policy):
-        sequences, step_logits = sample_sequences(policy, tokenizer, batch, sampling)
+        sequences, step_logits = sample_sequences(policy, tokenizer, batch, sampling, eos_token_ids)
     prompt_length = batch["input_ids"].shape[1]
     completion_ids = sequences[:, prompt_length:]
-    completion_mask, is_truncated = completion_mask_from_ids(completion_ids, stop_token_ids(policy, tokenizer))
+    completion_mask, is_truncated = completion_mask_from_ids(completion_ids, eos_token_ids)
     temperature = sampling.temperature or 1.0
     # the raw logits of each step, [B, V]: log-probs per step keep memory at [B, V], not [B, C, V]
     old_logprobs = torch.stack([core.logprobs_from_logits(logits.float() / temperature, completion_ids[:, t])

@@ -64,10 +64,9 @@ class SamplingConfig:
 
 
 def sample_sequences(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch: dict[str, torch.Tensor],
-                     sampling: SamplingConfig) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+                     sampling: SamplingConfig, eos_token_ids: list[int]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """(sequences `[B, P + C]`, raw logits of each generated step `C x [B, V]`) for an encoded batch, stopping at
-    any eos id: GPT-2-family models decode with rlhf_toy.fast_decode, others with transformers' generate."""
-    eos_token_ids = stop_token_ids(model, tokenizer)
+    any of eos_token_ids: GPT-2-family models decode with rlhf_toy.fast_decode, others with transformers' generate."""
     if supports_fast_decode(model):
         return sample_gpt2(model, batch["input_ids"], batch["attention_mask"], sampling.max_new_tokens, sampling.next_tokens,
                            eos_token_ids, tokenizer.pad_token_id)
@@ -102,5 +101,5 @@ def generate_completions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
     if seed is not None:
         torch.manual_seed(seed)
     with evaluation_mode(model):
-        sequences, _ = sample_sequences(model, tokenizer, batch, sampling)
+        sequences, _ = sample_sequences(model, tokenizer, batch, sampling, stop_token_ids(model, tokenizer))
     return tokenizer.batch_decode(sequences[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)

@@ -111,3 +111,18 @@ def policy_reference_rollout(nano_dir):
     assert rollout.is_truncated.any() and not rollout.is_truncated.all()
     assert (rollout.ref_logprobs - rollout.old_logprobs).abs().max() > 0.05
     return policy, rollout
+
+
+def clipped_sgd_step(loss: torch.Tensor, params: list[torch.Tensor], lr: float, max_grad_norm: float) -> None:
+    """One SGD step on loss with the global gradient norm clipped to max_grad_norm, written out (the plain
+    re-derivations of GRPO and PPO in the tests use it instead of torch's optimizer and clipping)."""
+    grads = torch.autograd.grad(loss, params)
+    norm = torch.sqrt(sum((g ** 2).sum() for g in grads))
+    with torch.no_grad():
+        for p, g in zip(params, grads, strict=True):
+            p -= lr * g * min(1.0, max_grad_norm / (norm.item() + 1e-6))
+
+
+def largest_difference(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    """The largest absolute difference between two models' parameters."""
+    return max((x - y).abs().max().item() for x, y in zip(a.parameters(), b.parameters(), strict=True))

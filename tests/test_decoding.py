@@ -94,7 +94,8 @@ def test_a_gpt2_the_lean_step_does_not_compute_falls_back_to_generate(nano_dir, 
     lean = fast_greedy(policy, tokenizer, batch, 12)[1]
     assert max((a - b).abs().max().item() for a, b in zip(lean, reference.logits, strict=False)) > 1e-2  # it would be wrong
     assert not supports_fast_decode(policy)
-    sequences, _ = sample_sequences(policy, tokenizer, batch, SamplingConfig(max_new_tokens=12, temperature=0))
+    sequences, _ = sample_sequences(policy, tokenizer, batch, SamplingConfig(max_new_tokens=12, temperature=0),
+                                    stop_token_ids(policy, tokenizer))
     assert torch.equal(sequences, reference.sequences)
 
 

@@ -1,15 +1,17 @@
 """GRPO's loss: TRL's four aggregations by hand, and grpo_update against GRPO written out plainly."""
 
 import copy
-import functools
 
 import pytest
 import torch
 from accelerate import Accelerator
 
+from classic_rl import core
 from rlhf_toy.grpo import grpo_loss, grpo_update
 from rlhf_toy.models import position_ids
+from rlhf_toy.rollout import completion_logits
 from rlhf_toy.trainer import RLHFConfig
+from tests.conftest import clipped_sgd_step, largest_difference
 
 # four completions of 3, 1, 2 and 1 tokens (7 in all); per-token losses, 0 on padding
 PER_TOKEN = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0], [2.0, 2.0, 0.0], [6.0, 0.0, 0.0]])
@@ -86,11 +88,7 @@ def plain_grpo(policy, rollout, rewards, cfg, lr):
                                       ("entropy", -(probs * probs.clamp(min=1e-30).log()).sum(-1)), ("clip_ratio", clipped.float())):
                 seen[key].append(((per_position * m).sum() / m.sum()).item())
             seen["loss"].append(loss.item())
-            grads = torch.autograd.grad(loss, params)
-            norm = torch.sqrt(sum((g ** 2).sum() for g in grads))
-            with torch.no_grad():
-                for p, g in zip(params, grads, strict=True):
-                    p -= lr * g * min(1.0, cfg.max_grad_norm / (norm.item() + 1e-6))
+            clipped_sgd_step(loss, params, lr, cfg.max_grad_norm)
     return model, {key: sum(values) / len(values) for key, values in seen.items()}
 
 
@@ -121,8 +119,7 @@ def test_grpo_update_equals_grpo_written_out(case, grpo_setup):
     model = copy.deepcopy(policy)
     torch.manual_seed(1)  # the same minibatch order
     metrics = grpo_update(model, torch.optim.SGD(model.parameters(), lr=lr), Accelerator(cpu=True), rollout, rewards, cfg)
-    change = max((e - p).abs().max().item() for e, p in zip(expected.parameters(), policy.parameters(), strict=True))
-    error = max((a - e).abs().max().item() for a, e in zip(model.parameters(), expected.parameters(), strict=True))
+    change, error = largest_difference(expected, policy), largest_difference(model, expected)
     assert change > 1e-3 and error < 1e-4 * change, (change, error)
     for key, value in expected_metrics.items():
         assert metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
@@ -137,15 +134,11 @@ def test_the_kl_term_pulls_the_policy_towards_the_reference(grpo_setup):
     cfg = RLHFConfig(num_generations=4, prompts_per_step=2, max_completion_length=10, beta=1.0)
     model = copy.deepcopy(policy)
     grpo_update(model, torch.optim.SGD(model.parameters(), lr=0.2), Accelerator(cpu=True), rollout, equal_rewards, cfg)
-    kl = functools.partial(kl_to_reference, rollout=rollout)
-    assert kl(model) < kl(policy) - 1e-3
+    assert kl_to_reference(model, rollout) < kl_to_reference(policy, rollout) - 1e-3
 
 
 def kl_to_reference(model, rollout):
     """Mean k3 KL of model's token log-probs to the reference's over the rollout's valid tokens."""
-    from classic_rl import core
-    from rlhf_toy.rollout import completion_logits
-
     with torch.no_grad():
         logits = completion_logits(model, rollout.input_ids, rollout.attention_mask, rollout.prompt_length, 1.0)
         logp = core.logprobs_from_logits(logits, rollout.completion_ids, rollout.completion_mask)

@@ -10,6 +10,7 @@ from classic_rl.runs import NonFiniteError
 from rlhf_toy.models import load_model, position_ids
 from rlhf_toy.ppo import KLController, build_critic, ppo_update
 from rlhf_toy.trainer import RLHFConfig
+from tests.conftest import clipped_sgd_step, largest_difference
 
 
 def plain_ppo(policy, critic, rollout, scores, cfg, beta, lr):
@@ -54,20 +55,13 @@ def plain_ppo(policy, critic, rollout, scores, cfg, beta, lr):
             values, old, target = values_of(mb), old_values[mb], returns[mb]
             clipped = old + (values - old).clamp(-cfg.cliprange_value, cfg.cliprange_value)
             value_loss = 0.5 * (torch.maximum((values - target) ** 2, (clipped - target) ** 2) * m).sum() / m.sum()
-            losses.append((policy_loss + cfg.vf_coef * value_loss).item())
-            grads = torch.autograd.grad(policy_loss + cfg.vf_coef * value_loss, params)
-            norm = torch.sqrt(sum((g ** 2).sum() for g in grads))
-            with torch.no_grad():
-                for p, g in zip(params, grads, strict=True):
-                    p -= lr * g * min(1.0, cfg.max_grad_norm / (norm.item() + 1e-6))
+            loss = policy_loss + cfg.vf_coef * value_loss
+            losses.append(loss.item())
+            clipped_sgd_step(loss, params, lr, cfg.max_grad_norm)
     k1 = (rollout.old_logprobs - rollout.ref_logprobs) * mask
     expected = {"loss": sum(losses) / len(losses), "entropy": sum(entropies) / len(entropies),
                 "kl": (k1.sum() / mask.sum()).item(), "kl_sequence": k1.sum(1).mean().item(), "explained_variance": explained.item()}
     return policy, critic, expected
-
-
-def largest_difference(a: torch.nn.Module, b: torch.nn.Module) -> float:
-    return max((x - y).abs().max().item() for x, y in zip(a.parameters(), b.parameters(), strict=True))
 
 
 @pytest.mark.parametrize("case", [dict(max_grad_norm=1e9, lr=0.02),
