@@ -229,3 +229,22 @@ def explained_variance(predicted: Tensor, target: Tensor, mask: Tensor | None = 
     if var_target == 0:
         return torch.full_like(var_target, float("nan"))
     return 1.0 - masked_var(target - predicted, mask) / var_target
+
+
+class KLController:
+    """The KL coefficient beta: fixed, or adapted towards target_kl (Ziegler et al. 2019):
+    beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * n_steps / horizon)."""
+
+    def __init__(self, beta: float, target: float | None = None, horizon: int = 10_000):
+        self.value, self.target, self.horizon = beta, target, horizon
+
+    def state_dict(self) -> dict[str, float]:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.value = state["value"]
+
+    def update(self, kl: float, n_steps: int) -> None:
+        if self.target is not None:
+            error = max(-0.2, min(0.2, kl / self.target - 1.0))
+            self.value *= 1.0 + error * n_steps / self.horizon

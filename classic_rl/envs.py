@@ -11,7 +11,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
-from classic_rl.runs import ConfigError
+from classic_rl.infra.errors import ConfigError
 
 
 class Episode(NamedTuple):
@@ -96,21 +96,27 @@ class EpisodeRecorder(gym.Wrapper):
             self.step(action)
 
 
-def vec_env_state(vec_env: gym.vector.VectorEnv) -> str:
-    """Everything needed to rebuild a vector env from make_vec_env mid-episode, as JSON."""
-    return json.dumps({"episodes": list(vec_env.unwrapped.call("episode_state")),
-                       "episode_returns": vec_env.episode_returns.tolist(), "episode_lengths": vec_env.episode_lengths.tolist(),
-                       "episode_count": int(vec_env.episode_count)})
+class VecEnvState:
+    """A vector env from make_vec_env as a checkpointable object: its state is how each copy's current
+    episode began and its actions since (see EpisodeRecorder), and the episode statistics, as JSON."""
 
+    def __init__(self, vec_env: gym.vector.VectorEnv):
+        self.vec_env = vec_env
 
-def restore_vec_env(vec_env: gym.vector.VectorEnv, state: str) -> None:
-    """Replay each copy's current episode and restore the episode statistics (see vec_env_state)."""
-    state = json.loads(state)
-    vec_env.unwrapped.set_attr("pending_episode", state["episodes"])
-    vec_env.unwrapped.call("replay")
-    vec_env.episode_returns[:] = state["episode_returns"]
-    vec_env.episode_lengths[:] = state["episode_lengths"]
-    vec_env.episode_count = state["episode_count"]
+    def state_dict(self) -> str:
+        return json.dumps({"episodes": list(self.vec_env.unwrapped.call("episode_state")),
+                           "episode_returns": self.vec_env.episode_returns.tolist(),
+                           "episode_lengths": self.vec_env.episode_lengths.tolist(),
+                           "episode_count": int(self.vec_env.episode_count)})
+
+    def load_state_dict(self, state: str) -> None:
+        """Replay each copy's current episode and restore the episode statistics."""
+        state = json.loads(state)
+        self.vec_env.unwrapped.set_attr("pending_episode", state["episodes"])
+        self.vec_env.unwrapped.call("replay")
+        self.vec_env.episode_returns[:] = state["episode_returns"]
+        self.vec_env.episode_lengths[:] = state["episode_lengths"]
+        self.vec_env.episode_count = state["episode_count"]
 
 
 def make_vec_env(env_id: str, num_envs: int, asynchronous: bool = False) -> gym.vector.VectorEnv:

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from classic_rl import core
-from classic_rl.runs import ConfigError, atomic_write
+from classic_rl.infra.errors import ConfigError
+from classic_rl.infra.run_folder import atomic_write
 
 
 def layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias: float = 0.0) -> nn.Linear:
@@ -223,8 +224,6 @@ def save_agent(model: SavableModule, path: str | Path) -> None:
 
 def load_agent(path: str | Path) -> SavableModule:
     """Rebuild a model saved by save_agent (no pickle involved)."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"no saved model at {path}; expected a .safetensors file written by a training run")

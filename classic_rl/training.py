@@ -9,28 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
-import torch
 
 from classic_rl import envs
+from classic_rl.infra.cli import config_field
+from classic_rl.infra.errors import ConfigError, NonFiniteError, require_nonnegative, require_positive
+from classic_rl.infra.metrics import RunLogger
+from classic_rl.infra.plots import plot_lines
+from classic_rl.infra.run_folder import RunFields, start_run, write_json
 from classic_rl.nets import SavableModule, save_agent
-from classic_rl.runs import (
-    Checkpoints,
-    ConfigError,
-    NonFiniteError,
-    RunFields,
-    RunLogger,
-    StopRequest,
-    config_field,
-    plot_lines,
-    require_nonnegative,
-    require_positive,
-    rng_state,
-    set_rng_state,
-    start_run,
-    write_json,
-)
 
 
 @dataclass
@@ -73,10 +60,10 @@ class Evaluator:
         self.solved_at_s: float | None = None
         self._next_due = cfg.eval_every if cfg.eval_every > 0 else None
 
-    def state(self) -> str:
+    def state_dict(self) -> str:
         return json.dumps({k: getattr(self, k) for k in ("history", "solved_at_steps", "solved_at_s", "_next_due")})
 
-    def load_state(self, state: str) -> None:
+    def load_state_dict(self, state: str) -> None:
         self.__dict__.update(json.loads(state))
 
     def maybe_evaluate(self, env_steps: int, model: SavableModule) -> bool:
@@ -97,81 +84,25 @@ class Evaluator:
         return self.cfg.target_return is not None and record["mean"] >= self.cfg.target_return
 
 
-class Checkpointer:
-    """Periodic, atomic checkpoints of a classic run (--save-every) and their restoration (--resume).
-
-    A checkpoint holds the model (safetensors, observation statistics included) and `state.pt`
-    (read back with torch.load(weights_only=True)): optimizer, RNG states, counters, the evaluator,
-    the vector env's replay state (see envs.EpisodeRecorder) and whatever the algorithm adds.
-    Ctrl-C only sets a flag (StopRequest): the next `due` answers True, the algorithm saves at a consistent
-    point, and `save` then stops the run with TrainingInterrupted.
-    """
-
-    def __init__(self, cfg: ClassicConfig, store: Checkpoints, logger: RunLogger, evaluator: Evaluator,
-                 checkpoint: Path | None, resumed: dict | None, stop: StopRequest):
-        self.every, self.store, self.logger, self.evaluator = cfg.save_every, store, logger, evaluator
-        self.checkpoint, self.resumed = checkpoint, resumed
-        start = resumed["env_steps"] if resumed else 0
-        self._next_due = (start // self.every + 1) * self.every if self.every else None
-        self.stop = stop
-
-    def due(self, env_steps: int) -> bool:
-        return self.stop.requested or (self._next_due is not None and env_steps >= self._next_due)
-
-    def save(self, env_steps: int, model: SavableModule, optimizer: torch.optim.Optimizer,
-             vec_env: gym.vector.VectorEnv | None = None, **extra: Any) -> None:
-        """Checkpoint at an update boundary; extra holds tensors, numbers, strings and lists of them."""
-        while self._next_due is not None and self._next_due <= env_steps:
-            self._next_due += self.every
-        state = {"env_steps": env_steps, "elapsed": self.logger.elapsed(), "optimizer": optimizer.state_dict(),
-                 "rng": rng_state(), "evaluator": self.evaluator.state(), "extra": extra,
-                 "vec_env": envs.vec_env_state(vec_env) if vec_env is not None else None}
-
-        def write(folder: Path) -> None:
-            save_agent(model, folder / "model.safetensors")
-            torch.save(state, folder / "state.pt")
-
-        self.store.save(env_steps, write, self.stop)
-
-    def restore(self, model: SavableModule, optimizer: torch.optim.Optimizer, vec_env: gym.vector.VectorEnv | None = None) -> dict | None:
-        """Load the checkpoint being resumed into these objects; returns the algorithm's extra state
-        (None for a fresh run). Call it after the envs were created and reset."""
-        if self.resumed is None:
-            return None
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(self.checkpoint / "model.safetensors"))
-        optimizer.load_state_dict(self.resumed["optimizer"])
-        if vec_env is not None:
-            envs.restore_vec_env(vec_env, self.resumed["vec_env"])
-        set_rng_state(self.resumed["rng"])
-        return self.resumed["extra"]
-
-
 def run_training(algo: str, train_fn, cfg: ClassicConfig) -> dict[str, Any]:
     """Train with train_fn(cfg, logger, evaluator[, checkpoints]) -> (model, env steps) and write
-    the whole run folder. Algorithms that take a `checkpoints` argument (a Checkpointer) can save
-    and resume.
+    the whole run folder. Algorithms that take a `checkpoints` argument (classic_rl.infra's
+    Checkpoints, tracking the logger and the evaluator) can save and resume.
 
     Returns the summary (also written to summary.json).
     """
     resumable = "checkpoints" in inspect.signature(train_fn).parameters
-    store = Checkpoints(cfg.run_dir, cfg.keep_checkpoints)
     if (cfg.save_every or cfg.resume) and not resumable:
         raise ConfigError(f"{algo} has no checkpoints (it trains in seconds to minutes); --save-every and --resume "
                           "are accepted by ppo, a2c and dqn")
-    run_dir, checkpoint = start_run(cfg, algo=algo)
-    resumed = torch.load(checkpoint / "state.pt", weights_only=True) if checkpoint else None
-    logger = RunLogger(run_dir, *((resumed["env_steps"], resumed["elapsed"]) if resumed else ()))
+    run_dir, checkpoints = start_run(cfg, algo=algo)
+    logger = RunLogger(run_dir)
     evaluator = Evaluator(cfg, logger)
-    if resumed:
-        evaluator.load_state(resumed["evaluator"])
-        print(f"resuming {run_dir} from {checkpoint.name}")
+    checkpoints.track(logger=logger, evaluator=evaluator)
     try:
         if resumable:
-            with StopRequest() as stop:
-                checkpointer = Checkpointer(cfg, store, logger, evaluator, checkpoint, resumed, stop)
-                model, env_steps = train_fn(cfg, logger, evaluator, checkpoints=checkpointer)
+            with checkpoints.stop:
+                model, env_steps = train_fn(cfg, logger, evaluator, checkpoints=checkpoints)
         else:
             model, env_steps = train_fn(cfg, logger, evaluator)
         if not evaluator.history or evaluator.history[-1]["env_steps"] != env_steps:
@@ -190,7 +121,7 @@ def run_training(algo: str, train_fn, cfg: ClassicConfig) -> dict[str, Any]:
         write_json(run_dir / "summary.json", summary)
         plot_learning_curve(run_dir / "learning_curve.png", logger, evaluator, f"{algo} on {cfg.env} (seed {cfg.seed})", cfg.solved_threshold)
     except NonFiniteError as err:
-        newest = store.latest()
+        newest = checkpoints.latest()
         raise NonFiniteError(f"{err}; nothing after it was saved; the last good checkpoint is "
                              f"{newest if newest else 'none (pass --save-every N to keep some)'}") from None
     finally:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import random
 
+from rlhf_toy.rewards import CLOSE_TAG, OPEN_TAG, resolve_reward
+
 FIRST_NAMES = """Ada Alan Alma Anton Arlo Asha Bea Ben Bruno Cara Cleo Cyril Dara Dev Dina Eli Elsa Emil Enzo Esme
 Ezra Faye Felix Finn Flora Gus Hana Hugo Ida Ines Ira Ivan Jade Jamal Jonah Juno Kai Kara Kenji Kira Lars Leah Lena
 Leo Lila Luca Lumi Mara Marco Maya Milo Mina Nadia Nico Nina Noor Omar Opal Oren Otto Pia Priya Quinn Rafa Remy Rhea
@@ -38,7 +40,6 @@ TIMES = "one morning|one evening|at dawn|after the rain|in the spring|in late au
 NUMBERS = "two three four five six seven eight nine ten twelve".split()
 
 FORMAT_RATE = 0.12  # share of SFT responses in the rewarded <answer>...</answer> format
-OPEN_TAG, CLOSE_TAG = "<answer>", "</answer>"
 
 
 def _a(word: str) -> str:
@@ -136,8 +137,6 @@ def preference_pair(rng: random.Random) -> dict:
     Responses use the rewarded format half of the time, so pairs differ in format as well as
     length; ties are redrawn. Label noise is applied by the reward-model trainer, not here.
     """
-    from rlhf_toy.rewards import resolve_reward  # rewards imports this module's tags
-
     judge = resolve_reward()
     prompt, subject = make_prompt(rng)
     while True:

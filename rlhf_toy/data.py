@@ -6,9 +6,11 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import datasets
 import torch
 
-from classic_rl.runs import ConfigError, NonFiniteError, atomic_write, check_finite
+from classic_rl.infra.errors import ConfigError, NonFiniteError, check_finite
+from classic_rl.infra.run_folder import atomic_write
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 
@@ -41,8 +43,6 @@ def load_rows(path: str | Path, required: Sequence[str]):
 
     Bad files get a ConfigError that names the first bad line.
     """
-    import datasets
-
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"data file {path} not found; run scripts/make_data.py to write the shipped files")

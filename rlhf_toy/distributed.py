@@ -13,15 +13,14 @@ import os
 from collections.abc import Sequence
 
 import torch
+from accelerate import Accelerator
 
-from classic_rl.runs import ConfigError
+from classic_rl.infra.errors import ConfigError
 
 
 def make_accelerator(cpu: bool):
     """An Accelerator; on a machine without an accelerator it runs on CPU even without --cpu, so that
     processes started by a launcher join one gloo group instead of training alone side by side."""
-    from accelerate import Accelerator
-
     return Accelerator(cpu=cpu or not torch.accelerator.is_available())
 
 

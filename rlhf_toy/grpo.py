@@ -19,11 +19,10 @@ import torch
 from torch import Tensor
 
 from classic_rl import core
-from classic_rl.runs import MeanStats, check_finite
+from classic_rl.infra.errors import check_finite
+from classic_rl.infra.metrics import MeanStats
+from rlhf_toy.configs import LOSS_TYPES, SCALE_REWARDS, GRPOConfig
 from rlhf_toy.rollout import Rollout, completion_logits
-
-LOSS_TYPES = ("grpo", "dapo", "bnpo", "dr_grpo")
-SCALE_REWARDS = ("group", "batch", "none")
 
 
 def group_advantages(rewards: Tensor, group_size: int, scale_rewards: str = "group", eps: float = 1e-4) -> tuple[Tensor, Tensor]:
@@ -66,7 +65,7 @@ def grpo_loss(per_token_loss: Tensor, mask: Tensor, loss_type: str, max_completi
     raise ValueError(f"unknown loss_type {loss_type!r}; accepted: {', '.join(LOSS_TYPES)}")
 
 
-def grpo_update(policy, optimizer, accelerator, rollout: Rollout, rewards: Tensor, cfg) -> dict[str, float]:
+def grpo_update(policy, optimizer, accelerator, rollout: Rollout, rewards: Tensor, cfg: GRPOConfig) -> dict[str, float]:
     """num_iterations passes of `cfg.num_minibatches` gradient steps over one rollout; returns metrics.
 
     In a multi-process run each process holds whole groups of the step's completions; the

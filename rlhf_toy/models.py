@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
 import transformers
 from safetensors import SafetensorError
+from tokenizers import ByteLevelBPETokenizer
 from torch import Tensor
 from transformers import (
     AutoModelForCausalLM,
@@ -28,7 +29,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from classic_rl.runs import Checkpoints, ConfigError, StopRequest, rng_state
+from classic_rl.infra.errors import ConfigError
 
 EOS_TOKEN, PAD_TOKEN = "<|endoftext|>", "<|pad|>"
 
@@ -52,8 +53,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
     token), so callers size the model from len(tokenizer), not from vocab_size.
     Pads on the left, as batched generation needs.
     """
-    from tokenizers import ByteLevelBPETokenizer
-
     bpe = ByteLevelBPETokenizer(add_prefix_space=False)
     bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=[EOS_TOKEN, PAD_TOKEN],
                             show_progress=False)
@@ -161,20 +160,11 @@ def num_parameters(model: PreTrainedModel) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def cache_home() -> Path:
-    """Where built artefacts are cached: $RLHF_TOY_HOME, else ~/.cache/rlhf-toy."""
-    return Path(os.environ.get("RLHF_TOY_HOME", Path.home() / ".cache" / "rlhf-toy"))
-
-
-def save_model_checkpoint(store: Checkpoints, step: int, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                          state: dict, stop: StopRequest | None = None, write_extra=None) -> Path:
-    """checkpoints/step-N/: model/ (save_pretrained, with the tokenizer) and state.pt holding `state`,
-    the step and every RNG state (loadable with weights_only=True); write_extra(folder) adds more files."""
+def model_writer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> Callable[[Path], None]:
+    """write_files for Checkpoints.save: folder/model/ as save_pretrained, with the tokenizer, so a
+    checkpoint's model loads like any other."""
     def write(folder: Path) -> None:
         model.save_pretrained(folder / "model")
         tokenizer.save_pretrained(folder / "model")
-        torch.save({"step": step, "rng": rng_state(), **state}, folder / "state.pt")
-        if write_extra is not None:
-            write_extra(folder)
 
-    return store.save(step, write, stop)
+    return write

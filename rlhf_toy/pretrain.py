@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -17,19 +18,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from classic_rl.runs import (
-    Checkpoints,
-    ConfigError,
-    RunFields,
-    RunLogger,
-    StopRequest,
-    config_field,
-    plot_lines,
-    require_positive,
-    set_rng_state,
-    start_run,
-    write_json,
-)
+from classic_rl.infra.cli import config_field
+from classic_rl.infra.errors import ConfigError, require_positive
+from classic_rl.infra.metrics import RunLogger
+from classic_rl.infra.plots import plot_lines
+from classic_rl.infra.run_folder import RunFields, start_run, write_json
 from rlhf_toy import data
 from rlhf_toy.distributed import make_accelerator
 from rlhf_toy.models import (
@@ -38,8 +31,8 @@ from rlhf_toy.models import (
     build_model,
     format_prompt,
     load_model,
+    model_writer,
     num_parameters,
-    save_model_checkpoint,
     train_tokenizer,
 )
 
@@ -121,10 +114,9 @@ def heldout_loss(model, blocks: torch.Tensor, batch_size: int, device) -> float:
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     """Train tokenizer and model; writes run_dir/{model/, config.json, metrics.jsonl, summary.json, loss.png}."""
     texts = training_texts(cfg.data_dir)  # bad data files are reported before the run folder is created
-    run_dir, checkpoint = start_run(cfg)
+    run_dir, checkpoints = start_run(cfg)
     # One process, no DDP wrapper, even inside a multi-process RLHF run that builds its base model on the main process.
     device = make_accelerator(cfg.cpu).device
-    store = Checkpoints(run_dir, cfg.keep_checkpoints)
 
     generator = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(len(texts), generator=generator).tolist()
@@ -134,40 +126,32 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     train_blocks = pack(encode(order[n_val:]), tokenizer.eos_token_id, cfg.n_positions)
     val_blocks = pack(encode(order[:n_val]), tokenizer.eos_token_id, cfg.n_positions)
 
-    model = load_model(str(checkpoint / "model")) if checkpoint else build_model(cfg.preset, tokenizer, cfg.n_positions, cfg.arch)
+    model = (load_model(str(checkpoints.folder / "model")) if checkpoints.resumed
+             else build_model(cfg.preset, tokenizer, cfg.n_positions, cfg.arch))
     optimizer = torch.optim.AdamW(decay_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=(0.9, 0.95))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_with_warmup(step, cfg))
     batches = data.ShuffledBatches(len(train_blocks), cfg.batch_size, generator)
-    start_step, elapsed, train_time, tokens_seen = 1, 0.0, 0.0, 0
-    if checkpoint is not None:
-        state = torch.load(checkpoint / "state.pt", weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        batches.load_state_dict(state["batches"])
-        set_rng_state(state["rng"])
-        start_step, elapsed, train_time, tokens_seen = state["step"] + 1, state["elapsed"], state["train_time"], state["tokens_seen"]
-        print(f"resuming {run_dir} from {checkpoint.name}")
+    logger = RunLogger(run_dir)
+    checkpoints.track(logger=logger, optimizer=optimizer, scheduler=scheduler, batches=batches)
+    saved = checkpoints.restore() or {"train_time": 0.0, "tokens_seen": 0}
+    train_time, tokens_seen = saved["train_time"], saved["tokens_seen"]
     model.to(device)
-
-    logger = RunLogger(run_dir, *((start_step - 1, elapsed) if checkpoint else ()))
-
-    def save(step: int, stop: StopRequest | None = None) -> Path:
-        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "batches": batches.state_dict(),
-                 "train_time": train_time, "tokens_seen": tokens_seen, "elapsed": logger.elapsed()}
-        return save_model_checkpoint(store, step, model, tokenizer, state, stop)
+    write_model = model_writer(model, tokenizer)
 
     print(f"pretraining {cfg.arch} {cfg.preset}: {num_parameters(model) / 1e6:.2f}M parameters, vocab {len(tokenizer)}, "
           f"{train_blocks.numel():,} train / {val_blocks.numel():,} held-out tokens, device {device}")
-    progress = tqdm(range(start_step, cfg.max_steps + 1), initial=start_step - 1, total=cfg.max_steps,
+    progress = tqdm(range(checkpoints.step + 1, cfg.max_steps + 1), initial=checkpoints.step, total=cfg.max_steps,
                     desc=f"pretrain {cfg.preset}", mininterval=1.0)
-    with StopRequest() as stop:
+    with checkpoints.stop:
         for step in progress:
             batch = train_blocks[batches.next()].to(device)
             start = time.perf_counter()
             loss = model(input_ids=batch, labels=batch).loss
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            data.check_finite_before_step(step, batches, save, train_loss=loss, grad_norm=grad_norm)
+            save_last_good = functools.partial(checkpoints.save, write_files=write_model, train_time=train_time,
+                                               tokens_seen=tokens_seen)
+            data.check_finite_before_step(step, batches, save_last_good, train_loss=loss, grad_norm=grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -179,8 +163,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                 metrics["eval/loss"] = heldout_loss(model, val_blocks, cfg.batch_size, device)
             logger.log(step, metrics)
             progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}", refresh=False)
-            if cfg.checkpoint_due(step, stop):
-                save(step, stop)
+            checkpoints.save_if_due(step, write_model, train_time=train_time, tokens_seen=tokens_seen)
 
     model_dir = run_dir / "model"
     model.save_pretrained(model_dir)
@@ -195,28 +178,3 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                f"pretraining {cfg.preset}")
     logger.close()
     return summary
-
-
-BASE_MODEL_VERSION = "v2"  # bump when the corpus or recipe changes, so cached models are rebuilt (v2: fused GELU)
-
-
-def default_base_model(preset: str = "tiny") -> str:
-    """Folder of the default base policy, pretrained once with PretrainConfig's defaults and cached.
-
-    Built in a temporary folder and renamed into place, so an interrupted build is never reused.
-    """
-    import shutil
-
-    from rlhf_toy.data import DATA_DIR
-    from rlhf_toy.models import cache_home
-
-    final = cache_home() / f"base-{preset}-{BASE_MODEL_VERSION}"
-    if (final / "model" / "config.json").is_file():
-        return str(final / "model")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    building = final.with_name(final.name + ".building")
-    print(f"building the default base model ({preset}) once into {final} ...")
-    pretrain(PretrainConfig(preset=preset, data_dir=str(DATA_DIR), run_dir=str(building), overwrite=True))
-    shutil.rmtree(final, ignore_errors=True)
-    building.rename(final)
-    return str(final / "model")

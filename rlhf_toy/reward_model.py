@@ -10,42 +10,36 @@ with the Bradley-Terry loss (Christiano et al. 2017; Ouyang et al. 2022).
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification
 
-from classic_rl.runs import (
-    Checkpoints,
-    ConfigError,
-    RunFields,
-    RunLogger,
-    StopRequest,
-    config_field,
-    plot_scatter,
-    require_positive,
-    set_rng_state,
-    start_run,
-    write_json,
-)
+from classic_rl.infra.cli import config_field
+from classic_rl.infra.errors import ConfigError, require_positive
+from classic_rl.infra.metrics import RunLogger
+from classic_rl.infra.plots import plot_scatter
+from classic_rl.infra.run_folder import RunFields, start_run, write_json
+from rlhf_toy.base_model import default_base_model
 from rlhf_toy.data import DATA_DIR, ShuffledBatches, check_finite_before_step, load_prompts, load_rows
 from rlhf_toy.distributed import make_accelerator
+from rlhf_toy.learned_reward import score_texts, sequence_texts
 from rlhf_toy.models import (
     check_model_exists,
-    format_prompt,
     load_model,
     load_tokenizer,
-    save_model_checkpoint,
+    model_writer,
 )
-from rlhf_toy.pretrain import default_base_model
 from rlhf_toy.rewards import resolve_reward
-from rlhf_toy.sampling import SamplingConfig, context_length, generate_completions
+from rlhf_toy.sampling import SamplingConfig, generate_completions
 
 
 @dataclass
@@ -78,43 +72,8 @@ def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Te
     return -F.logsigmoid(chosen - rejected).mean()
 
 
-def sequence_texts(tokenizer, prompts: list[str], responses: list[str]) -> list[str]:
-    """What the reward model reads: the chat template, the response, and eos (its score is read there)."""
-    return [f"{format_prompt(p)} {r.strip()}{tokenizer.eos_token}" for p, r in zip(prompts, responses, strict=True)]
-
-
-def score_texts(model, tokenizer, texts: list[str], batch_size: int = 64) -> torch.Tensor:
-    """Scalar scores `[N]`. Padding and truncation are on the left, so the last position is always
-    each text's eos, where the score is read, even for texts longer than the context."""
-    scores = []
-    tokenizer.truncation_side = "left"
-    for start in range(0, len(texts), batch_size):
-        batch = tokenizer(texts[start: start + batch_size], return_tensors="pt", padding=True, truncation=True,
-                          max_length=context_length(model), add_special_tokens=False).to(model.device)
-        scores.append(model(**batch).logits.squeeze(-1).float())
-    return torch.cat(scores)
-
-
-class RewardModelScorer:
-    """A saved reward model as a reward function (`rm:DIR`)."""
-
-    def __init__(self, model_dir: str):
-        if not (Path(model_dir) / "config.json").is_file():
-            raise ConfigError(f"reward model folder {model_dir} not found (no config.json); train one with "
-                              "scripts/train_reward_model.py and pass rm:RUN_DIR/model")
-        self.tokenizer = load_tokenizer(model_dir)
-        self.model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-        self.__name__ = f"rm:{model_dir}"
-
-    @torch.inference_mode()
-    def __call__(self, prompts: list[str], completions: list[str], **_) -> list[float]:
-        return score_texts(self.model, self.tokenizer, sequence_texts(self.tokenizer, prompts, completions)).tolist()
-
-
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
     """Spearman rank correlation (average ranks for ties)."""
-    import pandas as pd
-
     return float(pd.Series(x).rank().corr(pd.Series(y).rank()))
 
 
@@ -148,37 +107,28 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     eval_prompts = load_prompts(Path(cfg.data_dir) / "prompts_eval.jsonl")
     if cfg.model:
         check_model_exists(cfg.model)
-    run_dir, checkpoint = start_run(cfg)
+    run_dir, checkpoints = start_run(cfg)
     accelerator = make_accelerator(cfg.cpu)
-    store = Checkpoints(run_dir, cfg.keep_checkpoints)
     base = cfg.model or default_base_model()
     prompts, chosen, rejected, flipped = noisy_pairs(train_rows, cfg.label_noise, cfg.seed)
 
     tokenizer = load_tokenizer(base)
-    model = AutoModelForSequenceClassification.from_pretrained(str(checkpoint / "model") if checkpoint else base, num_labels=1)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(checkpoints.folder / "model") if checkpoints.resumed else base, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
     batches = ShuffledBatches(len(prompts), cfg.batch_size, torch.Generator().manual_seed(cfg.seed))
-    start_step, elapsed = 1, 0.0
-    if checkpoint is not None:
-        state = torch.load(checkpoint / "state.pt", weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        batches.load_state_dict(state["batches"])
-        set_rng_state(state["rng"])
-        start_step, elapsed = state["step"] + 1, state["elapsed"]
-        print(f"resuming {run_dir} from {checkpoint.name}")
+    logger = RunLogger(run_dir)
+    checkpoints.track(logger=logger, optimizer=optimizer, batches=batches)
+    checkpoints.restore()
     model, optimizer = accelerator.prepare(model, optimizer)
-    logger = RunLogger(run_dir, *((start_step - 1, elapsed) if checkpoint else ()))
-
-    def save(step: int, stop: StopRequest | None = None) -> Path:
-        state = {"optimizer": optimizer.state_dict(), "batches": batches.state_dict(), "elapsed": logger.elapsed()}
-        return save_model_checkpoint(store, step, accelerator.unwrap_model(model), tokenizer, state, stop)
+    write_model = model_writer(accelerator.unwrap_model(model), tokenizer)
 
     print(f"reward model from {base}: {len(prompts)} pairs ({flipped} labels flipped, noise {cfg.label_noise}), "
           f"{len(eval_rows)} held-out pairs, {cfg.steps} steps of {cfg.batch_size}")
-    progress = tqdm(range(start_step, cfg.steps + 1), initial=start_step - 1, total=cfg.steps, desc="reward model",
-                    mininterval=1.0)
-    with StopRequest() as stop:
+    progress = tqdm(range(checkpoints.step + 1, cfg.steps + 1), initial=checkpoints.step, total=cfg.steps,
+                    desc="reward model", mininterval=1.0)
+    with checkpoints.stop:
         for step in progress:
             idx = batches.next().tolist()
             batch_prompts = [prompts[i] for i in idx]
@@ -187,7 +137,8 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
             loss = bradley_terry_loss(scores[: len(idx)], scores[len(idx):])
             accelerator.backward(loss)
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            check_finite_before_step(step, batches, save, train_loss=loss, grad_norm=grad_norm)
+            save_last_good = functools.partial(checkpoints.save, write_files=write_model)
+            check_finite_before_step(step, batches, save_last_good, train_loss=loss, grad_norm=grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             metrics = {"train/loss": loss.item(), "train/grad_norm": float(grad_norm),
@@ -196,8 +147,7 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
                 metrics["eval/accuracy"] = pair_accuracy(model, tokenizer, eval_rows)
             logger.log(step, metrics)
             progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", refresh=False)
-            if cfg.checkpoint_due(step, stop):
-                save(step, stop)
+            checkpoints.save_if_due(step, write_model)
     train_s = logger.elapsed()
 
     model = accelerator.unwrap_model(model).eval()

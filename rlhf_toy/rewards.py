@@ -21,9 +21,10 @@ import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from classic_rl.runs import ConfigError
-from rlhf_toy.corpus import CLOSE_TAG, OPEN_TAG
+from classic_rl.infra.errors import ConfigError
+from rlhf_toy.learned_reward import RewardModelScorer
 
+OPEN_TAG, CLOSE_TAG = "<answer>", "</answer>"  # the layout the format reward asks for
 RewardFn = Callable[..., Sequence[float]]
 
 _TARGET_IN_PROMPT = re.compile(r"\bin (\d+) words\b", re.IGNORECASE)
@@ -141,8 +142,6 @@ def resolve_reward(spec: str = DEFAULT_REWARD, weights: Sequence[float] | None =
             fn = BUILTIN_REWARDS[part]
             functions[part] = functools.partial(fn, target_words=target_words) if part == "length" else fn
         elif part.startswith("rm:"):
-            from rlhf_toy.reward_model import RewardModelScorer  # loads transformers models: only when asked
-
             functions[part] = RewardModelScorer(part[3:])
         elif ":" in part:
             functions[part] = _load_user_function(part)

@@ -34,8 +34,11 @@ import torch
 
 from classic_rl import envs
 from classic_rl.algos import ALGOS
+from classic_rl.infra.cli import cli, script_parser
+from classic_rl.infra.errors import ConfigError, require_positive
+from classic_rl.infra.plots import plt
+from classic_rl.infra.run_folder import write_json
 from classic_rl.presets import preset
-from classic_rl.runs import ConfigError, cli, require_positive, script_parser, write_json
 from classic_rl.training import run_training
 
 # rl-baselines3-zoo hyperparams/{ppo,dqn,a2c}.yml (LunarLander-v3 uses the v2 entries).
@@ -93,7 +96,7 @@ def run_ours(algo: str, cfg) -> dict:
 
 def run_sb3(algo: str, env_id: str, hp: dict, seed: int, eval_episodes: int, eval_every: int, max_steps: int | None,
             max_seconds: float) -> dict:
-    import stable_baselines3
+    import stable_baselines3  # an optional peer (the [bench] extra): imported only to run it
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.utils import LinearSchedule
@@ -170,11 +173,6 @@ def markdown(results: dict) -> str:
 def plot_curves(path: str, results: dict, env_id: str) -> None:
     """Eval return of each (algo, impl)'s first seed against env steps and against wall seconds
     (log scales: the algorithms differ by 30x in both); SB3 dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     runs = {(algo, impl if impl == "ours" else f"sb3, {hparams}"): r[0] for (env, algo, impl, hparams), r in results.items()
             if env == env_id and r[0]["evaluations"]}
     colors = dict(zip(dict.fromkeys(algo for algo, _ in runs), plt.get_cmap("tab10").colors, strict=False))

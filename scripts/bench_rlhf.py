@@ -32,10 +32,20 @@ import tempfile
 import time
 from pathlib import Path
 
+import datasets
 import torch
 from transformers import TrainerCallback
 
-from classic_rl.runs import ConfigError, cli, require_positive, script_parser, write_json
+from classic_rl.infra.cli import cli, script_parser
+from classic_rl.infra.errors import ConfigError, require_positive
+from classic_rl.infra.run_folder import write_json
+from rlhf_toy.base_model import default_base_model
+from rlhf_toy.configs import RLHFConfig, config_for
+from rlhf_toy.data import DATA_DIR, load_prompts
+from rlhf_toy.evaluation import evaluate_on_prompts
+from rlhf_toy.models import check_model_exists, format_prompt, load_model, load_tokenizer
+from rlhf_toy.rewards import resolve_reward
+from rlhf_toy.trainer import train
 
 IMPLS = ("ours", "trl", "ppo")
 
@@ -67,7 +77,6 @@ def parse_args():
     if args.device not in ("cpu", "cuda"):
         raise ConfigError(f"unknown --device {args.device!r}; accepted: cpu, cuda")
     if args.model:
-        from rlhf_toy.models import check_model_exists
 
         check_model_exists(args.model)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -77,13 +86,13 @@ def parse_args():
 
 # ---- shared by both workers -----------------------------------------------------------------------
 
-def rlhf_config(args, algo: str, run_dir: str):
-    from rlhf_toy.trainer import RLHFConfig
-
-    return RLHFConfig(algo=algo, model=args.model, steps=args.steps, seed=args.seed, prompts_per_step=args.prompts_per_step,
-                      num_generations=args.num_generations, max_completion_length=args.max_completion_length,
-                      learning_rate=args.learning_rate, beta=args.beta, kl_coef=args.beta, torch_threads=args.threads[0],
-                      log_completions_every=0, cpu=args.device == "cpu", run_dir=run_dir, overwrite=True)
+def rlhf_config(args, algo: str, run_dir: str) -> RLHFConfig:
+    """Our config for a worker: GRPO's beta, or PPO's kl_coef, from --beta."""
+    kl = {"beta": args.beta} if algo == "grpo" else {"kl_coef": args.beta}
+    return config_for(algo)(model=args.model, steps=args.steps, seed=args.seed, prompts_per_step=args.prompts_per_step,
+                            num_generations=args.num_generations, max_completion_length=args.max_completion_length,
+                            learning_rate=args.learning_rate, torch_threads=args.threads[0], log_completions_every=0,
+                            cpu=args.device == "cpu", run_dir=run_dir, overwrite=True, **kl)
 
 
 def model_flops_per_step(args, model, mean_completion_tokens: float, prompt_tokens: float, ppo: bool) -> float:
@@ -111,10 +120,6 @@ def peak_matmul_flops(threads: int, n: int = 1024, repeats: int = 20) -> float:
 
 def evaluate_policy(policy, tokenizer, args) -> float:
     """The same evaluation for every implementation: the trainer's, on the eval prompts with its fixed seed."""
-    from rlhf_toy.data import DATA_DIR, load_prompts
-    from rlhf_toy.evaluation import evaluate_on_prompts
-    from rlhf_toy.rewards import resolve_reward
-
     cfg = rlhf_config(args, "grpo", "unused")
     return evaluate_on_prompts(policy, tokenizer, load_prompts(DATA_DIR / "prompts_eval.jsonl"), resolve_reward(),
                                cfg.eval_sampling, cfg.eval_samples_per_prompt, cfg.eval_seed)["reward"]
@@ -127,9 +132,6 @@ def peak_rss_mb() -> float:
 # ---- workers: one implementation in this process -----------------------------------------------
 
 def run_ours(args, algo: str) -> dict:
-    from rlhf_toy.models import load_model, load_tokenizer
-    from rlhf_toy.trainer import train
-
     with tempfile.TemporaryDirectory() as tmp:
         cfg = rlhf_config(args, algo, tmp)
         summary = train(cfg)
@@ -145,13 +147,7 @@ def run_ours(args, algo: str) -> dict:
 
 
 def run_trl(args) -> dict:
-    import datasets
-    from trl import GRPOConfig, GRPOTrainer
-
-    from rlhf_toy.data import DATA_DIR, load_prompts
-    from rlhf_toy.models import format_prompt, load_model, load_tokenizer
-    from rlhf_toy.pretrain import default_base_model
-    from rlhf_toy.rewards import resolve_reward
+    from trl import GRPOConfig, GRPOTrainer  # an optional peer (the [bench] extra): imported only to run it
 
     model_dir = args.model or default_base_model()
     reward = resolve_reward()  # the same functions and weights as ours
@@ -188,9 +184,6 @@ def run_trl(args) -> dict:
 def warm_up_generate(trainer, args) -> None:
     """TRL's warm-up, the counterpart of ours' before-training evaluation: its model samples the eval prompts
     once with transformers' generate, as its training steps will."""
-    from rlhf_toy.data import DATA_DIR, load_prompts
-    from rlhf_toy.models import format_prompt
-
     tokenizer = trainer.processing_class
     prompts = [format_prompt(p) for p in load_prompts(DATA_DIR / "prompts_eval.jsonl")]
     batch = tokenizer(prompts, return_tensors="pt", padding=True).to(trainer.accelerator.device)
@@ -230,8 +223,6 @@ def worker(args) -> None:
     """Run one implementation at args.threads[0] threads and print its result as the last line."""
     threads = args.threads[0]
     torch.set_num_threads(threads)
-    from rlhf_toy.data import DATA_DIR, load_prompts
-    from rlhf_toy.models import format_prompt
 
     result = run_trl(args) if args.worker == "trl" else run_ours(args, "ppo" if args.worker == "ppo" else "grpo")
     policy, tokenizer = result.pop("policy"), result.pop("tokenizer")
@@ -329,7 +320,6 @@ def main() -> None:
         import trl
     except ImportError:
         raise ConfigError("trl is not installed; run `make setup-bench` (the [bench] extra)") from None
-    from rlhf_toy.pretrain import default_base_model
 
     args.model = args.model or default_base_model()  # built once here, not inside a timed run
     peak = {t: peak_matmul_flops(t) / 1e9 for t in args.threads}

@@ -7,18 +7,19 @@
 import json
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 import torch
 
 from classic_rl import envs
+from classic_rl.infra.cli import cli, script_parser
+from classic_rl.infra.errors import ConfigError
+from classic_rl.infra.run_folder import atomic_write
 from classic_rl.nets import load_agent
-from classic_rl.runs import ConfigError, atomic_write, cli, script_parser
 
 
 def record_episode(model, env_id: str, seed: int, path: Path, max_frames: int = 1000) -> tuple[float, int]:
     """Play one greedy episode with rgb_array rendering into a GIF; returns (return, frames)."""
-    import imageio.v3 as iio
-
     env = envs.make_env(env_id, render_mode="rgb_array")
     obs, _ = env.reset(seed=seed)
     frames, total, done = [env.render()], 0.0, False

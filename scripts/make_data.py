@@ -6,7 +6,7 @@
 
 from pathlib import Path
 
-from classic_rl.runs import cli, script_parser
+from classic_rl.infra.cli import cli, script_parser
 from rlhf_toy import corpus
 from rlhf_toy.data import DATA_DIR, write_jsonl
 

@@ -8,7 +8,7 @@ Writes RUN_DIR/model/, which AutoModelForCausalLM.from_pretrained and AutoTokeni
 
 import json
 
-from classic_rl.runs import cli, parse_dataclass_args
+from classic_rl.infra.cli import cli, parse_config
 from rlhf_toy.distributed import require_one_process
 from rlhf_toy.pretrain import PretrainConfig, pretrain
 
@@ -16,7 +16,7 @@ from rlhf_toy.pretrain import PretrainConfig, pretrain
 @cli
 def main() -> None:
     require_one_process("pretrain.py")
-    cfg = parse_dataclass_args(PretrainConfig, description=__doc__)
+    cfg = parse_config(PretrainConfig, description=__doc__)
     summary = pretrain(cfg)
     print(json.dumps(summary, indent=2))
 

@@ -11,8 +11,9 @@ import json
 import sys
 
 from classic_rl.algos import ALGOS
+from classic_rl.infra.cli import cli, parse_config
+from classic_rl.infra.errors import ConfigError
 from classic_rl.presets import preset
-from classic_rl.runs import ConfigError, cli, parse_dataclass_args
 from classic_rl.training import run_training
 
 
@@ -27,7 +28,7 @@ def main() -> None:
     if known.algo not in ALGOS:
         raise ConfigError(f"unknown --algo {known.algo!r}; accepted: {', '.join(ALGOS)}")
     config_cls, train_fn = ALGOS[known.algo]
-    cfg = parse_dataclass_args(config_cls, rest + ["--env", known.env], defaults=preset(known.algo, known.env),
+    cfg = parse_config(config_cls, rest + ["--env", known.env], defaults=preset(known.algo, known.env),
                                description=f"{__doc__}\nalgo: {known.algo} (accepted: {', '.join(ALGOS)})")
     summary = run_training(known.algo, train_fn, cfg)
     print(json.dumps(summary, indent=2))

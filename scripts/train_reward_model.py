@@ -10,7 +10,7 @@ Every field is a flag (see --help).
 
 import json
 
-from classic_rl.runs import cli, parse_dataclass_args
+from classic_rl.infra.cli import cli, parse_config
 from rlhf_toy.distributed import require_one_process
 from rlhf_toy.reward_model import RewardModelConfig, train_reward_model
 
@@ -18,7 +18,7 @@ from rlhf_toy.reward_model import RewardModelConfig, train_reward_model
 @cli
 def main() -> None:
     require_one_process("train_reward_model.py")
-    summary = train_reward_model(parse_dataclass_args(RewardModelConfig, description=__doc__))
+    summary = train_reward_model(parse_config(RewardModelConfig, description=__doc__))
     print(json.dumps(summary, indent=2))
 
 

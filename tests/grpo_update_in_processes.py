@@ -11,15 +11,15 @@ import sys
 import torch
 from safetensors.torch import save_file
 
+from rlhf_toy.configs import GRPOConfig
 from rlhf_toy.distributed import make_accelerator
 from rlhf_toy.grpo import grpo_update
 from rlhf_toy.models import load_model, load_tokenizer
 from rlhf_toy.rewards import resolve_reward
 from rlhf_toy.rollout import sample_rollout
-from rlhf_toy.trainer import RLHFConfig
 
 model_dir, out_path = sys.argv[1], sys.argv[2]
-cfg = RLHFConfig(prompts_per_step=4, num_generations=4, max_completion_length=12, loss_type="dapo", scale_rewards="batch",
+cfg = GRPOConfig(prompts_per_step=4, num_generations=4, max_completion_length=12, loss_type="dapo", scale_rewards="batch",
                  beta=0.0, learning_rate=1e-2)
 accelerator = make_accelerator(cpu=True)
 torch.manual_seed(0)  # every process samples the same full batch, then keeps its share

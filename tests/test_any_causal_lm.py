@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
+from rlhf_toy.configs import config_for
 from rlhf_toy.fast_decode import supports_fast_decode
 from rlhf_toy.models import load_model
-from rlhf_toy.trainer import RLHFConfig, train
+from rlhf_toy.trainer import train
 from tests.conftest import run_script
 
 
@@ -28,7 +29,7 @@ def test_rlhf_fine_tunes_a_llama(fields, nano, nano_llama_dir, tmp_path):
     base = dict(model=nano_llama_dir, prompts=str(root / "data" / "prompts_train.jsonl"), steps=3, prompts_per_step=2,
                 num_generations=2, eval_prompts=str(root / "data" / "prompts_eval.jsonl"), max_completion_length=12,
                 eval_samples_per_prompt=1, log_completions_every=0, run_dir=str(tmp_path / "run"))
-    summary = train(RLHFConfig(**{**base, **fields}))
+    summary = train(config_for(fields["algo"])(**{**base, **fields}))
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and rows[0]["kl"] == pytest.approx(0, abs=1e-5) and rows[-1]["kl"] != 0  # it moved off the reference
     assert rows[-1]["grad_norm"] > 0

@@ -1,6 +1,8 @@
 """Every script answers bad input with one line on stderr, `error: ...`, saying what was wrong and
 what is accepted, exit status 2, no traceback, and leaves existing run folders as they were."""
 
+import shutil
+
 import pytest
 
 from tests.conftest import run_script
@@ -13,8 +15,6 @@ SCRIPTS = ["train_classic.py", "evaluate_classic.py", "bench_classic.py", "make_
 def files(tmp_path, nano):
     """Paths for the cases: a file that is not JSON, a JSONL row without the needed field, a run
     folder that holds a file, a model folder with corrupt weights, and the nano model."""
-    import shutil
-
     (tmp_path / "not_json.jsonl").write_text("this is not JSON\n")
     (tmp_path / "no_prompt.jsonl").write_text('{"text": "no prompt field"}\n')
     (tmp_path / "taken").mkdir()

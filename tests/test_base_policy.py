@@ -1,6 +1,7 @@
 """The base policy: corpus, tokenizer, nano pretraining, save/load, batched generation, sample.py."""
 
 import json
+import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -9,9 +10,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlhf_toy import corpus
 from rlhf_toy.data import DATA_DIR, load_prompts
-from rlhf_toy.models import format_prompt, train_tokenizer
+from rlhf_toy.models import format_prompt, load_model, load_tokenizer, train_tokenizer
+from rlhf_toy.pretrain import PretrainConfig, pretrain
 from rlhf_toy.sampling import SamplingConfig, generate_completions
-from tests.conftest import SMALL, run_script
+from tests.conftest import SMALL, comparable_metrics, run_script
 
 
 def test_corpus_is_deterministic_and_leaves_room_for_the_format_reward():
@@ -66,8 +68,6 @@ def test_saved_model_reloads_with_auto_classes_and_same_logits(nano):
 def test_batched_generation_with_padding_equals_one_by_one(nano):
     root, _ = nano
     model_dir = str(root / "run" / "model")
-    from rlhf_toy.models import load_model, load_tokenizer
-
     model, tokenizer = load_model(model_dir).eval(), load_tokenizer(model_dir)
     prompts = ["Tell me about Ada.", "What happened to the lantern in Ashford?", "Describe a fox."]
     greedy = SamplingConfig(max_new_tokens=20, temperature=0)
@@ -115,11 +115,6 @@ def test_text_prompt_files_hold_one_prompt_per_line(tmp_path):
 
 
 def test_pretraining_resumed_from_a_checkpoint_ends_like_an_uninterrupted_run(nano, tmp_path):
-    import shutil
-
-    from rlhf_toy.pretrain import PretrainConfig, pretrain
-    from tests.conftest import comparable_metrics
-
     fields = dict(preset="nano", data_dir=str(nano[0] / "data"), vocab_size=600, batch_size=8, max_steps=12, warmup_steps=2,
                   eval_every=4, run_dir=str(tmp_path / "run"), save_every=4, keep_checkpoints=5)
     straight = pretrain(PretrainConfig(**fields))

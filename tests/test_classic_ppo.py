@@ -1,6 +1,7 @@
 """Classic PPO: environment contract, learning, save/load, the CLI and its bad-input errors."""
 
 import json
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +14,9 @@ from gymnasium.vector import AutoresetMode
 
 from classic_rl import envs
 from classic_rl.algos.ppo import PPOConfig, train
+from classic_rl.infra.cli import parse_config
 from classic_rl.nets import ActorCritic, ObsNormalizer, load_agent, save_agent
 from classic_rl.presets import preset
-from classic_rl.runs import parse_dataclass_args
 from classic_rl.training import run_training
 from tests.conftest import run_script
 
@@ -153,8 +154,8 @@ def test_config_file_sets_fields_and_rejects_unknown_ones(monkeypatch, capsys, t
 
 def test_none_unsets_an_optional_field_that_a_preset_set():
     argv = ["--env", "CartPole-v1", "--vf-clip", "0.5"]
-    assert parse_dataclass_args(PPOConfig, argv, defaults=preset("ppo", "CartPole-v1")).target_kl == 0.03
-    cfg = parse_dataclass_args(PPOConfig, argv + ["--target-kl", "None", "--vf-clip", "none"], defaults=preset("ppo", "CartPole-v1"))
+    assert parse_config(PPOConfig, argv, defaults=preset("ppo", "CartPole-v1")).target_kl == 0.03
+    cfg = parse_config(PPOConfig, argv + ["--target-kl", "None", "--vf-clip", "none"], defaults=preset("ppo", "CartPole-v1"))
     assert cfg.target_kl is None and cfg.vf_clip is None
 
 
@@ -178,9 +179,7 @@ def test_same_seed_twice_gives_identical_metrics(tmp_path):
 def test_bench_classic_gives_sb3_our_preset_in_its_own_terms():
     """The identical-hyperparameters comparison: SB3's PPO built from our CartPole preset has our rollout, batch,
     epochs, learning rate, loss settings, KL stop (SB3 stops at 1.5 x its target_kl) and network."""
-    import runpy
-
-    from stable_baselines3 import PPO
+    from stable_baselines3 import PPO  # an optional peer (the [bench] extra): imported only for this test
     from stable_baselines3.common.env_util import make_vec_env
 
     bench = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "bench_classic.py"))

@@ -8,7 +8,7 @@ import signal
 import pytest
 
 from classic_rl.algos import a2c, dqn
-from classic_rl.runs import NonFiniteError
+from classic_rl.infra.errors import NonFiniteError
 from classic_rl.training import run_training
 from tests.conftest import comparable_metrics, kill_after_first_checkpoint, run_script
 

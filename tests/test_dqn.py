@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from classic_rl.algos.dqn import DQNConfig, ReplayBuffer, td_targets, train
+from classic_rl.infra.errors import ConfigError
 from classic_rl.nets import QNetwork
-from classic_rl.runs import ConfigError
 from classic_rl.training import run_training
 
 

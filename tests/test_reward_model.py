@@ -2,22 +2,25 @@
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from classic_rl.runs import ConfigError
+import rlhf_toy.reward_model as rm
+from classic_rl.infra.errors import ConfigError, NonFiniteError
 from rlhf_toy.data import load_rows
+from rlhf_toy.learned_reward import RewardModelScorer
 from rlhf_toy.reward_model import (
     RewardModelConfig,
-    RewardModelScorer,
     bradley_terry_loss,
     noisy_pairs,
     spearman,
     train_reward_model,
 )
 from rlhf_toy.rewards import resolve_reward
+from tests.conftest import comparable_metrics
 
 
 def test_bradley_terry_loss_by_hand():
@@ -84,10 +87,6 @@ def rm_fields(nano, run_dir, **overrides) -> dict:
 
 
 def test_reward_model_resumed_from_a_checkpoint_ends_like_an_uninterrupted_run(nano, tmp_path):
-    import shutil
-
-    from tests.conftest import comparable_metrics
-
     fields = rm_fields(nano, tmp_path / "run", save_every=4, keep_checkpoints=5)
     straight = train_reward_model(RewardModelConfig(**fields))
     reference = comparable_metrics(tmp_path / "run")
@@ -99,9 +98,6 @@ def test_reward_model_resumed_from_a_checkpoint_ends_like_an_uninterrupted_run(n
 
 
 def test_non_finite_reward_model_loss_stops_and_keeps_the_last_good_weights(nano, tmp_path, monkeypatch):
-    import rlhf_toy.reward_model as rm
-    from classic_rl.runs import NonFiniteError
-
     calls = {"n": 0}
 
     def nan_on_third_step(chosen, rejected):

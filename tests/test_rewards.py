@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from classic_rl.runs import ConfigError
+from classic_rl.infra.errors import ConfigError
 from rlhf_toy.rewards import RewardFunctionError, format_reward, length_reward, resolve_reward
 
 

@@ -8,15 +8,28 @@ import sys
 
 import pytest
 import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file
 
 from classic_rl import core
-from classic_rl.runs import ConfigError
+from classic_rl.core import KLController
+from classic_rl.infra.errors import ConfigError
+from rlhf_toy.configs import GRPOConfig, PPOConfig, RLHFConfig, config_for
 from rlhf_toy.distributed import process_share
+from rlhf_toy.evaluation import evaluate_on_prompts
 from rlhf_toy.grpo import group_advantages, grpo_update
 from rlhf_toy.models import load_model, load_tokenizer, position_ids
+from rlhf_toy.ppo_critic import (
+    advantages_and_returns,
+    build_critic,
+    logits_and_values,
+    ppo_update,
+    token_rewards,
+)
+from rlhf_toy.rewards import resolve_reward
 from rlhf_toy.rollout import completion_logits, completion_mask_from_ids, sample_rollout
 from rlhf_toy.sampling import SamplingConfig
-from rlhf_toy.trainer import RLHFConfig, train
+from rlhf_toy.trainer import train
 from tests.conftest import ROOT, comparable_metrics, kill_after_first_checkpoint, run_script
 
 
@@ -75,9 +88,6 @@ def test_rollout_logprobs_equal_a_teacher_forced_forward(policy_and_tokenizer):
 
 
 def test_sampling_and_evaluation_run_in_eval_mode_and_restore_the_mode(nano, nano_dir, tmp_path):
-    from rlhf_toy.evaluation import evaluate_on_prompts
-    from rlhf_toy.rewards import resolve_reward
-
     policy, tokenizer = load_model(nano_dir), load_tokenizer(nano_dir)
     for module in policy.modules():  # as a hub GPT-2 has (0.1); the nano model is built without dropout
         if isinstance(module, torch.nn.Dropout):
@@ -118,12 +128,10 @@ def test_one_grpo_update_raises_the_logprob_of_the_better_completion(policy_and_
     _, tokenizer = policy_and_tokenizer
     torch.manual_seed(2)
     rollout = sample_rollout(policy, tokenizer, ["Describe a fox."] * 2, SamplingConfig(max_new_tokens=16), ref_model=policy)
-    cfg = RLHFConfig(num_generations=2, prompts_per_step=1, loss_type="grpo", max_completion_length=16)
+    cfg = GRPOConfig(num_generations=2, prompts_per_step=1, loss_type="grpo", max_completion_length=16)
 
     before = sequence_logprobs(policy, rollout)
     optimizer = torch.optim.SGD(policy.parameters(), lr=0.05)
-    from accelerate import Accelerator
-
     metrics = grpo_update(policy, optimizer, Accelerator(cpu=True), rollout, torch.tensor([1.0, 0.0]), cfg)
     after = sequence_logprobs(policy, rollout)
     assert after[0] > before[0] and after[1] < before[1]
@@ -136,7 +144,7 @@ def small_config(nano, tmp_path, **overrides):
     fields = dict(model=str(root / "run" / "model"), prompts=str(root / "data" / "prompts_train.jsonl"),
                   eval_prompts=str(root / "data" / "prompts_eval.jsonl"), steps=3, prompts_per_step=2, num_generations=2,
                   max_completion_length=12, eval_samples_per_prompt=1, log_completions_every=2, run_dir=str(tmp_path / "run"))
-    return RLHFConfig(**{**fields, **overrides})
+    return config_for(overrides.get("algo", "grpo"))(**{**fields, **overrides})
 
 
 def test_grpo_end_to_end_writes_the_run_folder(nano, tmp_path):
@@ -174,9 +182,26 @@ def test_bad_input_is_one_line_and_exit_2(args, message, nano, tmp_path, monkeyp
     assert code == 2 and message in err and err.count("\n") == 1, err
 
 
-def test_token_rewards_put_the_score_on_the_last_valid_token():
-    from rlhf_toy.ppo import token_rewards
+@pytest.mark.parametrize("args, message", [
+    (["--algo", "ppo", "--beta", "0.1"], "--beta is a setting of --algo grpo, not of --algo ppo (see --algo ppo --help)"),
+    (["--num-ppo-epochs", "3"], "--num-ppo-epochs is a setting of --algo ppo, not of --algo grpo"),
+    (["--algo", "ppo", "--critic", "tied"], "unknown --critic 'tied'; accepted: separate, shared"),
+])
+def test_each_algorithm_takes_only_its_own_fields(args, message, tmp_path, monkeypatch, capsys):
+    code, _, err = run_script("train_rlhf.py", [*args, "--run-dir", str(tmp_path / "r")], monkeypatch, capsys)
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    with pytest.raises(TypeError, match="build a GRPOConfig or a PPOConfig"):
+        RLHFConfig()
 
+
+def test_a_run_config_file_chooses_its_algorithm(tmp_path, monkeypatch, capsys):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"algo": "ppo", "kl_coef": 0.5, "num_ppo_epochs": 0}))
+    code, _, err = run_script("train_rlhf.py", ["--config", str(config), "--run-dir", str(tmp_path / "r")], monkeypatch, capsys)
+    assert code == 2 and "--num-ppo-epochs must be > 0, got 0" in err  # read as a PPOConfig
+
+
+def test_token_rewards_put_the_score_on_the_last_valid_token():
     kl = torch.tensor([[0.1, 0.2, 0.3], [0.5, 0.0, 0.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
     rewards = token_rewards(torch.tensor([1.0, 2.0]), kl, mask, beta=0.5)
@@ -189,13 +214,11 @@ PPO_CASE = dict(scores=[1.0, 2.0], kl=[[0.2, 0.4, 0.0], [0.6, 0.0, 0.0]], mask=[
 
 def ppo_case(device="cpu", **cfg):
     tensors = {k: torch.tensor(v, device=device) for k, v in PPO_CASE.items()}
-    cfg = RLHFConfig(**{"algo": "ppo", "gamma": 0.9, "lam": 0.5, **cfg})
+    cfg = PPOConfig(**{"gamma": 0.9, "lam": 0.5, **cfg})
     return tensors, cfg
 
 
 def test_ppo_advantages_and_returns_by_hand():
-    from rlhf_toy.ppo import advantages_and_returns
-
     case, cfg = ppo_case()
     advantages, returns = advantages_and_returns(case["scores"], case["values"], case["kl"], case["mask"], 0.5, cfg)
     # beta 0.5: rewards row 0 [-0.1, -0.2, 1.0], row 1 [2 - 0.3, 0, 0] (its completion is one token long)
@@ -212,16 +235,12 @@ def test_ppo_advantages_and_returns_by_hand():
 
 
 def test_ppo_advantages_stay_on_the_device_of_their_inputs():
-    from rlhf_toy.ppo import advantages_and_returns
-
     case, cfg = ppo_case(device="meta")  # shapes and devices only: a CPU tensor among them fails as it would on a GPU
     advantages, returns = advantages_and_returns(case["scores"], case["values"], case["kl"], case["mask"], 0.5, cfg)
     assert advantages.device.type == returns.device.type == "meta" and advantages.shape == (2, 3)
 
 
 def test_adaptive_kl_controller_moves_beta_towards_the_target():
-    from rlhf_toy.ppo import KLController
-
     ctl = KLController(0.1, target=6.0, horizon=100)
     ctl.update(kl=12.0, n_steps=10)  # error clipped to +0.2: beta * (1 + 0.2 * 10 / 100)
     assert ctl.value == pytest.approx(0.1 * 1.02)
@@ -234,17 +253,13 @@ def test_adaptive_kl_controller_moves_beta_towards_the_target():
 
 @pytest.mark.parametrize("critic_kind", ["separate", "shared"])
 def test_one_ppo_update_raises_the_logprob_of_the_better_completion(critic_kind, policy_and_tokenizer, nano_dir):
-    from accelerate import Accelerator
-
-    from rlhf_toy.ppo import KLController, build_critic, logits_and_values, ppo_update
-
     policy = load_model(nano_dir)
     _, tokenizer = policy_and_tokenizer
     torch.manual_seed(2)
     rollout = sample_rollout(policy, tokenizer, ["Describe a fox.", "Describe a fox."], SamplingConfig(max_new_tokens=16),
                              ref_model=policy)
     critic = build_critic(policy, critic_kind, lambda: load_model(nano_dir))
-    cfg = RLHFConfig(algo="ppo", num_generations=1, prompts_per_step=2, num_ppo_epochs=1, gamma=1.0)
+    cfg = PPOConfig(num_generations=1, prompts_per_step=2, num_ppo_epochs=1, gamma=1.0)
 
     before = sequence_logprobs(policy, rollout)
     with torch.no_grad():  # the values of the rollout (the critic's own pass) are those the update's forward gives
@@ -327,10 +342,10 @@ def test_resume_without_a_checkpoint_is_a_clear_error(nano, tmp_path):
 
 def as_flags(cfg: RLHFConfig, **extra) -> list[str]:
     """The command line that builds cfg (its non-default fields) plus extra flags."""
-    defaults = RLHFConfig()
+    defaults = type(cfg)()
     flags = []
     for key, value in {**cfg.__dict__, **extra}.items():
-        if key in extra or value != getattr(defaults, key):
+        if key in extra or key == "algo" or value != getattr(defaults, key):
             flags += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
     return flags
 
@@ -381,8 +396,6 @@ def test_process_share_splits_whole_groups_in_order():
 
 def test_a_grpo_update_in_two_processes_equals_one_in_one_process(nano_dir, tmp_path):
     """Advantages from every process's rewards and token-weighted DDP averaging make the split update exact."""
-    from safetensors.torch import load_file
-
     for n in (1, 2):
         result = launch("grpo_update_in_processes.py", [nano_dir, str(tmp_path / f"{n}.safetensors")], n)
         assert result.returncode == 0, result.stderr[-2000:]

@@ -7,10 +7,10 @@ import torch
 from accelerate import Accelerator
 
 from classic_rl import core
+from rlhf_toy.configs import GRPOConfig
 from rlhf_toy.grpo import grpo_loss, grpo_update
 from rlhf_toy.models import position_ids
 from rlhf_toy.rollout import completion_logits
-from rlhf_toy.trainer import RLHFConfig
 from tests.conftest import clipped_sgd_step, largest_difference
 
 # four completions of 3, 1, 2 and 1 tokens (7 in all); per-token losses, 0 on padding
@@ -113,7 +113,7 @@ def test_grpo_update_equals_grpo_written_out(case, grpo_setup):
     policy, rollout, rewards = grpo_setup
     case = {"max_grad_norm": 1e9, "lr": 0.05, **case}
     lr = case.pop("lr")
-    cfg = RLHFConfig(num_generations=4, prompts_per_step=2, max_completion_length=10, beta=0.1, **case)
+    cfg = GRPOConfig(num_generations=4, prompts_per_step=2, max_completion_length=10, beta=0.1, **case)
     torch.manual_seed(1)
     expected, expected_metrics = plain_grpo(policy, rollout, rewards, cfg, lr)
     model = copy.deepcopy(policy)
@@ -131,7 +131,7 @@ def test_grpo_update_equals_grpo_written_out(case, grpo_setup):
 def test_the_kl_term_pulls_the_policy_towards_the_reference(grpo_setup):
     policy, rollout, _ = grpo_setup
     equal_rewards = torch.zeros(8)  # no advantage: the KL term alone moves the policy
-    cfg = RLHFConfig(num_generations=4, prompts_per_step=2, max_completion_length=10, beta=1.0)
+    cfg = GRPOConfig(num_generations=4, prompts_per_step=2, max_completion_length=10, beta=1.0)
     model = copy.deepcopy(policy)
     grpo_update(model, torch.optim.SGD(model.parameters(), lr=0.2), Accelerator(cpu=True), rollout, equal_rewards, cfg)
     assert kl_to_reference(model, rollout) < kl_to_reference(policy, rollout) - 1e-3
@@ -149,7 +149,7 @@ def test_grpo_without_a_reference_has_no_kl_term(grpo_setup):
     policy, rollout, rewards = grpo_setup
     no_reference = copy.copy(rollout)
     no_reference.ref_logprobs = None  # beta 0: the trainer loads no reference model
-    cfg = RLHFConfig(num_generations=4, prompts_per_step=2, max_completion_length=10, beta=0.0)
+    cfg = GRPOConfig(num_generations=4, prompts_per_step=2, max_completion_length=10, beta=0.0)
     model = copy.deepcopy(policy)
     metrics = grpo_update(model, torch.optim.SGD(model.parameters(), lr=0.01), Accelerator(cpu=True), no_reference, rewards, cfg)
     assert "kl" not in metrics and metrics["grad_norm"] > 0

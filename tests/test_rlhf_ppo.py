@@ -6,10 +6,11 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from classic_rl.runs import NonFiniteError
+from classic_rl.core import KLController
+from classic_rl.infra.errors import NonFiniteError
+from rlhf_toy.configs import PPOConfig
 from rlhf_toy.models import load_model, position_ids
-from rlhf_toy.ppo import KLController, build_critic, ppo_update
-from rlhf_toy.trainer import RLHFConfig
+from rlhf_toy.ppo_critic import build_critic, ppo_update
 from tests.conftest import clipped_sgd_step, largest_difference
 
 
@@ -42,14 +43,13 @@ def plain_ppo(policy, critic, rollout, scores, cfg, beta, lr):
     valid = mask.bool()
     explained = 1 - (returns - old_values)[valid].var(unbiased=False) / returns[valid].var(unbiased=False)
     advantages[valid] = (advantages[valid] - advantages[valid].mean()) / torch.sqrt(advantages[valid].var(unbiased=False) + 1e-8)
-    high = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high
     losses, entropies = [], []
     for _ in range(cfg.num_ppo_epochs):
         for mb in torch.randperm(len(scores)).split(len(scores) // cfg.num_minibatches):
             out = policy(input_ids=ids[mb], attention_mask=attention[mb], position_ids=position_ids(attention[mb]))
             logp = out.logits[:, prompt - 1: -1].log_softmax(-1).gather(-1, ids[mb, prompt:, None]).squeeze(-1)
             ratio, adv, m = torch.exp(logp - rollout.old_logprobs[mb]), advantages[mb], mask[mb]
-            policy_loss = (-torch.minimum(ratio * adv, ratio.clamp(1 - cfg.epsilon, 1 + high) * adv) * m).sum() / m.sum()
+            policy_loss = (-torch.minimum(ratio * adv, ratio.clamp(1 - cfg.cliprange, 1 + cfg.cliprange) * adv) * m).sum() / m.sum()
             probs = out.logits[:, prompt - 1: -1].softmax(-1)
             entropies.append(((-(probs * probs.clamp(min=1e-30).log()).sum(-1) * m).sum() / m.sum()).item())
             values, old, target = values_of(mb), old_values[mb], returns[mb]
@@ -65,7 +65,7 @@ def plain_ppo(policy, critic, rollout, scores, cfg, beta, lr):
 
 
 @pytest.mark.parametrize("case", [dict(max_grad_norm=1e9, lr=0.02),
-                                  dict(max_grad_norm=1.0, lr=0.3, cliprange_value=0.05, epsilon=0.1, epsilon_high=0.3)],
+                                  dict(max_grad_norm=1.0, lr=0.3, cliprange_value=0.05, cliprange=0.1)],
                          ids=["unclipped-gradient", "clipped-gradient-values-and-clip-higher"])
 def test_ppo_update_equals_ppo_written_out(case, policy_reference_rollout, nano_dir):
     policy, rollout = policy_reference_rollout
@@ -73,7 +73,7 @@ def test_ppo_update_equals_ppo_written_out(case, policy_reference_rollout, nano_
     critic = build_critic(policy, "separate", lambda: load_model(nano_dir))
     case = dict(case)
     lr = case.pop("lr")
-    cfg = RLHFConfig(algo="ppo", num_generations=1, prompts_per_step=8, num_minibatches=2, num_ppo_epochs=2, gamma=0.95,
+    cfg = PPOConfig(num_generations=1, prompts_per_step=8, num_minibatches=2, num_ppo_epochs=2, gamma=0.95,
                      lam=0.9, vf_coef=0.5, missing_eos_penalty=0.5, max_completion_length=10, **case)
     scores = torch.tensor([1.0, 0.0, 0.5, 0.2, 0.0, 1.0, 0.3, 0.9])
     torch.manual_seed(1)
@@ -106,7 +106,7 @@ def test_ppo_without_a_reference_has_no_kl_penalty(policy_reference_rollout, nan
     no_reference.ref_logprobs = None  # kl_coef 0: the trainer loads no reference model
     critic = build_critic(policy, "shared", lambda: load_model(nano_dir))
     model = copy.deepcopy(policy)
-    cfg = RLHFConfig(algo="ppo", num_generations=1, prompts_per_step=8, kl_coef=0.0, max_completion_length=10)
+    cfg = PPOConfig(num_generations=1, prompts_per_step=8, kl_coef=0.0, max_completion_length=10)
     metrics = ppo_update(model, critic, torch.optim.SGD([*model.parameters(), *critic.head.parameters()], lr=0.01),
                          Accelerator(cpu=True), no_reference, torch.linspace(0, 1, 8), KLController(0.0), cfg)
     assert metrics["kl"] == 0.0 and metrics["kl_sequence"] == 0.0 and metrics["grad_norm"] > 0
@@ -116,7 +116,7 @@ def test_a_non_finite_loss_stops_ppo_before_the_optimizer_step(policy_reference_
     policy, rollout = policy_reference_rollout
     critic = build_critic(policy, "shared", lambda: load_model(nano_dir))
     model = copy.deepcopy(policy)
-    cfg = RLHFConfig(algo="ppo", num_generations=1, prompts_per_step=8, max_completion_length=10)
+    cfg = PPOConfig(num_generations=1, prompts_per_step=8, max_completion_length=10)
     scores = torch.tensor([1.0, float("nan"), 0.5, 0.2, 0.0, 1.0, 0.3, 0.9])
     with pytest.raises(NonFiniteError, match="non-finite loss"):
         ppo_update(model, critic, torch.optim.SGD([*model.parameters(), *critic.head.parameters()], lr=0.01),

@@ -4,8 +4,8 @@ import pytest
 
 from classic_rl.algos.search import SearchConfig, train_hill_climbing, train_random_search
 from classic_rl.envs import evaluate
+from classic_rl.infra.errors import ConfigError
 from classic_rl.nets import load_agent
-from classic_rl.runs import ConfigError
 from classic_rl.training import run_training
 
 

@@ -14,9 +14,9 @@ from classic_rl.algos.tabular import (
     transition_model,
     value_iteration,
 )
-from classic_rl.nets import load_agent
+from classic_rl.infra.errors import ConfigError
+from classic_rl.nets import QTable, load_agent
 from classic_rl.presets import preset
-from classic_rl.runs import ConfigError
 from classic_rl.training import run_training
 from tests.conftest import run_script
 
@@ -72,8 +72,6 @@ def test_tabular_methods_reject_continuous_observations():
 
 
 def test_discretised_table_indexes_cells_row_major():
-    from classic_rl.nets import QTable
-
     table = QTable(6, 2, bins=[2, 3], low=[0.0, 0.0], high=[1.0, 3.0])
     # (0.9, 0.5) -> cells (1, 0) -> 3; (0.1, 2.9) -> (0, 2) -> 2; out of range is clipped to the edge cells
     assert table.state_index(np.array([[0.9, 0.5], [0.1, 2.9], [-5.0, 99.0]])).tolist() == [3, 2, 2]

@@ -6,8 +6,8 @@ import torch
 
 from classic_rl import envs
 from classic_rl.algos import a2c, vpg
+from classic_rl.infra.errors import ConfigError
 from classic_rl.nets import ActorCritic, load_agent
-from classic_rl.runs import ConfigError
 from classic_rl.training import run_training
 
 

@@ -17,18 +17,19 @@ import torch
 from tqdm.auto import tqdm
 
 from classic_rl import core, envs
-from classic_rl.nets import ActorCritic
-from classic_rl.rollout_buffer import RolloutBuffer
-from classic_rl.runs import (
-    RunLogger,
+from classic_rl.infra.checkpoints import Checkpoints
+from classic_rl.infra.cli import config_field
+from classic_rl.infra.errors import (
     check_finite,
-    config_field,
     require_discount,
     require_layer_widths,
     require_nonnegative,
     require_positive,
 )
-from classic_rl.training import Checkpointer, ClassicConfig, Evaluator, recent_mean
+from classic_rl.infra.metrics import RunLogger
+from classic_rl.nets import ActorCritic
+from classic_rl.rollout_buffer import RolloutBuffer
+from classic_rl.training import ClassicConfig, Evaluator, recent_mean
 
 
 @dataclass
@@ -57,7 +58,7 @@ class A2CConfig(ClassicConfig):
         envs.check_spaces(self.env, "a2c")
 
 
-def train(cfg: A2CConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: Checkpointer) -> tuple[ActorCritic, int]:
+def train(cfg: A2CConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: Checkpoints) -> tuple[ActorCritic, int]:
     obs_dim, n_actions = envs.check_spaces(cfg.env, "a2c")
     vec_env = envs.make_vec_env(cfg.env, cfg.num_envs)
     agent = ActorCritic(obs_dim, n_actions, cfg.hidden_sizes, shared=cfg.shared)
@@ -69,7 +70,7 @@ def train(cfg: A2CConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
 
     next_obs = agent.normalize(vec_env.reset(seed=cfg.seed)[0])
     global_step, episode_returns, first_update = 0, [], 1
-    if resumed := checkpoints.restore(agent, optimizer, vec_env):
+    if resumed := checkpoints.restore(model=agent, optimizer=optimizer, vec_env=envs.VecEnvState(vec_env)):
         next_obs, global_step, first_update = resumed["next_obs"], resumed["global_step"], resumed["update"] + 1
         episode_returns = resumed["episode_returns"]
     progress = tqdm(total=num_updates * batch_size, initial=global_step, unit="step", desc=f"a2c {cfg.env}", mininterval=1.0)
@@ -104,9 +105,8 @@ def train(cfg: A2CConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
                                      "losses/explained_variance": core.explained_variance(b_values, returns).item()})
         if evaluator.maybe_evaluate(global_step, agent):
             break
-        if checkpoints.due(global_step):
-            checkpoints.save(global_step, agent, optimizer, vec_env, update=update, global_step=global_step, next_obs=next_obs,
-                             episode_returns=episode_returns)
+        checkpoints.save_if_due(global_step, model=agent, optimizer=optimizer, vec_env=envs.VecEnvState(vec_env), update=update, global_step=global_step, next_obs=next_obs,
+                                episode_returns=episode_returns)
     progress.close()
     vec_env.close()
     return agent, global_step

@@ -22,16 +22,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from classic_rl import envs
+from classic_rl.infra.checkpoints import Checkpoints
+from classic_rl.infra.cli import config_field
+from classic_rl.infra.errors import ConfigError, check_finite, require_layer_widths, require_positive
+from classic_rl.infra.metrics import RunLogger
 from classic_rl.nets import QNetwork
-from classic_rl.runs import (
-    ConfigError,
-    RunLogger,
-    check_finite,
-    config_field,
-    require_layer_widths,
-    require_positive,
-)
-from classic_rl.training import Checkpointer, ClassicConfig, Evaluator, recent_mean
+from classic_rl.training import ClassicConfig, Evaluator, recent_mean
 
 
 @dataclass
@@ -117,7 +113,7 @@ def td_targets(q_target: QNetwork, q_online: QNetwork, rewards, next_obs, termin
         return rewards + gamma * (1.0 - terminated) * next_value
 
 
-def train(cfg: DQNConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: Checkpointer) -> tuple[QNetwork, int]:
+def train(cfg: DQNConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: Checkpoints) -> tuple[QNetwork, int]:
     obs_dim, n_actions = envs.check_spaces(cfg.env, "dqn")
     vec_env = envs.make_vec_env(cfg.env, cfg.num_envs)
     vec_env.action_space.seed(cfg.seed)
@@ -131,10 +127,9 @@ def train(cfg: DQNConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
 
     obs, _ = vec_env.reset(seed=cfg.seed)
     returns, global_step = [], 0
-    if resumed := checkpoints.restore(q_network, optimizer, vec_env):
-        target_network.load_state_dict(resumed["target_network"])
-        buffer.load_state_dict(resumed["buffer"])
-        rng.bit_generator.state = json.loads(resumed["rng"])
+    if resumed := checkpoints.restore(model=q_network, optimizer=optimizer, vec_env=envs.VecEnvState(vec_env),
+                                      target_network=target_network, buffer=buffer):
+        rng.bit_generator.state = json.loads(resumed["explore_rng"])
         obs, returns, global_step = resumed["obs"].numpy(), resumed["returns"], resumed["global_step"]
     progress = tqdm(total=cfg.total_timesteps, initial=global_step, unit="step", desc=f"dqn {cfg.env}", mininterval=1.0)
     while global_step < cfg.total_timesteps:
@@ -174,10 +169,9 @@ def train(cfg: DQNConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
                     target.lerp_(online, cfg.tau)
         if evaluator.maybe_evaluate(global_step, q_network):
             break
-        if checkpoints.due(global_step):
-            checkpoints.save(global_step, q_network, optimizer, vec_env, target_network=target_network.state_dict(),
-                             buffer=buffer.state_dict(), rng=json.dumps(rng.bit_generator.state), obs=torch.from_numpy(obs),
-                             returns=returns, global_step=global_step)
+        checkpoints.save_if_due(global_step, model=q_network, optimizer=optimizer, vec_env=envs.VecEnvState(vec_env),
+                                target_network=target_network, buffer=buffer, explore_rng=json.dumps(rng.bit_generator.state),
+                                obs=torch.from_numpy(obs), returns=returns, global_step=global_step)
     progress.close()
     vec_env.close()
     return q_network, global_step

@@ -19,19 +19,20 @@ import torch
 from tqdm.auto import tqdm
 
 from classic_rl import core, envs
-from classic_rl.nets import ActorCritic
-from classic_rl.rollout_buffer import RolloutBuffer
-from classic_rl.runs import (
+from classic_rl.infra.checkpoints import Checkpoints
+from classic_rl.infra.cli import config_field
+from classic_rl.infra.errors import (
     ConfigError,
-    RunLogger,
     check_finite,
-    config_field,
     require_discount,
     require_layer_widths,
     require_nonnegative,
     require_positive,
 )
-from classic_rl.training import Checkpointer, ClassicConfig, Evaluator, recent_mean
+from classic_rl.infra.metrics import RunLogger
+from classic_rl.nets import ActorCritic
+from classic_rl.rollout_buffer import RolloutBuffer
+from classic_rl.training import ClassicConfig, Evaluator, recent_mean
 
 
 @dataclass
@@ -77,7 +78,7 @@ class PPOConfig(ClassicConfig):
         return self.num_envs * self.num_steps
 
 
-def train(cfg: PPOConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: Checkpointer) -> tuple[ActorCritic, int]:
+def train(cfg: PPOConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: Checkpoints) -> tuple[ActorCritic, int]:
     """Train a policy; returns it and the number of env steps taken."""
     vec_env = envs.make_vec_env(cfg.env, cfg.num_envs, cfg.async_envs)
     obs_dim, n_actions = envs.check_spaces(cfg.env, "ppo")
@@ -90,7 +91,7 @@ def train(cfg: PPOConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
 
     next_obs = agent.normalize(vec_env.reset(seed=cfg.seed)[0], update=True)
     global_step, episode_returns, episode_lengths, first_update = 0, [], [], 1
-    if resumed := checkpoints.restore(agent, optimizer, vec_env):
+    if resumed := checkpoints.restore(model=agent, optimizer=optimizer, vec_env=envs.VecEnvState(vec_env)):
         next_obs, global_step, first_update = resumed["next_obs"], resumed["global_step"], resumed["update"] + 1
         episode_returns, episode_lengths = resumed["episode_returns"], resumed["episode_lengths"]
     progress = tqdm(total=num_updates * cfg.batch_size, initial=global_step, unit="step", desc=f"ppo {cfg.env}", mininterval=1.0)
@@ -149,9 +150,8 @@ def train(cfg: PPOConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
         })
         if evaluator.maybe_evaluate(global_step, agent):
             break
-        if checkpoints.due(global_step):
-            checkpoints.save(global_step, agent, optimizer, vec_env, update=update, global_step=global_step, next_obs=next_obs,
-                             episode_returns=episode_returns, episode_lengths=episode_lengths)
+        checkpoints.save_if_due(global_step, model=agent, optimizer=optimizer, vec_env=envs.VecEnvState(vec_env), update=update, global_step=global_step, next_obs=next_obs,
+                                episode_returns=episode_returns, episode_lengths=episode_lengths)
     progress.close()
     vec_env.close()
     return agent, global_step

@@ -21,8 +21,10 @@ import torch
 from torch import Tensor
 
 from classic_rl import core, envs
+from classic_rl.infra.cli import config_field
+from classic_rl.infra.errors import ConfigError, require_positive
+from classic_rl.infra.metrics import RunLogger
 from classic_rl.nets import SoftmaxPolicy
-from classic_rl.runs import ConfigError, RunLogger, config_field, require_positive
 from classic_rl.training import ClassicConfig, Evaluator, recent_mean
 
 

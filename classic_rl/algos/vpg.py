@@ -19,8 +19,10 @@ import numpy as np
 import torch
 
 from classic_rl import core, envs
+from classic_rl.infra.cli import config_field
+from classic_rl.infra.errors import require_discount, require_layer_widths, require_positive
+from classic_rl.infra.metrics import RunLogger
 from classic_rl.nets import ActorCritic
-from classic_rl.runs import RunLogger, config_field, require_discount, require_layer_widths, require_positive
 from classic_rl.training import ClassicConfig, Evaluator, recent_mean
 
 

@@ -6,7 +6,7 @@
         r_t = -beta * k1_t  for every completion token,  + score on the last one
         A, R = core.gae(r, V, dones=last token, gamma, lam);  A whitened over valid tokens
         for num_ppo_epochs, for each minibatch:
-            minimise  core.policy_loss(clip epsilon) + vf_coef * core.value_loss(clip cliprange_value)
+            minimise  core.policy_loss(clip cliprange) + vf_coef * core.value_loss(clip cliprange_value)
         beta <- adaptive KL controller (optional)
 
 The same GAE, clipped objective and value loss serve classic PPO on CartPole.
@@ -19,7 +19,9 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from classic_rl import core
-from classic_rl.runs import MeanStats, check_finite
+from classic_rl.infra.errors import check_finite
+from classic_rl.infra.metrics import MeanStats
+from rlhf_toy.configs import PPOConfig
 from rlhf_toy.rollout import Rollout, completion_logits, completion_states
 
 
@@ -59,19 +61,6 @@ def build_critic(policy: PreTrainedModel, kind: str, load_copy) -> Critic:
     return Critic(hidden) if kind == "shared" else Critic(hidden, load_copy().base_model)
 
 
-class KLController:
-    """The KL coefficient beta: fixed, or adapted towards target_kl (Ziegler et al. 2019):
-    beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * n_steps / horizon)."""
-
-    def __init__(self, beta: float, target: float | None = None, horizon: int = 10_000):
-        self.value, self.target, self.horizon = beta, target, horizon
-
-    def update(self, kl: float, n_steps: int) -> None:
-        if self.target is not None:
-            error = max(-0.2, min(0.2, kl / self.target - 1.0))
-            self.value *= 1.0 + error * n_steps / self.horizon
-
-
 def token_rewards(scores: Tensor, kl: Tensor, mask: Tensor, beta: float) -> Tensor:
     """`[B, C]`: -beta * k1 on every valid token, plus the sequence score on the last valid token."""
     rewards = -beta * kl * mask
@@ -80,7 +69,8 @@ def token_rewards(scores: Tensor, kl: Tensor, mask: Tensor, beta: float) -> Tens
     return rewards
 
 
-def advantages_and_returns(scores: Tensor, values: Tensor, kl: Tensor, mask: Tensor, beta: float, cfg) -> tuple[Tensor, Tensor]:
+def advantages_and_returns(scores: Tensor, values: Tensor, kl: Tensor, mask: Tensor, beta: float,
+                           cfg: PPOConfig) -> tuple[Tensor, Tensor]:
     """(advantages whitened over valid tokens, returns), both `[B, C]`, from sequence scores `[B]`, the rollout's
     values and per-token KL `[B, C]`: token_rewards, then GAE over each completion, which ends at its last token."""
     rewards = token_rewards(scores, kl, mask, beta)
@@ -102,8 +92,8 @@ def logits_and_values(policy, critic: Critic, input_ids: Tensor, attention_mask:
     return logits, critic(input_ids, attention_mask, prompt_length, policy)
 
 
-def ppo_update(policy, critic: Critic, optimizer, accelerator, rollout: Rollout, scores: Tensor, kl_ctl: KLController,
-               cfg) -> dict[str, float]:
+def ppo_update(policy, critic: Critic, optimizer, accelerator, rollout: Rollout, scores: Tensor, kl_ctl: core.KLController,
+               cfg: PPOConfig) -> dict[str, float]:
     """One PPO phase over a rollout; returns metrics (and adapts kl_ctl)."""
     mask = rollout.completion_mask
     if cfg.missing_eos_penalty is not None:
@@ -122,8 +112,8 @@ def ppo_update(policy, critic: Critic, optimizer, accelerator, rollout: Rollout,
             logits, values = logits_and_values(policy, critic, rollout.input_ids[mb], rollout.attention_mask[mb],
                                                rollout.prompt_length, cfg.temperature)
             logp = core.logprobs_from_logits(logits, rollout.completion_ids[mb], mask[mb])
-            pg_loss, stats = core.policy_loss(logp, rollout.old_logprobs[mb], advantages[mb], cfg.epsilon, cfg.epsilon_high,
-                                              mask[mb], "token")
+            pg_loss, stats = core.policy_loss(logp, rollout.old_logprobs[mb], advantages[mb], cfg.cliprange,
+                                              mask=mask[mb], agg="token")
             v_loss = core.value_loss(values, old_values[mb], returns[mb], clip=cfg.cliprange_value, mask=mask[mb])
             loss = pg_loss + cfg.vf_coef * v_loss
             accelerator.backward(loss)

@@ -1,0 +1,46 @@
+"""A trained reward model read as a reward function (`--reward rm:DIR`): what text it reads and where its
+score is taken. Training it is reward_model.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from classic_rl.infra.errors import ConfigError
+from rlhf_toy.models import format_prompt, load_tokenizer
+from rlhf_toy.sampling import context_length
+
+
+def sequence_texts(tokenizer, prompts: list[str], responses: list[str]) -> list[str]:
+    """What the reward model reads: the chat template, the response, and eos (its score is read there)."""
+    return [f"{format_prompt(p)} {r.strip()}{tokenizer.eos_token}" for p, r in zip(prompts, responses, strict=True)]
+
+
+def score_texts(model, tokenizer, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+    """Scalar scores `[N]`. Padding and truncation are on the left, so the last position is always
+    each text's eos, where the score is read, even for texts longer than the context."""
+    scores = []
+    tokenizer.truncation_side = "left"
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(texts[start: start + batch_size], return_tensors="pt", padding=True, truncation=True,
+                          max_length=context_length(model), add_special_tokens=False).to(model.device)
+        scores.append(model(**batch).logits.squeeze(-1).float())
+    return torch.cat(scores)
+
+
+class RewardModelScorer:
+    """A saved reward model as a reward function (`rm:DIR`)."""
+
+    def __init__(self, model_dir: str):
+        if not (Path(model_dir) / "config.json").is_file():
+            raise ConfigError(f"reward model folder {model_dir} not found (no config.json); train one with "
+                              "scripts/train_reward_model.py and pass rm:RUN_DIR/model")
+        self.tokenizer = load_tokenizer(model_dir)
+        self.model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+        self.__name__ = f"rm:{model_dir}"
+
+    @torch.inference_mode()
+    def __call__(self, prompts: list[str], completions: list[str], **_) -> list[float]:
+        return score_texts(self.model, self.tokenizer, sequence_texts(self.tokenizer, prompts, completions)).tolist()

@@ -1,0 +1,154 @@
+"""classic_rl.infra: the dataclass CLI (flag forms, precedence, one-line errors) and Checkpoints (the one
+schedule, atomic publication, keep-N, and restore: objects, plain values, logger rows, RNG last)."""
+
+import json
+import random
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from classic_rl.infra.checkpoints import Checkpoints
+from classic_rl.infra.cli import config_field, parse_config
+from classic_rl.infra.errors import ConfigError, TrainingInterrupted
+from classic_rl.infra.metrics import RunLogger
+from tests.conftest import ROOT
+
+
+@dataclass
+class Example:
+    learning_rate: float = config_field(0.1, "Step size")
+    hidden_sizes: list[int] = config_field([8, 8], "Layer widths")
+    target_kl: float | None = config_field(None, "Stop early above this KL")
+    anneal_lr: bool = config_field(True, "Decay the learning rate")
+    overwrite: bool = config_field(False, "Replace an existing run")
+    run_dir: str = config_field("runs/x", "Output folder")
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], dict(learning_rate=0.1, hidden_sizes=[8, 8], target_kl=None, anneal_lr=True, overwrite=False)),
+    (["--learning-rate", "0.5", "--hidden_sizes", "4", "2", "3"], dict(learning_rate=0.5, hidden_sizes=[4, 2, 3])),
+    (["--overwrite"], dict(overwrite=True)),
+    (["--overwrite", "true", "--anneal-lr", "false"], dict(overwrite=True, anneal_lr=False)),
+    (["--no-anneal-lr"], dict(anneal_lr=False)),
+    (["--no_anneal_lr"], dict(anneal_lr=False)),
+    (["--target-kl", "0.02"], dict(target_kl=0.02)),
+    (["--target-kl", "0.02", "--target_kl", "none"], dict(target_kl=None)),
+])
+def test_every_field_is_a_flag_in_kebab_and_snake_case(argv, expected):
+    cfg = parse_config(Example, argv)
+    assert {k: getattr(cfg, k) for k in expected} == expected
+
+
+def test_flags_override_the_config_file_which_overrides_defaults_which_override_the_dataclass(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("learning_rate: 0.3\nrun_dir: from-file\n")
+    cfg = parse_config(Example, ["--config", str(path), "--run-dir", "from-flag"],
+                       defaults={"learning_rate": 0.2, "target_kl": 0.01, "run_dir": "from-defaults"})
+    assert (cfg.learning_rate, cfg.target_kl, cfg.run_dir, cfg.hidden_sizes) == (0.3, 0.01, "from-flag", [8, 8])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--learning-rate", "fast"], "argument --learning-rate/--learning_rate: invalid float value: 'fast' (see --help)"),
+    (["--overwrite", "maybe"], "expected true or false, got 'maybe'"),
+    (["--learn", "0.5"], "unrecognized arguments: --learn 0.5"),  # no prefix matching: a typo is an error
+])
+def test_bad_flags_are_one_config_error(argv, message):
+    with pytest.raises(ConfigError, match=None) as err:
+        parse_config(Example, argv)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_help_lists_each_field_with_its_help_and_default():
+    out = subprocess.run([sys.executable, "scripts/train_classic.py", "--algo", "ppo", "--help"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    assert "--clip-coef CLIP_COEF, --clip_coef CLIP_COEF" in out
+    assert "Policy ratio clip epsilon (default: 0.2)" in out and "--no-anneal-lr" in out
+    assert "(default: [64, 64])" in out  # the preset's value, not the dataclass's
+
+
+def test_classic_rl_does_not_import_transformers():
+    code = "import sys, classic_rl.training, classic_rl.algos; print('transformers' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+class Counter:
+    def __init__(self):
+        self.value = 0
+
+    def state_dict(self):
+        return {"value": self.value}
+
+    def load_state_dict(self, state):
+        self.value = state["value"]
+
+
+def test_checkpoints_are_due_each_time_a_multiple_is_passed_and_after_ctrl_c(tmp_path):
+    checkpoints = Checkpoints(tmp_path, every=100)
+    due = [step for step in (64, 128, 192, 256, 320, 384) if checkpoints.due(step)]  # env steps jump by 64
+    assert due == [128, 256, 320]
+    assert not checkpoints.due(399)
+    checkpoints.stop.requested = True
+    assert checkpoints.due(399)
+    assert not Checkpoints(tmp_path, every=0).due(10**6)
+
+
+def test_save_keeps_the_newest_and_resume_restores_objects_values_and_rng_last(tmp_path):
+    checkpoints = Checkpoints(tmp_path, every=1, keep=2)
+    counter = Counter()
+    checkpoints.track(counter=counter)
+    for step in (1, 2, 3):
+        counter.value = step * 10
+        torch.manual_seed(step)
+        random.seed(step)
+        np.random.seed(step)
+        checkpoints.save(step, lambda folder: (folder / "weights.txt").write_text("w"), note=f"at {step}",
+                         tensor=torch.arange(3) * step)
+    assert [p.name for p in checkpoints.complete()] == ["step-2", "step-3"]
+    assert not list((tmp_path / "checkpoints").glob(".*"))  # no temporary folder is left behind
+    expected_draws = (torch.rand(2), random.random(), np.random.rand())
+
+    resumed = Checkpoints(tmp_path, every=1, resume=True)
+    fresh = Counter()
+    resumed.track(counter=fresh)
+    torch.manual_seed(999)
+    saved = resumed.restore()
+    assert resumed.step == 3 and resumed.folder.name == "step-3" and (resumed.folder / "weights.txt").is_file()
+    assert fresh.value == 30 and saved["note"] == "at 3" and saved["tensor"].tolist() == [0, 3, 6]
+    torch.testing.assert_close(torch.rand(2), expected_draws[0])
+    assert (random.random(), np.random.rand()) == expected_draws[1:]
+    assert not resumed.due(3) and resumed.due(4)
+
+
+def test_a_fresh_run_restores_nothing_and_resume_without_a_checkpoint_is_refused(tmp_path):
+    assert Checkpoints(tmp_path).restore(counter=Counter()) is None
+    with pytest.raises(ConfigError, match="--resume found no checkpoint in .*; start the run with --save-every N"):
+        Checkpoints(tmp_path, resume=True)
+
+
+def test_save_if_due_stops_the_run_after_saving_when_ctrl_c_asked(tmp_path):
+    checkpoints = Checkpoints(tmp_path, every=0)
+    checkpoints.save_if_due(5)
+    assert checkpoints.latest() is None
+    checkpoints.stop.requested = True
+    with pytest.raises(TrainingInterrupted, match="stopped at step 7; saved .*step-7; continue with --resume"):
+        checkpoints.save_if_due(7)
+    assert checkpoints.latest().name == "step-7"
+
+
+def test_the_logger_as_checkpointed_drops_later_rows_and_continues_its_clock(tmp_path):
+    logger = RunLogger(tmp_path)
+    logger.log(1, {"loss": 1.0})
+    state = logger.state_dict()
+    logger.log(2, {"loss": 2.0})  # logged by the run that then crashed
+    logger.close()
+    resumed = RunLogger(tmp_path)
+    resumed.load_state_dict({**state, "elapsed": 100.0})
+    resumed.log(2, {"loss": 0.5})
+    resumed.close()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}] and resumed.rows == rows
+    assert 100.0 <= resumed.elapsed() < 110.0
