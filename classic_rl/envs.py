@@ -192,6 +192,6 @@ def run_episodes(act: Callable[[np.ndarray], np.ndarray], env_id: str, episodes:
     return returns, lengths
 
 
-def evaluate(act: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: int, seed: int) -> np.ndarray:
+def play_episodes(act: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: int, seed: int) -> np.ndarray:
     """Returns `[episodes]` of `episodes` greedy episodes (see run_episodes)."""
     return run_episodes(act, env_id, episodes, seed)[0]

@@ -74,7 +74,7 @@ class Evaluator:
         return self.evaluate(env_steps, model)
 
     def evaluate(self, env_steps: int, model: SavableModule) -> bool:
-        returns = envs.evaluate(model.act, self.cfg.env, self.cfg.eval_episodes, seed=self.cfg.seed + 10_000 * (len(self.history) + 1))
+        returns = envs.play_episodes(model.act, self.cfg.env, self.cfg.eval_episodes, seed=self.cfg.seed + 10_000 * (len(self.history) + 1))
         record = {"env_steps": env_steps, "wall_s": self.logger.elapsed(), "mean": float(returns.mean()), "std": float(returns.std())}
         self.history.append(record)
         self.logger.log(env_steps, {"eval/return_mean": record["mean"], "eval/return_std": record["std"]})

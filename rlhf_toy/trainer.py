@@ -71,7 +71,7 @@ class Run:
     def start_step(self) -> int:
         return self.checkpoints.step + 1
 
-    def evaluate(self) -> dict[str, Any]:
+    def evaluate_policy(self) -> dict[str, Any]:
         return evaluate_on_prompts(self.accelerator.unwrap_model(self.policy), self.tokenizer, self.eval_prompts, self.reward,
                                    self.cfg.eval_sampling, self.cfg.eval_samples_per_prompt, self.cfg.eval_seed, self.gold)
 
@@ -151,7 +151,7 @@ def evaluate_before(run: Run) -> dict[str, Any] | None:
     path = run.run_dir / "eval_before.json"
     before = None
     if run.main and run.start_step == 1:
-        before = run.evaluate()
+        before = run.evaluate_policy()
         write_json(path, before)
     elif run.main:
         before = json.loads(path.read_text())
@@ -241,7 +241,7 @@ def train_step(run: Run, step: int) -> tuple[dict[str, float], list[dict]]:
 def finish(run: Run, before: dict[str, Any], train_time: float) -> dict[str, Any]:
     """Evaluate the trained policy, save it, and write summary.json, eval_samples.json and the plots."""
     cfg, logger = run.cfg, run.logger
-    after = run.evaluate()
+    after = run.evaluate_policy()
     k = cfg.eval_samples_per_prompt  # one row per distinct prompt
     print_side_by_side(before["rows"][::k], after["rows"][::k])
     final_dir = run.run_dir / "model"

@@ -122,7 +122,7 @@ def run_sb3(algo: str, env_id: str, hp: dict, seed: int, eval_episodes: int, eva
             while self.next_eval <= self.num_timesteps:
                 self.next_eval += eval_every
             act = lambda obs: self.model.predict(obs, deterministic=True)[0]  # noqa: E731
-            returns = envs.evaluate(act, env_id, eval_episodes, seed=seed + 10_000 * (len(self.history) + 1))
+            returns = envs.play_episodes(act, env_id, eval_episodes, seed=seed + 10_000 * (len(self.history) + 1))
             self.history.append({"env_steps": self.num_timesteps, "wall_s": time.perf_counter() - start, "mean": float(returns.mean())})
             if returns.mean() >= threshold:
                 self.solved = self.history[-1]

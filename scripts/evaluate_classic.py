@@ -54,7 +54,7 @@ def main() -> None:
         raise ConfigError(f"{config_path} is not a config written by scripts/train_classic.py (no JSON with an env)") from None
     torch.set_num_threads(1)
     model = load_agent(run_dir / "policy.safetensors")
-    returns = envs.evaluate(model.act, env_id, args.episodes, seed=args.seed)
+    returns = envs.play_episodes(model.act, env_id, args.episodes, seed=args.seed)
     print(f"{env_id}: greedy return {returns.mean():.1f} +- {returns.std():.1f} over {args.episodes} episodes "
           f"(min {returns.min():.1f}, max {returns.max():.1f})")
     if args.video:

@@ -3,7 +3,7 @@
 import pytest
 
 from classic_rl.algos.search import SearchConfig, train_hill_climbing, train_random_search
-from classic_rl.envs import evaluate
+from classic_rl.envs import play_episodes
 from classic_rl.infra.errors import ConfigError
 from classic_rl.nets import load_agent
 from classic_rl.training import run_training
@@ -15,7 +15,7 @@ def test_search_solves_cartpole(train_fn, tmp_path):
     summary = run_training("search", train_fn, cfg)
     assert summary["eval_return_mean"] >= 475 and summary["solved_at_steps"] <= 200_000
     policy = load_agent(tmp_path / "run" / "policy.safetensors")  # the saved policy is the one that solved it
-    assert policy.kind == "linear" and evaluate(policy.act, "CartPole-v1", episodes=5, seed=1234).mean() >= 475
+    assert policy.kind == "linear" and play_episodes(policy.act, "CartPole-v1", episodes=5, seed=1234).mean() >= 475
 
 
 def test_noise_bounds_must_be_ordered():
