@@ -52,7 +52,7 @@ bench-rlhf: setup-bench
 	$(PY) scripts/bench_rlhf.py --steps 30 --threads 1 2 --repeats 3
 
 # Mutation testing (~25 min on 2 cores, not part of make test): mutmut plants small bugs in classic_rl/core.py and
-# rlhf_toy/{grpo,ppo,rewards}.py, runs the fast tests that reach each, and lists the mutants no test caught.
+# rlhf_toy/{grpo,ppo_critic,rewards}.py, runs the fast tests that reach each, and lists the mutants no test caught.
 mutate: $(MUTATE_STAMP)
 	rm -rf mutants .mutmut-cache
 	RLHF_TOY_TEST_CACHE=$(CURDIR)/.mutmut-cache $(VENV)/bin/mutmut run --max-children 2
