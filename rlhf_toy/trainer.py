@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import time
 from dataclasses import dataclass
@@ -174,7 +173,7 @@ def run_steps(run: Run) -> float:
                     mininterval=1.0, disable=not main)
     train_time = 0.0
     samples_log = open(run.run_dir / "samples.jsonl", "a") if main else contextlib.nullcontext()
-    with samples_log as samples_file, checkpoints.stop, set_up_objects_frozen():
+    with samples_log as samples_file, checkpoints.stop:
         for step in progress:
             start = time.perf_counter()
             metrics, samples = train_step(run, step)
@@ -195,19 +194,6 @@ def run_steps(run: Run) -> float:
                 checkpoints.stop_if_requested(step)
     progress.close()
     return train_time
-
-
-@contextlib.contextmanager
-def set_up_objects_frozen():
-    """Keep the cyclic garbage collector off the objects alive after set-up (models, imported modules,
-    data) while the block runs: they live all run, and rescanning them in every full collection cost
-    about 3% of a GRPO step (bench_rlhf.py, 2 threads: 329-333 completions/s without, 340-344 with)."""
-    gc.collect()  # so that no garbage is frozen with them
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
 
 
 def train_step(run: Run, step: int) -> tuple[dict[str, float], list[dict]]:

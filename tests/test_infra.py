@@ -1,6 +1,7 @@
 """classic_rl.infra: the dataclass CLI (flag forms, precedence, one-line errors) and Checkpoints (the one
 schedule, atomic publication, keep-N, and restore: objects, plain values, logger rows, RNG last)."""
 
+import ast
 import json
 import random
 import subprocess
@@ -73,6 +74,36 @@ def test_help_lists_each_field_with_its_help_and_default():
 def test_classic_rl_does_not_import_transformers():
     code = "import sys, classic_rl.training, classic_rl.algos; print('transformers' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+def module_imports() -> dict[str, set[str]]:
+    """Each module of the two packages and the package modules it imports (from its AST)."""
+    graph = {}
+    for path in [*ROOT.glob("classic_rl/**/*.py"), *ROOT.glob("rlhf_toy/**/*.py")]:
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        graph[name] = set()
+        for node in ast.walk(ast.parse(path.read_text())):  # every import, inside functions too
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ("classic_rl", "rlhf_toy"):
+                graph[name] |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)} - {name}
+    return graph
+
+
+def test_no_import_cycles_and_classic_rl_never_imports_rlhf_toy():
+    graph = module_imports()
+    assert not [(m, d) for m, deps in graph.items() if m.startswith("classic_rl") for d in deps if d.startswith("rlhf_toy")]
+    state = {}
+
+    def visit(module, path):
+        state[module] = "open"
+        for dep in graph.get(module, ()):
+            assert state.get(dep) != "open", f"import cycle: {' -> '.join([*path, dep])}"
+            if dep in graph and dep not in state:
+                visit(dep, [*path, dep])
+        state[module] = "done"
+
+    for module in graph:
+        if module not in state:
+            visit(module, [module])
 
 
 class Counter:
