@@ -23,6 +23,7 @@ second CPU-heavy job distorts every figure.
 
 from __future__ import annotations
 
+import gc
 import json
 import statistics
 import tempfile
@@ -261,6 +262,7 @@ def main() -> None:
                     if "sb3" in args.impls:
                         runs += [("sb3", h, hp) for h in args.sb3_hparams if (hp := sb3_settings(algo, env_id, h, cfg)) is not None]
                     for impl, hparams, hp in runs:
+                        gc.collect()  # neither side pays for collecting what earlier runs left behind
                         if impl == "ours":
                             r = run_ours(algo, cfg)
                         else:
