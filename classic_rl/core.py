@@ -231,12 +231,24 @@ def explained_variance(predicted: Tensor, target: Tensor, mask: Tensor | None = 
     return 1.0 - masked_var(target - predicted, mask) / var_target
 
 
-class KLController:
-    """The KL coefficient beta: fixed, or adapted towards target_kl (Ziegler et al. 2019):
-    beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * n_steps / horizon)."""
+KL_RULES = ("proportional", "doubling")
 
-    def __init__(self, beta: float, target: float | None = None, horizon: int = 10_000):
-        self.value, self.target, self.horizon = beta, target, horizon
+
+class KLController:
+    """The coefficient beta of a KL penalty: fixed (target None), or adapted after each update toward
+    a target KL by one of two rules:
+
+        proportional (Ziegler et al. 2019, RLHF PPO): beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * n / horizon)
+        doubling (Schulman et al. 2017, PPO's KL-penalty variant): beta <- 2 beta if KL > 1.5 target,
+                                                                  beta / 2 if KL < target / 1.5
+
+    n is the number of samples the KL was measured on (completions in RLHF); the doubling rule ignores it.
+    """
+
+    def __init__(self, beta: float, target: float | None = None, horizon: int = 10_000, rule: str = "proportional"):
+        if rule not in KL_RULES:
+            raise ValueError(f"unknown KL controller rule {rule!r}; accepted: {', '.join(KL_RULES)}")
+        self.value, self.target, self.horizon, self.rule = beta, target, horizon, rule
 
     def state_dict(self) -> dict[str, float]:
         return {"value": self.value}
@@ -244,7 +256,14 @@ class KLController:
     def load_state_dict(self, state: dict[str, float]) -> None:
         self.value = state["value"]
 
-    def update(self, kl: float, n_steps: int) -> None:
-        if self.target is not None:
+    def update(self, kl: float, n_steps: int = 0) -> None:
+        if self.target is None:
+            return
+        if self.rule == "doubling":
+            if kl > 1.5 * self.target:
+                self.value *= 2.0
+            elif kl < self.target / 1.5:
+                self.value /= 2.0
+        else:
             error = max(-0.2, min(0.2, kl / self.target - 1.0))
             self.value *= 1.0 + error * n_steps / self.horizon

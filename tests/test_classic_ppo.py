@@ -71,6 +71,25 @@ def test_ppo_learns_cartpole(tmp_path):
     assert summary["solved_at_steps"] is None or summary["solved_at_steps"] <= summary["env_steps"]
 
 
+def test_ppo_with_the_adaptive_kl_penalty_learns_cartpole_and_adapts_beta(tmp_path):
+    cfg = PPOConfig(**{**preset("ppo", "CartPole-v1"), "seed": 2, "target_return": 475, "target_kl": None,
+                       "kl_penalty": "adaptive", "run_dir": str(tmp_path / "run")})
+    summary = run_training("ppo", train, cfg)
+    assert summary["eval_return_mean"] >= 475 and summary["env_steps"] <= 8_192  # measured: 6,144
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    betas = {r["losses/kl_coef"] for r in rows if "losses/kl_coef" in r}
+    assert len(betas) > 1 and betas <= {2.0 ** k for k in range(-8, 9)}  # only doubled and halved from 1
+    assert all(r["losses/clipfrac"] == 0 for r in rows if "losses/clipfrac" in r)  # the penalty replaces the clip
+
+
+def test_a_fixed_kl_penalty_keeps_beta(tmp_path):
+    cfg = PPOConfig(**{**preset("ppo", "CartPole-v1"), "seed": 1, "total_timesteps": 1_024, "target_kl": None,
+                       "kl_penalty": "fixed", "kl_coef": 0.3, "run_dir": str(tmp_path / "run")})
+    run_training("ppo", train, cfg)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {r["losses/kl_coef"] for r in rows if "losses/kl_coef" in r} == {0.3}
+
+
 def test_ppo_with_normalised_observations_and_value_clipping_learns(tmp_path):
     cfg = PPOConfig(**{**preset("ppo", "CartPole-v1"), "seed": 2, "target_return": 300, "normalize_obs": True,
                        "vf_clip": 10.0, "run_dir": str(tmp_path / "run")})
@@ -127,6 +146,7 @@ def run_cli(script, args, monkeypatch, capsys):
     (["--num-envs", "3", "--num-steps", "5", "--num-minibatches", "4"], "does not split into 4 minibatches"),
     (["--gae-lambda", "1.5"], "--gae-lambda in [0, 1]"),
     (["--num-envs", "many"], "invalid int value: 'many'"),
+    (["--kl-penalty", "sometimes"], "unknown --kl-penalty 'sometimes'; accepted: none, fixed, adaptive"),
     (["--no-such-flag", "1"], "unrecognized arguments: --no-such-flag"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, expected, monkeypatch, capsys, tmp_path):

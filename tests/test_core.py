@@ -206,3 +206,19 @@ def test_aggregate_defaults_to_the_token_mean_and_reduces_the_last_axis():
 
 def test_masked_whiten_of_a_constant_is_zero_not_nan():
     close(core.masked_whiten(t(2, 2, 2)), [0.0, 0.0, 0.0])
+
+
+@pytest.mark.parametrize("kl, beta_after", [(0.0151, 2.0), (0.015, 1.0), (0.01, 1.0), (0.0067, 1.0), (0.0066, 0.5)])
+def test_the_doubling_kl_rule_of_the_ppo_paper(kl, beta_after):
+    controller = core.KLController(1.0, target=0.01, rule="doubling")
+    controller.update(kl, n_steps=123)  # the doubling rule ignores how many samples the KL came from
+    assert controller.value == beta_after
+
+
+def test_kl_controller_without_a_target_is_fixed_and_an_unknown_rule_is_refused():
+    fixed = core.KLController(0.3, rule="doubling")
+    fixed.update(10.0)
+    assert fixed.value == 0.3
+    with pytest.raises(ValueError, match="unknown KL controller rule 'pid'; accepted: proportional, doubling"):
+        core.KLController(1.0, 0.01, rule="pid")
+

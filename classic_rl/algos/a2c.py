@@ -105,8 +105,8 @@ def train(cfg: A2CConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
                                      "losses/explained_variance": core.explained_variance(b_values, returns).item()})
         if evaluator.maybe_evaluate(global_step, agent):
             break
-        checkpoints.save_if_due(global_step, model=agent, optimizer=optimizer, vec_env=envs.VecEnvState(vec_env), update=update, global_step=global_step, next_obs=next_obs,
-                                episode_returns=episode_returns)
+        checkpoints.save_if_due(global_step, model=agent, optimizer=optimizer, vec_env=envs.VecEnvState(vec_env),
+                                update=update, global_step=global_step, next_obs=next_obs, episode_returns=episode_returns)
     progress.close()
     vec_env.close()
     return agent, global_step

@@ -6,12 +6,16 @@
         A, R = GAE(rewards, values, dones)
         for each epoch, for each minibatch:
             minimise  clipped policy loss - ent_coef * entropy + vf_coef * value loss
+        (--kl-penalty fixed|adaptive, the paper's other objective: the unclipped surrogate plus
+         beta * KL(old || new) instead of the clip; adaptive: after the update, beta doubles when the
+         batch's KL exceeds 1.5 x kl_penalty_target and halves below kl_penalty_target / 1.5)
 
 All loss math comes from classic_rl.core, the same functions the RLHF trainers call.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -24,6 +28,7 @@ from classic_rl.infra.cli import config_field
 from classic_rl.infra.errors import (
     ConfigError,
     check_finite,
+    require_choice,
     require_discount,
     require_layer_widths,
     require_nonnegative,
@@ -33,6 +38,8 @@ from classic_rl.infra.metrics import RunLogger
 from classic_rl.nets import ActorCritic
 from classic_rl.rollout_buffer import RolloutBuffer
 from classic_rl.training import ClassicConfig, Evaluator, recent_mean
+
+KL_PENALTIES = ("none", "fixed", "adaptive")
 
 
 @dataclass
@@ -53,6 +60,10 @@ class PPOConfig(ClassicConfig):
     vf_coef: float = config_field(0.5, "Value loss coefficient")
     max_grad_norm: float = config_field(0.5, "Global gradient-norm clip")
     target_kl: float | None = config_field(None, "Stop an update's epochs early when approx KL exceeds this")
+    kl_penalty: str = config_field("none", f"Objective: none (the clipped surrogate), or the paper's KL-penalty variant "
+                                           f"with a fixed or adaptive beta: {', '.join(KL_PENALTIES)}")
+    kl_coef: float = config_field(1.0, "Initial beta of the KL penalty (with --kl-penalty fixed or adaptive)")
+    kl_penalty_target: float = config_field(0.01, "Target KL per update of --kl-penalty adaptive (the paper's d_targ)")
     normalize_obs: bool = config_field(False, "Running mean/std observation normalisation (saved with the policy)")
     hidden_sizes: list[int] = config_field([64, 64], "Hidden layer sizes of the actor and of the critic")
 
@@ -71,11 +82,20 @@ class PPOConfig(ClassicConfig):
             raise ConfigError(f"the rollout batch num_envs * num_steps = {self.batch_size} does not split into "
                               f"{self.num_minibatches} minibatches; choose --num-minibatches dividing {self.batch_size}")
         require_layer_widths(self.hidden_sizes)
+        require_choice(kl_penalty=(self.kl_penalty, KL_PENALTIES))
+        require_positive(kl_coef=self.kl_coef, kl_penalty_target=self.kl_penalty_target)
         envs.check_spaces(self.env, "ppo")
 
     @property
     def batch_size(self) -> int:
         return self.num_envs * self.num_steps
+
+
+def rollout_kl(agent: ActorCritic, obs: torch.Tensor, actions: torch.Tensor, old_logprobs: torch.Tensor) -> float:
+    """Mean KL(old || new) over a rollout `[batch]` after its update (the k3 estimate), for the adaptive beta."""
+    with torch.no_grad():
+        _, logprob, _, _ = agent.get_action_and_value(obs, actions)
+    return core.kl_estimate(old_logprobs, logprob, "k3").mean().item()
 
 
 def train(cfg: PPOConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: Checkpoints) -> tuple[ActorCritic, int]:
@@ -85,13 +105,16 @@ def train(cfg: PPOConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
     agent = ActorCritic(obs_dim, n_actions, cfg.hidden_sizes, cfg.normalize_obs)
     optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5, fused=True)
 
+    kl_ctl = None if cfg.kl_penalty == "none" else core.KLController(
+        cfg.kl_coef, cfg.kl_penalty_target if cfg.kl_penalty == "adaptive" else None, rule="doubling")
+    clip = cfg.clip_coef if kl_ctl is None else math.inf  # the KL-penalty variant replaces the clip
     buffer = RolloutBuffer(cfg.num_steps, cfg.num_envs, obs_dim)
     num_updates = max(1, cfg.total_timesteps // cfg.batch_size)
     minibatch_size = cfg.batch_size // cfg.num_minibatches
 
     next_obs = agent.normalize(vec_env.reset(seed=cfg.seed)[0], update=True)
     global_step, episode_returns, episode_lengths, first_update = 0, [], [], 1
-    if resumed := checkpoints.restore(model=agent, optimizer=optimizer, vec_env=envs.VecEnvState(vec_env)):
+    if resumed := checkpoints.restore(model=agent, optimizer=optimizer, vec_env=envs.VecEnvState(vec_env), kl_ctl=kl_ctl):
         next_obs, global_step, first_update = resumed["next_obs"], resumed["global_step"], resumed["update"] + 1
         episode_returns, episode_lengths = resumed["episode_returns"], resumed["episode_lengths"]
     progress = tqdm(total=num_updates * cfg.batch_size, initial=global_step, unit="step", desc=f"ppo {cfg.env}", mininterval=1.0)
@@ -115,7 +138,9 @@ def train(cfg: PPOConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
             for mb in torch.randperm(cfg.batch_size).split(minibatch_size):
                 _, new_logprob, entropy, new_value = agent.get_action_and_value(b_obs[mb], b_actions[mb])
                 mb_advantages = core.masked_whiten(b_advantages[mb]) if cfg.norm_adv else b_advantages[mb]
-                pg_loss, stats = core.policy_loss(new_logprob, b_logprobs[mb], mb_advantages, cfg.clip_coef)
+                pg_loss, stats = core.policy_loss(new_logprob, b_logprobs[mb], mb_advantages, clip)
+                if kl_ctl is not None:
+                    pg_loss = pg_loss + kl_ctl.value * core.kl_estimate(b_logprobs[mb], new_logprob, "k3").mean()
                 v_loss = core.value_loss(new_value, b_values[mb], b_returns[mb], clip=cfg.vf_clip)
                 entropy_loss = entropy.mean()
                 loss = pg_loss + cfg.vf_coef * v_loss
@@ -128,6 +153,8 @@ def train(cfg: PPOConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
                 optimizer.step()
             if cfg.target_kl is not None and stats["approx_kl"] > cfg.target_kl:
                 break
+        if kl_ctl is not None:
+            kl_ctl.update(rollout_kl(agent, b_obs, b_actions, b_logprobs))
         update_s = time.perf_counter() - update_start
 
         progress.update(cfg.batch_size)
@@ -147,10 +174,12 @@ def train(cfg: PPOConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
             "losses/epochs": epoch,  # fewer than update_epochs when target_kl stopped the update
             "time/rollout_s": rollout_s,
             "time/update_s": update_s,
+            **({"losses/kl_coef": kl_ctl.value} if kl_ctl is not None else {}),
         })
         if evaluator.maybe_evaluate(global_step, agent):
             break
-        checkpoints.save_if_due(global_step, model=agent, optimizer=optimizer, vec_env=envs.VecEnvState(vec_env), update=update, global_step=global_step, next_obs=next_obs,
+        checkpoints.save_if_due(global_step, model=agent, optimizer=optimizer, vec_env=envs.VecEnvState(vec_env),
+                                kl_ctl=kl_ctl, update=update, global_step=global_step, next_obs=next_obs,
                                 episode_returns=episode_returns, episode_lengths=episode_lengths)
     progress.close()
     vec_env.close()
