@@ -2,7 +2,7 @@
 
 Listed in the order a course would teach them, from search to PPO."""
 
-from classic_rl.algos import a2c, dqn, ppo, reinforce, search, tabular, vpg
+from classic_rl.algos import a2c, dqn, ppo, reinforce, search, tabular, trpo, vpg
 
 ALGOS = {
     "random_search": (search.SearchConfig, search.train_random_search),
@@ -15,5 +15,6 @@ ALGOS = {
     "vpg": (vpg.VPGConfig, vpg.train),
     "a2c": (a2c.A2CConfig, a2c.train),
     "dqn": (dqn.DQNConfig, dqn.train),
+    "trpo": (trpo.TRPOConfig, trpo.train),
     "ppo": (ppo.PPOConfig, ppo.train),
 }
