@@ -2,7 +2,7 @@
 
 Listed in the order a course would teach them, from search to PPO."""
 
-from classic_rl.algos import a2c, dqn, ppo, reinforce, search, tabular, trpo, vpg
+from classic_rl.algos import a2c, a3c, dqn, ppo, reinforce, search, tabular, trpo, vpg
 
 ALGOS = {
     "random_search": (search.SearchConfig, search.train_random_search),
@@ -14,6 +14,7 @@ ALGOS = {
     "reinforce": (reinforce.ReinforceConfig, reinforce.train),
     "vpg": (vpg.VPGConfig, vpg.train),
     "a2c": (a2c.A2CConfig, a2c.train),
+    "a3c": (a3c.A3CConfig, a3c.train),
     "dqn": (dqn.DQNConfig, dqn.train),
     "trpo": (trpo.TRPOConfig, trpo.train),
     "ppo": (ppo.PPOConfig, ppo.train),

@@ -58,12 +58,37 @@ class A2CConfig(ClassicConfig):
         envs.check_spaces(self.env, "a2c")
 
 
+def rmsprop(params, learning_rate: float) -> torch.optim.RMSprop:
+    """RMSprop as in the A3C paper and SB3 (alpha 0.99, eps 1e-5)."""
+    return torch.optim.RMSprop(params, lr=learning_rate, alpha=0.99, eps=1e-5)
+
+
+def gradient_of_the_rollout(agent: ActorCritic, buffer: RolloutBuffer, next_obs: torch.Tensor, cfg: A2CConfig,
+                            global_step: int) -> dict[str, float]:
+    """Fill agent's .grad (clipped) with the gradient of the actor-critic loss on the buffer's rollout:
+    -mean(log pi(a|s) A) + vf_coef * value loss - ent_coef * entropy. Returns the losses for logging, as
+    0-d tensors (read only when logged: .item() on every 40-step update would cost more than the update)."""
+    advantages, returns = buffer.advantages(agent, next_obs, cfg.gamma, cfg.gae_lambda)
+    if cfg.norm_adv:
+        advantages = core.masked_whiten(advantages)
+    b_obs, b_actions, _, b_values = buffer.flat()
+    _, logprob, entropy, value = agent.get_action_and_value(b_obs, b_actions)
+    pg_loss = -(logprob * advantages).mean()
+    v_loss = core.value_loss(value, b_values, returns)
+    loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy.mean()
+    check_finite(global_step, policy_loss=pg_loss, value_loss=v_loss)
+    agent.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
+    return {"losses/policy_loss": pg_loss.detach(), "losses/value_loss": v_loss.detach(), "losses/entropy": entropy.detach().mean(),
+            "losses/explained_variance": core.explained_variance(b_values, returns)}
+
+
 def train(cfg: A2CConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: Checkpoints) -> tuple[ActorCritic, int]:
     obs_dim, n_actions = envs.check_spaces(cfg.env, "a2c")
     vec_env = envs.make_vec_env(cfg.env, cfg.num_envs)
     agent = ActorCritic(obs_dim, n_actions, cfg.hidden_sizes, shared=cfg.shared)
-    # RMSprop as in the A3C paper and SB3 (alpha 0.99, eps 1e-5)
-    optimizer = torch.optim.RMSprop(agent.parameters(), lr=cfg.learning_rate, alpha=0.99, eps=1e-5)
+    optimizer = rmsprop(agent.parameters(), cfg.learning_rate)
     buffer = RolloutBuffer(cfg.num_steps, cfg.num_envs, obs_dim)
     batch_size = cfg.num_envs * cfg.num_steps
     num_updates = max(1, cfg.total_timesteps // batch_size)
@@ -80,19 +105,7 @@ def train(cfg: A2CConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
         next_obs, finished = buffer.collect(agent, vec_env, next_obs, cfg.gamma)
         episode_returns += [r for r, _ in finished]
         global_step += batch_size
-        advantages, returns = buffer.advantages(agent, next_obs, cfg.gamma, cfg.gae_lambda)
-        if cfg.norm_adv:
-            advantages = core.masked_whiten(advantages)
-
-        b_obs, b_actions, b_logprobs, b_values = buffer.flat()
-        _, logprob, entropy, value = agent.get_action_and_value(b_obs, b_actions)
-        pg_loss = -(logprob * advantages).mean()
-        v_loss = core.value_loss(value, b_values, returns)
-        loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy.mean()
-        check_finite(global_step, policy_loss=pg_loss, value_loss=v_loss)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
+        stats = gradient_of_the_rollout(agent, buffer, next_obs, cfg, global_step)
         optimizer.step()
 
         progress.update(batch_size)
@@ -100,9 +113,7 @@ def train(cfg: A2CConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
             progress.set_postfix(ret=f"{recent_mean(episode_returns):.1f}", refresh=False)
             logger.log(global_step, {"charts/episodic_return": recent_mean(episode_returns),
                                      "charts/SPS": global_step / logger.elapsed(),
-                                     "losses/policy_loss": pg_loss.item(), "losses/value_loss": v_loss.item(),
-                                     "losses/entropy": entropy.mean().item(),
-                                     "losses/explained_variance": core.explained_variance(b_values, returns).item()})
+                                     **stats})
         if evaluator.maybe_evaluate(global_step, agent):
             break
         checkpoints.save_if_due(global_step, model=agent, optimizer=optimizer, vec_env=envs.VecEnvState(vec_env),
