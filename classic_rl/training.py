@@ -94,7 +94,7 @@ def run_training(algo: str, train_fn, cfg: ClassicConfig) -> dict[str, Any]:
     resumable = "checkpoints" in inspect.signature(train_fn).parameters
     if (cfg.save_every or cfg.resume) and not resumable:
         raise ConfigError(f"{algo} has no checkpoints (it trains in seconds to minutes); --save-every and --resume "
-                          "are accepted by ppo, a2c and dqn")
+                          "are accepted by ppo, trpo, a2c, a3c, vpg and dqn")
     run_dir, checkpoints = start_run(cfg, algo=algo)
     logger = RunLogger(run_dir)
     evaluator = Evaluator(cfg, logger)

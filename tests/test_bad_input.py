@@ -7,7 +7,7 @@ import pytest
 
 from tests.conftest import run_script
 
-SCRIPTS = ["train_classic.py", "evaluate_classic.py", "bench_classic.py", "make_data.py", "pretrain.py", "sample.py",
+SCRIPTS = ["train_classic.py", "evaluate_classic.py", "bench_classic.py", "compare_critics.py", "make_data.py", "pretrain.py", "sample.py",
            "train_reward_model.py", "train_rlhf.py", "bench_rlhf.py"]
 
 
@@ -36,6 +36,7 @@ CASES = {
         ("train_classic.py", ["--learning-rate", "fast"], "invalid float value: 'fast'"),
         ("evaluate_classic.py", ["{dir}/classic_run", "--episodes", "ten"], "invalid int value: 'ten'"),
         ("bench_classic.py", ["--seeds", "three"], "invalid int value: 'three'"),
+        ("compare_critics.py", ["--lambdas", "one"], "invalid float value: 'one'"),
         ("make_data.py", ["--seed", "x"], "invalid int value: 'x'"),
         ("pretrain.py", ["--max-steps", "1.5"], "invalid int value: '1.5'"),
         ("sample.py", ["--n", "all"], "invalid int value: 'all'"),
@@ -46,6 +47,7 @@ CASES = {
     "unknown name": [
         ("train_classic.py", ["--algo", "sac"], "unknown --algo 'sac'; accepted: random_search"),
         ("train_classic.py", ["--env", "CartPol-v1"], "unknown env id 'CartPol-v1': did you mean CartPole-v1"),
+        ("compare_critics.py", ["--algo", "ppo"], "argument --algo: invalid choice: 'ppo' (choose from 'vpg', 'a2c')"),
         ("bench_classic.py", ["--algos", "sac"], "unknown --algos ['sac']; accepted: all, random_search"),
         ("bench_classic.py", ["--impls", "trl"], "invalid choice: 'trl' (choose from 'ours', 'sb3')"),
         ("pretrain.py", ["--preset", "huge"], "unknown --preset 'huge'; accepted: nano, tiny, small"),
@@ -59,6 +61,7 @@ CASES = {
         ("train_classic.py", ["--gamma", "1.5"], "--gamma"),
         ("evaluate_classic.py", ["{dir}/classic_run", "--episodes", "0"], "--episodes must be > 0, got 0"),
         ("bench_classic.py", ["--seeds", "0"], "--seeds must be > 0, got 0"),
+        ("compare_critics.py", ["--lambdas", "1.5"], "--gae-lambda in [0, 1], got 0.99 and 1.5"),
         ("pretrain.py", ["--batch-size", "0"], "--batch-size must be > 0, got 0"),
         ("sample.py", ["--model", "{nano}", "--temperature", "-1"], "--temperature >= 0"),
         ("train_reward_model.py", ["--label-noise", "0.7"], "--label-noise must be in [0, 0.5)"),
@@ -86,7 +89,7 @@ CASES = {
         ("train_rlhf.py", ["--prompts", "{dir}/not_json.jsonl"], "line 1 is not valid JSON"),
     ],
     "taken run folder": [(s, ["--run-dir", "{dir}/taken"], "run dir {dir}/taken already holds files; pass --overwrite")
-                         for s in ("train_classic.py", "pretrain.py", "train_reward_model.py", "train_rlhf.py")],
+                         for s in ("train_classic.py", "pretrain.py", "train_reward_model.py", "train_rlhf.py", "compare_critics.py")],
 }
 
 

@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from classic_rl.algos import a2c, dqn
+from classic_rl.algos import a2c, dqn, vpg
 from classic_rl.infra.errors import NonFiniteError
 from classic_rl.training import run_training
 from tests.conftest import comparable_metrics, kill_after_first_checkpoint, run_script
@@ -38,9 +38,10 @@ def test_ppo_killed_or_interrupted_then_resumed_matches_an_uninterrupted_run(sig
 @pytest.mark.parametrize("module, fields", [
     (a2c, dict(total_timesteps=4_000, eval_every=1_000)),
     (dqn, dict(total_timesteps=3_000, eval_every=1_000, learning_starts=500, train_frequency=100, gradient_steps=20)),
+    (vpg, dict(total_timesteps=3_000, eval_every=1_000, episodes_per_epoch=2)),
 ])
 def test_resuming_from_an_earlier_checkpoint_replays_the_same_run(module, fields, tmp_path):
-    config_cls = {a2c: a2c.A2CConfig, dqn: dqn.DQNConfig}[module]
+    config_cls = {a2c: a2c.A2CConfig, dqn: dqn.DQNConfig, vpg: vpg.VPGConfig}[module]
     cfg = config_cls(env="CartPole-v1", seed=2, eval_episodes=3, save_every=1_000, keep_checkpoints=10,
                      run_dir=str(tmp_path / "run"), **fields)
     first = run_training("algo", module.train, cfg)
@@ -66,9 +67,9 @@ def test_non_finite_loss_stops_with_the_step_and_the_last_good_checkpoint(tmp_pa
 
 
 def test_save_every_is_refused_by_algorithms_without_checkpoints(tmp_path, monkeypatch, capsys):
-    code, _, err = run_script("train_classic.py", ["--algo", "vpg", "--save-every", "100", "--run-dir", str(tmp_path / "r")],
+    code, _, err = run_script("train_classic.py", ["--algo", "reinforce", "--save-every", "100", "--run-dir", str(tmp_path / "r")],
                               monkeypatch, capsys)
-    assert code == 2 and "accepted by ppo, a2c and dqn" in err
+    assert code == 2 and "accepted by ppo, trpo, a2c, a3c, vpg and dqn" in err
 
 
 def test_resume_without_a_checkpoint_and_resume_with_overwrite_are_refused(tmp_path, monkeypatch, capsys):

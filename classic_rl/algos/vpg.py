@@ -13,12 +13,14 @@ so the gradient is far less noisy; unlike A2C and PPO it uses whole episodes, on
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from classic_rl import core, envs
+from classic_rl.infra.checkpoints import Checkpoints
 from classic_rl.infra.cli import config_field
 from classic_rl.infra.errors import require_discount, require_layer_widths, require_positive
 from classic_rl.infra.metrics import RunLogger
@@ -55,7 +57,7 @@ def episode_advantages(agent: ActorCritic, episode: envs.Episode, gamma: float, 
     return core.gae(torch.as_tensor(episode.rewards, dtype=torch.float32), values, torch.zeros_like(values), last_value, gamma, gae_lambda)
 
 
-def train(cfg: VPGConfig, logger: RunLogger, evaluator: Evaluator) -> tuple[ActorCritic, int]:
+def train(cfg: VPGConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: Checkpoints) -> tuple[ActorCritic, int]:
     obs_dim, n_actions = envs.check_spaces(cfg.env, "vpg")
     agent = ActorCritic(obs_dim, n_actions, cfg.hidden_sizes)
     policy_optimizer = torch.optim.Adam(agent.actor.parameters(), lr=cfg.policy_lr)
@@ -63,6 +65,10 @@ def train(cfg: VPGConfig, logger: RunLogger, evaluator: Evaluator) -> tuple[Acto
     env = envs.make_env(cfg.env)
     env.reset(seed=cfg.seed)
     global_step, episode_returns = 0, []
+    # epochs hold whole episodes, so between them the env's state is its RNG alone
+    if resumed := checkpoints.restore(model=agent, policy_optimizer=policy_optimizer, value_optimizer=value_optimizer):
+        env.unwrapped.np_random.bit_generator.state = json.loads(resumed["env_rng"])
+        global_step, episode_returns = resumed["global_step"], resumed["episode_returns"]
     while global_step < cfg.total_timesteps:
         batch = [envs.play_episode(env, lambda o: agent.act(o, deterministic=False)) for _ in range(cfg.episodes_per_epoch)]
         obs = torch.as_tensor(np.concatenate([b.observations for b in batch]), dtype=torch.float32)
@@ -87,5 +93,8 @@ def train(cfg: VPGConfig, logger: RunLogger, evaluator: Evaluator) -> tuple[Acto
                                  "losses/value_loss": value_loss.item(), "losses/entropy": entropy.mean().item()})
         if evaluator.maybe_evaluate(global_step, agent):
             break
+        checkpoints.save_if_due(global_step, model=agent, policy_optimizer=policy_optimizer, value_optimizer=value_optimizer,
+                                env_rng=json.dumps(env.unwrapped.np_random.bit_generator.state), global_step=global_step,
+                                episode_returns=episode_returns)
     env.close()
     return agent, global_step
