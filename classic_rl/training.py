@@ -10,14 +10,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from classic_rl import envs
 from classic_rl.infra.cli import config_field
-from classic_rl.infra.errors import ConfigError, NonFiniteError, require_nonnegative, require_positive
+from classic_rl.infra.errors import (
+    ConfigError,
+    NonFiniteError,
+    require_choice,
+    require_nonnegative,
+    require_positive,
+)
 from classic_rl.infra.metrics import RunLogger
 from classic_rl.infra.plots import plot_lines
 from classic_rl.infra.run_folder import RunFields, start_run, write_json
 from classic_rl.nets import SavableModule, save_agent
+
+EVAL_MODES = ("greedy", "sample")
 
 
 @dataclass
@@ -31,7 +40,9 @@ class ClassicConfig(RunFields):
         None, "Stop as soon as an evaluation's mean return reaches this (default: train for total_timesteps; "
         "solved_at_* still uses the env's registered reward threshold)")
     eval_every: int = config_field(10_000, "Evaluate every this many env steps (0 disables periodic evaluation)")
-    eval_episodes: int = config_field(10, "Episodes per evaluation, run side by side with the greedy policy")
+    eval_episodes: int = config_field(10, "Episodes per evaluation, run side by side")
+    eval_mode: str = config_field("greedy", f"How evaluation acts: {', '.join(EVAL_MODES)} (sample draws from the policy, as "
+                                            "the tutorials report; value-based agents always act greedily)")
     torch_threads: int = config_field(1, "torch.set_num_threads: small MLPs on CPU are fastest with 1")
     run_dir: str = config_field("runs/classic", "Folder for config.json, metrics.jsonl, summary.json, plots, policy")
 
@@ -40,11 +51,22 @@ class ClassicConfig(RunFields):
         super().__post_init__()
         require_positive(total_timesteps=self.total_timesteps, eval_episodes=self.eval_episodes, torch_threads=self.torch_threads)
         require_nonnegative(eval_every=self.eval_every)
+        require_choice(eval_mode=(self.eval_mode, EVAL_MODES))
 
     @property
     def solved_threshold(self) -> float | None:
         """The return that counts as solved: --target-return, else the env's reward_threshold."""
         return self.target_return if self.target_return is not None else envs.check_env_id(self.env).reward_threshold
+
+
+def policy_returns(model: SavableModule, env_id: str, episodes: int, seed: int, mode: str = "greedy") -> np.ndarray:
+    """Returns `[episodes]` of model acting greedily, or sampling its actions from a torch RNG stream of its
+    own (seeded from seed), so that a sampled evaluation neither depends on training's RNG nor moves it."""
+    if mode == "greedy":
+        return envs.play_episodes(model.act, env_id, episodes, seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return envs.play_episodes(lambda obs: model.act(obs, deterministic=False), env_id, episodes, seed)
 
 
 class Evaluator:
@@ -74,7 +96,8 @@ class Evaluator:
         return self.evaluate(env_steps, model)
 
     def evaluate(self, env_steps: int, model: SavableModule) -> bool:
-        returns = envs.play_episodes(model.act, self.cfg.env, self.cfg.eval_episodes, seed=self.cfg.seed + 10_000 * (len(self.history) + 1))
+        returns = policy_returns(model, self.cfg.env, self.cfg.eval_episodes, self.cfg.seed + 10_000 * (len(self.history) + 1),
+                                 self.cfg.eval_mode)
         record = {"env_steps": env_steps, "wall_s": self.logger.elapsed(), "mean": float(returns.mean()), "std": float(returns.std())}
         self.history.append(record)
         self.logger.log(env_steps, {"eval/return_mean": record["mean"], "eval/return_std": record["std"]})
@@ -113,6 +136,7 @@ def run_training(algo: str, train_fn, cfg: ClassicConfig) -> dict[str, Any]:
         summary = {
             "algo": algo, "env": cfg.env, "seed": cfg.seed, "env_steps": env_steps, "wall_s": wall_s,
             "eval_return_mean": final["mean"], "eval_return_std": final["std"], "eval_episodes": cfg.eval_episodes,
+            "eval_mode": cfg.eval_mode,
             "solved_threshold": cfg.solved_threshold,
             "solved_at_steps": evaluator.solved_at_steps, "solved_at_s": evaluator.solved_at_s,
             "steps_per_s": env_steps / wall_s,

@@ -16,6 +16,7 @@ from classic_rl.infra.cli import cli, script_parser
 from classic_rl.infra.errors import ConfigError
 from classic_rl.infra.run_folder import atomic_write
 from classic_rl.nets import load_agent
+from classic_rl.training import EVAL_MODES, policy_returns
 
 
 def record_episode(model, env_id: str, seed: int, path: Path, max_frames: int = 1000) -> tuple[float, int]:
@@ -40,6 +41,7 @@ def main() -> None:
     parser.add_argument("run_dir", help="A folder written by scripts/train_classic.py")
     parser.add_argument("--episodes", type=int, default=10, help="Evaluation episodes (run side by side)")
     parser.add_argument("--seed", type=int, default=12345, help="Seed of the evaluation episodes")
+    parser.add_argument("--eval-mode", choices=EVAL_MODES, default="greedy", help="Act greedily or sample the policy's actions")
     parser.add_argument("--video", action="store_true", help="Also write RUN_DIR/episode.gif of one greedy episode")
     args = parser.parse_args()
     run_dir = Path(args.run_dir)
@@ -54,8 +56,8 @@ def main() -> None:
         raise ConfigError(f"{config_path} is not a config written by scripts/train_classic.py (no JSON with an env)") from None
     torch.set_num_threads(1)
     model = load_agent(run_dir / "policy.safetensors")
-    returns = envs.play_episodes(model.act, env_id, args.episodes, seed=args.seed)
-    print(f"{env_id}: greedy return {returns.mean():.1f} +- {returns.std():.1f} over {args.episodes} episodes "
+    returns = policy_returns(model, env_id, args.episodes, args.seed, args.eval_mode)
+    print(f"{env_id}: {args.eval_mode} return {returns.mean():.1f} +- {returns.std():.1f} over {args.episodes} episodes "
           f"(min {returns.min():.1f}, max {returns.max():.1f})")
     if args.video:
         total, frames = record_episode(model, env_id, args.seed, run_dir / "episode.gif")

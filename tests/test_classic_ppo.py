@@ -147,6 +147,7 @@ def run_cli(script, args, monkeypatch, capsys):
     (["--gae-lambda", "1.5"], "--gae-lambda in [0, 1]"),
     (["--num-envs", "many"], "invalid int value: 'many'"),
     (["--kl-penalty", "sometimes"], "unknown --kl-penalty 'sometimes'; accepted: none, fixed, adaptive"),
+    (["--eval-mode", "best"], "unknown --eval-mode 'best'; accepted: greedy, sample"),
     (["--no-such-flag", "1"], "unrecognized arguments: --no-such-flag"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, expected, monkeypatch, capsys, tmp_path):

@@ -8,7 +8,7 @@ from classic_rl import envs
 from classic_rl.algos import a2c, vpg
 from classic_rl.infra.errors import ConfigError
 from classic_rl.nets import ActorCritic, load_agent
-from classic_rl.training import run_training
+from classic_rl.training import policy_returns, run_training
 
 
 class ConstantValue(ActorCritic):
@@ -56,3 +56,22 @@ def test_shared_network_has_one_trunk_and_two_heads():
 def test_policy_gradients_reject_continuous_actions(config_cls):
     with pytest.raises(ConfigError, match="needs a discrete action space but Pendulum-v1"):
         config_cls(env="Pendulum-v1")
+
+
+def test_sampled_evaluation_draws_from_the_policy_with_its_own_rng_stream():
+    policy = ActorCritic(obs_dim=4, n_actions=2, hidden_sizes=[8])
+    with torch.no_grad():
+        for p in policy.actor.parameters():
+            p.zero_()  # uniform over both actions: greedy always pushes left, sampling wobbles longer
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    sampled = policy_returns(policy, "CartPole-v1", 50, seed=3, mode="sample")
+    assert torch.equal(torch.get_rng_state(), before)  # training's RNG did not move
+    greedy = policy_returns(policy, "CartPole-v1", 50, seed=3, mode="greedy")
+    assert greedy.max() <= 11 and sampled.mean() > 15  # always-left falls in ~9 steps; random play lasts ~22
+    np.testing.assert_array_equal(sampled, policy_returns(policy, "CartPole-v1", 50, seed=3, mode="sample"))
+
+
+def test_summary_records_the_eval_mode(tmp_path):
+    cfg = vpg.VPGConfig(env="CartPole-v1", total_timesteps=500, eval_every=0, eval_mode="sample", run_dir=str(tmp_path / "r"))
+    assert run_training("vpg", vpg.train, cfg)["eval_mode"] == "sample"
