@@ -78,8 +78,7 @@ class Run:
     def save_checkpoint(self, step: int) -> Path:
         """checkpoints/step-N/: the policy as save_pretrained; state.pt with the optimizer, the critic, the KL
         coefficient, the logger and the RNG states (prompt order is a function of the step)."""
-        return self.checkpoints.save(step, model_writer(self.accelerator.unwrap_model(self.policy), self.tokenizer),
-                                     optimizer=self.optimizer)
+        return self.checkpoints.save(step, model_writer(self.accelerator.unwrap_model(self.policy), self.tokenizer))
 
 
 def train(cfg: RLHFConfig) -> dict[str, Any]:
@@ -132,8 +131,8 @@ def set_up(cfg: RLHFConfig) -> Run:
         params += [p for p in critic.parameters() if all(p is not q for q in params)]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
     logger = RunLogger(run_dir) if accelerator.is_main_process else None
-    checkpoints.track(logger=logger, critic=critic, kl_ctl=kl_ctl)
-    checkpoints.restore(optimizer=optimizer)
+    checkpoints.track(optimizer=optimizer, logger=logger, critic=critic, kl_ctl=kl_ctl)  # accelerate wraps, not copies, it
+    checkpoints.restore()
     policy, optimizer = accelerator.prepare(policy, optimizer)
     critic = critic.to(accelerator.device) if critic is not None else None
     ref_model = ref_model.to(accelerator.device) if ref_model is not None else None

@@ -155,7 +155,9 @@ def test_save_keeps_the_newest_and_resume_restores_objects_values_and_rng_last(t
 
 
 def test_a_fresh_run_restores_nothing_and_resume_without_a_checkpoint_is_refused(tmp_path):
-    assert Checkpoints(tmp_path).restore(counter=Counter()) is None
+    fresh = Checkpoints(tmp_path)
+    fresh.track(counter=Counter())
+    assert fresh.restore() is None
     with pytest.raises(ConfigError, match="--resume found no checkpoint in .*; start the run with --save-every N"):
         Checkpoints(tmp_path, resume=True)
 

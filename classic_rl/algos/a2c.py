@@ -95,7 +95,8 @@ def train(cfg: A2CConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
 
     next_obs = agent.normalize(vec_env.reset(seed=cfg.seed)[0])
     global_step, episode_returns, first_update = 0, [], 1
-    if resumed := checkpoints.restore(model=agent, optimizer=optimizer, vec_env=envs.VecEnvState(vec_env)):
+    checkpoints.track(model=agent, optimizer=optimizer, vec_env=envs.VecEnvState(vec_env))
+    if resumed := checkpoints.restore():
         next_obs, global_step, first_update = resumed["next_obs"], resumed["global_step"], resumed["update"] + 1
         episode_returns = resumed["episode_returns"]
     progress = tqdm(total=num_updates * batch_size, initial=global_step, unit="step", desc=f"a2c {cfg.env}", mininterval=1.0)
@@ -116,8 +117,8 @@ def train(cfg: A2CConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
                                      **stats})
         if evaluator.maybe_evaluate(global_step, agent):
             break
-        checkpoints.save_if_due(global_step, model=agent, optimizer=optimizer, vec_env=envs.VecEnvState(vec_env),
-                                update=update, global_step=global_step, next_obs=next_obs, episode_returns=episode_returns)
+        checkpoints.save_if_due(global_step, update=update, global_step=global_step, next_obs=next_obs,
+                                episode_returns=episode_returns)
     progress.close()
     vec_env.close()
     return agent, global_step

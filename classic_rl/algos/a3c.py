@@ -110,7 +110,8 @@ def train(cfg: A3CConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
     obs_dim, n_actions = envs.check_spaces(cfg.env, "a3c")
     model = ActorCritic(obs_dim, n_actions, cfg.hidden_sizes, shared=cfg.shared).share_memory()
     statistics = SharedRMSprop(model)
-    resumed = checkpoints.restore(model=model, optimizer=statistics)
+    checkpoints.track(model=model, optimizer=statistics)
+    resumed = checkpoints.restore()
     steps_done, stop, episodes = CONTEXT.Value("q", resumed["global_step"] if resumed else 0), CONTEXT.Event(), CONTEXT.Queue()
     episode_returns = resumed["episode_returns"] if resumed else []
     workers = [CONTEXT.Process(target=worker, args=(rank, cfg, model, statistics, steps_done, stop, episodes), daemon=True)
@@ -132,8 +133,7 @@ def train(cfg: A3CConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
             if evaluator.maybe_evaluate(global_step, model):
                 break
             if checkpoints.due(global_step):
-                checkpoints.save(global_step, model=model, optimizer=statistics, global_step=global_step,
-                                 episode_returns=episode_returns)
+                checkpoints.save(global_step, global_step=global_step, episode_returns=episode_returns)
                 checkpoints.stop_if_requested(global_step)
     finally:
         stop.set()

@@ -103,13 +103,13 @@ class ReplayBuffer:
     def state_dict(self) -> dict:
         """Contents, position and sampling RNG, for checkpoints (tensors and strings only)."""
         arrays = {name: torch.from_numpy(getattr(self, name)[: self.size].copy()) for name in self.FIELDS}
-        return {**arrays, "size": self.size, "cursor": self.cursor, "rng": json.dumps(self.rng.bit_generator.state)}
+        return {**arrays, "size": self.size, "cursor": self.cursor, "rng": self.rng.bit_generator.state}
 
     def load_state_dict(self, state: dict) -> None:
         self.size, self.cursor = state["size"], state["cursor"]
         for name in self.FIELDS:
             getattr(self, name)[: self.size] = state[name].numpy()
-        self.rng.bit_generator.state = json.loads(state["rng"])
+        self.rng.bit_generator.state = state["rng"]
 
     def sample(self, batch_size: int, beta: float = 1.0) -> tuple[np.ndarray, tuple[torch.Tensor, ...], torch.Tensor | None]:
         """(slots, (obs, actions, returns, next_obs, discounts), importance weights or None for uniform sampling)."""
@@ -143,12 +143,9 @@ class PrioritizedReplayBuffer(ReplayBuffer):
     def set_priorities(self, slots: np.ndarray, priorities: np.ndarray) -> None:
         nodes = slots + self.leaves
         self.tree[nodes] = priorities
-        nodes = np.unique(nodes // 2)
-        while nodes[0] >= 1:
-            self.tree[nodes] = self.tree[2 * nodes] + self.tree[2 * nodes + 1]
-            if nodes[0] == 1:
-                break
+        while nodes[0] > 1:  # every leaf is at the same depth: up one level at a time to the root
             nodes = np.unique(nodes // 2)
+            self.tree[nodes] = self.tree[2 * nodes] + self.tree[2 * nodes + 1]
 
     def sample(self, batch_size: int, beta: float = 1.0) -> tuple[np.ndarray, tuple[torch.Tensor, ...], torch.Tensor]:
         total = self.tree[1]
@@ -243,9 +240,10 @@ def train(cfg: DQNConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
 
     obs, _ = vec_env.reset(seed=cfg.seed)
     returns, global_step = [], 0
-    if resumed := checkpoints.restore(model=q_network, optimizer=optimizer, vec_env=envs.VecEnvState(vec_env),
-                                      target_network=target_network, buffer=buffer, transitions=transitions):
-        rng.bit_generator.state = json.loads(resumed["explore_rng"])
+    checkpoints.track(model=q_network, optimizer=optimizer, vec_env=envs.VecEnvState(vec_env), target_network=target_network,
+                      buffer=buffer, transitions=transitions)
+    if resumed := checkpoints.restore():
+        rng.bit_generator.state = resumed["explore_rng"]
         obs, returns, global_step = resumed["obs"].numpy(), resumed["returns"], resumed["global_step"]
     progress = tqdm(total=cfg.total_timesteps, initial=global_step, unit="step", desc=f"dqn {cfg.env}", mininterval=1.0)
     while global_step < cfg.total_timesteps:
@@ -290,10 +288,8 @@ def train(cfg: DQNConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
                     target.lerp_(online, cfg.tau)
         if evaluator.maybe_evaluate(global_step, q_network):
             break
-        checkpoints.save_if_due(global_step, model=q_network, optimizer=optimizer, vec_env=envs.VecEnvState(vec_env),
-                                target_network=target_network, buffer=buffer, transitions=transitions,
-                                explore_rng=json.dumps(rng.bit_generator.state),
-                                obs=torch.from_numpy(obs), returns=returns, global_step=global_step)
+        checkpoints.save_if_due(global_step, explore_rng=rng.bit_generator.state, obs=torch.from_numpy(obs), returns=returns,
+                                global_step=global_step)
     progress.close()
     vec_env.close()
     return q_network, global_step

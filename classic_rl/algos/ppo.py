@@ -98,6 +98,45 @@ def rollout_kl(agent: ActorCritic, obs: torch.Tensor, actions: torch.Tensor, old
     return core.kl_estimate(old_logprobs, logprob, "k3").mean().item()
 
 
+def update_policy(agent: ActorCritic, optimizer: torch.optim.Optimizer, buffer: RolloutBuffer, advantages: torch.Tensor,
+                  returns: torch.Tensor, kl_ctl: core.KLController | None, cfg: PPOConfig, global_step: int) -> dict[str, float]:
+    """update_epochs passes of minibatch steps over one rollout (cut short once approx KL passes target_kl),
+    then the adaptive beta's step; returns the last minibatch's losses and statistics for the log."""
+    clip = cfg.clip_coef if kl_ctl is None else math.inf  # the KL-penalty variant replaces the clip
+    b_obs, b_actions, b_logprobs, b_values = buffer.flat()
+    for epoch in range(1, cfg.update_epochs + 1):  # noqa: B007 (read after the loop)
+        for mb in torch.randperm(cfg.batch_size).split(cfg.batch_size // cfg.num_minibatches):
+            _, new_logprob, entropy, new_value = agent.get_action_and_value(b_obs[mb], b_actions[mb])
+            mb_advantages = core.masked_whiten(advantages[mb]) if cfg.norm_adv else advantages[mb]
+            pg_loss, stats = core.policy_loss(new_logprob, b_logprobs[mb], mb_advantages, clip)
+            if kl_ctl is not None:
+                pg_loss = pg_loss + kl_ctl.value * core.kl_estimate(b_logprobs[mb], new_logprob, "k3").mean()
+            v_loss = core.value_loss(new_value, b_values[mb], returns[mb], clip=cfg.vf_clip)
+            entropy_loss = entropy.mean()
+            loss = pg_loss + cfg.vf_coef * v_loss
+            if cfg.ent_coef:  # a zero-weighted term would still cost its share of the backward pass
+                loss = loss - cfg.ent_coef * entropy_loss
+            check_finite(global_step, policy_loss=pg_loss, value_loss=v_loss)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+        if cfg.target_kl is not None and stats["approx_kl"] > cfg.target_kl:
+            break
+    if kl_ctl is not None:
+        kl_ctl.update(rollout_kl(agent, b_obs, b_actions, b_logprobs))
+    return {
+        "losses/policy_loss": pg_loss.item(),
+        "losses/value_loss": v_loss.item(),
+        "losses/entropy": entropy_loss.item(),
+        "losses/approx_kl": stats["approx_kl"].item(),
+        "losses/clipfrac": stats["clipfrac"].item(),
+        "losses/explained_variance": core.explained_variance(b_values, returns).item(),
+        "losses/epochs": epoch,  # fewer than update_epochs when target_kl stopped the update
+        **({"losses/kl_coef": kl_ctl.value} if kl_ctl is not None else {}),
+    }
+
+
 def train(cfg: PPOConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: Checkpoints) -> tuple[ActorCritic, int]:
     """Train a policy; returns it and the number of env steps taken."""
     vec_env = envs.make_vec_env(cfg.env, cfg.num_envs, cfg.async_envs)
@@ -107,14 +146,13 @@ def train(cfg: PPOConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
 
     kl_ctl = None if cfg.kl_penalty == "none" else core.KLController(
         cfg.kl_coef, cfg.kl_penalty_target if cfg.kl_penalty == "adaptive" else None, rule="doubling")
-    clip = cfg.clip_coef if kl_ctl is None else math.inf  # the KL-penalty variant replaces the clip
     buffer = RolloutBuffer(cfg.num_steps, cfg.num_envs, obs_dim)
     num_updates = max(1, cfg.total_timesteps // cfg.batch_size)
-    minibatch_size = cfg.batch_size // cfg.num_minibatches
 
     next_obs = agent.normalize(vec_env.reset(seed=cfg.seed)[0], update=True)
     global_step, episode_returns, episode_lengths, first_update = 0, [], [], 1
-    if resumed := checkpoints.restore(model=agent, optimizer=optimizer, vec_env=envs.VecEnvState(vec_env), kl_ctl=kl_ctl):
+    checkpoints.track(model=agent, optimizer=optimizer, vec_env=envs.VecEnvState(vec_env), kl_ctl=kl_ctl)
+    if resumed := checkpoints.restore():
         next_obs, global_step, first_update = resumed["next_obs"], resumed["global_step"], resumed["update"] + 1
         episode_returns, episode_lengths = resumed["episode_returns"], resumed["episode_lengths"]
     progress = tqdm(total=num_updates * cfg.batch_size, initial=global_step, unit="step", desc=f"ppo {cfg.env}", mininterval=1.0)
@@ -131,30 +169,8 @@ def train(cfg: PPOConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
         b_advantages, b_returns = buffer.advantages(agent, next_obs, cfg.gamma, cfg.gae_lambda)
         rollout_s = time.perf_counter() - rollout_start
 
-        # ---- update ----
         update_start = time.perf_counter()
-        b_obs, b_actions, b_logprobs, b_values = buffer.flat()
-        for epoch in range(1, cfg.update_epochs + 1):  # noqa: B007 (read after the loop)
-            for mb in torch.randperm(cfg.batch_size).split(minibatch_size):
-                _, new_logprob, entropy, new_value = agent.get_action_and_value(b_obs[mb], b_actions[mb])
-                mb_advantages = core.masked_whiten(b_advantages[mb]) if cfg.norm_adv else b_advantages[mb]
-                pg_loss, stats = core.policy_loss(new_logprob, b_logprobs[mb], mb_advantages, clip)
-                if kl_ctl is not None:
-                    pg_loss = pg_loss + kl_ctl.value * core.kl_estimate(b_logprobs[mb], new_logprob, "k3").mean()
-                v_loss = core.value_loss(new_value, b_values[mb], b_returns[mb], clip=cfg.vf_clip)
-                entropy_loss = entropy.mean()
-                loss = pg_loss + cfg.vf_coef * v_loss
-                if cfg.ent_coef:  # a zero-weighted term would still cost its share of the backward pass
-                    loss = loss - cfg.ent_coef * entropy_loss
-                check_finite(global_step, policy_loss=pg_loss, value_loss=v_loss)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-            if cfg.target_kl is not None and stats["approx_kl"] > cfg.target_kl:
-                break
-        if kl_ctl is not None:
-            kl_ctl.update(rollout_kl(agent, b_obs, b_actions, b_logprobs))
+        losses = update_policy(agent, optimizer, buffer, b_advantages, b_returns, kl_ctl, cfg, global_step)
         update_s = time.perf_counter() - update_start
 
         progress.update(cfg.batch_size)
@@ -165,21 +181,13 @@ def train(cfg: PPOConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
             "charts/episodic_return": recent_mean(episode_returns),
             "charts/episodic_length": recent_mean(episode_lengths),
             "charts/SPS": sps,
-            "losses/policy_loss": pg_loss.item(),
-            "losses/value_loss": v_loss.item(),
-            "losses/entropy": entropy_loss.item(),
-            "losses/approx_kl": stats["approx_kl"].item(),
-            "losses/clipfrac": stats["clipfrac"].item(),
-            "losses/explained_variance": core.explained_variance(b_values, b_returns).item(),
-            "losses/epochs": epoch,  # fewer than update_epochs when target_kl stopped the update
+            **losses,
             "time/rollout_s": rollout_s,
             "time/update_s": update_s,
-            **({"losses/kl_coef": kl_ctl.value} if kl_ctl is not None else {}),
         })
         if evaluator.maybe_evaluate(global_step, agent):
             break
-        checkpoints.save_if_due(global_step, model=agent, optimizer=optimizer, vec_env=envs.VecEnvState(vec_env),
-                                kl_ctl=kl_ctl, update=update, global_step=global_step, next_obs=next_obs,
+        checkpoints.save_if_due(global_step, update=update, global_step=global_step, next_obs=next_obs,
                                 episode_returns=episode_returns, episode_lengths=episode_lengths)
     progress.close()
     vec_env.close()

@@ -149,7 +149,8 @@ def train(cfg: TRPOConfig, logger: RunLogger, evaluator: Evaluator, checkpoints:
 
     next_obs = agent.normalize(vec_env.reset(seed=cfg.seed)[0], update=True)
     global_step, episode_returns = 0, []
-    if resumed := checkpoints.restore(model=agent, optimizer=value_optimizer, vec_env=envs.VecEnvState(vec_env)):
+    checkpoints.track(model=agent, optimizer=value_optimizer, vec_env=envs.VecEnvState(vec_env))
+    if resumed := checkpoints.restore():
         next_obs, global_step, episode_returns = resumed["next_obs"], resumed["global_step"], resumed["episode_returns"]
     progress = tqdm(total=cfg.total_timesteps, initial=global_step, unit="step", desc=f"trpo {cfg.env}", mininterval=1.0)
     while global_step + batch_size <= cfg.total_timesteps:
@@ -178,8 +179,7 @@ def train(cfg: TRPOConfig, logger: RunLogger, evaluator: Evaluator, checkpoints:
         })
         if evaluator.maybe_evaluate(global_step, agent):
             break
-        checkpoints.save_if_due(global_step, model=agent, optimizer=value_optimizer, vec_env=envs.VecEnvState(vec_env),
-                                global_step=global_step, next_obs=next_obs, episode_returns=episode_returns)
+        checkpoints.save_if_due(global_step, global_step=global_step, next_obs=next_obs, episode_returns=episode_returns)
     progress.close()
     vec_env.close()
     return agent, global_step

@@ -13,7 +13,6 @@ so the gradient is far less noisy; unlike A2C and PPO it uses whole episodes, on
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,8 +65,9 @@ def train(cfg: VPGConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
     env.reset(seed=cfg.seed)
     global_step, episode_returns = 0, []
     # epochs hold whole episodes, so between them the env's state is its RNG alone
-    if resumed := checkpoints.restore(model=agent, policy_optimizer=policy_optimizer, value_optimizer=value_optimizer):
-        env.unwrapped.np_random.bit_generator.state = json.loads(resumed["env_rng"])
+    checkpoints.track(model=agent, policy_optimizer=policy_optimizer, value_optimizer=value_optimizer)
+    if resumed := checkpoints.restore():
+        env.unwrapped.np_random.bit_generator.state = resumed["env_rng"]
         global_step, episode_returns = resumed["global_step"], resumed["episode_returns"]
     while global_step < cfg.total_timesteps:
         batch = [envs.play_episode(env, lambda o: agent.act(o, deterministic=False)) for _ in range(cfg.episodes_per_epoch)]
@@ -93,8 +93,7 @@ def train(cfg: VPGConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
                                  "losses/value_loss": value_loss.item(), "losses/entropy": entropy.mean().item()})
         if evaluator.maybe_evaluate(global_step, agent):
             break
-        checkpoints.save_if_due(global_step, model=agent, policy_optimizer=policy_optimizer, value_optimizer=value_optimizer,
-                                env_rng=json.dumps(env.unwrapped.np_random.bit_generator.state), global_step=global_step,
+        checkpoints.save_if_due(global_step, env_rng=env.unwrapped.np_random.bit_generator.state, global_step=global_step,
                                 episode_returns=episode_returns)
     env.close()
     return agent, global_step

@@ -1,13 +1,13 @@
 """Checkpoints, one concept for every training loop (classic RL, pretraining, the reward model, RLHF):
 
     checkpoints = start_run(cfg)[1]                     # on --resume: the newest complete checkpoint
-    checkpoints.track(logger=logger)                    # saved and restored with every checkpoint
     model = load(checkpoints.folder / ...) if checkpoints.resumed else build()
-    saved = checkpoints.restore(optimizer=optimizer)    # load_state_dict each object, then the RNG states
+    checkpoints.track(optimizer=optimizer, logger=logger)   # saved with every checkpoint, restored by restore()
+    saved = checkpoints.restore()                       # load_state_dict each, then the RNG states
     with checkpoints.stop:                              # Ctrl-C becomes a request
         for step in range(checkpoints.step + 1, last + 1):
             ...
-            checkpoints.save_if_due(step, write_model, optimizer=optimizer, extra=...)
+            checkpoints.save_if_due(step, write_model, extra=...)   # plus plain values, returned by restore()
 
 A checkpoint is `checkpoints/step-N/`: the loop's model files and `state.pt` (the step, every RNG state,
 each object's state_dict and the plain values; read back with torch.load(weights_only=True)). It is
@@ -96,12 +96,12 @@ class Checkpoints:
         """Objects (with state_dict / load_state_dict) saved in every checkpoint and restored by restore()."""
         self._tracked.update(objects)
 
-    def restore(self, **objects: Any) -> dict[str, Any] | None:
-        """On a resumed run: load the tracked objects and these from the checkpoint, then the RNG states
-        (last, so nothing built before consumes them); returns everything saved. None on a fresh run."""
+    def restore(self) -> dict[str, Any] | None:
+        """On a resumed run: load the tracked objects from the checkpoint, then the RNG states (last, so
+        nothing built before consumes them); returns everything saved. None on a fresh run."""
         if self.saved is None:
             return None
-        for name, obj in {**self._tracked, **objects}.items():
+        for name, obj in self._tracked.items():
             if obj is not None:
                 obj.load_state_dict(self.saved[name])
         set_rng_state(self.saved["rng"])
