@@ -24,6 +24,10 @@ class Episode(NamedTuple):
     terminated: bool
     final_obs: np.ndarray
 
+    def stats(self) -> dict[str, float]:
+        """What RunLogger.log_episodes records: return, length and the last step's reward."""
+        return {"return": float(self.rewards.sum()), "length": len(self.rewards), "final_reward": float(self.rewards[-1])}
+
 
 def check_env_id(env_id: str) -> gym.envs.registration.EnvSpec:
     """The registered spec of env_id, or a ConfigError naming close registered ids."""
@@ -146,12 +150,13 @@ def truncation_bootstrap_obs(infos: dict, terminations: np.ndarray, truncations:
     return cut, np.stack([infos["final_obs"][i] for i in cut])
 
 
-def finished_episodes(infos: dict) -> list[tuple[float, int]]:
-    """(return, length) of every episode that ended this step, from RecordEpisodeStatistics."""
+def finished_episodes(infos: dict, rewards: np.ndarray) -> list[dict[str, float]]:
+    """{"return", "length", "final_reward"} of every episode that ended this step (RecordEpisodeStatistics'
+    figures, and this step's reward, e.g. LunarLander's +100 for coming to rest or -100 for a crash)."""
     if "episode" not in infos:
         return []
-    done = np.flatnonzero(infos["_episode"])
-    return [(float(infos["episode"]["r"][i]), int(infos["episode"]["l"][i])) for i in done]
+    return [{"return": float(infos["episode"]["r"][i]), "length": int(infos["episode"]["l"][i]), "final_reward": float(rewards[i])}
+            for i in np.flatnonzero(infos["_episode"])]
 
 
 def play_episode(env: gym.Env, act: Callable[[np.ndarray], np.ndarray]) -> Episode:

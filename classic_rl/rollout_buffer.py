@@ -24,9 +24,9 @@ class RolloutBuffer:
         self.logprobs, self.rewards, self.dones, self.values = (torch.zeros(num_steps, num_envs) for _ in range(4))
 
     @torch.no_grad()
-    def collect(self, agent: ActorCritic, vec_env: gym.vector.VectorEnv, next_obs: Tensor, gamma: float) -> tuple[Tensor, list[tuple[float, int]]]:
-        """Fill the buffer starting from next_obs; returns the observation after the last step and
-        (return, length) of every episode that finished meanwhile."""
+    def collect(self, agent: ActorCritic, vec_env: gym.vector.VectorEnv, next_obs: Tensor, gamma: float) -> tuple[Tensor, list[dict[str, float]]]:
+        """Fill the buffer starting from next_obs; returns the observation after the last step and the
+        statistics of every episode that finished meanwhile (see envs.finished_episodes)."""
         finished = []
         for step in range(len(self.obs)):
             self.obs[step] = next_obs
@@ -39,7 +39,7 @@ class RolloutBuffer:
                 self.rewards[step, cut] += gamma * agent.get_value(agent.normalize(final_obs))
             self.dones[step] = torch.as_tensor(terminated | truncated, dtype=torch.float32)
             next_obs = agent.normalize(raw_obs, update=True)
-            finished += envs.finished_episodes(infos)
+            finished += envs.finished_episodes(infos, reward)
         return next_obs, finished
 
     @torch.no_grad()

@@ -154,15 +154,24 @@ def run_training(algo: str, train_fn, cfg: ClassicConfig) -> dict[str, Any]:
 
 
 def plot_learning_curve(path: Path, logger: RunLogger, evaluator: Evaluator, title: str, threshold: float | None) -> None:
-    steps = [h["env_steps"] for h in evaluator.history]
-    lines = {"train episodic return": logger.series("charts/episodic_return"),
-             "eval return (greedy)": (steps, [h["mean"] for h in evaluator.history])}
-    if threshold is not None and steps:
-        lines["solved threshold"] = ([0, max(steps)], [threshold, threshold])
-    wall = {"eval return (greedy)": ([h["wall_s"] for h in evaluator.history], [h["mean"] for h in evaluator.history])}
+    """Training returns per episode, raw and smoothed, and the evaluations, against env steps and seconds."""
+    steps, returns = [e["step"] for e in logger.episodes], [e["return"] for e in logger.episodes]
+    eval_label = f"eval return ({evaluator.cfg.eval_mode})"
+    lines = {"train return per episode": (steps, returns, {"color": "C0", "alpha": 0.3, "linewidth": 0.7, "marker": None}),
+             f"train return, mean of {SMOOTHING}": (steps, moving_average(returns, SMOOTHING), {"color": "C0", "marker": None}),
+             eval_label: ([h["env_steps"] for h in evaluator.history], [h["mean"] for h in evaluator.history])}
+    if threshold is not None and evaluator.history:
+        lines["solved threshold"] = ([0, evaluator.history[-1]["env_steps"]], [threshold, threshold], {"linestyle": "--", "marker": None})
+    wall = {eval_label: ([h["wall_s"] for h in evaluator.history], [h["mean"] for h in evaluator.history])}
     plot_lines(path, [("env steps", "return", lines), ("wall seconds", "return", wall)], title)
 
 
-def recent_mean(values: list[float], n: int = 20) -> float:
-    """Mean of the last n values (NaN when empty), for progress bars and logs."""
-    return float(np.mean(values[-n:])) if values else float("nan")
+SMOOTHING = 20  # episodes in the moving average of training returns
+
+
+def moving_average(values: list[float], window: int) -> np.ndarray:
+    """Mean of each value and the up to window - 1 values before it: `[len(values)]`."""
+    sums = np.concatenate([[0.0], np.cumsum(values)])
+    end = np.arange(1, len(values) + 1)
+    start = np.maximum(end - window, 0)
+    return (sums[end] - sums[start]) / (end - start)

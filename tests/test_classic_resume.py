@@ -21,6 +21,10 @@ def final(run_dir):
     return json.loads((run_dir / "summary.json").read_text())
 
 
+def episodes(run_dir):
+    return (run_dir / "episodes.jsonl").read_text().splitlines()
+
+
 @pytest.mark.parametrize("sig, code", [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGINT, 130)])
 def test_ppo_killed_or_interrupted_then_resumed_matches_an_uninterrupted_run(sig, code, tmp_path, monkeypatch, capsys):
     assert run_script("train_classic.py", [*PPO_ARGS, "--run-dir", str(tmp_path / "full")], monkeypatch, capsys)[0] == 0
@@ -31,6 +35,7 @@ def test_ppo_killed_or_interrupted_then_resumed_matches_an_uninterrupted_run(sig
                                    monkeypatch, capsys)
     assert exit_code == 0 and "resuming" in out
     assert comparable_metrics(broken) == comparable_metrics(tmp_path / "full")
+    assert episodes(broken) == episodes(tmp_path / "full") and len(episodes(broken)) > 50
     for key in ("env_steps", "eval_return_mean", "eval_return_std"):
         assert final(broken)[key] == pytest.approx(final(tmp_path / "full")[key], abs=1e-4)
 
@@ -45,14 +50,14 @@ def test_resuming_from_an_earlier_checkpoint_replays_the_same_run(module, fields
     cfg = config_cls(env="CartPole-v1", seed=2, eval_episodes=3, save_every=1_000, keep_checkpoints=10,
                      run_dir=str(tmp_path / "run"), **fields)
     first = run_training("algo", module.train, cfg)
-    reference = comparable_metrics(tmp_path / "run")
+    reference, reference_episodes = comparable_metrics(tmp_path / "run"), episodes(tmp_path / "run")
     checkpoints = sorted((tmp_path / "run" / "checkpoints").glob("step-*"), key=lambda p: int(p.name[5:]))
     assert len(checkpoints) >= 2
     for later in checkpoints[1:]:  # as if the run had died right after its first checkpoint
         shutil.rmtree(later)
     cfg.resume = True
     second = run_training("algo", module.train, cfg)
-    assert comparable_metrics(tmp_path / "run") == reference
+    assert comparable_metrics(tmp_path / "run") == reference and episodes(tmp_path / "run") == reference_episodes
     assert second["eval_return_mean"] == first["eval_return_mean"]
 
 

@@ -175,13 +175,27 @@ def test_save_if_due_stops_the_run_after_saving_when_ctrl_c_asked(tmp_path):
 def test_the_logger_as_checkpointed_drops_later_rows_and_continues_its_clock(tmp_path):
     logger = RunLogger(tmp_path)
     logger.log(1, {"loss": 1.0})
+    logger.log_episodes(1, [{"return": 10.0, "length": 10}])
     state = logger.state_dict()
     logger.log(2, {"loss": 2.0})  # logged by the run that then crashed
+    logger.log_episodes(2, [{"return": 20.0, "length": 20}, {"return": 30.0, "length": 5}])
     logger.close()
     resumed = RunLogger(tmp_path)
     resumed.load_state_dict({**state, "elapsed": 100.0})
     resumed.log(2, {"loss": 0.5})
+    resumed.log_episodes(2, [{"return": 40.0, "length": 5}])
     resumed.close()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert rows == [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}] and resumed.rows == rows
+    saved = [json.loads(line) for line in (tmp_path / "episodes.jsonl").read_text().splitlines()]
+    assert saved == resumed.episodes == [{"episode": 1, "step": 1, "return": 10.0, "length": 10.0},
+                                         {"episode": 2, "step": 2, "return": 40.0, "length": 5.0}]
+    assert resumed.recent_return(1) == 40.0 and resumed.recent_return() == 25.0
     assert 100.0 <= resumed.elapsed() < 110.0
+
+
+def test_the_smoothed_training_curve_averages_each_episode_with_the_ones_before_it():
+    from classic_rl.training import moving_average
+
+    assert moving_average([1.0, 2.0, 6.0, 7.0], 2).tolist() == [1.0, 1.5, 4.0, 6.5]
+    assert moving_average([1.0, 2.0, 6.0], 5).tolist() == [1.0, 1.5, 3.0] and len(moving_average([], 3)) == 0

@@ -29,7 +29,7 @@ from classic_rl.infra.errors import (
 from classic_rl.infra.metrics import RunLogger
 from classic_rl.nets import ActorCritic
 from classic_rl.rollout_buffer import RolloutBuffer
-from classic_rl.training import ClassicConfig, Evaluator, recent_mean
+from classic_rl.training import ClassicConfig, Evaluator
 
 
 @dataclass
@@ -94,31 +94,29 @@ def train(cfg: A2CConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
     num_updates = max(1, cfg.total_timesteps // batch_size)
 
     next_obs = agent.normalize(vec_env.reset(seed=cfg.seed)[0])
-    global_step, episode_returns, first_update = 0, [], 1
+    global_step, first_update = 0, 1
     checkpoints.track(model=agent, optimizer=optimizer, vec_env=envs.VecEnvState(vec_env))
     if resumed := checkpoints.restore():
         next_obs, global_step, first_update = resumed["next_obs"], resumed["global_step"], resumed["update"] + 1
-        episode_returns = resumed["episode_returns"]
     progress = tqdm(total=num_updates * batch_size, initial=global_step, unit="step", desc=f"a2c {cfg.env}", mininterval=1.0)
     for update in range(first_update, num_updates + 1):
         if cfg.anneal_lr:
             optimizer.param_groups[0]["lr"] = cfg.learning_rate * (1.0 - (update - 1) / num_updates)
         next_obs, finished = buffer.collect(agent, vec_env, next_obs, cfg.gamma)
-        episode_returns += [r for r, _ in finished]
         global_step += batch_size
+        logger.log_episodes(global_step, finished)
         stats = gradient_of_the_rollout(agent, buffer, next_obs, cfg, global_step)
         optimizer.step()
 
         progress.update(batch_size)
         if update % 20 == 0 or update == num_updates:  # per-update logging would dominate 40-step updates
-            progress.set_postfix(ret=f"{recent_mean(episode_returns):.1f}", refresh=False)
-            logger.log(global_step, {"charts/episodic_return": recent_mean(episode_returns),
+            progress.set_postfix(ret=f"{logger.recent_return():.1f}", refresh=False)
+            logger.log(global_step, {"charts/episodic_return": logger.recent_return(),
                                      "charts/SPS": global_step / logger.elapsed(),
                                      **stats})
         if evaluator.maybe_evaluate(global_step, agent):
             break
-        checkpoints.save_if_due(global_step, update=update, global_step=global_step, next_obs=next_obs,
-                                episode_returns=episode_returns)
+        checkpoints.save_if_due(global_step, update=update, global_step=global_step, next_obs=next_obs)
     progress.close()
     vec_env.close()
     return agent, global_step

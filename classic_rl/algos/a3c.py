@@ -34,7 +34,7 @@ from classic_rl.infra.errors import NonFiniteError, require_positive
 from classic_rl.infra.metrics import RunLogger
 from classic_rl.nets import ActorCritic
 from classic_rl.rollout_buffer import RolloutBuffer
-from classic_rl.training import Evaluator, recent_mean
+from classic_rl.training import Evaluator
 
 # fork starts a worker in milliseconds and shares the parent's modules; spawn (macOS, Windows) re-imports them
 CONTEXT = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
@@ -100,7 +100,7 @@ def worker(rank: int, cfg: A3CConfig, shared: ActorCritic, statistics: SharedRMS
             with steps_done.get_lock():
                 steps_done.value += cfg.num_steps * cfg.num_envs
     except NonFiniteError as err:
-        episodes.put(("error", f"worker {rank}: {err}"))
+        episodes.put(f"worker {rank}: {err}")
     finally:
         vec_env.close()
 
@@ -113,7 +113,6 @@ def train(cfg: A3CConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
     checkpoints.track(model=model, optimizer=statistics)
     resumed = checkpoints.restore()
     steps_done, stop, episodes = CONTEXT.Value("q", resumed["global_step"] if resumed else 0), CONTEXT.Event(), CONTEXT.Queue()
-    episode_returns = resumed["episode_returns"] if resumed else []
     workers = [CONTEXT.Process(target=worker, args=(rank, cfg, model, statistics, steps_done, stop, episodes), daemon=True)
                for rank in range(cfg.num_workers)]
     for process in workers:
@@ -123,35 +122,35 @@ def train(cfg: A3CConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
     try:
         while any(process.is_alive() for process in workers):
             time.sleep(0.02)
-            episode_returns += drain_episodes(episodes)
             global_step = steps_done.value
+            logger.log_episodes(global_step, drain_episodes(episodes))
             progress.update(global_step - progress.n)
             if global_step >= next_log:
                 next_log = global_step + 1_000
-                logger.log(global_step, {"charts/episodic_return": recent_mean(episode_returns),
+                logger.log(global_step, {"charts/episodic_return": logger.recent_return(),
                                          "charts/SPS": global_step / logger.elapsed()})
             if evaluator.maybe_evaluate(global_step, model):
                 break
             if checkpoints.due(global_step):
-                checkpoints.save(global_step, global_step=global_step, episode_returns=episode_returns)
+                checkpoints.save(global_step, global_step=global_step)
                 checkpoints.stop_if_requested(global_step)
     finally:
         stop.set()
         for process in workers:
             process.join(timeout=10)
         progress.close()
-    episode_returns += drain_episodes(episodes)
+    logger.log_episodes(steps_done.value, drain_episodes(episodes))
     return model, steps_done.value
 
 
-def drain_episodes(episodes) -> list[float]:
-    """Returns of the episodes the workers finished since the last call; a worker's error is raised here."""
-    returns = []
+def drain_episodes(episodes) -> list[dict[str, float]]:
+    """Statistics of the episodes the workers finished since the last call; a worker's error is raised here."""
+    finished = []
     while True:
         try:
             item = episodes.get_nowait()
         except queue.Empty:
-            return returns
-        if item[0] == "error":
-            raise NonFiniteError(item[1])
-        returns.append(item[0])
+            return finished
+        if isinstance(item, str):
+            raise NonFiniteError(item)
+        finished.append(item)

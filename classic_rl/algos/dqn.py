@@ -32,7 +32,7 @@ from classic_rl.infra.cli import config_field
 from classic_rl.infra.errors import ConfigError, check_finite, require_layer_widths, require_positive
 from classic_rl.infra.metrics import RunLogger
 from classic_rl.nets import QNetwork
-from classic_rl.training import ClassicConfig, Evaluator, recent_mean
+from classic_rl.training import ClassicConfig, Evaluator
 
 
 @dataclass
@@ -239,12 +239,12 @@ def train(cfg: DQNConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
     decay_steps = max(1.0, cfg.exploration_fraction * cfg.total_timesteps)
 
     obs, _ = vec_env.reset(seed=cfg.seed)
-    returns, global_step = [], 0
+    global_step = 0
     checkpoints.track(model=q_network, optimizer=optimizer, vec_env=envs.VecEnvState(vec_env), target_network=target_network,
                       buffer=buffer, transitions=transitions)
     if resumed := checkpoints.restore():
         rng.bit_generator.state = resumed["explore_rng"]
-        obs, returns, global_step = resumed["obs"].numpy(), resumed["returns"], resumed["global_step"]
+        obs, global_step = resumed["obs"].numpy(), resumed["global_step"]
     progress = tqdm(total=cfg.total_timesteps, initial=global_step, unit="step", desc=f"dqn {cfg.env}", mininterval=1.0)
     while global_step < cfg.total_timesteps:
         epsilon = max(cfg.end_e, cfg.start_e - (cfg.start_e - cfg.end_e) * global_step / decay_steps)
@@ -257,8 +257,8 @@ def train(cfg: DQNConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
             stored_next[i] = infos["final_obs"][i]
         buffer.add(*transitions.push(obs, actions, rewards, stored_next, terminated, terminated | truncated))
         obs = next_obs
-        returns += [r for r, _ in envs.finished_episodes(infos)]
         previous_step, global_step = global_step, global_step + cfg.num_envs
+        logger.log_episodes(global_step, envs.finished_episodes(infos, rewards))
         progress.update(cfg.num_envs)
 
         if global_step > cfg.learning_starts and global_step // cfg.train_frequency > previous_step // cfg.train_frequency:
@@ -279,17 +279,16 @@ def train(cfg: DQNConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
                 torch.nn.utils.clip_grad_norm_(q_network.parameters(), cfg.max_grad_norm)
                 optimizer.step()
             logger.log(global_step, {"losses/td_loss": loss.item(), "losses/q_values": q_taken.mean().item(),
-                                     "charts/epsilon": epsilon, "charts/episodic_return": recent_mean(returns),
+                                     "charts/epsilon": epsilon, "charts/episodic_return": logger.recent_return(),
                                      "charts/SPS": global_step / logger.elapsed(), "time/update_s": time.perf_counter() - start})
-            progress.set_postfix(ret=f"{recent_mean(returns):.1f}", eps=f"{epsilon:.2f}", refresh=False)
+            progress.set_postfix(ret=f"{logger.recent_return():.1f}", eps=f"{epsilon:.2f}", refresh=False)
         if global_step // cfg.target_network_frequency > previous_step // cfg.target_network_frequency:
             with torch.no_grad():
                 for target, online in zip(target_network.parameters(), q_network.parameters(), strict=True):
                     target.lerp_(online, cfg.tau)
         if evaluator.maybe_evaluate(global_step, q_network):
             break
-        checkpoints.save_if_due(global_step, explore_rng=rng.bit_generator.state, obs=torch.from_numpy(obs), returns=returns,
-                                global_step=global_step)
+        checkpoints.save_if_due(global_step, explore_rng=rng.bit_generator.state, obs=torch.from_numpy(obs), global_step=global_step)
     progress.close()
     vec_env.close()
     return q_network, global_step

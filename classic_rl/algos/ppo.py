@@ -37,7 +37,7 @@ from classic_rl.infra.errors import (
 from classic_rl.infra.metrics import RunLogger
 from classic_rl.nets import ActorCritic
 from classic_rl.rollout_buffer import RolloutBuffer
-from classic_rl.training import ClassicConfig, Evaluator, recent_mean
+from classic_rl.training import ClassicConfig, Evaluator
 
 KL_PENALTIES = ("none", "fixed", "adaptive")
 
@@ -150,11 +150,10 @@ def train(cfg: PPOConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
     num_updates = max(1, cfg.total_timesteps // cfg.batch_size)
 
     next_obs = agent.normalize(vec_env.reset(seed=cfg.seed)[0], update=True)
-    global_step, episode_returns, episode_lengths, first_update = 0, [], [], 1
+    global_step, first_update = 0, 1
     checkpoints.track(model=agent, optimizer=optimizer, vec_env=envs.VecEnvState(vec_env), kl_ctl=kl_ctl)
     if resumed := checkpoints.restore():
         next_obs, global_step, first_update = resumed["next_obs"], resumed["global_step"], resumed["update"] + 1
-        episode_returns, episode_lengths = resumed["episode_returns"], resumed["episode_lengths"]
     progress = tqdm(total=num_updates * cfg.batch_size, initial=global_step, unit="step", desc=f"ppo {cfg.env}", mininterval=1.0)
     for update in range(first_update, num_updates + 1):
         if cfg.anneal_lr:
@@ -163,9 +162,8 @@ def train(cfg: PPOConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
         # ---- rollout ----
         rollout_start = time.perf_counter()
         next_obs, finished = buffer.collect(agent, vec_env, next_obs, cfg.gamma)
-        episode_returns += [r for r, _ in finished]
-        episode_lengths += [n for _, n in finished]
         global_step += cfg.batch_size
+        logger.log_episodes(global_step, finished)
         b_advantages, b_returns = buffer.advantages(agent, next_obs, cfg.gamma, cfg.gae_lambda)
         rollout_s = time.perf_counter() - rollout_start
 
@@ -175,11 +173,10 @@ def train(cfg: PPOConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
 
         progress.update(cfg.batch_size)
         sps = global_step / logger.elapsed()
-        progress.set_postfix(ret=f"{recent_mean(episode_returns):.1f}", sps=f"{sps:.0f}", refresh=False)
+        progress.set_postfix(ret=f"{logger.recent_return():.1f}", sps=f"{sps:.0f}", refresh=False)
         logger.log(global_step, {
             "charts/learning_rate": optimizer.param_groups[0]["lr"],
-            "charts/episodic_return": recent_mean(episode_returns),
-            "charts/episodic_length": recent_mean(episode_lengths),
+            "charts/episodic_return": logger.recent_return(),
             "charts/SPS": sps,
             **losses,
             "time/rollout_s": rollout_s,
@@ -187,8 +184,7 @@ def train(cfg: PPOConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
         })
         if evaluator.maybe_evaluate(global_step, agent):
             break
-        checkpoints.save_if_due(global_step, update=update, global_step=global_step, next_obs=next_obs,
-                                episode_returns=episode_returns, episode_lengths=episode_lengths)
+        checkpoints.save_if_due(global_step, update=update, global_step=global_step, next_obs=next_obs)
     progress.close()
     vec_env.close()
     return agent, global_step

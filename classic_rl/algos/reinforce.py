@@ -25,7 +25,7 @@ from classic_rl.infra.cli import config_field
 from classic_rl.infra.errors import ConfigError, require_positive
 from classic_rl.infra.metrics import RunLogger
 from classic_rl.nets import SoftmaxPolicy
-from classic_rl.training import ClassicConfig, Evaluator, recent_mean
+from classic_rl.training import ClassicConfig, Evaluator
 
 
 def linear_softmax_gradient(weight: Tensor, bias: Tensor, obs: Tensor, actions: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
@@ -67,7 +67,7 @@ def train(cfg: ReinforceConfig, logger: RunLogger, evaluator: Evaluator) -> tupl
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate) if cfg.policy == "mlp" else None
     env = envs.make_env(cfg.env)
     env.reset(seed=cfg.seed)
-    global_step, episode_returns = 0, []
+    global_step = 0
     while global_step < cfg.total_timesteps:
         batch = [envs.play_episode(env, lambda o: policy.act(o, deterministic=False)) for _ in range(cfg.episodes_per_update)]
         obs = torch.as_tensor(np.concatenate([b.observations for b in batch]))
@@ -87,8 +87,8 @@ def train(cfg: ReinforceConfig, logger: RunLogger, evaluator: Evaluator) -> tupl
             loss.backward()
             optimizer.step()
         global_step += len(returns)
-        episode_returns += [float(b.rewards.sum()) for b in batch]
-        logger.log(global_step, {"charts/episodic_return": recent_mean(episode_returns), "charts/episodes": len(episode_returns)})
+        logger.log_episodes(global_step, [b.stats() for b in batch])
+        logger.log(global_step, {"charts/episodic_return": logger.recent_return(), "charts/episodes": len(logger.episodes)})
         if evaluator.maybe_evaluate(global_step, policy):
             break
     env.close()

@@ -63,6 +63,7 @@ def _search(cfg: SearchConfig, logger: RunLogger, evaluator: Evaluator, hill_cli
         returns, lengths = envs.run_episodes(candidate.act, cfg.env, cfg.episodes_per_candidate, seed=int(rng.integers(2**31)))
         score, candidates = float(returns.mean()), candidates + 1
         global_step += int(lengths.sum())
+        logger.log_episodes(global_step, [{"return": r, "length": n} for r, n in zip(returns, lengths, strict=True)])
         improved = score >= best_score
         if improved:
             best.load_state_dict(candidate.state_dict())

@@ -28,7 +28,7 @@ from classic_rl.infra.cli import config_field
 from classic_rl.infra.errors import ConfigError, require_positive
 from classic_rl.infra.metrics import RunLogger
 from classic_rl.nets import QTable
-from classic_rl.training import ClassicConfig, Evaluator, recent_mean
+from classic_rl.training import ClassicConfig, Evaluator
 
 Transitions = dict[int, dict[int, list[tuple[float, int, float, bool]]]]
 
@@ -161,7 +161,7 @@ def _td_control(cfg: TabularConfig, logger: RunLogger, evaluator: Evaluator, on_
 
     state = observe(env.reset(seed=cfg.seed)[0])
     action = epsilon_greedy(state, 0)
-    episode_return, returns = 0.0, []
+    episode_return, episode_start = 0.0, 0
     for step in range(1, cfg.total_timesteps + 1):
         next_obs, reward, terminated, truncated, _ = env.step(action)
         next_state = observe(next_obs)
@@ -171,12 +171,12 @@ def _td_control(cfg: TabularConfig, logger: RunLogger, evaluator: Evaluator, on_
         episode_return += reward
         state, action = next_state, next_action
         if terminated or truncated:
-            returns.append(episode_return)
-            episode_return = 0.0
+            logger.log_episodes(step, [{"return": episode_return, "length": step - episode_start, "final_reward": reward}])
+            episode_return, episode_start = 0.0, step
             state = observe(env.reset()[0])
             action = epsilon_greedy(state, step)
         if step % 1000 == 0:
-            logger.log(step, {"charts/episodic_return": recent_mean(returns, 100)})
+            logger.log(step, {"charts/episodic_return": logger.recent_return(100)})
         if evaluator.maybe_evaluate(step, table):
             break
     env.close()

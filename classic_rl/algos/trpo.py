@@ -33,7 +33,7 @@ from classic_rl.infra.errors import check_finite, require_discount, require_laye
 from classic_rl.infra.metrics import RunLogger
 from classic_rl.nets import ActorCritic
 from classic_rl.rollout_buffer import RolloutBuffer
-from classic_rl.training import ClassicConfig, Evaluator, recent_mean
+from classic_rl.training import ClassicConfig, Evaluator
 
 
 @dataclass
@@ -148,16 +148,16 @@ def train(cfg: TRPOConfig, logger: RunLogger, evaluator: Evaluator, checkpoints:
     batch_size = cfg.num_envs * cfg.num_steps
 
     next_obs = agent.normalize(vec_env.reset(seed=cfg.seed)[0], update=True)
-    global_step, episode_returns = 0, []
+    global_step = 0
     checkpoints.track(model=agent, optimizer=value_optimizer, vec_env=envs.VecEnvState(vec_env))
     if resumed := checkpoints.restore():
-        next_obs, global_step, episode_returns = resumed["next_obs"], resumed["global_step"], resumed["episode_returns"]
+        next_obs, global_step = resumed["next_obs"], resumed["global_step"]
     progress = tqdm(total=cfg.total_timesteps, initial=global_step, unit="step", desc=f"trpo {cfg.env}", mininterval=1.0)
     while global_step + batch_size <= cfg.total_timesteps:
         rollout_start = time.perf_counter()
         next_obs, finished = buffer.collect(agent, vec_env, next_obs, cfg.gamma)
-        episode_returns += [r for r, _ in finished]
         global_step += batch_size
+        logger.log_episodes(global_step, finished)
         advantages, returns = buffer.advantages(agent, next_obs, cfg.gamma, cfg.gae_lambda)
         obs, actions, _, values = buffer.flat()
         rollout_s = time.perf_counter() - rollout_start
@@ -167,9 +167,9 @@ def train(cfg: TRPOConfig, logger: RunLogger, evaluator: Evaluator, checkpoints:
         value_loss = value_regression(agent, value_optimizer, obs, returns, cfg)
         check_finite(global_step, value_loss=value_loss)
         progress.update(batch_size)
-        progress.set_postfix(ret=f"{recent_mean(episode_returns):.1f}", kl=f"{stats['kl']:.4f}", refresh=False)
+        progress.set_postfix(ret=f"{logger.recent_return():.1f}", kl=f"{stats['kl']:.4f}", refresh=False)
         logger.log(global_step, {
-            "charts/episodic_return": recent_mean(episode_returns),
+            "charts/episodic_return": logger.recent_return(),
             "charts/SPS": global_step / logger.elapsed(),
             "losses/kl": stats["kl"], "losses/surrogate_gain": stats["surrogate_gain"],
             "losses/backtracks": stats["backtracks"], "losses/step_accepted": stats["accepted"],
@@ -179,7 +179,7 @@ def train(cfg: TRPOConfig, logger: RunLogger, evaluator: Evaluator, checkpoints:
         })
         if evaluator.maybe_evaluate(global_step, agent):
             break
-        checkpoints.save_if_due(global_step, global_step=global_step, next_obs=next_obs, episode_returns=episode_returns)
+        checkpoints.save_if_due(global_step, global_step=global_step, next_obs=next_obs)
     progress.close()
     vec_env.close()
     return agent, global_step

@@ -24,7 +24,7 @@ from classic_rl.infra.cli import config_field
 from classic_rl.infra.errors import require_discount, require_layer_widths, require_positive
 from classic_rl.infra.metrics import RunLogger
 from classic_rl.nets import ActorCritic
-from classic_rl.training import ClassicConfig, Evaluator, recent_mean
+from classic_rl.training import ClassicConfig, Evaluator
 
 
 @dataclass
@@ -63,12 +63,12 @@ def train(cfg: VPGConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
     value_optimizer = torch.optim.Adam(agent.critic.parameters(), lr=cfg.value_lr)
     env = envs.make_env(cfg.env)
     env.reset(seed=cfg.seed)
-    global_step, episode_returns = 0, []
+    global_step = 0
     # epochs hold whole episodes, so between them the env's state is its RNG alone
     checkpoints.track(model=agent, policy_optimizer=policy_optimizer, value_optimizer=value_optimizer)
     if resumed := checkpoints.restore():
         env.unwrapped.np_random.bit_generator.state = resumed["env_rng"]
-        global_step, episode_returns = resumed["global_step"], resumed["episode_returns"]
+        global_step = resumed["global_step"]
     while global_step < cfg.total_timesteps:
         batch = [envs.play_episode(env, lambda o: agent.act(o, deterministic=False)) for _ in range(cfg.episodes_per_epoch)]
         obs = torch.as_tensor(np.concatenate([b.observations for b in batch]), dtype=torch.float32)
@@ -88,12 +88,11 @@ def train(cfg: VPGConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
             value_optimizer.step()
 
         global_step += len(actions)
-        episode_returns += [float(b.rewards.sum()) for b in batch]
-        logger.log(global_step, {"charts/episodic_return": recent_mean(episode_returns), "losses/policy_loss": policy_loss.item(),
+        logger.log_episodes(global_step, [b.stats() for b in batch])
+        logger.log(global_step, {"charts/episodic_return": logger.recent_return(), "losses/policy_loss": policy_loss.item(),
                                  "losses/value_loss": value_loss.item(), "losses/entropy": entropy.mean().item()})
         if evaluator.maybe_evaluate(global_step, agent):
             break
-        checkpoints.save_if_due(global_step, env_rng=env.unwrapped.np_random.bit_generator.state, global_step=global_step,
-                                episode_returns=episode_returns)
+        checkpoints.save_if_due(global_step, env_rng=env.unwrapped.np_random.bit_generator.state, global_step=global_step)
     env.close()
     return agent, global_step

@@ -12,15 +12,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from classic_rl.infra.run_folder import atomic_write  # noqa: E402
 
-Lines = dict[str, tuple[Sequence[float], Sequence[float]]]
+# label -> (x, y), or (x, y, matplotlib line style such as {"alpha": 0.3}) to set one line apart
+Lines = dict[str, tuple[Sequence[float], Sequence[float]] | tuple[Sequence[float], Sequence[float], dict]]
 
 
 def plot_lines(path: Path, panels: Sequence[tuple[str, str, Lines]], title: str = "") -> None:
-    """One PNG with a panel per (xlabel, ylabel, {label: (x, y)})."""
+    """One PNG with a panel per (xlabel, ylabel, {label: (x, y[, style])})."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, (xlabel, ylabel, lines) in zip(axes[0], panels, strict=True):
-        for label, (x, y) in lines.items():
-            ax.plot(x, y, label=label, marker="o" if len(x) < 30 else None, markersize=3)
+        for label, (x, y, *style) in lines.items():
+            ax.plot(x, y, label=label, **{"marker": "o" if len(x) < 30 else None, "markersize": 3, **(style[0] if style else {})})
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
