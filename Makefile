@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 MUTATE_STAMP := $(VENV)/.installed-mutate
 
-.PHONY: setup setup-bench test test-slow demo demo-classic bench bench-rlhf mutate lint clean
+.PHONY: setup setup-bench test test-slow demo demo-classic tutorials bench bench-rlhf mutate lint clean
 
 setup: $(STAMP)
 
@@ -42,6 +42,11 @@ demo: setup
 demo-classic: setup
 	$(PY) scripts/train_classic.py --algo ppo --env CartPole-v1 --seed 1 --run-dir runs/demo-ppo-cartpole --overwrite
 	$(PY) scripts/evaluate_classic.py runs/demo-ppo-cartpole --episodes 20
+
+# Every tutorial's own experiment (classic_rl/tutorials.py), seed 1, one after another (~7 min):
+# runs/tutorials/PRESET-seed1/ holds each run with its figures; the table compares each tutorial's number with ours.
+tutorials: setup
+	$(PY) scripts/run_tutorials.py
 
 bench: setup-bench
 	$(PY) scripts/bench_classic.py

@@ -5,13 +5,17 @@ from __future__ import annotations
 import difflib
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import NamedTuple
 
 import gymnasium as gym
+import imageio.v3 as iio
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
+from classic_rl import maze  # noqa: F401 (registers Maze-v0)
 from classic_rl.infra.errors import ConfigError
+from classic_rl.infra.run_folder import atomic_write
 
 
 class Episode(NamedTuple):
@@ -200,3 +204,20 @@ def run_episodes(act: Callable[[np.ndarray], np.ndarray], env_id: str, episodes:
 def play_episodes(act: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: int, seed: int) -> np.ndarray:
     """Returns `[episodes]` of `episodes` greedy episodes (see run_episodes)."""
     return run_episodes(act, env_id, episodes, seed)[0]
+
+
+def record_gif(act: Callable[[np.ndarray], np.ndarray], env_id: str, seed: int, path: Path, max_frames: int = 1000) -> tuple[float, int]:
+    """Play one episode of env_id with act(obs `[1, obs_dim]`) -> actions `[1]`, rendered into an animated GIF
+    at half the env's frame rate (every other frame); returns (the episode's return, frames rendered)."""
+    env = make_env(env_id, render_mode="rgb_array")
+    obs, _ = env.reset(seed=seed)
+    frames, total, done = [env.render()], 0.0, False
+    while not done and len(frames) < max_frames:
+        obs, reward, terminated, truncated, _ = env.step(act(obs[None])[0])
+        total += float(reward)
+        done = terminated or truncated
+        frames.append(env.render())
+    env.close()
+    fps = env.metadata.get("render_fps", 30)
+    atomic_write(path, lambda tmp: iio.imwrite(tmp, np.stack(frames[::2]), extension=".gif", duration=2000 / fps, loop=0))
+    return total, len(frames)

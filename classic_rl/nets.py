@@ -25,6 +25,9 @@ def layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias: float = 0.0) -
     return layer
 
 
+ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
+
 def mlp(in_dim: int, hidden_sizes: list[int], out_dim: int, out_std: float, activation: type[nn.Module] = nn.Tanh) -> nn.Sequential:
     """Linear -> activation stacks with orthogonal init; the last layer gets gain out_std."""
     layers: list[nn.Module] = []
@@ -86,19 +89,21 @@ class ActorCritic(SavableModule):
     normalised (see `normalize`), so a rollout stores exactly what the update will see.
     """
 
-    def __init__(self, obs_dim: int, n_actions: int, hidden_sizes: list[int], normalize_obs: bool = False, shared: bool = False):
+    def __init__(self, obs_dim: int, n_actions: int, hidden_sizes: list[int], normalize_obs: bool = False, shared: bool = False,
+                 activation: str = "tanh"):
         super().__init__()
         self.init_kwargs = dict(obs_dim=obs_dim, n_actions=n_actions, hidden_sizes=list(hidden_sizes),
-                                normalize_obs=normalize_obs, shared=shared)
+                                normalize_obs=normalize_obs, shared=shared, activation=activation)
         self.obs_normalizer = ObsNormalizer(obs_dim, enabled=normalize_obs)
+        act = ACTIVATIONS[activation]
         if shared:
-            self.trunk = nn.Sequential(*mlp(obs_dim, hidden_sizes[:-1], hidden_sizes[-1], out_std=math.sqrt(2)), nn.Tanh())
+            self.trunk = nn.Sequential(*mlp(obs_dim, hidden_sizes[:-1], hidden_sizes[-1], out_std=math.sqrt(2), activation=act), act())
             self.actor = layer_init(nn.Linear(hidden_sizes[-1], n_actions), std=0.01)
             self.critic = layer_init(nn.Linear(hidden_sizes[-1], 1), std=1.0)
         else:
             self.trunk = nn.Identity()
-            self.actor = mlp(obs_dim, hidden_sizes, n_actions, out_std=0.01)
-            self.critic = mlp(obs_dim, hidden_sizes, 1, out_std=1.0)
+            self.actor = mlp(obs_dim, hidden_sizes, n_actions, out_std=0.01, activation=act)
+            self.critic = mlp(obs_dim, hidden_sizes, 1, out_std=1.0, activation=act)
 
     def normalize(self, obs: np.ndarray, update: bool = False) -> Tensor:
         """Raw numpy observations `[B, obs_dim]` -> normalised float32 tensor (updating the stats if asked)."""
@@ -180,21 +185,25 @@ class QNetwork(SavableModule):
 
 
 class SoftmaxPolicy(SavableModule):
-    """pi(.|s) = softmax(f(s)) with f linear (weights `[obs_dim, n_actions]`) or an MLP."""
+    """pi(.|s) = softmax(f(s)) with f linear (weights `[obs_dim, n_actions]`, starting at zero, with an
+    optional bias) or an MLP (`activation` between its hidden layers)."""
 
-    def __init__(self, obs_dim: int, n_actions: int, kind: str = "linear", hidden_sizes: list[int] | None = None):
+    def __init__(self, obs_dim: int, n_actions: int, kind: str = "linear", hidden_sizes: list[int] | None = None,
+                 activation: str = "tanh", bias: bool = True):
         super().__init__()
-        self.init_kwargs = dict(obs_dim=obs_dim, n_actions=n_actions, kind=kind, hidden_sizes=list(hidden_sizes or []))
+        self.init_kwargs = dict(obs_dim=obs_dim, n_actions=n_actions, kind=kind, hidden_sizes=list(hidden_sizes or []),
+                                activation=activation, bias=bias)
         self.kind = kind
         if kind == "linear":
             self.weight = nn.Parameter(torch.zeros(obs_dim, n_actions, dtype=torch.float64))
-            self.bias = nn.Parameter(torch.zeros(n_actions, dtype=torch.float64))
+            self.bias = nn.Parameter(torch.zeros(n_actions, dtype=torch.float64)) if bias else None
         else:
-            self.net = mlp(obs_dim, hidden_sizes or [64], n_actions, out_std=0.01)
+            self.net = mlp(obs_dim, hidden_sizes or [64], n_actions, out_std=0.01, activation=ACTIVATIONS[activation])
 
     def logits(self, obs: Tensor) -> Tensor:
         if self.kind == "linear":
-            return obs.to(torch.float64) @ self.weight + self.bias
+            logits = obs.to(torch.float64) @ self.weight
+            return logits if self.bias is None else logits + self.bias
         return self.net(obs.float())
 
     @torch.inference_mode()

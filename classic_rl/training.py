@@ -36,6 +36,8 @@ class ClassicConfig(RunFields):
     env: str = config_field("CartPole-v1", "Gymnasium env id")
     seed: int = config_field(1, "Seeds python, numpy, torch and the envs")
     total_timesteps: int = config_field(100_000, "Env steps to train for (summed over parallel envs)")
+    total_episodes: int | None = config_field(None, "Also stop once this many training episodes have finished (checked "
+                                                    "after each update, like --target-return; the tutorials count episodes)")
     target_return: float | None = config_field(
         None, "Stop as soon as an evaluation's mean return reaches this (default: train for total_timesteps; "
         "solved_at_* still uses the env's registered reward threshold)")
@@ -51,6 +53,8 @@ class ClassicConfig(RunFields):
         super().__post_init__()
         require_positive(total_timesteps=self.total_timesteps, eval_episodes=self.eval_episodes, torch_threads=self.torch_threads)
         require_nonnegative(eval_every=self.eval_every)
+        if self.total_episodes is not None:
+            require_positive(total_episodes=self.total_episodes)
         require_choice(eval_mode=(self.eval_mode, EVAL_MODES))
 
     @property
@@ -69,10 +73,16 @@ def policy_returns(model: SavableModule, env_id: str, episodes: int, seed: int, 
         return envs.play_episodes(lambda obs: model.act(obs, deterministic=False), env_id, episodes, seed)
 
 
-class Evaluator:
-    """Greedy-policy evaluation every `eval_every` env steps; remembers when the run first solved.
+def evaluation_seed(cfg: ClassicConfig, number: int) -> int:
+    """Seed of a run's number-th evaluation (1-based): new episodes each time, never training's."""
+    return cfg.seed + 10_000 * number
 
-    `maybe_evaluate` returns True when the run should stop (an evaluation reached --target-return).
+
+class Evaluator:
+    """Policy evaluation every `eval_every` env steps; remembers when the run first solved.
+
+    `maybe_evaluate` returns True when the run should stop: an evaluation reached --target-return, or
+    --total-episodes training episodes have finished.
     """
 
     def __init__(self, cfg: ClassicConfig, logger: RunLogger):
@@ -89,6 +99,8 @@ class Evaluator:
         self.__dict__.update(json.loads(state))
 
     def maybe_evaluate(self, env_steps: int, model: SavableModule) -> bool:
+        if self.cfg.total_episodes is not None and len(self.logger.episodes) >= self.cfg.total_episodes:
+            return True
         if self._next_due is None or env_steps < self._next_due:
             return False
         while self._next_due <= env_steps:
@@ -96,7 +108,7 @@ class Evaluator:
         return self.evaluate(env_steps, model)
 
     def evaluate(self, env_steps: int, model: SavableModule) -> bool:
-        returns = policy_returns(model, self.cfg.env, self.cfg.eval_episodes, self.cfg.seed + 10_000 * (len(self.history) + 1),
+        returns = policy_returns(model, self.cfg.env, self.cfg.eval_episodes, evaluation_seed(self.cfg, len(self.history) + 1),
                                  self.cfg.eval_mode)
         record = {"env_steps": env_steps, "wall_s": self.logger.elapsed(), "mean": float(returns.mean()), "std": float(returns.std())}
         self.history.append(record)

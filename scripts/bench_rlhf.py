@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -38,6 +36,7 @@ from transformers import TrainerCallback
 
 from classic_rl.infra.cli import cli, script_parser
 from classic_rl.infra.errors import ConfigError, require_positive
+from classic_rl.infra.machine import machine
 from classic_rl.infra.run_folder import write_json
 from rlhf_toy.base_model import default_base_model
 from rlhf_toy.configs import RLHFConfig, config_for
@@ -302,12 +301,6 @@ def separation(ours: dict, trl: dict, key: str) -> str:
     if trl_low > ours_high:
         return "TRL higher in every repeat"
     return "the repeats' ranges overlap: no difference claimed"
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    return f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__}, python {platform.python_version()}"
 
 
 @cli

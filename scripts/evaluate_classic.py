@@ -7,32 +7,13 @@
 import json
 from pathlib import Path
 
-import imageio.v3 as iio
-import numpy as np
 import torch
 
 from classic_rl import envs
 from classic_rl.infra.cli import cli, script_parser
 from classic_rl.infra.errors import ConfigError
-from classic_rl.infra.run_folder import atomic_write
 from classic_rl.nets import load_agent
 from classic_rl.training import EVAL_MODES, policy_returns
-
-
-def record_episode(model, env_id: str, seed: int, path: Path, max_frames: int = 1000) -> tuple[float, int]:
-    """Play one greedy episode with rgb_array rendering into a GIF; returns (return, frames)."""
-    env = envs.make_env(env_id, render_mode="rgb_array")
-    obs, _ = env.reset(seed=seed)
-    frames, total, done = [env.render()], 0.0, False
-    while not done and len(frames) < max_frames:
-        obs, reward, terminated, truncated, _ = env.step(model.act(obs[None])[0])
-        total += float(reward)
-        done = terminated or truncated
-        frames.append(env.render())
-    env.close()
-    fps = env.metadata.get("render_fps", 30)
-    atomic_write(path, lambda tmp: iio.imwrite(tmp, np.stack(frames[::2]), extension=".gif", duration=2000 / fps, loop=0))
-    return total, len(frames)
 
 
 @cli
@@ -60,7 +41,7 @@ def main() -> None:
     print(f"{env_id}: {args.eval_mode} return {returns.mean():.1f} +- {returns.std():.1f} over {args.episodes} episodes "
           f"(min {returns.min():.1f}, max {returns.max():.1f})")
     if args.video:
-        total, frames = record_episode(model, env_id, args.seed, run_dir / "episode.gif")
+        total, frames = envs.record_gif(model.act, env_id, args.seed, run_dir / "episode.gif")
         print(f"video: {run_dir / 'episode.gif'} ({frames} frames, return {total:.1f})")
 
 

@@ -4,6 +4,7 @@
         collect num_steps x num_envs transitions with the current policy
         (a time-limit cut adds gamma * V(final obs) to its reward: truncation is not failure)
         A, R = GAE(rewards, values, dones)
+        (--normalize-returns, tutorial 003's recipe: R <- whiten(R) over the rollout, A = R - V)
         for each epoch, for each minibatch:
             minimise  clipped policy loss - ent_coef * entropy + vf_coef * value loss
         (--kl-penalty fixed|adaptive, the paper's other objective: the unclipped surrogate plus
@@ -35,7 +36,7 @@ from classic_rl.infra.errors import (
     require_positive,
 )
 from classic_rl.infra.metrics import RunLogger
-from classic_rl.nets import ActorCritic
+from classic_rl.nets import ACTIVATIONS, ActorCritic
 from classic_rl.rollout_buffer import RolloutBuffer
 from classic_rl.training import ClassicConfig, Evaluator
 
@@ -58,31 +59,33 @@ class PPOConfig(ClassicConfig):
     vf_clip: float | None = config_field(None, "Clip value updates to +-this around the rollout's values (default: no clipping)")
     ent_coef: float = config_field(0.01, "Entropy bonus coefficient")
     vf_coef: float = config_field(0.5, "Value loss coefficient")
-    max_grad_norm: float = config_field(0.5, "Global gradient-norm clip")
+    max_grad_norm: float | None = config_field(0.5, "Global gradient-norm clip (none: no clipping)")
     target_kl: float | None = config_field(None, "Stop an update's epochs early when approx KL exceeds this")
     kl_penalty: str = config_field("none", f"Objective: none (the clipped surrogate), or the paper's KL-penalty variant "
                                            f"with a fixed or adaptive beta: {', '.join(KL_PENALTIES)}")
     kl_coef: float = config_field(1.0, "Initial beta of the KL penalty (with --kl-penalty fixed or adaptive)")
     kl_penalty_target: float = config_field(0.01, "Target KL per update of --kl-penalty adaptive (the paper's d_targ)")
+    normalize_returns: bool = config_field(False, "Whiten each rollout's returns; the critic learns them and A = R - V "
+                                                  "(tutorial 003; with gae_lambda 1 these are Monte-Carlo returns)")
     normalize_obs: bool = config_field(False, "Running mean/std observation normalisation (saved with the policy)")
     hidden_sizes: list[int] = config_field([64, 64], "Hidden layer sizes of the actor and of the critic")
+    activation: str = config_field("tanh", f"Activation of the hidden layers: {', '.join(ACTIVATIONS)}")
 
     def __post_init__(self):
         super().__post_init__()
         require_positive(num_envs=self.num_envs, num_steps=self.num_steps, learning_rate=self.learning_rate,
                          num_minibatches=self.num_minibatches, update_epochs=self.update_epochs,
-                         clip_coef=self.clip_coef, max_grad_norm=self.max_grad_norm, gamma=self.gamma)
-        if self.vf_clip is not None:
-            require_positive(vf_clip=self.vf_clip)
-        if self.target_kl is not None:
-            require_positive(target_kl=self.target_kl)
+                         clip_coef=self.clip_coef, gamma=self.gamma)
+        for name in ("vf_clip", "max_grad_norm", "target_kl"):
+            if getattr(self, name) is not None:
+                require_positive(**{name: getattr(self, name)})
         require_discount(self.gamma, self.gae_lambda)
         require_nonnegative(ent_coef=self.ent_coef, vf_coef=self.vf_coef)
         if self.batch_size % self.num_minibatches:
             raise ConfigError(f"the rollout batch num_envs * num_steps = {self.batch_size} does not split into "
                               f"{self.num_minibatches} minibatches; choose --num-minibatches dividing {self.batch_size}")
         require_layer_widths(self.hidden_sizes)
-        require_choice(kl_penalty=(self.kl_penalty, KL_PENALTIES))
+        require_choice(kl_penalty=(self.kl_penalty, KL_PENALTIES), activation=(self.activation, tuple(ACTIVATIONS)))
         require_positive(kl_coef=self.kl_coef, kl_penalty_target=self.kl_penalty_target)
         envs.check_spaces(self.env, "ppo")
 
@@ -119,7 +122,8 @@ def update_policy(agent: ActorCritic, optimizer: torch.optim.Optimizer, buffer: 
             check_finite(global_step, policy_loss=pg_loss, value_loss=v_loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
+            if cfg.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
             optimizer.step()
         if cfg.target_kl is not None and stats["approx_kl"] > cfg.target_kl:
             break
@@ -141,7 +145,7 @@ def train(cfg: PPOConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
     """Train a policy; returns it and the number of env steps taken."""
     vec_env = envs.make_vec_env(cfg.env, cfg.num_envs, cfg.async_envs)
     obs_dim, n_actions = envs.check_spaces(cfg.env, "ppo")
-    agent = ActorCritic(obs_dim, n_actions, cfg.hidden_sizes, cfg.normalize_obs)
+    agent = ActorCritic(obs_dim, n_actions, cfg.hidden_sizes, cfg.normalize_obs, activation=cfg.activation)
     optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5, fused=True)
 
     kl_ctl = None if cfg.kl_penalty == "none" else core.KLController(
@@ -165,6 +169,9 @@ def train(cfg: PPOConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
         global_step += cfg.batch_size
         logger.log_episodes(global_step, finished)
         b_advantages, b_returns = buffer.advantages(agent, next_obs, cfg.gamma, cfg.gae_lambda)
+        if cfg.normalize_returns:  # the critic then predicts whitened returns; its bootstraps are in those units
+            b_returns = core.masked_whiten(b_returns)
+            b_advantages = b_returns - buffer.flat()[3]
         rollout_s = time.perf_counter() - rollout_start
 
         update_start = time.perf_counter()
