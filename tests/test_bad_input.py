@@ -7,8 +7,8 @@ import pytest
 
 from tests.conftest import run_script
 
-SCRIPTS = ["train_classic.py", "evaluate_classic.py", "bench_classic.py", "compare_critics.py", "make_data.py", "pretrain.py", "sample.py",
-           "train_reward_model.py", "train_rlhf.py", "bench_rlhf.py"]
+SCRIPTS = ["train_classic.py", "evaluate_classic.py", "bench_classic.py", "compare_critics.py", "run_tutorials.py", "make_data.py",
+           "pretrain.py", "sample.py", "train_reward_model.py", "train_rlhf.py", "bench_rlhf.py"]
 
 
 @pytest.fixture
@@ -37,6 +37,7 @@ CASES = {
         ("evaluate_classic.py", ["{dir}/classic_run", "--episodes", "ten"], "invalid int value: 'ten'"),
         ("bench_classic.py", ["--seeds", "three"], "invalid int value: 'three'"),
         ("compare_critics.py", ["--lambdas", "one"], "invalid float value: 'one'"),
+        ("run_tutorials.py", ["--seeds", "first"], "invalid int value: 'first'"),
         ("make_data.py", ["--seed", "x"], "invalid int value: 'x'"),
         ("pretrain.py", ["--max-steps", "1.5"], "invalid int value: '1.5'"),
         ("sample.py", ["--n", "all"], "invalid int value: 'all'"),
@@ -48,6 +49,8 @@ CASES = {
         ("train_classic.py", ["--algo", "sac"], "unknown --algo 'sac'; accepted: random_search"),
         ("train_classic.py", ["--env", "CartPol-v1"], "unknown env id 'CartPol-v1': did you mean CartPole-v1"),
         ("compare_critics.py", ["--algo", "ppo"], "argument --algo: invalid choice: 'ppo' (choose from 'vpg', 'a2c')"),
+        ("train_classic.py", ["--preset", "tutorial-9"], "unknown --preset 'tutorial-9'; accepted: tutorial-000,"),
+        ("run_tutorials.py", ["--presets", "tutorial-9"], "unknown --preset 'tutorial-9'; accepted: tutorial-000,"),
         ("bench_classic.py", ["--algos", "sac"], "unknown --algos ['sac']; accepted: all, random_search"),
         ("bench_classic.py", ["--impls", "trl"], "invalid choice: 'trl' (choose from 'ours', 'sb3')"),
         ("pretrain.py", ["--preset", "huge"], "unknown --preset 'huge'; accepted: nano, tiny, small"),
@@ -98,7 +101,7 @@ CASES = {
 def test_bad_input_gets_one_line_and_exit_2(script, args, message, files, monkeypatch, capsys):
     fill = lambda text: text.format(**files)  # noqa: E731
     if "--run-dir" not in args and script not in ("evaluate_classic.py", "bench_classic.py", "make_data.py", "sample.py",
-                                                  "bench_rlhf.py"):
+                                                  "bench_rlhf.py", "run_tutorials.py"):
         args = [*args, "--run-dir", "{dir}/fresh"]
     monkeypatch.chdir(files["dir"])  # so that nothing a case wrongly writes lands in the repository
     code, _, err = run_script(script, [fill(a) for a in args], monkeypatch, capsys)
