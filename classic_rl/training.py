@@ -169,8 +169,9 @@ def plot_learning_curve(path: Path, logger: RunLogger, evaluator: Evaluator, tit
     """Training returns per episode, raw and smoothed, and the evaluations, against env steps and seconds."""
     steps, returns = [e["step"] for e in logger.episodes], [e["return"] for e in logger.episodes]
     eval_label = f"eval return ({evaluator.cfg.eval_mode})"
+    window = smoothing_window(len(returns))
     lines = {"train return per episode": (steps, returns, {"color": "C0", "alpha": 0.3, "linewidth": 0.7, "marker": None}),
-             f"train return, mean of {SMOOTHING}": (steps, moving_average(returns, SMOOTHING), {"color": "C0", "marker": None}),
+             f"train return, mean of {window}": (steps, moving_average(returns, window), {"color": "C0", "marker": None}),
              eval_label: ([h["env_steps"] for h in evaluator.history], [h["mean"] for h in evaluator.history])}
     if threshold is not None and evaluator.history:
         lines["solved threshold"] = ([0, evaluator.history[-1]["env_steps"]], [threshold, threshold], {"linestyle": "--", "marker": None})
@@ -178,7 +179,9 @@ def plot_learning_curve(path: Path, logger: RunLogger, evaluator: Evaluator, tit
     plot_lines(path, [("env steps", "return", lines), ("wall seconds", "return", wall)], title)
 
 
-SMOOTHING = 20  # episodes in the moving average of training returns
+def smoothing_window(episodes: int) -> int:
+    """Episodes in the moving average of training returns: 20, or a 50th of a long run's episodes."""
+    return max(20, episodes // 50)
 
 
 def moving_average(values: list[float], window: int) -> np.ndarray:

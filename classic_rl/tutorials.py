@@ -24,7 +24,13 @@ from classic_rl.infra.plots import plot_lines, plt
 from classic_rl.infra.run_folder import atomic_write
 from classic_rl.maze import MOVES, Maze
 from classic_rl.nets import QTable, load_agent
-from classic_rl.training import ClassicConfig, evaluation_seed, moving_average, policy_returns
+from classic_rl.training import (
+    ClassicConfig,
+    evaluation_seed,
+    moving_average,
+    policy_returns,
+    smoothing_window,
+)
 
 Report = Callable[[Path, ClassicConfig, dict[str, Any]], dict[str, Any]]
 
@@ -47,10 +53,10 @@ def read_episodes(run_dir: Path) -> list[dict[str, float]]:
 def plot_episode_returns(run_dir: Path, title: str) -> None:
     """Total reward of every training episode against its number: the plot tutorial 000 draws."""
     returns = [e["return"] for e in read_episodes(run_dir)]
-    episodes = list(range(1, len(returns) + 1))
+    episodes, window = list(range(1, len(returns) + 1)), smoothing_window(len(returns))
     plot_lines(run_dir / "episode_rewards.png", [("episode", "total reward", {
         "per episode": (episodes, returns, {"alpha": 0.5, "linewidth": 0.7, "marker": None}),
-        "mean of 20": (episodes, moving_average(returns, 20), {"marker": None})})], title)
+        f"mean of {window}": (episodes, moving_average(returns, window), {"marker": None})})], title)
 
 
 def report_eval(run_dir: Path, cfg: ClassicConfig, summary: dict[str, Any]) -> dict[str, Any]:
