@@ -53,8 +53,9 @@ def load_rows(path: str | Path, required: Sequence[str]):
     return datasets.load_dataset("json", data_files=str(path), split="train")
 
 
-def load_prompts(path: str | Path) -> list[str]:
-    """Prompts from a JSONL file with a "prompt" field, or a .txt file with one prompt per line."""
+def load_prompt_rows(path: str | Path) -> list[dict]:
+    """Prompt rows from a JSONL file with a "prompt" field (other fields, e.g. "answer", come along as
+    columns), or from a .txt file with one prompt per line."""
     path = Path(path)
     if path.suffix == ".txt":
         if not path.is_file():
@@ -62,8 +63,21 @@ def load_prompts(path: str | Path) -> list[str]:
         prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
         if not prompts:
             raise ConfigError(f"{path} is empty; expected one prompt per line")
-        return prompts
-    return list(load_rows(path, ["prompt"])["prompt"])
+        return [{"prompt": p} for p in prompts]
+    return load_rows(path, ["prompt"]).to_list()
+
+
+def load_prompts(path: str | Path) -> list[str]:
+    """Just the prompts of load_prompt_rows."""
+    return [row["prompt"] for row in load_prompt_rows(path)]
+
+
+def split_columns(rows: list[dict] | list[str]) -> tuple[list[str], dict[str, list]]:
+    """(prompts, {column: values}) of prompt rows (plain strings are rows without columns): the columns
+    reach reward functions as keyword lists, TRL's convention."""
+    rows = [row if isinstance(row, dict) else {"prompt": row} for row in rows]
+    names = [name for name in (rows[0] if rows else {}) if name != "prompt"]
+    return [row["prompt"] for row in rows], {name: [row.get(name) for row in rows] for name in names}
 
 
 class ShuffledBatches:

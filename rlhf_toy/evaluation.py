@@ -8,26 +8,28 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from rlhf_toy.data import split_columns
 from rlhf_toy.rewards import CombinedReward
 from rlhf_toy.rollout import sample_rollout
 from rlhf_toy.sampling import SamplingConfig
 
 
-def evaluate_on_prompts(policy, tokenizer, prompts: list[str], reward: CombinedReward, sampling: SamplingConfig,
+def evaluate_on_prompts(policy, tokenizer, prompts: list[str] | list[dict], reward: CombinedReward, sampling: SamplingConfig,
                         samples_per_prompt: int, seed: int, gold: CombinedReward | None = None) -> dict[str, Any]:
     """Mean reward (and components, and the gold reward if given) of samples_per_prompt sampled completions
-    of each prompt, with rows of (prompt, completion, reward).
+    of each prompt (a string, or a row whose other columns reach the rewards), with rows of (prompt,
+    completion, reward).
 
     Samples with its own seed and leaves the caller's RNG untouched, so an evaluation before and one after
     training see the same sampling noise.
     """
-    repeated = [p for p in prompts for _ in range(samples_per_prompt)]
+    repeated, columns = split_columns([p for p in prompts for _ in range(samples_per_prompt)])
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         rollout = sample_rollout(policy, tokenizer, repeated, sampling)
-    totals, components = reward.score(repeated, rollout.completions)
+    totals, components = reward.score(repeated, rollout.completions, **columns)
     if gold is not None:
-        components["gold"] = gold(repeated, rollout.completions)
+        components["gold"] = gold(repeated, rollout.completions, **columns)
     return {"reward": float(np.mean(totals)), "components": {k: float(np.mean(v)) for k, v in components.items()},
             "mean_length": float(rollout.completion_lengths.float().mean()),
             "rows": [{"prompt": p, "completion": c, "reward": r} for p, c, r in zip(repeated, rollout.completions, totals, strict=True)]}

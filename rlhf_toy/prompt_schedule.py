@@ -4,9 +4,13 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
+from typing import TypeVar
 
 import numpy as np
 import torch
+
+T = TypeVar("T")
 
 
 @functools.lru_cache(maxsize=4)
@@ -15,9 +19,9 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
 
 
-def prompts_for_step(prompts: list[str], step: int, prompts_per_step: int, num_generations: int, seed: int) -> list[str]:
-    """The prompts of step (1-based), each repeated num_generations times (groups are consecutive),
-    drawn epoch by epoch from seeded permutations of the prompt list."""
+def prompts_for_step(prompts: Sequence[T], step: int, prompts_per_step: int, num_generations: int, seed: int) -> list[T]:
+    """The prompts (strings or rows) of step (1-based), each repeated num_generations times (groups are
+    consecutive), drawn epoch by epoch from seeded permutations of the prompt list."""
     chosen, n = [], len(prompts)
     for index in range((step - 1) * prompts_per_step, step * prompts_per_step):
         epoch, position = divmod(index, n)

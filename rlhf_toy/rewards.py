@@ -7,7 +7,12 @@ Built-in rules return a score in [0, 1], 1 = perfect:
   else `target_words`): max(0, 1 - |words - target| / target);
 - format: the completion is exactly `<answer> ... </answer>` (1.0); the tags are there but with
   text outside them (0.5); only the opening tag (0.25); otherwise 0.
-The default RLHF reward is their equal-weight sum, `length,format` with weights 0.5,0.5.
+- think: the completion is exactly `<think> ... </think> <answer> ... </answer>`, both non-empty
+  (1.0); both pairs in that order with text around them (0.5); a `<think> ... </think>` pair alone
+  (0.25); otherwise 0. The simplest reward for a reasoning layout, usable with any task.
+- correct: 1 if the number inside the first `<answer> ... </answer>` equals the row's `answer`
+  column (spaces, a sign, thousands commas and a final full stop allowed; anything else is 0).
+The default RLHF reward is `length,format` with weights 0.5,0.5.
 """
 
 from __future__ import annotations
@@ -25,10 +30,16 @@ from classic_rl.infra.errors import ConfigError
 from rlhf_toy.learned_reward import RewardModelScorer
 
 OPEN_TAG, CLOSE_TAG = "<answer>", "</answer>"  # the layout the format reward asks for
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 RewardFn = Callable[..., Sequence[float]]
 
 _TARGET_IN_PROMPT = re.compile(r"\bin (\d+) words\b", re.IGNORECASE)
 _EXACT_FORMAT = re.compile(rf"^{re.escape(OPEN_TAG)}(.+?){re.escape(CLOSE_TAG)}$", re.DOTALL)
+_THINK_THEN_ANSWER = re.compile(rf"{re.escape(THINK_OPEN)}(.*?){re.escape(THINK_CLOSE)}\s*{re.escape(OPEN_TAG)}(.*?){re.escape(CLOSE_TAG)}",
+                                re.DOTALL)
+_THINK_PAIR = re.compile(rf"{re.escape(THINK_OPEN)}.*?{re.escape(THINK_CLOSE)}", re.DOTALL)
+_ANSWER_BLOCK = re.compile(rf"{re.escape(OPEN_TAG)}(.*?){re.escape(CLOSE_TAG)}", re.DOTALL)
+_NUMBER = re.compile(r"^([+-]?)\s*(\d{1,3}(?:,\d{3})+|\d+)\.?$")
 
 
 def answer_text(completion: str) -> str:
@@ -63,7 +74,40 @@ def format_reward(prompts: list[str], completions: list[str], **_) -> list[float
     return scores
 
 
-BUILTIN_REWARDS: dict[str, RewardFn] = {"length": length_reward, "format": format_reward}
+def think_reward(prompts: list[str], completions: list[str], **_) -> list[float]:
+    """1 for exactly `<think> T </think> <answer> A </answer>` (T, A non-empty), 0.5 with text around it or an
+    empty part, 0.25 for a think pair alone."""
+    scores = []
+    for completion in completions:
+        text = completion.strip()
+        layout = _THINK_THEN_ANSWER.search(text)
+        if layout and layout.span() == (0, len(text)) and layout.group(1).strip() and layout.group(2).strip():
+            scores.append(1.0)
+        elif layout:
+            scores.append(0.5)
+        else:
+            scores.append(0.25 if _THINK_PAIR.search(text) else 0.0)
+    return scores
+
+
+def parse_answer_number(completion: str) -> int | None:
+    """The integer inside the first `<answer> ... </answer>`, or None when there is none or it holds anything else."""
+    block = _ANSWER_BLOCK.search(completion)
+    number = _NUMBER.match(block.group(1).strip()) if block else None
+    if number is None:
+        return None
+    return int(number.group(1) + number.group(2).replace(",", ""))
+
+
+def correct_reward(prompts: list[str], completions: list[str], answer: list | None = None, **_) -> list[float]:
+    """1 where the answer block's number equals the `answer` column (a dataset column, TRL's convention), else 0."""
+    if answer is None:
+        raise ConfigError("the correct reward needs an `answer` column in the prompts file, e.g. --task arithmetic")
+    return [float(parse_answer_number(c) == int(str(a).strip())) for c, a in zip(completions, answer, strict=True)]
+
+
+BUILTIN_REWARDS: dict[str, RewardFn] = {"length": length_reward, "format": format_reward, "think": think_reward,
+                                        "correct": correct_reward}
 DEFAULT_REWARD = "length,format"
 
 

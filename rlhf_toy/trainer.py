@@ -31,7 +31,7 @@ from classic_rl.infra.plots import plot_lines
 from classic_rl.infra.run_folder import start_run, truncate_jsonl, write_json
 from rlhf_toy.base_model import default_base_model
 from rlhf_toy.configs import GRPOConfig, PPOConfig, RLHFConfig
-from rlhf_toy.data import load_prompts
+from rlhf_toy.data import load_prompt_rows, split_columns
 from rlhf_toy.distributed import any_process, make_accelerator, mean_over_processes, process_share
 from rlhf_toy.evaluation import evaluate_on_prompts, print_completions, print_side_by_side
 from rlhf_toy.grpo import grpo_update
@@ -50,8 +50,8 @@ class Run:
     accelerator: Any
     reward: CombinedReward
     gold: CombinedReward | None
-    train_prompts: list[str]
-    eval_prompts: list[str]
+    train_prompts: list[dict]  # rows: "prompt" and the columns the rewards read
+    eval_prompts: list[dict]
     run_dir: Path
     model_name: str
     tokenizer: Any
@@ -107,7 +107,7 @@ def set_up(cfg: RLHFConfig) -> Run:
                           f"(each process takes whole prompt groups), got --algo {cfg.algo} --prompts-per-step {cfg.prompts_per_step}")
     reward = resolve_reward(cfg.reward, cfg.reward_weights, cfg.target_words)
     gold = resolve_reward(cfg.gold_reward, target_words=cfg.target_words) if cfg.gold_reward else None
-    train_prompts, eval_prompts = load_prompts(cfg.prompts), load_prompts(cfg.eval_prompts)
+    train_prompts, eval_prompts = load_prompt_rows(cfg.prompts), load_prompt_rows(cfg.eval_prompts)
     if cfg.model:
         check_model_exists(cfg.model)
     run_dir, checkpoints = start_run(cfg, main_process=accelerator.is_main_process)
@@ -118,9 +118,9 @@ def set_up(cfg: RLHFConfig) -> Run:
         model_name = cfg.model or default_base_model()
     tokenizer = load_tokenizer(model_name, cfg.trust_remote_code)
     policy = load_model(str(checkpoints.folder / "model") if checkpoints.resumed else model_name, cfg.trust_remote_code)
-    for name, prompts in (("--prompts", train_prompts), ("--eval-prompts", eval_prompts)):
+    for name, rows in (("--prompts", train_prompts), ("--eval-prompts", eval_prompts)):
         try:
-            encode_prompts(tokenizer, prompts, cfg.max_completion_length, policy)
+            encode_prompts(tokenizer, [row["prompt"] for row in rows], cfg.max_completion_length, policy)
         except ConfigError as err:
             raise ConfigError(f"{name}: {err}") from None
     ref_model = load_model(model_name, cfg.trust_remote_code).eval().requires_grad_(False) if cfg.uses_reference else None
@@ -202,13 +202,13 @@ def train_step(run: Run, step: int) -> tuple[dict[str, float], list[dict]]:
     t0 = time.perf_counter()
     torch.manual_seed(step_seed(cfg.seed, step, accelerator.process_index))
     step_prompts = prompts_for_step(run.train_prompts, step, cfg.prompts_per_step, cfg.num_generations, cfg.seed)
-    prompts = process_share(step_prompts, accelerator.process_index, accelerator.num_processes)
+    prompts, columns = split_columns(process_share(step_prompts, accelerator.process_index, accelerator.num_processes))
     rollout = sample_rollout(accelerator.unwrap_model(run.policy), run.tokenizer, prompts, cfg.sampling, run.ref_model)
     t1 = time.perf_counter()
     try:  # a broken reward or a non-finite loss stops the run before any bad optimizer step
-        totals, components = run.reward.score(prompts, rollout.completions)
+        totals, components = run.reward.score(prompts, rollout.completions, **columns)
         if run.gold is not None:
-            components["gold"] = run.gold(prompts, rollout.completions)
+            components["gold"] = run.gold(prompts, rollout.completions, **columns)
         rewards = torch.tensor(totals, dtype=torch.float32, device=accelerator.device)
         t2 = time.perf_counter()
         run.policy.train()

@@ -127,8 +127,8 @@ def test_broken_reward_functions_are_named_with_the_first_bad_index(function, me
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("lenght", "unknown reward 'lenght'; accepted: length, format, FILE.py:FUNCTION, package.module:function or rm:DIR"),
-    ("", "--reward is empty; accepted: a comma list of length, format, FILE.py:FUNCTION, package.module:function or rm:DIR"),
+    ("lenght", "unknown reward 'lenght'; accepted: length, format, think, correct, FILE.py:FUNCTION, package.module:function or rm:DIR"),
+    ("", "--reward is empty; accepted: a comma list of length, format, think, correct, FILE.py:FUNCTION, package.module:function or rm:DIR"),
     ("missing_file.py:fn", "reward file missing_file.py not found"),
     ("no_such_module_xyz:fn", "cannot import module 'no_such_module_xyz'"),
 ])
