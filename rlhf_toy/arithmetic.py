@@ -89,3 +89,27 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     if not 0 <= c <= n or not 1 <= k <= n:
         raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
     return 1.0 - comb(n - c, k) / comb(n, k)
+
+
+# Shares of the pretraining corpus's worked solutions that slip in one column, or skip the thinking.
+MISTAKE_RATE, NO_THINK_RATE = 0.3, 0.2
+
+
+def arithmetic_splits(rng: random.Random, sizes: dict[str, int]) -> dict[str, list[dict[str, str]]]:
+    """The held-out eval problems first, then training prompts and worked solutions for pretraining, all
+    distinct problems, so no eval problem is ever trained on. Rows: {"prompt", "answer"} and {"prompt", "response"}."""
+    seen: set[tuple[int, str, int]] = set()
+
+    def fresh() -> tuple[int, str, int]:
+        while (problem := make_problem(rng)) in seen:
+            pass
+        seen.add(problem)
+        return problem
+
+    def task_row(problem: tuple[int, str, int]) -> dict[str, str]:
+        return {"prompt": prompt_text(*problem), "answer": str(solve(*problem))}
+
+    splits = {name: [task_row(fresh()) for _ in range(sizes[name])] for name in ("arithmetic_eval", "arithmetic_train")}
+    splits["arithmetic_sft"] = [{"prompt": prompt_text(*p), "response": worked_solution(*p, rng, MISTAKE_RATE, NO_THINK_RATE)}
+                                for p in (fresh() for _ in range(sizes["arithmetic_sft"]))]
+    return splits

@@ -11,6 +11,8 @@ from rlhf_toy.data import DATA_DIR
 from rlhf_toy.pretrain import PretrainConfig, pretrain
 
 BASE_MODEL_VERSION = "v2"  # bump when the corpus or recipe changes, so cached models are rebuilt (v2: fused GELU)
+ARITHMETIC_MODEL_VERSION = "v1"  # likewise for the arithmetic base model
+BASE_MODELS = ("default", "arithmetic")  # the built-in base models: the little world's stories and answers, or those and sums
 
 
 def cache_home() -> Path:
@@ -18,18 +20,20 @@ def cache_home() -> Path:
     return Path(os.environ.get("RLHF_TOY_HOME", Path.home() / ".cache" / "rlhf-toy"))
 
 
-def default_base_model(preset: str = "tiny") -> str:
-    """Folder of the default base policy, pretrained once with PretrainConfig's defaults and cached.
+def default_base_model(preset: str = "tiny", arithmetic: bool = False) -> str:
+    """Folder of the default base policy (or with arithmetic, the one that has also read worked arithmetic),
+    pretrained once with PretrainConfig's defaults and cached.
 
     Built in a temporary folder and renamed into place, so an interrupted build is never reused.
     """
-    final = cache_home() / f"base-{preset}-{BASE_MODEL_VERSION}"
+    name = f"base-{preset}-arithmetic-{ARITHMETIC_MODEL_VERSION}" if arithmetic else f"base-{preset}-{BASE_MODEL_VERSION}"
+    final = cache_home() / name
     if (final / "model" / "config.json").is_file():
         return str(final / "model")
     final.parent.mkdir(parents=True, exist_ok=True)
     building = final.with_name(final.name + ".building")
-    print(f"building the default base model ({preset}) once into {final} ...")
-    pretrain(PretrainConfig(preset=preset, data_dir=str(DATA_DIR), run_dir=str(building), overwrite=True))
+    print(f"building the {'arithmetic' if arithmetic else 'default'} base model ({preset}) once into {final} ...")
+    pretrain(PretrainConfig(preset=preset, data_dir=str(DATA_DIR), arithmetic=arithmetic, run_dir=str(building), overwrite=True))
     shutil.rmtree(final, ignore_errors=True)
     building.rename(final)
     return str(final / "model")

@@ -17,6 +17,7 @@ from typing import ClassVar
 from classic_rl.infra.cli import config_field
 from classic_rl.infra.errors import ConfigError, require_choice, require_nonnegative, require_positive
 from classic_rl.infra.run_folder import RunFields
+from rlhf_toy.base_model import BASE_MODELS
 from rlhf_toy.data import DATA_DIR
 from rlhf_toy.rewards import DEFAULT_REWARD
 from rlhf_toy.sampling import SamplingConfig
@@ -33,8 +34,11 @@ class RLHFConfig(RunFields):
 
     ALGO: ClassVar[str] = ""
     algo: str = config_field("", "RL algorithm: grpo or ppo (picks the config class)")
+    task: str | None = config_field(None, "Named task setting prompts, eval set, rewards and sampling defaults "
+                                          "(rlhf_toy/tasks.py; train_rlhf.py --task lists them)")
     model: str | None = config_field(None, "Policy to fine-tune: a save_pretrained folder or hub name (default: the "
-                                           "cached default base model, built on first use)")
+                                           "cached built-in base model of --base-model, built on first use)")
+    base_model: str = config_field("default", f"Built-in base model used without --model: {', '.join(BASE_MODELS)}")
     reward: str = config_field(DEFAULT_REWARD, "Comma list of rewards: built-in names (length, format), FILE.py:FUNCTION, "
                                                "package.module:function or rm:DIR")
     reward_weights: list[float] | None = config_field(None, "Weights of the rewards in --reward (default: equal, summing to 1)")
@@ -44,6 +48,9 @@ class RLHFConfig(RunFields):
     prompts: str = config_field(str(DATA_DIR / "prompts_train.jsonl"), "Training prompts (JSONL with a prompt field, or .txt)")
     eval_prompts: str = config_field(str(DATA_DIR / "prompts_eval.jsonl"), "Fixed evaluation prompts")
     eval_samples_per_prompt: int = config_field(2, "Completions per eval prompt for reward_before / reward_after")
+    pass_at_k: int = config_field(0, "With the correct reward: report pass@1 and pass@k from eval_samples_per_prompt >= k "
+                                     "samples per eval prompt (0: off)")
+    eval_every: int = config_field(0, "Also evaluate every N steps, for the curves of eval reward (and pass@k) (0: never)")
     steps: int = config_field(100, "Training steps (one rollout and its updates each)")
     seed: int = config_field(0, "Seeds python, numpy, torch, prompt order and sampling")
     prompts_per_step: int = config_field(8, "Distinct prompts per step")
@@ -73,7 +80,14 @@ class RLHFConfig(RunFields):
                          num_minibatches=self.num_minibatches, max_completion_length=self.max_completion_length,
                          learning_rate=self.learning_rate, max_grad_norm=self.max_grad_norm, target_words=self.target_words,
                          torch_threads=self.torch_threads, eval_samples_per_prompt=self.eval_samples_per_prompt)
-        require_nonnegative(log_completions_every=self.log_completions_every)
+        require_nonnegative(log_completions_every=self.log_completions_every, pass_at_k=self.pass_at_k, eval_every=self.eval_every)
+        require_choice(base_model=(self.base_model, BASE_MODELS))
+        if self.pass_at_k > self.eval_samples_per_prompt:
+            raise ConfigError(f"--pass-at-k {self.pass_at_k} needs --eval-samples-per-prompt >= {self.pass_at_k}, "
+                              f"got {self.eval_samples_per_prompt}")
+        if self.pass_at_k and "correct" not in self.reward.split(","):
+            raise ConfigError("--pass-at-k counts answers the correct reward accepts; add correct to --reward "
+                              "(e.g. --task arithmetic)")
         if self.completions_per_step % self.num_minibatches:
             raise ConfigError(f"{self.completions_per_step} completions per step do not split into {self.num_minibatches} "
                               "minibatches; choose --num-minibatches dividing prompts_per_step * num_generations")

@@ -6,7 +6,9 @@ Three kinds of data come from the same small world of names, places, animals and
   minority (`FORMAT_RATE`) wrap the answer in `<answer>...</answer>`, the format the default
   reward asks for, so a model pretrained on them gives rewards with spread and RL has room;
 - `prompts`: RL prompts (train / eval) and `preferences`: pairs ranked by the rule judge
-  (the reward model learns from them).
+  (the reward model learns from them);
+- `arithmetic_*`: problems with their answers (train / held-out eval) and worked solutions, some
+  wrong, for the arithmetic base model (rlhf_toy/arithmetic.py).
 
 Every generator takes a `random.Random`, so the same seed always gives the same files.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import random
 
+from rlhf_toy.arithmetic import arithmetic_splits
 from rlhf_toy.rewards import CLOSE_TAG, OPEN_TAG, resolve_reward
 
 FIRST_NAMES = """Ada Alan Alma Anton Arlo Asha Bea Ben Bruno Cara Cleo Cyril Dara Dev Dina Eli Elsa Emil Enzo Esme
@@ -151,7 +154,8 @@ def preference_pair(rng: random.Random) -> dict:
 
 # Sizes of the shipped files (data/README.md describes their schemas).
 SPLIT_SIZES = {"pretrain": 12_000, "sft": 12_000, "prompts_train": 2_000, "prompts_eval": 64,
-               "preferences_train": 4_000, "preferences_eval": 500}
+               "preferences_train": 4_000, "preferences_eval": 500,
+               "arithmetic_train": 2_000, "arithmetic_eval": 100, "arithmetic_sft": 12_000}
 
 
 def generate_corpus(seed: int = 0, sizes: dict[str, int] | None = None) -> dict[str, list[dict[str, str]]]:
@@ -170,4 +174,6 @@ def generate_corpus(seed: int = 0, sizes: dict[str, int] | None = None) -> dict[
     for index, (name, make) in enumerate(makers.items()):
         rng = random.Random(seed * 1_000 + index)
         splits[name] = [make(rng) for _ in range(sizes[name])]
+    # the arithmetic splits are drawn together, so that no eval problem appears in the others
+    splits.update(arithmetic_splits(random.Random(seed * 1_000 + len(makers)), sizes))
     return splits

@@ -8,17 +8,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from rlhf_toy.arithmetic import pass_at_k
 from rlhf_toy.data import split_columns
-from rlhf_toy.rewards import CombinedReward
+from rlhf_toy.rewards import CombinedReward, think_text
 from rlhf_toy.rollout import sample_rollout
 from rlhf_toy.sampling import SamplingConfig
 
 
 def evaluate_on_prompts(policy, tokenizer, prompts: list[str] | list[dict], reward: CombinedReward, sampling: SamplingConfig,
-                        samples_per_prompt: int, seed: int, gold: CombinedReward | None = None) -> dict[str, Any]:
+                        samples_per_prompt: int, seed: int, gold: CombinedReward | None = None, pass_k: int = 0) -> dict[str, Any]:
     """Mean reward (and components, and the gold reward if given) of samples_per_prompt sampled completions
     of each prompt (a string, or a row whose other columns reach the rewards), with rows of (prompt,
-    completion, reward).
+    completion, reward). With pass_k, also pass@1 and pass@k of the correct reward's verdicts, and the
+    mean words inside <think>.
 
     Samples with its own seed and leaves the caller's RNG untouched, so an evaluation before and one after
     training see the same sampling noise.
@@ -30,9 +32,20 @@ def evaluate_on_prompts(policy, tokenizer, prompts: list[str] | list[dict], rewa
     totals, components = reward.score(repeated, rollout.completions, **columns)
     if gold is not None:
         components["gold"] = gold(repeated, rollout.completions, **columns)
-    return {"reward": float(np.mean(totals)), "components": {k: float(np.mean(v)) for k, v in components.items()},
-            "mean_length": float(rollout.completion_lengths.float().mean()),
-            "rows": [{"prompt": p, "completion": c, "reward": r} for p, c, r in zip(repeated, rollout.completions, totals, strict=True)]}
+    result = {"reward": float(np.mean(totals)), "components": {k: float(np.mean(v)) for k, v in components.items()},
+              "mean_length": float(rollout.completion_lengths.float().mean()),
+              "rows": [{"prompt": p, "completion": c, "reward": r} for p, c, r in zip(repeated, rollout.completions, totals, strict=True)]}
+    if pass_k:
+        result.update(pass_rates(components["correct"], samples_per_prompt, pass_k), k=pass_k,
+                      think_words=float(np.mean([len(think_text(c).split()) for c in rollout.completions])))
+    return result
+
+
+def pass_rates(correct: list[float], samples_per_prompt: int, k: int) -> dict[str, float]:
+    """pass@1 and pass@k averaged over prompts, from verdicts `[prompts * samples_per_prompt]` grouped by prompt."""
+    per_prompt = np.asarray(correct).reshape(-1, samples_per_prompt).sum(1).astype(int)
+    return {"pass_at_1": float(np.mean([pass_at_k(samples_per_prompt, c, 1) for c in per_prompt])),
+            "pass_at_k": float(np.mean([pass_at_k(samples_per_prompt, c, k) for c in per_prompt]))}
 
 
 def print_completions(title: str, rows: list[dict], limit: int = 4, width: int = 90) -> None:

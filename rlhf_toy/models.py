@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import transformers
 from safetensors import SafetensorError
-from tokenizers import ByteLevelBPETokenizer
+from tokenizers import ByteLevelBPETokenizer, pre_tokenizers
 from torch import Tensor
 from transformers import (
     AutoModelForCausalLM,
@@ -46,14 +46,18 @@ def format_prompt(prompt: str) -> str:
     return f"Question: {prompt}\nAnswer:"
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """Byte-level BPE (GPT-2's scheme) trained on texts, wrapped for transformers.
+def train_tokenizer(texts: Iterable[str], vocab_size: int, split_digits: bool = False) -> PreTrainedTokenizerFast:
+    """Byte-level BPE (GPT-2's scheme) trained on texts, wrapped for transformers; split_digits keeps
+    every digit its own token (as Llama's tokenizer does), so numbers are written digit by digit.
 
     A corpus with a small word list can stop short of vocab_size (each word becomes one
     token), so callers size the model from len(tokenizer), not from vocab_size.
     Pads on the left, as batched generation needs.
     """
     bpe = ByteLevelBPETokenizer(add_prefix_space=False)
+    if split_digits:
+        bpe._tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
     bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=[EOS_TOKEN, PAD_TOKEN],
                             show_progress=False)
     return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN,

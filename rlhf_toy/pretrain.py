@@ -43,6 +43,8 @@ class PretrainConfig(RunFields):
     arch: str = config_field("gpt2", f"Architecture: {', '.join(ARCHITECTURES)} (the policy's fast decoder is GPT-2's)")
     seed: int = config_field(0, "Seeds python, numpy, torch and batch order")
     data_dir: str = config_field(str(data.DATA_DIR), "Folder with pretrain.jsonl and sft.jsonl (scripts/make_data.py writes them)")
+    arithmetic: bool = config_field(False, "Add arithmetic_sft.jsonl's worked solutions and keep every digit its own token "
+                                           "(the arithmetic base model of --task arithmetic)")
     vocab_size: int = config_field(2048, "BPE vocabulary to ask for (a small corpus may yield fewer tokens)")
     n_positions: int = config_field(128, "Context length, and the length of the packed training blocks")
     batch_size: int = config_field(32, "Blocks per optimizer step")
@@ -80,10 +82,13 @@ def pack(token_lists: list[list[int]], eos_id: int, block: int) -> torch.Tensor:
     return torch.tensor(stream[: n * block]).view(n, block)
 
 
-def training_texts(data_dir: str) -> list[str]:
-    """Plain documents plus prompt/response pairs in the policy's chat template."""
+def training_texts(data_dir: str, arithmetic: bool = False) -> list[str]:
+    """Plain documents plus prompt/response pairs in the policy's chat template (with arithmetic: the worked
+    solutions too)."""
     texts = [row["text"] for row in data.load_rows(Path(data_dir) / "pretrain.jsonl", ["text"])]
-    texts += [f"{format_prompt(r['prompt'])} {r['response']}" for r in data.load_rows(Path(data_dir) / "sft.jsonl", ["prompt", "response"])]
+    for name in ("sft", "arithmetic_sft") if arithmetic else ("sft",):
+        rows = data.load_rows(Path(data_dir) / f"{name}.jsonl", ["prompt", "response"])
+        texts += [f"{format_prompt(r['prompt'])} {r['response']}" for r in rows]
     return texts
 
 
@@ -113,7 +118,7 @@ def heldout_loss(model, blocks: torch.Tensor, batch_size: int, device) -> float:
 
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     """Train tokenizer and model; writes run_dir/{model/, config.json, metrics.jsonl, summary.json, loss.png}."""
-    texts = training_texts(cfg.data_dir)  # bad data files are reported before the run folder is created
+    texts = training_texts(cfg.data_dir, cfg.arithmetic)  # bad data files are reported before the run folder is created
     run_dir, checkpoints = start_run(cfg)
     # One process, no DDP wrapper, even inside a multi-process RLHF run that builds its base model on the main process.
     device = make_accelerator(cfg.cpu).device
@@ -121,7 +126,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(len(texts), generator=generator).tolist()
     n_val = max(1, int(len(texts) * cfg.val_fraction))
-    tokenizer = train_tokenizer([texts[i] for i in order[n_val:]], cfg.vocab_size)
+    tokenizer = train_tokenizer([texts[i] for i in order[n_val:]], cfg.vocab_size, split_digits=cfg.arithmetic)
     encode = lambda idx: tokenizer([texts[i] for i in idx], add_special_tokens=False).input_ids  # noqa: E731
     train_blocks = pack(encode(order[n_val:]), tokenizer.eos_token_id, cfg.n_positions)
     val_blocks = pack(encode(order[:n_val]), tokenizer.eos_token_id, cfg.n_positions)

@@ -37,7 +37,7 @@ _TARGET_IN_PROMPT = re.compile(r"\bin (\d+) words\b", re.IGNORECASE)
 _EXACT_FORMAT = re.compile(rf"^{re.escape(OPEN_TAG)}(.+?){re.escape(CLOSE_TAG)}$", re.DOTALL)
 _THINK_THEN_ANSWER = re.compile(rf"{re.escape(THINK_OPEN)}(.*?){re.escape(THINK_CLOSE)}\s*{re.escape(OPEN_TAG)}(.*?){re.escape(CLOSE_TAG)}",
                                 re.DOTALL)
-_THINK_PAIR = re.compile(rf"{re.escape(THINK_OPEN)}.*?{re.escape(THINK_CLOSE)}", re.DOTALL)
+_THINK_PAIR = re.compile(rf"{re.escape(THINK_OPEN)}(.*?){re.escape(THINK_CLOSE)}", re.DOTALL)
 _ANSWER_BLOCK = re.compile(rf"{re.escape(OPEN_TAG)}(.*?){re.escape(CLOSE_TAG)}", re.DOTALL)
 _NUMBER = re.compile(r"^([+-]?)\s*(\d{1,3}(?:,\d{3})+|\d+)\.?$")
 
@@ -88,6 +88,12 @@ def think_reward(prompts: list[str], completions: list[str], **_) -> list[float]
         else:
             scores.append(0.25 if _THINK_PAIR.search(text) else 0.0)
     return scores
+
+
+def think_text(completion: str) -> str:
+    """What the first <think> ... </think> holds ("" without one)."""
+    pair = _THINK_PAIR.search(completion)
+    return pair.group(1).strip() if pair else ""
 
 
 def parse_answer_number(completion: str) -> int | None:

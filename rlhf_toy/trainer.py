@@ -73,7 +73,13 @@ class Run:
 
     def evaluate_policy(self) -> dict[str, Any]:
         return evaluate_on_prompts(self.accelerator.unwrap_model(self.policy), self.tokenizer, self.eval_prompts, self.reward,
-                                   self.cfg.eval_sampling, self.cfg.eval_samples_per_prompt, self.cfg.eval_seed, self.gold)
+                                   self.cfg.eval_sampling, self.cfg.eval_samples_per_prompt, self.cfg.eval_seed, self.gold,
+                                   self.cfg.pass_at_k)
+
+    def log_evaluation(self, step: int, result: dict[str, Any]) -> None:
+        """An evaluation's means as eval/* metrics at `step` (0: before training), for the curves."""
+        self.logger.log(step, {"eval/reward": result["reward"], "eval/mean_length": result["mean_length"],
+                               **{f"eval/{key}": result[key] for key in ("pass_at_1", "pass_at_k", "think_words") if key in result}})
 
     def save_checkpoint(self, step: int) -> Path:
         """checkpoints/step-N/: the policy as save_pretrained; state.pt with the optimizer, the critic, the KL
@@ -115,7 +121,7 @@ def set_up(cfg: RLHFConfig) -> Run:
     accelerator.wait_for_everyone()  # the main process has checked and created the run folder
 
     with accelerator.main_process_first():  # the main process builds the default base model if it is not cached
-        model_name = cfg.model or default_base_model()
+        model_name = cfg.model or default_base_model(arithmetic=cfg.base_model == "arithmetic")
     tokenizer = load_tokenizer(model_name, cfg.trust_remote_code)
     policy = load_model(str(checkpoints.folder / "model") if checkpoints.resumed else model_name, cfg.trust_remote_code)
     for name, rows in (("--prompts", train_prompts), ("--eval-prompts", eval_prompts)):
@@ -152,6 +158,7 @@ def evaluate_before(run: Run) -> dict[str, Any] | None:
     if run.main and run.start_step == 1:
         before = run.evaluate_policy()
         write_json(path, before)
+        run.log_evaluation(0, before)
     elif run.main:
         before = json.loads(path.read_text())
         truncate_jsonl(run.run_dir / "samples.jsonl", run.start_step - 1)
@@ -185,6 +192,8 @@ def run_steps(run: Run) -> float:
                     samples_file.writelines(json.dumps(row) + "\n" for row in samples)
                     samples_file.flush()
                     print_completions(f"step {step}: reward {metrics['reward']:.3f}", samples)
+                if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:  # the last is finish()'s
+                    run.log_evaluation(step, run.evaluate_policy())
             checkpoints.stop.requested = any_process(run.accelerator, checkpoints.stop.requested)
             if checkpoints.due(step):  # every process asks: they all wait for the main one to write
                 if main:
@@ -242,6 +251,7 @@ def finish(run: Run, before: dict[str, Any], train_time: float) -> dict[str, Any
     """Evaluate the trained policy, save it, and write summary.json, eval_samples.json and the plots."""
     cfg, logger = run.cfg, run.logger
     after = run.evaluate_policy()
+    run.log_evaluation(cfg.steps, after)
     k = cfg.eval_samples_per_prompt  # one row per distinct prompt
     print_side_by_side(before["rows"][::k], after["rows"][::k])
     final_dir = run.run_dir / "model"
@@ -259,10 +269,16 @@ def finish(run: Run, before: dict[str, Any], train_time: float) -> dict[str, Any
         "wall_s": train_time, "total_wall_s": logger.elapsed(),
         "completions_per_s": completions_done / train_time if train_time else None,
     }
+    if cfg.pass_at_k:
+        summary.update({f"{key}_{when}": result[key] for key in ("pass_at_1", "pass_at_k", "think_words")
+                        for when, result in (("before", before), ("after", after))}, k=cfg.pass_at_k)
     write_json(run.run_dir / "summary.json", summary)
     write_json(run.run_dir / "eval_samples.json", {"before": before["rows"], "after": after["rows"]})
     plot_run(run)
     logger.close()
+    if cfg.pass_at_k:
+        print(f"pass@1 {before['pass_at_1']:.3f} -> {after['pass_at_1']:.3f}, pass@{cfg.pass_at_k} {before['pass_at_k']:.3f} -> "
+              f"{after['pass_at_k']:.3f} on {len(run.eval_prompts)} held-out prompts; plot: {run.run_dir / 'pass_at_k.png'}")
     print(f"eval reward {before['reward']:.3f} -> {after['reward']:.3f}; plots: {run.run_dir / 'curves.png'}; model: {final_dir}")
     return summary
 
@@ -277,6 +293,12 @@ def plot_run(run: Run) -> None:
         ("step", f"KL to reference ({'k3' if cfg.algo == 'grpo' else 'k1'} per token)", {"kl": logger.series("kl")}),
         ("step", "completion tokens", {"mean length": logger.series("completions/mean_length")}),
     ], f"{cfg.algo} on {Path(run.model_name).name}, reward {cfg.reward}")
+    if cfg.pass_at_k:
+        plot_lines(run.run_dir / "pass_at_k.png", [
+            ("step", "held-out problems solved", {"pass@1": logger.series("eval/pass_at_1"),
+                                                  f"pass@{cfg.pass_at_k}": logger.series("eval/pass_at_k")}),
+            ("step", "words inside <think>", {"mean": logger.series("eval/think_words")}),
+        ], f"{cfg.algo}, reward {cfg.reward}: pass@k on the eval set")
     if run.gold is not None:
         plot_lines(run.run_dir / "proxy_vs_gold.png", [("step", "mean reward per step", {
             f"proxy ({cfg.reward}, optimised)": logger.series("reward"),

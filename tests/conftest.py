@@ -75,6 +75,12 @@ def run_script(script: str, args: list[str], monkeypatch, capsys) -> tuple[int, 
     return code, captured.out, captured.err
 
 
+def step_rows(run_dir: Path) -> list[dict]:
+    """The metrics rows of an RLHF run's training steps (not its eval/* rows)."""
+    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [row for row in rows if "reward" in row]
+
+
 def comparable_metrics(run_dir: Path) -> list[dict]:
     """metrics.jsonl without the fields that measure time, which differ between any two runs."""
     rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]

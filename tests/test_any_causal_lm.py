@@ -10,7 +10,7 @@ from rlhf_toy.configs import config_for
 from rlhf_toy.fast_decode import supports_fast_decode
 from rlhf_toy.models import load_model
 from rlhf_toy.trainer import train
-from tests.conftest import run_script
+from tests.conftest import run_script, step_rows
 
 
 def test_pretrain_builds_a_llama_that_saves_and_loads_through_the_auto_classes(nano_llama_dir):
@@ -30,7 +30,7 @@ def test_rlhf_fine_tunes_a_llama(fields, nano, nano_llama_dir, tmp_path):
                 num_generations=2, eval_prompts=str(root / "data" / "prompts_eval.jsonl"), max_completion_length=12,
                 eval_samples_per_prompt=1, log_completions_every=0, run_dir=str(tmp_path / "run"))
     summary = train(config_for(fields["algo"])(**{**base, **fields}))
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = step_rows(tmp_path / "run")
     assert len(rows) == 3 and rows[0]["kl"] == pytest.approx(0, abs=1e-5) and rows[-1]["kl"] != 0  # it moved off the reference
     assert rows[-1]["grad_norm"] > 0
     assert summary["kl_final"] is not None and 0 <= summary["reward_after"] <= 1

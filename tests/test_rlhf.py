@@ -30,7 +30,7 @@ from rlhf_toy.rewards import resolve_reward
 from rlhf_toy.rollout import completion_logits, completion_mask_from_ids, sample_rollout
 from rlhf_toy.sampling import SamplingConfig
 from rlhf_toy.trainer import train
-from tests.conftest import ROOT, comparable_metrics, kill_after_first_checkpoint, run_script
+from tests.conftest import ROOT, comparable_metrics, kill_after_first_checkpoint, run_script, step_rows
 
 
 def test_group_advantages_by_hand():
@@ -157,10 +157,12 @@ def test_grpo_end_to_end_writes_the_run_folder(nano, tmp_path):
     assert {"reward_before", "reward_after", "kl_final", "wall_s", "completions_per_s", "components_before",
             "components_after"} <= set(summary)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 3
+    steps, evaluations = [r for r in rows if "reward" in r], [r for r in rows if "eval/reward" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3] and [r["step"] for r in evaluations] == [0, 3]
+    assert [r["eval/reward"] for r in evaluations] == [summary["reward_before"], summary["reward_after"]]
     for key in ["reward", "rewards/length/mean", "rewards/format/mean", "kl", "entropy", "clip_ratio", "approx_kl",
                 "completions/mean_length", "frac_reward_zero_std", "time/generate_s", "time/update_s"]:
-        assert key in rows[0], key
+        assert key in steps[0], key
     assert load_model(str(run_dir / "model")).num_parameters() > 0
 
 
@@ -284,7 +286,7 @@ def test_one_ppo_update_raises_the_logprob_of_the_better_completion(critic_kind,
 def test_ppo_end_to_end_with_a_shared_critic(nano, tmp_path):
     summary = train(small_config(nano, tmp_path, algo="ppo", critic="shared", num_generations=1, prompts_per_step=4,
                                  num_ppo_epochs=2, missing_eos_penalty=0.5, target_kl=1.0))
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = step_rows(tmp_path / "run")
     assert {"value_loss", "explained_variance", "beta", "kl_sequence"} <= set(rows[-1])
     assert rows[-1]["beta"] != 0.05  # the adaptive controller moved beta
     assert summary["algo"] == "ppo" and (tmp_path / "run" / "model" / "config.json").is_file()
@@ -329,7 +331,8 @@ def test_resume_ends_where_an_uninterrupted_run_ends(nano, tmp_path):
     checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert checkpoints == ["step-2"]  # only the newest kept, no temporary folder left behind
     resumed = train(small_config(nano, tmp_path, steps=4, save_every=1, resume=True))
-    assert [r["step"] for r in comparable_metrics(tmp_path / "run")] == [1, 2, 3, 4]
+    # the eval before (step 0), steps 1-4 and the eval after; not the first run's eval after its step 2
+    assert [r["step"] for r in comparable_metrics(tmp_path / "run")] == [0, 1, 2, 3, 4, 4]
     assert comparable_metrics(tmp_path / "run") == comparable_metrics(tmp_path / "straight" / "run")
     for key in ("reward_before", "reward_after", "kl_final"):  # before: the initial policy's, not the checkpoint's
         assert resumed[key] == straight[key], key
@@ -413,7 +416,7 @@ def test_grpo_in_two_processes_writes_one_run_folder(nano, tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["num_processes"] == 2 and summary["steps"] == 3
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2, 3]  # the main process alone logs
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 3]  # the main process alone logs (eval before, steps, eval after)
     assert result.stdout.count("before training: eval reward") == 1
     assert (run_dir / "checkpoints" / "step-2" / "model" / "model.safetensors").is_file()
     assert load_model(str(run_dir / "model")).num_parameters() > 0

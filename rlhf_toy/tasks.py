@@ -1,0 +1,33 @@
+"""Named tasks for train_rlhf.py --task NAME: each bundles prompts, an eval set, rewards, a base model
+and sampling defaults; any flag given beside --task overrides them.
+
+    arithmetic   "Compute 47 + 38." with its answer as a column; reward correct (the answer is right)
+                 plus a little think (the <think> ... </think> <answer> ... </answer> layout); the
+                 arithmetic base model; pass@1 and pass@8 on 100 held-out problems
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from classic_rl.infra.errors import ConfigError
+from rlhf_toy.data import DATA_DIR
+
+TASKS: dict[str, dict[str, Any]] = {
+    "arithmetic": dict(
+        prompts=str(DATA_DIR / "arithmetic_train.jsonl"), eval_prompts=str(DATA_DIR / "arithmetic_eval.jsonl"),
+        reward="correct,think", reward_weights=[0.8, 0.2], base_model="arithmetic", max_completion_length=64,
+        eval_samples_per_prompt=8, pass_at_k=8, eval_every=10, run_dir="runs/arithmetic",
+    ),
+}
+
+
+def task_defaults(name: str) -> dict[str, Any]:
+    """The config fields of task `name` (a ConfigError lists the tasks)."""
+    if name not in TASKS:
+        raise ConfigError(f"unknown --task {name!r}; accepted: {', '.join(TASKS)}")
+    return {"task": name, **TASKS[name]}
+
+
+def listing() -> str:
+    return __doc__.split("\n\n", 1)[1].rstrip()
