@@ -85,3 +85,23 @@ def test_dataset_columns_reach_reward_functions_as_keyword_lists():
     totals, components = reward.score(prompts, ["<think> 1 + 2 = 3 </think> <answer> 3 </answer>", "<answer> 2 </answer>"], **columns)
     assert totals == pytest.approx([1.0, 0.0]) and components == {"correct": [1.0, 0.0], "think": [1.0, 0.0]}
     assert split_columns(["a plain prompt"]) == (["a plain prompt"], {})
+
+
+def test_held_out_problems_appear_nowhere_else_and_the_corpus_is_right_only_sometimes():
+    from rlhf_toy.corpus import generate_corpus
+    from rlhf_toy.rewards import correct_reward
+
+    splits = generate_corpus(0, {"arithmetic_eval": 100, "arithmetic_train": 2000, "arithmetic_sft": 4000})
+    held_out = {row["prompt"] for row in splits["arithmetic_eval"]}
+    assert len(held_out) == 100
+    assert not held_out & {row["prompt"] for row in splits["arithmetic_train"] + splits["arithmetic_sft"]}
+    worked = splits["arithmetic_sft"]
+    answers = [str(solve(*problem_of(row["prompt"]))) for row in worked]
+    right = correct_reward([], [row["response"] for row in worked], answer=answers)
+    thinking = think_reward([], [row["response"] for row in worked])
+    assert 0.55 < sum(right) / len(worked) < 0.75 and 0.75 < sum(thinking) / len(worked) < 0.85
+
+
+def problem_of(prompt: str) -> tuple[int, str, int]:
+    _, a, op, b = prompt.rstrip(".").split()
+    return int(a), op, int(b)
