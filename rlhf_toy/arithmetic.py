@@ -113,3 +113,9 @@ def arithmetic_splits(rng: random.Random, sizes: dict[str, int]) -> dict[str, li
     splits["arithmetic_sft"] = [{"prompt": prompt_text(*p), "response": worked_solution(*p, rng, MISTAKE_RATE, NO_THINK_RATE)}
                                 for p in (fresh() for _ in range(sizes["arithmetic_sft"]))]
     return splits
+
+
+def carries(a: int, op: str, b: int) -> int:
+    """How many columns of the right solution take a carry (addition) or a borrow (subtraction) from the column before."""
+    steps, _ = column_steps(a, op, b)
+    return sum(len(step.split(" = ")[0].split()) == 5 for step in steps)  # "x + y + 1", "x - 1 - y": the column after one

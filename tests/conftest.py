@@ -27,7 +27,7 @@ if os.environ.get("MUTANT_UNDER_TEST"):
     torch.set_num_threads(1)
     torch.set_num_threads = lambda _threads: None
 SMALL = {"pretrain": 1500, "sft": 1500, "prompts_train": 50, "prompts_eval": 8, "preferences_train": 400,
-         "preferences_eval": 100}
+         "preferences_eval": 100, "arithmetic_train": 200, "arithmetic_eval": 16, "arithmetic_sft": 1500}
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +46,16 @@ def nano(tmp_path_factory):
     cfg = PretrainConfig(preset="nano", data_dir=str(root / "data"), vocab_size=600, batch_size=16, max_steps=80,
                          warmup_steps=10, eval_every=40, run_dir=str(root / "run"), overwrite=True)
     return root, pretrain(cfg)
+
+
+@pytest.fixture(scope="session")
+def nano_arithmetic_dir(nano):
+    """A nano GPT-2 pretrained as briefly, with the worked arithmetic and single-digit tokens (the arithmetic base model's recipe)."""
+    root = nano[0]
+    if not (root / "arithmetic" / "summary.json").is_file():
+        pretrain(PretrainConfig(preset="nano", data_dir=str(root / "data"), arithmetic=True, vocab_size=600, batch_size=16,
+                                max_steps=120, warmup_steps=10, eval_every=60, run_dir=str(root / "arithmetic"), overwrite=True))
+    return str(root / "arithmetic" / "model")
 
 
 @pytest.fixture(scope="session")

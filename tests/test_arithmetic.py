@@ -1,14 +1,18 @@
 """Arithmetic with verifiable rewards: worked solutions, the correct and think rewards against hand
 cases, pass@k against a hand computation, and dataset columns reaching reward functions."""
 
+import json
 import random
 
 import pytest
 
 from classic_rl.infra.errors import ConfigError
 from rlhf_toy.arithmetic import column_steps, make_problem, pass_at_k, solve, worked_solution
+from rlhf_toy.configs import GRPOConfig
 from rlhf_toy.data import split_columns
 from rlhf_toy.rewards import correct_reward, parse_answer_number, resolve_reward, think_reward
+from rlhf_toy.trainer import train
+from tests.conftest import run_script
 
 
 @pytest.mark.parametrize("a, op, b, steps, result", [
@@ -105,3 +109,29 @@ def test_held_out_problems_appear_nowhere_else_and_the_corpus_is_right_only_some
 def problem_of(prompt: str) -> tuple[int, str, int]:
     _, a, op, b = prompt.rstrip(".").split()
     return int(a), op, int(b)
+
+
+def test_task_arithmetic_measures_pass_at_k_before_during_and_after(nano, nano_arithmetic_dir, tmp_path, monkeypatch, capsys):
+    data = nano[0] / "data"
+    args = ["--task", "arithmetic", "--model", nano_arithmetic_dir, "--prompts", str(data / "arithmetic_train.jsonl"),
+            "--eval-prompts", str(data / "arithmetic_eval.jsonl"), "--steps", "4", "--eval-every", "2", "--prompts-per-step", "2",
+            "--num-generations", "4", "--max-completion-length", "32", "--log-completions-every", "0", "--run-dir", str(tmp_path / "run")]
+    code, out, err = run_script("train_rlhf.py", args, monkeypatch, capsys)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["task"] == "arithmetic" and config["reward"] == "correct,think" and config["eval_samples_per_prompt"] == 8
+    assert summary["k"] == 8 and all(0 <= summary[f"pass_at_{n}_{when}"] <= 1 for n in ("1", "k") for when in ("before", "after"))
+    assert summary["pass_at_1_before"] <= summary["pass_at_k_before"] and summary["pass_at_1_after"] <= summary["pass_at_k_after"]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "eval/pass_at_1" in r] == [0, 2, 4]
+    assert (tmp_path / "run" / "pass_at_k.png").is_file() and "pass@1" in out
+
+
+def test_grpo_learns_the_think_layout_on_the_nano_arithmetic_model(nano, nano_arithmetic_dir, tmp_path):
+    data = nano[0] / "data"
+    cfg = GRPOConfig(model=nano_arithmetic_dir, prompts=str(data / "arithmetic_train.jsonl"), eval_prompts=str(data / "arithmetic_eval.jsonl"),
+                     reward="think", steps=40, prompts_per_step=4, num_generations=8, max_completion_length=32, learning_rate=3e-3,
+                     eval_samples_per_prompt=4, log_completions_every=0, torch_threads=1, run_dir=str(tmp_path / "run"))
+    summary = train(cfg)
+    assert summary["reward_after"] >= summary["reward_before"] + 0.1, summary
