@@ -155,7 +155,7 @@ def preference_pair(rng: random.Random) -> dict:
 # Sizes of the shipped files (data/README.md describes their schemas).
 SPLIT_SIZES = {"pretrain": 12_000, "sft": 12_000, "prompts_train": 2_000, "prompts_eval": 64,
                "preferences_train": 4_000, "preferences_eval": 500,
-               "arithmetic_train": 2_000, "arithmetic_eval": 100, "arithmetic_sft": 12_000}
+               "arithmetic_train": 2_000, "arithmetic_eval": 100, "arithmetic_sft": 40_000}
 
 
 def generate_corpus(seed: int = 0, sizes: dict[str, int] | None = None) -> dict[str, list[dict[str, str]]]:

@@ -17,7 +17,10 @@ TASKS: dict[str, dict[str, Any]] = {
     "arithmetic": dict(
         prompts=str(DATA_DIR / "arithmetic_train.jsonl"), eval_prompts=str(DATA_DIR / "arithmetic_eval.jsonl"),
         reward="correct,think", reward_weights=[0.8, 0.2], base_model="arithmetic", max_completion_length=64,
-        eval_samples_per_prompt=8, pass_at_k=8, eval_every=10, run_dir="runs/arithmetic",
+        eval_samples_per_prompt=8, pass_at_k=8, eval_every=50, run_dir="runs/arithmetic",
+        # a small step: the base model's skill is sharp (entropy 0.1 per token); at 5e-4, the demo's rate, one
+        # GRPO step took held-out pass@1 from 0.37 to 0 (3e-5: 0.65 after 200 steps; 5e-5: 0.75 after 600)
+        learning_rate=5e-5, steps=600,
     ),
 }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """What a --task arithmetic run learned, problem type by problem type: the share of held-out eval
-completions that are correct before and after training, by operator, digit count and number of carries
-or borrows, and how often the completions think first.
+completions that are correct before and after training, by whether they think first, operator, digit
+count and number of carries or borrows. Thinking more often is a layout; thinking more accurately
+(the "thinks: yes" row rising) is a skill.
 
     python scripts/arithmetic_breakdown.py runs/arithmetic
 """
@@ -29,11 +30,12 @@ def kinds(a: int, op: str, b: int) -> dict[str, str]:
 
 def breakdown(rows: list[dict]) -> dict[tuple[str, str], list[float]]:
     """(group, value) -> verdicts of the rows' completions (1 correct, 0 not)."""
-    table = defaultdict(list)
+    table: dict[tuple[str, str], list[float]] = defaultdict(list)
     for row in rows:
         a, op, b = problem_of(row["prompt"])
         right = float(parse_answer_number(row["completion"]) == solve(a, op, b))
-        for group, value in [("all", "all"), *kinds(a, op, b).items()]:
+        thinks = "yes" if think_text(row["completion"]) else "no"
+        for group, value in [("all", "all"), ("thinks", thinks), *kinds(a, op, b).items()]:
             table[(group, value)].append(right)
     return table
 
@@ -48,14 +50,12 @@ def main() -> None:
         raise ConfigError(f"{path} not found; give a finished train_rlhf.py --task arithmetic run folder")
     samples = json.loads(path.read_text())
     before, after = breakdown(samples["before"]), breakdown(samples["after"])
-    print(f"{'group':10s} {'value':10s} {'n':>5s} {'before':>7s} {'after':>7s}")
-    for key in sorted(before, key=lambda k: (k[0] != "all", k)):
-        print(f"{key[0]:10s} {key[1]:10s} {len(before[key]):5d} {sum(before[key]) / len(before[key]):7.3f} "
-              f"{sum(after[key]) / len(after[key]):7.3f}")
-    for when in ("before", "after"):
-        rows = samples[when]
-        thinking = sum(bool(think_text(r["completion"])) for r in rows) / len(rows)
-        print(f"{when}: {thinking:.0%} of completions think first")
+    print("share of eval completions whose answer is right (n: completions before / after)")
+    print(f"{'group':10s} {'value':10s} {'n':>9s} {'before':>7s} {'after':>7s}")
+    for key in sorted(set(before) | set(after), key=lambda k: (k[0] != "all", k)):
+        rates = [f"{sum(t[key]) / len(t[key]):7.3f}" if t.get(key) else f"{'-':>7s}" for t in (before, after)]
+        counts = f"{len(before.get(key, []))}/{len(after.get(key, []))}"
+        print(f"{key[0]:10s} {key[1]:10s} {counts:>9s} {rates[0]} {rates[1]}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ import pytest
 from tests.conftest import run_script
 
 SCRIPTS = ["train_classic.py", "evaluate_classic.py", "bench_classic.py", "compare_critics.py", "run_tutorials.py", "make_data.py",
-           "pretrain.py", "sample.py", "train_reward_model.py", "train_rlhf.py", "bench_rlhf.py"]
+           "pretrain.py", "sample.py", "train_reward_model.py", "train_rlhf.py", "bench_rlhf.py", "compare_reasoning.py",
+           "arithmetic_breakdown.py"]
+WITH_RUN_FOLDER_ARGUMENT = ("evaluate_classic.py", "arithmetic_breakdown.py")  # their first argument is an existing run
 
 
 @pytest.fixture
@@ -30,14 +32,15 @@ def files(tmp_path, nano):
 
 CASES = {
     "unknown flag": [(s, ["--no-such-flag", "1"], "unrecognized arguments: --no-such-flag") for s in SCRIPTS
-                     if s != "evaluate_classic.py"] + [("evaluate_classic.py", ["{dir}/classic_run", "--no-such-flag"],
-                                                        "unrecognized arguments: --no-such-flag")],
+                     if s not in WITH_RUN_FOLDER_ARGUMENT] + [(s, ["{dir}/classic_run", "--no-such-flag"],
+                                                               "unrecognized arguments: --no-such-flag") for s in WITH_RUN_FOLDER_ARGUMENT],
     "wrong type": [
         ("train_classic.py", ["--learning-rate", "fast"], "invalid float value: 'fast'"),
         ("evaluate_classic.py", ["{dir}/classic_run", "--episodes", "ten"], "invalid int value: 'ten'"),
         ("bench_classic.py", ["--seeds", "three"], "invalid int value: 'three'"),
         ("compare_critics.py", ["--lambdas", "one"], "invalid float value: 'one'"),
         ("run_tutorials.py", ["--seeds", "first"], "invalid int value: 'first'"),
+        ("compare_reasoning.py", ["--seeds", "first"], "invalid int value: 'first'"),
         ("make_data.py", ["--seed", "x"], "invalid int value: 'x'"),
         ("pretrain.py", ["--max-steps", "1.5"], "invalid int value: '1.5'"),
         ("sample.py", ["--n", "all"], "invalid int value: 'all'"),
@@ -58,6 +61,8 @@ CASES = {
         ("sample.py", ["--model", "{nano}", "--reward", "politeness"], "unknown reward 'politeness'; accepted: length, format"),
         ("train_rlhf.py", ["--algo", "dpo"], "unknown --algo 'dpo'; accepted: grpo, ppo"),
         ("train_rlhf.py", ["--reward", "length,politeness"], "unknown reward 'politeness'"),
+        ("train_rlhf.py", ["--task", "poetry"], "unknown --task 'poetry'; accepted: arithmetic"),
+        ("compare_reasoning.py", ["--algos", "dpo"], "invalid choice: 'dpo' (choose from 'grpo', 'ppo')"),
         ("bench_rlhf.py", ["--impls", "ours", "openrlhf"], "unknown --impls ['openrlhf']; accepted: ours, trl, ppo"),
     ],
     "invalid value": [
@@ -71,10 +76,14 @@ CASES = {
         ("train_rlhf.py", ["--num-generations", "1"], "--num-generations must be >= 2"),
         ("train_rlhf.py", ["--num-minibatches", "5"], "do not split into 5 minibatches"),
         ("bench_rlhf.py", ["--steps", "0"], "--steps must be > 0, got 0"),
+        ("compare_reasoning.py", ["--steps", "0"], "--steps must be > 0, got 0"),
+        ("train_rlhf.py", ["--pass-at-k", "8"], "--pass-at-k 8 needs --eval-samples-per-prompt >= 8, got 2"),
+        ("train_rlhf.py", ["--pass-at-k", "2"], "--pass-at-k counts answers the correct reward accepts; add correct to --reward"),
     ],
     "missing file": [
         ("train_classic.py", ["--config", "{dir}/none.yaml"], "cannot read --config {dir}/none.yaml"),
         ("evaluate_classic.py", ["{dir}/none"], "{dir}/none has no config.json"),
+        ("arithmetic_breakdown.py", ["{dir}/none"], "{dir}/none/eval_samples.json not found"),
         ("bench_classic.py", ["--replot", "{dir}/none.json", "--plot", "{dir}/p.png"], "--replot needs an existing results JSON"),
         ("pretrain.py", ["--data-dir", "{dir}"], "data file {dir}/pretrain.jsonl not found"),
         ("sample.py", ["--model", "{dir}/none"], "model folder {dir}/none not found (no config.json)"),
@@ -101,7 +110,7 @@ CASES = {
 def test_bad_input_gets_one_line_and_exit_2(script, args, message, files, monkeypatch, capsys):
     fill = lambda text: text.format(**files)  # noqa: E731
     if "--run-dir" not in args and script not in ("evaluate_classic.py", "bench_classic.py", "make_data.py", "sample.py",
-                                                  "bench_rlhf.py", "run_tutorials.py"):
+                                                  "bench_rlhf.py", "run_tutorials.py", "compare_reasoning.py", "arithmetic_breakdown.py"):
         args = [*args, "--run-dir", "{dir}/fresh"]
     monkeypatch.chdir(files["dir"])  # so that nothing a case wrongly writes lands in the repository
     code, _, err = run_script(script, [fill(a) for a in args], monkeypatch, capsys)
