@@ -51,10 +51,9 @@ class ClassicConfig(RunFields):
     def __post_init__(self):
         envs.check_env_id(self.env)
         super().__post_init__()
-        require_positive(total_timesteps=self.total_timesteps, eval_episodes=self.eval_episodes, torch_threads=self.torch_threads)
+        require_positive(total_timesteps=self.total_timesteps, eval_episodes=self.eval_episodes, torch_threads=self.torch_threads,
+                         total_episodes=self.total_episodes)
         require_nonnegative(eval_every=self.eval_every)
-        if self.total_episodes is not None:
-            require_positive(total_episodes=self.total_episodes)
         require_choice(eval_mode=(self.eval_mode, EVAL_MODES))
 
     @property

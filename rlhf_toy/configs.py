@@ -136,10 +136,8 @@ class GRPOConfig(RLHFConfig):
     def __post_init__(self):
         super().__post_init__()
         require_choice(loss_type=(self.loss_type, LOSS_TYPES), scale_rewards=(self.scale_rewards, SCALE_REWARDS))
-        require_positive(epsilon=self.epsilon, num_iterations=self.num_iterations)
+        require_positive(epsilon=self.epsilon, num_iterations=self.num_iterations, epsilon_high=self.epsilon_high)
         require_nonnegative(beta=self.beta)
-        if self.epsilon_high is not None:
-            require_positive(epsilon_high=self.epsilon_high)
         if self.num_generations < 2:
             raise ConfigError(f"GRPO compares completions within a group, so --num-generations must be >= 2, got {self.num_generations}")
 

@@ -75,10 +75,8 @@ class PPOConfig(ClassicConfig):
         super().__post_init__()
         require_positive(num_envs=self.num_envs, num_steps=self.num_steps, learning_rate=self.learning_rate,
                          num_minibatches=self.num_minibatches, update_epochs=self.update_epochs,
-                         clip_coef=self.clip_coef, gamma=self.gamma)
-        for name in ("vf_clip", "max_grad_norm", "target_kl"):
-            if getattr(self, name) is not None:
-                require_positive(**{name: getattr(self, name)})
+                         clip_coef=self.clip_coef, gamma=self.gamma, vf_clip=self.vf_clip, max_grad_norm=self.max_grad_norm,
+                         target_kl=self.target_kl)
         require_discount(self.gamma, self.gae_lambda)
         require_nonnegative(ent_coef=self.ent_coef, vf_coef=self.vf_coef)
         if self.batch_size % self.num_minibatches:

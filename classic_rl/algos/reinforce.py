@@ -75,10 +75,9 @@ class ReinforceConfig(ClassicConfig):
                        linear_init=(self.linear_init, LINEAR_INITS))
         if self.learning_rate is None:
             self.learning_rate = 0.5 if self.policy == "linear" else 1e-2
-        require_positive(learning_rate=self.learning_rate, gamma=self.gamma, episodes_per_update=self.episodes_per_update)
+        require_positive(learning_rate=self.learning_rate, gamma=self.gamma, episodes_per_update=self.episodes_per_update,
+                         total_updates=self.total_updates)
         require_nonnegative(min_batch_steps=self.min_batch_steps)
-        if self.total_updates is not None:
-            require_positive(total_updates=self.total_updates)
         envs.check_spaces(self.env, "reinforce")
 
     def budget_left(self, steps: int, updates: int) -> bool:

@@ -28,10 +28,10 @@ def check_finite(step: int | None, **values: Any) -> None:
             raise NonFiniteError(f"{where}non-finite {name.replace('_', ' ')} ({value!r:.40})")
 
 
-def require_positive(**values: float) -> None:
-    """ConfigError for the first value that is not > 0."""
+def require_positive(**values: float | None) -> None:
+    """ConfigError for the first value that is not > 0 (None, an optional setting left unset, passes)."""
     for name, value in values.items():
-        if not value > 0:
+        if value is not None and not value > 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {value}")
 
 
