@@ -8,9 +8,8 @@ returns both for summary.json's "tutorial" entry.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from classic_rl import envs
 from classic_rl.algos import tabular
 from classic_rl.infra.errors import ConfigError
 from classic_rl.infra.plots import plot_lines, plt
-from classic_rl.infra.run_folder import atomic_write
+from classic_rl.infra.run_folder import atomic_write, read_jsonl
 from classic_rl.maze import MOVES, Maze
 from classic_rl.nets import QTable, load_agent
 from classic_rl.training import (
@@ -43,16 +42,12 @@ class Tutorial:
     fields: dict[str, Any]  # config fields, env included
     reported: str  # what the tutorial reports, in its words and numbers
     report: Report
-    figures: tuple[str, ...] = field(default=())
-
-
-def read_episodes(run_dir: Path) -> list[dict[str, float]]:
-    return [json.loads(line) for line in (run_dir / "episodes.jsonl").read_text().splitlines()]
+    figures: tuple[str, ...] = ()
 
 
 def plot_episode_returns(run_dir: Path, title: str) -> None:
     """Total reward of every training episode against its number: the plot tutorial 000 draws."""
-    returns = [e["return"] for e in read_episodes(run_dir)]
+    returns = [e["return"] for e in read_jsonl(run_dir / "episodes.jsonl")]
     episodes, window = list(range(1, len(returns) + 1)), smoothing_window(len(returns))
     plot_lines(run_dir / "episode_rewards.png", [("episode", "total reward", {
         "per episode": (episodes, returns, {"alpha": 0.5, "linewidth": 0.7, "marker": None}),
@@ -70,7 +65,7 @@ def report_eval(run_dir: Path, cfg: ClassicConfig, summary: dict[str, Any]) -> d
 
 def report_epochs(run_dir: Path, cfg: ClassicConfig, summary: dict[str, Any]) -> dict[str, Any]:
     """Tutorial 001 prints each epoch's mean training return; the last one is its result."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_jsonl(run_dir / "metrics.jsonl")
     epoch_means = [r["charts/batch_mean_return"] for r in rows if "charts/batch_mean_return" in r]
     epochs = list(range(len(epoch_means)))
     plot_lines(run_dir / "epoch_returns.png", [("epoch", "mean return of the epoch's episodes", {"return": (epochs, epoch_means)})],
@@ -136,7 +131,7 @@ def report_lander(run_dir: Path, cfg: ClassicConfig, summary: dict[str, Any]) ->
     test = episode_stats(lambda obs: model.act(obs, deterministic=False), cfg.env, 100, seed=cfg.seed + 777)
     rng = np.random.default_rng(cfg.seed)
     random_agent = episode_stats(lambda obs: rng.integers(4, size=len(obs)), cfg.env, 100, seed=cfg.seed + 999)
-    plot_lander(run_dir / "lunar_lander.png", read_episodes(run_dir), float(np.mean([e["return"] for e in random_agent])))
+    plot_lander(run_dir / "lunar_lander.png", read_jsonl(run_dir / "episodes.jsonl"), float(np.mean([e["return"] for e in random_agent])))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         envs.record_gif(lambda obs: model.act(obs, deterministic=False), cfg.env, cfg.seed + 777, run_dir / "lunar_lander.gif")

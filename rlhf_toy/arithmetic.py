@@ -35,6 +35,12 @@ def prompt_text(a: int, op: str, b: int) -> str:
     return f"Compute {a} {op} {b}."
 
 
+def parse_prompt(prompt: str) -> tuple[int, str, int]:
+    """(a, op, b) of a prompt_text "Compute a op b."."""
+    _, a, op, b = prompt.rstrip(".").split()
+    return int(a), op, int(b)
+
+
 def solve(a: int, op: str, b: int) -> int:
     return a + b if op == "+" else a - b
 

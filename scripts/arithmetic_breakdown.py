@@ -13,14 +13,8 @@ from pathlib import Path
 
 from classic_rl.infra.cli import cli, script_parser
 from classic_rl.infra.errors import ConfigError
-from rlhf_toy.arithmetic import carries, solve
+from rlhf_toy.arithmetic import carries, parse_prompt, solve
 from rlhf_toy.rewards import parse_answer_number, think_text
-
-
-def problem_of(prompt: str) -> tuple[int, str, int]:
-    """(a, op, b) of "Compute a op b."."""
-    _, a, op, b = prompt.rstrip(".").split()
-    return int(a), op, int(b)
 
 
 def kinds(a: int, op: str, b: int) -> dict[str, str]:
@@ -32,7 +26,7 @@ def breakdown(rows: list[dict]) -> dict[tuple[str, str], list[float]]:
     """(group, value) -> verdicts of the rows' completions (1 correct, 0 not)."""
     table: dict[tuple[str, str], list[float]] = defaultdict(list)
     for row in rows:
-        a, op, b = problem_of(row["prompt"])
+        a, op, b = parse_prompt(row["prompt"])
         right = float(parse_answer_number(row["completion"]) == solve(a, op, b))
         thinks = "yes" if think_text(row["completion"]) else "no"
         for group, value in [("all", "all"), ("thinks", thinks), *kinds(a, op, b).items()]:

@@ -37,7 +37,7 @@ from transformers import TrainerCallback
 from classic_rl.infra.cli import cli, script_parser
 from classic_rl.infra.errors import ConfigError, require_positive
 from classic_rl.infra.machine import machine
-from classic_rl.infra.run_folder import write_json
+from classic_rl.infra.run_folder import read_jsonl, write_json
 from rlhf_toy.base_model import default_base_model
 from rlhf_toy.configs import RLHFConfig, config_for
 from rlhf_toy.data import DATA_DIR, load_prompts
@@ -134,7 +134,7 @@ def run_ours(args, algo: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = rlhf_config(args, algo, tmp)
         summary = train(cfg)
-        rows = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
+        rows = read_jsonl(Path(tmp) / "metrics.jsonl")
         policy = load_model(str(Path(tmp) / "model"))
         tokenizer = load_tokenizer(str(Path(tmp) / "model"))
     split = {part: sum(r[f"time/{key}_s"] for r in rows) for part, key in

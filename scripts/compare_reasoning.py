@@ -19,7 +19,7 @@ from classic_rl.infra.cli import cli, script_parser
 from classic_rl.infra.errors import ConfigError
 from classic_rl.infra.machine import machine
 from classic_rl.infra.plots import plot_lines
-from classic_rl.infra.run_folder import atomic_write, write_json
+from classic_rl.infra.run_folder import atomic_write, read_jsonl, write_json
 
 SCRIPT = Path(__file__).resolve().parent / "train_rlhf.py"
 KEYS = ("pass_at_1_before", "pass_at_1_after", "pass_at_k_before", "pass_at_k_after", "think_words_after", "kl_final", "wall_s")
@@ -32,7 +32,7 @@ def run_one(algo: str, seed: int, run_dir: Path, extra: list[str]) -> dict:
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
     summary = json.loads((run_dir / "summary.json").read_text())
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_jsonl(run_dir / "metrics.jsonl")
     curve = [(r["step"], r["eval/pass_at_1"]) for r in rows if "eval/pass_at_1" in r]
     row = {"algo": algo, "seed": seed, **{key: summary[key] for key in KEYS}, "k": summary["k"], "curve": curve}
     print(f"{algo} seed {seed}: pass@1 {row['pass_at_1_before']:.3f} -> {row['pass_at_1_after']:.3f}, pass@{row['k']} "

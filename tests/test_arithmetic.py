@@ -7,7 +7,7 @@ import random
 import pytest
 
 from classic_rl.infra.errors import ConfigError
-from rlhf_toy.arithmetic import column_steps, make_problem, pass_at_k, solve, worked_solution
+from rlhf_toy.arithmetic import column_steps, make_problem, parse_prompt, pass_at_k, solve, worked_solution
 from rlhf_toy.configs import GRPOConfig
 from rlhf_toy.data import split_columns
 from rlhf_toy.rewards import correct_reward, parse_answer_number, resolve_reward, think_reward
@@ -100,15 +100,10 @@ def test_held_out_problems_appear_nowhere_else_and_the_corpus_is_right_only_some
     assert len(held_out) == 100
     assert not held_out & {row["prompt"] for row in splits["arithmetic_train"] + splits["arithmetic_sft"]}
     worked = splits["arithmetic_sft"]
-    answers = [str(solve(*problem_of(row["prompt"]))) for row in worked]
+    answers = [str(solve(*parse_prompt(row["prompt"]))) for row in worked]
     right = correct_reward([], [row["response"] for row in worked], answer=answers)
     thinking = think_reward([], [row["response"] for row in worked])
     assert 0.55 < sum(right) / len(worked) < 0.75 and 0.75 < sum(thinking) / len(worked) < 0.85
-
-
-def problem_of(prompt: str) -> tuple[int, str, int]:
-    _, a, op, b = prompt.rstrip(".").split()
-    return int(a), op, int(b)
 
 
 def test_task_arithmetic_measures_pass_at_k_before_during_and_after(nano, nano_arithmetic_dir, tmp_path, monkeypatch, capsys):

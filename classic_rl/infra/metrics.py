@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 
-from classic_rl.infra.run_folder import write_jsonl
+from classic_rl.infra.run_folder import read_jsonl, write_jsonl
 
 
 class MeanStats:
@@ -48,8 +48,7 @@ class JsonLines:
 
     def truncate(self, count: int) -> None:
         self.close()
-        kept = self.path.read_text().splitlines()[:count] if self.path.exists() else []
-        self.rows = [json.loads(line) for line in kept]
+        self.rows = read_jsonl(self.path)[:count]
         write_jsonl(self.path, self.rows)
 
     def close(self) -> None:

@@ -61,12 +61,18 @@ def write_jsonl(path: str | Path, rows: list[dict]) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)))
 
 
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The rows of a JSON-lines file; a missing file counts as empty."""
+    path = Path(path)
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
 def truncate_jsonl(path: Path, last_step: int) -> list[dict]:
     """Keep only the rows of a JSON-lines file whose "step" is <= last_step (what a resumed run
     had saved); returns them. A missing file counts as empty."""
     if not path.exists():
         return []
-    rows = [row for row in map(json.loads, path.read_text().splitlines()) if row["step"] <= last_step]
+    rows = [row for row in read_jsonl(path) if row["step"] <= last_step]
     write_jsonl(path, rows)
     return rows
 
