@@ -11,6 +11,7 @@ field is a flag.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -25,6 +26,7 @@ from rlhf_toy.sampling import SamplingConfig
 LOSS_TYPES = ("grpo", "dapo", "bnpo", "dr_grpo")
 SCALE_REWARDS = ("group", "batch", "none")
 CRITICS = ("separate", "shared")
+LR_SCHEDULES = ("constant", "linear", "cosine")
 
 
 @dataclass
@@ -61,7 +63,10 @@ class RLHFConfig(RunFields):
     eval_temperature: float | None = config_field(None, "Sampling temperature of evaluation (default: --temperature; 0: greedy)")
     top_k: int = config_field(0, "Top-k sampling (0: off)")
     top_p: float = config_field(1.0, "Nucleus sampling (1: off)")
-    learning_rate: float = config_field(5e-4, "AdamW learning rate (constant)")
+    learning_rate: float = config_field(5e-4, "AdamW learning rate (the peak, under a schedule)")
+    lr_scheduler_type: str = config_field("constant", f"Learning rate over the steps: {', '.join(LR_SCHEDULES)} (to 0 "
+                                                      "at the last step)")
+    warmup_ratio: float = config_field(0.0, "Share of the steps over which the learning rate rises linearly from 0")
     max_grad_norm: float = config_field(1.0, "Global gradient-norm clip")
     log_completions_every: int = config_field(25, "Print a table of completions every N steps (0: never)")
     torch_threads: int = config_field(2, "torch.set_num_threads")
@@ -81,7 +86,9 @@ class RLHFConfig(RunFields):
                          learning_rate=self.learning_rate, max_grad_norm=self.max_grad_norm, target_words=self.target_words,
                          torch_threads=self.torch_threads, eval_samples_per_prompt=self.eval_samples_per_prompt)
         require_nonnegative(log_completions_every=self.log_completions_every, pass_at_k=self.pass_at_k, eval_every=self.eval_every)
-        require_choice(base_model=(self.base_model, BASE_MODELS))
+        require_choice(base_model=(self.base_model, BASE_MODELS), lr_scheduler_type=(self.lr_scheduler_type, LR_SCHEDULES))
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.pass_at_k > self.eval_samples_per_prompt:
             raise ConfigError(f"--pass-at-k {self.pass_at_k} needs --eval-samples-per-prompt >= {self.pass_at_k}, "
                               f"got {self.eval_samples_per_prompt}")
@@ -95,6 +102,17 @@ class RLHFConfig(RunFields):
             raise ConfigError(f"--temperature must be > 0 for training, got {self.temperature}; greedy decoding is for "
                               "evaluation (--eval-temperature 0) and scripts/sample.py")
         _ = self.eval_sampling  # validates the sampling fields
+
+    def learning_rate_at(self, step: int) -> float:
+        """The learning rate of training step `step` (1..steps): linear warmup over warmup_ratio of the
+        steps, then constant, or linear or cosine decay to 0 (TRL's lr_scheduler_type, per step not per
+        minibatch; a function of the step alone, so a resumed run needs no scheduler state)."""
+        warmup = int(self.warmup_ratio * self.steps)
+        if step <= warmup:
+            return self.learning_rate * step / (warmup + 1)
+        progress = (step - warmup) / (self.steps - warmup)  # in (0, 1]: the last step trains at 0
+        decay = {"constant": 1.0, "linear": 1.0 - progress, "cosine": 0.5 * (1.0 + math.cos(math.pi * progress))}
+        return self.learning_rate * decay[self.lr_scheduler_type]
 
     @property
     def uses_reference(self) -> bool:

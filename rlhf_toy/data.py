@@ -19,7 +19,7 @@ def write_jsonl(path: str | Path, rows: Sequence[dict]) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)))
 
 
-def _first_bad_line(path: Path, required: Sequence[str]) -> str | None:
+def _first_bad_line(path: Path, required: Sequence[str], may_be_empty: Sequence[str] = ()) -> str | None:
     """Why the file is unusable, naming the first offending line, or None if every line is fine."""
     n_rows = 0
     for number, line in enumerate(path.read_text().splitlines(), start=1):
@@ -31,22 +31,23 @@ def _first_bad_line(path: Path, required: Sequence[str]) -> str | None:
             return f"{path} line {number} is not valid JSON ({err.msg}); expected one JSON object per line"
         if not isinstance(row, dict):
             return f"{path} line {number} is not a JSON object; expected e.g. {json.dumps({k: '...' for k in required})}"
-        missing = [k for k in required if not isinstance(row.get(k), str) or not row[k].strip()]
+        missing = [k for k in required if not isinstance(row.get(k), str) or not (row[k].strip() or k in may_be_empty)]
         if missing:
-            return f"{path} line {number} lacks a non-empty string field {missing[0]!r}; required: {', '.join(required)}"
+            kind = "string" if missing[0] in may_be_empty else "non-empty string"
+            return f"{path} line {number} lacks a {kind} field {missing[0]!r}; required: {', '.join(required)}"
         n_rows += 1
     return None if n_rows else f"{path} is empty; expected one JSON object per line with {', '.join(required)}"
 
 
-def load_rows(path: str | Path, required: Sequence[str]):
-    """A JSONL file as a `datasets.Dataset`, each row with non-empty string `required` fields.
+def load_rows(path: str | Path, required: Sequence[str], may_be_empty: Sequence[str] = ()):
+    """A JSONL file as a `datasets.Dataset`, each row with string `required` fields, non-empty unless in may_be_empty.
 
     Bad files get a ConfigError that names the first bad line.
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"data file {path} not found; run scripts/make_data.py to write the shipped files")
-    problem = _first_bad_line(path, required)
+    problem = _first_bad_line(path, required, may_be_empty)
     if problem:
         raise ConfigError(problem)
     datasets.disable_progress_bars()
@@ -65,6 +66,30 @@ def load_prompt_rows(path: str | Path) -> list[dict]:
             raise ConfigError(f"{path} is empty; expected one prompt per line")
         return [{"prompt": p} for p in prompts]
     return load_rows(path, ["prompt"]).to_list()
+
+
+def load_preferences(path: str | Path) -> tuple[str, list[dict]]:
+    """(kind, rows) of a labels file without its skipped rows: "pairwise" rows have prompt, chosen and
+    rejected (data/preferences_*.jsonl, scripts/label.py; "outcome": "tie" marks a tie), "pointwise"
+    rows prompt, completion and a score of 1-5 (scripts/label.py --pointwise)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"labels file {path} not found; write one with scripts/label.py or scripts/make_data.py")
+    first_line = next((line for line in path.read_text().splitlines() if line.strip()), "{}")
+    try:
+        kind = "pointwise" if "score" in json.loads(first_line) else "pairwise"
+    except json.JSONDecodeError:
+        kind = "pairwise"  # load_rows names the bad line
+    texts = ["completion"] if kind == "pointwise" else ["chosen", "rejected"]  # a completion may be empty: eos at once
+    rows = load_rows(path, ["prompt", *texts], may_be_empty=texts).to_list()
+    rows = [row for row in rows if row.get("outcome") != "skipped"]
+    if kind == "pointwise":
+        bad = next((row["score"] for row in rows if row["score"] not in (1, 2, 3, 4, 5)), None)
+        if bad is not None:
+            raise ConfigError(f"{path} has a score of {bad!r}; accepted: an integer 1-5 (or a skipped row)")
+    if not rows:
+        raise ConfigError(f"{path} holds no labels (every row is skipped)")
+    return kind, rows
 
 
 def load_prompts(path: str | Path) -> list[str]:

@@ -1,11 +1,14 @@
-"""A trained reward model: the policy's GPT-2 trunk with a scalar head, fitted to preference pairs
-with the Bradley-Terry loss (Christiano et al. 2017; Ouyang et al. 2022).
+"""A trained reward model: the policy's GPT-2 trunk with a scalar head, fitted to people's (or a rule's)
+judgements, the scoring model of InstructGPT (Ouyang et al. 2022) and of Christiano et al. 2017.
 
-    pairs (prompt, chosen, rejected) ranked by the rule judge; flip each label with prob label_noise
-    r = AutoModelForSequenceClassification(num_labels=1), initialised from the base policy
-    minimise  -log sigmoid(r(prompt, chosen) - r(prompt, rejected))
-    report    held-out pair accuracy, and the Spearman correlation between r and the rule reward
-              on fresh samples of the base policy (is the proxy ranking what the gold rule ranks?)
+    labels   pairs (prompt, chosen, rejected), ties allowed, each flipped with prob label_noise;
+             or pointwise scores 1-5 of single completions (scripts/label.py --pointwise)
+    r        AutoModelForSequenceClassification(num_labels=1), initialised from the base policy
+    pairs    minimise  -[t log sigmoid(r(chosen) - r(rejected)) + (1 - t) log sigmoid(r(rejected) - r(chosen))]
+             (Bradley-Terry; t = 1, or 1/2 for a tie)
+    scores   minimise  (r(completion) - (score - 3) / 2)^2            (regression onto [-1, 1])
+    report   held-out accuracy (pairs ranked as labelled), and the Spearman correlation between r and
+             the rule reward on fresh samples of the base policy (is the proxy ranking what the gold rule ranks?)
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from classic_rl.infra.metrics import RunLogger
 from classic_rl.infra.plots import plot_scatter
 from classic_rl.infra.run_folder import RunFields, start_run, write_json
 from rlhf_toy.base_model import default_base_model
-from rlhf_toy.data import DATA_DIR, ShuffledBatches, check_finite_before_step, load_prompts, load_rows
+from rlhf_toy.data import DATA_DIR, ShuffledBatches, check_finite_before_step, load_preferences, load_prompts
 from rlhf_toy.distributed import make_accelerator
 from rlhf_toy.learned_reward import score_texts, sequence_texts
 from rlhf_toy.models import (
@@ -46,6 +49,12 @@ from rlhf_toy.sampling import SamplingConfig, generate_completions
 class RewardModelConfig(RunFields):
     model: str | None = config_field(None, "Backbone to start from (default: the cached default base model)")
     data_dir: str = config_field(str(DATA_DIR), "Folder with preferences_train.jsonl, preferences_eval.jsonl, prompts_eval.jsonl")
+    preferences: str | None = config_field(None, "Training labels: pairs (data/preferences_*.jsonl's schema) or label.py "
+                                                 "--pointwise scores (default: DATA_DIR/preferences_train.jsonl)")
+    eval_preferences: str | None = config_field(None, "Held-out labels of the same kind (default: DATA_DIR/preferences_eval"
+                                                      ".jsonl, or eval_fraction of --preferences when that is given)")
+    eval_fraction: float = config_field(0.2, "Share of --preferences held out when no --eval-preferences is given")
+    gold_reward: str = config_field("length,format", "The rule the Spearman check compares the reward model with")
     label_noise: float = config_field(0.0, "Probability of flipping each training label (a noisy human labeller)")
     seed: int = config_field(0, "Seeds python, numpy, torch, label noise and batch order")
     steps: int = config_field(250, "Optimizer steps")
@@ -63,18 +72,49 @@ class RewardModelConfig(RunFields):
         require_positive(steps=self.steps, batch_size=self.batch_size, learning_rate=self.learning_rate,
                          max_grad_norm=self.max_grad_norm, eval_every=self.eval_every,
                          spearman_samples=self.spearman_samples, torch_threads=self.torch_threads)
+        if not 0 < self.eval_fraction < 1:
+            raise ConfigError(f"--eval-fraction must be in (0, 1), got {self.eval_fraction}")
         if not 0 <= self.label_noise < 0.5:
             raise ConfigError(f"--label-noise must be in [0, 0.5) (at 0.5 labels carry no signal), got {self.label_noise}")
 
 
-def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
-    """-log sigmoid(r_chosen - r_rejected), averaged over pairs `[B]`."""
-    return -F.logsigmoid(chosen - rejected).mean()
+def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+    """-[t log sigmoid(r_c - r_r) + (1 - t) log sigmoid(r_r - r_c)] averaged over pairs `[B]`, t the probability
+    that chosen is better (1 by default; 1/2 for a tie)."""
+    margin = chosen - rejected
+    if target is None:
+        return -F.logsigmoid(margin).mean()
+    return -(target * F.logsigmoid(margin) + (1 - target) * F.logsigmoid(-margin)).mean()
+
+
+def score_target(score: int) -> float:
+    """A 1-5 score as the regression target in [-1, 1]."""
+    return (score - 3) / 2
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
     """Spearman rank correlation (average ranks for ties)."""
     return float(pd.Series(x).rank().corr(pd.Series(y).rank()))
+
+
+@dataclass
+class Labels:
+    """Labels as the loss reads them: pairs (first = chosen, second = rejected, target = the probability
+    that first is better: 1, or 1/2 for a tie) or pointwise scores (first = the completion, second = None,
+    target = (score - 3) / 2)."""
+
+    kind: str
+    prompts: list[str]
+    first: list[str]
+    second: list[str] | None
+    target: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def subset(self, idx: list[int]) -> Labels:
+        return Labels(self.kind, [self.prompts[i] for i in idx], [self.first[i] for i in idx],
+                      None if self.second is None else [self.second[i] for i in idx], self.target[idx])
 
 
 def noisy_pairs(rows, label_noise: float, seed: int) -> tuple[list[str], list[str], list[str], int]:
@@ -90,61 +130,116 @@ def noisy_pairs(rows, label_noise: float, seed: int) -> tuple[list[str], list[st
     return prompts, chosen, rejected, flipped
 
 
+def to_labels(kind: str, rows: list[dict], label_noise: float = 0.0, seed: int = 0) -> tuple[Labels, int]:
+    """(Labels, labels flipped) of load_preferences rows; pairwise labels flip with probability label_noise."""
+    if kind == "pointwise":
+        return Labels(kind, [r["prompt"] for r in rows], [r["completion"] for r in rows], None,
+                      torch.tensor([score_target(r["score"]) for r in rows])), 0
+    prompts, chosen, rejected, flipped = noisy_pairs(rows, label_noise, seed)
+    target = torch.tensor([0.5 if r.get("outcome") == "tie" else 1.0 for r in rows])
+    return Labels(kind, prompts, chosen, rejected, target), flipped
+
+
+def load_labels(cfg: RewardModelConfig) -> tuple[str, list[dict], list[dict]]:
+    """(kind, training rows, held-out rows): --preferences and --eval-preferences, a seeded eval_fraction
+    of --preferences, or the shipped pairs."""
+    data_dir = Path(cfg.data_dir)
+    kind, rows = load_preferences(cfg.preferences or data_dir / "preferences_train.jsonl")
+    if cfg.eval_preferences or not cfg.preferences:
+        eval_kind, eval_rows = load_preferences(cfg.eval_preferences or data_dir / "preferences_eval.jsonl")
+        if eval_kind != kind:
+            raise ConfigError(f"--eval-preferences holds {eval_kind} labels but the training labels are {kind}; accepted: one kind")
+        return kind, rows, eval_rows
+    if len(rows) < 2:
+        raise ConfigError(f"{cfg.preferences} holds {len(rows)} label(s); accepted: at least 2, one of them held out")
+    order = list(range(len(rows)))
+    random.Random(cfg.seed).shuffle(order)
+    n_eval = max(1, round(cfg.eval_fraction * len(rows)))
+    return kind, [rows[i] for i in order[n_eval:]], [rows[i] for i in order[:n_eval]]
+
+
+def label_scores(model, tokenizer, labels: Labels) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The model's scores `[N]` of the first texts and, for pairs, of the second, in one batch."""
+    if labels.second is None:
+        return score_texts(model, tokenizer, sequence_texts(tokenizer, labels.prompts, labels.first)), None
+    scores = score_texts(model, tokenizer, sequence_texts(tokenizer, labels.prompts * 2, labels.first + labels.second))
+    return scores[: len(labels)], scores[len(labels):]
+
+
+def labels_loss(model, tokenizer, labels: Labels) -> tuple[torch.Tensor, dict[str, float]]:
+    """(loss, metrics) of a batch: Bradley-Terry on pairs, squared error on scores."""
+    first, second = label_scores(model, tokenizer, labels)
+    target = labels.target.to(first.device)
+    if second is None:
+        return F.mse_loss(first, target), {}
+    return bradley_terry_loss(first, second, target), {"train/accuracy": ranking_accuracy(first, second, target)}
+
+
+def ranking_accuracy(first: torch.Tensor, second: torch.Tensor, target: torch.Tensor) -> float:
+    """Share of the pairs with a preference (not ties) that the scores order as labelled."""
+    decided = target != 0.5
+    return float(((first > second) == (target > 0.5))[decided].float().mean()) if decided.any() else float("nan")
+
+
 @torch.inference_mode()
-def pair_accuracy(model, tokenizer, rows) -> float:
+def held_out_accuracy(model, tokenizer, labels: Labels) -> float:
+    """Pairs: share ranked as labelled. Scores: share of the pairs of completions with different scores
+    that the model orders the same way (concordance)."""
     model.eval()
-    prompts = list(rows["prompt"])
-    chosen = score_texts(model, tokenizer, sequence_texts(tokenizer, prompts, list(rows["chosen"])))
-    rejected = score_texts(model, tokenizer, sequence_texts(tokenizer, prompts, list(rows["rejected"])))
+    first, second = label_scores(model, tokenizer, labels)
     model.train()
-    return float((chosen > rejected).float().mean())
+    if second is not None:
+        return ranking_accuracy(first, second, labels.target.to(first.device))
+    i, j = torch.triu_indices(len(first), len(first), offset=1)
+    differ = labels.target[i] != labels.target[j]
+    if not differ.any():
+        return float("nan")
+    agree = (first.cpu()[i] > first.cpu()[j]) == (labels.target[i] > labels.target[j])
+    return float(agree[differ].float().mean())
 
 
 def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     # bad data files and model folders are reported before the run folder is created
-    train_rows = load_rows(Path(cfg.data_dir) / "preferences_train.jsonl", ["prompt", "chosen", "rejected"])
-    eval_rows = load_rows(Path(cfg.data_dir) / "preferences_eval.jsonl", ["prompt", "chosen", "rejected"])
+    kind, train_rows, eval_rows = load_labels(cfg)
     eval_prompts = load_prompts(Path(cfg.data_dir) / "prompts_eval.jsonl")
+    gold_reward = resolve_reward(cfg.gold_reward)
     if cfg.model:
         check_model_exists(cfg.model)
     run_dir, checkpoints = start_run(cfg)
     accelerator = make_accelerator(cfg.cpu)
     base = cfg.model or default_base_model()
-    prompts, chosen, rejected, flipped = noisy_pairs(train_rows, cfg.label_noise, cfg.seed)
+    labels, flipped = to_labels(kind, train_rows, cfg.label_noise, cfg.seed)
+    eval_labels, _ = to_labels(kind, eval_rows)
 
     tokenizer = load_tokenizer(base)
     model = AutoModelForSequenceClassification.from_pretrained(
         str(checkpoints.folder / "model") if checkpoints.resumed else base, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
-    batches = ShuffledBatches(len(prompts), cfg.batch_size, torch.Generator().manual_seed(cfg.seed))
+    batches = ShuffledBatches(len(labels), min(cfg.batch_size, len(labels)), torch.Generator().manual_seed(cfg.seed))
     logger = RunLogger(run_dir)
     checkpoints.track(logger=logger, optimizer=optimizer, batches=batches)
     checkpoints.restore()
     model, optimizer = accelerator.prepare(model, optimizer)
     write_model = model_writer(accelerator.unwrap_model(model), tokenizer)
 
-    print(f"reward model from {base}: {len(prompts)} pairs ({flipped} labels flipped, noise {cfg.label_noise}), "
-          f"{len(eval_rows)} held-out pairs, {cfg.steps} steps of {cfg.batch_size}")
+    objective = "regression on 1-5 scores" if kind == "pointwise" else "Bradley-Terry on pairs"
+    print(f"reward model from {base}: {objective}, {len(labels)} {kind} labels ({flipped} flipped, noise {cfg.label_noise}), "
+          f"{len(eval_labels)} held out, {cfg.steps} steps of {batches.batch_size}")
     progress = tqdm(range(checkpoints.step + 1, cfg.steps + 1), initial=checkpoints.step, total=cfg.steps,
                     desc="reward model", mininterval=1.0)
     with checkpoints.stop:
         for step in progress:
-            idx = batches.next().tolist()
-            batch_prompts = [prompts[i] for i in idx]
-            scores = score_texts(model, tokenizer, sequence_texts(tokenizer, batch_prompts * 2, [chosen[i] for i in idx] +
-                                                                  [rejected[i] for i in idx]), batch_size=2 * len(idx))
-            loss = bradley_terry_loss(scores[: len(idx)], scores[len(idx):])
+            loss, metrics = labels_loss(model, tokenizer, labels.subset(batches.next().tolist()))
             accelerator.backward(loss)
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             save_last_good = functools.partial(checkpoints.save, write_files=write_model)
             check_finite_before_step(step, batches, save_last_good, train_loss=loss, grad_norm=grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            metrics = {"train/loss": loss.item(), "train/grad_norm": float(grad_norm),
-                       "train/accuracy": float((scores[: len(idx)] > scores[len(idx):]).float().mean())}
+            metrics.update({"train/loss": loss.item(), "train/grad_norm": float(grad_norm)})
             if step % cfg.eval_every == 0 or step == cfg.steps:
-                metrics["eval/accuracy"] = pair_accuracy(model, tokenizer, eval_rows)
+                metrics["eval/accuracy"] = held_out_accuracy(model, tokenizer, eval_labels)
             logger.log(step, metrics)
             progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", refresh=False)
             checkpoints.save_if_due(step, write_model)
@@ -157,15 +252,15 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     policy = load_model(base).eval()
     sample_prompts = [eval_prompts[i % len(eval_prompts)] for i in range(cfg.spearman_samples)]
     completions = generate_completions(policy, tokenizer, sample_prompts, SamplingConfig(max_new_tokens=40), seed=cfg.seed)
-    gold = np.array(resolve_reward()(sample_prompts, completions))
+    gold = np.array(gold_reward(sample_prompts, completions))
     with torch.inference_mode():
         proxy = score_texts(model, tokenizer, sequence_texts(tokenizer, sample_prompts, completions)).cpu().numpy()
-    summary = {"eval_accuracy": logger.series("eval/accuracy")[1][-1], "spearman": spearman(proxy, gold),
-               "label_noise": cfg.label_noise, "labels_flipped": flipped, "steps": cfg.steps,
+    summary = {"eval_accuracy": logger.series("eval/accuracy")[1][-1], "spearman": spearman(proxy, gold), "labels": kind,
+               "train_labels": len(labels), "eval_labels": len(eval_labels), "label_noise": cfg.label_noise, "labels_flipped": flipped, "steps": cfg.steps,
                "train_loss_final": logger.rows[-1]["train/loss"], "train_s": train_s, "wall_s": logger.elapsed(),
                "model_dir": "model"}
     write_json(run_dir / "summary.json", summary)
-    plot_scatter(run_dir / "rm_vs_rule.png", gold, proxy, "rule reward (gold)", "reward model score (proxy)",
+    plot_scatter(run_dir / "rm_vs_rule.png", gold, proxy, f"rule reward {cfg.gold_reward} (gold)", "reward model score (proxy)",
                  f"reward model vs rule on {len(gold)} base-policy samples: Spearman {summary['spearman']:.2f}")
     logger.close()
     return summary

@@ -10,6 +10,8 @@ Built-in rules return a score in [0, 1], 1 = perfect:
 - think: the completion is exactly `<think> ... </think> <answer> ... </answer>`, both non-empty
   (1.0); both pairs in that order with text around them (0.5); a `<think> ... </think>` pair alone
   (0.25); otherwise 0. The simplest reward for a reasoning layout, usable with any task.
+- brevity: "prefer the shorter answer": 1 - words / 40 of the answer, floored at 0 (an empty answer
+  scores 1: pair it with format to hold that hack back). The simulated labeller of the RLHF loop.
 - correct: 1 if the number inside the first `<answer> ... </answer>` equals the row's `answer`
   column (spaces, a sign, thousands commas and a final full stop allowed; anything else is 0).
 The default RLHF reward is `length,format` with weights 0.5,0.5.
@@ -57,6 +59,14 @@ def length_reward(prompts: list[str], completions: list[str], target_words: int 
         words = len(answer_text(completion).split())
         scores.append(max(0.0, 1.0 - abs(words - target) / max(target, 1)))
     return scores
+
+
+BREVITY_WORDS = 40  # the default max_completion_length in tokens: no answer that fits is longer in words
+
+
+def brevity_reward(prompts: list[str], completions: list[str], **_) -> list[float]:
+    """1 - words / 40 of the answer text, floored at 0: the shorter, the better."""
+    return [max(0.0, 1.0 - len(answer_text(c).split()) / BREVITY_WORDS) for c in completions]
 
 
 def format_reward(prompts: list[str], completions: list[str], **_) -> list[float]:
@@ -113,7 +123,7 @@ def correct_reward(prompts: list[str], completions: list[str], answer: list | No
 
 
 BUILTIN_REWARDS: dict[str, RewardFn] = {"length": length_reward, "format": format_reward, "think": think_reward,
-                                        "correct": correct_reward}
+                                        "correct": correct_reward, "brevity": brevity_reward}
 DEFAULT_REWARD = "length,format"
 
 

@@ -210,6 +210,8 @@ def train_step(run: Run, step: int) -> tuple[dict[str, float], list[dict]]:
     cfg, accelerator = run.cfg, run.accelerator
     t0 = time.perf_counter()
     torch.manual_seed(step_seed(cfg.seed, step, accelerator.process_index))
+    for group in run.optimizer.param_groups:
+        group["lr"] = cfg.learning_rate_at(step)
     step_prompts = prompts_for_step(run.train_prompts, step, cfg.prompts_per_step, cfg.num_generations, cfg.seed)
     prompts, columns = split_columns(process_share(step_prompts, accelerator.process_index, accelerator.num_processes))
     rollout = sample_rollout(accelerator.unwrap_model(run.policy), run.tokenizer, prompts, cfg.sampling, run.ref_model)
@@ -235,7 +237,7 @@ def train_step(run: Run, step: int) -> tuple[dict[str, float], list[dict]]:
     everyone = accelerator.gather(torch.stack([rewards, rollout.completion_lengths.to(rewards),
                                                rollout.is_truncated.to(rewards)], dim=1))  # [completions, 3]
     all_rewards, lengths, truncated = everyone.cpu().unbind(1)
-    metrics.update({"reward": all_rewards.mean().item(), "reward_std": all_rewards.std().item(),
+    metrics.update({"learning_rate": run.optimizer.param_groups[0]["lr"], "reward": all_rewards.mean().item(), "reward_std": all_rewards.std().item(),
                     "completions/mean_length": lengths.mean().item(), "completions/min_length": lengths.min().item(),
                     "completions/max_length": lengths.max().item(), "completions/clipped_ratio": truncated.mean().item(),
                     "completions_per_s": len(step_prompts) / (t3 - t0)})

@@ -100,9 +100,9 @@ def test_reward_model_resumed_from_a_checkpoint_ends_like_an_uninterrupted_run(n
 def test_non_finite_reward_model_loss_stops_and_keeps_the_last_good_weights(nano, tmp_path, monkeypatch):
     calls = {"n": 0}
 
-    def nan_on_third_step(chosen, rejected):
+    def nan_on_third_step(chosen, rejected, target):
         calls["n"] += 1
-        return bradley_terry_loss(chosen, rejected) * (float("nan") if calls["n"] == 3 else 1.0)
+        return bradley_terry_loss(chosen, rejected, target) * (float("nan") if calls["n"] == 3 else 1.0)
 
     monkeypatch.setattr(rm, "bradley_terry_loss", nan_on_third_step)
     with pytest.raises(NonFiniteError, match=r"step 3: non-finite train loss.*saved the last good weights to .*step-2"):
