@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -90,6 +91,24 @@ def load_preferences(path: str | Path) -> tuple[str, list[dict]]:
     if not rows:
         raise ConfigError(f"{path} holds no labels (every row is skipped)")
     return kind, rows
+
+
+def train_and_held_out_labels(preferences: str | None, eval_preferences: str | None, data_dir: str | Path,
+                              eval_fraction: float, seed: int) -> tuple[str, list[dict], list[dict]]:
+    """(kind, training rows, held-out rows) of load_preferences: the two files given, or a seeded
+    eval_fraction of `preferences` held out, or without either the shipped pairs in data_dir."""
+    kind, rows = load_preferences(preferences or Path(data_dir) / "preferences_train.jsonl")
+    if eval_preferences or not preferences:
+        eval_kind, eval_rows = load_preferences(eval_preferences or Path(data_dir) / "preferences_eval.jsonl")
+        if eval_kind != kind:
+            raise ConfigError(f"the held-out labels are {eval_kind} but the training labels are {kind}; accepted: one kind")
+        return kind, rows, eval_rows
+    if len(rows) < 2:
+        raise ConfigError(f"{preferences} holds {len(rows)} label(s); accepted: at least 2, one of them held out")
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, round(eval_fraction * len(rows)))
+    return kind, [rows[i] for i in order[n_eval:]], [rows[i] for i in order[:n_eval]]
 
 
 def load_prompts(path: str | Path) -> list[str]:

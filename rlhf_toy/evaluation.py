@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from classic_rl import core
 from rlhf_toy.arithmetic import pass_at_k
 from rlhf_toy.data import split_columns
 from rlhf_toy.rewards import CombinedReward, think_text
@@ -39,6 +40,19 @@ def evaluate_on_prompts(policy, tokenizer, prompts: list[str] | list[dict], rewa
         result.update(pass_rates(components["correct"], samples_per_prompt, pass_k), k=pass_k,
                       think_words=float(np.mean([len(think_text(c).split()) for c in rollout.completions])))
     return result
+
+
+def kl_to_reference(policy, ref_model, tokenizer, prompts: list[str] | list[dict], sampling: SamplingConfig, samples_per_prompt: int,
+                    seed: int) -> dict[str, float]:
+    """KL(policy || reference) on the policy's own samples of the prompts, k1 (log pi - log ref, unbiased):
+    {"per_token": mean over completion tokens, "per_sequence": mean over completions of their sum}. One
+    measure for every fine-tuning method, whatever its loss estimates."""
+    repeated, _ = split_columns([p for p in prompts for _ in range(samples_per_prompt)])
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        rollout = sample_rollout(policy, tokenizer, repeated, sampling, ref_model)
+    kl = core.kl_estimate(rollout.old_logprobs, rollout.ref_logprobs, "k1", rollout.completion_mask)
+    return {"per_token": core.masked_mean(kl, rollout.completion_mask).item(), "per_sequence": kl.sum(1).mean().item()}
 
 
 def pass_rates(correct: list[float], samples_per_prompt: int, k: int) -> dict[str, float]:

@@ -32,7 +32,13 @@ from classic_rl.infra.metrics import RunLogger
 from classic_rl.infra.plots import plot_scatter
 from classic_rl.infra.run_folder import RunFields, start_run, write_json
 from rlhf_toy.base_model import default_base_model
-from rlhf_toy.data import DATA_DIR, ShuffledBatches, check_finite_before_step, load_preferences, load_prompts
+from rlhf_toy.data import (
+    DATA_DIR,
+    ShuffledBatches,
+    check_finite_before_step,
+    load_prompts,
+    train_and_held_out_labels,
+)
 from rlhf_toy.distributed import make_accelerator
 from rlhf_toy.learned_reward import score_texts, sequence_texts
 from rlhf_toy.models import (
@@ -140,24 +146,6 @@ def to_labels(kind: str, rows: list[dict], label_noise: float = 0.0, seed: int =
     return Labels(kind, prompts, chosen, rejected, target), flipped
 
 
-def load_labels(cfg: RewardModelConfig) -> tuple[str, list[dict], list[dict]]:
-    """(kind, training rows, held-out rows): --preferences and --eval-preferences, a seeded eval_fraction
-    of --preferences, or the shipped pairs."""
-    data_dir = Path(cfg.data_dir)
-    kind, rows = load_preferences(cfg.preferences or data_dir / "preferences_train.jsonl")
-    if cfg.eval_preferences or not cfg.preferences:
-        eval_kind, eval_rows = load_preferences(cfg.eval_preferences or data_dir / "preferences_eval.jsonl")
-        if eval_kind != kind:
-            raise ConfigError(f"--eval-preferences holds {eval_kind} labels but the training labels are {kind}; accepted: one kind")
-        return kind, rows, eval_rows
-    if len(rows) < 2:
-        raise ConfigError(f"{cfg.preferences} holds {len(rows)} label(s); accepted: at least 2, one of them held out")
-    order = list(range(len(rows)))
-    random.Random(cfg.seed).shuffle(order)
-    n_eval = max(1, round(cfg.eval_fraction * len(rows)))
-    return kind, [rows[i] for i in order[n_eval:]], [rows[i] for i in order[:n_eval]]
-
-
 def label_scores(model, tokenizer, labels: Labels) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The model's scores `[N]` of the first texts and, for pairs, of the second, in one batch."""
     if labels.second is None:
@@ -200,7 +188,8 @@ def held_out_accuracy(model, tokenizer, labels: Labels) -> float:
 
 def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     # bad data files and model folders are reported before the run folder is created
-    kind, train_rows, eval_rows = load_labels(cfg)
+    kind, train_rows, eval_rows = train_and_held_out_labels(cfg.preferences, cfg.eval_preferences, cfg.data_dir,
+                                                            cfg.eval_fraction, cfg.seed)
     eval_prompts = load_prompts(Path(cfg.data_dir) / "prompts_eval.jsonl")
     gold_reward = resolve_reward(cfg.gold_reward)
     if cfg.model:

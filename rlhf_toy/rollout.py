@@ -23,7 +23,7 @@ from transformers.cache_utils import DynamicLayer
 from classic_rl import core
 from rlhf_toy.fast_decode import cache_layout_is_known
 from rlhf_toy.models import distinct_prompts, evaluation_mode, position_ids, stop_token_ids
-from rlhf_toy.sampling import SamplingConfig, encode_prompts, sample_sequences
+from rlhf_toy.sampling import SamplingConfig, context_length, encode_prompts, sample_sequences
 
 
 @dataclass
@@ -114,6 +114,30 @@ def completion_mask_from_ids(completion_ids: Tensor, eos_token_ids: list[int]) -
     first_eos = torch.where(has_eos, is_eos.float().argmax(1), torch.full_like(has_eos, completion_ids.shape[1], dtype=torch.long))
     steps = torch.arange(completion_ids.shape[1], device=completion_ids.device)
     return (steps[None, :] <= first_eos[:, None]).float(), ~has_eos
+
+
+def encode_completions(tokenizer: PreTrainedTokenizerBase, prompts: list[str], completions: list[str],
+                       model: PreTrainedModel) -> tuple[Tensor, Tensor, Tensor]:
+    """Given completions in the rollout layout (input_ids, attention_mask `[B, P + C]`, completion_mask
+    `[B, C]`): the prompt left-padded in the chat template, then the completion and eos, cut to fit the
+    model's context (a completion cut short loses its eos, as a truncated sample has none)."""
+    batch = encode_prompts(tokenizer, prompts, 1, model)
+    room = context_length(model) - batch["input_ids"].shape[1]
+    eos = tokenizer.eos_token_id
+    tails = [(tokenizer(" " + c.strip(), add_special_tokens=False)["input_ids"] + [eos])[:room] for c in completions]
+    width = max(map(len, tails))
+    completion_ids = torch.tensor([t + [eos] * (width - len(t)) for t in tails])
+    completion_mask = torch.tensor([[1.0] * len(t) + [0.0] * (width - len(t)) for t in tails])
+    return (torch.cat([batch["input_ids"], completion_ids], dim=1), torch.cat([batch["attention_mask"], completion_mask.long()], dim=1),
+            completion_mask)
+
+
+def sequence_logprobs(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor) -> Tensor:
+    """log pi(completion | prompt) summed over each completion's tokens `[B]` (temperature 1), the log-prob
+    DPO compares; rows with the same prompt share its forward pass."""
+    prompt_length = input_ids.shape[1] - completion_mask.shape[1]
+    logits = completion_logits(model, input_ids, attention_mask, prompt_length, temperature=1.0)
+    return core.logprobs_from_logits(logits, input_ids[:, prompt_length:], completion_mask).sum(1)
 
 
 @torch.inference_mode()

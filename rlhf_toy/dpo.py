@@ -1,0 +1,233 @@
+"""Direct Preference Optimization (Rafailov et al. 2023): fine-tune on preference pairs against a frozen
+reference, with no reward model and no sampling. Field names are TRL's DPOConfig's.
+
+    for each batch of pairs (x, y_w, y_l):                      (ties are left out: DPO has no tie)
+        h = [log pi(y_w|x) - log ref(y_w|x)] - [log pi(y_l|x) - log ref(y_l|x)]      sequence log-probs
+        sigmoid:  loss = -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)    eps = label_smoothing
+                                                                                      (robust "cDPO")
+        ipo:      loss = (h - 1 / (2 beta))^2, log-probs averaged over tokens          (Azar et al. 2023)
+    implicit reward r(x, y) = beta [log pi(y|x) - log ref(y|x)]; pair accuracy: r(y_w) > r(y_l), held out
+    report: the rule judge's reward on the eval prompts before and after (as RL reports it), KL to the
+            reference on the policy's own samples
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from classic_rl.infra.cli import config_field
+from classic_rl.infra.errors import ConfigError, require_choice, require_nonnegative, require_positive
+from classic_rl.infra.metrics import RunLogger
+from classic_rl.infra.plots import plot_lines
+from classic_rl.infra.run_folder import RunFields, start_run, write_json
+from rlhf_toy.base_model import default_base_model
+from rlhf_toy.data import (
+    DATA_DIR,
+    ShuffledBatches,
+    check_finite_before_step,
+    load_prompt_rows,
+    train_and_held_out_labels,
+)
+from rlhf_toy.distributed import make_accelerator
+from rlhf_toy.evaluation import evaluate_on_prompts, kl_to_reference, print_side_by_side
+from rlhf_toy.models import check_model_exists, evaluation_mode, load_model, load_tokenizer, model_writer
+from rlhf_toy.rewards import DEFAULT_REWARD, resolve_reward
+from rlhf_toy.rollout import encode_completions, sequence_logprobs
+from rlhf_toy.sampling import SamplingConfig
+
+DPO_LOSS_TYPES = ("sigmoid", "ipo")
+
+
+@dataclass
+class DPOConfig(RunFields):
+    model: str | None = config_field(None, "Policy to fine-tune, and the frozen reference (default: the cached default base model)")
+    preferences: str = config_field(str(DATA_DIR / "preferences_train.jsonl"), "Preference pairs (data/preferences_*.jsonl's "
+                                                                                "schema, or a scripts/label.py file)")
+    eval_preferences: str | None = config_field(str(DATA_DIR / "preferences_eval.jsonl"),
+                                                "Held-out pairs for pair_accuracy (none: hold out eval_fraction of --preferences)")
+    eval_fraction: float = config_field(0.2, "Share of --preferences held out when --eval-preferences is none")
+    eval_prompts: str = config_field(str(DATA_DIR / "prompts_eval.jsonl"), "Prompts the rule judge scores samples of, before and after")
+    reward: str = config_field(DEFAULT_REWARD, "The rule judge of reward_before / reward_after (never optimised)")
+    beta: float = config_field(0.1, "Strength of the tie to the reference (sigmoid: temperature of the implicit reward)")
+    loss_type: str = config_field("sigmoid", f"DPO loss: {', '.join(DPO_LOSS_TYPES)}")
+    label_smoothing: float = config_field(0.0, "Probability that a pair's label is wrong (cDPO; sigmoid loss only), in [0, 0.5)")
+    learning_rate: float = config_field(5e-5, "AdamW learning rate (constant)")
+    steps: int = config_field(200, "Optimizer steps")
+    per_device_train_batch_size: int = config_field(16, "Pairs per step")
+    max_grad_norm: float = config_field(1.0, "Global gradient-norm clip")
+    max_completion_length: int = config_field(40, "Max new tokens of the eval samples")
+    eval_samples_per_prompt: int = config_field(2, "Completions per eval prompt for reward_before / reward_after")
+    eval_every: int = config_field(50, "Held-out pair accuracy every this many steps")
+    seed: int = config_field(0, "Seeds python, numpy, torch, batch order and the eval samples")
+    torch_threads: int = config_field(2, "torch.set_num_threads")
+    cpu: bool = config_field(False, "Train on CPU even when an accelerator is present")
+    run_dir: str = config_field("runs/dpo", "Output folder (model/ holds the fine-tuned policy)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        require_positive(beta=self.beta, learning_rate=self.learning_rate, steps=self.steps, max_grad_norm=self.max_grad_norm,
+                         per_device_train_batch_size=self.per_device_train_batch_size, eval_every=self.eval_every,
+                         max_completion_length=self.max_completion_length, eval_samples_per_prompt=self.eval_samples_per_prompt,
+                         torch_threads=self.torch_threads)
+        require_nonnegative(label_smoothing=self.label_smoothing)
+        require_choice(loss_type=(self.loss_type, DPO_LOSS_TYPES))
+        if not self.label_smoothing < 0.5:
+            raise ConfigError(f"--label-smoothing must be in [0, 0.5) (at 0.5 labels carry no signal), got {self.label_smoothing}")
+        if self.label_smoothing and self.loss_type != "sigmoid":
+            raise ConfigError(f"--label-smoothing is the sigmoid loss's (cDPO); --loss-type {self.loss_type} takes none")
+        if not 0 < self.eval_fraction < 1:
+            raise ConfigError(f"--eval-fraction must be in (0, 1), got {self.eval_fraction}")
+
+
+def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
+             beta: float, loss_type: str = "sigmoid", label_smoothing: float = 0.0) -> torch.Tensor:
+    """The mean DPO loss over pairs from log-probs `[B]` of chosen and rejected completions under the policy and
+    the reference (summed over tokens for sigmoid, averaged over tokens for ipo)."""
+    h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+    if loss_type == "ipo":
+        return ((h - 1 / (2 * beta)) ** 2).mean()
+    return (-(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)).mean()
+
+
+@dataclass
+class Pairs:
+    prompts: list[str]
+    chosen: list[str]
+    rejected: list[str]
+
+    @classmethod
+    def from_rows(cls, rows: list[dict]) -> Pairs:
+        """The pairs with a preference (ties left out)."""
+        rows = [row for row in rows if row.get("outcome") != "tie"]
+        return cls([r["prompt"] for r in rows], [r["chosen"] for r in rows], [r["rejected"] for r in rows])
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def subset(self, idx: list[int]) -> Pairs:
+        return Pairs([self.prompts[i] for i in idx], [self.chosen[i] for i in idx], [self.rejected[i] for i in idx])
+
+
+def pair_logprobs(model, tokenizer, pairs: Pairs, per_token: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log pi(chosen|x), log pi(rejected|x)) `[B]` each, in one forward over both; per_token divides by length."""
+    input_ids, attention_mask, completion_mask = encode_completions(tokenizer, pairs.prompts * 2, pairs.chosen + pairs.rejected, model)
+    device = model.device
+    logps = sequence_logprobs(model, input_ids.to(device), attention_mask.to(device), completion_mask.to(device))
+    if per_token:
+        logps = logps / completion_mask.sum(1).to(device)
+    return logps[: len(pairs)], logps[len(pairs):]
+
+
+def implicit_rewards(policy, ref_model, tokenizer, pairs: Pairs, cfg: DPOConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, r(chosen) `[B]`, r(rejected) `[B]`): the DPO loss of a batch and its implicit rewards (detached)."""
+    per_token = cfg.loss_type == "ipo"
+    with torch.no_grad(), evaluation_mode(ref_model):
+        ref_chosen, ref_rejected = pair_logprobs(ref_model, tokenizer, pairs, per_token)
+    policy_chosen, policy_rejected = pair_logprobs(policy, tokenizer, pairs, per_token)
+    loss = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, cfg.beta, cfg.loss_type, cfg.label_smoothing)
+    return loss, cfg.beta * (policy_chosen - ref_chosen).detach(), cfg.beta * (policy_rejected - ref_rejected).detach()
+
+
+@torch.no_grad()
+def pair_accuracy(policy, ref_model, tokenizer, pairs: Pairs, cfg: DPOConfig, batch_size: int = 64) -> float:
+    """Share of held-out pairs whose implicit reward ranks chosen above rejected."""
+    wins = []
+    with evaluation_mode(policy):
+        for start in range(0, len(pairs), batch_size):
+            _, chosen, rejected = implicit_rewards(policy, ref_model, tokenizer, pairs.subset(range(start, min(start + batch_size, len(pairs)))), cfg)
+            wins.append(chosen > rejected)
+    return float(torch.cat(wins).float().mean())
+
+
+def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
+    # bad files and model folders are reported before the run folder is created
+    kind, train_rows, eval_rows = train_and_held_out_labels(cfg.preferences, cfg.eval_preferences, DATA_DIR, cfg.eval_fraction, cfg.seed)
+    if kind != "pairwise":
+        raise ConfigError(f"DPO learns from pairs; {cfg.preferences} holds pointwise scores (train a reward model on them: "
+                          "scripts/train_reward_model.py --preferences FILE)")
+    pairs, eval_pairs = Pairs.from_rows(train_rows), Pairs.from_rows(eval_rows)
+    if not len(pairs) or not len(eval_pairs):
+        raise ConfigError(f"{cfg.preferences} leaves {len(pairs)} training and {len(eval_pairs)} held-out pairs that are not ties; "
+                          "accepted: at least one of each")
+    eval_prompts, judge = load_prompt_rows(cfg.eval_prompts), resolve_reward(cfg.reward)
+    if cfg.model:
+        check_model_exists(cfg.model)
+    run_dir, checkpoints = start_run(cfg)
+    accelerator = make_accelerator(cfg.cpu)
+    model_name = cfg.model or default_base_model()
+    tokenizer = load_tokenizer(model_name)
+    ref_model = load_model(model_name).eval().requires_grad_(False).to(accelerator.device)
+    policy = load_model(str(checkpoints.folder / "model") if checkpoints.resumed else model_name)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
+    batches = ShuffledBatches(len(pairs), min(cfg.per_device_train_batch_size, len(pairs)), torch.Generator().manual_seed(cfg.seed))
+    logger = RunLogger(run_dir)
+    checkpoints.track(logger=logger, optimizer=optimizer, batches=batches)
+    saved = checkpoints.restore() or {"train_s": 0.0}
+    policy, optimizer = accelerator.prepare(policy, optimizer)
+    write_model = model_writer(accelerator.unwrap_model(policy), tokenizer)
+    sampling = SamplingConfig(cfg.max_completion_length)
+    evaluate = functools.partial(evaluate_on_prompts, tokenizer=tokenizer, prompts=eval_prompts, reward=judge, sampling=sampling,
+                                 samples_per_prompt=cfg.eval_samples_per_prompt, seed=cfg.seed)
+
+    before = evaluate(ref_model)
+    print(f"dpo ({cfg.loss_type}, beta {cfg.beta}) from {model_name}: {len(pairs)} pairs ({len(train_rows) - len(pairs)} ties "
+          f"left out), {len(eval_pairs)} held out, {cfg.steps} steps of {batches.batch_size}; eval reward {before['reward']:.3f}")
+    progress = tqdm(range(checkpoints.step + 1, cfg.steps + 1), initial=checkpoints.step, total=cfg.steps, desc="dpo", mininterval=1.0)
+    train_s = saved["train_s"]  # the steps' seconds, without the held-out evaluations (as RL's wall_s)
+    with checkpoints.stop:
+        for step in progress:
+            start = time.perf_counter()
+            loss, chosen, rejected = implicit_rewards(policy, ref_model, tokenizer, pairs.subset(batches.next().tolist()), cfg)
+            accelerator.backward(loss)
+            grad_norm = accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+            check_finite_before_step(step, batches, functools.partial(checkpoints.save, write_files=write_model),
+                                     train_loss=loss, grad_norm=grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            train_s += time.perf_counter() - start
+            metrics = {"loss": loss.item(), "grad_norm": float(grad_norm), "rewards/chosen": chosen.mean().item(),
+                       "rewards/rejected": rejected.mean().item(), "rewards/margins": (chosen - rejected).mean().item(),
+                       "rewards/accuracies": (chosen > rejected).float().mean().item()}
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                metrics["eval/pair_accuracy"] = pair_accuracy(policy, ref_model, tokenizer, eval_pairs, cfg)
+            logger.log(step, metrics)
+            progress.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['rewards/accuracies']:.2f}", refresh=False)
+            checkpoints.save_if_due(step, write_model, train_s=train_s)
+    return finish(cfg, accelerator.unwrap_model(policy).eval(), ref_model, tokenizer, before, evaluate(accelerator.unwrap_model(policy)),
+                  logger, run_dir, train_s, sampling, eval_prompts)
+
+
+def finish(cfg: DPOConfig, policy, ref_model, tokenizer, before: dict, after: dict, logger: RunLogger, run_dir: Path, train_s: float,
+           sampling: SamplingConfig, eval_prompts: list[dict]) -> dict[str, Any]:
+    """Save the policy; write summary.json (TRL-style reward_before/after, kl_final, wall_s, pair_accuracy),
+    eval_samples.json and curves.png."""
+    policy.save_pretrained(run_dir / "model")
+    tokenizer.save_pretrained(run_dir / "model")
+    kl = kl_to_reference(policy, ref_model, tokenizer, eval_prompts, sampling, cfg.eval_samples_per_prompt, cfg.seed)
+    k = cfg.eval_samples_per_prompt
+    print_side_by_side(before["rows"][::k], after["rows"][::k])
+    summary = {"reward_before": before["reward"], "reward_after": after["reward"], "components_before": before["components"],
+               "components_after": after["components"], "mean_length_before": before["mean_length"],
+               "mean_length_after": after["mean_length"], "kl_final": kl["per_token"], "kl_sequence": kl["per_sequence"],
+               "pair_accuracy": logger.series("eval/pair_accuracy")[1][-1], "loss_type": cfg.loss_type, "beta": cfg.beta,
+               "steps": cfg.steps, "wall_s": train_s, "total_wall_s": logger.elapsed()}
+    write_json(run_dir / "summary.json", summary)
+    write_json(run_dir / "eval_samples.json", {"before": before["rows"], "after": after["rows"]})
+    plot_lines(run_dir / "curves.png", [
+        ("step", "DPO loss", {"loss": logger.series("loss")}),
+        ("step", "pairs ranked as labelled", {"train batch": logger.series("rewards/accuracies"),
+                                              "held out": logger.series("eval/pair_accuracy")}),
+        ("step", "implicit reward", {"chosen": logger.series("rewards/chosen"), "rejected": logger.series("rewards/rejected")}),
+    ], f"DPO ({cfg.loss_type}, beta {cfg.beta}) on {cfg.preferences}")
+    logger.close()
+    print(f"eval reward {before['reward']:.3f} -> {after['reward']:.3f} (rule judge {cfg.reward}), held-out pair accuracy "
+          f"{summary['pair_accuracy']:.3f}, KL to reference {kl['per_token']:.4f} per token; model: {run_dir / 'model'}")
+    return summary
