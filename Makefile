@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 MUTATE_STAMP := $(VENV)/.installed-mutate
 
-.PHONY: setup setup-bench test test-slow demo demo-reasoning demo-classic tutorials bench bench-rlhf mutate lint clean
+.PHONY: setup setup-bench test test-slow demo demo-reasoning rlhf-loop demo-classic tutorials bench bench-rlhf mutate lint clean
 
 setup: $(STAMP)
 
@@ -44,6 +44,12 @@ demo: setup
 demo-reasoning: setup
 	$(PY) scripts/train_rlhf.py --task arithmetic --run-dir runs/demo-reasoning --overwrite
 	$(PY) scripts/arithmetic_breakdown.py runs/demo-reasoning
+
+# RLHF from labels: a simulated labeller who prefers shorter answers labels 50 pairs of the base model's completions
+# (10% of them flipped), a reward model learns them, GRPO optimises it (~5 min). Label them yourself:
+# python scripts/rlhf_loop.py --criterion "prefer the shorter answer"
+rlhf-loop: setup
+	$(PY) scripts/rlhf_loop.py --simulate brevity --label-noise 0.1 --run-dir runs/rlhf-loop
 
 demo-classic: setup
 	$(PY) scripts/train_classic.py --algo ppo --env CartPole-v1 --seed 1 --run-dir runs/demo-ppo-cartpole --overwrite

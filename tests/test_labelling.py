@@ -172,3 +172,16 @@ def test_reward_model_learns_from_simulated_labels(nano, nano_dir, tmp_path, mon
     assert summary["labels"] == ("pointwise" if pointwise else "pairwise") and summary["eval_labels"] == 24
     # measured: held-out accuracy 0.67 (pairs; many differ by one word) and 0.90 (scores); Spearman with the rule 0.89, 0.90
     assert summary["eval_accuracy"] > 0.6 and summary["spearman"] > 0.7
+
+
+def test_the_whole_loop_with_a_simulated_labeller(nano_dir, tmp_path, monkeypatch, capsys):
+    """label (a rule preferring shorter answers) -> reward model -> GRPO: the policy moves toward the criterion."""
+    run_dir = tmp_path / "loop"
+    code, out, err = run_script("rlhf_loop.py", ["--model", nano_dir, "--simulate", "brevity", "--n", "40", "--rm-steps", "30",
+                                                 "--steps", "12", "--run-dir", str(run_dir)], monkeypatch, capsys)
+    assert code == 0, err[-2000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["labels"] == 40 and len((run_dir / "labels.jsonl").read_text().splitlines()) == 40
+    assert summary["rm_spearman"] > 0.5
+    assert summary["judge_after"] > summary["judge_before"] and summary["words_after"] < summary["words_before"]
+    assert "| prompt | before | RM | judge | after | RM | judge |" in (run_dir / "samples.md").read_text()
