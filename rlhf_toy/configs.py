@@ -64,8 +64,8 @@ class RLHFConfig(RunFields):
     top_k: int = config_field(0, "Top-k sampling (0: off)")
     top_p: float = config_field(1.0, "Nucleus sampling (1: off)")
     learning_rate: float = config_field(5e-4, "AdamW learning rate (the peak, under a schedule)")
-    lr_scheduler_type: str = config_field("constant", f"Learning rate over the steps: {', '.join(LR_SCHEDULES)} (to 0 "
-                                                      "at the last step)")
+    lr_scheduler_type: str = config_field("constant", f"Learning rate over the steps: {', '.join(LR_SCHEDULES)} (decay "
+                                                      "toward 0, as transformers' get_scheduler)")
     warmup_ratio: float = config_field(0.0, "Share of the steps over which the learning rate rises linearly from 0")
     max_grad_norm: float = config_field(1.0, "Global gradient-norm clip")
     log_completions_every: int = config_field(25, "Print a table of completions every N steps (0: never)")
@@ -104,13 +104,14 @@ class RLHFConfig(RunFields):
         _ = self.eval_sampling  # validates the sampling fields
 
     def learning_rate_at(self, step: int) -> float:
-        """The learning rate of training step `step` (1..steps): linear warmup over warmup_ratio of the
-        steps, then constant, or linear or cosine decay to 0 (TRL's lr_scheduler_type, per step not per
-        minibatch; a function of the step alone, so a resumed run needs no scheduler state)."""
-        warmup = int(self.warmup_ratio * self.steps)
-        if step <= warmup:
-            return self.learning_rate * step / (warmup + 1)
-        progress = (step - warmup) / (self.steps - warmup)  # in (0, 1]: the last step trains at 0
+        """The learning rate of training step `step` (1..steps): transformers' get_scheduler formulas with
+        one scheduler step per training step (linear warmup from 0 over warmup_ratio of the steps, then
+        constant, or linear or cosine decay toward 0). A function of the step alone, so a resumed run
+        needs no scheduler state."""
+        done, warmup = step - 1, int(self.warmup_ratio * self.steps)
+        if done < warmup:
+            return self.learning_rate * done / warmup
+        progress = (done - warmup) / max(1, self.steps - warmup)
         decay = {"constant": 1.0, "linear": 1.0 - progress, "cosine": 0.5 * (1.0 + math.cos(math.pi * progress))}
         return self.learning_rate * decay[self.lr_scheduler_type]
 

@@ -442,3 +442,40 @@ def test_bench_rlhf_runs_ours_trl_and_ppo_and_writes_the_table(nano_dir, tmp_pat
         assert table[impl]["completions_per_s"] > 0 and table[impl]["sec_per_step"] > 0 and table[impl]["peak_rss_mb"] > 100
         assert 0 <= table[impl]["eval_reward"] <= 1
     assert "TRL GRPOTrainer" in (tmp_path / "b.md").read_text()
+
+
+def test_learning_rate_schedules_by_hand():
+    # 10 steps, warmup_ratio 0.2, as transformers' schedulers count (from 0): steps 1-2 at 0 and 1/2 of the peak, then
+    # 8 steps of decay with progress (step - 3) / 8
+    linear = GRPOConfig(steps=10, learning_rate=0.3, lr_scheduler_type="linear", warmup_ratio=0.2)
+    assert [linear.learning_rate_at(s) for s in (1, 2, 3, 7, 10)] == pytest.approx([0.0, 0.15, 0.3, 0.3 * 4 / 8, 0.3 / 8])
+    cosine = GRPOConfig(steps=10, learning_rate=0.3, lr_scheduler_type="cosine", warmup_ratio=0.2)
+    assert cosine.learning_rate_at(7) == pytest.approx(0.15)  # 0.3 * (1 + cos(pi / 2)) / 2
+    assert [GRPOConfig(steps=10, learning_rate=0.3).learning_rate_at(s) for s in (1, 10)] == [0.3, 0.3]
+    with pytest.raises(ConfigError, match="--warmup-ratio must be in"):
+        GRPOConfig(warmup_ratio=1.0)
+    with pytest.raises(ConfigError, match="unknown --lr-scheduler-type 'step'"):
+        GRPOConfig(lr_scheduler_type="step")
+
+
+def test_the_scheduled_rate_is_the_one_the_optimizer_used(nano_dir, tmp_path):
+    from rlhf_toy.trainer import train
+    train(GRPOConfig(model=nano_dir, steps=4, prompts_per_step=2, num_generations=2, max_completion_length=8, eval_samples_per_prompt=1,
+                     learning_rate=1e-4, lr_scheduler_type="linear", log_completions_every=0, run_dir=str(tmp_path / "run")))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"reward"' in line]
+    assert [r["learning_rate"] for r in rows] == pytest.approx([1e-4, 7.5e-5, 5e-5, 2.5e-5])
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine", "constant"])
+def test_learning_rate_schedules_match_transformers(kind):
+    from transformers import get_scheduler
+    cfg = GRPOConfig(steps=37, learning_rate=2e-4, lr_scheduler_type=kind, warmup_ratio=0.1)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.learning_rate)
+    name = "constant_with_warmup" if kind == "constant" else kind
+    scheduler = get_scheduler(name, optimizer, num_warmup_steps=int(cfg.warmup_ratio * cfg.steps), num_training_steps=cfg.steps)
+    theirs = []
+    for _ in range(cfg.steps):
+        theirs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert [cfg.learning_rate_at(s) for s in range(1, cfg.steps + 1)] == pytest.approx(theirs)
