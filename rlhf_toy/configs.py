@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 from classic_rl.infra.cli import config_field
@@ -25,7 +26,7 @@ from rlhf_toy.sampling import SamplingConfig
 
 LOSS_TYPES = ("grpo", "dapo", "bnpo", "dr_grpo")
 SCALE_REWARDS = ("group", "batch", "none")
-CRITICS = ("separate", "shared")
+CRITICS = ("separate", "shared", "rm")
 LR_SCHEDULES = ("constant", "linear", "cosine")
 
 
@@ -174,7 +175,8 @@ class PPOConfig(RLHFConfig):
     kl_coef: float = config_field(0.05, "Initial beta of the per-token k1 KL penalty in the reward")
     target_kl: float | None = config_field(None, "Adapt beta towards this KL per sequence (Ziegler et al.); None: fixed beta")
     kl_horizon: int = config_field(10_000, "Horizon of the adaptive KL controller, in completions")
-    critic: str = config_field("separate", f"Value model: {', '.join(CRITICS)} (a trunk copied from the policy, or the policy's own)")
+    critic: str = config_field("separate", f"Value model: {', '.join(CRITICS)} (a trunk copied from the policy, the policy's own, "
+                                           "or the reward model of --reward rm:DIR with its head, as InstructGPT)")
     vf_coef: float = config_field(0.1, "Value loss coefficient")
     cliprange_value: float | None = config_field(0.2, "Clip value updates around the rollout's values")
     gamma: float = config_field(1.0, "Discount over tokens")
@@ -182,13 +184,23 @@ class PPOConfig(RLHFConfig):
     num_ppo_epochs: int = config_field(2, "PPO epochs over each rollout")
     whiten_rewards: bool = config_field(False, "Whiten the per-token rewards before GAE")
     missing_eos_penalty: float | None = config_field(None, "Subtract this from the score of completions without eos")
+    ptx_coef: float = config_field(0.0, "InstructGPT's pretraining mix (PPO-ptx): add this times the language-model loss of "
+                                        "a batch of --ptx-data to every minibatch's loss (0: off)")
+    ptx_data: str = config_field(str(DATA_DIR / "pretrain.jsonl"), "Documents (JSONL with a text field) of the pretraining mix")
+    ptx_batch_size: int = config_field(8, "Blocks of 64 tokens of --ptx-data per minibatch")
 
     def __post_init__(self):
         super().__post_init__()
         require_choice(critic=(self.critic, CRITICS))
         require_positive(cliprange=self.cliprange, num_ppo_epochs=self.num_ppo_epochs, kl_horizon=self.kl_horizon,
                          gamma=self.gamma)
-        require_nonnegative(kl_coef=self.kl_coef, vf_coef=self.vf_coef)
+        require_nonnegative(kl_coef=self.kl_coef, vf_coef=self.vf_coef, ptx_coef=self.ptx_coef)
+        require_positive(ptx_batch_size=self.ptx_batch_size)
+        if self.ptx_coef and not Path(self.ptx_data).is_file():
+            raise ConfigError(f"--ptx-data {self.ptx_data} not found; accepted: a JSONL file with a text field per document")
+        if self.critic == "rm" and self.reward_model_dir is None:
+            raise ConfigError(f"--critic rm starts the value model from the reward model, so --reward must hold one rm:DIR; "
+                              f"got --reward {self.reward}")
         if not (self.gamma <= 1 and 0 <= self.lam <= 1):
             raise ConfigError(f"--gamma must be in (0, 1] and --lam in [0, 1], got {self.gamma} and {self.lam}")
         for name in ("target_kl", "cliprange_value"):
@@ -198,6 +210,12 @@ class PPOConfig(RLHFConfig):
     @property
     def uses_reference(self) -> bool:
         return self.kl_coef > 0
+
+    @property
+    def reward_model_dir(self) -> str | None:
+        """DIR of the one rm:DIR in --reward, else None."""
+        folders = [part.strip()[3:] for part in self.reward.split(",") if part.strip().startswith("rm:")]
+        return folders[0] if len(folders) == 1 else None
 
 
 CONFIGS: dict[str, type[RLHFConfig]] = {"grpo": GRPOConfig, "ppo": PPOConfig}

@@ -124,6 +124,21 @@ def split_columns(rows: list[dict] | list[str]) -> tuple[list[str], dict[str, li
     return [row["prompt"] for row in rows], {name: [row.get(name) for row in rows] for name in names}
 
 
+def pack(token_lists: list[list[int]], eos_id: int, block: int) -> torch.Tensor:
+    """Concatenate documents, each followed by eos, into `[n_blocks, block]` (the tail is dropped)."""
+    stream = [t for tokens in token_lists for t in (*tokens, eos_id)]
+    n = len(stream) // block
+    if n == 0:
+        raise ConfigError(f"the corpus holds {len(stream)} tokens, fewer than one block of {block}")
+    return torch.tensor(stream[: n * block]).view(n, block)
+
+
+def pretraining_blocks(path: str | Path, tokenizer, block: int) -> torch.Tensor:
+    """The documents of a JSONL file with a "text" field, tokenized and packed into `[n_blocks, block]`."""
+    texts = [row["text"] for row in load_rows(path, ["text"])]
+    return pack(tokenizer(texts, add_special_tokens=False).input_ids, tokenizer.eos_token_id, block)
+
+
 class ShuffledBatches:
     """Index batches `[batch_size]` drawn epoch by epoch from seeded permutations of n items; the
     position (generator, order, cursor) saves and restores exactly, so a resumed run sees the same data."""

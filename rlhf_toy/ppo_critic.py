@@ -8,6 +8,8 @@
         for num_ppo_epochs, for each minibatch:
             minimise  core.policy_loss(clip cliprange) + vf_coef * core.value_loss(clip cliprange_value)
         beta <- adaptive KL controller (optional)
+    options from InstructGPT: --critic rm starts the value model from the reward model; --ptx-coef g adds
+    g * (language-model loss on a batch of pretraining text) to every minibatch's loss (PPO-ptx)
 
 The same GAE, clipped objective and value loss serve classic PPO on CartPole.
 """
@@ -16,10 +18,10 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from transformers import PreTrainedModel
+from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 from classic_rl import core
-from classic_rl.infra.errors import check_finite
+from classic_rl.infra.errors import ConfigError, check_finite
 from classic_rl.infra.metrics import MeanStats
 from rlhf_toy.configs import PPOConfig
 from rlhf_toy.rollout import Rollout, completion_logits, completion_states
@@ -55,10 +57,26 @@ class Critic(nn.Module):
         return self.values_from_hidden(hidden)
 
 
-def build_critic(policy: PreTrainedModel, kind: str, load_copy) -> Critic:
-    """kind "separate" initialises a trunk from the policy's weights (load_copy() gives a fresh copy)."""
+def build_critic(policy: PreTrainedModel, kind: str, load_copy, reward_model_dir: str | None = None) -> Critic:
+    """kind "separate" initialises a trunk from the policy's weights (load_copy() gives a fresh copy); "rm" takes
+    the trunk and the scalar head of the reward model in reward_model_dir (InstructGPT's value model), so the
+    first values are the reward model's scores of each prefix."""
     hidden = policy.config.hidden_size
-    return Critic(hidden) if kind == "shared" else Critic(hidden, load_copy().base_model)
+    if kind == "shared":
+        return Critic(hidden)
+    if kind == "separate":
+        return Critic(hidden, load_copy().base_model)
+    reward_model = AutoModelForSequenceClassification.from_pretrained(reward_model_dir)
+    head = getattr(reward_model, "score", None)
+    if reward_model.config.hidden_size != hidden or not isinstance(head, nn.Linear):
+        raise ConfigError(f"--critic rm needs a reward model with the policy's width ({hidden}) and a linear score head; "
+                          f"{reward_model_dir} has width {reward_model.config.hidden_size}")
+    critic = Critic(hidden, reward_model.base_model)
+    with torch.no_grad():
+        critic.head.weight.copy_(head.weight)
+        if head.bias is not None:
+            critic.head.bias.copy_(head.bias)
+    return critic
 
 
 def token_rewards(scores: Tensor, kl: Tensor, mask: Tensor, beta: float) -> Tensor:
@@ -93,8 +111,9 @@ def logits_and_values(policy, critic: Critic, input_ids: Tensor, attention_mask:
 
 
 def ppo_update(policy, critic: Critic, optimizer, accelerator, rollout: Rollout, scores: Tensor, kl_ctl: core.KLController,
-               cfg: PPOConfig) -> dict[str, float]:
-    """One PPO phase over a rollout; returns metrics (and adapts kl_ctl)."""
+               cfg: PPOConfig, ptx_batch=None) -> dict[str, float]:
+    """One PPO phase over a rollout; returns metrics (and adapts kl_ctl). With cfg.ptx_coef, ptx_batch() gives
+    `[N, T]` pretraining tokens whose language-model loss joins every minibatch's (InstructGPT's PPO-ptx)."""
     mask = rollout.completion_mask
     if cfg.missing_eos_penalty is not None:
         scores = scores - cfg.missing_eos_penalty * rollout.is_truncated.float()
@@ -116,6 +135,11 @@ def ppo_update(policy, critic: Critic, optimizer, accelerator, rollout: Rollout,
                                               mask=mask[mb], agg="token")
             v_loss = core.value_loss(values, old_values[mb], returns[mb], clip=cfg.cliprange_value, mask=mask[mb])
             loss = pg_loss + cfg.vf_coef * v_loss
+            if cfg.ptx_coef:
+                tokens = ptx_batch().to(logits.device)
+                ptx_loss = policy(input_ids=tokens, labels=tokens).loss
+                loss = loss + cfg.ptx_coef * ptx_loss
+                stats["ptx_loss"] = ptx_loss.detach()
             accelerator.backward(loss)
             stats["grad_norm"] = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
             check_finite(None, loss=loss, grad_norm=stats["grad_norm"])  # before the step: the weights stay good

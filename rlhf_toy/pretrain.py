@@ -73,15 +73,6 @@ class PretrainConfig(RunFields):
             raise ConfigError("--val-fraction must be in (0, 1), --min-lr-ratio in [0, 1] and --warmup-steps >= 0")
 
 
-def pack(token_lists: list[list[int]], eos_id: int, block: int) -> torch.Tensor:
-    """Concatenate documents, each followed by eos, into `[n_blocks, block]` (the tail is dropped)."""
-    stream = [t for tokens in token_lists for t in (*tokens, eos_id)]
-    n = len(stream) // block
-    if n == 0:
-        raise ConfigError(f"the corpus holds {len(stream)} tokens, fewer than one block of {block}")
-    return torch.tensor(stream[: n * block]).view(n, block)
-
-
 def training_texts(data_dir: str, arithmetic: bool = False) -> list[str]:
     """Plain documents plus prompt/response pairs in the policy's chat template; with arithmetic, the worked
     solutions alone (12,000 of them mixed into the stories left the tiny model unable to read the operands'
@@ -131,8 +122,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     n_val = max(1, int(len(texts) * cfg.val_fraction))
     tokenizer = train_tokenizer([texts[i] for i in order[n_val:]], cfg.vocab_size, split_digits=cfg.arithmetic)
     encode = lambda idx: tokenizer([texts[i] for i in idx], add_special_tokens=False).input_ids  # noqa: E731
-    train_blocks = pack(encode(order[n_val:]), tokenizer.eos_token_id, cfg.n_positions)
-    val_blocks = pack(encode(order[:n_val]), tokenizer.eos_token_id, cfg.n_positions)
+    train_blocks = data.pack(encode(order[n_val:]), tokenizer.eos_token_id, cfg.n_positions)
+    val_blocks = data.pack(encode(order[:n_val]), tokenizer.eos_token_id, cfg.n_positions)
 
     model = (load_model(str(checkpoints.folder / "model")) if checkpoints.resumed
              else build_model(cfg.preset, tokenizer, cfg.n_positions, cfg.arch))

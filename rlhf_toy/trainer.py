@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from classic_rl.infra.plots import plot_lines
 from classic_rl.infra.run_folder import start_run, truncate_jsonl, write_json
 from rlhf_toy.base_model import default_base_model
 from rlhf_toy.configs import GRPOConfig, PPOConfig, RLHFConfig
-from rlhf_toy.data import load_prompt_rows, split_columns
+from rlhf_toy.data import ShuffledBatches, load_prompt_rows, pretraining_blocks, split_columns
 from rlhf_toy.distributed import any_process, make_accelerator, mean_over_processes, process_share
 from rlhf_toy.evaluation import evaluate_on_prompts, print_completions, print_side_by_side
 from rlhf_toy.grpo import grpo_update
@@ -40,7 +41,7 @@ from rlhf_toy.ppo_critic import Critic, build_critic, ppo_update
 from rlhf_toy.prompt_schedule import prompts_for_step, step_seed
 from rlhf_toy.rewards import CombinedReward, RewardFunctionError, resolve_reward
 from rlhf_toy.rollout import sample_rollout
-from rlhf_toy.sampling import encode_prompts
+from rlhf_toy.sampling import context_length, encode_prompts
 
 
 @dataclass
@@ -62,6 +63,7 @@ class Run:
     optimizer: Any
     checkpoints: Checkpoints
     logger: RunLogger | None  # the main process's only
+    ptx_batch: Callable[[], torch.Tensor] | None = None  # PPO-ptx: the next batch of pretraining blocks
 
     @property
     def main(self) -> bool:
@@ -130,14 +132,17 @@ def set_up(cfg: RLHFConfig) -> Run:
         except ConfigError as err:
             raise ConfigError(f"{name}: {err}") from None
     ref_model = load_model(model_name, cfg.trust_remote_code).eval().requires_grad_(False) if cfg.uses_reference else None
-    critic, kl_ctl, params = None, None, list(policy.parameters())
+    critic, kl_ctl, params, ptx_batches, ptx_batch = None, None, list(policy.parameters()), None, None
     if isinstance(cfg, PPOConfig):
-        critic = build_critic(policy, cfg.critic, lambda: load_model(model_name, cfg.trust_remote_code))
+        critic = build_critic(policy, cfg.critic, lambda: load_model(model_name, cfg.trust_remote_code), cfg.reward_model_dir)
         kl_ctl = KLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
         params += [p for p in critic.parameters() if all(p is not q for q in params)]
+        if cfg.ptx_coef:
+            ptx_batches, ptx_batch = pretraining_mix(cfg, tokenizer, policy)
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
     logger = RunLogger(run_dir) if accelerator.is_main_process else None
-    checkpoints.track(optimizer=optimizer, logger=logger, critic=critic, kl_ctl=kl_ctl)  # accelerate wraps, not copies, it
+    checkpoints.track(optimizer=optimizer, logger=logger, critic=critic, kl_ctl=kl_ctl,  # accelerate wraps, not copies, it
+                      ptx_batches=ptx_batches)
     checkpoints.restore()
     policy, optimizer = accelerator.prepare(policy, optimizer)
     critic = critic.to(accelerator.device) if critic is not None else None
@@ -148,7 +153,15 @@ def set_up(cfg: RLHFConfig) -> Run:
               f"completions per step in {world} process(es), {cfg.num_minibatches} minibatch(es) x {passes} pass(es), "
               f"{cfg.steps} steps, reward {cfg.reward}, model {model_name}, device {accelerator.device}")
     return Run(cfg, accelerator, reward, gold, train_prompts, eval_prompts, run_dir, model_name, tokenizer, policy, ref_model,
-               critic, kl_ctl, optimizer, checkpoints, logger)
+               critic, kl_ctl, optimizer, checkpoints, logger, ptx_batch)
+
+
+def pretraining_mix(cfg: PPOConfig, tokenizer, policy) -> tuple[ShuffledBatches, Callable[[], torch.Tensor]]:
+    """PPO-ptx's data: --ptx-data packed into blocks of 64 tokens; (the batch order, to checkpoint; a function
+    giving the next `[ptx_batch_size, 64]` batch)."""
+    blocks = pretraining_blocks(cfg.ptx_data, tokenizer, min(64, context_length(policy)))
+    batches = ShuffledBatches(len(blocks), min(cfg.ptx_batch_size, len(blocks)), torch.Generator().manual_seed(cfg.seed))
+    return batches, lambda: blocks[batches.next()]
 
 
 def evaluate_before(run: Run) -> dict[str, Any] | None:
@@ -226,7 +239,7 @@ def train_step(run: Run, step: int) -> tuple[dict[str, float], list[dict]]:
         if isinstance(cfg, GRPOConfig):
             metrics = grpo_update(run.policy, run.optimizer, accelerator, rollout, rewards, cfg)
         else:
-            metrics = ppo_update(run.policy, run.critic, run.optimizer, accelerator, rollout, rewards, run.kl_ctl, cfg)
+            metrics = ppo_update(run.policy, run.critic, run.optimizer, accelerator, rollout, rewards, run.kl_ctl, cfg, run.ptx_batch)
     except (NonFiniteError, RewardFunctionError) as err:
         saved = run.save_checkpoint(step - 1) if run.main else None
         raise type(err)(f"step {step}: {err}" + (f"; saved the last good weights to {saved}" if saved else "")) from None

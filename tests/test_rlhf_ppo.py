@@ -14,10 +14,11 @@ from rlhf_toy.ppo_critic import build_critic, ppo_update
 from tests.conftest import clipped_sgd_step, largest_difference
 
 
-def plain_ppo(policy, critic, rollout, scores, cfg, beta, lr):
+def plain_ppo(policy, critic, rollout, scores, cfg, beta, lr, ptx_tokens=None):
     """PPO-with-critic for LMs written out from Ziegler et al. / TRL: k1 KL penalty per token, the score on the last
-    token, GAE by explicit loops, whitened advantages, clipped policy and value losses, gradient-norm-clipped SGD
-    in the same minibatch order; returns the updated copies of policy and critic and the metrics it expects."""
+    token, GAE by explicit loops, whitened advantages, clipped policy and value losses (plus, with cfg.ptx_coef,
+    InstructGPT's next-token loss on ptx_tokens), gradient-norm-clipped SGD in the same minibatch order; returns
+    the updated copies of policy and critic and the metrics it expects."""
     policy, critic = copy.deepcopy(policy), copy.deepcopy(critic)
     params = list(policy.parameters()) + list(critic.parameters())
     ids, attention, prompt = rollout.input_ids.clone(), rollout.attention_mask.clone(), rollout.prompt_length
@@ -56,6 +57,9 @@ def plain_ppo(policy, critic, rollout, scores, cfg, beta, lr):
             clipped = old + (values - old).clamp(-cfg.cliprange_value, cfg.cliprange_value)
             value_loss = 0.5 * (torch.maximum((values - target) ** 2, (clipped - target) ** 2) * m).sum() / m.sum()
             loss = policy_loss + cfg.vf_coef * value_loss
+            if cfg.ptx_coef:
+                next_token = policy(input_ids=ptx_tokens).logits[:, :-1].log_softmax(-1).gather(-1, ptx_tokens[:, 1:, None])
+                loss = loss - cfg.ptx_coef * next_token.mean()
             losses.append(loss.item())
             clipped_sgd_step(loss, params, lr, cfg.max_grad_norm)
     k1 = (rollout.old_logprobs - rollout.ref_logprobs) * mask
@@ -65,8 +69,9 @@ def plain_ppo(policy, critic, rollout, scores, cfg, beta, lr):
 
 
 @pytest.mark.parametrize("case", [dict(max_grad_norm=1e9, lr=0.02),
-                                  dict(max_grad_norm=1.0, lr=0.3, cliprange_value=0.05, cliprange=0.1)],
-                         ids=["unclipped-gradient", "clipped-gradient-values-and-clip-higher"])
+                                  dict(max_grad_norm=1.0, lr=0.3, cliprange_value=0.05, cliprange=0.1),
+                                  dict(max_grad_norm=1e9, lr=0.02, ptx_coef=0.7)],
+                         ids=["unclipped-gradient", "clipped-gradient-values-and-clip-higher", "pretraining-mix"])
 def test_ppo_update_equals_ppo_written_out(case, policy_reference_rollout, nano_dir):
     policy, rollout = policy_reference_rollout
     torch.manual_seed(0)
@@ -76,12 +81,16 @@ def test_ppo_update_equals_ppo_written_out(case, policy_reference_rollout, nano_
     cfg = PPOConfig(num_generations=1, prompts_per_step=8, num_minibatches=2, num_ppo_epochs=2, gamma=0.95,
                      lam=0.9, vf_coef=0.5, missing_eos_penalty=0.5, max_completion_length=10, **case)
     scores = torch.tensor([1.0, 0.0, 0.5, 0.2, 0.0, 1.0, 0.3, 0.9])
+    ptx_tokens = torch.randint(0, policy.config.vocab_size, (3, 12), generator=torch.Generator().manual_seed(2))
     torch.manual_seed(1)
-    expected_policy, expected_critic, expected_metrics = plain_ppo(policy, critic, rollout, scores, cfg, beta=0.2, lr=lr)
+    expected_policy, expected_critic, expected_metrics = plain_ppo(policy, critic, rollout, scores, cfg, beta=0.2, lr=lr,
+                                                                   ptx_tokens=ptx_tokens)
     model, value_model = copy.deepcopy(policy), copy.deepcopy(critic)
     optimizer = torch.optim.SGD([*model.parameters(), *value_model.parameters()], lr=lr)
     torch.manual_seed(1)  # the same minibatch order
-    metrics = ppo_update(model, value_model, optimizer, Accelerator(cpu=True), rollout, scores, KLController(0.2), cfg)
+    metrics = ppo_update(model, value_model, optimizer, Accelerator(cpu=True), rollout, scores, KLController(0.2), cfg,
+                         ptx_batch=lambda: ptx_tokens)
+    assert ("ptx_loss" in metrics) == bool(cfg.ptx_coef)
     for updated, expected, start in ((model, expected_policy, policy), (value_model, expected_critic, critic)):
         change, error = largest_difference(expected, start), largest_difference(updated, expected)
         assert change > 1e-3 and error < 1e-4 * change, (change, error)
@@ -122,3 +131,45 @@ def test_a_non_finite_loss_stops_ppo_before_the_optimizer_step(policy_reference_
         ppo_update(model, critic, torch.optim.SGD([*model.parameters(), *critic.head.parameters()], lr=0.01),
                    Accelerator(cpu=True), rollout, scores, KLController(0.1), cfg)
     assert largest_difference(model, policy) == 0.0  # the weights stayed as they were
+
+
+def test_a_critic_from_the_reward_model_values_each_prefix_as_the_reward_model_scores_it(policy_reference_rollout, nano_dir, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+    policy, rollout = policy_reference_rollout
+    reward_model = AutoModelForSequenceClassification.from_pretrained(nano_dir, num_labels=1)
+    torch.nn.init.normal_(reward_model.score.weight, std=0.5)
+    reward_model.save_pretrained(tmp_path / "rm")
+    critic = build_critic(policy, "rm", lambda: load_model(nano_dir), str(tmp_path / "rm"))
+    assert all(p is not q for p in critic.trunk.parameters() for q in policy.parameters())
+    prompt = rollout.prompt_length
+    row = int(rollout.attention_mask[:, :prompt].sum(1).argmax())  # the longest prompt: no left padding
+    ids = rollout.input_ids[row: row + 1]
+    with torch.no_grad():
+        values = critic(ids, rollout.attention_mask[row: row + 1], prompt, policy)[0]
+        for t in range(3):  # the value before completion token t is the score of the prompt and tokens < t
+            assert values[t].item() == pytest.approx(reward_model(input_ids=ids[:, : prompt + t]).logits.item(), abs=1e-5)
+
+
+def test_critic_rm_needs_a_reward_model_reward():
+    from classic_rl.infra.errors import ConfigError
+    with pytest.raises(ConfigError, match="--critic rm starts the value model from the reward model"):
+        PPOConfig(critic="rm", reward="length,format")
+    assert PPOConfig(critic="rm", reward="rm:some/dir,format").reward_model_dir == "some/dir"
+
+
+def test_ppo_with_the_tutorials_whole_recipe_runs(nano_dir, tmp_path):
+    """A reward model as reward and as the critic's start, and the pretraining mix, in a short real run."""
+    import json
+
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhf_toy.models import load_tokenizer
+    from rlhf_toy.trainer import train
+    reward_model = AutoModelForSequenceClassification.from_pretrained(nano_dir, num_labels=1)
+    reward_model.save_pretrained(tmp_path / "rm")
+    load_tokenizer(nano_dir).save_pretrained(tmp_path / "rm")
+    summary = train(PPOConfig(model=nano_dir, reward=f"rm:{tmp_path / 'rm'}", critic="rm", ptx_coef=0.5, ptx_batch_size=2, steps=2,
+                              prompts_per_step=2, num_generations=2, max_completion_length=8, eval_samples_per_prompt=1,
+                              log_completions_every=0, run_dir=str(tmp_path / "run")))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"reward"' in line]
+    assert len(rows) == 2 and all(row["ptx_loss"] > 0 for row in rows) and summary["reward_after"] is not None
