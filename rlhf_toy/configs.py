@@ -55,6 +55,8 @@ class RLHFConfig(RunFields):
                                      "samples per eval prompt (0: off)")
     eval_every: int = config_field(0, "Also evaluate every N steps, for the curves of eval reward (and pass@k) (0: never)")
     steps: int = config_field(100, "Training steps (one rollout and its updates each)")
+    max_train_s: float | None = config_field(None, "Stop after the step that spends this many seconds of training (a "
+                                                   "budget of wall time; the schedule still spans --steps)")
     seed: int = config_field(0, "Seeds python, numpy, torch, prompt order and sampling")
     prompts_per_step: int = config_field(8, "Distinct prompts per step")
     num_generations: int = config_field(8, "Completions per prompt (GRPO's group size G; must be >= 2 for GRPO)")
@@ -85,6 +87,7 @@ class RLHFConfig(RunFields):
         require_positive(steps=self.steps, prompts_per_step=self.prompts_per_step, num_generations=self.num_generations,
                          num_minibatches=self.num_minibatches, max_completion_length=self.max_completion_length,
                          learning_rate=self.learning_rate, max_grad_norm=self.max_grad_norm, target_words=self.target_words,
+                         max_train_s=self.max_train_s,
                          torch_threads=self.torch_threads, eval_samples_per_prompt=self.eval_samples_per_prompt)
         require_nonnegative(log_completions_every=self.log_completions_every, pass_at_k=self.pass_at_k, eval_every=self.eval_every)
         require_choice(base_model=(self.base_model, BASE_MODELS), lr_scheduler_type=(self.lr_scheduler_type, LR_SCHEDULES))

@@ -61,6 +61,7 @@ class DPOConfig(RunFields):
     label_smoothing: float = config_field(0.0, "Probability that a pair's label is wrong (cDPO; sigmoid loss only), in [0, 0.5)")
     learning_rate: float = config_field(5e-5, "AdamW learning rate (constant)")
     steps: int = config_field(200, "Optimizer steps")
+    max_train_s: float | None = config_field(None, "Stop after the step that spends this many seconds of training (a budget of wall time)")
     per_device_train_batch_size: int = config_field(16, "Pairs per step")
     max_grad_norm: float = config_field(1.0, "Global gradient-norm clip")
     max_completion_length: int = config_field(40, "Max new tokens of the eval samples")
@@ -74,6 +75,7 @@ class DPOConfig(RunFields):
     def __post_init__(self):
         super().__post_init__()
         require_positive(beta=self.beta, learning_rate=self.learning_rate, steps=self.steps, max_grad_norm=self.max_grad_norm,
+                         max_train_s=self.max_train_s,
                          per_device_train_batch_size=self.per_device_train_batch_size, eval_every=self.eval_every,
                          max_completion_length=self.max_completion_length, eval_samples_per_prompt=self.eval_samples_per_prompt,
                          torch_threads=self.torch_threads)
@@ -193,14 +195,17 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             train_s += time.perf_counter() - start
+            out_of_time = cfg.max_train_s is not None and train_s >= cfg.max_train_s
             metrics = {"loss": loss.item(), "grad_norm": float(grad_norm), "rewards/chosen": chosen.mean().item(),
                        "rewards/rejected": rejected.mean().item(), "rewards/margins": (chosen - rejected).mean().item(),
                        "rewards/accuracies": (chosen > rejected).float().mean().item()}
-            if step % cfg.eval_every == 0 or step == cfg.steps:
+            if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
                 metrics["eval/pair_accuracy"] = pair_accuracy(policy, ref_model, tokenizer, eval_pairs, cfg)
             logger.log(step, metrics)
             progress.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['rewards/accuracies']:.2f}", refresh=False)
             checkpoints.save_if_due(step, write_model, train_s=train_s)
+            if out_of_time:
+                break
     return finish(cfg, accelerator.unwrap_model(policy).eval(), ref_model, tokenizer, before, evaluate(accelerator.unwrap_model(policy)),
                   logger, run_dir, train_s, sampling, eval_prompts)
 
@@ -218,7 +223,7 @@ def finish(cfg: DPOConfig, policy, ref_model, tokenizer, before: dict, after: di
                "components_after": after["components"], "mean_length_before": before["mean_length"],
                "mean_length_after": after["mean_length"], "kl_final": kl["per_token"], "kl_sequence": kl["per_sequence"],
                "pair_accuracy": logger.series("eval/pair_accuracy")[1][-1], "loss_type": cfg.loss_type, "beta": cfg.beta,
-               "steps": cfg.steps, "wall_s": train_s, "total_wall_s": logger.elapsed()}
+               "steps": logger.rows[-1]["step"], "wall_s": train_s, "total_wall_s": logger.elapsed()}
     write_json(run_dir / "summary.json", summary)
     write_json(run_dir / "eval_samples.json", {"before": before["rows"], "after": after["rows"]})
     plot_lines(run_dir / "curves.png", [

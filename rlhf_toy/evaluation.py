@@ -10,8 +10,10 @@ from tqdm.auto import tqdm
 
 from classic_rl import core
 from rlhf_toy.arithmetic import pass_at_k
-from rlhf_toy.data import split_columns
-from rlhf_toy.rewards import CombinedReward, think_text
+from rlhf_toy.base_model import default_base_model
+from rlhf_toy.data import DATA_DIR, load_prompt_rows, pretraining_blocks, split_columns
+from rlhf_toy.models import load_model, load_tokenizer
+from rlhf_toy.rewards import CombinedReward, resolve_reward, think_text
 from rlhf_toy.rollout import sample_rollout
 from rlhf_toy.sampling import SamplingConfig
 
@@ -53,6 +55,30 @@ def kl_to_reference(policy, ref_model, tokenizer, prompts: list[str] | list[dict
         rollout = sample_rollout(policy, tokenizer, repeated, sampling, ref_model)
     kl = core.kl_estimate(rollout.old_logprobs, rollout.ref_logprobs, "k1", rollout.completion_mask)
     return {"per_token": core.masked_mean(kl, rollout.completion_mask).item(), "per_sequence": kl.sum(1).mean().item()}
+
+
+class FixedEvaluation:
+    """One measurement for every fine-tuned model, whatever trained it: the judge's mean reward on
+    `samples_per_prompt` samples of each eval prompt, KL(policy || base) on those samples (k1, per
+    sequence and per token), and the language-model loss on pretraining text (what fluency is kept).
+    The same seed for every model."""
+
+    def __init__(self, judge: str, samples_per_prompt: int = 4, seed: int = 1234, lm_blocks: int = 64):
+        self.base_dir = default_base_model()
+        self.tokenizer, self.base = load_tokenizer(self.base_dir), load_model(self.base_dir).eval()
+        self.prompts, self.judge = load_prompt_rows(DATA_DIR / "prompts_eval.jsonl"), resolve_reward(judge)
+        self.sampling, self.samples, self.seed = SamplingConfig(40), samples_per_prompt, seed
+        blocks = pretraining_blocks(DATA_DIR / "pretrain.jsonl", self.tokenizer, 64)
+        self.lm_blocks = blocks[torch.randperm(len(blocks), generator=torch.Generator().manual_seed(seed))[:lm_blocks]]
+
+    @torch.inference_mode()
+    def __call__(self, model_dir) -> dict[str, float]:
+        model = load_model(str(model_dir)).eval()
+        gold = evaluate_on_prompts(model, self.tokenizer, self.prompts, self.judge, self.sampling, self.samples, self.seed)
+        kl = kl_to_reference(model, self.base, self.tokenizer, self.prompts, self.sampling, self.samples, self.seed)
+        lm_loss = model(input_ids=self.lm_blocks, labels=self.lm_blocks).loss.item()
+        return {"gold": gold["reward"], "kl_sequence": kl["per_sequence"], "kl_token": kl["per_token"],
+                "mean_length": gold["mean_length"], "lm_loss": lm_loss}
 
 
 def pass_rates(correct: list[float], samples_per_prompt: int, k: int) -> dict[str, float]:

@@ -64,6 +64,7 @@ class Run:
     checkpoints: Checkpoints
     logger: RunLogger | None  # the main process's only
     ptx_batch: Callable[[], torch.Tensor] | None = None  # PPO-ptx: the next batch of pretraining blocks
+    last_step: int = 0  # the last step taken (cfg.steps unless max_train_s ran out first)
 
     @property
     def main(self) -> bool:
@@ -184,18 +185,19 @@ def evaluate_before(run: Run) -> dict[str, Any] | None:
 # ---- the steps -------------------------------------------------------------------------------------------
 
 def run_steps(run: Run) -> float:
-    """Steps start_step..steps, with logging and checkpoints; returns the training seconds (a step's
-    sampling, scoring, update and logging)."""
+    """Steps start_step..steps (fewer once max_train_s is spent; run.last_step says where it stopped), with
+    logging and checkpoints; returns the training seconds (a step's sampling, scoring, update and logging)."""
     cfg, main = run.cfg, run.main
     checkpoints = run.checkpoints
     progress = tqdm(range(run.start_step, cfg.steps + 1), desc=cfg.algo, initial=run.start_step - 1, total=cfg.steps,
                     mininterval=1.0, disable=not main)
-    train_time = 0.0
+    train_time, run.last_step = 0.0, run.start_step - 1
     samples_log = open(run.run_dir / "samples.jsonl", "a") if main else contextlib.nullcontext()
     with samples_log as samples_file, checkpoints.stop:
         for step in progress:
             start = time.perf_counter()
             metrics, samples = train_step(run, step)
+            run.last_step = step
             if main:
                 run.logger.log(step, metrics)
                 train_time += time.perf_counter() - start
@@ -213,6 +215,8 @@ def run_steps(run: Run) -> float:
                     run.save_checkpoint(step)
                 run.accelerator.wait_for_everyone()
                 checkpoints.stop_if_requested(step)
+            if any_process(run.accelerator, main and cfg.max_train_s is not None and train_time >= cfg.max_train_s):
+                break
     progress.close()
     return train_time
 
@@ -266,16 +270,16 @@ def finish(run: Run, before: dict[str, Any], train_time: float) -> dict[str, Any
     """Evaluate the trained policy, save it, and write summary.json, eval_samples.json and the plots."""
     cfg, logger = run.cfg, run.logger
     after = run.evaluate_policy()
-    run.log_evaluation(cfg.steps, after)
+    run.log_evaluation(run.last_step, after)
     k = cfg.eval_samples_per_prompt  # one row per distinct prompt
     print_side_by_side(before["rows"][::k], after["rows"][::k])
     final_dir = run.run_dir / "model"
     run.accelerator.unwrap_model(run.policy).save_pretrained(final_dir)
     run.tokenizer.save_pretrained(final_dir)
-    completions_done = (cfg.steps - run.start_step + 1) * cfg.completions_per_step
+    completions_done = (run.last_step - run.start_step + 1) * cfg.completions_per_step
     kl_series = logger.series("kl")[1]
     summary = {
-        "algo": cfg.algo, "model": run.model_name, "reward": cfg.reward, "steps": cfg.steps, "seed": cfg.seed,
+        "algo": cfg.algo, "model": run.model_name, "reward": cfg.reward, "steps": run.last_step, "seed": cfg.seed,
         "num_processes": run.accelerator.num_processes, "device": str(run.accelerator.device),
         "reward_before": before["reward"], "reward_after": after["reward"],
         "components_before": before["components"], "components_after": after["components"],

@@ -9,13 +9,12 @@ run folders go to RUNS_DIR/ALGO-seedS. Writes OUT.json, OUT.md and OUT.png.
 """
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from classic_rl.infra.cli import cli, script_parser
+from classic_rl.infra.cli import cli, run_in_own_process, script_parser
 from classic_rl.infra.errors import ConfigError
 from classic_rl.infra.machine import machine
 from classic_rl.infra.plots import plot_lines
@@ -25,12 +24,10 @@ SCRIPT = Path(__file__).resolve().parent / "train_rlhf.py"
 KEYS = ("pass_at_1_before", "pass_at_1_after", "pass_at_k_before", "pass_at_k_after", "think_words_after", "kl_final", "wall_s")
 
 
-def run_one(algo: str, seed: int, run_dir: Path, extra: list[str]) -> dict:
-    command = [sys.executable, str(SCRIPT), "--task", "arithmetic", "--algo", algo, "--seed", str(seed), "--run-dir", str(run_dir),
-               "--overwrite", "--log-completions-every", "0", *extra]
-    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+def run_one(algo: str, seed: int, run_dir: Path, extra: list[str], keep_finished: bool) -> dict:
+    if not (keep_finished and (run_dir / "summary.json").is_file()):
+        run_in_own_process(SCRIPT, ["--task", "arithmetic", "--algo", algo, "--seed", str(seed), "--run-dir", str(run_dir),
+                                    "--overwrite", "--log-completions-every", "0", *extra])
     summary = json.loads((run_dir / "summary.json").read_text())
     rows = read_jsonl(run_dir / "metrics.jsonl")
     curve = [(r["step"], r["eval/pass_at_1"]) for r in rows if "eval/pass_at_1" in r]
@@ -64,11 +61,14 @@ def main() -> None:
     parser.add_argument("--runs-dir", default="runs/reasoning", help="Parent folder of the run folders")
     parser.add_argument("--out", default="bench/reasoning", help="Write OUT.json, OUT.md and OUT.png")
     parser.add_argument("--steps", type=int, default=None, help="Training steps of every run (default: the task's)")
+    parser.add_argument("--keep-finished", action="store_true", help="Reuse run folders that already hold a summary.json "
+                                                                      "(a comparison stopped half way goes on)")
     args = parser.parse_args()
     if args.steps is not None and args.steps <= 0:
         raise ConfigError(f"--steps must be > 0, got {args.steps}")
     extra = ["--steps", str(args.steps)] if args.steps else []
-    rows = [run_one(algo, seed, Path(args.runs_dir) / f"{algo}-seed{seed}", extra) for algo in args.algos for seed in args.seeds]
+    rows = [run_one(algo, seed, Path(args.runs_dir) / f"{algo}-seed{seed}", extra, args.keep_finished)
+            for algo in args.algos for seed in args.seeds]
     command = "python scripts/compare_reasoning.py " + " ".join(sys.argv[1:])
     table = markdown(rows, command.strip())
     print(table)

@@ -10,14 +10,12 @@ Run folders go to RUNS_DIR/PRESET-seedN (figures included); --out writes OUT.jso
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from classic_rl import tutorials
-from classic_rl.infra.cli import cli, script_parser
+from classic_rl.infra.cli import cli, run_in_own_process, script_parser
 from classic_rl.infra.errors import ConfigError
 from classic_rl.infra.machine import machine
 from classic_rl.infra.run_folder import atomic_write, write_json
@@ -27,10 +25,7 @@ SCRIPT = Path(__file__).resolve().parent / "train_classic.py"
 
 def run_one(name: str, seed: int, run_dir: Path) -> dict:
     """Train one preset at one seed in a fresh process; the row of the table."""
-    command = [sys.executable, str(SCRIPT), "--preset", name, "--seed", str(seed), "--run-dir", str(run_dir), "--overwrite"]
-    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+    run_in_own_process(SCRIPT, ["--preset", name, "--seed", str(seed), "--run-dir", str(run_dir), "--overwrite"])
     summary = json.loads((run_dir / "summary.json").read_text())
     entry = summary["tutorial"]
     print(f"{name} seed {seed}: {entry['measured_text']} ({summary['wall_s']:.0f} s)", flush=True)

@@ -42,7 +42,7 @@ def main() -> None:
     config_cls = config_for(algo)
     if problem := other_algorithm_flag(algo, argv):
         raise ConfigError(problem)
-    defaults = tasks.task_defaults(task) if task else {}
+    defaults = tasks.task_defaults(task, algo) if task else {}
     train(parse_config(config_cls, argv, defaults=defaults, description=f"{__doc__}\nalgo: {algo} ({config_cls.__name__})"))
 
 

@@ -6,11 +6,13 @@ import random
 
 import pytest
 
+from classic_rl.infra.cli import parse_config
 from classic_rl.infra.errors import ConfigError
 from rlhf_toy.arithmetic import column_steps, make_problem, parse_prompt, pass_at_k, solve, worked_solution
-from rlhf_toy.configs import GRPOConfig
+from rlhf_toy.configs import GRPOConfig, PPOConfig
 from rlhf_toy.data import split_columns
 from rlhf_toy.rewards import correct_reward, parse_answer_number, resolve_reward, think_reward
+from rlhf_toy.tasks import task_defaults
 from rlhf_toy.trainer import train
 from tests.conftest import run_script
 
@@ -121,6 +123,12 @@ def test_task_arithmetic_measures_pass_at_k_before_during_and_after(nano, nano_a
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "eval/pass_at_1" in r] == [0, 2, 4]
     assert (tmp_path / "run" / "pass_at_k.png").is_file() and "pass@1" in out
+
+
+def test_a_task_sets_its_defaults_per_algorithm_and_flags_still_win():
+    grpo, ppo = task_defaults("arithmetic", "grpo"), task_defaults("arithmetic", "ppo")
+    assert grpo["steps"] == 900 and ppo["steps"] == 360 and "by_algo" not in grpo and grpo["reward"] == ppo["reward"]
+    assert parse_config(PPOConfig, ["--steps", "7"], defaults=ppo).steps == 7
 
 
 def test_grpo_learns_the_think_layout_on_the_nano_arithmetic_model(nano, nano_arithmetic_dir, tmp_path):

@@ -102,3 +102,11 @@ def test_dpo_refuses_pointwise_scores(tmp_path, monkeypatch, capsys):
     code, _, err = run_script("train_dpo.py", ["--preferences", str(scores), "--eval-preferences", "none",
                                                "--run-dir", str(tmp_path / "run")], monkeypatch, capsys)
     assert code == 2 and "DPO learns from pairs" in err
+
+
+def test_dpo_stops_when_its_budget_of_wall_time_is_spent(nano, tmp_path):
+    data = nano[0] / "data"
+    summary = train_dpo(DPOConfig(model=str(nano[0] / "run" / "model"), preferences=str(data / "preferences_train.jsonl"),
+                                  eval_preferences=str(data / "preferences_eval.jsonl"), eval_prompts=str(data / "prompts_eval.jsonl"),
+                                  steps=1000, max_train_s=1e-9, eval_samples_per_prompt=1, run_dir=str(tmp_path / "run")))
+    assert summary["steps"] == 1 and 0 <= summary["pair_accuracy"] <= 1

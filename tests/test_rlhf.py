@@ -479,3 +479,11 @@ def test_learning_rate_schedules_match_transformers(kind):
         optimizer.step()
         scheduler.step()
     assert [cfg.learning_rate_at(s) for s in range(1, cfg.steps + 1)] == pytest.approx(theirs)
+
+
+def test_a_budget_of_wall_time_stops_training_early_and_says_where(nano_dir, tmp_path):
+    from rlhf_toy.trainer import train
+    summary = train(GRPOConfig(model=nano_dir, steps=50, max_train_s=1e-9, prompts_per_step=2, num_generations=2, max_completion_length=8,
+                               eval_samples_per_prompt=1, log_completions_every=0, run_dir=str(tmp_path / "run")))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert summary["steps"] == 1 and [r["step"] for r in rows] == [0, 1, 1]  # eval before, the one step, eval after

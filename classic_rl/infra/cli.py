@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import subprocess
 import sys
 import types
 from collections.abc import Callable, Sequence
@@ -146,3 +147,12 @@ def cli(main: Callable[[], Any]) -> Callable[[], None]:
             sys.exit(130)
 
     return wrapped
+
+
+def run_in_own_process(script: str | Path, args: Sequence[str]) -> None:
+    """Run a Python script in a fresh process, its output discarded, as the comparison scripts run each
+    training run; a failure raises RuntimeError with the command and the end of its stderr."""
+    command = [sys.executable, str(script), *args]
+    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
