@@ -28,9 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+import torch
+
 from classic_rl.infra.cli import config_field
 from classic_rl.infra.errors import ConfigError, TrainingInterrupted, require_positive
+from rlhf_toy.base_model import default_base_model
 from rlhf_toy.data import DATA_DIR, load_prompt_rows, split_columns
+from rlhf_toy.models import check_model_exists, load_model, load_tokenizer
 from rlhf_toy.rewards import resolve_reward
 from rlhf_toy.sampling import SamplingConfig, generate_completions
 
@@ -263,11 +267,6 @@ def label_pointwise(cfg: LabelConfig, file: LabelFile, pairs: Iterator[tuple[dic
 def run_labelling(cfg: LabelConfig, terminal: Terminal | None = None) -> dict[str, Any]:
     """Open (or continue) cfg.out and label until it holds cfg.n labels or the labeller quits; returns
     {"out", "labelled", "added", "wanted"}."""
-    import torch
-
-    from rlhf_toy.base_model import default_base_model
-    from rlhf_toy.models import check_model_exists, load_model, load_tokenizer
-
     prompt_rows = load_prompt_rows(cfg.prompts)
     simulated = SimulatedLabeller(cfg.simulate, cfg.label_noise, cfg.seed) if cfg.simulate else None
     if cfg.model:

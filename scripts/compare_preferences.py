@@ -92,7 +92,7 @@ def plot(rows: list[dict], base: dict, path: Path) -> None:
                           [r["gold"] for r in rows if r["labels"] == labels and r["method"] == method],
                           {"linestyle": "none", "marker": "o", "markersize": 7, "color": colors[method]}) for method in METHODS}
         lines["base model"] = ([0.0], [base["gold"]], {"linestyle": "none", "marker": "*", "markersize": 12, "color": "k"})
-        panels.append(("KL to the base model per sequence (k1)", f"gold score ({JUDGE})", lines))
+        panels.append((f"KL to the base model per sequence (k1); {labels} pairs", f"gold score ({JUDGE})", lines))
     plot_lines(path, panels, "same preferences, same wall time: reward model + GRPO / PPO against DPO")
 
 

@@ -9,7 +9,7 @@ from tests.conftest import run_script
 
 SCRIPTS = ["train_classic.py", "evaluate_classic.py", "bench_classic.py", "compare_critics.py", "run_tutorials.py", "make_data.py",
            "pretrain.py", "sample.py", "train_reward_model.py", "train_rlhf.py", "bench_rlhf.py", "compare_reasoning.py",
-           "arithmetic_breakdown.py"]
+           "arithmetic_breakdown.py", "label.py", "rlhf_loop.py", "train_dpo.py", "compare_preferences.py", "compare_ppo_recipes.py"]
 WITH_RUN_FOLDER_ARGUMENT = ("evaluate_classic.py", "arithmetic_breakdown.py")  # their first argument is an existing run
 
 
@@ -47,6 +47,11 @@ CASES = {
         ("train_reward_model.py", ["--label-noise", "some"], "invalid float value: 'some'"),
         ("train_rlhf.py", ["--steps", "many"], "invalid int value: 'many'"),
         ("bench_rlhf.py", ["--learning-rate", "high"], "invalid float value: 'high'"),
+        ("label.py", ["--n", "many"], "invalid int value: 'many'"),
+        ("rlhf_loop.py", ["--steps", "many"], "invalid int value: 'many'"),
+        ("train_dpo.py", ["--beta", "high"], "invalid float value: 'high'"),
+        ("compare_preferences.py", ["--budget-s", "long"], "invalid float value: 'long'"),
+        ("compare_ppo_recipes.py", ["--ptx-coef", "some"], "invalid float value: 'some'"),
     ],
     "unknown name": [
         ("train_classic.py", ["--algo", "sac"], "unknown --algo 'sac'; accepted: random_search"),
@@ -87,7 +92,8 @@ CASES = {
         ("bench_classic.py", ["--replot", "{dir}/none.json", "--plot", "{dir}/p.png"], "--replot needs an existing results JSON"),
         ("pretrain.py", ["--data-dir", "{dir}"], "data file {dir}/pretrain.jsonl not found"),
         ("sample.py", ["--model", "{dir}/none"], "model folder {dir}/none not found (no config.json)"),
-        ("train_reward_model.py", ["--data-dir", "{dir}"], "data file {dir}/preferences_train.jsonl not found"),
+        ("train_reward_model.py", ["--data-dir", "{dir}"], "labels file {dir}/preferences_train.jsonl not found"),
+        ("train_dpo.py", ["--preferences", "{dir}/none.jsonl"], "labels file {dir}/none.jsonl not found"),
         ("train_rlhf.py", ["--model", "{dir}/none"], "model folder {dir}/none not found"),
         ("train_rlhf.py", ["--reward", "rm:{dir}/none"], "reward model folder {dir}/none not found"),
         ("bench_rlhf.py", ["--model", "{dir}/none"], "model folder {dir}/none not found"),
@@ -101,7 +107,8 @@ CASES = {
         ("train_rlhf.py", ["--prompts", "{dir}/not_json.jsonl"], "line 1 is not valid JSON"),
     ],
     "taken run folder": [(s, ["--run-dir", "{dir}/taken"], "run dir {dir}/taken already holds files; pass --overwrite")
-                         for s in ("train_classic.py", "pretrain.py", "train_reward_model.py", "train_rlhf.py", "compare_critics.py")],
+                         for s in ("train_classic.py", "pretrain.py", "train_reward_model.py", "train_rlhf.py", "compare_critics.py",
+                                   "train_dpo.py")],
 }
 
 
@@ -110,7 +117,8 @@ CASES = {
 def test_bad_input_gets_one_line_and_exit_2(script, args, message, files, monkeypatch, capsys):
     fill = lambda text: text.format(**files)  # noqa: E731
     if "--run-dir" not in args and script not in ("evaluate_classic.py", "bench_classic.py", "make_data.py", "sample.py",
-                                                  "bench_rlhf.py", "run_tutorials.py", "compare_reasoning.py", "arithmetic_breakdown.py"):
+                                                  "bench_rlhf.py", "run_tutorials.py", "compare_reasoning.py", "arithmetic_breakdown.py",
+                                                  "label.py", "compare_preferences.py", "compare_ppo_recipes.py"):
         args = [*args, "--run-dir", "{dir}/fresh"]
     monkeypatch.chdir(files["dir"])  # so that nothing a case wrongly writes lands in the repository
     code, _, err = run_script(script, [fill(a) for a in args], monkeypatch, capsys)

@@ -185,3 +185,22 @@ def test_the_whole_loop_with_a_simulated_labeller(nano_dir, tmp_path, monkeypatc
     assert summary["rm_spearman"] > 0.5
     assert summary["judge_after"] > summary["judge_before"] and summary["words_after"] < summary["words_before"]
     assert "| prompt | before | RM | judge | after | RM | judge |" in (run_dir / "samples.md").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--simulate", "politeness"], "unknown reward 'politeness'"),
+    (["--n", "0"], "--n must be > 0"),
+    (["--simulate", "brevity", "--label-noise", "0.5"], "--label-noise must be in [0, 0.5)"),
+    (["--prompts", "missing.jsonl"], "missing.jsonl not found"),
+    (["--model", "no/such/folder"], "no/such/folder"),
+])
+def test_bad_label_flags_are_one_line_errors_and_write_nothing(args, message, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "labels.jsonl"
+    code, _, err = run_script("label.py", ["--out", str(out), *args], monkeypatch, capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_the_loop_refuses_an_unknown_judge_before_labelling(tmp_path, monkeypatch, capsys):
+    code, _, err = run_script("rlhf_loop.py", ["--judge", "kindness", "--run-dir", str(tmp_path / "loop")], monkeypatch, capsys)
+    assert code == 2 and "unknown reward 'kindness'" in err and not (tmp_path / "loop").exists()
