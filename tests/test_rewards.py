@@ -127,8 +127,8 @@ def test_broken_reward_functions_are_named_with_the_first_bad_index(function, me
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("lenght", "unknown reward 'lenght'; accepted: length, format, think, correct, FILE.py:FUNCTION, package.module:function or rm:DIR"),
-    ("", "--reward is empty; accepted: a comma list of length, format, think, correct, FILE.py:FUNCTION, package.module:function or rm:DIR"),
+    ("lenght", "unknown reward 'lenght'; accepted: length, format, think, correct, brevity, FILE.py:FUNCTION, package.module:function or rm:DIR"),
+    ("", "--reward is empty; accepted: a comma list of length, format, think, correct, brevity, FILE.py:FUNCTION, package.module:function or rm:DIR"),
     ("missing_file.py:fn", "reward file missing_file.py not found"),
     ("no_such_module_xyz:fn", "cannot import module 'no_such_module_xyz'"),
 ])
@@ -141,3 +141,9 @@ def test_weights_must_match_rewards():
     with pytest.raises(ConfigError, match=r"--reward-weights has 1 values for 2 rewards \(length, format\)"):
         resolve_reward("length,format", weights=[1.0])
     assert not math.isnan(resolve_reward("format")(["p"], ["x"])[0])
+
+
+def test_brevity_by_hand():
+    # 1 - words / 40 of the answer text, floored at 0: 4 words inside tags -> 0.9; 50 words -> 0; nothing -> 1
+    scores = resolve_reward("brevity")(["p"] * 3, ["<answer> a b c d </answer>", " ".join(["w"] * 50), ""])
+    assert scores == pytest.approx([0.9, 0.0, 1.0])
