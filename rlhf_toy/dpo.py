@@ -39,6 +39,7 @@ from rlhf_toy.data import (
 from rlhf_toy.distributed import make_accelerator
 from rlhf_toy.evaluation import evaluate_on_prompts, kl_to_reference, print_side_by_side
 from rlhf_toy.models import check_model_exists, evaluation_mode, load_model, load_tokenizer, model_writer
+from rlhf_toy.reward_model import Labels, to_labels
 from rlhf_toy.rewards import DEFAULT_REWARD, resolve_reward
 from rlhf_toy.rollout import encode_completions, sequence_logprobs
 from rlhf_toy.sampling import SamplingConfig
@@ -99,28 +100,14 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
     return (-(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)).mean()
 
 
-@dataclass
-class Pairs:
-    prompts: list[str]
-    chosen: list[str]
-    rejected: list[str]
-
-    @classmethod
-    def from_rows(cls, rows: list[dict]) -> Pairs:
-        """The pairs with a preference (ties left out)."""
-        rows = [row for row in rows if row.get("outcome") != "tie"]
-        return cls([r["prompt"] for r in rows], [r["chosen"] for r in rows], [r["rejected"] for r in rows])
-
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-    def subset(self, idx: list[int]) -> Pairs:
-        return Pairs([self.prompts[i] for i in idx], [self.chosen[i] for i in idx], [self.rejected[i] for i in idx])
+def preference_pairs(rows: list[dict]) -> Labels:
+    """The pairs with a preference as Labels (first = chosen, second = rejected); DPO has no tie, so ties are left out."""
+    return to_labels("pairwise", [row for row in rows if row.get("outcome") != "tie"])[0]
 
 
-def pair_logprobs(model, tokenizer, pairs: Pairs, per_token: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_logprobs(model, tokenizer, pairs: Labels, per_token: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(log pi(chosen|x), log pi(rejected|x)) `[B]` each, in one forward over both; per_token divides by length."""
-    input_ids, attention_mask, completion_mask = encode_completions(tokenizer, pairs.prompts * 2, pairs.chosen + pairs.rejected, model)
+    input_ids, attention_mask, completion_mask = encode_completions(tokenizer, pairs.prompts * 2, pairs.first + pairs.second, model)
     device = model.device
     logps = sequence_logprobs(model, input_ids.to(device), attention_mask.to(device), completion_mask.to(device))
     if per_token:
@@ -128,7 +115,7 @@ def pair_logprobs(model, tokenizer, pairs: Pairs, per_token: bool) -> tuple[torc
     return logps[: len(pairs)], logps[len(pairs):]
 
 
-def implicit_rewards(policy, ref_model, tokenizer, pairs: Pairs, cfg: DPOConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def implicit_rewards(policy, ref_model, tokenizer, pairs: Labels, cfg: DPOConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, r(chosen) `[B]`, r(rejected) `[B]`): the DPO loss of a batch and its implicit rewards (detached)."""
     per_token = cfg.loss_type == "ipo"
     with torch.no_grad(), evaluation_mode(ref_model):
@@ -139,12 +126,12 @@ def implicit_rewards(policy, ref_model, tokenizer, pairs: Pairs, cfg: DPOConfig)
 
 
 @torch.no_grad()
-def pair_accuracy(policy, ref_model, tokenizer, pairs: Pairs, cfg: DPOConfig, batch_size: int = 64) -> float:
+def pair_accuracy(policy, ref_model, tokenizer, pairs: Labels, cfg: DPOConfig, batch_size: int = 64) -> float:
     """Share of held-out pairs whose implicit reward ranks chosen above rejected."""
     wins = []
     with evaluation_mode(policy):
         for start in range(0, len(pairs), batch_size):
-            _, chosen, rejected = implicit_rewards(policy, ref_model, tokenizer, pairs.subset(range(start, min(start + batch_size, len(pairs)))), cfg)
+            _, chosen, rejected = implicit_rewards(policy, ref_model, tokenizer, pairs.subset(list(range(start, min(start + batch_size, len(pairs))))), cfg)
             wins.append(chosen > rejected)
     return float(torch.cat(wins).float().mean())
 
@@ -155,7 +142,7 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
     if kind != "pairwise":
         raise ConfigError(f"DPO learns from pairs; {cfg.preferences} holds pointwise scores (train a reward model on them: "
                           "scripts/train_reward_model.py --preferences FILE)")
-    pairs, eval_pairs = Pairs.from_rows(train_rows), Pairs.from_rows(eval_rows)
+    pairs, eval_pairs = preference_pairs(train_rows), preference_pairs(eval_rows)
     if not len(pairs) or not len(eval_pairs):
         raise ConfigError(f"{cfg.preferences} leaves {len(pairs)} training and {len(eval_pairs)} held-out pairs that are not ties; "
                           "accepted: at least one of each")
