@@ -21,6 +21,7 @@ from classic_rl.infra.errors import ConfigError, require_choice, require_nonnega
 from classic_rl.infra.run_folder import RunFields
 from rlhf_toy.base_model import BASE_MODELS
 from rlhf_toy.data import DATA_DIR
+from rlhf_toy.precision import PRECISIONS
 from rlhf_toy.rewards import DEFAULT_REWARD
 from rlhf_toy.sampling import SamplingConfig
 
@@ -72,6 +73,8 @@ class RLHFConfig(RunFields):
     warmup_ratio: float = config_field(0.0, "Share of the steps over which the learning rate rises linearly from 0")
     max_grad_norm: float = config_field(1.0, "Global gradient-norm clip")
     log_completions_every: int = config_field(25, "Print a table of completions every N steps (0: never)")
+    precision: str = config_field("auto", "Model passes (sampling, scoring, update) in fp32 or bf16 autocast; auto = bf16 "
+                                          "where the CPU/GPU has bf16 units, else fp32; weights stay fp32")
     torch_threads: int = config_field(2, "torch.set_num_threads")
     cpu: bool = config_field(False, "Run on CPU even when an accelerator is present")
     trust_remote_code: bool = config_field(False, "Allow a hub model's own code to run")
@@ -90,7 +93,8 @@ class RLHFConfig(RunFields):
                          max_train_s=self.max_train_s,
                          torch_threads=self.torch_threads, eval_samples_per_prompt=self.eval_samples_per_prompt)
         require_nonnegative(log_completions_every=self.log_completions_every, pass_at_k=self.pass_at_k, eval_every=self.eval_every)
-        require_choice(base_model=(self.base_model, BASE_MODELS), lr_scheduler_type=(self.lr_scheduler_type, LR_SCHEDULES))
+        require_choice(base_model=(self.base_model, BASE_MODELS), lr_scheduler_type=(self.lr_scheduler_type, LR_SCHEDULES),
+                       precision=(self.precision, PRECISIONS))
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.pass_at_k > self.eval_samples_per_prompt:

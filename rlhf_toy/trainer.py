@@ -38,6 +38,7 @@ from rlhf_toy.evaluation import evaluate_on_prompts, print_completions, print_si
 from rlhf_toy.grpo import grpo_update
 from rlhf_toy.models import check_model_exists, load_model, load_tokenizer, model_writer
 from rlhf_toy.ppo_critic import Critic, build_critic, ppo_update
+from rlhf_toy.precision import autocast, choose_attention, resolve_precision
 from rlhf_toy.prompt_schedule import prompts_for_step, step_seed
 from rlhf_toy.rewards import CombinedReward, RewardFunctionError, resolve_reward
 from rlhf_toy.rollout import sample_rollout
@@ -63,6 +64,7 @@ class Run:
     optimizer: Any
     checkpoints: Checkpoints
     logger: RunLogger | None  # the main process's only
+    precision: str  # "fp32" or "bf16": every model pass of the run
     ptx_batch: Callable[[], torch.Tensor] | None = None  # PPO-ptx: the next batch of pretraining blocks
     last_step: int = 0  # the last step taken (cfg.steps unless max_train_s ran out first)
 
@@ -147,14 +149,18 @@ def set_up(cfg: RLHFConfig) -> Run:
     checkpoints.restore()
     policy, optimizer = accelerator.prepare(policy, optimizer)
     critic = critic.to(accelerator.device) if critic is not None else None
+    precision = resolve_precision(cfg.precision, accelerator.device)
+    for model in (accelerator.unwrap_model(policy), ref_model, critic.trunk if critic is not None else None):
+        if model is not None:
+            choose_attention(model, precision, accelerator.device)
     ref_model = ref_model.to(accelerator.device) if ref_model is not None else None
     if accelerator.is_main_process:
         passes = cfg.num_iterations if isinstance(cfg, GRPOConfig) else cfg.num_ppo_epochs
         print(f"{cfg.algo}: {cfg.prompts_per_step} prompts x {cfg.num_generations} completions = {cfg.completions_per_step} "
               f"completions per step in {world} process(es), {cfg.num_minibatches} minibatch(es) x {passes} pass(es), "
-              f"{cfg.steps} steps, reward {cfg.reward}, model {model_name}, device {accelerator.device}")
+              f"{cfg.steps} steps, reward {cfg.reward}, model {model_name}, device {accelerator.device}, {precision}")
     return Run(cfg, accelerator, reward, gold, train_prompts, eval_prompts, run_dir, model_name, tokenizer, policy, ref_model,
-               critic, kl_ctl, optimizer, checkpoints, logger, ptx_batch)
+               critic, kl_ctl, optimizer, checkpoints, logger, precision, ptx_batch)
 
 
 def pretraining_mix(cfg: PPOConfig, tokenizer, policy) -> tuple[ShuffledBatches, Callable[[], torch.Tensor]]:
@@ -240,10 +246,15 @@ def train_step(run: Run, step: int) -> tuple[dict[str, float], list[dict]]:
         rewards = torch.tensor(totals, dtype=torch.float32, device=accelerator.device)
         t2 = time.perf_counter()
         run.policy.train()
-        if isinstance(cfg, GRPOConfig):
-            metrics = grpo_update(run.policy, run.optimizer, accelerator, rollout, rewards, cfg)
-        else:
-            metrics = ppo_update(run.policy, run.critic, run.optimizer, accelerator, rollout, rewards, run.kl_ctl, cfg, run.ptx_batch)
+        # --precision applies to the update alone: sampling a token is per-op overhead at these sizes, which bf16 only
+        # adds casts to (bench/README.md). A context per step: autocast keeps its bf16 copies of the weights until the
+        # outermost context exits, and they must follow every optimizer step.
+        with autocast(run.precision, accelerator.device):
+            if isinstance(cfg, GRPOConfig):
+                metrics = grpo_update(run.policy, run.optimizer, accelerator, rollout, rewards, cfg)
+            else:
+                metrics = ppo_update(run.policy, run.critic, run.optimizer, accelerator, rollout, rewards, run.kl_ctl, cfg,
+                                     run.ptx_batch)
     except (NonFiniteError, RewardFunctionError) as err:
         saved = run.save_checkpoint(step - 1) if run.main else None
         raise type(err)(f"step {step}: {err}" + (f"; saved the last good weights to {saved}" if saved else "")) from None
@@ -280,7 +291,7 @@ def finish(run: Run, before: dict[str, Any], train_time: float) -> dict[str, Any
     kl_series = logger.series("kl")[1]
     summary = {
         "algo": cfg.algo, "model": run.model_name, "reward": cfg.reward, "steps": run.last_step, "seed": cfg.seed,
-        "num_processes": run.accelerator.num_processes, "device": str(run.accelerator.device),
+        "num_processes": run.accelerator.num_processes, "device": str(run.accelerator.device), "precision": run.precision,
         "reward_before": before["reward"], "reward_after": after["reward"],
         "components_before": before["components"], "components_after": after["components"],
         "mean_length_before": before["mean_length"], "mean_length_after": after["mean_length"],

@@ -11,12 +11,16 @@ loss aggregation ("dapo") and number of optimizer steps: one step = one generati
 optimizer step. Each run is a fresh child process (so peak RSS is its own), started in turn:
 for every repeat and thread count, ours, then TRL, then PPO. TRL runs as its users would run it
 on CPU (use_cpu=True), with gradient checkpointing off (the small model does not need it and it
-costs TRL time). Both run in fp32 on every device (`precision` in the JSON). Both timers start
+costs TRL time). Each runs in every precision of --precisions (fp32, and bf16 where the CPU has
+bf16 units: bf16=True for TRL, --precision bf16 for ours) and is reported at its best thread count
+and precision, with MFU against the measured matmul peak of that precision. Both timers start
 warm in the same way: one sampling pass over the eval prompts before the first step (ours samples
 them for reward_before; TRL's model runs generate on them), and both count a step's metric
 gathering and logging. Each implementation is reported at its best thread count, as the mean over
 repeats with the range beside it. After training, every policy is scored by the same evaluation:
-the eval prompts, fixed sampling seed, the same reward. Run it on a quiet machine.
+the eval prompts, fixed sampling seed, the same reward; the same evaluation every --eval-every steps
+(outside the timers) gives time_to_target_s, the training seconds until the eval reward first
+reaches --target. Run it on a quiet machine.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from rlhf_toy.configs import RLHFConfig, config_for
 from rlhf_toy.data import DATA_DIR, load_prompts
 from rlhf_toy.evaluation import evaluate_on_prompts
 from rlhf_toy.models import check_model_exists, format_prompt, load_model, load_tokenizer
+from rlhf_toy.precision import has_fast_bf16
 from rlhf_toy.rewards import resolve_reward
 from rlhf_toy.trainer import train
 
@@ -60,6 +65,11 @@ def parse_args():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default=None, help="Base model folder (default: the cached default base model)")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts to try for each implementation")
+    parser.add_argument("--precisions", nargs="+", default=None,
+                        help="Precisions to try for each implementation: fp32, bf16 (default: fp32, and bf16 where the "
+                             "CPU has bf16 units)")
+    parser.add_argument("--eval-every", type=int, default=10, help="Evaluate every N steps for time_to_target_s (0: never)")
+    parser.add_argument("--target", type=float, default=0.9, help="Eval reward whose first reaching time_to_target_s reports")
     parser.add_argument("--repeats", type=int, default=1, help="Runs per (implementation, thread count)")
     parser.add_argument("--impls", nargs="+", default=list(IMPLS), help=f"Which to run (accepted: {', '.join(IMPLS)})")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -73,10 +83,15 @@ def parse_args():
     unknown = [i for i in args.impls if i not in IMPLS]
     if unknown:
         raise ConfigError(f"unknown --impls {unknown}; accepted: {', '.join(IMPLS)}")
+    args.precisions = args.precisions or (["fp32", "bf16"] if has_fast_bf16(torch.device(args.device)) else ["fp32"])
+    unknown = [p for p in args.precisions if p not in ("fp32", "bf16")]
+    if unknown:
+        raise ConfigError(f"unknown --precisions {unknown}; accepted: fp32, bf16")
+    if args.eval_every < 0:
+        raise ConfigError(f"--eval-every must be >= 0, got {args.eval_every}")
     if args.device not in ("cpu", "cuda"):
         raise ConfigError(f"unknown --device {args.device!r}; accepted: cpu, cuda")
     if args.model:
-
         check_model_exists(args.model)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda asked for, but torch sees no CUDA GPU")
@@ -91,7 +106,8 @@ def rlhf_config(args, algo: str, run_dir: str) -> RLHFConfig:
     return config_for(algo)(model=args.model, steps=args.steps, seed=args.seed, prompts_per_step=args.prompts_per_step,
                             num_generations=args.num_generations, max_completion_length=args.max_completion_length,
                             learning_rate=args.learning_rate, torch_threads=args.threads[0], log_completions_every=0,
-                            cpu=args.device == "cpu", run_dir=run_dir, overwrite=True, **kl)
+                            precision=args.precisions[0], eval_every=args.eval_every, cpu=args.device == "cpu",
+                            run_dir=run_dir, overwrite=True, **kl)
 
 
 def model_flops_per_step(args, model, mean_completion_tokens: float, prompt_tokens: float, ppo: bool) -> float:
@@ -105,10 +121,11 @@ def model_flops_per_step(args, model, mean_completion_tokens: float, prompt_toke
     return (10 + (8 if ppo else 0)) * params * tokens
 
 
-def peak_matmul_flops(threads: int, n: int = 1024, repeats: int = 20) -> float:
-    """Measured fp32 matmul FLOP/s of this machine at this thread count (the denominator of MFU)."""
+def peak_matmul_flops(threads: int, precision: str, n: int = 1024, repeats: int = 20) -> float:
+    """Measured matmul FLOP/s of this machine at this thread count and precision (the denominator of MFU)."""
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     for _ in range(3):
         a @ b
     start = time.perf_counter()
@@ -140,9 +157,21 @@ def run_ours(args, algo: str) -> dict:
     split = {part: sum(r[f"time/{key}_s"] for r in rows) for part, key in
              (("generation", "generate"), ("scoring", "reward"), ("update", "update"))}
     return {"train_s": summary["wall_s"], "split_s": split, "eval_reward": summary["reward_after"],
+            "time_to_target_s": time_to_target(rows, args.target),
             "completion_tokens": sum(r["completions/mean_length"] for r in rows) * cfg.completions_per_step,
             "mean_completion_tokens": sum(r["completions/mean_length"] for r in rows) / len(rows),
             "policy": policy, "tokenizer": tokenizer}
+
+
+def time_to_target(rows: list[dict], target: float) -> float | None:
+    """Training seconds (sampling, scoring and update of the steps so far) when an evaluation during training
+    first reached target; None if none did."""
+    seconds = 0.0
+    for row in rows:
+        seconds += sum(row.get(f"time/{part}_s", 0.0) for part in ("generate", "reward", "update"))
+        if row["step"] > 0 and row.get("eval/reward", -1.0) >= target:
+            return seconds
+    return None
 
 
 def run_trl(args) -> dict:
@@ -164,12 +193,12 @@ def run_trl(args) -> dict:
             gradient_accumulation_steps=1, steps_per_generation=1, num_generations=args.num_generations,
             max_completion_length=args.max_completion_length, temperature=1.0, beta=args.beta, epsilon=0.2,
             loss_type="dapo", scale_rewards="group", num_iterations=1, reward_weights=reward.weights,
-            use_cpu=args.device == "cpu", bf16=False, gradient_checkpointing=False,
+            use_cpu=args.device == "cpu", bf16=args.precisions[0] == "bf16", gradient_checkpointing=False,
             logging_steps=1, report_to="none", save_strategy="no", disable_tqdm=True, dataloader_num_workers=0)
         trainer = GRPOTrainer(model=load_model(model_dir), reward_funcs=functions, args=config, train_dataset=prompts,
                               processing_class=load_tokenizer(model_dir))
         warm_up_generate(trainer, args)
-        timer = StepTimer(trainer)
+        timer = StepTimer(trainer, lambda model: evaluate_policy(model, trainer.processing_class, args), args.eval_every)
         trainer.add_callback(timer)
         trainer.train()
         policy = trainer.accelerator.unwrap_model(trainer.model)
@@ -177,6 +206,7 @@ def run_trl(args) -> dict:
     return {"train_s": timer.total, "split_s": {"generation": timer.parts["generation"], "scoring": timer.parts["scoring"],
                                                 "update": timer.total - timer.parts["generation"] - timer.parts["scoring"]},
             "completion_tokens": sum(lengths) * args.prompts_per_step * args.num_generations,
+            "time_to_target_s": next((s for s, reward in timer.evaluations if reward >= args.target), None),
             "mean_completion_tokens": sum(lengths) / len(lengths), "policy": policy, "tokenizer": trainer.processing_class}
 
 
@@ -192,10 +222,12 @@ def warm_up_generate(trainer, args) -> None:
 
 
 class StepTimer(TrainerCallback):
-    """Times each optimizer step of a TRL trainer, and the generation and reward calls inside it."""
+    """Times each optimizer step of a TRL trainer, and the generation and reward calls inside it; every eval_every
+    steps, outside the timer, evaluates the model (evaluations: (training seconds so far, eval reward))."""
 
-    def __init__(self, trainer):
+    def __init__(self, trainer, evaluate, eval_every: int):
         self.total, self.parts, self.logs, self._start = 0.0, {"generation": 0.0, "scoring": 0.0}, [], 0.0
+        self.evaluate, self.eval_every, self.evaluations = evaluate, eval_every, []
         for method, part in (("_generate", "generation"), ("_calculate_rewards", "scoring")):
             setattr(trainer, method, self._timed(getattr(trainer, method), part))
 
@@ -211,8 +243,10 @@ class StepTimer(TrainerCallback):
     def on_step_begin(self, args, state, control, **kwargs):
         self._start = time.perf_counter()
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_step_end(self, args, state, control, model=None, **kwargs):
         self.total += time.perf_counter() - self._start
+        if self.eval_every and state.global_step % self.eval_every == 0:
+            self.evaluations.append((self.total, self.evaluate(model)))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         self.logs.append(dict(logs or {}))
@@ -231,7 +265,7 @@ def worker(args) -> None:
     prompt_tokens = sum(len(ids) for ids in tokenizer(prompts)["input_ids"]) / len(prompts)
     completions = args.steps * args.prompts_per_step * args.num_generations
     flops = model_flops_per_step(args, policy, result.pop("mean_completion_tokens"), prompt_tokens, args.worker == "ppo")
-    result.update({"impl": args.worker, "threads": threads, "precision": "fp32", "sec_per_step": result["train_s"] / args.steps,
+    result.update({"impl": args.worker, "threads": threads, "precision": args.precisions[0], "sec_per_step": result["train_s"] / args.steps,
                    "completions_per_s": completions / result["train_s"], "tokens_per_s": result["completion_tokens"] / result["train_s"],
                    "peak_rss_mb": rss, "model_tflops_per_step": flops / 1e12, "achieved_gflops": flops * args.steps / result["train_s"] / 1e9})
     print("RESULT " + json.dumps(result))
@@ -239,49 +273,57 @@ def worker(args) -> None:
 
 # ---- the driver --------------------------------------------------------------------------------
 
-def launch(args, impl: str, threads: int) -> dict:
-    flags = ["--worker", impl, "--threads", str(threads)]
-    for name in ("steps", "prompts_per_step", "num_generations", "max_completion_length", "learning_rate", "beta", "seed", "device"):
+def launch(args, impl: str, threads: int, precision: str) -> dict:
+    flags = ["--worker", impl, "--threads", str(threads), "--precisions", precision]
+    for name in ("steps", "prompts_per_step", "num_generations", "max_completion_length", "learning_rate", "beta", "seed", "device",
+                 "eval_every", "target"):
         flags += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     if args.model:
         flags += ["--model", args.model]
     done = subprocess.run([sys.executable, __file__, *flags], capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not lines:
-        raise RuntimeError(f"{impl} at {threads} threads failed:\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"{impl} at {threads} threads in {precision} failed:\n{done.stderr[-3000:]}")
     return json.loads(lines[-1][len("RESULT "):])
 
 
 def best_by_impl(runs: list[dict]) -> dict[str, dict]:
-    """Per implementation, the thread count with the highest mean completions/s, averaged over repeats."""
+    """Per implementation, the (thread count, precision) with the highest mean completions/s, averaged over repeats;
+    time_to_target_s is None unless every repeat reached the target."""
     best = {}
     for impl in dict.fromkeys(r["impl"] for r in runs):
-        by_threads = {}
+        by_setting = {}
         for r in runs:
             if r["impl"] == impl:
-                by_threads.setdefault(r["threads"], []).append(r)
+                by_setting.setdefault((r["threads"], r["precision"]), []).append(r)
         mean = lambda rs, key: sum(r[key] for r in rs) / len(rs)  # noqa: E731
-        threads, group = max(by_threads.items(), key=lambda kv: mean(kv[1], "completions_per_s"))
+        (threads, precision), group = max(by_setting.items(), key=lambda kv: mean(kv[1], "completions_per_s"))
         best[impl] = {key: mean(group, key) for key in ("completions_per_s", "sec_per_step", "tokens_per_s", "eval_reward",
                                                          "peak_rss_mb", "achieved_gflops", "model_tflops_per_step")}
         best[impl]["split_s"] = {part: sum(r["split_s"][part] for r in group) / len(group) for part in group[0]["split_s"]}
-        best[impl].update(threads=threads, repeats=len(group), precision=group[0]["precision"],
+        best[impl].update(threads=threads, repeats=len(group), precision=precision,
                           **{f"{key}_range": [min(r[key] for r in group), max(r[key] for r in group)]
                              for key in ("completions_per_s", "eval_reward")})
+        reached = [r["time_to_target_s"] for r in group if r["time_to_target_s"] is not None]
+        best[impl]["time_to_target_s"] = sum(reached) / len(reached) if len(reached) == len(group) else None
+        best[impl]["time_to_target_s_range"] = [min(reached), max(reached)] if len(reached) == len(group) else None
     return best
 
 
-def markdown(best: dict[str, dict], peak_gflops: dict[int, float]) -> str:
+def markdown(best: dict[str, dict], peak_gflops: dict[str, float], target: float) -> str:
     names = {"ours": "ours, GRPO", "trl": "TRL GRPOTrainer", "ppo": "ours, PPO + critic"}
     lines = ["| implementation | threads | precision | s/step | completions/s (range) | gen. tokens/s | generation / scoring / "
-             "update s | peak RSS MB | eval reward (range) | MFU |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f"update s | peak RSS MB | eval reward (range) | s to eval reward {target} (range) | MFU |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for impl, b in best.items():
         split = " / ".join(f"{b['split_s'][p]:.1f}" for p in ("generation", "scoring", "update"))
-        mfu = b["achieved_gflops"] / peak_gflops[b["threads"]]
+        mfu = b["achieved_gflops"] / peak_gflops[f"{b['threads']} {b['precision']}"]
         (low, high), (r_low, r_high) = b["completions_per_s_range"], b["eval_reward_range"]
+        to_target = (f"{b['time_to_target_s']:.1f} ({b['time_to_target_s_range'][0]:.1f}-{b['time_to_target_s_range'][1]:.1f})"
+                     if b["time_to_target_s"] is not None else "not reached in every repeat")
         lines.append(f"| {names[impl]} | {b['threads']} | {b['precision']} | {b['sec_per_step']:.3f} | "
                      f"{b['completions_per_s']:.0f} ({low:.0f}-{high:.0f}) | {b['tokens_per_s']:.0f} | {split} | "
-                     f"{b['peak_rss_mb']:.0f} | {b['eval_reward']:.3f} ({r_low:.3f}-{r_high:.3f}) | {mfu:.2%} |")
+                     f"{b['peak_rss_mb']:.0f} | {b['eval_reward']:.3f} ({r_low:.3f}-{r_high:.3f}) | {to_target} | {mfu:.2%} |")
     if "ours" in best and "trl" in best:
         ours, trl = best["ours"], best["trl"]
         lines.append(f"\nours / TRL: {ours['completions_per_s'] / trl['completions_per_s']:.2f}x completions/s "
@@ -315,22 +357,24 @@ def main() -> None:
         raise ConfigError("trl is not installed; run `make setup-bench` (the [bench] extra)") from None
 
     args.model = args.model or default_base_model()  # built once here, not inside a timed run
-    peak = {t: peak_matmul_flops(t) / 1e9 for t in args.threads}
-    print(f"{machine()}; fp32 matmul peak (1024^3): " + ", ".join(f"{g:.0f} GFLOP/s at {t} thread(s)" for t, g in peak.items()))
+    peak = {f"{t} {p}": peak_matmul_flops(t, p) / 1e9 for t in args.threads for p in args.precisions}
+    print(f"{machine()}; matmul peak (1024^3): " + ", ".join(f"{g:.0f} GFLOP/s at {key}" for key, g in peak.items()))
     runs = []
     for repeat in range(args.repeats):
         for threads in args.threads:
-            for impl in args.impls:
-                r = launch(args, impl, threads)
-                runs.append(r)
-                print(f"[{repeat + 1}/{args.repeats}] {impl} at {threads} thread(s): {r['sec_per_step']:.3f} s/step, "
-                      f"{r['completions_per_s']:.0f} completions/s, peak RSS {r['peak_rss_mb']:.0f} MB, "
-                      f"eval reward {r['eval_reward']:.3f}", flush=True)
+            for precision in args.precisions:
+                for impl in args.impls:
+                    r = launch(args, impl, threads, precision)
+                    runs.append(r)
+                    print(f"[{repeat + 1}/{args.repeats}] {impl} at {threads} thread(s), {precision}: {r['sec_per_step']:.3f} s/step, "
+                          f"{r['completions_per_s']:.0f} completions/s, peak RSS {r['peak_rss_mb']:.0f} MB, "
+                          f"eval reward {r['eval_reward']:.3f}, {r['time_to_target_s']} s to {args.target}", flush=True)
     best = best_by_impl(runs)
-    table = markdown(best, peak)
+    table = markdown(best, peak, args.target)
     print(table)
     settings = {k: getattr(args, k) for k in ("steps", "prompts_per_step", "num_generations", "max_completion_length",
-                                              "learning_rate", "beta", "seed", "threads", "repeats", "device", "model")}
+                                              "learning_rate", "beta", "seed", "threads", "precisions", "repeats", "device",
+                                              "model", "eval_every", "target")}
     for path in (args.json, args.md):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_json(args.json, {**best, "settings": settings, "machine": machine(), "trl_version": trl.__version__,

@@ -20,6 +20,9 @@ from rlhf_toy.rollout import sample_rollout
 from rlhf_toy.sampling import SamplingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+# --precision auto means fp32 in the tests (and the scripts they start) on every machine, with or without bf16 units,
+# so fixed-seed outcomes do not depend on the CI machine's CPU; the bf16 tests ask for bf16 by name.
+os.environ["RLHF_TOY_AUTO_PRECISION"] = "fp32"
 
 if os.environ.get("MUTANT_UNDER_TEST"):
     # make mutate: mutmut forks a worker per mutant from a process that has run the tests, and a fork made
@@ -44,7 +47,7 @@ def nano(tmp_path_factory):
     for name, rows in corpus.generate_corpus(0, SMALL).items():
         write_jsonl(root / "data" / f"{name}.jsonl", rows)
     cfg = PretrainConfig(preset="nano", data_dir=str(root / "data"), vocab_size=600, batch_size=16, max_steps=80,
-                         warmup_steps=10, eval_every=40, run_dir=str(root / "run"), overwrite=True)
+                         warmup_steps=10, learning_rate=3e-3, min_lr_ratio=0.1, eval_every=40, run_dir=str(root / "run"), overwrite=True)
     return root, pretrain(cfg)
 
 
@@ -54,7 +57,7 @@ def nano_arithmetic_dir(nano):
     root = nano[0]
     if not (root / "arithmetic" / "summary.json").is_file():
         pretrain(PretrainConfig(preset="nano", data_dir=str(root / "data"), arithmetic=True, vocab_size=600, batch_size=16,
-                                max_steps=120, warmup_steps=10, eval_every=60, run_dir=str(root / "arithmetic"), overwrite=True))
+                                max_steps=120, warmup_steps=10, learning_rate=3e-3, min_lr_ratio=0.1, eval_every=60, run_dir=str(root / "arithmetic"), overwrite=True))
     return str(root / "arithmetic" / "model")
 
 

@@ -9,7 +9,8 @@ from tests.conftest import run_script
 
 SCRIPTS = ["train_classic.py", "evaluate_classic.py", "bench_classic.py", "compare_critics.py", "run_tutorials.py", "make_data.py",
            "pretrain.py", "sample.py", "train_reward_model.py", "train_rlhf.py", "bench_rlhf.py", "compare_reasoning.py",
-           "arithmetic_breakdown.py", "label.py", "rlhf_loop.py", "train_dpo.py", "compare_preferences.py", "compare_ppo_recipes.py"]
+           "arithmetic_breakdown.py", "label.py", "rlhf_loop.py", "train_dpo.py", "compare_preferences.py", "compare_ppo_recipes.py",
+           "bench_demo.py"]
 WITH_RUN_FOLDER_ARGUMENT = ("evaluate_classic.py", "arithmetic_breakdown.py")  # their first argument is an existing run
 
 
@@ -69,6 +70,9 @@ CASES = {
         ("train_rlhf.py", ["--task", "poetry"], "unknown --task 'poetry'; accepted: arithmetic"),
         ("compare_reasoning.py", ["--algos", "dpo"], "invalid choice: 'dpo' (choose from 'grpo', 'ppo')"),
         ("bench_rlhf.py", ["--impls", "ours", "openrlhf"], "unknown --impls ['openrlhf']; accepted: ours, trl, ppo"),
+        ("bench_rlhf.py", ["--precisions", "fp32", "fp16"], "unknown --precisions ['fp16']; accepted: fp32, bf16"),
+        ("train_rlhf.py", ["--precision", "half"], "unknown --precision 'half'; accepted: auto, fp32, bf16"),
+        ("pretrain.py", ["--precision", "fp16"], "unknown --precision 'fp16'; accepted: auto, fp32, bf16"),
     ],
     "invalid value": [
         ("train_classic.py", ["--gamma", "1.5"], "--gamma"),
@@ -81,6 +85,7 @@ CASES = {
         ("train_rlhf.py", ["--num-generations", "1"], "--num-generations must be >= 2"),
         ("train_rlhf.py", ["--num-minibatches", "5"], "do not split into 5 minibatches"),
         ("bench_rlhf.py", ["--steps", "0"], "--steps must be > 0, got 0"),
+        ("bench_demo.py", ["--repeats", "0"], "--repeats must be > 0, got 0"),
         ("compare_reasoning.py", ["--steps", "0"], "--steps must be > 0, got 0"),
         ("train_rlhf.py", ["--pass-at-k", "8"], "--pass-at-k 8 needs --eval-samples-per-prompt >= 8, got 2"),
         ("train_rlhf.py", ["--pass-at-k", "2"], "--pass-at-k counts answers the correct reward accepts; add correct to --reward"),
@@ -118,7 +123,7 @@ def test_bad_input_gets_one_line_and_exit_2(script, args, message, files, monkey
     fill = lambda text: text.format(**files)  # noqa: E731
     if "--run-dir" not in args and script not in ("evaluate_classic.py", "bench_classic.py", "make_data.py", "sample.py",
                                                   "bench_rlhf.py", "run_tutorials.py", "compare_reasoning.py", "arithmetic_breakdown.py",
-                                                  "label.py", "compare_preferences.py", "compare_ppo_recipes.py"):
+                                                  "label.py", "compare_preferences.py", "compare_ppo_recipes.py", "bench_demo.py"):
         args = [*args, "--run-dir", "{dir}/fresh"]
     monkeypatch.chdir(files["dir"])  # so that nothing a case wrongly writes lands in the repository
     code, _, err = run_script(script, [fill(a) for a in args], monkeypatch, capsys)

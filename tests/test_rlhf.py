@@ -433,14 +433,17 @@ def test_ppo_refuses_several_processes_and_single_process_scripts_refuse_a_launc
 @pytest.mark.slow
 def test_bench_rlhf_runs_ours_trl_and_ppo_and_writes_the_table(nano_dir, tmp_path):
     args = ["--model", nano_dir, "--steps", "2", "--threads", "1", "--prompts-per-step", "2", "--num-generations", "2",
-            "--max-completion-length", "8", "--json", str(tmp_path / "b.json"), "--md", str(tmp_path / "b.md")]
+            "--max-completion-length", "8", "--precisions", "fp32", "bf16", "--eval-every", "1", "--target", "0.0",
+            "--json", str(tmp_path / "b.json"), "--md", str(tmp_path / "b.md")]
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_rlhf.py"), *args], cwd=ROOT,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     table = json.loads((tmp_path / "b.json").read_text())
     for impl in ("ours", "trl", "ppo"):
         assert table[impl]["completions_per_s"] > 0 and table[impl]["sec_per_step"] > 0 and table[impl]["peak_rss_mb"] > 100
-        assert 0 <= table[impl]["eval_reward"] <= 1
+        assert 0 <= table[impl]["eval_reward"] <= 1 and table[impl]["precision"] in ("fp32", "bf16")
+        assert 0 < table[impl]["time_to_target_s"] <= 2 * table[impl]["sec_per_step"] + 1e-9  # target 0: the first evaluation
+    assert {(run["impl"], run["precision"]) for run in table["runs"]} == {(i, p) for i in ("ours", "trl", "ppo") for p in ("fp32", "bf16")}
     assert "TRL GRPOTrainer" in (tmp_path / "b.md").read_text()
 
 

@@ -8,10 +8,25 @@ from pathlib import Path
 
 import torch
 
+BF16_UNITS = ("amx_bf16", "avx512_bf16")  # CPU flags of hardware bf16 matmuls (Intel AMX, AVX-512 BF16 on Intel and AMD Zen 4+)
 
-def machine() -> str:
-    """CPU model, logical cores, torch and python versions."""
+
+def cpuinfo_field(name: str) -> str:
+    """The first value of a /proc/cpuinfo field ('' where there is no such file or field, e.g. on macOS)."""
     cpuinfo = Path("/proc/cpuinfo")
     lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.processor())
-    return f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__}, python {platform.python_version()}"
+    return next((line.split(":", 1)[1].strip() for line in lines if line.split(":", 1)[0].strip() == name), "")
+
+
+def cpu_bf16_units() -> list[str]:
+    """Which of BF16_UNITS this CPU has: bf16 autocast is fast with them and slow (emulated) without."""
+    flags = set(cpuinfo_field("flags").split())
+    return [unit for unit in BF16_UNITS if unit in flags]
+
+
+def machine() -> str:
+    """CPU model, logical cores, its bf16 units, torch and python versions."""
+    cpu = cpuinfo_field("model name") or platform.processor()
+    units = "+".join(cpu_bf16_units()) or "none"
+    return (f"{cpu}, {os.cpu_count()} logical cores, bf16 units: {units}, torch {torch.__version__}, "
+            f"python {platform.python_version()}")

@@ -1,0 +1,57 @@
+"""Numeric precision of the language-model passes: bf16 autocast where the hardware has bf16 units, fp32 elsewhere.
+
+Weights, optimizer state and the losses' reductions stay fp32 (autocast runs only the matmuls and
+what follows them in bf16), so a bf16 run differs from an fp32 one by rounding, not by recipe.
+On a CPU without AMX or AVX-512 BF16 units bf16 is emulated and slower than fp32; "auto" picks it
+only where it is fast (measured: bench/README.md). $RLHF_TOY_AUTO_PRECISION pins what auto means on a
+machine (the tests pin fp32, so that their fixed-seed outcomes are the same on every CI machine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+from transformers import PreTrainedModel
+
+from classic_rl.infra.errors import ConfigError
+from classic_rl.infra.machine import cpu_bf16_units
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def has_fast_bf16(device: torch.device) -> bool:
+    """True where bf16 matmuls run on hardware units: a CUDA GPU that supports bf16, or a CPU with AMX / AVX-512 BF16."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and bool(cpu_bf16_units())
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """'fp32' or 'bf16': an explicit choice is kept; auto is $RLHF_TOY_AUTO_PRECISION where set, else bf16
+    where has_fast_bf16 and fp32 elsewhere."""
+    if requested != "auto":
+        return requested
+    pinned = os.environ.get("RLHF_TOY_AUTO_PRECISION")
+    if pinned is not None and pinned not in ("fp32", "bf16"):
+        raise ConfigError(f"$RLHF_TOY_AUTO_PRECISION={pinned!r}; accepted: fp32, bf16, or unset")
+    if pinned:
+        return pinned
+    return "bf16" if has_fast_bf16(device) else "fp32"
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on device for precision 'bf16'; a no-op context for 'fp32'."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def choose_attention(model: PreTrainedModel, precision: str, device: torch.device) -> PreTrainedModel:
+    """Under bf16 on a CPU, attention as transformers' plain matmul-and-softmax ("eager") instead of SDPA: the
+    CPU flash-attention kernel's bf16 backward took 44% of a tiny GPT-2 training step (32 x 128 tokens: 136 ms
+    a step with SDPA, 83-87 ms eager, 196 ms in fp32; bench/README.md). Same maths; not saved with the model."""
+    if precision == "bf16" and device.type == "cpu" and model.config._attn_implementation == "sdpa":
+        model.set_attn_implementation("eager")
+    return model
