@@ -73,17 +73,20 @@ def sample_gpt2(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tenso
     logits = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids(prompt_mask), past_key_values=cache,
                    use_cache=True, logits_to_keep=1).logits[row_prompt, -1]  # the vocabulary projection for the last position only
     total = prompt_length + max_new_tokens
+    device = input_ids.device
+    # the dtype the steps below compute keys and values in (bf16 under autocast), whatever the prefill's cache holds
+    dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else gpt.wte.weight.dtype
     keys, values = [], []
-    for layer in cache.layers:  # buffers of the cache's dtype and device, holding each row's prompt keys and values
+    for layer in cache.layers:  # buffers holding each row's prompt keys and values
         for buffers, filled in ((keys, layer.keys), (values, layer.values)):
-            buffers.append(filled.new_zeros(batch, heads, total, head_dim))
+            buffers.append(filled.new_zeros(batch, heads, total, head_dim, dtype=dtype))
             buffers[-1][:, :, :prompt_length] = filled[row_prompt]
-    allowed = torch.zeros(batch, 1, 1, total, dtype=torch.bool, device=input_ids.device)
+    allowed = torch.zeros(batch, 1, 1, total, dtype=torch.bool, device=device)
     allowed[:, 0, 0, :prompt_length] = attention_mask.bool()
     position = position_ids(attention_mask)[:, -1]
     activation, eps = ACT2FN[config.activation_function], config.layer_norm_epsilon
-    done = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
-    eos = torch.tensor(eos_token_ids, device=input_ids.device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    eos = torch.tensor(eos_token_ids, device=device)
     tokens, step_logits = [], []
     for t in range(prompt_length, total):
         token = torch.where(done, pad_token_id, choose(logits))

@@ -151,15 +151,16 @@ def run_ours(args, algo: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = rlhf_config(args, algo, tmp)
         summary = train(cfg)
-        rows = read_jsonl(Path(tmp) / "metrics.jsonl")
+        rows = read_jsonl(Path(tmp) / "metrics.jsonl")  # step rows, and eval rows every --eval-every steps
         policy = load_model(str(Path(tmp) / "model"))
         tokenizer = load_tokenizer(str(Path(tmp) / "model"))
-    split = {part: sum(r[f"time/{key}_s"] for r in rows) for part, key in
+    steps = [r for r in rows if "time/generate_s" in r]
+    split = {part: sum(r[f"time/{key}_s"] for r in steps) for part, key in
              (("generation", "generate"), ("scoring", "reward"), ("update", "update"))}
     return {"train_s": summary["wall_s"], "split_s": split, "eval_reward": summary["reward_after"],
             "time_to_target_s": time_to_target(rows, args.target),
-            "completion_tokens": sum(r["completions/mean_length"] for r in rows) * cfg.completions_per_step,
-            "mean_completion_tokens": sum(r["completions/mean_length"] for r in rows) / len(rows),
+            "completion_tokens": sum(r["completions/mean_length"] for r in steps) * cfg.completions_per_step,
+            "mean_completion_tokens": sum(r["completions/mean_length"] for r in steps) / len(steps),
             "policy": policy, "tokenizer": tokenizer}
 
 
@@ -198,16 +199,25 @@ def run_trl(args) -> dict:
         trainer = GRPOTrainer(model=load_model(model_dir), reward_funcs=functions, args=config, train_dataset=prompts,
                               processing_class=load_tokenizer(model_dir))
         warm_up_generate(trainer, args)
-        timer = StepTimer(trainer, lambda model: evaluate_policy(model, trainer.processing_class, args), args.eval_every)
+        timer = StepTimer(trainer, lambda model: evaluate_policy(plain_copy(model, model_dir), trainer.processing_class, args),
+                          args.eval_every)
         trainer.add_callback(timer)
         trainer.train()
-        policy = trainer.accelerator.unwrap_model(trainer.model)
+        policy = plain_copy(trainer.accelerator.unwrap_model(trainer.model), model_dir)
     lengths = [log["completions/mean_length"] for log in timer.logs if "completions/mean_length" in log]
     return {"train_s": timer.total, "split_s": {"generation": timer.parts["generation"], "scoring": timer.parts["scoring"],
                                                 "update": timer.total - timer.parts["generation"] - timer.parts["scoring"]},
             "completion_tokens": sum(lengths) * args.prompts_per_step * args.num_generations,
             "time_to_target_s": next((s for s, reward in timer.evaluations if reward >= args.target), None),
             "mean_completion_tokens": sum(lengths) / len(lengths), "policy": policy, "tokenizer": trainer.processing_class}
+
+
+def plain_copy(model, model_dir: str):
+    """A fresh fp32 model holding model's weights: with bf16=True accelerate wraps the trained model's forward in autocast,
+    and the evaluation must be the same code in the same precision for every implementation."""
+    copy = load_model(model_dir)
+    copy.load_state_dict(model.state_dict())
+    return copy
 
 
 def warm_up_generate(trainer, args) -> None:

@@ -124,3 +124,22 @@ def test_grpo_in_bf16_trains_each_step_on_the_weights_of_the_last(nano_dir, tmp_
     assert summary["precision"] == "bf16" and len(rows) == 12
     assert max(row["clip_ratio"] for row in rows) < 0.02, [row["clip_ratio"] for row in rows]
     assert summary["reward_after"] > summary["reward_before"]
+
+
+def test_fast_decode_reads_a_bf16_prefill_into_fp32_steps(policy_and_tokenizer):
+    """accelerate's bf16 wraps a model's forward in autocast (TRL's trained model in bench_rlhf.py): the prefill then
+    fills a bf16 cache while the decoding steps run in fp32. Same greedy tokens as an fp32 run, logits within bf16
+    rounding of its scale (2^-6 x the largest logit: the prompt's keys and values were rounded once)."""
+    policy, tokenizer = policy_and_tokenizer
+    wrapped = copy.deepcopy(policy)
+    wrapped.forward = torch.autocast("cpu", dtype=torch.bfloat16)(wrapped.forward)
+    batch = encode_prompts(tokenizer, PROMPTS, 12, policy)
+    eos = stop_token_ids(policy, tokenizer)
+    greedy = SamplingConfig(max_new_tokens=12, temperature=0).next_tokens
+    with torch.inference_mode():
+        plain_sequences, plain_logits = sample_gpt2(policy, batch["input_ids"], batch["attention_mask"], 12, greedy, eos,
+                                                    tokenizer.pad_token_id)
+        sequences, logits = sample_gpt2(wrapped, batch["input_ids"], batch["attention_mask"], 12, greedy, eos, tokenizer.pad_token_id)
+    assert logits[-1].dtype == torch.float32 and torch.equal(sequences, plain_sequences)
+    scale = max(step.abs().max().item() for step in plain_logits)
+    assert max((a.float() - b).abs().max().item() for a, b in zip(logits, plain_logits, strict=True)) <= scale / 64
