@@ -60,11 +60,13 @@ demo-classic: setup
 tutorials: setup
 	$(PY) scripts/run_tutorials.py
 
-# Every benchmark of bench/README.md that has a speed target, one after another (~25 min): the demo from an empty cache,
-# classic PPO against SB3, GRPO against TRL.
+# Every benchmark of bench/README.md that has a speed target, one after another (~25 min): what bf16 buys op by op, the
+# demo from an empty cache, classic PPO against SB3 (solving, and --same-hparams speed), GRPO against TRL.
 bench: setup-bench
+	$(PY) scripts/bench_precision.py
 	$(PY) scripts/bench_demo.py --repeats 3
 	$(PY) scripts/bench_classic.py
+	$(PY) scripts/bench_classic.py --envs CartPole-v1 --same-hparams --json bench/classic_speed.json --md bench/classic_speed.md
 	$(MAKE) bench-rlhf
 
 # Our GRPO against TRL's GRPOTrainer on the demo's work (100 steps of 8 prompts x 8 completions), each in fp32 and, where

@@ -118,9 +118,15 @@ class ActorCritic(SavableModule):
     def get_action_and_value(self, obs: Tensor, action: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         hidden = self.trunk(obs)
         logits = self.actor(hidden)
-        if action is None:
-            action = torch.multinomial(torch.softmax(logits, -1), 1).squeeze(-1)
+        action = draw_action(logits) if action is None else action
         return action, core.logprobs_from_logits(logits, action), core.entropy_from_logits(logits), self.critic(hidden).squeeze(-1)
+
+    def sample(self, obs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """What a rollout step needs, without the entropy: (action, log-prob, value), each `[B]`."""
+        hidden = self.trunk(obs)
+        logits = self.actor(hidden)
+        action = draw_action(logits)
+        return action, core.logprobs_from_logits(logits, action), self.critic(hidden).squeeze(-1)
 
     @torch.inference_mode()
     def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
@@ -212,11 +218,16 @@ class SoftmaxPolicy(SavableModule):
         return sample_or_argmax(self.logits(torch.as_tensor(obs)), deterministic)
 
 
+def draw_action(logits: Tensor) -> Tensor:
+    """An action `[B]` drawn from softmax(logits `[B, A]`)."""
+    return torch.multinomial(torch.softmax(logits, -1), 1).squeeze(-1)
+
+
 def sample_or_argmax(logits: Tensor, deterministic: bool) -> np.ndarray:
     """Actions `[B]` from logits `[B, A]`: the argmax, or a draw from the softmax."""
     if deterministic:
         return logits.argmax(-1).numpy()
-    return torch.multinomial(torch.softmax(logits.float(), -1), 1).squeeze(-1).numpy()
+    return draw_action(logits.float()).numpy()
 
 
 MODEL_CLASSES: dict[str, type[SavableModule]] = {

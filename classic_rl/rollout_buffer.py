@@ -30,7 +30,7 @@ class RolloutBuffer:
         finished = []
         for step in range(len(self.obs)):
             self.obs[step] = next_obs
-            action, self.logprobs[step], _, self.values[step] = agent.get_action_and_value(next_obs)
+            action, self.logprobs[step], self.values[step] = agent.sample(next_obs)
             self.actions[step] = action
             raw_obs, reward, terminated, truncated, infos = vec_env.step(action.numpy())
             self.rewards[step] = torch.as_tensor(reward, dtype=torch.float32)

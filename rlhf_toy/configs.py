@@ -73,8 +73,8 @@ class RLHFConfig(RunFields):
     warmup_ratio: float = config_field(0.0, "Share of the steps over which the learning rate rises linearly from 0")
     max_grad_norm: float = config_field(1.0, "Global gradient-norm clip")
     log_completions_every: int = config_field(25, "Print a table of completions every N steps (0: never)")
-    precision: str = config_field("auto", "Model passes (sampling, scoring, update) in fp32 or bf16 autocast; auto = bf16 "
-                                          "where the CPU/GPU has bf16 units, else fp32; weights stay fp32")
+    precision: str = config_field("auto", "The update and the reference's forward in fp32 or bf16 autocast (sampling stays "
+                                          "fp32); auto = bf16 where the CPU/GPU has bf16 units, else fp32; weights stay fp32")
     torch_threads: int = config_field(2, "torch.set_num_threads")
     cpu: bool = config_field(False, "Run on CPU even when an accelerator is present")
     trust_remote_code: bool = config_field(False, "Allow a hub model's own code to run")

@@ -59,12 +59,21 @@ def cache_layout_is_known() -> bool:
     return known
 
 
+def decoding_activation(name: str):
+    """The model's activation; GPT-2's tanh-approximate GELU written with a sigmoid, the same function
+    (0.5 x (1 + tanh(z)) = x sigmoid(2 z)): torch's CPU tanh is scalar here and was 8% of sampling."""
+    if name in ("gelu_new", "gelu_pytorch_tanh"):
+        return lambda x: x * torch.sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x))  # 2 sqrt(2 / pi)
+    return ACT2FN[name]
+
+
 @torch.inference_mode()
 def sample_gpt2(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int,
                 choose, eos_token_ids: list[int], pad_token_id: int) -> tuple[Tensor, list[Tensor]]:
     """(sequences `[B, P + C]`, raw logits of each step `C x [B, V]`), as generate's `sequences` and
-    `logits`; a row stops at any of eos_token_ids. choose(logits [B, V]) -> tokens [B] picks the next token
-    (sampling or greedy)."""
+    `logits` at every generated token up to and including each row's eos (a finished row's later logits are
+    zeros: it is no longer computed); a row stops at any of eos_token_ids. choose(logits [b, V]) -> tokens [b]
+    picks the next token (sampling or greedy) for the rows still decoding."""
     config, gpt = model.config, model.transformer
     batch, prompt_length = input_ids.shape
     heads, head_dim = config.n_head, config.n_embd // config.n_head
@@ -81,34 +90,53 @@ def sample_gpt2(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tenso
         for buffers, filled in ((keys, layer.keys), (values, layer.values)):
             buffers.append(filled.new_zeros(batch, heads, total, head_dim, dtype=dtype))
             buffers[-1][:, :, :prompt_length] = filled[row_prompt]
-    allowed = torch.zeros(batch, 1, 1, total, dtype=torch.bool, device=device)
-    allowed[:, 0, 0, :prompt_length] = attention_mask.bool()
+    # added to the attention scores: 0 where a row may attend, -inf on its left padding and on positions not yet written
+    mask_bias = torch.full((batch, 1, 1, total), float("-inf"), device=device)
+    mask_bias[:, 0, 0, :prompt_length].masked_fill_(attention_mask.bool(), 0.0)
     position = position_ids(attention_mask)[:, -1]
-    activation, eps = ACT2FN[config.activation_function], config.layer_norm_epsilon
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    activation, eps, scale = decoding_activation(config.activation_function), config.layer_norm_epsilon, head_dim ** -0.5
+    rows = torch.arange(batch, device=device)  # the batch rows still decoding, in the buffers' order
+    done = torch.zeros(batch, dtype=torch.bool, device=device)  # per decoding row: it has produced an eos
     eos = torch.tensor(eos_token_ids, device=device)
-    tokens, step_logits = [], []
-    for t in range(prompt_length, total):
+    tokens = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    step_logits = []
+    for step in range(max_new_tokens):
+        t = prompt_length + step
         token = torch.where(done, pad_token_id, choose(logits))
-        tokens.append(token)
-        step_logits.append(logits)
+        tokens[rows, step] = token
+        step_logits.append(logits if len(rows) == batch else logits.new_zeros(batch, logits.shape[1]).index_copy_(0, rows, logits))
         done |= torch.isin(token, eos)
-        if bool(done.all()) or t == total - 1:
+        finished = int(done.sum())
+        if finished == len(rows) or step == max_new_tokens - 1:
             break
-        allowed[:, 0, 0, t] = True
+        if 4 * finished >= len(rows):  # stop computing finished rows once they are a quarter of those left
+            keep = (~done).nonzero().squeeze(1)
+            rows, done, token, position, mask_bias = rows[keep], done[keep], token[keep], position[keep], mask_bias[keep]
+            keys, values = [k.index_select(0, keep) for k in keys], [v.index_select(0, keep) for v in values]
+        mask_bias[:, 0, 0, t] = 0.0
         position = position + 1
-        hidden = gpt.wte.weight[token] + gpt.wpe.weight[position]  # [B, D]
-        for block, k, v in zip(gpt.h, keys, values, strict=True):
-            x = F.layer_norm(hidden, (config.n_embd,), block.ln_1.weight, block.ln_1.bias, eps)
-            q, k_new, v_new = torch.addmm(block.attn.c_attn.bias, x, block.attn.c_attn.weight).split(config.n_embd, dim=-1)
-            k[:, :, t] = k_new.view(batch, heads, head_dim)
-            v[:, :, t] = v_new.view(batch, heads, head_dim)
-            attended = F.scaled_dot_product_attention(q.view(batch, heads, 1, head_dim), k[:, :, : t + 1], v[:, :, : t + 1],
-                                                      attn_mask=allowed[..., : t + 1])
-            hidden = hidden + torch.addmm(block.attn.c_proj.bias, attended.view(batch, config.n_embd), block.attn.c_proj.weight)
-            x = F.layer_norm(hidden, (config.n_embd,), block.ln_2.weight, block.ln_2.bias, eps)
-            x = activation(torch.addmm(block.mlp.c_fc.bias, x, block.mlp.c_fc.weight))
-            hidden = hidden + torch.addmm(block.mlp.c_proj.bias, x, block.mlp.c_proj.weight)
-        hidden = F.layer_norm(hidden, (config.n_embd,), gpt.ln_f.weight, gpt.ln_f.bias, eps)
-        logits = model.lm_head(hidden)
-    return torch.cat([input_ids, torch.stack(tokens, dim=1)], dim=1), step_logits
+        logits = lean_gpt2_step(model, token, position, t, keys, values, mask_bias, activation, eps, scale)
+    return torch.cat([input_ids, tokens[:, : step + 1]], dim=1), step_logits
+
+
+def lean_gpt2_step(model: PreTrainedModel, token: Tensor, position: Tensor, t: int, keys: list[Tensor], values: list[Tensor],
+                   mask_bias: Tensor, activation, eps: float, scale: float) -> Tensor:
+    """Logits `[b, V]` after feeding token `[b]` at position `[b]`, writing its keys and values at index t of the
+    per-layer buffers `[b, heads, T, head_dim]` (GPT-2's block: layer norm, attention, MLP, each with a residual)."""
+    config, gpt = model.config, model.transformer
+    rows, heads, head_dim = len(token), config.n_head, config.n_embd // config.n_head
+    hidden = gpt.wte.weight[token] + gpt.wpe.weight[position]  # [b, D]
+    for block, k, v in zip(gpt.h, keys, values, strict=True):
+        x = F.layer_norm(hidden, (config.n_embd,), block.ln_1.weight, block.ln_1.bias, eps)
+        q, k_new, v_new = torch.addmm(block.attn.c_attn.bias, x, block.attn.c_attn.weight).split(config.n_embd, dim=-1)
+        k[:, :, t] = k_new.view(rows, heads, head_dim)
+        v[:, :, t] = v_new.view(rows, heads, head_dim)
+        # one query per row: two small matmuls and a softmax (SDPA's CPU kernel was 23% of sampling at these sizes)
+        scores = torch.matmul(q.view(rows, heads, 1, head_dim), k[:, :, : t + 1].transpose(-1, -2)) * scale
+        attended = torch.matmul((scores + mask_bias[..., : t + 1]).softmax(-1), v[:, :, : t + 1])
+        hidden = hidden + torch.addmm(block.attn.c_proj.bias, attended.view(rows, config.n_embd), block.attn.c_proj.weight)
+        x = F.layer_norm(hidden, (config.n_embd,), block.ln_2.weight, block.ln_2.bias, eps)
+        x = activation(torch.addmm(block.mlp.c_fc.bias, x, block.mlp.c_fc.weight))
+        hidden = hidden + torch.addmm(block.mlp.c_proj.bias, x, block.mlp.c_proj.weight)
+    hidden = F.layer_norm(hidden, (config.n_embd,), gpt.ln_f.weight, gpt.ln_f.bias, eps)
+    return model.lm_head(hidden)

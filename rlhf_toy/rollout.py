@@ -23,6 +23,7 @@ from transformers.cache_utils import DynamicLayer
 from classic_rl import core
 from rlhf_toy.fast_decode import cache_layout_is_known
 from rlhf_toy.models import distinct_prompts, evaluation_mode, position_ids, stop_token_ids
+from rlhf_toy.precision import autocast
 from rlhf_toy.sampling import SamplingConfig, context_length, encode_prompts, sample_sequences
 
 
@@ -142,9 +143,10 @@ def sequence_logprobs(model: PreTrainedModel, input_ids: Tensor, attention_mask:
 
 @torch.inference_mode()
 def sample_rollout(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], sampling: SamplingConfig,
-                   ref_model: PreTrainedModel | None = None) -> Rollout:
+                   ref_model: PreTrainedModel | None = None, reference_precision: str = "fp32") -> Rollout:
     """Sample one completion per prompt (repeat prompts for groups) and score it under policy and reference,
-    both in eval mode (no dropout: the log-probs are those of the policy itself)."""
+    both in eval mode (no dropout: the log-probs are those of the policy itself). The reference's forward
+    runs in reference_precision (the precision the update computes the policy's log-probs in)."""
     batch = encode_prompts(tokenizer, prompts, sampling.max_new_tokens, policy).to(policy.device)
     eos_token_ids = stop_token_ids(policy, tokenizer)
     with evaluation_mode(policy):
@@ -160,7 +162,7 @@ def sample_rollout(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     attention_mask = torch.cat([batch["attention_mask"], completion_mask.long()], dim=1)
     ref_logprobs = None
     if ref_model is not None:
-        with evaluation_mode(ref_model):
+        with evaluation_mode(ref_model), autocast(reference_precision, input_ids.device):
             ref_logits = completion_logits(ref_model, input_ids, attention_mask, prompt_length, temperature)
         ref_logprobs = core.logprobs_from_logits(ref_logits, completion_ids, completion_mask)
     completions = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)

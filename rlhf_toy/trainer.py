@@ -237,7 +237,7 @@ def train_step(run: Run, step: int) -> tuple[dict[str, float], list[dict]]:
         group["lr"] = cfg.learning_rate_at(step)
     step_prompts = prompts_for_step(run.train_prompts, step, cfg.prompts_per_step, cfg.num_generations, cfg.seed)
     prompts, columns = split_columns(process_share(step_prompts, accelerator.process_index, accelerator.num_processes))
-    rollout = sample_rollout(accelerator.unwrap_model(run.policy), run.tokenizer, prompts, cfg.sampling, run.ref_model)
+    rollout = sample_rollout(accelerator.unwrap_model(run.policy), run.tokenizer, prompts, cfg.sampling, run.ref_model, run.precision)
     t1 = time.perf_counter()
     try:  # a broken reward or a non-finite loss stops the run before any bad optimizer step
         totals, components = run.reward.score(prompts, rollout.completions, **columns)
@@ -246,8 +246,8 @@ def train_step(run: Run, step: int) -> tuple[dict[str, float], list[dict]]:
         rewards = torch.tensor(totals, dtype=torch.float32, device=accelerator.device)
         t2 = time.perf_counter()
         run.policy.train()
-        # --precision applies to the update alone: sampling a token is per-op overhead at these sizes, which bf16 only
-        # adds casts to (bench/README.md). A context per step: autocast keeps its bf16 copies of the weights until the
+        # --precision applies to the update and the reference's forward: sampling a token is a few small matmuls, where
+        # bf16 only adds casts (bench/README.md). A context per step: autocast keeps its bf16 copies of the weights until the
         # outermost context exits, and they must follow every optimizer step.
         with autocast(run.precision, accelerator.device):
             if isinstance(cfg, GRPOConfig):

@@ -7,6 +7,12 @@
     make bench                                                     # PPO on both envs, ours and SB3
     python scripts/bench_classic.py --envs CartPole-v1 --seeds 5 --json bench/classic.json
     python scripts/bench_classic.py --envs CartPole-v1 --algos all --seeds 3 --plot bench/classic_cartpole_all.png
+    python scripts/bench_classic.py --same-hparams --json bench/classic_speed.json --md bench/classic_speed.md
+
+--same-hparams compares the implementations alone: PPO with our CartPole preset on both sides, a fixed
+budget of env steps (50k), no evaluation at all, one thread; each run times training from before
+env creation to the end of learning, both sides' own logging included, and reports env steps per
+second and the gradient epochs each side took (the preset's KL stop can end an update early).
 
 For each env, seed and algorithm the runs go back to back in this process (ours, then SB3 with each
 of --sb3-hparams where it has settings), with the same torch thread count and the same evaluation:
@@ -34,13 +40,15 @@ import gymnasium as gym
 import torch
 
 from classic_rl import envs
-from classic_rl.algos import ALGOS
+from classic_rl.algos import ALGOS, ppo
 from classic_rl.infra.cli import cli, script_parser
 from classic_rl.infra.errors import ConfigError, require_positive
+from classic_rl.infra.machine import machine
+from classic_rl.infra.metrics import RunLogger
 from classic_rl.infra.plots import plt
-from classic_rl.infra.run_folder import write_json
+from classic_rl.infra.run_folder import start_run, write_json
 from classic_rl.presets import preset
-from classic_rl.training import run_training
+from classic_rl.training import Evaluator, run_training
 
 # rl-baselines3-zoo hyperparams/{ppo,dqn,a2c}.yml (LunarLander-v3 uses the v2 entries).
 ZOO = {
@@ -206,6 +214,69 @@ def replot(json_path: str, plot_path: str) -> None:
     plot_curves(plot_path, results, saved["results"][0]["env"])
 
 
+def time_ours(cfg: ppo.PPOConfig) -> dict:
+    """Our PPO's training loop alone (env creation to the last update, its logging included): wall seconds, env steps,
+    gradient epochs."""
+    run_dir, checkpoints = start_run(cfg, algo="ppo")
+    logger = RunLogger(run_dir)
+    start = time.perf_counter()
+    _, env_steps = ppo.train(cfg, logger, Evaluator(cfg, logger), checkpoints)
+    wall_s = time.perf_counter() - start
+    epochs = sum(row["losses/epochs"] for row in logger.rows if "losses/epochs" in row)
+    logger.close()
+    return {"wall_s": wall_s, "env_steps": env_steps, "epochs": epochs}
+
+
+def time_sb3(hp: dict, env_id: str, seed: int, total_steps: int) -> dict:
+    """SB3's PPO with the same settings, from env creation to the end of learn(): wall seconds, env steps, gradient epochs."""
+    import stable_baselines3
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.utils import LinearSchedule
+
+    hp = dict(hp)
+    n_envs, _ = hp.pop("n_envs"), hp.pop("n_timesteps")
+    if isinstance(hp.get("learning_rate"), str):
+        hp["learning_rate"] = LinearSchedule(float(hp["learning_rate"][4:]), 0.0, 1.0)
+    start = time.perf_counter()
+    model = stable_baselines3.PPO("MlpPolicy", make_vec_env(env_id, n_envs=n_envs, seed=seed), seed=seed, device="cpu", verbose=0, **hp)
+    model.learn(total_timesteps=total_steps)
+    return {"wall_s": time.perf_counter() - start, "env_steps": int(model.num_timesteps), "epochs": model._n_updates}
+
+
+def same_hparams(args, tmp: Path) -> None:
+    """Implementation against implementation: our CartPole PPO preset on both sides, no evaluation, a fixed budget of
+    env steps; ours and SB3 alternate seed by seed. Writes rows with impl, seed, wall_s, sps, epochs."""
+    env_id, total_steps = args.envs[0], args.max_steps or 50_000
+    rows = []
+    for seed in range(1, (args.seeds or 5) + 1):
+        cfg = ppo.PPOConfig(**{**preset("ppo", env_id), "env": env_id, "seed": seed, "total_timesteps": total_steps,
+                               "eval_every": 0, "torch_threads": args.threads, "run_dir": str(tmp / f"speed-{seed}"), "overwrite": True})
+        hp = sb3_settings("ppo", env_id, "ours", cfg)
+        for impl in ("ours", "sb3"):
+            gc.collect()
+            r = time_ours(cfg) if impl == "ours" else time_sb3(hp, env_id, seed, total_steps)
+            rows.append({"impl": impl, "seed": seed, **r, "sps": r["env_steps"] / r["wall_s"]})
+            print(f"{env_id} seed {seed} {impl}: {r['env_steps']} env steps in {r['wall_s']:.2f} s = {rows[-1]['sps']:.0f} steps/s, "
+                  f"{r['epochs']} gradient epochs", flush=True)
+    by_impl = {impl: [r for r in rows if r["impl"] == impl] for impl in ("ours", "sb3")}
+    median = {impl: statistics.median(r["sps"] for r in group) for impl, group in by_impl.items()}
+    lines = ["| impl | seeds | median env steps/s (range) | median wall s | median gradient epochs |", "|---|---|---|---|---|"]
+    for impl, group in by_impl.items():
+        sps = [r["sps"] for r in group]
+        lines.append(f"| {impl} | {len(group)} | {median[impl]:,.0f} ({min(sps):,.0f}-{max(sps):,.0f}) | "
+                     f"{statistics.median(r['wall_s'] for r in group):.2f} | {statistics.median(r['epochs'] for r in group):.0f} |")
+    lines.append(f"\nours / SB3, median env steps/s: {median['ours'] / median['sb3']:.2f}x ({env_id}, PPO, our preset on both sides, "
+                 f"{total_steps:,} steps, no evaluation, {args.threads} thread(s))")
+    table = "\n".join(lines)
+    print(table)
+    for path in (args.json, args.md):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_json(args.json, {"env": env_id, "total_steps": total_steps, "threads": args.threads, "machine": machine(),
+                           "ratio_median_sps": median["ours"] / median["sb3"], "rows": rows})
+    Path(args.md).write_text(f"{machine()}\n\n{table}\n")
+    print(f"wrote {args.json} and {args.md}")
+
+
 @cli
 def main() -> None:
     parser = script_parser(__doc__)
@@ -223,6 +294,9 @@ def main() -> None:
     parser.add_argument("--md", default="bench/classic.md", help="Where to write the Markdown table")
     parser.add_argument("--plot", default=None, help="PNG of every algorithm's learning curve on the first env")
     parser.add_argument("--replot", default=None, metavar="JSON", help="Only redraw --plot from a results JSON written earlier")
+    parser.add_argument("--same-hparams", action="store_true",
+                        help="Implementations alone: PPO, our preset of the first --envs on both sides, --max-steps (default "
+                             "50k) env steps, no evaluation; writes rows with impl, wall_s, sps")
     args = parser.parse_args()
     given = {"seeds": args.seeds, "max_steps": args.max_steps}  # None: each env's or preset's default
     require_positive(**{k: v for k, v in given.items() if v is not None}, eval_episodes=args.eval_episodes,
@@ -247,6 +321,10 @@ def main() -> None:
     # The first torch optimizer imports torch._dynamo (~1 s here): pay it before the first timed run, which
     # is always ours, rather than charge one seed of one implementation with a library's start-up.
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+    if args.same_hparams:
+        with tempfile.TemporaryDirectory() as tmp:
+            same_hparams(args, Path(tmp))
+        return
     results: dict[tuple[str, str, str], list] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for env_id in args.envs:

@@ -145,3 +145,11 @@ def clipped_sgd_step(loss: torch.Tensor, params: list[torch.Tensor], lr: float, 
 def largest_difference(a: torch.nn.Module, b: torch.nn.Module) -> float:
     """The largest absolute difference between two models' parameters."""
     return max((x - y).abs().max().item() for x, y in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def max_difference_while_decoding(logits, reference_logits, completion: torch.Tensor, eos_ids: list[int]) -> float:
+    """The largest difference between two decoders' logits of each step `C x [B, V]`, over the rows still decoding
+    at that step (not finished before it: the fast decoder stops computing finished rows)."""
+    finished = torch.isin(completion, torch.tensor(eos_ids))
+    return max((a.float() - b.float())[~finished[:, :t].any(1)].abs().max().item()
+               for t, (a, b) in enumerate(zip(logits, reference_logits, strict=True)))

@@ -10,7 +10,7 @@ from tests.conftest import run_script
 SCRIPTS = ["train_classic.py", "evaluate_classic.py", "bench_classic.py", "compare_critics.py", "run_tutorials.py", "make_data.py",
            "pretrain.py", "sample.py", "train_reward_model.py", "train_rlhf.py", "bench_rlhf.py", "compare_reasoning.py",
            "arithmetic_breakdown.py", "label.py", "rlhf_loop.py", "train_dpo.py", "compare_preferences.py", "compare_ppo_recipes.py",
-           "bench_demo.py"]
+           "bench_demo.py", "bench_precision.py"]
 WITH_RUN_FOLDER_ARGUMENT = ("evaluate_classic.py", "arithmetic_breakdown.py")  # their first argument is an existing run
 
 
@@ -86,6 +86,7 @@ CASES = {
         ("train_rlhf.py", ["--num-minibatches", "5"], "do not split into 5 minibatches"),
         ("bench_rlhf.py", ["--steps", "0"], "--steps must be > 0, got 0"),
         ("bench_demo.py", ["--repeats", "0"], "--repeats must be > 0, got 0"),
+        ("bench_precision.py", ["--threads", "0"], "--threads must be > 0, got 0"),
         ("compare_reasoning.py", ["--steps", "0"], "--steps must be > 0, got 0"),
         ("train_rlhf.py", ["--pass-at-k", "8"], "--pass-at-k 8 needs --eval-samples-per-prompt >= 8, got 2"),
         ("train_rlhf.py", ["--pass-at-k", "2"], "--pass-at-k counts answers the correct reward accepts; add correct to --reward"),
@@ -123,7 +124,8 @@ def test_bad_input_gets_one_line_and_exit_2(script, args, message, files, monkey
     fill = lambda text: text.format(**files)  # noqa: E731
     if "--run-dir" not in args and script not in ("evaluate_classic.py", "bench_classic.py", "make_data.py", "sample.py",
                                                   "bench_rlhf.py", "run_tutorials.py", "compare_reasoning.py", "arithmetic_breakdown.py",
-                                                  "label.py", "compare_preferences.py", "compare_ppo_recipes.py", "bench_demo.py"):
+                                                  "label.py", "compare_preferences.py", "compare_ppo_recipes.py", "bench_demo.py",
+                                                  "bench_precision.py"):
         args = [*args, "--run-dir", "{dir}/fresh"]
     monkeypatch.chdir(files["dir"])  # so that nothing a case wrongly writes lands in the repository
     code, _, err = run_script(script, [fill(a) for a in args], monkeypatch, capsys)

@@ -11,7 +11,9 @@ from transformers import AutoModelForCausalLM
 from rlhf_toy import fast_decode
 from rlhf_toy.fast_decode import sample_gpt2, supports_fast_decode
 from rlhf_toy.models import load_model, load_tokenizer, position_ids, stop_token_ids
+from rlhf_toy.rollout import completion_mask_from_ids
 from rlhf_toy.sampling import SamplingConfig, encode_prompts, sample_sequences
+from tests.conftest import max_difference_while_decoding
 
 PROMPTS = ["Describe a fox.", "Tell me about Ada and the lake in 8 words.", "Hi."]
 
@@ -51,7 +53,8 @@ def test_fast_decode_matches_generate_token_for_token_and_logit_for_logit(pad, p
     sequences, logits = fast_greedy(policy, tokenizer, batch, 16)
     assert torch.equal(sequences, reference.sequences)
     assert len(logits) == len(reference.logits)
-    assert max((a - b).abs().max().item() for a, b in zip(logits, reference.logits, strict=True)) < 1e-4
+    completion = sequences[:, batch["input_ids"].shape[1]:]
+    assert max_difference_while_decoding(logits, reference.logits, completion, stop_token_ids(policy, tokenizer)) < 1e-4
 
 
 def test_fast_decode_stops_at_any_eos_id_of_the_generation_config(policy_and_tokenizer):
@@ -81,6 +84,8 @@ def test_fast_decode_while_sampling_gives_the_logits_of_a_teacher_forced_forward
         valid = torch.cat([batch["attention_mask"], torch.ones_like(completion)], dim=1)
         forward = policy(input_ids=sequences, attention_mask=valid, position_ids=position_ids(valid)).logits
     assert len(set(map(tuple, completion.tolist()))) > 3  # sampled: the repeated prompts got different completions
+    lengths = completion_mask_from_ids(completion, [tokenizer.eos_token_id])[0].sum(1)
+    assert lengths.min() < 10 and lengths.max() == 20  # rows finished early: the loop dropped them and went on
     for t, step_logits in enumerate(logits):
         alive = ~torch.isin(completion[:, :t], torch.tensor([tokenizer.eos_token_id])).any(1)  # rows not finished before t
         torch.testing.assert_close(step_logits[alive], forward[alive, prompt_length - 1 + t], atol=1e-4, rtol=0)
@@ -131,3 +136,11 @@ def test_next_tokens_never_picks_a_filtered_token_even_for_a_uniform_draw_of_zer
     assert SamplingConfig(top_k=2).next_tokens(logits).item() == 1  # the first token with probability
     monkeypatch.setattr(torch, "rand", lambda *shape, **kw: torch.full(shape, 1 - 1e-7))
     assert SamplingConfig(top_k=2).next_tokens(logits).item() == 3
+
+
+@pytest.mark.parametrize("name", ["gelu_new", "gelu_pytorch_tanh", "relu"])
+def test_the_decoding_activation_is_the_models_own_function(name):
+    """The sigmoid form of the tanh-approximate GELU is the same function: equal to float32 rounding on [-8, 8]."""
+    from transformers.activations import ACT2FN
+    x = torch.linspace(-8, 8, 10_001)
+    assert (fast_decode.decoding_activation(name)(x) - ACT2FN[name](x)).abs().max() < 2e-6
