@@ -6,8 +6,8 @@
 Side by side in one process, each figure the median of --repeats timings after a warm-up:
   matmul       GFLOP/s of fp32 and bf16 at the tiny GPT-2's shapes ([2560 x 128] @ [128 x 384] and the MLP's)
   pretraining  one optimizer step of the default base model on 32 x 128 tokens: fp32 / bf16, SDPA / eager attention
-  grpo         the demo's step (8 prompts x 8 completions, 40 new tokens): sampling with the reference's scoring,
-               and the update's forward and backward, each in fp32 and in bf16
+  grpo         the demo's step (8 prompts x 8 completions, 40 new tokens): sampling, the reference's forward, and
+               the update's forward and backward, each in fp32 and in bf16
 Run it on a quiet machine, with the thread count the trainers use (2).
 """
 
@@ -84,29 +84,36 @@ def pretraining_rows(model_dir: str, repeats: int) -> list[dict]:
 
 
 def grpo_rows(model_dir: str, repeats: int) -> list[dict]:
-    """The demo's GRPO step in two parts: sampling (with the reference's log-probs) and the update's forward and
-    backward, in each precision (the update with the attention choose_attention picks for it)."""
+    """The demo's GRPO step in three parts, each in fp32 and in bf16 (with the attention choose_attention picks for it):
+    sampling, the reference's forward, and the update's forward and backward."""
     tokenizer = load_tokenizer(model_dir)
     prompts = [p for p in load_prompts(DATA_DIR / "prompts_train.jsonl")[:8] for _ in range(8)]
-    policy, reference = load_model(model_dir), load_model(model_dir).eval()
+    policy = load_model(model_dir)
     sampling = SamplingConfig(max_new_tokens=40)
+    torch.manual_seed(0)
+    rollout = sample_rollout(policy, tokenizer, prompts, sampling)
+    tokens = f"64 x {rollout.input_ids.shape[1]} tokens"
     rows = []
     for precision in PRECISIONS:
-        torch.manual_seed(0)
-        with autocast(precision, CPU):
-            rollout = sample_rollout(policy, tokenizer, prompts, sampling, reference)
-        rows.append({"part": "grpo sampling + reference", "shape": "64 completions", "precision": precision,
-                     "ms": median_ms(functools.partial(sample_with, precision, policy, tokenizer, prompts, sampling, reference),
-                                     repeats)})
+        reference = choose_attention(load_model(model_dir).eval(), precision, CPU)
         trained = choose_attention(load_model(model_dir).train(), precision, CPU)
-        rows.append({"part": "grpo update forward + backward", "shape": f"64 x {rollout.input_ids.shape[1]} tokens",
-                     "precision": precision, "ms": median_ms(functools.partial(update_pass, precision, trained, rollout), repeats)})
+        for part, shape, fn in (("grpo sampling", "64 completions, 40 new tokens", functools.partial(
+                                    sample_with, precision, policy, tokenizer, prompts, sampling)),
+                                ("grpo reference forward", tokens, functools.partial(reference_pass, precision, reference, rollout)),
+                                ("grpo update forward + backward", tokens, functools.partial(update_pass, precision, trained, rollout))):
+            rows.append({"part": part, "shape": shape, "precision": precision, "ms": median_ms(fn, repeats)})
     return rows
 
 
-def sample_with(precision: str, policy, tokenizer, prompts, sampling, reference) -> None:
+def sample_with(precision: str, policy, tokenizer, prompts, sampling) -> None:
     with autocast(precision, CPU):
-        sample_rollout(policy, tokenizer, prompts, sampling, reference)
+        sample_rollout(policy, tokenizer, prompts, sampling)
+
+
+@torch.inference_mode()
+def reference_pass(precision: str, model, rollout) -> None:
+    with autocast(precision, CPU):
+        completion_logits(model, rollout.input_ids, rollout.attention_mask, rollout.prompt_length, 1.0)
 
 
 def update_pass(precision: str, model, rollout) -> None:
