@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Our GRPO against TRL's GRPOTrainer on identical work (and our PPO with a critic beside them).
 
-    make bench-rlhf
+    make bench-rlhf       # the demo's work: 100 steps of 8 prompts x 8 completions of at most 40 tokens, 3 seeds
     python scripts/bench_rlhf.py --steps 30 --threads 1 2 --json bench/rlhf.json --md bench/rlhf.md
 
 Both get the same base model folder and tokenizer, the same training prompts in the same chat
@@ -16,8 +16,9 @@ bf16 units: bf16=True for TRL, --precision bf16 for ours) and is reported at its
 and precision, with MFU against the measured matmul peak of that precision. Both timers start
 warm in the same way: one sampling pass over the eval prompts before the first step (ours samples
 them for reward_before; TRL's model runs generate on them), and both count a step's metric
-gathering and logging. Each implementation is reported at its best thread count, as the mean over
-repeats with the range beside it. After training, every policy is scored by the same evaluation:
+gathering and logging. Repeat r runs training seed --seed + r on both sides. Each implementation is
+reported at its best thread count and precision, as the mean over repeats with the range beside it
+(which holds the seeds' spread). After training, every policy is scored by the same evaluation:
 the eval prompts, fixed sampling seed, the same reward; the same evaluation every --eval-every steps
 (outside the timers) gives time_to_target_s, the training seconds until the eval reward first
 reaches --target. Run it on a quiet machine.
@@ -62,7 +63,8 @@ def parse_args():
     parser.add_argument("--max-completion-length", type=int, default=24, help="Max new tokens")
     parser.add_argument("--learning-rate", type=float, default=5e-4, help="AdamW learning rate, constant")
     parser.add_argument("--beta", type=float, default=0.04, help="KL coefficient to the reference")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the first repeat; repeat r runs seed + r on both sides, "
+                                                            "so the repeats' ranges hold the seeds' spread")
     parser.add_argument("--model", default=None, help="Base model folder (default: the cached default base model)")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts to try for each implementation")
     parser.add_argument("--precisions", nargs="+", default=None,
@@ -275,7 +277,7 @@ def worker(args) -> None:
     prompt_tokens = sum(len(ids) for ids in tokenizer(prompts)["input_ids"]) / len(prompts)
     completions = args.steps * args.prompts_per_step * args.num_generations
     flops = model_flops_per_step(args, policy, result.pop("mean_completion_tokens"), prompt_tokens, args.worker == "ppo")
-    result.update({"impl": args.worker, "threads": threads, "precision": args.precisions[0], "sec_per_step": result["train_s"] / args.steps,
+    result.update({"impl": args.worker, "threads": threads, "precision": args.precisions[0], "seed": args.seed, "sec_per_step": result["train_s"] / args.steps,
                    "completions_per_s": completions / result["train_s"], "tokens_per_s": result["completion_tokens"] / result["train_s"],
                    "peak_rss_mb": rss, "model_tflops_per_step": flops / 1e12, "achieved_gflops": flops * args.steps / result["train_s"] / 1e9})
     print("RESULT " + json.dumps(result))
@@ -283,9 +285,9 @@ def worker(args) -> None:
 
 # ---- the driver --------------------------------------------------------------------------------
 
-def launch(args, impl: str, threads: int, precision: str) -> dict:
-    flags = ["--worker", impl, "--threads", str(threads), "--precisions", precision]
-    for name in ("steps", "prompts_per_step", "num_generations", "max_completion_length", "learning_rate", "beta", "seed", "device",
+def launch(args, impl: str, threads: int, precision: str, seed: int) -> dict:
+    flags = ["--worker", impl, "--threads", str(threads), "--precisions", precision, "--seed", str(seed)]
+    for name in ("steps", "prompts_per_step", "num_generations", "max_completion_length", "learning_rate", "beta", "device",
                  "eval_every", "target"):
         flags += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     if args.model:
@@ -346,8 +348,8 @@ def separation(ours: dict, trl: dict, key: str) -> str:
     (ours_low, ours_high), (trl_low, trl_high) = ours[f"{key}_range"], trl[f"{key}_range"]
     if ours["repeats"] < 2 or trl["repeats"] < 2:
         return "one repeat, no spread measured: no difference claimed"
-    if ours_low == ours_high and trl_low == trl_high:  # e.g. eval reward: one seed, and each run repeats exactly
-        return "each side repeats exactly at this seed, so the repeats measure no noise: no difference claimed"
+    if ours_low == ours_high and trl_low == trl_high:  # e.g. eval reward with one seed: each run repeats exactly
+        return "each side repeats exactly, so the repeats measure no noise: no difference claimed"
     if ours_low > trl_high:
         return "ours higher in every repeat"
     if trl_low > ours_high:
@@ -374,7 +376,7 @@ def main() -> None:
         for threads in args.threads:
             for precision in args.precisions:
                 for impl in args.impls:
-                    r = launch(args, impl, threads, precision)
+                    r = launch(args, impl, threads, precision, args.seed + repeat)
                     runs.append(r)
                     print(f"[{repeat + 1}/{args.repeats}] {impl} at {threads} thread(s), {precision}: {r['sec_per_step']:.3f} s/step, "
                           f"{r['completions_per_s']:.0f} completions/s, peak RSS {r['peak_rss_mb']:.0f} MB, "
