@@ -28,7 +28,7 @@ from classic_rl.infra.machine import machine
 from classic_rl.infra.run_folder import write_json
 from rlhf_toy.base_model import default_base_model
 from rlhf_toy.data import DATA_DIR, load_prompts
-from rlhf_toy.models import load_model, load_tokenizer
+from rlhf_toy.models import check_model_exists, load_model, load_tokenizer
 from rlhf_toy.precision import autocast, choose_attention
 from rlhf_toy.rollout import completion_logits, sample_rollout
 from rlhf_toy.sampling import SamplingConfig
@@ -139,12 +139,15 @@ def main() -> None:
     parser = script_parser(__doc__)
     parser.add_argument("--repeats", type=int, default=7, help="Timed calls per figure (the median is reported)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--model", default=None, help="A GPT-2 model folder (default: the cached default base model)")
     parser.add_argument("--json", default="bench/precision.json", help="Where to write the raw results")
     parser.add_argument("--md", default="bench/precision.md", help="Where to write the Markdown table")
     args = parser.parse_args()
     require_positive(repeats=args.repeats, threads=args.threads)
+    if args.model:
+        check_model_exists(args.model)
     torch.set_num_threads(args.threads)
-    model_dir = default_base_model()
+    model_dir = args.model or default_base_model()
     rows = matmul_rows(args.repeats) + pretraining_rows(model_dir, args.repeats) + grpo_rows(model_dir, args.repeats)
     table = markdown(rows)
     print(f"{machine()}, {args.threads} threads\n\n{table}")

@@ -18,7 +18,7 @@ from rlhf_toy.precision import autocast, choose_attention, resolve_precision
 from rlhf_toy.pretrain import PretrainConfig, pretrain
 from rlhf_toy.rollout import completion_logits
 from rlhf_toy.sampling import SamplingConfig, encode_prompts
-from tests.conftest import max_difference_while_decoding
+from tests.conftest import max_difference_while_decoding, run_script
 
 CPU = torch.device("cpu")
 PROMPTS = ["Describe a fox.", "Tell me about Ada and the lake in 8 words.", "Hi."]
@@ -146,3 +146,15 @@ def test_fast_decode_reads_a_bf16_prefill_into_fp32_steps(policy_and_tokenizer):
     scale = max(step.abs().max().item() for step in plain_logits)
     completion = sequences[:, batch["input_ids"].shape[1]:]
     assert max_difference_while_decoding(logits, plain_logits, completion, eos) <= scale / 64
+
+
+def test_bench_precision_times_every_part_in_both_precisions(nano_dir, tmp_path, monkeypatch, capsys):
+    code, out, _ = run_script("bench_precision.py", ["--model", nano_dir, "--repeats", "1", "--json", str(tmp_path / "p.json"),
+                                                     "--md", str(tmp_path / "p.md")], monkeypatch, capsys)
+    rows = json.loads((tmp_path / "p.json").read_text())["rows"]
+    parts = {(r["part"], r.get("attention"), r["precision"]) for r in rows}
+    assert code == 0 and all(r["ms"] > 0 for r in rows)
+    for part in ("grpo sampling", "grpo reference forward", "grpo update forward + backward"):
+        assert {(part, None, "fp32"), (part, None, "bf16")} <= parts
+    assert {("pretraining step", attention, p) for attention in ("sdpa", "eager") for p in ("fp32", "bf16")} <= parts
+    assert "grpo update forward + backward" in (tmp_path / "p.md").read_text()

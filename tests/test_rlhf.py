@@ -447,6 +447,16 @@ def test_bench_rlhf_runs_ours_trl_and_ppo_and_writes_the_table(nano_dir, tmp_pat
     assert "TRL GRPOTrainer" in (tmp_path / "b.md").read_text()
 
 
+@pytest.mark.slow
+def test_bench_demo_builds_the_base_model_from_an_empty_cache_and_runs_the_demo(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_demo.py"), "--json", str(tmp_path / "d.json"),
+                             "--md", str(tmp_path / "d.md")], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = json.loads((tmp_path / "d.json").read_text())["runs"]
+    assert run["total_s"] > run["pretrain_s"] + run["grpo_train_s"] and run["pretrain_val_loss"] < 1.6
+    assert run["eval_reward_after"] > run["eval_reward_before"] + 0.5 and run["pretrain_precision"] in ("fp32", "bf16")
+
+
 def test_learning_rate_schedules_by_hand():
     # 10 steps, warmup_ratio 0.2, as transformers' schedulers count (from 0): steps 1-2 at 0 and 1/2 of the peak, then
     # 8 steps of decay with progress (step - 3) / 8
