@@ -39,6 +39,7 @@ from rlhf_toy.data import (
 from rlhf_toy.distributed import make_accelerator
 from rlhf_toy.evaluation import evaluate_on_prompts, kl_to_reference, print_side_by_side
 from rlhf_toy.models import check_model_exists, evaluation_mode, load_model, load_tokenizer, model_writer
+from rlhf_toy.precision import PRECISIONS, autocast, choose_attention, resolve_precision
 from rlhf_toy.reward_model import Labels, to_labels
 from rlhf_toy.rewards import DEFAULT_REWARD, resolve_reward
 from rlhf_toy.rollout import encode_completions, sequence_logprobs
@@ -69,6 +70,8 @@ class DPOConfig(RunFields):
     eval_samples_per_prompt: int = config_field(2, "Completions per eval prompt for reward_before / reward_after")
     eval_every: int = config_field(50, "Held-out pair accuracy every this many steps")
     seed: int = config_field(0, "Seeds python, numpy, torch, batch order and the eval samples")
+    precision: str = config_field("auto", "The training step's forwards and backward in fp32 or bf16 autocast; auto = bf16 where "
+                                          "the CPU/GPU has bf16 units, else fp32 (evaluation stays fp32)")
     torch_threads: int = config_field(2, "torch.set_num_threads")
     cpu: bool = config_field(False, "Train on CPU even when an accelerator is present")
     run_dir: str = config_field("runs/dpo", "Output folder (model/ holds the fine-tuned policy)")
@@ -81,7 +84,7 @@ class DPOConfig(RunFields):
                          max_completion_length=self.max_completion_length, eval_samples_per_prompt=self.eval_samples_per_prompt,
                          torch_threads=self.torch_threads)
         require_nonnegative(label_smoothing=self.label_smoothing)
-        require_choice(loss_type=(self.loss_type, DPO_LOSS_TYPES))
+        require_choice(loss_type=(self.loss_type, DPO_LOSS_TYPES), precision=(self.precision, PRECISIONS))
         if not self.label_smoothing < 0.5:
             raise ConfigError(f"--label-smoothing must be in [0, 0.5) (at 0.5 labels carry no signal), got {self.label_smoothing}")
         if self.label_smoothing and self.loss_type != "sigmoid":
@@ -161,6 +164,9 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
     checkpoints.track(logger=logger, optimizer=optimizer, batches=batches)
     saved = checkpoints.restore() or {"train_s": 0.0}
     policy, optimizer = accelerator.prepare(policy, optimizer)
+    precision = resolve_precision(cfg.precision, accelerator.device)
+    for model in (accelerator.unwrap_model(policy), ref_model):
+        choose_attention(model, precision, accelerator.device)
     write_model = model_writer(accelerator.unwrap_model(policy), tokenizer)
     sampling = SamplingConfig(cfg.max_completion_length)
     evaluate = functools.partial(evaluate_on_prompts, tokenizer=tokenizer, prompts=eval_prompts, reward=judge, sampling=sampling,
@@ -174,7 +180,8 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
     with checkpoints.stop:
         for step in progress:
             start = time.perf_counter()
-            loss, chosen, rejected = implicit_rewards(policy, ref_model, tokenizer, pairs.subset(batches.next().tolist()), cfg)
+            with autocast(precision, accelerator.device):  # one context per step: its bf16 weight copies follow each update
+                loss, chosen, rejected = implicit_rewards(policy, ref_model, tokenizer, pairs.subset(batches.next().tolist()), cfg)
             accelerator.backward(loss)
             grad_norm = accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
             check_finite_before_step(step, batches, functools.partial(checkpoints.save, write_files=write_model),
@@ -194,11 +201,11 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
             if out_of_time:
                 break
     return finish(cfg, accelerator.unwrap_model(policy).eval(), ref_model, tokenizer, before, evaluate(accelerator.unwrap_model(policy)),
-                  logger, run_dir, train_s, sampling, eval_prompts)
+                  logger, run_dir, train_s, sampling, eval_prompts, precision)
 
 
 def finish(cfg: DPOConfig, policy, ref_model, tokenizer, before: dict, after: dict, logger: RunLogger, run_dir: Path, train_s: float,
-           sampling: SamplingConfig, eval_prompts: list[dict]) -> dict[str, Any]:
+           sampling: SamplingConfig, eval_prompts: list[dict], precision: str) -> dict[str, Any]:
     """Save the policy; write summary.json (TRL-style reward_before/after, kl_final, wall_s, pair_accuracy),
     eval_samples.json and curves.png."""
     policy.save_pretrained(run_dir / "model")
@@ -210,7 +217,7 @@ def finish(cfg: DPOConfig, policy, ref_model, tokenizer, before: dict, after: di
                "components_after": after["components"], "mean_length_before": before["mean_length"],
                "mean_length_after": after["mean_length"], "kl_final": kl["per_token"], "kl_sequence": kl["per_sequence"],
                "pair_accuracy": logger.series("eval/pair_accuracy")[1][-1], "loss_type": cfg.loss_type, "beta": cfg.beta,
-               "steps": logger.rows[-1]["step"], "wall_s": train_s, "total_wall_s": logger.elapsed()}
+               "steps": logger.rows[-1]["step"], "precision": precision, "wall_s": train_s, "total_wall_s": logger.elapsed()}
     write_json(run_dir / "summary.json", summary)
     write_json(run_dir / "eval_samples.json", {"before": before["rows"], "after": after["rows"]})
     plot_lines(run_dir / "curves.png", [

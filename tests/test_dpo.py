@@ -63,17 +63,18 @@ def test_encoded_completions_score_as_the_sampler_did(nano_dir):
     torch.testing.assert_close(logps[same_tokens], rollout.old_logprobs[same_tokens].sum(1), atol=1e-4, rtol=1e-4)
 
 
-@pytest.fixture(scope="module")
-def short_dpo(nano, tmp_path_factory):
+@pytest.fixture(scope="module", params=["fp32", "bf16"])
+def short_dpo(request, nano, tmp_path_factory):
     data = nano[0] / "data"
     run_dir = tmp_path_factory.mktemp("dpo") / "run"
     summary = train_dpo(DPOConfig(model=str(nano[0] / "run" / "model"), preferences=str(data / "preferences_train.jsonl"),
                                   eval_preferences=str(data / "preferences_eval.jsonl"), eval_prompts=str(data / "prompts_eval.jsonl"),
-                                  steps=40, eval_every=20, learning_rate=1e-3, run_dir=str(run_dir)))
+                                  steps=40, eval_every=20, learning_rate=1e-3, precision=request.param, run_dir=str(run_dir)))
     return run_dir, summary
 
 
 def test_dpo_learns_the_held_out_preferences(short_dpo):
+    """In fp32 and in bf16 autocast."""
     run_dir, summary = short_dpo
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     # at the reference every implicit reward is 0: no pair is ranked yet; 40 steps of the rule-ranked pairs generalise
@@ -89,6 +90,7 @@ def test_dpo_learns_the_held_out_preferences(short_dpo):
     (["--loss-type", "ipo", "--label-smoothing", "0.1"], "takes none"),
     (["--label-smoothing", "0.5"], "must be in [0, 0.5)"),
     (["--beta", "0"], "--beta must be > 0"),
+    (["--precision", "fp8"], "unknown --precision 'fp8'; accepted: auto, fp32, bf16"),
 ])
 def test_bad_dpo_flags_are_one_line_errors(args, message, monkeypatch, capsys, tmp_path):
     code, _, err = run_script("train_dpo.py", [*args, "--run-dir", str(tmp_path / "run")], monkeypatch, capsys)
