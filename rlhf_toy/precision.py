@@ -34,11 +34,11 @@ def resolve_precision(requested: str, device: torch.device) -> str:
     if requested != "auto":
         return requested
     pinned = os.environ.get("RLHF_TOY_AUTO_PRECISION")
-    if pinned is not None and pinned not in ("fp32", "bf16"):
+    if pinned is None:
+        return "bf16" if has_fast_bf16(device) else "fp32"
+    if pinned not in ("fp32", "bf16"):
         raise ConfigError(f"$RLHF_TOY_AUTO_PRECISION={pinned!r}; accepted: fp32, bf16, or unset")
-    if pinned:
-        return pinned
-    return "bf16" if has_fast_bf16(device) else "fp32"
+    return pinned
 
 
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:

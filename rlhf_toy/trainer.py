@@ -64,7 +64,7 @@ class Run:
     optimizer: Any
     checkpoints: Checkpoints
     logger: RunLogger | None  # the main process's only
-    precision: str  # "fp32" or "bf16": every model pass of the run
+    precision: str  # "fp32" or "bf16": of the update and the reference's forward (sampling and evaluation stay fp32)
     ptx_batch: Callable[[], torch.Tensor] | None = None  # PPO-ptx: the next batch of pretraining blocks
     last_step: int = 0  # the last step taken (cfg.steps unless max_train_s ran out first)
 

@@ -103,18 +103,26 @@ def run_ours(algo: str, cfg) -> dict:
                 evaluations=s["evaluations"])
 
 
-def run_sb3(algo: str, env_id: str, hp: dict, seed: int, eval_episodes: int, eval_every: int, max_steps: int | None,
-            max_seconds: float) -> dict:
+def sb3_model(algo: str, env_id: str, hp: dict, seed: int):
+    """(SB3's model for settings hp, their n_timesteps): hp as sb3_settings writes them (n_envs, n_timesteps, and
+    "lin_x" for a linear decay from x to 0, as the Zoo means it), on CPU."""
     import stable_baselines3  # an optional peer (the [bench] extra): imported only to run it
-    from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.utils import LinearSchedule
 
     hp = dict(hp)
     n_envs, n_timesteps = hp.pop("n_envs", 1), hp.pop("n_timesteps")
-    for key in ("learning_rate", "clip_range"):  # "lin_x": linear decay from x to 0, as the Zoo means it
+    for key in ("learning_rate", "clip_range"):
         if isinstance(hp.get(key), str):
             hp[key] = LinearSchedule(float(hp[key][4:]), 0.0, 1.0)
+    model_cls = getattr(stable_baselines3, algo.upper())
+    return model_cls("MlpPolicy", make_vec_env(env_id, n_envs=n_envs, seed=seed), seed=seed, device="cpu", verbose=0, **hp), n_timesteps
+
+
+def run_sb3(algo: str, env_id: str, hp: dict, seed: int, eval_episodes: int, eval_every: int, max_steps: int | None,
+            max_seconds: float) -> dict:
+    from stable_baselines3.common.callbacks import BaseCallback
+
     threshold = gym.spec(env_id).reward_threshold
 
     class EvalAndStop(BaseCallback):
@@ -140,8 +148,7 @@ def run_sb3(algo: str, env_id: str, hp: dict, seed: int, eval_episodes: int, eva
             return not self.solved and time.perf_counter() - start < max_seconds
 
     start = time.perf_counter()
-    model_cls = getattr(stable_baselines3, algo.upper())
-    model = model_cls("MlpPolicy", make_vec_env(env_id, n_envs=n_envs, seed=seed), seed=seed, device="cpu", verbose=0, **hp)
+    model, n_timesteps = sb3_model(algo, env_id, hp, seed)
     callback = EvalAndStop()
     model.learn(total_timesteps=max_steps or n_timesteps, callback=callback)
     wall_s = time.perf_counter() - start
@@ -229,16 +236,8 @@ def time_ours(cfg: ppo.PPOConfig) -> dict:
 
 def time_sb3(hp: dict, env_id: str, seed: int, total_steps: int) -> dict:
     """SB3's PPO with the same settings, from env creation to the end of learn(): wall seconds, env steps, gradient epochs."""
-    import stable_baselines3
-    from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.utils import LinearSchedule
-
-    hp = dict(hp)
-    n_envs, _ = hp.pop("n_envs"), hp.pop("n_timesteps")
-    if isinstance(hp.get("learning_rate"), str):
-        hp["learning_rate"] = LinearSchedule(float(hp["learning_rate"][4:]), 0.0, 1.0)
     start = time.perf_counter()
-    model = stable_baselines3.PPO("MlpPolicy", make_vec_env(env_id, n_envs=n_envs, seed=seed), seed=seed, device="cpu", verbose=0, **hp)
+    model, _ = sb3_model("ppo", env_id, hp, seed)
     model.learn(total_timesteps=total_steps)
     return {"wall_s": time.perf_counter() - start, "env_steps": int(model.num_timesteps), "epochs": model._n_updates}
 

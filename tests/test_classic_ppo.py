@@ -200,15 +200,9 @@ def test_same_seed_twice_gives_identical_metrics(tmp_path):
 def test_bench_classic_gives_sb3_our_preset_in_its_own_terms():
     """The identical-hyperparameters comparison: SB3's PPO built from our CartPole preset has our rollout, batch,
     epochs, learning rate, loss settings, KL stop (SB3 stops at 1.5 x its target_kl) and network."""
-    from stable_baselines3 import PPO  # an optional peer (the [bench] extra): imported only for this test
-    from stable_baselines3.common.env_util import make_vec_env
-
     bench = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "bench_classic.py"))
     ours = PPOConfig(**preset("ppo", "CartPole-v1"))
-    hp = bench["sb3_settings"]("ppo", "CartPole-v1", "ours", ours)
-    n_envs, _ = hp.pop("n_envs"), hp.pop("n_timesteps")
-    hp["learning_rate"] = ours.learning_rate  # the "lin_" schedule is built inside run_sb3
-    model = PPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=n_envs), device="cpu", **hp)
+    model, _ = bench["sb3_model"]("ppo", "CartPole-v1", bench["sb3_settings"]("ppo", "CartPole-v1", "ours", ours), seed=0)
     assert (model.n_envs, model.n_steps, model.batch_size, model.n_epochs) == (8, 32, 256, ours.update_epochs)
     assert 1.5 * model.target_kl == pytest.approx(ours.target_kl) and model.clip_range(1.0) == ours.clip_coef
     assert (model.gamma, model.gae_lambda, model.ent_coef, model.vf_coef, model.max_grad_norm) == \
