@@ -84,7 +84,7 @@ def grpo_update(policy, optimizer, accelerator, rollout: Rollout, rewards: Tenso
         for mb in torch.randperm(len(rewards)).split(size):
             logits = completion_logits(policy, rollout.input_ids[mb], rollout.attention_mask[mb], rollout.prompt_length,
                                        cfg.temperature)
-            logp = core.logprobs_from_logits(logits, rollout.completion_ids[mb], mask[mb])
+            logp, entropy = core.logprobs_and_entropy(logits, rollout.completion_ids[mb], mask[mb])
             adv = advantages[mb, None].expand_as(logp)
             per_token_loss, stats = core.policy_loss(logp, rollout.old_logprobs[mb], adv, cfg.epsilon, cfg.epsilon_high,
                                                      mask[mb], "none")
@@ -99,7 +99,7 @@ def grpo_update(policy, optimizer, accelerator, rollout: Rollout, rewards: Tenso
             check_finite(None, loss=loss, grad_norm=stats["grad_norm"])  # before the step: the weights stay good
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            stats["entropy"] = core.masked_mean(core.entropy_from_logits(logits.detach()), mask[mb])
+            stats["entropy"] = core.masked_mean(entropy, mask[mb])
             means.add(stats)
     metrics = means.means()
     metrics["clip_ratio"] = metrics.pop("clipfrac")

@@ -130,7 +130,7 @@ def ppo_update(policy, critic: Critic, optimizer, accelerator, rollout: Rollout,
         for mb in torch.randperm(len(scores)).split(size):
             logits, values = logits_and_values(policy, critic, rollout.input_ids[mb], rollout.attention_mask[mb],
                                                rollout.prompt_length, cfg.temperature)
-            logp = core.logprobs_from_logits(logits, rollout.completion_ids[mb], mask[mb])
+            logp, entropy = core.logprobs_and_entropy(logits, rollout.completion_ids[mb], mask[mb])
             pg_loss, stats = core.policy_loss(logp, rollout.old_logprobs[mb], advantages[mb], cfg.cliprange,
                                               mask=mask[mb], agg="token")
             v_loss = core.value_loss(values, old_values[mb], returns[mb], clip=cfg.cliprange_value, mask=mask[mb])
@@ -146,7 +146,7 @@ def ppo_update(policy, critic: Critic, optimizer, accelerator, rollout: Rollout,
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             stats.update(loss=loss.detach(), policy_loss=pg_loss.detach(), value_loss=v_loss.detach(),
-                         entropy=core.masked_mean(core.entropy_from_logits(logits.detach()), mask[mb]))
+                         entropy=core.masked_mean(entropy, mask[mb]))
             means.add(stats)
     metrics = means.means()
     sequence_kl = float((kl.sum(1)).mean())

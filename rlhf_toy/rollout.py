@@ -104,7 +104,7 @@ def completion_logits(model: PreTrainedModel, input_ids: Tensor, attention_mask:
 
     logits, *hidden = completion_states(model, input_ids, attention_mask, prompt_length, read, output_hidden_states=return_hidden,
                                         logits_to_keep=input_ids.shape[1] - prompt_length + 1)  # no vocabulary projection of the prompt
-    logits = logits.float() / max(temperature, 1e-6)
+    logits = logits.float() if temperature == 1 else logits.float() / temperature  # a pass over [B, C, V] saved at T = 1
     return (logits, hidden[0]) if return_hidden else logits
 
 

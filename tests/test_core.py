@@ -157,6 +157,20 @@ def test_entropy_and_logprobs_from_logits():
     close(core.logprobs_from_logits(logits, torch.tensor([0, 1])), [math.log(0.5), math.log(0.75)])
 
 
+def test_logprobs_and_entropy_share_one_log_softmax():
+    """The same values as the two functions apart; the log-probs carry the gradient, the entropy none."""
+    logits = torch.tensor([[0.0, 0.0, -1.0], [0.0, math.log(3.0), 2.0]], requires_grad=True)
+    actions, mask = torch.tensor([2, 1]), t(1, 0)
+    logp, entropy = core.logprobs_and_entropy(logits, actions, mask)
+    z = 2 + math.exp(-1)  # row 0: probs [1, 1, e^-1] / z
+    close(logp, [-1 - math.log(z), 0.0])
+    close(entropy, [math.log(z) + math.exp(-1) / z, 0.0])
+    close(core.logprobs_and_entropy(logits, actions)[1], core.entropy_from_logits(logits.detach()))
+    assert not entropy.requires_grad
+    logp.sum().backward()
+    close(logits.grad, [[-1 / z, -1 / z, 1 - math.exp(-1) / z], [0.0, 0.0, 0.0]])  # onehot - softmax, masked row 0
+
+
 def test_kl_estimators_by_hand():
     logp, ref = t(-1.0, -2.0), t(-1.5, -1.0)  # x = ref - logp = [-0.5, 1.0]
     close(core.kl_estimate(logp, ref, "k1"), [0.5, -1.0])
