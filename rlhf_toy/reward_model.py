@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification
 
 from classic_rl.infra.cli import config_field
-from classic_rl.infra.errors import ConfigError, require_positive
+from classic_rl.infra.errors import ConfigError, require_choice, require_positive
 from classic_rl.infra.metrics import RunLogger
 from classic_rl.infra.plots import plot_scatter
 from classic_rl.infra.run_folder import RunFields, start_run, write_json
@@ -47,6 +47,7 @@ from rlhf_toy.models import (
     load_tokenizer,
     model_writer,
 )
+from rlhf_toy.precision import PRECISIONS, autocast, choose_attention, resolve_precision
 from rlhf_toy.rewards import resolve_reward
 from rlhf_toy.sampling import SamplingConfig, generate_completions
 
@@ -69,6 +70,8 @@ class RewardModelConfig(RunFields):
     max_grad_norm: float = config_field(1.0, "Global gradient-norm clip")
     eval_every: int = config_field(50, "Held-out accuracy every this many steps")
     spearman_samples: int = config_field(256, "Fresh base-policy completions scored by both the model and the rule")
+    precision: str = config_field("auto", "The training step's forward and backward in fp32 or bf16 autocast; auto = bf16 where "
+                                          "the CPU/GPU has bf16 units, else fp32 (evaluation and the saved weights stay fp32)")
     torch_threads: int = config_field(2, "torch.set_num_threads")
     cpu: bool = config_field(False, "Train on CPU even when an accelerator is present")
     run_dir: str = config_field("runs/reward_model", "Output folder (model/ is what rm:DIR loads: give rm:RUN_DIR/model)")
@@ -78,6 +81,7 @@ class RewardModelConfig(RunFields):
         require_positive(steps=self.steps, batch_size=self.batch_size, learning_rate=self.learning_rate,
                          max_grad_norm=self.max_grad_norm, eval_every=self.eval_every,
                          spearman_samples=self.spearman_samples, torch_threads=self.torch_threads)
+        require_choice(precision=(self.precision, PRECISIONS))
         if not 0 < self.eval_fraction < 1:
             raise ConfigError(f"--eval-fraction must be in (0, 1), got {self.eval_fraction}")
         if not 0 <= self.label_noise < 0.5:
@@ -210,16 +214,19 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     checkpoints.track(logger=logger, optimizer=optimizer, batches=batches)
     checkpoints.restore()
     model, optimizer = accelerator.prepare(model, optimizer)
+    precision = resolve_precision(cfg.precision, accelerator.device)
+    choose_attention(accelerator.unwrap_model(model), precision, accelerator.device)
     write_model = model_writer(accelerator.unwrap_model(model), tokenizer)
 
     objective = "regression on 1-5 scores" if kind == "pointwise" else "Bradley-Terry on pairs"
     print(f"reward model from {base}: {objective}, {len(labels)} {kind} labels ({flipped} flipped, noise {cfg.label_noise}), "
-          f"{len(eval_labels)} held out, {cfg.steps} steps of {batches.batch_size}")
+          f"{len(eval_labels)} held out, {cfg.steps} steps of {batches.batch_size}, {precision}")
     progress = tqdm(range(checkpoints.step + 1, cfg.steps + 1), initial=checkpoints.step, total=cfg.steps,
                     desc="reward model", mininterval=1.0)
     with checkpoints.stop:
         for step in progress:
-            loss, metrics = labels_loss(model, tokenizer, labels.subset(batches.next().tolist()))
+            with autocast(precision, accelerator.device):  # one context per step: its bf16 weight copies follow each update
+                loss, metrics = labels_loss(model, tokenizer, labels.subset(batches.next().tolist()))
             accelerator.backward(loss)
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             save_last_good = functools.partial(checkpoints.save, write_files=write_model)
@@ -245,7 +252,7 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     with torch.inference_mode():
         proxy = score_texts(model, tokenizer, sequence_texts(tokenizer, sample_prompts, completions)).cpu().numpy()
     summary = {"eval_accuracy": logger.series("eval/accuracy")[1][-1], "spearman": spearman(proxy, gold), "labels": kind,
-               "train_labels": len(labels), "eval_labels": len(eval_labels), "label_noise": cfg.label_noise, "labels_flipped": flipped, "steps": cfg.steps,
+               "train_labels": len(labels), "eval_labels": len(eval_labels), "label_noise": cfg.label_noise, "labels_flipped": flipped, "steps": cfg.steps, "precision": precision,
                "train_loss_final": logger.rows[-1]["train/loss"], "train_s": train_s, "wall_s": logger.elapsed(),
                "model_dir": "model"}
     write_json(run_dir / "summary.json", summary)

@@ -73,6 +73,7 @@ CASES = {
         ("bench_rlhf.py", ["--precisions", "fp32", "fp16"], "unknown --precisions ['fp16']; accepted: fp32, bf16"),
         ("train_rlhf.py", ["--precision", "half"], "unknown --precision 'half'; accepted: auto, fp32, bf16"),
         ("pretrain.py", ["--precision", "fp16"], "unknown --precision 'fp16'; accepted: auto, fp32, bf16"),
+        ("train_reward_model.py", ["--precision", "fp8"], "unknown --precision 'fp8'; accepted: auto, fp32, bf16"),
     ],
     "invalid value": [
         ("train_classic.py", ["--gamma", "1.5"], "--gamma"),

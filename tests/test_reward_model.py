@@ -50,16 +50,19 @@ def test_preference_pairs_are_ranked_by_the_rule_judge(nano):
         assert chosen > rejected and chosen == pytest.approx(row["score_chosen"], abs=1e-6)
 
 
-@pytest.fixture(scope="module")
-def small_rm(nano, tmp_path_factory):
+@pytest.fixture(scope="module", params=["fp32", "bf16"])
+def small_rm(request, nano, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("rm") / "run"
     cfg = RewardModelConfig(model=str(nano[0] / "run" / "model"), data_dir=str(nano[0] / "data"), steps=60, batch_size=16,
-                            learning_rate=1e-3, eval_every=30, spearman_samples=32, run_dir=str(run_dir))
+                            learning_rate=1e-3, eval_every=30, spearman_samples=32, precision=request.param, run_dir=str(run_dir))
     return run_dir, train_reward_model(cfg)
 
 
-def test_reward_model_loss_falls_and_accuracy_rises(small_rm):
+def test_reward_model_loss_falls_and_accuracy_rises(small_rm, request):
+    """In fp32 and in bf16 autocast (the saved model loads with its own attention either way)."""
     run_dir, summary = small_rm
+    assert summary["precision"] == request.node.callspec.params["small_rm"]
+    assert "_attn_implementation" not in json.loads((run_dir / "model" / "config.json").read_text())
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     early = np.mean([r["train/loss"] for r in rows[:5]])
     late = np.mean([r["train/loss"] for r in rows[-5:]])
