@@ -46,7 +46,7 @@ demo-reasoning: setup
 	$(PY) scripts/arithmetic_breakdown.py runs/demo-reasoning
 
 # RLHF from labels: a simulated labeller who prefers shorter answers labels 50 pairs of the base model's completions
-# (10% of them flipped), a reward model learns them, GRPO optimises it (32 s on 2 cores). Label them yourself:
+# (10% of them flipped), a reward model learns them, GRPO optimises it (23 s on 2 cores). Label them yourself:
 # python scripts/rlhf_loop.py --criterion "prefer the shorter answer"
 rlhf-loop: setup
 	$(PY) scripts/rlhf_loop.py --simulate brevity --label-noise 0.1 --run-dir runs/rlhf-loop
