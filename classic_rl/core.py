@@ -4,9 +4,9 @@
 Conventions:
 - Every function takes an optional `mask` broadcastable to its input (None = all valid, bool or
   float). Losses return a scalar reduced over the valid positions; elementwise functions
-  (`kl_estimate`, `entropy_from_logits`, `logprobs_from_logits`, `logprobs_and_entropy`) return per-position values with
-  the masked positions set to exactly 0, so garbage in padding (e.g. -inf log-probs) never
-  leaks a NaN into a sum.
+  (`kl_estimate`, `entropy_from_logits`, `logprobs_from_logits`, `logprobs_and_entropy`) return
+  per-position values with the masked positions set to exactly 0, so garbage in padding (e.g. -inf
+  log-probs) never leaks a NaN into a sum.
 - Time runs along the last axis.
 """
 
@@ -194,7 +194,7 @@ def logprobs_from_logits(logits: Tensor, actions: Tensor, mask: Tensor | None = 
 def logprobs_and_entropy(logits: Tensor, actions: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(log pi(a) `[...]`, entropy `[...]`) for finite logits `[..., A]` from one log-softmax; the entropy, a
     diagnostic, carries no gradient. Half the passes over `[..., A]` of logprobs_from_logits and
-    entropy_from_logits called apart, which at a language model's vocabulary was a tenth of the RLHF update."""
+    entropy_from_logits called apart (the demo's GRPO update, [64, 40, 1304]: 13.1 -> 6.9 ms of about 68)."""
     logp_all = torch.log_softmax(logits.float(), dim=-1)
     logp = logp_all.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
     with torch.no_grad():
