@@ -1,10 +1,11 @@
 #!/usr/bin/env python
-"""One preference file, three ways to learn from it, the same budget of wall time each: (a) a reward model
-then GRPO against it, (b) the same reward model then PPO, (c) DPO. Scored alike afterwards: the rule judge
-(length,format, never optimised) on fresh samples of the eval prompts and the KL to the base model on the
-policy's own samples.
+"""One preference file, four ways to learn from it, the same budget of wall time each: (a) a reward model
+then GRPO against it, (b) the same reward model then PPO, (c) DPO, (d) IPO (DPO's loss with a bounded
+margin, Azar et al. 2023). Scored alike afterwards: the rule judge (length,format, never optimised) on fresh
+samples of the eval prompts and the KL to the base model on the policy's own samples.
 
-    python scripts/compare_preferences.py --seeds 1 2 3 --out bench/preferences     # ~45 minutes on 2 cores
+    python scripts/compare_preferences.py --seeds 1 2 3 --out bench/preferences     # ~55 minutes on 2 cores
+    python scripts/compare_preferences.py --methods ipo --out bench/preferences_ipo  # one method alone
 
 Label files: `shipped` (data/preferences_*.jsonl: corpus texts ranked by the rule) and `simulated`
 (scripts/label.py --simulate length,format on the base model's own samples, labelled once and reused).
@@ -28,7 +29,7 @@ from rlhf_toy.evaluation import FixedEvaluation
 
 SCRIPTS = Path(__file__).resolve().parent
 JUDGE = "length,format"
-METHODS = ("rm+grpo", "rm+ppo", "dpo")
+METHODS = ("rm+grpo", "rm+ppo", "dpo", "ipo")
 
 
 def run(script: str, args: list[str]) -> dict:
@@ -47,23 +48,28 @@ def label_files(name: str, runs_dir: Path, simulated_n: int) -> tuple[str, list[
     return str(path), ["--eval-preferences", "none"]
 
 
-def train_methods(labels: str, held_out: list[str], seed: int, budget_s: float, rm_steps: int, folder: Path) -> dict[str, dict]:
-    """The three methods on one label file and seed; {method: {"model_dir", "train_s", "steps"}}."""
+def train_methods(methods: list[str], labels: str, held_out: list[str], seed: int, budget_s: float, rm_steps: int,
+                  folder: Path) -> dict[str, dict]:
+    """The methods on one label file and seed; {method: {"model_dir", "train_s", "steps"}}."""
     common = ["--seed", str(seed), "--overwrite"]
-    rm = run("train_reward_model.py", ["--preferences", labels, *held_out, "--gold-reward", JUDGE, "--steps", str(rm_steps),
-                                       "--run-dir", str(folder / "rm"), *common])
     results = {}
-    for algo in ("grpo", "ppo"):
+    rl_algos = [method.removeprefix("rm+") for method in methods if method.startswith("rm+")]
+    if rl_algos:
+        rm = run("train_reward_model.py", ["--preferences", labels, *held_out, "--gold-reward", JUDGE, "--steps", str(rm_steps),
+                                           "--run-dir", str(folder / "rm"), *common])
+    for algo in rl_algos:
         summary = run("train_rlhf.py", ["--algo", algo, "--reward", f"rm:{folder / 'rm' / 'model'}", "--gold-reward", JUDGE,
                                         "--steps", "100000", "--max-train-s", str(max(1.0, budget_s - rm["train_s"])), "--log-completions-every", "0",
                                         "--run-dir", str(folder / algo), *common])
         results[f"rm+{algo}"] = {"model_dir": folder / algo / "model", "train_s": rm["train_s"] + summary["wall_s"],
                                  "steps": summary["steps"], "rm_eval_accuracy": rm["eval_accuracy"]}
-    summary = run("train_dpo.py", ["--preferences", labels, *held_out, "--steps", "100000", "--max-train-s", str(budget_s),
-                                   "--eval-every", "100000",  # held-out pair accuracy once, at the end
-                                   "--run-dir", str(folder / "dpo"), *common])
-    results["dpo"] = {"model_dir": folder / "dpo" / "model", "train_s": summary["wall_s"], "steps": summary["steps"],
-                      "pair_accuracy": summary["pair_accuracy"]}
+    for method in [m for m in methods if m in ("dpo", "ipo")]:
+        summary = run("train_dpo.py", ["--preferences", labels, *held_out, "--loss-type", "sigmoid" if method == "dpo" else "ipo",
+                                       "--steps", "100000", "--max-train-s", str(budget_s),
+                                       "--eval-every", "100000",  # held-out pair accuracy once, at the end
+                                       "--run-dir", str(folder / method), *common])
+        results[method] = {"model_dir": folder / method / "model", "train_s": summary["wall_s"], "steps": summary["steps"],
+                           "pair_accuracy": summary["pair_accuracy"]}
     return results
 
 
@@ -76,7 +82,7 @@ def markdown(rows: list[dict], base: dict, budget_s: float, command: str) -> str
               f"{r['steps']} | {r['train_s']:.0f} |" for r in rows]
     lines += ["", "| labels | method | gold after, mean (min-max) | KL per sequence, mean |", "|---|---|---|---|"]
     for labels in dict.fromkeys(r["labels"] for r in rows):
-        for method in METHODS:
+        for method in dict.fromkeys(r["method"] for r in rows):
             mine = [r for r in rows if r["labels"] == labels and r["method"] == method]
             golds = [r["gold"] for r in mine]
             lines.append(f"| {labels} | {method} | {np.mean(golds):.3f} ({min(golds):.3f}-{max(golds):.3f}) | "
@@ -85,21 +91,23 @@ def markdown(rows: list[dict], base: dict, budget_s: float, command: str) -> str
 
 
 def plot(rows: list[dict], base: dict, path: Path) -> None:
-    colors = dict(zip(METHODS, ("C0", "C1", "C2"), strict=True))
+    colors = dict(zip(METHODS, ("C0", "C1", "C2", "C3"), strict=True))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
     panels = []
     for labels in dict.fromkeys(r["labels"] for r in rows):
         lines = {method: ([r["kl_sequence"] for r in rows if r["labels"] == labels and r["method"] == method],
                           [r["gold"] for r in rows if r["labels"] == labels and r["method"] == method],
-                          {"linestyle": "none", "marker": "o", "markersize": 7, "color": colors[method]}) for method in METHODS}
+                          {"linestyle": "none", "marker": "o", "markersize": 7, "color": colors[method]}) for method in methods}
         lines["base model"] = ([0.0], [base["gold"]], {"linestyle": "none", "marker": "*", "markersize": 12, "color": "k"})
         panels.append((f"KL to the base model per sequence (k1); {labels} pairs", f"gold score ({JUDGE})", lines))
-    plot_lines(path, panels, "same preferences, same wall time: reward model + GRPO / PPO against DPO")
+    plot_lines(path, panels, "same preferences, same wall time: reward model + GRPO / PPO against DPO / IPO")
 
 
 @cli
 def main() -> None:
     parser = script_parser(__doc__)
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="Seeds of each method")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="Which methods to train")
     parser.add_argument("--labels", nargs="+", default=["shipped", "simulated"], choices=["shipped", "simulated"], help="Label files")
     parser.add_argument("--budget-s", type=float, default=120.0, help="Seconds of training per method (reward model included)")
     parser.add_argument("--rm-steps", type=int, default=150, help="Reward model steps (its time is charged to (a) and (b))")
@@ -114,7 +122,7 @@ def main() -> None:
     for labels_name in args.labels:
         labels, held_out = label_files(labels_name, runs_dir, args.simulated_n)
         for seed in args.seeds:
-            for method, result in train_methods(labels, held_out, seed, args.budget_s, args.rm_steps,
+            for method, result in train_methods(args.methods, labels, held_out, seed, args.budget_s, args.rm_steps,
                                                 runs_dir / labels_name / f"seed{seed}").items():
                 row = {"labels": labels_name, "method": method, "seed": seed, **result, **scorer(result["model_dir"])}
                 row["model_dir"] = str(row["model_dir"])
@@ -125,7 +133,7 @@ def main() -> None:
     table = markdown(rows, base, args.budget_s, command.strip())
     print(table)
     write_json(f"{args.out}.json", {"command": command, "machine": machine(), "budget_s": args.budget_s, "base": base, "rows": rows})
-    atomic_write(f"{args.out}.md", lambda tmp: Path(tmp).write_text("# Preferences: reward model + RL against DPO\n\n" + table))
+    atomic_write(f"{args.out}.md", lambda tmp: Path(tmp).write_text("# Preferences: reward model + RL against DPO and IPO\n\n" + table))
     plot(rows, base, Path(f"{args.out}.png"))
 
 

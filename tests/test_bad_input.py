@@ -52,6 +52,7 @@ CASES = {
         ("rlhf_loop.py", ["--steps", "many"], "invalid int value: 'many'"),
         ("train_dpo.py", ["--beta", "high"], "invalid float value: 'high'"),
         ("compare_preferences.py", ["--budget-s", "long"], "invalid float value: 'long'"),
+        ("compare_preferences.py", ["--methods", "kto"], "invalid choice: 'kto' (choose from 'rm+grpo', 'rm+ppo', 'dpo', 'ipo')"),
         ("compare_ppo_recipes.py", ["--ptx-coef", "some"], "invalid float value: 'some'"),
     ],
     "unknown name": [
