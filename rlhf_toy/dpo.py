@@ -39,7 +39,7 @@ from rlhf_toy.data import (
 from rlhf_toy.distributed import make_accelerator
 from rlhf_toy.evaluation import evaluate_on_prompts, kl_to_reference, print_side_by_side
 from rlhf_toy.models import check_model_exists, evaluation_mode, load_model, load_tokenizer, model_writer
-from rlhf_toy.precision import PRECISIONS, autocast, choose_attention, resolve_precision
+from rlhf_toy.precision import PRECISIONS, autocast, set_up_precision
 from rlhf_toy.reward_model import Labels, to_labels
 from rlhf_toy.rewards import DEFAULT_REWARD, resolve_reward
 from rlhf_toy.rollout import encode_completions, sequence_logprobs
@@ -164,9 +164,7 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
     checkpoints.track(logger=logger, optimizer=optimizer, batches=batches)
     saved = checkpoints.restore() or {"train_s": 0.0}
     policy, optimizer = accelerator.prepare(policy, optimizer)
-    precision = resolve_precision(cfg.precision, accelerator.device)
-    for model in (accelerator.unwrap_model(policy), ref_model):
-        choose_attention(model, precision, accelerator.device)
+    precision = set_up_precision(cfg.precision, accelerator.device, accelerator.unwrap_model(policy), ref_model)
     write_model = model_writer(accelerator.unwrap_model(policy), tokenizer)
     sampling = SamplingConfig(cfg.max_completion_length)
     evaluate = functools.partial(evaluate_on_prompts, tokenizer=tokenizer, prompts=eval_prompts, reward=judge, sampling=sampling,

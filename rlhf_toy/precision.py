@@ -48,6 +48,16 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
+def set_up_precision(requested: str, device: torch.device, *models: PreTrainedModel | None) -> str:
+    """What every trainer does before its first step: resolve_precision, and choose_attention for each of the
+    models it runs under autocast (None skipped). Returns 'fp32' or 'bf16'."""
+    precision = resolve_precision(requested, device)
+    for model in models:
+        if model is not None:
+            choose_attention(model, precision, device)
+    return precision
+
+
 def choose_attention(model: PreTrainedModel, precision: str, device: torch.device) -> PreTrainedModel:
     """Under bf16 on a CPU, attention as transformers' plain matmul-and-softmax ("eager") instead of SDPA: the
     CPU flash-attention kernel's bf16 backward took 44% of a tiny GPT-2 training step (32 x 128 tokens: 136 ms

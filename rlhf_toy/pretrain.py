@@ -35,7 +35,7 @@ from rlhf_toy.models import (
     num_parameters,
     train_tokenizer,
 )
-from rlhf_toy.precision import PRECISIONS, autocast, choose_attention, resolve_precision
+from rlhf_toy.precision import PRECISIONS, autocast, set_up_precision
 
 
 @dataclass
@@ -120,7 +120,6 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     run_dir, checkpoints = start_run(cfg)
     # One process, no DDP wrapper, even inside a multi-process RLHF run that builds its base model on the main process.
     device = make_accelerator(cfg.cpu).device
-    precision = resolve_precision(cfg.precision, device)
 
     generator = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(len(texts), generator=generator).tolist()
@@ -139,7 +138,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     checkpoints.track(logger=logger, optimizer=optimizer, scheduler=scheduler, batches=batches)
     saved = checkpoints.restore() or {"train_time": 0.0, "tokens_seen": 0}
     train_time, tokens_seen = saved["train_time"], saved["tokens_seen"]
-    choose_attention(model, precision, device).to(device)
+    precision = set_up_precision(cfg.precision, device, model)
+    model.to(device)
     write_model = model_writer(model, tokenizer)
 
     print(f"pretraining {cfg.arch} {cfg.preset}: {num_parameters(model) / 1e6:.2f}M parameters, vocab {len(tokenizer)}, "

@@ -47,7 +47,7 @@ from rlhf_toy.models import (
     load_tokenizer,
     model_writer,
 )
-from rlhf_toy.precision import PRECISIONS, autocast, choose_attention, resolve_precision
+from rlhf_toy.precision import PRECISIONS, autocast, set_up_precision
 from rlhf_toy.rewards import resolve_reward
 from rlhf_toy.sampling import SamplingConfig, generate_completions
 
@@ -214,8 +214,7 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     checkpoints.track(logger=logger, optimizer=optimizer, batches=batches)
     checkpoints.restore()
     model, optimizer = accelerator.prepare(model, optimizer)
-    precision = resolve_precision(cfg.precision, accelerator.device)
-    choose_attention(accelerator.unwrap_model(model), precision, accelerator.device)
+    precision = set_up_precision(cfg.precision, accelerator.device, accelerator.unwrap_model(model))
     write_model = model_writer(accelerator.unwrap_model(model), tokenizer)
 
     objective = "regression on 1-5 scores" if kind == "pointwise" else "Bradley-Terry on pairs"
