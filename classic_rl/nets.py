@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +29,91 @@ def layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias: float = 0.0) -
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
 
-def mlp(in_dim: int, hidden_sizes: list[int], out_dim: int, out_std: float, activation: type[nn.Module] = nn.Tanh) -> nn.Sequential:
+class MLP(nn.Sequential):
+    """Linear, activation, ..., Linear: an nn.Sequential (same state-dict keys) that can also run
+    its own backward pass, which PPO's update uses (`ActorCritic.forward_for_update`).
+
+    Why by hand: at PPO's sizes (a [256, 64] minibatch, 64-wide layers) a gradient step is a
+    hundred tiny kernels, and autograd's bookkeeping around them costs as much as the matmuls.
+    The backward is the textbook one, per Linear layer z = x W^T + b with input x:
+        dW = dz^T x,   db = sum_rows dz,   dx = dz W,   then through the activation before it;
+    tests/test_nets.py checks it against autograd. tanh is computed as 2 sigmoid(2z) - 1, the
+    same function: this wheel's tanh kernel is scalar on some CPUs (35 us against 4 us for
+    sigmoid on [256, 64], AMD EPYC), and autograd's backward formula needs only the output.
+    """
+
+    @torch.no_grad()
+    def forward_keeping_inputs(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """(output `[B, out]`, the input `[B, in]` of each Linear layer) for `backward_into_grads`."""
+        inputs = []
+        for layer in self:
+            if isinstance(layer, nn.Linear):
+                inputs.append(x)
+                x = torch.addmm(layer.bias, x, layer.weight.t())
+            elif isinstance(layer, nn.Tanh):
+                x = x.mul_(2).sigmoid_().mul_(2).sub_(1)  # in place: x is this layer's own fresh pre-activation
+            else:
+                x = layer(x)
+        return x, inputs
+
+    @torch.no_grad()
+    def backward_into_grads(self, grad_out: Tensor, inputs: list[Tensor]) -> None:
+        """Accumulate d(loss)/d(parameters) into each parameter's .grad, like loss.backward(), from
+        grad_out = d(loss)/d(output) `[B, out]` and the inputs kept by `forward_keeping_inputs`."""
+        layers = list(self)
+        for i in range(len(layers) - 1, -1, -2):  # the Linear layers, last first
+            linear, x = layers[i], inputs[i // 2]
+            _accumulate_grad(linear.weight, grad_out.t() @ x)
+            _accumulate_grad(linear.bias, grad_out.sum(0))
+            if i > 0:  # x is the previous activation's output, which is all its derivative needs
+                grad_out = _activation_backward(layers[i - 1], grad_out @ linear.weight, x)
+
+
+def _accumulate_grad(param: nn.Parameter, grad: Tensor) -> None:
+    if param.grad is None:
+        param.grad = grad
+    else:
+        param.grad += grad  # in place, so a gradient that is a view (flatten_parameters) stays one
+
+
+def flatten_parameters(module: nn.Module) -> nn.Parameter:
+    """Make every parameter of `module` a view into one flat tensor, and its gradient a view into
+    another; returns that flat tensor as a Parameter whose .grad holds every gradient.
+
+    Optimise and clip the flat parameter instead of module.parameters(): one call each instead of one
+    per tensor (for two 3-layer MLPs, Adam, the clip and zero_grad over 12 tensors are 200 us of a
+    900 us PPO step). nn.LSTM.flatten_parameters does the same for cuDNN. Gradients must then be
+    zeroed in place, zero_grad(set_to_none=False), for the views to stay views. The state dict keeps
+    its keys and shapes.
+    """
+    params = list(module.parameters())
+    flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
+    flat.grad = torch.zeros_like(flat)
+    offset = 0
+    for p in params:
+        p.data = flat.data[offset:offset + p.numel()].view_as(p)
+        p.grad = flat.grad[offset:offset + p.numel()].view_as(p)
+        offset += p.numel()
+    return flat
+
+
+def _activation_backward(activation: nn.Module, grad_output: Tensor, output: Tensor) -> Tensor:
+    """d(loss)/d(input) of an activation from its output, with the ATen kernels autograd itself calls."""
+    if isinstance(activation, nn.Tanh):
+        return torch.ops.aten.tanh_backward(grad_output, output)  # grad * (1 - output^2)
+    if isinstance(activation, nn.ReLU):
+        return torch.ops.aten.threshold_backward(grad_output, output, 0)  # grad * (output > 0)
+    raise TypeError(f"no hand-written backward for {type(activation).__name__}; accepted: Tanh, ReLU")
+
+
+def mlp(in_dim: int, hidden_sizes: list[int], out_dim: int, out_std: float, activation: type[nn.Module] = nn.Tanh) -> MLP:
     """Linear -> activation stacks with orthogonal init; the last layer gets gain out_std."""
     layers: list[nn.Module] = []
     for size in hidden_sizes:
         layers += [layer_init(nn.Linear(in_dim, size)), activation()]
         in_dim = size
     layers.append(layer_init(nn.Linear(in_dim, out_dim), std=out_std))
-    return nn.Sequential(*layers)
+    return MLP(*layers)
 
 
 class ObsNormalizer(nn.Module):
@@ -84,9 +162,10 @@ class ActorCritic(SavableModule):
     """Actor and critic MLPs over (optionally normalised) observations: separate networks, or
     (shared=True) one trunk of hidden layers with a policy head and a value head.
 
-    `get_action_and_value` is the one call PPO makes; its shapes: obs `[B, obs_dim]` ->
-    action `[B]`, log-prob `[B]`, entropy `[B]`, value `[B]`. Observations passed in are already
-    normalised (see `normalize`), so a rollout stores exactly what the update will see.
+    Rollouts call `sample` (obs `[B, obs_dim]` -> action, log-prob, value, each `[B]`), PPO's update
+    `forward_for_update`, the other algorithms `get_action_and_value` (-> action, log-prob, entropy,
+    value). Observations passed in are already normalised (see `normalize`), so a rollout stores
+    exactly what the update will see.
     """
 
     def __init__(self, obs_dim: int, n_actions: int, hidden_sizes: list[int], normalize_obs: bool = False, shared: bool = False,
@@ -96,6 +175,7 @@ class ActorCritic(SavableModule):
                                 normalize_obs=normalize_obs, shared=shared, activation=activation)
         self.obs_normalizer = ObsNormalizer(obs_dim, enabled=normalize_obs)
         act = ACTIVATIONS[activation]
+        self.shared = shared
         if shared:
             self.trunk = nn.Sequential(*mlp(obs_dim, hidden_sizes[:-1], hidden_sizes[-1], out_std=math.sqrt(2), activation=act), act())
             self.actor = layer_init(nn.Linear(hidden_sizes[-1], n_actions), std=0.01)
@@ -120,6 +200,25 @@ class ActorCritic(SavableModule):
         logits = self.actor(hidden)
         action = draw_action(logits) if action is None else action
         return action, core.logprobs_from_logits(logits, action), core.entropy_from_logits(logits), self.critic(hidden).squeeze(-1)
+
+    def forward_for_update(self, obs: Tensor) -> tuple[Tensor, Tensor, Callable[[Tensor], None]]:
+        """(logits `[B, A]`, value `[B]`, backward): backward(loss) fills every parameter's .grad, as
+        loss.backward() would. With separate networks only the loss's own math, from the logits and
+        the value on, runs on autograd, and each MLP runs its hand-written backward (see MLP)."""
+        if self.shared:
+            hidden = self.trunk(obs)
+            return self.actor(hidden), self.critic(hidden).squeeze(-1), Tensor.backward
+        logits, actor_inputs = self.actor.forward_keeping_inputs(obs)
+        value, critic_inputs = self.critic.forward_keeping_inputs(obs)
+        logits.requires_grad_()
+        value.requires_grad_()
+
+        def backward(loss: Tensor) -> None:
+            grad_logits, grad_value = torch.autograd.grad(loss, (logits, value), allow_unused=True, materialize_grads=True)
+            self.actor.backward_into_grads(grad_logits, actor_inputs)
+            self.critic.backward_into_grads(grad_value, critic_inputs)
+
+        return logits, value.squeeze(-1), backward
 
     def sample(self, obs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """What a rollout step needs, without the entropy: (action, log-prob, value), each `[B]`."""
@@ -237,7 +336,7 @@ MODEL_CLASSES: dict[str, type[SavableModule]] = {
 
 def save_agent(model: SavableModule, path: str | Path) -> None:
     """Weights and buffers as safetensors, class name and constructor arguments as metadata."""
-    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().clone() for k, v in model.state_dict().items()}  # a copy: views (flatten_parameters) share memory
     metadata = {"class": type(model).__name__, "init_kwargs": json.dumps(model.init_kwargs)}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 

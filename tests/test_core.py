@@ -171,6 +171,16 @@ def test_logprobs_and_entropy_share_one_log_softmax():
     close(logits.grad, [[-1 / z, -1 / z, 1 - math.exp(-1) / z], [0.0, 0.0, 0.0]])  # onehot - softmax, masked row 0
 
 
+def test_logprobs_and_entropy_with_entropy_grad_gives_the_entropy_bonus_its_gradient():
+    """dH/dz_i = -p_i (log p_i + H): for probs [1, 1, e^-1] / z the third logit's gradient differs."""
+    logits = torch.tensor([[0.0, 0.0, -1.0]], requires_grad=True)
+    _, entropy = core.logprobs_and_entropy(logits, torch.tensor([0]), entropy_grad=True)
+    entropy.sum().backward()
+    z = 2 + math.exp(-1)
+    probs, entropy_value = [1 / z, 1 / z, math.exp(-1) / z], math.log(z) + math.exp(-1) / z
+    close(logits.grad, [[-p * (math.log(p) + entropy_value) for p in probs]])
+
+
 def test_kl_estimators_by_hand():
     logp, ref = t(-1.0, -2.0), t(-1.5, -1.0)  # x = ref - logp = [-0.5, 1.0]
     close(core.kl_estimate(logp, ref, "k1"), [0.5, -1.0])

@@ -36,7 +36,7 @@ from classic_rl.infra.errors import (
     require_positive,
 )
 from classic_rl.infra.metrics import RunLogger
-from classic_rl.nets import ACTIVATIONS, ActorCritic
+from classic_rl.nets import ACTIVATIONS, ActorCritic, flatten_parameters
 from classic_rl.rollout_buffer import RolloutBuffer
 from classic_rl.training import ClassicConfig, Evaluator
 
@@ -99,15 +99,25 @@ def rollout_kl(agent: ActorCritic, obs: torch.Tensor, actions: torch.Tensor, old
     return core.kl_estimate(old_logprobs, logprob, "k3").mean().item()
 
 
+def minibatch_indices(batch_size: int, num_minibatches: int) -> list[torch.Tensor] | list[slice]:
+    """A fresh random split of the rollout's `batch_size` indices into minibatches; one minibatch is
+    the whole rollout, in order (its gradient does not depend on the order, and a slice is a view)."""
+    if num_minibatches == 1:
+        return [slice(None)]
+    return list(torch.randperm(batch_size).split(batch_size // num_minibatches))
+
+
 def update_policy(agent: ActorCritic, optimizer: torch.optim.Optimizer, buffer: RolloutBuffer, advantages: torch.Tensor,
                   returns: torch.Tensor, kl_ctl: core.KLController | None, cfg: PPOConfig, global_step: int) -> dict[str, float]:
     """update_epochs passes of minibatch steps over one rollout (cut short once approx KL passes target_kl),
     then the adaptive beta's step; returns the last minibatch's losses and statistics for the log."""
     clip = cfg.clip_coef if kl_ctl is None else math.inf  # the KL-penalty variant replaces the clip
     b_obs, b_actions, b_logprobs, b_values = buffer.flat()
+    flat_params = optimizer.param_groups[0]["params"]  # one flat tensor (flatten_parameters)
     for epoch in range(1, cfg.update_epochs + 1):  # noqa: B007 (read after the loop)
-        for mb in torch.randperm(cfg.batch_size).split(cfg.batch_size // cfg.num_minibatches):
-            _, new_logprob, entropy, new_value = agent.get_action_and_value(b_obs[mb], b_actions[mb])
+        for mb in minibatch_indices(cfg.batch_size, cfg.num_minibatches):
+            logits, new_value, backward = agent.forward_for_update(b_obs[mb])
+            new_logprob, entropy = core.logprobs_and_entropy(logits, b_actions[mb], entropy_grad=cfg.ent_coef > 0)
             mb_advantages = core.masked_whiten(advantages[mb]) if cfg.norm_adv else advantages[mb]
             pg_loss, stats = core.policy_loss(new_logprob, b_logprobs[mb], mb_advantages, clip)
             if kl_ctl is not None:
@@ -117,14 +127,14 @@ def update_policy(agent: ActorCritic, optimizer: torch.optim.Optimizer, buffer: 
             loss = pg_loss + cfg.vf_coef * v_loss
             if cfg.ent_coef:  # a zero-weighted term would still cost its share of the backward pass
                 loss = loss - cfg.ent_coef * entropy_loss
-            check_finite(global_step, policy_loss=pg_loss, value_loss=v_loss)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            optimizer.zero_grad(set_to_none=False)  # in place: the gradients are views
+            backward(loss)
             if cfg.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(flat_params, cfg.max_grad_norm)
             optimizer.step()
         if cfg.target_kl is not None and stats["approx_kl"] > cfg.target_kl:
             break
+    check_finite(global_step, policy_loss=pg_loss, value_loss=v_loss)  # a NaN anywhere in the update reaches the last losses
     if kl_ctl is not None:
         kl_ctl.update(rollout_kl(agent, b_obs, b_actions, b_logprobs))
     return {
@@ -144,7 +154,7 @@ def train(cfg: PPOConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
     vec_env = envs.make_vec_env(cfg.env, cfg.num_envs, cfg.async_envs)
     obs_dim, n_actions = envs.check_spaces(cfg.env, "ppo")
     agent = ActorCritic(obs_dim, n_actions, cfg.hidden_sizes, cfg.normalize_obs, activation=cfg.activation)
-    optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5, fused=True)
+    optimizer = torch.optim.Adam([flatten_parameters(agent)], lr=cfg.learning_rate, eps=1e-5, fused=True)
 
     kl_ctl = None if cfg.kl_penalty == "none" else core.KLController(
         cfg.kl_coef, cfg.kl_penalty_target if cfg.kl_penalty == "adaptive" else None, rule="doubling")
