@@ -45,10 +45,15 @@ def _nonzero(total: Tensor) -> Tensor:
     return torch.where(total == 0, torch.ones_like(total), total)
 
 
+def masked_var_mean(x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(population variance, mean) of x over the valid positions, two scalars."""
+    mean = masked_mean(x, mask)
+    return masked_mean((x - mean) ** 2, mask), mean
+
+
 def masked_var(x: Tensor, mask: Tensor | None = None) -> Tensor:
     """Population variance of x over the valid positions (a scalar)."""
-    mean = masked_mean(x, mask)
-    return masked_mean((x - mean) ** 2, mask)
+    return masked_var_mean(x, mask)[0]
 
 
 def masked_whiten(x: Tensor, mask: Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
@@ -57,7 +62,7 @@ def masked_whiten(x: Tensor, mask: Tensor | None = None, shift_mean: bool = True
     shift_mean=False keeps the original mean (only rescales), as TRL does for PPO rewards.
     Masked positions are returned as 0.
     """
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    var, mean = masked_var_mean(x, mask)
     whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean
@@ -155,7 +160,7 @@ def policy_loss(
     clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * advantages
     loss = aggregate(-torch.minimum(unclipped, clipped), mask, agg)
     with torch.no_grad():
-        is_clipped = ((ratio < 1.0 - clip_low) & (advantages < 0)) | ((ratio > 1.0 + clip_high) & (advantages > 0))
+        is_clipped = clipped < unclipped  # the min took the clipped branch: rho left the range in A's direction
         stats = {
             "clipfrac": masked_mean(is_clipped.to(logp.dtype), mask),
             "approx_kl": masked_mean((ratio - 1.0) - log_ratio, mask),

@@ -63,17 +63,23 @@ class MLP(nn.Sequential):
         layers = list(self)
         for i in range(len(layers) - 1, -1, -2):  # the Linear layers, last first
             linear, x = layers[i], inputs[i // 2]
-            _accumulate_grad(linear.weight, grad_out.t() @ x)
+            _accumulate_grad(linear.weight, _weight_grad(grad_out, x))
             _accumulate_grad(linear.bias, grad_out.sum(0))
             if i > 0:  # x is the previous activation's output, which is all its derivative needs
                 grad_out = _activation_backward(layers[i - 1], grad_out @ linear.weight, x)
+
+
+def _weight_grad(grad_out: Tensor, x: Tensor) -> Tensor:
+    """dW = dz^T x `[out, in]`, as (x^T dz)^T when the input is the narrower side: MKL is 3x faster
+    with the narrow dimension as the product's rows ([256, 4] inputs: 14 -> 5 us)."""
+    return (x.t() @ grad_out).t() if x.shape[1] < grad_out.shape[1] else grad_out.t() @ x
 
 
 def _accumulate_grad(param: nn.Parameter, grad: Tensor) -> None:
     if param.grad is None:
         param.grad = grad
     else:
-        param.grad += grad  # in place, so a gradient that is a view (flatten_parameters) stays one
+        param.grad.add_(grad)  # in place, so a gradient that is a view (flatten_parameters) stays one
 
 
 def flatten_parameters(module: nn.Module) -> nn.Parameter:
