@@ -158,9 +158,9 @@ def policy_loss(
     ratio = torch.exp(log_ratio)
     unclipped = ratio * advantages
     clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * advantages
-    loss = aggregate(-torch.minimum(unclipped, clipped), mask, agg)
+    is_clipped = clipped < unclipped  # rho left the range in A's direction: the min takes the clipped branch
+    loss = aggregate(-torch.where(is_clipped, clipped, unclipped), mask, agg)  # the min, with a cheaper backward
     with torch.no_grad():
-        is_clipped = clipped < unclipped  # the min took the clipped branch: rho left the range in A's direction
         stats = {
             "clipfrac": masked_mean(is_clipped.to(logp.dtype), mask),
             "approx_kl": masked_mean((ratio - 1.0) - log_ratio, mask),
