@@ -6,6 +6,7 @@ samples of the eval prompts and the KL to the base model on the policy's own sam
 
     python scripts/compare_preferences.py --seeds 1 2 3 --out bench/preferences     # ~55 minutes on 2 cores
     python scripts/compare_preferences.py --methods ipo --out bench/preferences_ipo  # one method alone
+    python scripts/compare_preferences.py --methods ipo --beta 1 --out bench/preferences_ipo_beta1  # at its own beta
 
 Label files: `shipped` (data/preferences_*.jsonl: corpus texts ranked by the rule) and `simulated`
 (scripts/label.py --simulate length,format on the base model's own samples, labelled once and reused).
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from classic_rl.infra.cli import cli, run_in_own_process, script_parser
-from classic_rl.infra.errors import ConfigError
+from classic_rl.infra.errors import ConfigError, require_positive
 from classic_rl.infra.machine import machine
 from classic_rl.infra.plots import plot_lines
 from classic_rl.infra.run_folder import atomic_write, write_json
@@ -49,7 +50,7 @@ def label_files(name: str, runs_dir: Path, simulated_n: int) -> tuple[str, list[
 
 
 def train_methods(methods: list[str], labels: str, held_out: list[str], seed: int, budget_s: float, rm_steps: int,
-                  folder: Path) -> dict[str, dict]:
+                  beta: float, folder: Path) -> dict[str, dict]:
     """The methods on one label file and seed; {method: {"model_dir", "train_s", "steps"}}."""
     common = ["--seed", str(seed), "--overwrite"]
     results = {}
@@ -65,6 +66,7 @@ def train_methods(methods: list[str], labels: str, held_out: list[str], seed: in
                                  "steps": summary["steps"], "rm_eval_accuracy": rm["eval_accuracy"]}
     for method in [m for m in methods if m in ("dpo", "ipo")]:
         summary = run("train_dpo.py", ["--preferences", labels, *held_out, "--loss-type", "sigmoid" if method == "dpo" else "ipo",
+                                       "--beta", str(beta),
                                        "--steps", "100000", "--max-train-s", str(budget_s),
                                        "--eval-every", "100000",  # held-out pair accuracy once, at the end
                                        "--run-dir", str(folder / method), *common])
@@ -110,20 +112,23 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="Which methods to train")
     parser.add_argument("--labels", nargs="+", default=["shipped", "simulated"], choices=["shipped", "simulated"], help="Label files")
     parser.add_argument("--budget-s", type=float, default=120.0, help="Seconds of training per method (reward model included)")
+    parser.add_argument("--beta", type=float, default=0.1, help="DPO's and IPO's beta (train_dpo.py --beta; IPO's margin "
+                                                                  "target is 1 / (2 beta) nats per token)")
     parser.add_argument("--rm-steps", type=int, default=150, help="Reward model steps (its time is charged to (a) and (b))")
     parser.add_argument("--simulated-n", type=int, default=1000, help="Pairs the simulated labeller labels")
     parser.add_argument("--runs-dir", default="runs/preferences", help="Parent folder of the run folders")
     parser.add_argument("--out", default="bench/preferences", help="Write OUT.json, OUT.md and OUT.png")
     args = parser.parse_args()
-    if args.budget_s <= 0 or args.rm_steps <= 0 or args.simulated_n < 10:
-        raise ConfigError("--budget-s and --rm-steps must be > 0 and --simulated-n >= 10")
+    require_positive(budget_s=args.budget_s, rm_steps=args.rm_steps, beta=args.beta)
+    if args.simulated_n < 10:
+        raise ConfigError(f"--simulated-n must be >= 10, got {args.simulated_n}")
     runs_dir, scorer, rows = Path(args.runs_dir), FixedEvaluation(JUDGE), []
     base = scorer(scorer.base_dir)
     for labels_name in args.labels:
         labels, held_out = label_files(labels_name, runs_dir, args.simulated_n)
         for seed in args.seeds:
             for method, result in train_methods(args.methods, labels, held_out, seed, args.budget_s, args.rm_steps,
-                                                runs_dir / labels_name / f"seed{seed}").items():
+                                                args.beta, runs_dir / labels_name / f"seed{seed}").items():
                 row = {"labels": labels_name, "method": method, "seed": seed, **result, **scorer(result["model_dir"])}
                 row["model_dir"] = str(row["model_dir"])
                 rows.append(row)

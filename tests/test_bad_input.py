@@ -91,6 +91,7 @@ CASES = {
         ("bench_precision.py", ["--threads", "0"], "--threads must be > 0, got 0"),
         ("bench_precision.py", ["--model", "{dir}/none"], "model folder {dir}/none not found"),
         ("compare_reasoning.py", ["--steps", "0"], "--steps must be > 0, got 0"),
+        ("compare_preferences.py", ["--beta", "0"], "--beta must be > 0, got 0.0"),
         ("train_rlhf.py", ["--pass-at-k", "8"], "--pass-at-k 8 needs --eval-samples-per-prompt >= 8, got 2"),
         ("train_rlhf.py", ["--pass-at-k", "2"], "--pass-at-k counts answers the correct reward accepts; add correct to --reward"),
     ],
