@@ -30,8 +30,9 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
 
 class MLP(nn.Sequential):
-    """Linear, activation, ..., Linear: an nn.Sequential (same state-dict keys) that can also run
-    its own backward pass, which PPO's update uses (`ActorCritic.forward_for_update`).
+    """Linear, activation, ..., Linear, alternating (as `mlp` builds it): an nn.Sequential (same
+    state-dict keys) that can also run its own backward pass, which PPO's update uses
+    (`ActorCritic.forward_for_update`).
 
     Why by hand: at PPO's sizes (a [256, 64] minibatch, 64-wide layers) a gradient step is a
     hundred tiny kernels, and autograd's bookkeeping around them costs as much as the matmuls.
@@ -82,27 +83,6 @@ def _accumulate_grad(param: nn.Parameter, grad: Tensor) -> None:
         param.grad.add_(grad)  # in place, so a gradient that is a view (flatten_parameters) stays one
 
 
-def flatten_parameters(module: nn.Module) -> nn.Parameter:
-    """Make every parameter of `module` a view into one flat tensor, and its gradient a view into
-    another; returns that flat tensor as a Parameter whose .grad holds every gradient.
-
-    Optimise and clip the flat parameter instead of module.parameters(): one call each instead of one
-    per tensor (for two 3-layer MLPs, Adam, the clip and zero_grad over 12 tensors are 200 us of a
-    900 us PPO step). nn.LSTM.flatten_parameters does the same for cuDNN. Gradients must then be
-    zeroed in place, zero_grad(set_to_none=False), for the views to stay views. The state dict keeps
-    its keys and shapes.
-    """
-    params = list(module.parameters())
-    flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
-    flat.grad = torch.zeros_like(flat)
-    offset = 0
-    for p in params:
-        p.data = flat.data[offset:offset + p.numel()].view_as(p)
-        p.grad = flat.grad[offset:offset + p.numel()].view_as(p)
-        offset += p.numel()
-    return flat
-
-
 def _activation_backward(activation: nn.Module, grad_output: Tensor, output: Tensor) -> Tensor:
     """d(loss)/d(input) of an activation from its output, with the ATen kernels autograd itself calls."""
     if isinstance(activation, nn.Tanh):
@@ -120,6 +100,28 @@ def mlp(in_dim: int, hidden_sizes: list[int], out_dim: int, out_std: float, acti
         in_dim = size
     layers.append(layer_init(nn.Linear(in_dim, out_dim), std=out_std))
     return MLP(*layers)
+
+
+def flatten_parameters(module: nn.Module) -> nn.Parameter:
+    """Make every parameter of `module` a view into one flat tensor, and its gradient a view into
+    another; returns that flat tensor as a Parameter whose .grad holds every gradient.
+
+    Optimise and clip the flat parameter instead of module.parameters(): one call each instead of one
+    per tensor (for two 3-layer MLPs, Adam, the clip and zero_grad over 12 tensors are 200 us of a
+    900 us PPO step). nn.LSTM.flatten_parameters does the same for cuDNN. Gradients must then be
+    zeroed in place, zero_grad(set_to_none=False), for the views to stay views; and the module must
+    not be moved or cast afterwards (that replaces each parameter's data). The state dict keeps its
+    keys and shapes.
+    """
+    params = list(module.parameters())
+    flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
+    flat.grad = torch.zeros_like(flat)
+    offset = 0
+    for p in params:
+        p.data = flat.data[offset:offset + p.numel()].view_as(p)
+        p.grad = flat.grad[offset:offset + p.numel()].view_as(p)
+        offset += p.numel()
+    return flat
 
 
 class ObsNormalizer(nn.Module):
