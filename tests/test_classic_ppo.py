@@ -13,7 +13,7 @@ import torch
 from gymnasium.vector import AutoresetMode
 
 from classic_rl import envs
-from classic_rl.algos.ppo import PPOConfig, train
+from classic_rl.algos.ppo import PPOConfig, minibatch_indices, train
 from classic_rl.infra.cli import parse_config
 from classic_rl.nets import ActorCritic, ObsNormalizer, load_agent, save_agent
 from classic_rl.presets import preset
@@ -60,6 +60,17 @@ def test_policy_round_trip_keeps_weights_and_normalisation(tmp_path):
     obs = np.random.default_rng(1).normal(2, 5, size=(32, 4)).astype(np.float32)
     np.testing.assert_array_equal(loaded.act(obs), model.act(obs))
     assert loaded.obs_normalizer.count.item() == pytest.approx(100, abs=1e-6)
+
+
+@pytest.mark.parametrize("num_minibatches", [1, 4])
+def test_minibatches_cover_the_rollout_once_each_epoch(num_minibatches):
+    """Every sample exactly once per epoch, in equal minibatches; one minibatch is the rollout in order."""
+    torch.manual_seed(0)
+    minibatches = minibatch_indices(12, num_minibatches)
+    order = torch.cat([torch.arange(12)[mb] for mb in minibatches])
+    assert len(minibatches) == num_minibatches and {len(torch.arange(12)[mb]) for mb in minibatches} == {12 // num_minibatches}
+    assert sorted(order.tolist()) == list(range(12))
+    assert (order.tolist() == list(range(12))) == (num_minibatches == 1)  # several minibatches are shuffled
 
 
 def test_ppo_learns_cartpole(tmp_path):
