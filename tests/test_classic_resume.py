@@ -82,3 +82,18 @@ def test_resume_without_a_checkpoint_and_resume_with_overwrite_are_refused(tmp_p
     assert code == 2 and "found no checkpoint" in err
     code, _, err = run_script("train_classic.py", ["--resume", "--overwrite", "--run-dir", str(tmp_path / "r")], monkeypatch, capsys)
     assert code == 2 and "pass one of them" in err
+
+
+def test_resume_with_changed_settings_is_refused_and_leaves_the_run_as_it_was(tmp_path, monkeypatch, capsys):
+    run_dir = tmp_path / "r"
+    args = ["--algo", "ppo", "--env", "CartPole-v1", "--total-timesteps", "512", "--save-every", "256", "--eval-every", "0",
+            "--run-dir", str(run_dir)]
+    assert run_script("train_classic.py", args, monkeypatch, capsys)[0] == 0
+    saved = {path: path.read_bytes() for path in [run_dir / "config.json", *(run_dir / "checkpoints").rglob("*.*")]}
+    code, _, err = run_script("train_classic.py", [*args, "--resume", "--hidden-sizes", "32", "32"], monkeypatch, capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "--hidden-sizes [32, 32] (saved: [64, 64])" in err and "start a new run in another --run-dir" in err
+    assert {path: path.read_bytes() for path in saved} == saved  # the config and the checkpoints are as they were
+    code, out, _ = run_script("train_classic.py", [*args[:4], "--total-timesteps", "1024", *args[6:], "--resume"],
+                              monkeypatch, capsys)
+    assert code == 0 and "resuming" in out  # a longer run is a continuation, not a change

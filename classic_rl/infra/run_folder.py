@@ -21,6 +21,9 @@ from classic_rl.infra.cli import config_field
 from classic_rl.infra.errors import ConfigError, require_nonnegative, require_positive
 
 MIN_FREE_MB = 50
+# What a resumed run may set anew: where it is, how it checkpoints and evaluates, its threads, and how long it runs.
+MAY_CHANGE_ON_RESUME = frozenset({"run_dir", "resume", "overwrite", "save_every", "keep_checkpoints", "torch_threads",
+                                  "eval_every", "steps", "total_timesteps", "total_episodes", "max_steps", "max_train_s"})
 
 
 @dataclasses.dataclass
@@ -103,6 +106,19 @@ def prepare_run_dir(path: str | Path, overwrite: bool = False) -> Path:
     return path
 
 
+def check_resumed_config(saved_path: Path, config: dict[str, Any]) -> None:
+    """ConfigError naming every setting of a resumed run that differs from the run's saved config.json
+    (other than MAY_CHANGE_ON_RESUME): its checkpoint holds a model and optimizer built from the saved one."""
+    if not saved_path.is_file():
+        return
+    saved, given = json.loads(saved_path.read_text()), json.loads(json.dumps(config, default=str))
+    changed = [f"--{key.replace('_', '-')} {given[key]} (saved: {saved[key]})" for key in given
+               if key in saved and key not in MAY_CHANGE_ON_RESUME and given[key] != saved[key]]
+    if changed:
+        raise ConfigError(f"--resume continues the run in {saved_path.parent} as its config.json has it, but these settings "
+                          f"differ: {'; '.join(changed)}; give the saved values, or start a new run in another --run-dir")
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (envs are seeded through reset(seed=...))."""
     random.seed(seed)
@@ -122,8 +138,11 @@ def start_run(cfg: Any, main_process: bool = True, **extra_config: Any) -> tuple
         raise ConfigError("--resume continues the run in --run-dir and --overwrite deletes it; pass one of them")
     checkpoints = Checkpoints(cfg.run_dir, cfg.save_every, cfg.keep_checkpoints, resume=cfg.resume)
     run_dir = Path(cfg.run_dir) if cfg.resume or not main_process else prepare_run_dir(cfg.run_dir, overwrite=cfg.overwrite)
+    config = {**extra_config, **dataclasses.asdict(cfg)}
     if main_process:
-        write_json(run_dir / "config.json", {**extra_config, **dataclasses.asdict(cfg)})
+        if checkpoints.resumed:
+            check_resumed_config(run_dir / "config.json", config)
+        write_json(run_dir / "config.json", config)
         if checkpoints.resumed:
             print(f"resuming {run_dir} from {checkpoints.folder.name}")
     torch.set_num_threads(cfg.torch_threads)
