@@ -86,8 +86,8 @@ def test_ppo_with_the_adaptive_kl_penalty_learns_cartpole_and_adapts_beta(tmp_pa
     cfg = PPOConfig(**{**preset("ppo", "CartPole-v1"), "seed": 2, "target_return": 475, "target_kl": None,
                        "kl_penalty": "adaptive", "run_dir": str(tmp_path / "run")})
     summary = run_training("ppo", train, cfg)
-    # measured: 16,384; seeds 1-20 solve at a median 11,264 steps (2,048-20,480)
-    assert summary["eval_return_mean"] >= 475 and summary["env_steps"] <= 20_480
+    # measured: 8,192; seeds 1-20 solve at a median 10,240 steps, 18 of them within 16,384 (2,048-26,624)
+    assert summary["eval_return_mean"] >= 475 and summary["env_steps"] <= 16_384
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     betas = {r["losses/kl_coef"] for r in rows if "losses/kl_coef" in r}
     assert len(betas) > 1 and betas <= {2.0 ** k for k in range(-8, 9)}  # only doubled and halved from 1
