@@ -58,7 +58,9 @@ class DPOConfig(RunFields):
     eval_fraction: float = config_field(0.2, "Share of --preferences held out when --eval-preferences is none")
     eval_prompts: str = config_field(str(DATA_DIR / "prompts_eval.jsonl"), "Prompts the rule judge scores samples of, before and after")
     reward: str = config_field(DEFAULT_REWARD, "The rule judge of reward_before / reward_after (never optimised)")
-    beta: float = config_field(0.1, "Strength of the tie to the reference (sigmoid: temperature of the implicit reward)")
+    beta: float = config_field(0.1, "Strength of the tie to the reference (sigmoid: temperature of the implicit reward; "
+                                    "ipo: the margin target is 1/(2 beta) nats per token, so 0.1 asks for 5; 1 did best "
+                                    "here, bench/README.md)")
     loss_type: str = config_field("sigmoid", f"DPO loss: {', '.join(DPO_LOSS_TYPES)}")
     label_smoothing: float = config_field(0.0, "Probability that a pair's label is wrong (cDPO; sigmoid loss only), in [0, 0.5)")
     learning_rate: float = config_field(5e-5, "AdamW learning rate (constant)")
