@@ -138,8 +138,8 @@ def start_run(cfg: Any, main_process: bool = True, **extra_config: Any) -> tuple
         raise ConfigError("--resume continues the run in --run-dir and --overwrite deletes it; pass one of them")
     checkpoints = Checkpoints(cfg.run_dir, cfg.save_every, cfg.keep_checkpoints, resume=cfg.resume)
     run_dir = Path(cfg.run_dir) if cfg.resume or not main_process else prepare_run_dir(cfg.run_dir, overwrite=cfg.overwrite)
-    config = {**extra_config, **dataclasses.asdict(cfg)}
     if main_process:
+        config = {**extra_config, **dataclasses.asdict(cfg)}
         if checkpoints.resumed:
             check_resumed_config(run_dir / "config.json", config)
         write_json(run_dir / "config.json", config)
