@@ -46,13 +46,15 @@ class MLP(nn.Sequential):
     @torch.no_grad()
     def forward_keeping_inputs(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         """(output `[B, out]`, the input `[B, in]` of each Linear layer) for `backward_into_grads`."""
-        inputs = []
-        for layer in self:
+        inputs, layers = [], list(self)
+        for i, layer in enumerate(layers):
             if isinstance(layer, nn.Linear):
                 inputs.append(x)
-                x = torch.addmm(layer.bias, x, layer.weight.t())
+                before_tanh = i + 1 < len(layers) and isinstance(layers[i + 1], nn.Tanh)
+                scale = 2 if before_tanh else 1  # the tanh needs 2z, which addmm gives at no cost (and exactly)
+                x = torch.addmm(layer.bias, x, layer.weight.t(), beta=scale, alpha=scale)
             elif isinstance(layer, nn.Tanh):
-                x = x.mul_(2).sigmoid_().mul_(2).sub_(1)  # in place: x is this layer's own fresh pre-activation
+                x = x.sigmoid_().mul_(2).sub_(1)  # in place: x is this layer's own fresh 2z
             else:
                 x = layer(x)
         return x, inputs
@@ -92,6 +94,34 @@ def _activation_backward(activation: nn.Module, grad_output: Tensor, output: Ten
     raise TypeError(f"no hand-written backward for {type(activation).__name__}; accepted: Tanh, ReLU")
 
 
+def numpy_function(module: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    """module's forward as a numpy function, float32 `[B, in]` -> `[B, out]`, over a copy of its current
+    weights, for a module built of Linear, Tanh, ReLU, Identity and Sequential.
+
+    Why: a rollout step runs the networks on one observation per env ([8, 4] for CartPole), where a
+    torch call's fixed overhead is most of the cost; numpy's is a fifth of it (actor and critic:
+    40 -> 15 us). The copy keeps the function valid while the module trains.
+    """
+    if isinstance(module, nn.Sequential):
+        layers = [numpy_function(layer) for layer in module]
+
+        def forward(x: np.ndarray) -> np.ndarray:
+            for layer in layers:
+                x = layer(x)
+            return x
+        return forward
+    if isinstance(module, nn.Linear):
+        weight_t, bias = module.weight.detach().numpy().T.copy(), module.bias.detach().numpy().copy()
+        return lambda x: x @ weight_t + bias
+    if isinstance(module, nn.Tanh):
+        return np.tanh
+    if isinstance(module, nn.ReLU):
+        return lambda x: np.maximum(x, 0)
+    if isinstance(module, nn.Identity):
+        return lambda x: x
+    raise TypeError(f"no numpy forward for {type(module).__name__}; accepted: Linear, Tanh, ReLU, Identity, Sequential")
+
+
 def mlp(in_dim: int, hidden_sizes: list[int], out_dim: int, out_std: float, activation: type[nn.Module] = nn.Tanh) -> MLP:
     """Linear -> activation stacks with orthogonal init; the last layer gets gain out_std."""
     layers: list[nn.Module] = []
@@ -122,6 +152,15 @@ def flatten_parameters(module: nn.Module) -> nn.Parameter:
         p.grad = flat.grad[offset:offset + p.numel()].view_as(p)
         offset += p.numel()
     return flat
+
+
+def clip_flat_grad_norm_(grad: Tensor, max_norm: float) -> Tensor:
+    """torch.nn.utils.clip_grad_norm_ for the one flat gradient of flatten_parameters: scales `grad` in
+    place to an L2 norm of at most max_norm (the same 1e-6 guard) and returns its norm before. Three
+    kernels and no per-tensor bookkeeping: 10 us against 26 us for the library's on a 9k gradient."""
+    norm = torch.linalg.vector_norm(grad)
+    grad.mul_((max_norm / (norm + 1e-6)).clamp_(max=1.0))
+    return norm
 
 
 class ObsNormalizer(nn.Module):
@@ -170,8 +209,8 @@ class ActorCritic(SavableModule):
     """Actor and critic MLPs over (optionally normalised) observations: separate networks, or
     (shared=True) one trunk of hidden layers with a policy head and a value head.
 
-    Rollouts call `sample` (obs `[B, obs_dim]` -> action, log-prob, value, each `[B]`), PPO's update
-    `forward_for_update`, the other algorithms `get_action_and_value` (-> action, log-prob, entropy,
+    Rollouts call `sampler()` (a numpy function: obs `[B, obs_dim]` -> action, log-prob, value, each
+    `[B]`), PPO's update `forward_for_update`, the other algorithms `get_action_and_value` (-> action, log-prob, entropy,
     value). Observations passed in are already normalised (see `normalize`), so a rollout stores
     exactly what the update will see.
     """
@@ -228,12 +267,17 @@ class ActorCritic(SavableModule):
 
         return logits, value.squeeze(-1), backward
 
-    def sample(self, obs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """What a rollout step needs, without the entropy: (action, log-prob, value), each `[B]`."""
-        hidden = self.trunk(obs)
-        logits = self.actor(hidden)
-        action = draw_action(logits)
-        return action, core.logprobs_from_logits(logits, action), self.critic(hidden).squeeze(-1)
+    def sampler(self) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """What a rollout step needs, for the weights as they are now: a numpy function from normalised
+        float32 obs `[B, obs_dim]` to (action, log-prob, value), each `[B]` (see numpy_function), with
+        the draws from torch's random stream. Make a new one after each update."""
+        trunk, actor, critic = numpy_function(self.trunk), numpy_function(self.actor), numpy_function(self.critic)
+
+        def sample(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            hidden = trunk(obs)
+            action, logprob = draw_action_numpy(actor(hidden), torch.rand(len(hidden)).numpy())
+            return action, logprob, critic(hidden)[:, 0]
+        return sample
 
     @torch.inference_mode()
     def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
@@ -328,6 +372,17 @@ class SoftmaxPolicy(SavableModule):
 def draw_action(logits: Tensor) -> Tensor:
     """An action `[B]` drawn from softmax(logits `[B, A]`)."""
     return torch.multinomial(torch.softmax(logits, -1), 1).squeeze(-1)
+
+
+def draw_action_numpy(logits: np.ndarray, uniform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(action, its log-prob), each `[B]`, drawn from softmax(logits `[B, A]`) by inverting its CDF at
+    `uniform` `[B]` in [0, 1): action a owns [cdf[a-1], cdf[a]), so an action of probability 0 is never
+    drawn. The CDF is left unnormalised and the draw scaled by its total instead."""
+    shifted = logits - logits.max(1, keepdims=True)
+    cdf = np.exp(shifted).cumsum(1)
+    action = (cdf <= uniform[:, None] * cdf[:, -1:]).sum(1)
+    action = np.minimum(action, logits.shape[1] - 1)  # in case the product rounds up to the total
+    return action, shifted[np.arange(len(action)), action] - np.log(cdf[:, -1])
 
 
 def sample_or_argmax(logits: Tensor, deterministic: bool) -> np.ndarray:

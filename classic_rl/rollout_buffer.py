@@ -26,18 +26,22 @@ class RolloutBuffer:
     @torch.no_grad()
     def collect(self, agent: ActorCritic, vec_env: gym.vector.VectorEnv, next_obs: Tensor, gamma: float) -> tuple[Tensor, list[dict[str, float]]]:
         """Fill the buffer starting from next_obs; returns the observation after the last step and the
-        statistics of every episode that finished meanwhile (see envs.finished_episodes)."""
-        finished = []
-        for step in range(len(self.obs)):
-            self.obs[step] = next_obs
-            action, self.logprobs[step], self.values[step] = agent.sample(next_obs)
-            self.actions[step] = action
-            raw_obs, reward, terminated, truncated, infos = vec_env.step(action.numpy())
-            self.rewards[step] = torch.as_tensor(reward, dtype=torch.float32)
+        statistics of every episode that finished meanwhile (see envs.finished_episodes).
+
+        Each step works in numpy, through views of the buffer's tensors: it moves a few [num_envs]
+        rows, where numpy's indexing costs a tenth of torch's."""
+        obs, actions, logprobs, rewards, dones, values = (x.numpy() for x in (self.obs, self.actions, self.logprobs,
+                                                                              self.rewards, self.dones, self.values))
+        finished, sample = [], agent.sampler()
+        for step in range(len(obs)):
+            obs[step] = next_obs.numpy()
+            actions[step], logprobs[step], values[step] = sample(obs[step])
+            raw_obs, reward, terminated, truncated, infos = vec_env.step(actions[step])
+            rewards[step] = reward
             cut, final_obs = envs.truncation_bootstrap_obs(infos, terminated, truncated)
             if cut.size:
-                self.rewards[step, cut] += gamma * agent.get_value(agent.normalize(final_obs))
-            self.dones[step] = torch.as_tensor(terminated | truncated, dtype=torch.float32)
+                rewards[step, cut] += gamma * agent.get_value(agent.normalize(final_obs)).numpy()
+            dones[step] = terminated | truncated
             next_obs = agent.normalize(raw_obs, update=True)
             finished += envs.finished_episodes(infos, reward)
         return next_obs, finished

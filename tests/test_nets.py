@@ -1,11 +1,22 @@
-"""The hand-written backward of MLP and ActorCritic.forward_for_update against autograd, and
-flatten_parameters keeping parameters, gradients and saved files as they were."""
+"""The hand-written backward of MLP and ActorCritic.forward_for_update against autograd,
+flatten_parameters keeping parameters, gradients and saved files as they were, its gradient clip
+against torch's, and the rollouts' numpy sampler against the torch networks."""
 
+import numpy as np
 import pytest
 import torch
 
 from classic_rl import core
-from classic_rl.nets import ActorCritic, flatten_parameters, load_agent, mlp, save_agent
+from classic_rl.nets import (
+    ActorCritic,
+    clip_flat_grad_norm_,
+    draw_action_numpy,
+    flatten_parameters,
+    load_agent,
+    mlp,
+    numpy_function,
+    save_agent,
+)
 
 
 @pytest.mark.parametrize("activation", [torch.nn.Tanh, torch.nn.ReLU])
@@ -76,3 +87,59 @@ def test_flatten_parameters_keeps_values_and_shares_storage_with_the_module(tmp_
     loaded = load_agent(tmp_path / "policy.safetensors")
     for key, value in agent.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 100.0])  # clipped, and left alone
+def test_clip_flat_grad_norm_matches_torchs_clip(max_norm):
+    grad = torch.randn(300) * 0.3
+    expected = grad.clone()
+    param = torch.nn.Parameter(torch.zeros(300))
+    param.grad = expected
+    torch_norm = torch.nn.utils.clip_grad_norm_([param], max_norm)
+    norm = clip_flat_grad_norm_(grad, max_norm)
+    torch.testing.assert_close(norm, torch_norm, rtol=0, atol=0)
+    torch.testing.assert_close(grad, param.grad, rtol=0, atol=0)
+    assert (grad.norm() < norm) == (max_norm < norm)
+
+
+@pytest.mark.parametrize("shared,activation", [(False, "tanh"), (False, "relu"), (True, "tanh")])
+def test_sampler_gives_the_torch_networks_log_probs_and_values(shared, activation):
+    torch.manual_seed(3)
+    agent = ActorCritic(4, 3, [16, 8], shared=shared, activation=activation)
+    obs = torch.randn(50, 4)
+    action, logprob, value = agent.sampler()(obs.numpy())
+    assert action.dtype == np.int64 and logprob.dtype == value.dtype == np.float32 and action.shape == (50,)
+    _, want_logprob, _, want_value = agent.get_action_and_value(obs, torch.from_numpy(action))
+    np.testing.assert_allclose(logprob, want_logprob.detach().numpy(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(value, want_value.detach().numpy(), rtol=0, atol=1e-5)
+
+
+def test_numpy_function_copies_the_weights_and_refuses_other_layers():
+    net = mlp(3, [5], 2, out_std=1.0)
+    forward, x = numpy_function(net), np.ones((1, 3), dtype=np.float32)
+    before = forward(x)
+    with torch.no_grad():
+        net[0].weight.add_(1.0)  # a training step after the function was made
+    np.testing.assert_array_equal(forward(x), before)
+    assert not np.allclose(numpy_function(net)(x), before)
+    with pytest.raises(TypeError, match="no numpy forward for GELU; accepted: Linear, Tanh, ReLU, Identity, Sequential"):
+        numpy_function(torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.GELU()))
+
+
+def test_draw_action_numpy_inverts_the_cdf():
+    """probs [0.1, 0, 0.6, 0.3, 0] (a logit of -200 underflows to probability 0): action a owns
+    [cdf[a-1], cdf[a]) = [0, .1), none, [.1, .7), [.7, 1), none, so neither zero is ever drawn, not even
+    at the largest float32 below 1, which is above this cdf's rounded total of 0.9999999."""
+    logits = np.tile(np.array([np.log(0.1), -200, np.log(0.6), np.log(0.3), -200], dtype=np.float32), (6, 1))
+    uniform = np.array([0.0, 0.0999, 0.1001, 0.6999, 0.7001, 1 - 2**-24], dtype=np.float32)
+    action, logprob = draw_action_numpy(logits, uniform)
+    np.testing.assert_array_equal(action, [0, 0, 2, 2, 3, 3])
+    np.testing.assert_allclose(logprob, np.log([0.1, 0.1, 0.6, 0.6, 0.3, 0.3]), rtol=1e-6)
+
+
+def test_draw_action_numpy_draws_each_action_at_its_probability():
+    rng = np.random.default_rng(0)
+    probs = np.array([0.1, 0.6, 0.3])
+    action, _ = draw_action_numpy(np.log(np.tile(probs, (20_000, 1))).astype(np.float32), rng.random(20_000, dtype=np.float32))
+    frequencies = np.bincount(action, minlength=3) / 20_000
+    np.testing.assert_allclose(frequencies, probs, atol=0.01)  # 3 standard errors at most: sqrt(.24 / 20k) = 0.0035

@@ -36,7 +36,7 @@ from classic_rl.infra.errors import (
     require_positive,
 )
 from classic_rl.infra.metrics import RunLogger
-from classic_rl.nets import ACTIVATIONS, ActorCritic, flatten_parameters
+from classic_rl.nets import ACTIVATIONS, ActorCritic, clip_flat_grad_norm_, flatten_parameters
 from classic_rl.rollout_buffer import RolloutBuffer
 from classic_rl.training import ClassicConfig, Evaluator
 
@@ -113,12 +113,15 @@ def update_policy(agent: ActorCritic, optimizer: torch.optim.Optimizer, buffer: 
     then the adaptive beta's step; returns the last minibatch's losses and statistics for the log."""
     clip = cfg.clip_coef if kl_ctl is None else math.inf  # the KL-penalty variant replaces the clip
     b_obs, b_actions, b_logprobs, b_values = buffer.flat()
-    flat_params = optimizer.param_groups[0]["params"]  # one flat tensor (flatten_parameters)
+    (flat_param,) = optimizer.param_groups[0]["params"]  # every parameter is a view of it (flatten_parameters)
+    whiten_each_minibatch = cfg.norm_adv and cfg.num_minibatches > 1
+    if cfg.norm_adv and not whiten_each_minibatch:  # one minibatch: the same whitening every epoch, done once
+        advantages = core.masked_whiten(advantages)
     for epoch in range(1, cfg.update_epochs + 1):  # noqa: B007 (read after the loop)
         for mb in minibatch_indices(cfg.batch_size, cfg.num_minibatches):
             logits, new_value, backward = agent.forward_for_update(b_obs[mb])
             new_logprob, entropy = core.logprobs_and_entropy(logits, b_actions[mb], entropy_grad=cfg.ent_coef > 0)
-            mb_advantages = core.masked_whiten(advantages[mb]) if cfg.norm_adv else advantages[mb]
+            mb_advantages = core.masked_whiten(advantages[mb]) if whiten_each_minibatch else advantages[mb]
             pg_loss, stats = core.policy_loss(new_logprob, b_logprobs[mb], mb_advantages, clip)
             if kl_ctl is not None:
                 pg_loss = pg_loss + kl_ctl.value * core.kl_estimate(b_logprobs[mb], new_logprob, "k3").mean()
@@ -127,10 +130,10 @@ def update_policy(agent: ActorCritic, optimizer: torch.optim.Optimizer, buffer: 
             loss = pg_loss + cfg.vf_coef * v_loss
             if cfg.ent_coef:  # a zero-weighted term would still cost its share of the backward pass
                 loss = loss - cfg.ent_coef * entropy_loss
-            optimizer.zero_grad(set_to_none=False)  # in place: the gradients are views
+            flat_param.grad.zero_()  # in place: every parameter's gradient is a view of it
             backward(loss)
             if cfg.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(flat_params, cfg.max_grad_norm)
+                clip_flat_grad_norm_(flat_param.grad, cfg.max_grad_norm)
             optimizer.step()
         if cfg.target_kl is not None and stats["approx_kl"] > cfg.target_kl:
             break
