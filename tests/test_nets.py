@@ -2,6 +2,8 @@
 flatten_parameters keeping parameters, gradients and saved files as they were, its gradient clip
 against torch's, and the rollouts' numpy sampler against the torch networks."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ import torch
 from classic_rl import core
 from classic_rl.nets import (
     ActorCritic,
+    FlatAdam,
     clip_flat_grad_norm_,
     draw_action_numpy,
     flatten_parameters,
@@ -100,6 +103,26 @@ def test_clip_flat_grad_norm_matches_torchs_clip(max_norm):
     torch.testing.assert_close(norm, torch_norm, rtol=0, atol=0)
     torch.testing.assert_close(grad, param.grad, rtol=0, atol=0)
     assert (grad.norm() < norm) == (max_norm < norm)
+
+
+def test_flat_adam_takes_torchs_adam_steps_and_shares_its_state_dict():
+    torch.manual_seed(4)
+    ours, theirs = (torch.nn.Parameter(torch.ones(50)) for _ in range(2))
+    flat_adam = FlatAdam(ours, lr=0.01, eps=1e-5, betas=(0.8, 0.9))
+    torch_adam = torch.optim.Adam([theirs], lr=0.01, eps=1e-5, betas=(0.8, 0.9), foreach=False)
+    for step in range(5):
+        ours.grad, theirs.grad = (torch.randn(50) * 10.0**-step,) * 2  # shrinking, so eps and both corrections matter
+        for optimizer in (flat_adam, torch_adam):
+            optimizer.param_groups[0]["lr"] = 0.01 / (step + 1)  # a schedule sets the lr in between
+            optimizer.step()
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    torch_adam.load_state_dict(copy.deepcopy(flat_adam.state_dict()))  # a checkpoint of either loads into the other
+    flat_adam.load_state_dict(copy.deepcopy(torch_adam.state_dict()))
+    ours.grad = theirs.grad = torch.ones(50)
+    flat_adam.step()
+    torch_adam.step()
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    assert flat_adam.state[ours]["step"].item() == 6
 
 
 @pytest.mark.parametrize("shared,activation", [(False, "tanh"), (False, "relu"), (True, "tanh")])

@@ -36,7 +36,7 @@ from classic_rl.infra.errors import (
     require_positive,
 )
 from classic_rl.infra.metrics import RunLogger
-from classic_rl.nets import ACTIVATIONS, ActorCritic, clip_flat_grad_norm_, flatten_parameters
+from classic_rl.nets import ACTIVATIONS, ActorCritic, FlatAdam, clip_flat_grad_norm_, flatten_parameters
 from classic_rl.rollout_buffer import RolloutBuffer
 from classic_rl.training import ClassicConfig, Evaluator
 
@@ -157,7 +157,7 @@ def train(cfg: PPOConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
     vec_env = envs.make_vec_env(cfg.env, cfg.num_envs, cfg.async_envs)
     obs_dim, n_actions = envs.check_spaces(cfg.env, "ppo")
     agent = ActorCritic(obs_dim, n_actions, cfg.hidden_sizes, cfg.normalize_obs, activation=cfg.activation)
-    optimizer = torch.optim.Adam([flatten_parameters(agent)], lr=cfg.learning_rate, eps=1e-5, fused=True)
+    optimizer = FlatAdam(flatten_parameters(agent), lr=cfg.learning_rate, eps=1e-5)
 
     kl_ctl = None if cfg.kl_penalty == "none" else core.KLController(
         cfg.kl_coef, cfg.kl_penalty_target if cfg.kl_penalty == "adaptive" else None, rule="doubling")
