@@ -165,8 +165,8 @@ def clip_flat_grad_norm_(grad: Tensor, max_norm: float) -> Tensor:
 
 class FlatAdam(torch.optim.Adam):
     """torch.optim.Adam for the one flat parameter of flatten_parameters: the same state and state dict,
-    and the same numbers as torch's single-tensor Adam (foreach=False, fused=False), from a step of six
-    in-place kernels without Optimizer.step's per-call Python. That Python (a profiler record, hook
+    and the same numbers as torch's single-tensor Adam (foreach=False, fused=False), from a step of eight
+    small kernels without Optimizer.step's per-call Python. That Python (a profiler record, hook
     loops, grouping, dispatch) was 45 of the 55 us a PPO gradient step spent in Adam. Step hooks are
     not called; weight decay, amsgrad and the other variants are not supported.
     """
@@ -238,9 +238,9 @@ class ActorCritic(SavableModule):
     (shared=True) one trunk of hidden layers with a policy head and a value head.
 
     Rollouts call `sampler()` (a numpy function: obs `[B, obs_dim]` -> action, log-prob, value, each
-    `[B]`), PPO's update `forward_for_update`, the other algorithms `get_action_and_value` (-> action, log-prob, entropy,
-    value). Observations passed in are already normalised (see `normalize`), so a rollout stores
-    exactly what the update will see.
+    `[B]`), PPO's update `forward_for_update`, the other algorithms `get_action_and_value` (-> action,
+    log-prob, entropy, value). Observations passed in are already normalised (see `normalize`), so a
+    rollout stores exactly what the update will see.
     """
 
     def __init__(self, obs_dim: int, n_actions: int, hidden_sizes: list[int], normalize_obs: bool = False, shared: bool = False,
