@@ -191,7 +191,8 @@ def plot_curves(path: str, results: dict, env_id: str) -> None:
     (log scales: the algorithms differ by 30x in both); SB3 dashed."""
     runs = {(algo, impl if impl == "ours" else f"sb3, {hparams}"): r[0] for (env, algo, impl, hparams), r in results.items()
             if env == env_id and r[0]["evaluations"]}
-    colors = dict(zip(dict.fromkeys(algo for algo, _ in runs), plt.get_cmap("tab10").colors, strict=False))
+    palette = plt.get_cmap("tab20").colors  # 20 colours: more than there are algorithms (tab10 ran out at 11)
+    colors = {algo: palette[i % len(palette)] for i, algo in enumerate(dict.fromkeys(algo for algo, _ in runs))}
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     for ax, key, xlabel in ((axes[0], "env_steps", "env steps"), (axes[1], "wall_s", "wall seconds")):
         for (algo, impl), run in runs.items():

@@ -208,6 +208,22 @@ def test_same_seed_twice_gives_identical_metrics(tmp_path):
     assert learning_rows("a") == learning_rows("b")
 
 
+def test_bench_classic_plots_every_algorithm(tmp_path, monkeypatch, capsys):
+    """`--algos all --plot`: one colour per algorithm, however many there are (a 10-colour map once ran out at 11)."""
+    from classic_rl.algos import ALGOS
+
+    def result(algo, impl, hparams):
+        run = {"seed": 1, "evaluations": [{"env_steps": 1000, "wall_s": 0.5, "mean": 20.0}, {"env_steps": 2000, "wall_s": 1.0, "mean": 480.0}]}
+        return {"env": "CartPole-v1", "algo": algo, "impl": impl, "hparams": hparams, "runs": [run]}
+
+    results = [result(algo, "ours", "preset") for algo in ALGOS] + [result("ppo", "sb3", "zoo"), result("dqn", "sb3", "zoo")]
+    (tmp_path / "all.json").write_text(json.dumps({"results": results}))
+    code, _, err = run_script("bench_classic.py", ["--replot", str(tmp_path / "all.json"), "--plot", str(tmp_path / "all.png")],
+                              monkeypatch, capsys)
+    assert code == 0, err
+    assert len(ALGOS) > 10 and (tmp_path / "all.png").stat().st_size > 10_000
+
+
 @pytest.mark.slow
 def test_bench_classic_gives_sb3_our_preset_in_its_own_terms():
     """The identical-hyperparameters comparison: SB3's PPO built from our CartPole preset has our rollout, batch,
