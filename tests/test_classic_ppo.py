@@ -1,5 +1,6 @@
 """Classic PPO: environment contract, learning, save/load, the CLI and its bad-input errors."""
 
+import copy
 import json
 import runpy
 import subprocess
@@ -13,10 +14,11 @@ import torch
 from gymnasium.vector import AutoresetMode
 
 from classic_rl import envs
-from classic_rl.algos.ppo import PPOConfig, minibatch_indices, train
+from classic_rl.algos.ppo import PPOConfig, minibatch_indices, train, update_policy
 from classic_rl.infra.cli import parse_config
-from classic_rl.nets import ActorCritic, ObsNormalizer, load_agent, save_agent
+from classic_rl.nets import ActorCritic, FlatAdam, ObsNormalizer, flatten_parameters, load_agent, save_agent
 from classic_rl.presets import preset
+from classic_rl.rollout_buffer import RolloutBuffer
 from classic_rl.training import run_training
 from tests.conftest import run_script
 
@@ -71,6 +73,50 @@ def test_minibatches_cover_the_rollout_once_each_epoch(num_minibatches):
     assert len(minibatches) == num_minibatches and {len(torch.arange(12)[mb]) for mb in minibatches} == {12 // num_minibatches}
     assert sorted(order.tolist()) == list(range(12))
     assert (order.tolist() == list(range(12))) == (num_minibatches == 1)  # several minibatches are shuffled
+
+
+def plain_ppo_update(agent, obs, actions, old_logp, advantages, returns, cfg):
+    """The update written out plainly: autograd through whole networks, torch's Adam and clip_grad_norm_,
+    advantages whitened per minibatch (population variance), minibatches from torch.randperm as PPO draws them."""
+    optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5, foreach=False)
+    for _ in range(cfg.update_epochs):
+        order = torch.arange(cfg.batch_size) if cfg.num_minibatches == 1 else torch.randperm(cfg.batch_size)
+        for mb in order.split(cfg.batch_size // cfg.num_minibatches):
+            logp_all = torch.log_softmax(agent.actor(obs[mb]), -1)
+            logp = logp_all.gather(1, actions[mb, None]).squeeze(1)
+            adv = (advantages[mb] - advantages[mb].mean()) / torch.sqrt(advantages[mb].var(unbiased=False) + 1e-8)
+            ratio = torch.exp(logp - old_logp[mb])
+            policy_loss = -torch.min(ratio * adv, torch.clamp(ratio, 1 - cfg.clip_coef, 1 + cfg.clip_coef) * adv).mean()
+            value_loss = 0.5 * ((agent.critic(obs[mb]).squeeze(1) - returns[mb]) ** 2).mean()
+            entropy = -(logp_all.exp() * logp_all).sum(1).mean()
+            optimizer.zero_grad()
+            (policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy).backward()
+            torch.nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+
+
+@pytest.mark.parametrize("num_minibatches", [1, 2])
+def test_update_policy_takes_the_steps_of_ppo_written_out_plainly(num_minibatches):
+    """Whitening, the clipped surrogate, the value loss, the entropy bonus, the gradient clip (active: max norm
+    0.05) and Adam, through the hand-written backward, flat parameters and FlatAdam."""
+    cfg = PPOConfig(num_envs=2, num_steps=8, num_minibatches=num_minibatches, update_epochs=3, learning_rate=0.01,
+                    ent_coef=0.01, max_grad_norm=0.05, target_kl=None)
+    torch.manual_seed(5)
+    agent = ActorCritic(4, 3, [8, 8])
+    plain = copy.deepcopy(agent)
+    buffer = RolloutBuffer(cfg.num_steps, cfg.num_envs, 4)
+    buffer.obs.normal_()
+    buffer.actions.random_(0, 3)
+    buffer.logprobs.uniform_(-1.6, -0.6)  # ratios away from 1: both branches of the clip are taken
+    advantages, returns = torch.randn(16) * 3 + 1, torch.randn(16)
+    obs, actions, old_logp, _ = buffer.flat()
+    torch.manual_seed(6)
+    plain_ppo_update(plain, obs, actions, old_logp, advantages, returns, cfg)
+    torch.manual_seed(6)
+    update_policy(agent, FlatAdam(flatten_parameters(agent), lr=cfg.learning_rate, eps=1e-5), buffer, advantages, returns,
+                  None, cfg, global_step=0)
+    for (name, got), want in zip(agent.named_parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_ppo_learns_cartpole(tmp_path):
