@@ -82,9 +82,8 @@ def grpo_update(policy, optimizer, accelerator, rollout: Rollout, rewards: Tenso
     means = MeanStats()
     for _iteration in range(cfg.num_iterations):
         for mb in torch.randperm(len(rewards)).split(size):
-            logits = completion_logits(policy, rollout.input_ids[mb], rollout.attention_mask[mb], rollout.prompt_length,
-                                       cfg.temperature)
-            logp, entropy = core.logprobs_and_entropy(logits, rollout.completion_ids[mb], mask[mb])
+            logits = completion_logits(policy, rollout.input_ids[mb], rollout.attention_mask[mb], rollout.prompt_length)
+            logp, entropy = core.token_logprobs_and_entropy(logits, rollout.completion_ids[mb], mask[mb], cfg.temperature)
             adv = advantages[mb, None].expand_as(logp)
             per_token_loss, stats = core.policy_loss(logp, rollout.old_logprobs[mb], adv, cfg.epsilon, cfg.epsilon_high,
                                                      mask[mb], "none")

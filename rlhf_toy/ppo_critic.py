@@ -100,13 +100,12 @@ def advantages_and_returns(scores: Tensor, values: Tensor, kl: Tensor, mask: Ten
     return core.masked_whiten(advantages, mask), returns
 
 
-def logits_and_values(policy, critic: Critic, input_ids: Tensor, attention_mask: Tensor, prompt_length: int,
-                      temperature: float) -> tuple[Tensor, Tensor]:
-    """Policy logits `[B, C, V]` and values `[B, C]`; a shared critic reads the same forward pass."""
+def logits_and_values(policy, critic: Critic, input_ids: Tensor, attention_mask: Tensor, prompt_length: int) -> tuple[Tensor, Tensor]:
+    """Policy logits `[B, C, V]` (completion_logits) and values `[B, C]`; a shared critic reads the same forward pass."""
     if critic.shared:
-        logits, hidden = completion_logits(policy, input_ids, attention_mask, prompt_length, temperature, return_hidden=True)
+        logits, hidden = completion_logits(policy, input_ids, attention_mask, prompt_length, return_hidden=True)
         return logits, critic.values_from_hidden(hidden)
-    logits = completion_logits(policy, input_ids, attention_mask, prompt_length, temperature)
+    logits = completion_logits(policy, input_ids, attention_mask, prompt_length)
     return logits, critic(input_ids, attention_mask, prompt_length, policy)
 
 
@@ -129,8 +128,8 @@ def ppo_update(policy, critic: Critic, optimizer, accelerator, rollout: Rollout,
     for _epoch in range(cfg.num_ppo_epochs):
         for mb in torch.randperm(len(scores)).split(size):
             logits, values = logits_and_values(policy, critic, rollout.input_ids[mb], rollout.attention_mask[mb],
-                                               rollout.prompt_length, cfg.temperature)
-            logp, entropy = core.logprobs_and_entropy(logits, rollout.completion_ids[mb], mask[mb])
+                                               rollout.prompt_length)
+            logp, entropy = core.token_logprobs_and_entropy(logits, rollout.completion_ids[mb], mask[mb], cfg.temperature)
             pg_loss, stats = core.policy_loss(logp, rollout.old_logprobs[mb], advantages[mb], cfg.cliprange,
                                               mask=mask[mb], agg="token")
             v_loss = core.value_loss(values, old_values[mb], returns[mb], clip=cfg.cliprange_value, mask=mask[mb])

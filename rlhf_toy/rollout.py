@@ -92,8 +92,9 @@ def select_cache_rows(cache: DynamicCache, rows: Tensor) -> None:
 
 
 def completion_logits(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, prompt_length: int,
-                      temperature: float, return_hidden: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-    """Teacher-forced logits / temperature that predict each completion token: `[B, C, V]`.
+                      return_hidden: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """Teacher-forced logits that predict each completion token: `[B, C, V]`, in the dtype the model computes in
+    (bf16 under autocast); core.token_logprobs turns them into log-probs at a sampling temperature.
 
     return_hidden also gives the last hidden states at the same positions `[B, C, H]` (the state
     before each completion token, which a shared-trunk value head reads). Rows that share a prompt
@@ -104,7 +105,6 @@ def completion_logits(model: PreTrainedModel, input_ids: Tensor, attention_mask:
 
     logits, *hidden = completion_states(model, input_ids, attention_mask, prompt_length, read, output_hidden_states=return_hidden,
                                         logits_to_keep=input_ids.shape[1] - prompt_length + 1)  # no vocabulary projection of the prompt
-    logits = logits.float() if temperature == 1 else logits.float() / temperature  # a pass over [B, C, V] saved at T = 1
     return (logits, hidden[0]) if return_hidden else logits
 
 
@@ -137,8 +137,8 @@ def sequence_logprobs(model: PreTrainedModel, input_ids: Tensor, attention_mask:
     """log pi(completion | prompt) summed over each completion's tokens `[B]` (temperature 1), the log-prob
     DPO compares; rows with the same prompt share its forward pass."""
     prompt_length = input_ids.shape[1] - completion_mask.shape[1]
-    logits = completion_logits(model, input_ids, attention_mask, prompt_length, temperature=1.0)
-    return core.logprobs_from_logits(logits, input_ids[:, prompt_length:], completion_mask).sum(1)
+    logits = completion_logits(model, input_ids, attention_mask, prompt_length)
+    return core.token_logprobs(logits, input_ids[:, prompt_length:], completion_mask).sum(1)
 
 
 @torch.inference_mode()
@@ -163,7 +163,7 @@ def sample_rollout(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     ref_logprobs = None
     if ref_model is not None:
         with evaluation_mode(ref_model), autocast(reference_precision, input_ids.device):
-            ref_logits = completion_logits(ref_model, input_ids, attention_mask, prompt_length, temperature)
-        ref_logprobs = core.logprobs_from_logits(ref_logits, completion_ids, completion_mask)
+            ref_logits = completion_logits(ref_model, input_ids, attention_mask, prompt_length)
+        ref_logprobs = core.token_logprobs(ref_logits, completion_ids, completion_mask, temperature)
     completions = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
     return Rollout(prompts, completions, input_ids, attention_mask, completion_mask, old_logprobs, ref_logprobs, is_truncated)

@@ -113,7 +113,8 @@ def sample_with(precision: str, policy, tokenizer, prompts, sampling) -> None:
 @torch.inference_mode()
 def reference_pass(precision: str, model, rollout) -> None:
     with autocast(precision, CPU):
-        completion_logits(model, rollout.input_ids, rollout.attention_mask, rollout.prompt_length, 1.0)
+        logits = completion_logits(model, rollout.input_ids, rollout.attention_mask, rollout.prompt_length)
+        core.token_logprobs(logits, rollout.completion_ids, rollout.completion_mask)
 
 
 def update_pass(precision: str, model, rollout) -> None:
@@ -121,8 +122,8 @@ def update_pass(precision: str, model, rollout) -> None:
     input_ids, attention_mask, completion_ids, mask = (t.clone() for t in (  # out of inference mode, as the trainer's
         rollout.input_ids, rollout.attention_mask, rollout.completion_ids, rollout.completion_mask))
     with autocast(precision, CPU):
-        logits = completion_logits(model, input_ids, attention_mask, rollout.prompt_length, 1.0)
-    core.logprobs_from_logits(logits, completion_ids, mask).sum().backward()
+        logits = completion_logits(model, input_ids, attention_mask, rollout.prompt_length)
+    core.token_logprobs(logits, completion_ids, mask).sum().backward()
     model.zero_grad(set_to_none=True)
 
 

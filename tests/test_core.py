@@ -181,6 +181,40 @@ def test_logprobs_and_entropy_with_entropy_grad_gives_the_entropy_bonus_its_grad
     close(logits.grad, [[-p * (math.log(p) + entropy_value) for p in probs]])
 
 
+def test_token_logprobs_by_hand_at_a_temperature():
+    """At temperature 0.5 the logits [0, 0, -1] become [0, 0, -2]: probs [1, 1, e^-2] / z; d logp / d logits is
+    (onehot - softmax) / temperature, and the masked row holds 0 with no gradient."""
+    logits = torch.tensor([[0.0, 0.0, -1.0], [0.0, math.log(3.0), 2.0]], requires_grad=True)
+    tokens, mask = torch.tensor([2, 1]), t(1, 0)
+    logp, entropy = core.token_logprobs_and_entropy(logits, tokens, mask, temperature=0.5)
+    z = 2 + math.exp(-2)
+    close(logp, [-2 - math.log(z), 0.0])
+    close(entropy, [math.log(z) + 2 * math.exp(-2) / z, 0.0])
+    assert not entropy.requires_grad
+    logp.sum().backward()
+    close(logits.grad, [[-2 / z, -2 / z, 2 * (1 - math.exp(-2) / z)], [0.0, 0.0, 0.0]])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_token_logprobs_in_chunks_equal_one_log_softmax(monkeypatch, dtype):
+    """Chunks of 2 rows over 5 (the last one short): the values and gradients of logprobs_and_entropy on the fp32
+    logits; bf16 logits get a bf16 gradient, that one rounded."""
+    monkeypatch.setattr(core._ChunkedTokenLogprobs, "CHUNK_ELEMENTS", 2 * 7)
+    torch.manual_seed(0)
+    logits, tokens = (3 * torch.randn(5, 7)).to(dtype), torch.randint(0, 7, (5,))
+    upstream, mask = torch.randn(5), t(1, 1, 0, 1, 1)
+    chunked_logits, plain_logits = logits.clone().requires_grad_(), logits.float().requires_grad_()
+    logp, entropy = core.token_logprobs_and_entropy(chunked_logits, tokens, mask, temperature=0.7)
+    plain_logp, plain_entropy = core.logprobs_and_entropy(plain_logits / 0.7, tokens, mask)
+    close(logp, plain_logp)
+    close(entropy, plain_entropy)
+    close(core.token_logprobs(logits, tokens, mask, temperature=0.7), plain_logp)
+    (logp * upstream).sum().backward()
+    (plain_logp * upstream).sum().backward()
+    assert chunked_logits.grad.dtype == dtype
+    close(chunked_logits.grad, plain_logits.grad.to(dtype).float())
+
+
 def test_kl_estimators_by_hand():
     logp, ref = t(-1.0, -2.0), t(-1.5, -1.0)  # x = ref - logp = [-0.5, 1.0]
     close(core.kl_estimate(logp, ref, "k1"), [0.5, -1.0])

@@ -93,8 +93,8 @@ def test_the_update_in_bf16_is_the_fp32_update_to_rounding(policy_reference_roll
     for name in ("fp32", "bf16"):
         model = choose_attention(copy.deepcopy(policy).train(), name, CPU)
         with autocast(name, CPU):
-            logits = completion_logits(model, rollout.input_ids.clone(), rollout.attention_mask.clone(), rollout.prompt_length, 1.0)
-        logp = core.logprobs_from_logits(logits, rollout.completion_ids.clone(), rollout.completion_mask.clone())
+            logits = completion_logits(model, rollout.input_ids.clone(), rollout.attention_mask.clone(), rollout.prompt_length)
+        logp = core.token_logprobs(logits, rollout.completion_ids.clone(), rollout.completion_mask.clone())
         (logp.sum()).backward()
         results[name] = logp.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])
     assert model.config._attn_implementation == "eager"

@@ -59,8 +59,8 @@ def test_completion_mask_stops_after_the_first_of_any_eos_id():
 def sequence_logprobs(policy, rollout) -> torch.Tensor:
     """Sum of each completion's token log-probs under policy, `[B]`."""
     with torch.no_grad():
-        logits = completion_logits(policy, rollout.input_ids, rollout.attention_mask, rollout.prompt_length, 1.0)
-    return core.logprobs_from_logits(logits, rollout.completion_ids, rollout.completion_mask).sum(1)
+        logits = completion_logits(policy, rollout.input_ids, rollout.attention_mask, rollout.prompt_length)
+    return core.token_logprobs(logits, rollout.completion_ids, rollout.completion_mask).sum(1)
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +76,8 @@ def test_rollout_logprobs_equal_a_teacher_forced_forward(policy_and_tokenizer):
     rollout = sample_rollout(policy, tokenizer, prompts, SamplingConfig(max_new_tokens=24, temperature=0.8), ref_model=policy)
     assert rollout.input_ids[:, 0].eq(tokenizer.pad_token_id).any()  # prompts of different length: left padding is exercised
     with torch.no_grad():
-        logits = completion_logits(policy, rollout.input_ids, rollout.attention_mask, rollout.prompt_length, 0.8)
-    forward = core.logprobs_from_logits(logits, rollout.completion_ids, rollout.completion_mask)
+        logits = completion_logits(policy, rollout.input_ids, rollout.attention_mask, rollout.prompt_length)
+    forward = core.token_logprobs(logits, rollout.completion_ids, rollout.completion_mask, temperature=0.8)
     torch.testing.assert_close(rollout.old_logprobs, forward, atol=1e-5, rtol=0)
     # the reference is the policy itself at step 0: its log-probs agree and k3 KL is zero
     kl = core.kl_estimate(rollout.old_logprobs, rollout.ref_logprobs, "k3", rollout.completion_mask)
@@ -109,14 +109,14 @@ def test_rows_sharing_a_prompt_give_the_logits_and_gradients_of_one_full_forward
     rollout = sample_rollout(policy, tokenizer, prompts, SamplingConfig(max_new_tokens=12))
     ids, mask, prompt_length = rollout.input_ids.clone(), rollout.attention_mask.clone(), rollout.prompt_length  # not inference tensors
     out = policy(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), output_hidden_states=True)
-    full_logits, full_hidden = out.logits[:, prompt_length - 1: -1] / 0.7, out.hidden_states[-1][:, prompt_length - 1: -1]
-    shared_logits, shared_hidden = completion_logits(policy, ids, mask, prompt_length, 0.7, return_hidden=True)  # 3 prompts run, not 8
+    full_logits, full_hidden = out.logits[:, prompt_length - 1: -1], out.hidden_states[-1][:, prompt_length - 1: -1]
+    shared_logits, shared_hidden = completion_logits(policy, ids, mask, prompt_length, return_hidden=True)  # 3 prompts run, not 8
     torch.testing.assert_close(shared_logits, full_logits, atol=1e-5, rtol=0)
     torch.testing.assert_close(shared_hidden, full_hidden, atol=1e-5, rtol=0)
 
     def gradients(logits):
         policy.zero_grad()
-        core.logprobs_from_logits(logits, ids[:, prompt_length:], rollout.completion_mask.clone()).sum().backward()
+        core.logprobs_from_logits(logits / 0.7, ids[:, prompt_length:], rollout.completion_mask.clone()).sum().backward()
         return torch.cat([p.grad.flatten() for p in policy.parameters()])
 
     shared, full = gradients(shared_logits), gradients(full_logits)
@@ -266,13 +266,13 @@ def test_one_ppo_update_raises_the_logprob_of_the_better_completion(critic_kind,
     before = sequence_logprobs(policy, rollout)
     with torch.no_grad():  # the values of the rollout (the critic's own pass) are those the update's forward gives
         args = (rollout.input_ids, rollout.attention_mask, rollout.prompt_length)
-        torch.testing.assert_close(critic(*args, policy), logits_and_values(policy, critic, *args, 1.0)[1], atol=1e-5, rtol=0)
+        torch.testing.assert_close(critic(*args, policy), logits_and_values(policy, critic, *args)[1], atol=1e-5, rtol=0)
     params = list(policy.parameters()) + [p for p in critic.head.parameters()]
     optimizer = torch.optim.SGD(params, lr=0.05)
     policy_forwards = []
     policy.register_forward_hook(lambda *_: policy_forwards.append(1))
     with torch.no_grad():
-        completion_logits(policy, *args, 1.0)
+        completion_logits(policy, *args)
     one_pass = len(policy_forwards)  # 2: the shared prompt, then the completions
     metrics = ppo_update(policy, critic, optimizer, Accelerator(cpu=True), rollout, torch.tensor([1.0, 0.0]),
                          KLController(0.05), cfg)

@@ -140,7 +140,7 @@ def test_the_kl_term_pulls_the_policy_towards_the_reference(grpo_setup):
 def kl_to_reference(model, rollout):
     """Mean k3 KL of model's token log-probs to the reference's over the rollout's valid tokens."""
     with torch.no_grad():
-        logits = completion_logits(model, rollout.input_ids, rollout.attention_mask, rollout.prompt_length, 1.0)
+        logits = completion_logits(model, rollout.input_ids, rollout.attention_mask, rollout.prompt_length)
         logp = core.logprobs_from_logits(logits, rollout.completion_ids, rollout.completion_mask)
         return core.masked_mean(core.kl_estimate(logp, rollout.ref_logprobs, "k3"), rollout.completion_mask).item()
 
