@@ -142,7 +142,8 @@ def set_up(cfg: RLHFConfig) -> Run:
         params += [p for p in critic.parameters() if all(p is not q for q in params)]
         if cfg.ptx_coef:
             ptx_batches, ptx_batch = pretraining_mix(cfg, tokenizer, policy)
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+    # fused: the Trainer's default (adamw_torch_fused) since torch 2.8, so TRL runs it too; 1.4 -> 0.36 ms a step on CPU here
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0, fused=True)
     logger = RunLogger(run_dir) if accelerator.is_main_process else None
     checkpoints.track(optimizer=optimizer, logger=logger, critic=critic, kl_ctl=kl_ctl,  # accelerate wraps, not copies, it
                       ptx_batches=ptx_batches)
