@@ -22,7 +22,7 @@ from classic_rl import core
 from classic_rl.infra.errors import check_finite
 from classic_rl.infra.metrics import MeanStats
 from rlhf_toy.configs import LOSS_TYPES, SCALE_REWARDS, GRPOConfig
-from rlhf_toy.rollout import Rollout, completion_logits
+from rlhf_toy.rollout import Rollout, completion_logprobs
 
 
 def group_advantages(rewards: Tensor, group_size: int, scale_rewards: str = "group", eps: float = 1e-4) -> tuple[Tensor, Tensor]:
@@ -82,8 +82,8 @@ def grpo_update(policy, optimizer, accelerator, rollout: Rollout, rewards: Tenso
     means = MeanStats()
     for _iteration in range(cfg.num_iterations):
         for mb in torch.randperm(len(rewards)).split(size):
-            logits = completion_logits(policy, rollout.input_ids[mb], rollout.attention_mask[mb], rollout.prompt_length)
-            logp, entropy = core.token_logprobs_and_entropy(logits, rollout.completion_ids[mb], mask[mb], cfg.temperature)
+            logp, entropy = completion_logprobs(policy, rollout.input_ids[mb], rollout.attention_mask[mb], rollout.completion_mask[mb],
+                                                cfg.temperature, with_entropy=True)
             adv = advantages[mb, None].expand_as(logp)
             per_token_loss, stats = core.policy_loss(logp, rollout.old_logprobs[mb], adv, cfg.epsilon, cfg.epsilon_high,
                                                      mask[mb], "none")

@@ -109,6 +109,43 @@ def completion_logits(model: PreTrainedModel, input_ids: Tensor, attention_mask:
     return (logits, hidden[0]) if return_hidden else logits
 
 
+def completion_logprobs(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor,
+                        temperature: float = 1.0, with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+    """(token log-probs `[B, C]` of the completions at temperature, their entropies or None): core.token_logprobs of
+    completion_logits, zero where completion_mask is.
+
+    Rows run in two groups, shorter and longer completions, each cut to its own longest one, when that saves at
+    least a fifth of the positions (length_groups): GRPO's completions are often mostly half as long as the
+    longest (the demo's update: 78 -> 66 ms for one such batch). Same values to float rounding.
+    """
+    prompt_length = input_ids.shape[1] - completion_mask.shape[1]
+    logp = completion_mask.new_zeros(completion_mask.shape)
+    entropy = torch.zeros_like(logp) if with_entropy else None
+    for rows, length in length_groups(completion_mask):
+        end = prompt_length + length
+        logits = completion_logits(model, input_ids[rows, :end], attention_mask[rows, :end], prompt_length)
+        tokens, mask = input_ids[rows, prompt_length:end], completion_mask[rows, :length]
+        if with_entropy:
+            logp[rows, :length], entropy[rows, :length] = core.token_logprobs_and_entropy(logits, tokens, mask, temperature)
+        else:
+            logp[rows, :length] = core.token_logprobs(logits, tokens, mask, temperature)
+    return logp, entropy
+
+
+def length_groups(completion_mask: Tensor, min_saving: float = 0.2) -> list[tuple[Tensor, int]]:
+    """[(rows, length)]: the rows `[b]` of one or two groups and the longest completion in each. Two when splitting
+    the rows sorted by length at the best point saves at least min_saving of the positions one group runs (each group
+    costs a forward's fixed overhead)."""
+    lengths, order = completion_mask.sum(1).long().clamp(min=1).sort()
+    rows = torch.arange(1, len(lengths), device=lengths.device)  # the split: rows[:k] short, rows[k:] long
+    positions = rows * lengths[:-1] + (len(lengths) - rows) * lengths[-1]
+    longest = int(lengths[-1])
+    if len(positions) and positions.min() <= (1 - min_saving) * len(lengths) * longest:
+        k = int(rows[positions.argmin()])
+        return [(order[:k], int(lengths[k - 1])), (order[k:], longest)]
+    return [(order, longest)]
+
+
 def completion_mask_from_ids(completion_ids: Tensor, eos_token_ids: list[int]) -> tuple[Tensor, Tensor]:
     """(mask `[B, C]`, is_truncated `[B]`): tokens up to and including the first of any eos id are valid."""
     is_eos = torch.isin(completion_ids, torch.tensor(eos_token_ids, device=completion_ids.device))
@@ -137,9 +174,7 @@ def encode_completions(tokenizer: PreTrainedTokenizerBase, prompts: list[str], c
 def sequence_logprobs(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor) -> Tensor:
     """log pi(completion | prompt) summed over each completion's tokens `[B]` (temperature 1), the log-prob
     DPO compares; rows with the same prompt share its forward pass."""
-    prompt_length = input_ids.shape[1] - completion_mask.shape[1]
-    logits = completion_logits(model, input_ids, attention_mask, prompt_length)
-    return core.token_logprobs(logits, input_ids[:, prompt_length:], completion_mask).sum(1)
+    return completion_logprobs(model, input_ids, attention_mask, completion_mask)[0].sum(1)
 
 
 @torch.inference_mode()
@@ -164,7 +199,6 @@ def sample_rollout(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     ref_logprobs = None
     if ref_model is not None:
         with evaluation_mode(ref_model), autocast(reference_precision, input_ids.device):
-            ref_logits = completion_logits(ref_model, input_ids, attention_mask, prompt_length)
-        ref_logprobs = core.token_logprobs(ref_logits, completion_ids, completion_mask, temperature)
+            ref_logprobs, _ = completion_logprobs(ref_model, input_ids, attention_mask, completion_mask, temperature)
     completions = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
     return Rollout(prompts, completions, input_ids, attention_mask, completion_mask, old_logprobs, ref_logprobs, is_truncated)

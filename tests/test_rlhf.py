@@ -27,7 +27,13 @@ from rlhf_toy.ppo_critic import (
     token_rewards,
 )
 from rlhf_toy.rewards import resolve_reward
-from rlhf_toy.rollout import completion_logits, completion_mask_from_ids, sample_rollout
+from rlhf_toy.rollout import (
+    completion_logits,
+    completion_logprobs,
+    completion_mask_from_ids,
+    length_groups,
+    sample_rollout,
+)
 from rlhf_toy.sampling import SamplingConfig
 from rlhf_toy.trainer import train
 from tests.conftest import ROOT, comparable_metrics, kill_after_first_checkpoint, run_script, step_rows
@@ -121,6 +127,39 @@ def test_rows_sharing_a_prompt_give_the_logits_and_gradients_of_one_full_forward
 
     shared, full = gradients(shared_logits), gradients(full_logits)
     assert (shared - full).norm() < 1e-5 * full.norm()
+
+
+def test_length_groups_split_off_the_long_completions_only_when_it_saves_a_fifth():
+    def groups(*lengths):
+        mask = torch.tensor([[1.0] * n + [0.0] * (max(lengths) - n) for n in lengths])
+        return [(sorted(rows.tolist()), length) for rows, length in length_groups(mask)]
+    assert groups(2, 10, 2, 3) == [([0, 2, 3], 3), ([1], 10)]  # 3 x 3 + 10 positions instead of 4 x 10
+    assert groups(9, 10, 8, 10) == [([0, 1, 2, 3], 10)]  # the best split, 8 + 3 x 10, saves 5%
+    assert groups(4) == [([0], 4)]
+
+
+def test_completion_logprobs_in_length_groups_equal_one_forward_of_the_whole_batch(nano_dir, policy_and_tokenizer):
+    """Two groups of rows (the values and the gradients), against token_logprobs of one forward over all rows."""
+    policy, tokenizer = load_model(nano_dir), policy_and_tokenizer[1]
+    torch.manual_seed(4)
+    rollout = sample_rollout(policy, tokenizer, ["Describe a fox.", "Tell me about Ada."] * 4, SamplingConfig(max_new_tokens=16))
+    ids, attention, mask = rollout.input_ids.clone(), rollout.attention_mask.clone(), rollout.completion_mask.clone()
+    mask[:5, 3:], attention[:5, rollout.prompt_length + 3:] = 0, 0  # five completions end after 3 tokens
+    assert len(length_groups(mask)) == 2 and mask.sum(1).max() > 6
+    results = []
+    for grouped in (True, False):
+        policy.zero_grad()
+        if grouped:
+            logp, entropy = completion_logprobs(policy, ids, attention, mask, temperature=0.7, with_entropy=True)
+        else:
+            logits = completion_logits(policy, ids, attention, rollout.prompt_length)
+            logp, entropy = core.token_logprobs_and_entropy(logits, ids[:, rollout.prompt_length:], mask, temperature=0.7)
+        logp.sum().backward()
+        results.append((logp.detach(), entropy, torch.cat([p.grad.flatten() for p in policy.parameters()])))
+    (logp, entropy, grad), (full_logp, full_entropy, full_grad) = results
+    torch.testing.assert_close(logp, full_logp, atol=1e-5, rtol=0)
+    torch.testing.assert_close(entropy, full_entropy, atol=1e-5, rtol=0)
+    assert (grad - full_grad).norm() < 1e-5 * full_grad.norm()
 
 
 def test_one_grpo_update_raises_the_logprob_of_the_better_completion(policy_and_tokenizer, nano_dir):
