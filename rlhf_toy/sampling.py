@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import (
+    BatchEncoding,
     GenerationConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -52,7 +53,7 @@ class SamplingConfig:
         quarter of CPU decoding time here, and the distribution is the same."""
         if self.temperature == 0:
             return logits.argmax(-1)
-        scores = logits.float() / self.temperature
+        scores = logits.float() if self.temperature == 1 else logits.float() / self.temperature
         if self.top_k:
             scores = TopKLogitsWarper(self.top_k)(None, scores)
         if self.top_p < 1:
@@ -84,9 +85,13 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_n
                    model: PreTrainedModel) -> dict[str, torch.Tensor]:
     """Left-padded `input_ids` / `attention_mask` `[B, P]` for prompts in the chat template.
 
+    Each distinct prompt is tokenized once (a GRPO batch repeats each num_generations times).
     Raises a ConfigError when prompt plus completion would not fit the model's context.
     """
-    batch = tokenizer([format_prompt(p) for p in prompts], return_tensors="pt", padding=True)
+    distinct = {prompt: i for i, prompt in enumerate(dict.fromkeys(prompts))}
+    encoded = tokenizer([format_prompt(p) for p in distinct], return_tensors="pt", padding=True)
+    rows = torch.tensor([distinct[p] for p in prompts])
+    batch = BatchEncoding({key: value[rows] for key, value in encoded.items()})
     longest, context = batch["input_ids"].shape[1], context_length(model)
     if longest + max_new_tokens > context:
         raise ConfigError(f"the longest prompt ({longest} tokens) plus max_new_tokens={max_new_tokens} exceeds the "
