@@ -8,7 +8,7 @@ writing keys and values into preallocated buffers instead of concatenating a gro
 
     prefill   logits, cache = model(distinct prompts)             # transformers' forward, once per GRPO group
     repeat    token ~ softmax(filtered logits / T)                # the sampling of generate
-              logits = lean_gpt2_step(token, position, buffers)   # layer norm, attention, MLP
+              logits = LeanGPT2.step(token, position, buffers)    # layer norm, attention, MLP
     until     every sequence has produced eos, or max_new_tokens
 
 `tests/test_decoding.py` checks it against `model.generate` (the same greedy tokens and logits) and, while
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -105,8 +106,7 @@ def sample_gpt2(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tenso
     mask_bias = torch.full((batch, 1, 1, total), float("-inf"), device=device)
     mask_bias[:, 0, 0, :prompt_length].masked_fill_(attention_mask.bool(), 0.0)
     position = position_ids(attention_mask)[:, -1]
-    activation, eps, scale = decoding_activation(config.activation_function), config.layer_norm_epsilon, head_dim ** -0.5
-    layers = [LayerWeights.of(block) for block in gpt.h]
+    lean = LeanGPT2.of(model)
     rows = torch.arange(batch, device=device)  # the batch rows still decoding, in the buffers' order
     done = torch.zeros(batch, dtype=torch.bool, device=device)  # per decoding row: it has produced an eos
     eos = torch.tensor(eos_token_ids, device=device)
@@ -127,19 +127,19 @@ def sample_gpt2(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tenso
             keys, values = [k.index_select(0, keep) for k in keys], [v.index_select(0, keep) for v in values]
         mask_bias[:, 0, 0, t] = 0.0
         position = position + 1
-        logits = lean_gpt2_step(model, layers, token, position, t, keys, values, mask_bias, activation, eps, scale)
+        logits = lean.step(token, position, t, keys, values, mask_bias)
     return torch.cat([input_ids, tokens[:, : step + 1]], dim=1), step_logits
 
 
 @dataclass
 class LayerWeights:
-    """One GPT-2 block's weights for the lean step: the linear layers' `[out, in]` copies, since GPT-2's Conv1D
-    keeps them `[in, out]` and at 64 rows torch's CPU matmul with that layout was up to 4x slower
-    ([64, 128] @ [128, 128]: 61 us as addmm, 14 us as linear)."""
-    ln_1: torch.nn.LayerNorm
-    ln_2: torch.nn.LayerNorm
+    """One GPT-2 block's weights for the lean step: the layer norms' (weight, bias) and the linear layers' `[out, in]`
+    copies with their biases, since GPT-2's Conv1D keeps them `[in, out]` and at 64 rows torch's CPU matmul with that
+    layout was up to 4x slower ([64, 128] @ [128, 128]: 61 us as addmm, 14 us as linear)."""
+    ln_1: tuple[Tensor, Tensor]
     attn: tuple[Tensor, Tensor]
     attn_proj: tuple[Tensor, Tensor]
+    ln_2: tuple[Tensor, Tensor]
     mlp_fc: tuple[Tensor, Tensor]
     mlp_proj: tuple[Tensor, Tensor]
 
@@ -147,29 +147,47 @@ class LayerWeights:
     def of(block) -> LayerWeights:
         def linear(conv1d):
             return conv1d.weight.t().contiguous(), conv1d.bias
-        return LayerWeights(block.ln_1, block.ln_2, linear(block.attn.c_attn), linear(block.attn.c_proj), linear(block.mlp.c_fc),
-                            linear(block.mlp.c_proj))
+        return LayerWeights((block.ln_1.weight, block.ln_1.bias), linear(block.attn.c_attn), linear(block.attn.c_proj),
+                            (block.ln_2.weight, block.ln_2.bias), linear(block.mlp.c_fc), linear(block.mlp.c_proj))
 
 
-def lean_gpt2_step(model: PreTrainedModel, layers: list[LayerWeights], token: Tensor, position: Tensor, t: int, keys: list[Tensor],
-                   values: list[Tensor], mask_bias: Tensor, activation, eps: float, scale: float) -> Tensor:
-    """Logits `[b, V]` after feeding token `[b]` at position `[b]`, writing its keys and values at index t of the
-    per-layer buffers `[b, heads, T, head_dim]` (GPT-2's block: layer norm, attention, MLP, each with a residual)."""
-    config, gpt = model.config, model.transformer
-    rows, heads, head_dim = len(token), config.n_head, config.n_embd // config.n_head
-    hidden = gpt.wte.weight[token] + gpt.wpe.weight[position]  # [b, D]
-    for layer, k, v in zip(layers, keys, values, strict=True):
-        x = F.layer_norm(hidden, (config.n_embd,), layer.ln_1.weight, layer.ln_1.bias, eps)
-        q, k_new, v_new = F.linear(x, *layer.attn).split(config.n_embd, dim=-1)
-        k[:, :, t] = k_new.view(rows, heads, head_dim)
-        v[:, :, t] = v_new.view(rows, heads, head_dim)
-        # one query per row and head: mask + scale * q k^T, a softmax, a matmul (SDPA's CPU kernel was 23% of sampling
-        # at these sizes)
-        scores = torch.add(mask_bias[..., : t + 1], torch.matmul(q.view(rows, heads, 1, head_dim), k[:, :, : t + 1].transpose(-1, -2)),
-                           alpha=scale)
-        attended = torch.matmul(scores.softmax(-1), v[:, :, : t + 1])
-        hidden = hidden + F.linear(attended.view(rows, config.n_embd), *layer.attn_proj)
-        x = F.layer_norm(hidden, (config.n_embd,), layer.ln_2.weight, layer.ln_2.bias, eps)
-        hidden = hidden + F.linear(activation(F.linear(x, *layer.mlp_fc)), *layer.mlp_proj)
-    hidden = F.layer_norm(hidden, (config.n_embd,), gpt.ln_f.weight, gpt.ln_f.bias, eps)
-    return model.lm_head(hidden)
+@dataclass
+class LeanGPT2:
+    """What the lean step reads of a GPT-2, gathered once per sampling call: its weights and its sizes (a
+    transformers config attribute costs about a microsecond to read; 1.5 ms a rollout read per step)."""
+    wte: Tensor
+    wpe: Tensor
+    layers: list[LayerWeights]
+    ln_f: tuple[Tensor, Tensor]
+    lm_head: torch.nn.Module
+    width: int
+    heads: int
+    eps: float
+    activation: Callable[[Tensor], Tensor]
+
+    @staticmethod
+    def of(model: PreTrainedModel) -> LeanGPT2:
+        config, gpt = model.config, model.transformer
+        return LeanGPT2(gpt.wte.weight, gpt.wpe.weight, [LayerWeights.of(block) for block in gpt.h], (gpt.ln_f.weight, gpt.ln_f.bias),
+                        model.lm_head, config.n_embd, config.n_head, config.layer_norm_epsilon,
+                        decoding_activation(config.activation_function))
+
+    def step(self, token: Tensor, position: Tensor, t: int, keys: list[Tensor], values: list[Tensor], mask_bias: Tensor) -> Tensor:
+        """Logits `[b, V]` after feeding token `[b]` at position `[b]`, writing its keys and values at index t of the
+        per-layer buffers `[b, heads, T, head_dim]` (GPT-2's block: layer norm, attention, MLP, each with a residual)."""
+        rows, width, heads, head_dim = len(token), self.width, self.heads, self.width // self.heads
+        shape, eps, activation = (width,), self.eps, self.activation
+        hidden = self.wte[token] + self.wpe[position]  # [b, D]
+        for layer, k, v in zip(self.layers, keys, values, strict=True):
+            q, k_new, v_new = F.linear(F.layer_norm(hidden, shape, *layer.ln_1, eps), *layer.attn).split(width, dim=-1)
+            k[:, :, t] = k_new.view(rows, heads, head_dim)
+            v[:, :, t] = v_new.view(rows, heads, head_dim)
+            # one query per row and head: mask + q k^T / sqrt(head_dim), a softmax, a matmul (SDPA's CPU kernel was 23% of
+            # sampling at these sizes)
+            scores = torch.add(mask_bias[..., : t + 1], torch.matmul(q.view(rows, heads, 1, head_dim), k[:, :, : t + 1].transpose(-1, -2)),
+                               alpha=head_dim ** -0.5)
+            attended = torch.matmul(scores.softmax(-1), v[:, :, : t + 1])
+            hidden = hidden + F.linear(attended.view(rows, width), *layer.attn_proj)
+            x = F.layer_norm(hidden, shape, *layer.ln_2, eps)
+            hidden = hidden + F.linear(activation(F.linear(x, *layer.mlp_fc)), *layer.mlp_proj)
+        return self.lm_head(F.layer_norm(hidden, shape, *self.ln_f, eps))
