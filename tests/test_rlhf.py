@@ -130,22 +130,26 @@ def test_rows_sharing_a_prompt_give_the_logits_and_gradients_of_one_full_forward
 
 
 def test_length_groups_split_off_the_long_completions_only_when_it_saves_a_fifth():
+    """Lengths round up to multiples of 8, splits fall at multiples of 8 rows."""
     def groups(*lengths):
         mask = torch.tensor([[1.0] * n + [0.0] * (max(lengths) - n) for n in lengths])
         return [(sorted(rows.tolist()), length) for rows, length in length_groups(mask)]
-    assert groups(2, 10, 2, 3) == [([0, 2, 3], 3), ([1], 10)]  # 3 x 3 + 10 positions instead of 4 x 10
-    assert groups(9, 10, 8, 10) == [([0, 1, 2, 3], 10)]  # the best split, 8 + 3 x 10, saves 5%
-    assert groups(4) == [([0], 4)]
+    short_first = [3] * 8 + [20] * 8
+    assert groups(*short_first) == [(list(range(8)), 8), (list(range(8, 16)), 24)]  # 8 x 8 + 8 x 24 positions, not 16 x 24
+    assert groups(*reversed(short_first)) == [(list(range(8, 16)), 8), (list(range(8)), 24)]
+    assert groups(*[17] * 8, *[20] * 8) == [(list(range(16)), 24)]  # both round to 24: nothing to save
+    assert groups(3, 3, 3, 20) == [([0, 1, 2, 3], 24)]  # fewer than 16 rows: one group
 
 
 def test_completion_logprobs_in_length_groups_equal_one_forward_of_the_whole_batch(nano_dir, policy_and_tokenizer):
-    """Two groups of rows (the values and the gradients), against token_logprobs of one forward over all rows."""
+    """Two groups of rows, the longer one padded past the batch's completions (13 -> 16 tokens): the values and the
+    gradients of token_logprobs on one forward over all rows."""
     policy, tokenizer = load_model(nano_dir), policy_and_tokenizer[1]
     torch.manual_seed(4)
-    rollout = sample_rollout(policy, tokenizer, ["Describe a fox.", "Tell me about Ada."] * 4, SamplingConfig(max_new_tokens=16))
+    rollout = sample_rollout(policy, tokenizer, ["Describe a fox.", "Tell me about Ada."] * 8, SamplingConfig(max_new_tokens=13))
     ids, attention, mask = rollout.input_ids.clone(), rollout.attention_mask.clone(), rollout.completion_mask.clone()
-    mask[:5, 3:], attention[:5, rollout.prompt_length + 3:] = 0, 0  # five completions end after 3 tokens
-    assert len(length_groups(mask)) == 2 and mask.sum(1).max() > 6
+    mask[:8, 3:], attention[:8, rollout.prompt_length + 3:] = 0, 0  # eight completions end after 3 tokens
+    assert [length for _, length in length_groups(mask)] == [8, 16] and mask.sum(1).max() > 8
     results = []
     for grouped in (True, False):
         policy.zero_grad()
