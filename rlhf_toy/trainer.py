@@ -38,7 +38,7 @@ from rlhf_toy.evaluation import evaluate_on_prompts, print_completions, print_si
 from rlhf_toy.grpo import grpo_update
 from rlhf_toy.models import check_model_exists, load_model, load_tokenizer, model_writer
 from rlhf_toy.ppo_critic import Critic, build_critic, ppo_update
-from rlhf_toy.precision import autocast, set_up_precision
+from rlhf_toy.precision import autocast, bf16_linear_weights, set_up_precision
 from rlhf_toy.prompt_schedule import prompts_for_step, step_seed
 from rlhf_toy.rewards import CombinedReward, RewardFunctionError, resolve_reward
 from rlhf_toy.rollout import sample_rollout
@@ -153,6 +153,8 @@ def set_up(cfg: RLHFConfig) -> Run:
     precision = set_up_precision(cfg.precision, accelerator.device, accelerator.unwrap_model(policy), ref_model,
                                  critic.trunk if critic is not None else None)
     ref_model = ref_model.to(accelerator.device) if ref_model is not None else None
+    if ref_model is not None and precision == "bf16":  # it runs only in sample_rollout, under autocast
+        bf16_linear_weights(ref_model)
     if accelerator.is_main_process:
         passes = cfg.num_iterations if isinstance(cfg, GRPOConfig) else cfg.num_ppo_epochs
         print(f"{cfg.algo}: {cfg.prompts_per_step} prompts x {cfg.num_generations} completions = {cfg.completions_per_step} "

@@ -16,7 +16,7 @@ from rlhf_toy.fast_decode import sample_gpt2
 from rlhf_toy.models import load_model, load_tokenizer, stop_token_ids
 from rlhf_toy.precision import autocast, choose_attention, resolve_precision
 from rlhf_toy.pretrain import PretrainConfig, pretrain
-from rlhf_toy.rollout import completion_logits
+from rlhf_toy.rollout import completion_logits, completion_logprobs
 from rlhf_toy.sampling import SamplingConfig, encode_prompts
 from tests.conftest import max_difference_while_decoding, run_script
 
@@ -100,6 +100,22 @@ def test_the_update_in_bf16_is_the_fp32_update_to_rounding(policy_reference_roll
     assert model.config._attn_implementation == "eager"
     assert (results["bf16"][0] - results["fp32"][0]).abs().max() < 0.05
     assert torch.nn.functional.cosine_similarity(results["bf16"][1], results["fp32"][1], dim=0) > 0.99
+
+
+def test_a_frozen_model_with_bf16_linear_weights_gives_the_same_logprobs_under_autocast(policy_reference_rollout):
+    """bf16_linear_weights casts a frozen model's linear layers once, to what autocast casts them to per call; the tied
+    embedding and the layer norms stay fp32."""
+    policy, rollout = policy_reference_rollout
+    args = (rollout.input_ids, rollout.attention_mask, rollout.completion_mask)
+    frozen = choose_attention(copy.deepcopy(policy).eval().requires_grad_(False), "bf16", CPU)  # the attention bf16 runs
+    with torch.inference_mode(), autocast("bf16", CPU):
+        before = completion_logprobs(frozen, *args)[0]
+        precision.bf16_linear_weights(frozen)
+        after = completion_logprobs(frozen, *args)[0]
+    assert torch.equal(before, after)
+    blocks = frozen.transformer.h
+    assert blocks[0].attn.c_attn.weight.dtype == blocks[-1].mlp.c_proj.bias.dtype == torch.bfloat16
+    assert frozen.lm_head.weight.dtype == frozen.transformer.wte.weight.dtype == blocks[0].ln_1.weight.dtype == torch.float32
 
 
 def test_pretraining_in_bf16_learns_and_saves_a_model_that_loads_with_its_own_attention(nano, tmp_path):
