@@ -145,19 +145,19 @@ GROUP_ROWS_STEP, GROUP_LENGTH_STEP = 8, 8
 
 
 def length_groups(completion_mask: Tensor, min_saving: float = 0.2) -> list[tuple[Tensor, int]]:
-    """[(rows, length)]: the rows `[b]` of one or two groups and a length to run each at, its longest completion
-    rounded up to a multiple of GROUP_LENGTH_STEP. Two when splitting the rows sorted by length (at a multiple of
-    GROUP_ROWS_STEP) saves at least min_saving of the positions one group runs (each group costs a forward's fixed
-    overhead)."""
-    lengths, order = completion_mask.sum(1).long().clamp(min=1).sort()
-    lengths = (lengths + GROUP_LENGTH_STEP - 1) // GROUP_LENGTH_STEP * GROUP_LENGTH_STEP
+    """[(rows, length)]: the rows `[b]` of one or two groups and a length to run each at. Two when splitting the rows
+    sorted by length (at a multiple of GROUP_ROWS_STEP, each group's longest completion rounded up to a multiple of
+    GROUP_LENGTH_STEP) saves at least min_saving of the positions one group runs (each group costs a forward's fixed
+    overhead); else one, at the longest completion, unrounded (completions of about one length pay no padding)."""
+    exact, order = completion_mask.sum(1).long().clamp(min=1).sort()
+    lengths = (exact + GROUP_LENGTH_STEP - 1) // GROUP_LENGTH_STEP * GROUP_LENGTH_STEP
     splits = torch.tensor(range(GROUP_ROWS_STEP, len(lengths), GROUP_ROWS_STEP), dtype=torch.long, device=lengths.device)  # rows[:k] short
     positions = splits * lengths[splits - 1] + (len(lengths) - splits) * lengths[-1]
     longest = int(lengths[-1])
     if len(positions) and positions.min() <= (1 - min_saving) * len(lengths) * longest:
         k = int(splits[positions.argmin()])
         return [(order[:k], int(lengths[k - 1])), (order[k:], longest)]
-    return [(order, longest)]
+    return [(order, int(exact[-1]))]
 
 
 def completion_mask_from_ids(completion_ids: Tensor, eos_token_ids: list[int]) -> tuple[Tensor, Tensor]:

@@ -130,15 +130,15 @@ def test_rows_sharing_a_prompt_give_the_logits_and_gradients_of_one_full_forward
 
 
 def test_length_groups_split_off_the_long_completions_only_when_it_saves_a_fifth():
-    """Lengths round up to multiples of 8, splits fall at multiples of 8 rows."""
+    """Two groups' lengths round up to multiples of 8, splits fall at multiples of 8 rows; one group runs unrounded."""
     def groups(*lengths):
         mask = torch.tensor([[1.0] * n + [0.0] * (max(lengths) - n) for n in lengths])
         return [(sorted(rows.tolist()), length) for rows, length in length_groups(mask)]
     short_first = [3] * 8 + [20] * 8
     assert groups(*short_first) == [(list(range(8)), 8), (list(range(8, 16)), 24)]  # 8 x 8 + 8 x 24 positions, not 16 x 24
     assert groups(*reversed(short_first)) == [(list(range(8, 16)), 8), (list(range(8)), 24)]
-    assert groups(*[17] * 8, *[20] * 8) == [(list(range(16)), 24)]  # both round to 24: nothing to save
-    assert groups(3, 3, 3, 20) == [([0, 1, 2, 3], 24)]  # fewer than 16 rows: one group
+    assert groups(*[17] * 8, *[20] * 8) == [(list(range(16)), 20)]  # both round to 24: nothing to save
+    assert groups(3, 3, 3, 20) == [([0, 1, 2, 3], 20)]  # fewer than 16 rows: one group
 
 
 def test_completion_logprobs_in_length_groups_equal_one_forward_of_the_whole_batch(nano_dir, policy_and_tokenizer):
