@@ -71,10 +71,10 @@ def decoding_activation(name: str):
 
 def tanh_gelu_by_sigmoid(x: Tensor) -> Tensor:
     """x sigmoid(x (c + 0.044715 c x^2)) with c = 2 sqrt(2 / pi), as four ops: one new tensor, the rest in place."""
-    return torch.addcmul(_GELU_C, x, x, value=0.044715 * _GELU_C.item()).mul_(x).sigmoid_().mul_(x)
+    return torch.addcmul(_GELU_C, x, x, value=_GELU_C3).mul_(x).sigmoid_().mul_(x)
 
 
-_GELU_C = torch.tensor(1.5957691216057308)  # 2 sqrt(2 / pi)
+_GELU_C, _GELU_C3 = torch.tensor(1.5957691216057308), 0.044715 * 1.5957691216057308  # c = 2 sqrt(2 / pi), 0.044715 c
 
 
 @torch.inference_mode()
@@ -84,9 +84,9 @@ def sample_gpt2(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tenso
     `logits` at every generated token up to and including each row's eos (a finished row's later logits are
     zeros: it is no longer computed); a row stops at any of eos_token_ids. choose(logits [b, V]) -> tokens [b]
     picks the next token (sampling or greedy) for the rows still decoding."""
-    config, gpt = model.config, model.transformer
+    lean = LeanGPT2.of(model)
     batch, prompt_length = input_ids.shape
-    heads, head_dim = config.n_head, config.n_embd // config.n_head
+    heads, head_dim = lean.heads, lean.width // lean.heads
     prompt_ids, prompt_mask, row_prompt = distinct_prompts(input_ids, attention_mask)  # each prompt of a group once
     cache = DynamicCache()
     logits = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids(prompt_mask), past_key_values=cache,
@@ -94,7 +94,7 @@ def sample_gpt2(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tenso
     total = prompt_length + max_new_tokens
     device = input_ids.device
     # the dtype the steps below compute keys and values in (bf16 under autocast), whatever the prefill's cache holds
-    dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else gpt.wte.weight.dtype
+    dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else lean.wte.dtype
     keys, values = [], []
     # buffers holding each row's prompt keys and values; left uninitialised (zeroing them was 2 ms a rollout): a step reads
     # positions up to its own, and every one of those was written by the prefill or an earlier step
@@ -106,7 +106,6 @@ def sample_gpt2(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tenso
     mask_bias = torch.full((batch, 1, 1, total), float("-inf"), device=device)
     mask_bias[:, 0, 0, :prompt_length].masked_fill_(attention_mask.bool(), 0.0)
     position = position_ids(attention_mask)[:, -1]
-    lean = LeanGPT2.of(model)
     rows = torch.arange(batch, device=device)  # the batch rows still decoding, in the buffers' order
     done = torch.zeros(batch, dtype=torch.bool, device=device)  # per decoding row: it has produced an eos
     eos = torch.tensor(eos_token_ids, device=device)

@@ -206,7 +206,7 @@ def sample_rollout(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     completion_mask, is_truncated = completion_mask_from_ids(completion_ids, eos_token_ids)
     temperature = sampling.temperature or 1.0
     # the raw logits of each step, [B, V]: log-probs per step keep memory at [B, V], not [B, C, V]
-    old_logprobs = torch.stack([core.logprobs_from_logits(logits.float() / temperature, completion_ids[:, t])
+    old_logprobs = torch.stack([core.token_logprobs(logits, completion_ids[:, t], temperature=temperature)
                                 for t, logits in enumerate(step_logits)], dim=1) * completion_mask
     input_ids = sequences
     attention_mask = torch.cat([batch["attention_mask"], completion_mask.long()], dim=1)
