@@ -358,7 +358,7 @@ def test_a_user_reward_file_is_optimised_through_the_same_loop(nano, tmp_path):
 @pytest.mark.parametrize("algo", ["grpo", "ppo"])
 def test_same_seed_twice_gives_identical_metrics_at_2_threads(algo, nano, tmp_path):
     """Batches big enough for torch's parallel CPU kernels (64 shuffled rows, 8 per prompt): a kernel that adds in
-    thread order would make the runs drift apart, as index_put_'s accumulate did before select_cache_rows."""
+    thread order would make the runs drift apart, as index_put_'s accumulate did before PromptPass.cache."""
     def run(name):
         return train(small_config(nano, tmp_path / name, algo=algo, steps=4, prompts_per_step=8, num_generations=8,
                                   max_completion_length=16, torch_threads=2))
