@@ -75,6 +75,7 @@ class PromptPass:
         return PromptPass([(layer.keys, layer.values) for layer in cache.layers], row_prompt)
 
     def rows(self, rows: Tensor) -> PromptPass:
+        """The pass as rows `[b]` of the batch see it: the same keys and values, those rows' prompts."""
         return PromptPass(self.keys_values, self.row_prompt[rows])
 
     def cache(self) -> DynamicCache:
