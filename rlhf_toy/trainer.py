@@ -33,7 +33,13 @@ from classic_rl.infra.run_folder import start_run, truncate_jsonl, write_json
 from rlhf_toy.base_model import default_base_model
 from rlhf_toy.configs import GRPOConfig, PPOConfig, RLHFConfig
 from rlhf_toy.data import ShuffledBatches, load_prompt_rows, pretraining_blocks, split_columns
-from rlhf_toy.distributed import any_process, make_accelerator, mean_over_processes, process_share
+from rlhf_toy.distributed import (
+    any_process,
+    leave_processes,
+    make_accelerator,
+    mean_over_processes,
+    process_share,
+)
 from rlhf_toy.evaluation import evaluate_on_prompts, print_completions, print_side_by_side
 from rlhf_toy.grpo import grpo_update
 from rlhf_toy.models import check_model_exists, load_model, load_tokenizer, model_writer
@@ -98,11 +104,10 @@ def train(cfg: RLHFConfig) -> dict[str, Any]:
     run = set_up(cfg)
     before = evaluate_before(run)
     train_time = run_steps(run)
-    if not run.main:
-        run.accelerator.wait_for_everyone()
-        return {}
-    summary = finish(run, before, train_time)
+    summary = finish(run, before, train_time) if run.main else {}
     run.accelerator.wait_for_everyone()
+    run.policy = run.optimizer = None  # the DDP wrapper, whose reducer holds the process group
+    leave_processes(run.accelerator)
     return summary
 
 

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from rlhf_toy.configs import GRPOConfig
-from rlhf_toy.distributed import make_accelerator
+from rlhf_toy.distributed import leave_processes, make_accelerator
 from rlhf_toy.grpo import grpo_update
 from rlhf_toy.models import load_model, load_tokenizer
 from rlhf_toy.rewards import resolve_reward
@@ -38,3 +38,5 @@ if accelerator.is_main_process:
     save_file({k: v.contiguous() for k, v in accelerator.unwrap_model(policy).state_dict().items()
                if k != "lm_head.weight"}, out_path)  # lm_head is tied to the embedding
 accelerator.wait_for_everyone()
+del policy, optimizer
+leave_processes(accelerator)
