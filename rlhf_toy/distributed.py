@@ -9,7 +9,6 @@ gradients; the main process alone writes the run folder.
 
 from __future__ import annotations
 
-import gc
 import os
 from collections.abc import Sequence
 
@@ -59,7 +58,7 @@ def leave_processes(accelerator) -> None:
     """Leave the process group in order at the end of a run: drop the prepared (DDP) models first, whose
     reducers hold the group, then destroy it. Exiting with the group alive lets gloo's threads outlive the
     interpreter, which aborts a process now and then; destroying it while a reducer still holds it can hang
-    in the reducer's destructor. The caller drops its own references to the prepared model first."""
+    in the reducer's destructor. The caller drops its own references to the prepared model first;
+    free_memory drops accelerate's and collects the garbage."""
     accelerator.free_memory()
-    gc.collect()
     accelerator.end_training()
