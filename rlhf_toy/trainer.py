@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from classic_rl.core import KLController
 from classic_rl.infra.checkpoints import Checkpoints
-from classic_rl.infra.errors import ConfigError, NonFiniteError
+from classic_rl.infra.errors import ConfigError, NonFiniteError, TrainingInterrupted
 from classic_rl.infra.metrics import RunLogger
 from classic_rl.infra.plots import plot_lines
 from classic_rl.infra.run_folder import start_run, truncate_jsonl, write_json
@@ -102,13 +102,22 @@ def train(cfg: RLHFConfig) -> dict[str, Any]:
     """Fine-tune cfg.model (or the default base model) with GRPO or PPO; returns the summary (empty on other
     processes than the main one)."""
     run = set_up(cfg)
-    before = evaluate_before(run)
-    train_time = run_steps(run)
-    summary = finish(run, before, train_time) if run.main else {}
-    run.accelerator.wait_for_everyone()
-    run.policy = run.optimizer = None  # the DDP wrapper, whose reducer holds the process group
-    leave_processes(run.accelerator)
+    try:
+        before = evaluate_before(run)
+        train_time = run_steps(run)
+        summary = finish(run, before, train_time) if run.main else {}
+        run.accelerator.wait_for_everyone()
+    except TrainingInterrupted:  # raised on every process at the same checkpoint (run_steps), so they can leave together
+        leave(run)
+        raise
+    leave(run)
     return summary
+
+
+def leave(run: Run) -> None:
+    """Drop the DDP wrapper, whose reducer holds the process group, then leave the group (distributed.leave_processes)."""
+    run.policy = run.optimizer = None
+    leave_processes(run.accelerator)
 
 
 # ---- set-up ----------------------------------------------------------------------------------------------

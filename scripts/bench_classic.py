@@ -5,7 +5,7 @@
     each side's own best       SB3 runs RL-Zoo's settings for the (algo, env), ours its preset
 
     make bench                                                     # PPO on both envs, ours and SB3
-    python scripts/bench_classic.py --envs CartPole-v1 --seeds 5 --json bench/classic.json
+    python scripts/bench_classic.py --envs CartPole-v1 --json bench/classic_cartpole.json --md bench/classic_cartpole.md
     python scripts/bench_classic.py --envs CartPole-v1 --algos all --seeds 3 --plot bench/classic_cartpole_all.png
     python scripts/bench_classic.py --same-hparams --json bench/classic_speed.json --md bench/classic_speed.md
 
@@ -290,8 +290,9 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=None, help="Cap on env steps per run (default: each preset's budget)")
     parser.add_argument("--sb3-max-seconds", type=float, default=900.0, help="Wall-clock cap per SB3 run")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both (1 is fastest for these MLPs here)")
-    parser.add_argument("--json", default="bench/classic.json", help="Where to write the raw results")
-    parser.add_argument("--md", default="bench/classic.md", help="Where to write the Markdown table")
+    parser.add_argument("--json", default="runs/bench_classic.json",
+                        help="Where to write the raw results (bench/ holds the documented ones; make bench writes those)")
+    parser.add_argument("--md", default="runs/bench_classic.md", help="Where to write the Markdown table")
     parser.add_argument("--plot", default=None, help="PNG of every algorithm's learning curve on the first env")
     parser.add_argument("--replot", default=None, metavar="JSON", help="Only redraw --plot from a results JSON written earlier")
     parser.add_argument("--same-hparams", action="store_true",

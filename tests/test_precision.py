@@ -24,11 +24,11 @@ CPU = torch.device("cpu")
 PROMPTS = ["Describe a fox.", "Tell me about Ada and the lake in 8 words.", "Hi."]
 
 
-def test_the_bf16_units_are_read_from_the_cpu_flags(monkeypatch):
-    flags = {"flags": "fpu sse avx512f avx512_bf16 avx2", "model name": "Some CPU"}
+def test_the_machine_line_names_the_cpu_family_and_reads_the_bf16_units_from_its_flags(monkeypatch):
+    flags = {"flags": "fpu sse avx512f avx512_bf16 avx2", "model name": "Some CPU", "cpu family": "25", "model": "17"}
     monkeypatch.setattr(machine, "cpuinfo_field", lambda name: flags.get(name, ""))
     assert machine.cpu_bf16_units() == ["avx512_bf16"]
-    assert "bf16 units: avx512_bf16" in machine.machine()
+    assert machine.machine().startswith("Some CPU (family 25, model 17), ") and "bf16 units: avx512_bf16" in machine.machine()
     flags["flags"] = "fpu sse avx512f avx2 amx_tile amx_bf16 avx512_bf16"
     assert machine.cpu_bf16_units() == ["amx_bf16", "avx512_bf16"]
     flags["flags"] = "fpu sse avx2"

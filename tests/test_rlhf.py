@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from classic_rl import core
 from classic_rl.core import KLController
-from classic_rl.infra.errors import ConfigError
+from classic_rl.infra.errors import ConfigError, TrainingInterrupted
+from rlhf_toy import trainer
 from rlhf_toy.configs import GRPOConfig, PPOConfig, RLHFConfig, config_for
 from rlhf_toy.distributed import process_share
 from rlhf_toy.evaluation import evaluate_on_prompts
@@ -386,6 +387,21 @@ def test_resume_without_a_checkpoint_is_a_clear_error(nano, tmp_path):
         train(small_config(nano, tmp_path, resume=True))
 
 
+def test_an_interrupted_run_leaves_the_process_group_after_dropping_its_ddp_wrapper(nano, tmp_path, monkeypatch):
+    left = []
+
+    def interrupted(run):
+        runs.append(run)
+        raise TrainingInterrupted("stopped at step 2")
+
+    runs = []
+    monkeypatch.setattr(trainer, "run_steps", interrupted)
+    monkeypatch.setattr(trainer, "leave_processes", lambda accelerator: left.append((accelerator, runs[0].policy)))
+    with pytest.raises(TrainingInterrupted, match="stopped at step 2"):
+        train(small_config(nano, tmp_path))
+    assert left == [(runs[0].accelerator, None)]  # without it, gloo's threads could outlive the interpreter and abort it
+
+
 def as_flags(cfg: RLHFConfig, **extra) -> list[str]:
     """The command line that builds cfg (its non-default fields) plus extra flags."""
     defaults = type(cfg)()
@@ -515,7 +531,6 @@ def test_learning_rate_schedules_by_hand():
 
 
 def test_the_scheduled_rate_is_the_one_the_optimizer_used(nano_dir, tmp_path):
-    from rlhf_toy.trainer import train
     train(GRPOConfig(model=nano_dir, steps=4, prompts_per_step=2, num_generations=2, max_completion_length=8, eval_samples_per_prompt=1,
                      learning_rate=1e-4, lr_scheduler_type="linear", log_completions_every=0, run_dir=str(tmp_path / "run")))
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"reward"' in line]
@@ -538,7 +553,6 @@ def test_learning_rate_schedules_match_transformers(kind):
 
 
 def test_a_budget_of_wall_time_stops_training_early_and_says_where(nano_dir, tmp_path):
-    from rlhf_toy.trainer import train
     summary = train(GRPOConfig(model=nano_dir, steps=50, max_train_s=1e-9, prompts_per_step=2, num_generations=2, max_completion_length=8,
                                eval_samples_per_prompt=1, log_completions_every=0, run_dir=str(tmp_path / "run")))
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -25,8 +25,12 @@ def cpu_bf16_units() -> list[str]:
 
 
 def machine() -> str:
-    """CPU model, logical cores, its bf16 units, torch and python versions."""
+    """CPU model (with its family and model numbers, which tell apart CPUs sold under one name: two "AMD EPYC" machines
+    here ran bf16 matmuls at 930 and 420 GFLOP/s), logical cores, its bf16 units, torch and python versions."""
     cpu = cpuinfo_field("model name") or platform.processor()
+    family, model = cpuinfo_field("cpu family"), cpuinfo_field("model")
+    if family and model:
+        cpu += f" (family {family}, model {model})"
     units = "+".join(cpu_bf16_units()) or "none"
     return (f"{cpu}, {os.cpu_count()} logical cores, bf16 units: {units}, torch {torch.__version__}, "
             f"python {platform.python_version()}")
