@@ -29,7 +29,6 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from classic_rl import core
 from classic_rl.infra.errors import ConfigError
 
 EOS_TOKEN, PAD_TOKEN = "<|endoftext|>", "<|pad|>"
@@ -159,14 +158,6 @@ def evaluation_mode(model: torch.nn.Module):
         yield model
     finally:
         model.train(was_training)
-
-
-def next_token_loss(model: PreTrainedModel, blocks: Tensor) -> Tensor:
-    """The mean next-token cross-entropy of packed blocks `[B, T]` (every position a real token): `model(labels=blocks)`'s
-    loss to float rounding, through core.token_logprobs. Its fp32 chunks beat transformers' upcast of the whole bf16
-    `[B, T, V]` logits and its log-softmax: a pretraining step of 32 x 128 tokens took 146.5 against 156.7 ms."""
-    logits = model(input_ids=blocks).logits
-    return -core.token_logprobs(logits[:, :-1], blocks[:, 1:]).mean()
 
 
 def num_parameters(model: PreTrainedModel) -> int:

@@ -24,7 +24,6 @@ from classic_rl import core
 from classic_rl.infra.errors import ConfigError, check_finite
 from classic_rl.infra.metrics import MeanStats
 from rlhf_toy.configs import PPOConfig
-from rlhf_toy.models import next_token_loss
 from rlhf_toy.rollout import Rollout, completion_logits, completion_states
 
 
@@ -137,7 +136,7 @@ def ppo_update(policy, critic: Critic, optimizer, accelerator, rollout: Rollout,
             loss = pg_loss + cfg.vf_coef * v_loss
             if cfg.ptx_coef:
                 tokens = ptx_batch().to(logits.device)
-                ptx_loss = next_token_loss(policy, tokens)
+                ptx_loss = policy(input_ids=tokens, labels=tokens).loss
                 loss = loss + cfg.ptx_coef * ptx_loss
                 stats["ptx_loss"] = ptx_loss.detach()
             accelerator.backward(loss)

@@ -32,7 +32,6 @@ from rlhf_toy.models import (
     format_prompt,
     load_model,
     model_writer,
-    next_token_loss,
     num_parameters,
     train_tokenizer,
 )
@@ -152,7 +151,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
             batch = train_blocks[batches.next()].to(device)
             start = time.perf_counter()
             with autocast(precision, device):
-                loss = next_token_loss(model, batch)
+                loss = model(input_ids=batch, labels=batch).loss
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             save_last_good = functools.partial(checkpoints.save, write_files=write_model, train_time=train_time,

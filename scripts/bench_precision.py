@@ -28,7 +28,7 @@ from classic_rl.infra.machine import machine
 from classic_rl.infra.run_folder import write_json
 from rlhf_toy.base_model import default_base_model
 from rlhf_toy.data import DATA_DIR, load_prompts
-from rlhf_toy.models import check_model_exists, load_model, load_tokenizer, next_token_loss
+from rlhf_toy.models import check_model_exists, load_model, load_tokenizer
 from rlhf_toy.precision import autocast, choose_attention
 from rlhf_toy.rollout import completion_logits, sample_rollout
 from rlhf_toy.sampling import SamplingConfig
@@ -73,7 +73,7 @@ def pretraining_rows(model_dir: str, repeats: int) -> list[dict]:
 
             def step(model=model, optimizer=optimizer, precision=precision):
                 with autocast(precision, CPU):
-                    loss = next_token_loss(model, tokens)
+                    loss = model(input_ids=tokens, labels=tokens).loss
                 loss.backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
