@@ -355,10 +355,10 @@ def main() -> None:
     print(table)
     for path in (args.json, args.md):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.json, {"threads": args.threads, "eval_episodes": args.eval_episodes,
+    write_json(args.json, {"threads": args.threads, "eval_episodes": args.eval_episodes, "machine": machine(),
                            "results": [{"env": e, "algo": a, "impl": i, "hparams": h, "runs": runs}
                                        for (e, a, i, h), runs in results.items()]})
-    Path(args.md).write_text(table + "\n")
+    Path(args.md).write_text(f"{machine()}\n\n{table}\n")
     print(f"wrote {args.json} and {args.md}")
     if args.plot:
         plot_curves(args.plot, results, args.envs[0])
