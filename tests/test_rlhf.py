@@ -388,13 +388,12 @@ def test_resume_without_a_checkpoint_is_a_clear_error(nano, tmp_path):
 
 
 def test_an_interrupted_run_leaves_the_process_group_after_dropping_its_ddp_wrapper(nano, tmp_path, monkeypatch):
-    left = []
+    runs, left = [], []
 
     def interrupted(run):
         runs.append(run)
         raise TrainingInterrupted("stopped at step 2")
 
-    runs = []
     monkeypatch.setattr(trainer, "run_steps", interrupted)
     monkeypatch.setattr(trainer, "leave_processes", lambda accelerator: left.append((accelerator, runs[0].policy)))
     with pytest.raises(TrainingInterrupted, match="stopped at step 2"):
