@@ -3,6 +3,7 @@ and fp32 counterparts (stated tolerances), and bf16 runs of pretraining and GRPO
 
 import copy
 import json
+import os
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from rlhf_toy import precision
 from rlhf_toy.configs import GRPOConfig
 from rlhf_toy.fast_decode import sample_gpt2
 from rlhf_toy.models import load_model, load_tokenizer, stop_token_ids
-from rlhf_toy.precision import autocast, choose_attention, resolve_precision
+from rlhf_toy.precision import autocast, choose_attention, resolve_precision, set_up_precision
 from rlhf_toy.pretrain import PretrainConfig, pretrain
 from rlhf_toy.rollout import completion_logits, completion_logprobs
 from rlhf_toy.sampling import SamplingConfig, encode_prompts
@@ -43,6 +44,20 @@ def test_auto_is_bf16_only_on_a_cpu_with_bf16_units_and_an_explicit_choice_is_ke
     assert resolve_precision("auto", CPU) == "bf16" and resolve_precision("fp32", CPU) == "fp32"
     monkeypatch.setenv("RLHF_TOY_AUTO_PRECISION", "fp32")
     assert resolve_precision("auto", CPU) == "fp32"
+
+
+def test_bf16_on_a_cpu_bounds_the_onednn_cache_unless_the_user_set_it(monkeypatch):
+    monkeypatch.setenv(precision.ONEDNN_CACHE_VARIABLE, "unset by the test")
+    monkeypatch.delenv(precision.ONEDNN_CACHE_VARIABLE)
+    set_up_precision("fp32", CPU)
+    assert precision.ONEDNN_CACHE_VARIABLE not in os.environ
+    set_up_precision("bf16", torch.device("meta"))
+    assert precision.ONEDNN_CACHE_VARIABLE not in os.environ
+    set_up_precision("bf16", CPU)
+    assert os.environ[precision.ONEDNN_CACHE_VARIABLE] == "64"
+    monkeypatch.setenv(precision.ONEDNN_CACHE_VARIABLE, "512")
+    set_up_precision("bf16", CPU)
+    assert os.environ[precision.ONEDNN_CACHE_VARIABLE] == "512"
 
 
 def test_a_bad_pinned_auto_precision_and_a_bad_flag_are_refused(monkeypatch):
