@@ -47,6 +47,8 @@ def test_auto_is_bf16_only_on_a_cpu_with_bf16_units_and_an_explicit_choice_is_ke
 
 
 def test_bf16_on_a_cpu_bounds_the_onednn_cache_unless_the_user_set_it(monkeypatch):
+    # set, then delete: monkeypatch then removes what set_up_precision writes when the test ends (a delenv of an absent
+    # variable alone records nothing to undo, and the setting would leak into later tests)
     monkeypatch.setenv(precision.ONEDNN_CACHE_VARIABLE, "unset by the test")
     monkeypatch.delenv(precision.ONEDNN_CACHE_VARIABLE)
     set_up_precision("fp32", CPU)
