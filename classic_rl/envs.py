@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -209,6 +210,9 @@ def play_episodes(act: Callable[[np.ndarray], np.ndarray], env_id: str, episodes
 def record_gif(act: Callable[[np.ndarray], np.ndarray], env_id: str, seed: int, path: Path, max_frames: int = 1000) -> tuple[float, int]:
     """Play one episode of env_id with act(obs `[1, obs_dim]`) -> actions `[1]`, rendered into an animated GIF
     at half the env's frame rate (every other frame); returns (the episode's return, frames rendered)."""
+    # offscreen frames need no display: SDL's dummy video driver, unless the user chose one (on a headless machine the default
+    # printed "error: XDG_RUNTIME_DIR is invalid or not set", which reads like this project's one-line errors)
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     env = make_env(env_id, render_mode="rgb_array")
     obs, _ = env.reset(seed=seed)
     frames, total, done = [env.render()], 0.0, False
