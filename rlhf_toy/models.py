@@ -89,7 +89,16 @@ def build_model(preset: str, tokenizer: PreTrainedTokenizerBase, n_positions: in
                         # function in five ops, and torch.tanh has no vectorised CPU kernel (43 us vs sigmoid's
                         # 7.5 us on [256, 64] here), which made it a tenth of an RLHF step.
                         activation_function="gelu_pytorch_tanh", **special)
-    return GPT2LMHeadModel(config)
+    return with_loss_named(GPT2LMHeadModel(config))
+
+
+def with_loss_named(model: PreTrainedModel) -> PreTrainedModel:
+    """The model, its loss named for transformers where its class name does not say it: transformers picks the loss by
+    class name, finds none in GPT2LMHeadModel's, warns "`loss_type=None` was set in the config but it is unrecognized"
+    on the first loss, and uses the causal LM loss anyway. Naming that loss keeps the same loss and drops the warning."""
+    if getattr(model, "loss_type", "") is None and model.config.model_type == "gpt2":
+        model.loss_type = "ForCausalLM"
+    return model
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
@@ -114,7 +123,7 @@ def load_model(name_or_dir: str, trust_remote_code: bool = False) -> PreTrainedM
     check_model_exists(name_or_dir)
     transformers.utils.logging.disable_progress_bar()  # a per-tensor bar for a 1M-parameter model is noise
     try:
-        return AutoModelForCausalLM.from_pretrained(name_or_dir, trust_remote_code=trust_remote_code)
+        return with_loss_named(AutoModelForCausalLM.from_pretrained(name_or_dir, trust_remote_code=trust_remote_code))
     except (OSError, ValueError, SafetensorError) as err:  # no weights, corrupt weights, or an unreadable config.json
         raise ConfigError(f"cannot load model {name_or_dir!r}: {str(err).splitlines()[0]}") from None
 

@@ -1,14 +1,16 @@
 """--model takes any Hugging Face causal LM: a Llama pretrained here runs GRPO, PPO with either critic, and sample.py."""
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from rlhf_toy.configs import config_for
 from rlhf_toy.fast_decode import supports_fast_decode
-from rlhf_toy.models import load_model
+from rlhf_toy.models import build_model, load_model, load_tokenizer
 from rlhf_toy.trainer import train
 from tests.conftest import run_script, step_rows
 
@@ -43,3 +45,20 @@ def test_sample_py_compares_a_llama_with_a_gpt2(nano, nano_dir, nano_llama_dir, 
                                               "--max-new-tokens", "8", "--reward", "length"], monkeypatch, capsys)
     assert code == 0, err
     assert f"mean reward (length) of {nano_llama_dir}" in out and out.count(f"{nano_llama_dir}: [") == 2
+
+
+def test_gpt2_names_its_causal_lm_loss_so_transformers_does_not_warn(nano_dir):
+    """transformers picks the loss by class name, finds none in GPT2LMHeadModel's and warns on the first loss
+    ("`loss_type=None` was set in the config but it is unrecognized"), which `make demo` printed while pretraining."""
+    warnings = []
+    catcher = logging.Handler()
+    catcher.emit = lambda record: warnings.append(record.getMessage())
+    logging.Logger.warning_once.cache_clear()  # transformers prints that warning once per process
+    logging.getLogger("transformers").addHandler(catcher)
+    try:
+        for model in (build_model("nano", load_tokenizer(nano_dir)), load_model(nano_dir)):
+            tokens = torch.tensor([[1, 2, 3, 4]])
+            assert torch.isfinite(model(input_ids=tokens, attention_mask=torch.ones_like(tokens), labels=tokens).loss)
+    finally:
+        logging.getLogger("transformers").removeHandler(catcher)
+    assert not [w for w in warnings if "loss_type" in w]
