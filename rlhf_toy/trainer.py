@@ -328,6 +328,13 @@ def finish(run: Run, before: dict[str, Any], train_time: float) -> dict[str, Any
     return summary
 
 
+def model_label(name_or_dir: str) -> str:
+    """A model's short name for a plot: a hub name, or the folder's name, or where that is save_pretrained's usual
+    `model` (runs and the cache: base-tiny-v4/model), the folder it is in."""
+    path = Path(name_or_dir)
+    return path.parent.name if path.name == "model" and path.parent.name else path.name
+
+
 def plot_run(run: Run) -> None:
     """curves.png (reward and its components, KL, length against step) and, with a gold reward,
     proxy_vs_gold.png."""
@@ -337,7 +344,7 @@ def plot_run(run: Run) -> None:
                             **{k: logger.series(f"rewards/{k}/mean") for k in run.reward.functions}}),
         ("step", f"KL to reference ({'k3' if cfg.algo == 'grpo' else 'k1'} per token)", {"kl": logger.series("kl")}),
         ("step", "completion tokens", {"mean length": logger.series("completions/mean_length")}),
-    ], f"{cfg.algo} on {Path(run.model_name).name}, reward {cfg.reward}")
+    ], f"{cfg.algo} on {model_label(run.model_name)}, reward {cfg.reward}")
     if cfg.pass_at_k:
         plot_lines(run.run_dir / "pass_at_k.png", [
             ("step", "held-out problems solved", {"pass@1": logger.series("eval/pass_at_1"),

@@ -210,6 +210,12 @@ def test_grpo_end_to_end_writes_the_run_folder(nano, tmp_path):
     assert load_model(str(run_dir / "model")).num_parameters() > 0
 
 
+@pytest.mark.parametrize("name, label", [("/cache/base-tiny-v4/model", "base-tiny-v4"), ("runs/demo-grpo/model", "demo-grpo"),
+                                         ("runs/my-policy", "my-policy"), ("gpt2", "gpt2"), ("model", "model")])
+def test_plots_name_the_model_by_its_folder_not_save_pretrained_s_model(name, label):
+    assert trainer.model_label(name) == label
+
+
 @pytest.mark.parametrize("args, message", [
     (["--num-generations", "1"], "--num-generations must be >= 2"),
     (["--reward", "politeness"], "unknown reward 'politeness'; accepted: length, format"),
