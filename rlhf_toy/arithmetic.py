@@ -16,6 +16,7 @@ that) and some skip the thinking, so the base model is right sometimes and wrong
 from __future__ import annotations
 
 import random
+import re
 from math import comb
 
 OPERATORS = ("+", "-")
@@ -36,9 +37,14 @@ def prompt_text(a: int, op: str, b: int) -> str:
 
 
 def parse_prompt(prompt: str) -> tuple[int, str, int]:
-    """(a, op, b) of a prompt_text "Compute a op b."."""
-    _, a, op, b = prompt.rstrip(".").split()
-    return int(a), op, int(b)
+    """(a, op, b) of a prompt_text "Compute a op b."; ValueError for any other text."""
+    match = _PROMPT.fullmatch(prompt)
+    if match is None:
+        raise ValueError(f"{prompt!r} is not an arithmetic prompt ('Compute A + B.' or 'Compute A - B.')")
+    return int(match[1]), match[2], int(match[3])
+
+
+_PROMPT = re.compile(r"Compute (\d+) ([+-]) (\d+)\.")
 
 
 def solve(a: int, op: str, b: int) -> int:

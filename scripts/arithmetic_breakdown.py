@@ -42,8 +42,13 @@ def main() -> None:
     path = Path(args.run_dir) / "eval_samples.json"
     if not path.is_file():
         raise ConfigError(f"{path} not found; give a finished train_rlhf.py --task arithmetic run folder")
-    samples = json.loads(path.read_text())
-    before, after = breakdown(samples["before"]), breakdown(samples["after"])
+    try:
+        samples = json.loads(path.read_text())
+        before, after = breakdown(samples["before"]), breakdown(samples["after"])
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ConfigError(f"{path} is not an eval_samples.json written by train_rlhf.py ({err!r:.60})") from None
+    except ValueError as err:  # a prompt of another task
+        raise ConfigError(f"{path}: {err}; give a train_rlhf.py --task arithmetic run folder") from None
     print("share of eval completions whose answer is right (n: completions before / after)")
     print(f"{'group':10s} {'value':10s} {'n':>9s} {'before':>7s} {'after':>7s}")
     for key in sorted(set(before) | set(after), key=lambda k: (k[0] != "all", k)):

@@ -138,3 +138,10 @@ def test_grpo_learns_the_think_layout_on_the_nano_arithmetic_model(nano, nano_ar
                      eval_samples_per_prompt=4, log_completions_every=0, torch_threads=1, run_dir=str(tmp_path / "run"))
     summary = train(cfg)
     assert summary["reward_after"] >= summary["reward_before"] + 0.1, summary
+
+
+def test_parse_prompt_reads_the_task_s_prompts_and_refuses_others():
+    assert parse_prompt("Compute 47 + 38.") == (47, "+", 38) and parse_prompt("Compute 195 - 52.") == (195, "-", 52)
+    for other in ("Tell me about Jovi.", "Compute 3 * 4.", "Compute 47 + 38", "Compute -3 + 4."):
+        with pytest.raises(ValueError, match="is not an arithmetic prompt"):
+            parse_prompt(other)

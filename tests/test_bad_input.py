@@ -1,6 +1,7 @@
 """Every script answers bad input with one line on stderr, `error: ...`, saying what was wrong and
 what is accepted, exit status 2, no traceback, and leaves existing run folders as they were."""
 
+import json
 import shutil
 
 import pytest
@@ -28,6 +29,12 @@ def files(tmp_path, nano):
     (tmp_path / "classic_run").mkdir()
     (tmp_path / "classic_run" / "config.json").write_text('{"env": "CartPole-v1"}')
     (tmp_path / "classic_run" / "policy.safetensors").write_text("not weights")
+    (tmp_path / "story_run").mkdir()  # a train_rlhf.py run of the default task
+    (tmp_path / "story_run" / "config.json").write_text('{"algo": "grpo", "task": null}')
+    row = {"prompt": "Describe a kind badger.", "completion": " A badger.", "reward": 0.5}
+    (tmp_path / "story_run" / "eval_samples.json").write_text(json.dumps({"before": [row], "after": [row]}))
+    (tmp_path / "cut_run").mkdir()
+    (tmp_path / "cut_run" / "eval_samples.json").write_text('{"before": []}')
     return {"dir": tmp_path, "nano": str(nano[0] / "run" / "model")}
 
 
@@ -115,6 +122,11 @@ CASES = {
         ("sample.py", ["--model", "{dir}/corrupt_model"], "cannot load model '{dir}/corrupt_model'"),
         ("sample.py", ["--model", "{nano}", "--prompts", "{dir}/no_prompt.jsonl"], "line 1 lacks a non-empty string field 'prompt'"),
         ("train_rlhf.py", ["--prompts", "{dir}/not_json.jsonl"], "line 1 is not valid JSON"),
+        ("arithmetic_breakdown.py", ["{dir}/cut_run"], "{dir}/cut_run/eval_samples.json is not an eval_samples.json written by train_rlhf.py"),
+    ],
+    "another script's run folder": [
+        ("arithmetic_breakdown.py", ["{dir}/story_run"], "'Describe a kind badger.' is not an arithmetic prompt"),
+        ("evaluate_classic.py", ["{dir}/story_run"], "is not a config written by scripts/train_classic.py"),
     ],
     "taken run folder": [(s, ["--run-dir", "{dir}/taken"], "run dir {dir}/taken already holds files; pass --overwrite")
                          for s in ("train_classic.py", "pretrain.py", "train_reward_model.py", "train_rlhf.py", "compare_critics.py",
