@@ -3,6 +3,7 @@ schedule, atomic publication, keep-N, and restore: objects, plain values, logger
 
 import ast
 import json
+import os
 import random
 import subprocess
 import sys
@@ -199,3 +200,17 @@ def test_the_smoothed_training_curve_averages_each_episode_with_the_ones_before_
 
     assert moving_average([1.0, 2.0, 6.0, 7.0], 2).tolist() == [1.0, 1.5, 4.0, 6.5]
     assert moving_average([1.0, 2.0, 6.0], 5).tolist() == [1.0, 1.5, 3.0] and len(moving_average([], 3)) == 0
+
+
+@pytest.mark.parametrize("unbuffered", ["1", ""])
+def test_a_script_whose_reader_stops_reading_exits_quietly(tmp_path, unbuffered):
+    """`script RUN | head -1`: the closed pipe ends the script with status 1 and no traceback, whether stdout is
+    unbuffered (the write fails inside main) or buffered (the flush fails at the end)."""
+    row = {"prompt": "Compute 47 + 38.", "completion": " <answer> 85 </answer>", "reward": 1.0}
+    (tmp_path / "eval_samples.json").write_text(json.dumps({"before": [row], "after": [row]}))
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the script writes
+    done = subprocess.run([sys.executable, str(ROOT / "scripts/arithmetic_breakdown.py"), str(tmp_path)], stdout=write_end,
+                          stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": unbuffered})
+    os.close(write_end)
+    assert (done.returncode, done.stderr) == (1, "")

@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import os
 import subprocess
 import sys
 import types
@@ -130,12 +131,14 @@ def parse_config(config_cls: type, argv: Sequence[str] | None = None, defaults: 
 
 def cli(main: Callable[[], Any]) -> Callable[[], None]:
     """Run a script's main: a ConfigError becomes `error: ...` on stderr and exit status 2, a
-    non-finite loss or reward exit status 1, Ctrl-C exit status 130; none prints a traceback."""
+    non-finite loss or reward exit status 1, Ctrl-C exit status 130, a closed output pipe exit status 1;
+    none prints a traceback."""
 
     @functools.wraps(main)
     def wrapped() -> None:
         try:
             main()
+            sys.stdout.flush()  # here, where a closed pipe is caught below, not at exit
         except ConfigError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
@@ -145,6 +148,9 @@ def cli(main: Callable[[], Any]) -> Callable[[], None]:
         except (TrainingInterrupted, KeyboardInterrupt) as err:
             print(f"interrupted: {err or 'nothing was saved'}", file=sys.stderr)
             sys.exit(130)
+        except BrokenPipeError:  # the reader stopped reading (`script | head`): stop quietly, as shell tools do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # else the exit's flush of stdout fails again
+            sys.exit(1)
 
     return wrapped
 
