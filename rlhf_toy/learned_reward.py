@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from classic_rl.infra.errors import ConfigError
 from rlhf_toy.models import format_prompt, load_tokenizer
@@ -37,6 +37,10 @@ class RewardModelScorer:
         if not (Path(model_dir) / "config.json").is_file():
             raise ConfigError(f"reward model folder {model_dir} not found (no config.json); train one with "
                               "scripts/train_reward_model.py and pass rm:RUN_DIR/model")
+        labels = AutoConfig.from_pretrained(model_dir).num_labels
+        if labels != 1:  # a causal LM's config says 2, and the class would load it with a fresh, random head
+            raise ConfigError(f"{model_dir} is not a reward model: it has {labels} outputs, a reward model 1; pass the "
+                              "model/ folder of scripts/train_reward_model.py (rm:RUN_DIR/model)")
         self.tokenizer = load_tokenizer(model_dir)
         self.model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
         self.__name__ = f"rm:{model_dir}"

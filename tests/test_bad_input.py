@@ -124,9 +124,10 @@ CASES = {
         ("train_rlhf.py", ["--prompts", "{dir}/not_json.jsonl"], "line 1 is not valid JSON"),
         ("arithmetic_breakdown.py", ["{dir}/cut_run"], "{dir}/cut_run/eval_samples.json is not an eval_samples.json written by train_rlhf.py"),
     ],
-    "another script's run folder": [
+    "another script's output": [
         ("arithmetic_breakdown.py", ["{dir}/story_run"], "'Describe a kind badger.' is not an arithmetic prompt"),
         ("evaluate_classic.py", ["{dir}/story_run"], "is not a config written by scripts/train_classic.py"),
+        ("train_rlhf.py", ["--reward", "rm:{nano}"], "{nano} is not a reward model: it has 2 outputs, a reward model 1"),
     ],
     "taken run folder": [(s, ["--run-dir", "{dir}/taken"], "run dir {dir}/taken already holds files; pass --overwrite")
                          for s in ("train_classic.py", "pretrain.py", "train_reward_model.py", "train_rlhf.py", "compare_critics.py",
