@@ -22,9 +22,11 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import inspect
 import math
 import numbers
 import re
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -145,6 +147,19 @@ def check_scores(name: str, scores, n: int) -> list[float]:
     return [float(s) for s in scores]
 
 
+def call_reward(name: str, fn: RewardFn, prompts: list[str], completions: list[str], columns: dict) -> list[float]:
+    """fn's checked scores. An exception inside fn becomes a RewardFunctionError that names it and the line that raised
+    it: in training, the run then keeps its last good weights (trainer.train_step) and ends with one line."""
+    try:
+        scores = fn(prompts, completions, **columns)
+    except ConfigError:
+        raise
+    except Exception as err:
+        where = traceback.extract_tb(err.__traceback__)[-1]
+        raise RewardFunctionError(f"reward {name!r} raised {type(err).__name__}: {err} ({where.filename}, line {where.lineno})") from err
+    return check_scores(name, scores, len(completions))
+
+
 class CombinedReward:
     """A weighted sum of reward functions that also reports each component.
 
@@ -155,8 +170,7 @@ class CombinedReward:
         self.functions, self.weights = functions, list(weights)
 
     def score(self, prompts: list[str], completions: list[str], **columns) -> tuple[list[float], dict[str, list[float]]]:
-        components = {name: check_scores(name, fn(prompts, completions, **columns), len(completions))
-                      for name, fn in self.functions.items()}
+        components = {name: call_reward(name, fn, prompts, completions, columns) for name, fn in self.functions.items()}
         totals = [sum(w * components[name][i] for name, w in zip(self.functions, self.weights, strict=True))
                   for i in range(len(completions))]
         return totals, components
@@ -183,6 +197,13 @@ def _load_user_function(spec: str) -> RewardFn:
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ConfigError(f"{target} has no function {attr!r} (from --reward {spec})")
+    try:
+        inspect.signature(fn).bind_partial(["prompt"], ["completion"])  # columns come by name, and only some runs have them
+    except TypeError:
+        raise ConfigError(f"reward {spec} takes {inspect.signature(fn)}; accepted: (prompts, completions, **columns), "
+                          "TRL's reward signature") from None
+    except ValueError:  # a callable without a signature to read: called as it is
+        pass
     return fn
 
 

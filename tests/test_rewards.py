@@ -82,6 +82,12 @@ def gives_number(prompts, completions, **columns):
 
 def uses_columns(prompts, completions, answer, **columns):
     return [float(a in c) for a, c in zip(answer, completions)]
+
+def divides_by_zero(prompts, completions, **columns):
+    return [len(c) / 0 for c in completions]
+
+def takes_completions_only(completions):
+    return [0.0 for c in completions]
 '''
 
 
@@ -124,6 +130,19 @@ def test_broken_reward_functions_are_named_with_the_first_bad_index(function, me
     reward = resolve_reward(f"{user_file}:{function}")
     with pytest.raises(RewardFunctionError, match=message.format(file=user_file).replace("(", r"\(").replace("[", r"\[")):
         reward(["p", "p"], ["a", "b"])
+
+
+def test_a_reward_function_that_raises_is_named_with_the_line_that_raised(user_file):
+    reward = resolve_reward(f"{user_file}:divides_by_zero")
+    line = USER_FILE.splitlines().index("    return [len(c) / 0 for c in completions]") + 1
+    with pytest.raises(RewardFunctionError) as caught:
+        reward(["p"], ["a"])
+    assert str(caught.value) == f"reward '{user_file}:divides_by_zero' raised ZeroDivisionError: division by zero ({user_file}, line {line})"
+
+
+def test_a_reward_function_without_trl_s_signature_is_refused_when_loaded(user_file):
+    with pytest.raises(ConfigError, match=r"takes \(completions\); accepted: \(prompts, completions, \*\*columns\)"):
+        resolve_reward(f"{user_file}:takes_completions_only")
 
 
 @pytest.mark.parametrize("spec, message", [

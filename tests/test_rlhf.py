@@ -431,16 +431,17 @@ def test_grpo_killed_or_interrupted_then_resumed_matches_an_uninterrupted_run(si
         assert resumed[key] == pytest.approx(straight[key], abs=1e-4), key
 
 
-def test_non_finite_reward_stops_the_run_and_keeps_the_last_good_weights(nano, tmp_path, monkeypatch, capsys):
-    reward_file = tmp_path / "bad_reward.py"
-    reward_file.write_text("def nan_from_step_3(prompts, completions, **kw):\n"
-                           "    nan_from_step_3.calls = getattr(nan_from_step_3, 'calls', 0) + 1\n"
-                           "    return [float('nan') if nan_from_step_3.calls > 3 else 0.5 * (i % 2) for i in range(len(completions))]\n")
-    cfg = small_config(nano, tmp_path, steps=4, reward=f"{reward_file}:nan_from_step_3")
+@pytest.mark.parametrize("breaks, says", [("float('nan')", "returned nan"), ("1 / 0", "raised ZeroDivisionError: division by zero")])
+def test_a_reward_that_breaks_stops_the_run_and_keeps_the_last_good_weights(breaks, says, nano, tmp_path, monkeypatch, capsys):
+    reward_file = tmp_path / "bad_reward.py"  # its 4th call (after the evaluation before training) is step 3's
+    reward_file.write_text("def breaks_at_step_3(prompts, completions, **kw):\n"
+                           "    breaks_at_step_3.calls = getattr(breaks_at_step_3, 'calls', 0) + 1\n"
+                           f"    return [{breaks} if breaks_at_step_3.calls > 3 else 0.5 * (i % 2) for i in range(len(completions))]\n")
+    cfg = small_config(nano, tmp_path, steps=4, reward=f"{reward_file}:breaks_at_step_3")
     code, _, err = run_script("train_rlhf.py", as_flags(cfg), monkeypatch, capsys)
     message = err[err.index("error: "):].splitlines()[0]
     assert code == 2 and "Traceback" not in err  # a reward function breaking its contract is bad input
-    assert message.startswith("error: step 3: reward") and "returned nan" in message and message.endswith("checkpoints/step-2")
+    assert message.startswith("error: step 3: reward") and says in message and message.endswith("checkpoints/step-2")
     assert load_model(str(tmp_path / "run" / "checkpoints" / "step-2" / "model")).num_parameters() > 0
 
 
