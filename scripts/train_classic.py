@@ -16,7 +16,7 @@ from pathlib import Path
 
 from classic_rl import tutorials
 from classic_rl.algos import ALGOS
-from classic_rl.infra.cli import cli, parse_config
+from classic_rl.infra.cli import cli, load_config_file, parse_config
 from classic_rl.infra.errors import ConfigError
 from classic_rl.infra.run_folder import write_json
 from classic_rl.presets import preset
@@ -24,12 +24,14 @@ from classic_rl.training import run_training
 
 
 def choose(known: argparse.Namespace) -> tuple[str, str, tutorials.Tutorial | None]:
-    """(algo, env, tutorial or None) from --algo, --env and --preset."""
+    """(algo, env, tutorial or None) from --algo, --env and --preset, else from --config FILE (a run's config.json
+    names both)."""
     if known.preset is None:
-        algo = known.algo or "ppo"
+        saved = load_config_file(known.config) if known.config else {}
+        algo = known.algo or saved.get("algo") or "ppo"
         if algo not in ALGOS:
             raise ConfigError(f"unknown --algo {algo!r}; accepted: {', '.join(ALGOS)}")
-        return algo, known.env or "CartPole-v1", None
+        return algo, known.env or saved.get("env") or "CartPole-v1", None
     chosen = tutorials.tutorial(known.preset)
     for flag, given, fixed in (("algo", known.algo, chosen.algo), ("env", known.env, chosen.fields["env"])):
         if given not in (None, fixed):
@@ -43,6 +45,7 @@ def main() -> None:
     first.add_argument("--algo", default=None)
     first.add_argument("--env", default=None)
     first.add_argument("--preset", nargs="?", const="", default=None)
+    first.add_argument("--config", default=None)
     known, rest = first.parse_known_args(sys.argv[1:])
     if known.preset == "":
         print(tutorials.listing())
@@ -51,7 +54,8 @@ def main() -> None:
     name = known.preset
     config_cls, train_fn = ALGOS[algo]
     defaults = preset(algo, env) | (chosen.fields | {"run_dir": f"runs/{name}"} if chosen else {})
-    cfg = parse_config(config_cls, rest + ["--env", env], defaults=defaults,
+    argv = rest + ["--env", env] + (["--config", known.config] if known.config else [])
+    cfg = parse_config(config_cls, argv, defaults=defaults, read_by_script=("algo",),
                        description=f"{__doc__}\nalgo: {algo} (accepted: {', '.join(ALGOS)})\n"
                                    f"--preset NAME: one of {', '.join(tutorials.TUTORIALS)}")
     summary = run_training(algo, train_fn, cfg)

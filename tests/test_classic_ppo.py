@@ -235,6 +235,16 @@ def test_config_file_sets_fields_and_rejects_unknown_ones(monkeypatch, capsys, t
     assert code == 2 and "unknown fields ['lerning_rate']" in err
 
 
+def test_a_run_s_config_json_given_back_as_config_runs_the_same_settings(monkeypatch, capsys, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    args = ["--algo", "dqn", "--env", "Acrobot-v1", "--learning-rate", "0.002", "--total-timesteps", "600", "--eval-every", "0"]
+    assert run_cli("train_classic.py", [*args, "--run-dir", str(first)], monkeypatch, capsys)[0] == 0
+    code, err = run_cli("train_classic.py", ["--config", str(first / "config.json"), "--run-dir", str(second)], monkeypatch, capsys)
+    assert code == 0, err  # its algo and env come from the file too
+    saved = [json.loads((run / "config.json").read_text()) for run in (first, second)]
+    assert {k: v for k, v in saved[0].items() if k != "run_dir"} == {k: v for k, v in saved[1].items() if k != "run_dir"}
+
+
 def test_none_unsets_an_optional_field_that_a_preset_set():
     argv = ["--env", "CartPole-v1", "--vf-clip", "0.5"]
     assert parse_config(PPOConfig, argv, defaults=preset("ppo", "CartPole-v1")).target_kl == 0.03

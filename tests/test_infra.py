@@ -53,6 +53,29 @@ def test_flags_override_the_config_file_which_overrides_defaults_which_override_
     assert (cfg.learning_rate, cfg.target_kl, cfg.run_dir, cfg.hidden_sizes) == (0.3, 0.01, "from-flag", [8, 8])
 
 
+@pytest.mark.parametrize("text, message", [
+    ("learning_rate: [1, 2]", "learning_rate is [1, 2]; accepted: float"),
+    ("learning_rate: true", "learning_rate is True; accepted: float"),  # a bool is an int to Python, never a number here
+    ("hidden_sizes: 8", "hidden_sizes is 8; accepted: a list of int"),
+    ("hidden_sizes: [8, 2.5]", "hidden_sizes is [8, 2.5]; accepted: a list of int"),
+    ("target_kl: [0.1]", "target_kl is [0.1]; accepted: float or null"),
+    ("anneal_lr: 1", "anneal_lr is 1; accepted: bool"),
+])
+def test_config_file_values_of_the_wrong_type_are_one_config_error(text, message, tmp_path):
+    path = tmp_path / "c.yaml"  # strings go through argparse's own conversion (a test above); these would not
+    path.write_text(text + "\n")
+    with pytest.raises(ConfigError) as err:
+        parse_config(Example, ["--config", str(path)])
+    assert str(err.value) == f"--config {path}: {message}"
+
+
+def test_config_file_values_of_the_field_s_type_are_taken(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("learning_rate: 1\nhidden_sizes: [4, 2]\ntarget_kl: null\nanneal_lr: false\n")
+    cfg = parse_config(Example, ["--config", str(path)], defaults={"target_kl": 0.02})
+    assert (cfg.learning_rate, cfg.hidden_sizes, cfg.target_kl, cfg.anneal_lr) == (1, [4, 2], None, False)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--learning-rate", "fast"], "argument --learning-rate/--learning_rate: invalid float value: 'fast' (see --help)"),
     (["--overwrite", "maybe"], "expected true or false, got 'maybe'"),

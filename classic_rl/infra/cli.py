@@ -84,6 +84,27 @@ def _add_field(parser: argparse.ArgumentParser, field: dataclasses.Field, hint: 
                             dest=field.name, action="store_false", help=f"Turn off --{field.name.replace('_', '-')}")
 
 
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a value read from a config file has the field's type (a bool is no number here, an int is a float)."""
+    if get_origin(hint) in (Union, types.UnionType):
+        return any(_fits(value, option) for option in get_args(hint))
+    if get_origin(hint) is list:
+        return isinstance(value, list) and all(_fits(v, get_args(hint)[0]) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint in (int, float):
+        return isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _type_name(hint: Any) -> str:
+    if get_origin(hint) in (Union, types.UnionType):
+        return " or ".join(_type_name(option) for option in get_args(hint))
+    if get_origin(hint) is list:
+        return f"a list of {_type_name(get_args(hint)[0])}"
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
 def load_config_file(path: str) -> dict[str, Any]:
     """Field values from a JSON or YAML file (e.g. a run's config.json)."""
     try:
@@ -101,10 +122,11 @@ def load_config_file(path: str) -> dict[str, Any]:
 
 
 def parse_config(config_cls: type, argv: Sequence[str] | None = None, defaults: dict[str, Any] | None = None,
-                 description: str = "") -> Any:
+                 description: str = "", read_by_script: Sequence[str] = ()) -> Any:
     """Build config_cls from the command line: every field is a flag with its help.
 
-    Precedence: explicit flags > `--config FILE` > `defaults` (e.g. a preset) > the dataclass.
+    Precedence: explicit flags > `--config FILE` > `defaults` (e.g. a preset) > the dataclass. read_by_script names
+    keys of the file that are not fields, which the script read itself (train_classic.py's algo, from a run's config.json).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _OneLineErrorParser(description=description, formatter_class=_HelpFormatter, allow_abbrev=False)
@@ -118,10 +140,13 @@ def parse_config(config_cls: type, argv: Sequence[str] | None = None, defaults: 
     parser.set_defaults(**merged)  # before the first parse, which prints --help
     config_path = parser.parse_known_args(argv)[0].config
     if config_path:
-        file_values = load_config_file(config_path)
+        file_values = {k: v for k, v in load_config_file(config_path).items() if k not in read_by_script}
         unknown = sorted(set(file_values) - set(merged))
         if unknown:
             raise ConfigError(f"--config {config_path} has unknown fields {unknown}; accepted: {', '.join(sorted(merged))}")
+        for name, value in file_values.items():
+            if not isinstance(value, str) and not _fits(value, hints[name]):  # argparse converts and checks strings itself
+                raise ConfigError(f"--config {config_path}: {name} is {value!r}; accepted: {_type_name(hints[name])}")
         merged.update(file_values)
     parser.set_defaults(**merged)
     values = vars(parser.parse_args(argv))
