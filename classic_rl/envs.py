@@ -207,6 +207,15 @@ def play_episodes(act: Callable[[np.ndarray], np.ndarray], env_id: str, episodes
     return run_episodes(act, env_id, episodes, seed)[0]
 
 
+def check_renders_frames(env_id: str) -> None:
+    """A ConfigError unless env_id renders frames (`rgb_array`), which record_gif needs."""
+    env = make_env(env_id)
+    modes = env.metadata.get("render_modes", [])
+    env.close()
+    if "rgb_array" not in modes:
+        raise ConfigError(f"--video needs an env that renders frames (rgb_array); {env_id} renders {modes or 'nothing'}")
+
+
 def record_gif(act: Callable[[np.ndarray], np.ndarray], env_id: str, seed: int, path: Path, max_frames: int = 1000) -> tuple[float, int]:
     """Play one episode of env_id with act(obs `[1, obs_dim]`) -> actions `[1]`, rendered into an animated GIF
     at half the env's frame rate (every other frame); returns (the episode's return, frames rendered)."""
@@ -217,7 +226,7 @@ def record_gif(act: Callable[[np.ndarray], np.ndarray], env_id: str, seed: int, 
     obs, _ = env.reset(seed=seed)
     frames, total, done = [env.render()], 0.0, False
     while not done and len(frames) < max_frames:
-        obs, reward, terminated, truncated, _ = env.step(act(obs[None])[0])
+        obs, reward, terminated, truncated, _ = env.step(act(np.asarray(obs)[None])[0])  # a discrete env's obs is an int
         total += float(reward)
         done = terminated or truncated
         frames.append(env.render())

@@ -35,6 +35,8 @@ def main() -> None:
         env_id = json.loads(config_path.read_text())["env"]
     except (json.JSONDecodeError, KeyError, TypeError):
         raise ConfigError(f"{config_path} is not a config written by scripts/train_classic.py (no JSON with an env)") from None
+    if args.video:
+        envs.check_renders_frames(env_id)
     torch.set_num_threads(1)
     model = load_agent(run_dir / "policy.safetensors")
     returns = policy_returns(model, env_id, args.episodes, args.seed, args.eval_mode)

@@ -33,6 +33,8 @@ def files(tmp_path, nano):
     (tmp_path / "story_run" / "config.json").write_text('{"algo": "grpo", "task": null}')
     row = {"prompt": "Describe a kind badger.", "completion": " A badger.", "reward": 0.5}
     (tmp_path / "story_run" / "eval_samples.json").write_text(json.dumps({"before": [row], "after": [row]}))
+    (tmp_path / "maze_run").mkdir()  # a tabular run on an env that renders text only
+    (tmp_path / "maze_run" / "config.json").write_text('{"env": "Maze-v0"}')
     (tmp_path / "cut_run").mkdir()
     (tmp_path / "cut_run" / "eval_samples.json").write_text('{"before": []}')
     return {"dir": tmp_path, "nano": str(nano[0] / "run" / "model")}
@@ -61,6 +63,9 @@ CASES = {
         ("compare_preferences.py", ["--budget-s", "long"], "invalid float value: 'long'"),
         ("compare_preferences.py", ["--methods", "kto"], "invalid choice: 'kto' (choose from 'rm+grpo', 'rm+ppo', 'dpo', 'ipo')"),
         ("compare_ppo_recipes.py", ["--ptx-coef", "some"], "invalid float value: 'some'"),
+    ],
+    "unsupported combination": [
+        ("evaluate_classic.py", ["{dir}/maze_run", "--video"], "--video needs an env that renders frames (rgb_array); Maze-v0 renders ['ansi']"),
     ],
     "unknown name": [
         ("train_classic.py", ["--algo", "sac"], "unknown --algo 'sac'; accepted: random_search"),

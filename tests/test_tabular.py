@@ -64,6 +64,10 @@ def test_value_iteration_through_the_cli_reaches_the_frozenlake_optimum(tmp_path
     assert code == 0
     # the optimum reaches the goal 74% of the time; 2,000 episodes measure it to +-0.01 (one standard error)
     assert 0.70 <= json.loads((tmp_path / "vi" / "summary.json").read_text())["eval_return_mean"] <= 0.78
+    # its GIF: the table acts on one observation, an int here, not an array
+    code, out, err = run_script("evaluate_classic.py", [str(tmp_path / "vi"), "--episodes", "2", "--video"], monkeypatch, capsys)
+    assert code == 0, err
+    assert "video:" in out and (tmp_path / "vi" / "episode.gif").stat().st_size > 1000
 
 
 def test_tabular_methods_reject_continuous_observations():
