@@ -250,7 +250,8 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     gold = np.array(gold_reward(sample_prompts, completions))
     with torch.inference_mode():
         proxy = score_texts(model, tokenizer, sequence_texts(tokenizer, sample_prompts, completions)).cpu().numpy()
-    summary = {"eval_accuracy": logger.series("eval/accuracy")[1][-1], "spearman": spearman(proxy, gold), "labels": kind,
+    accuracies = logger.series("eval/accuracy")[1]  # none when no held-out pair has a preference or no two held-out scores differ
+    summary = {"eval_accuracy": accuracies[-1] if accuracies else None, "spearman": spearman(proxy, gold), "labels": kind,
                "train_labels": len(labels), "eval_labels": len(eval_labels), "label_noise": cfg.label_noise,
                "labels_flipped": flipped, "steps": cfg.steps, "precision": precision,
                "train_loss_final": logger.rows[-1]["train/loss"], "train_s": train_s, "wall_s": logger.elapsed(),

@@ -93,7 +93,8 @@ def main() -> None:
     k = grpo.eval_samples_per_prompt
     table = sample_table(samples["before"][::k], samples["after"][::k], resolve_reward(cfg.judge))
     atomic_write(run_dir / "samples.md", lambda tmp: Path(tmp).write_text(table))
-    print(f"\n{labels['labelled']} labels -> reward model (held-out accuracy {rm['eval_accuracy']:.2f}, Spearman with "
+    accuracy = "none (no held-out pair with a preference)" if rm["eval_accuracy"] is None else f"{rm['eval_accuracy']:.2f}"
+    print(f"\n{labels['labelled']} labels -> reward model (held-out accuracy {accuracy}, Spearman with "
           f"{cfg.judge} {rm['spearman']:.2f}) -> GRPO: judge {cfg.judge} {summary['judge_before']:.3f} -> {summary['judge_after']:.3f}, "
           f"words per answer {summary['words_before']:.1f} -> {summary['words_after']:.1f}; samples: {run_dir / 'samples.md'}")
 

@@ -161,6 +161,16 @@ def test_pointwise_accuracy_is_concordance_of_differently_scored_pairs():
         assert held_out_accuracy(FixedScores(), None, labels) == pytest.approx(4 / 5)
 
 
+def test_a_reward_model_whose_held_out_labels_rank_nothing_reports_no_accuracy(nano, nano_dir, tmp_path):
+    """Two scored completions: one trains, the one held out has no other to be ordered against (it ended in an IndexError)."""
+    rows = [{"prompt": "Describe a kind badger.", "completion": c, "score": s, "outcome": "scored"} for c, s in (("A badger.", 4), ("No.", 2))]
+    (tmp_path / "scores.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    summary = train_reward_model(RewardModelConfig(model=nano_dir, data_dir=str(nano[0] / "data"), preferences=str(tmp_path / "scores.jsonl"),
+                                                   steps=2, spearman_samples=8, run_dir=str(tmp_path / "rm")))
+    assert summary["eval_labels"] == 1 and summary["eval_accuracy"] is None
+    assert json.loads((tmp_path / "rm" / "summary.json").read_text())["eval_accuracy"] is None
+
+
 @pytest.mark.parametrize("pointwise", [False, True])
 def test_reward_model_learns_from_simulated_labels(nano, nano_dir, tmp_path, monkeypatch, capsys, pointwise):
     args = ["--simulate", "brevity", "--n", "120", *(["--pointwise"] if pointwise else [])]
