@@ -43,7 +43,8 @@ class PretrainConfig(RunFields):
     preset: str = config_field("tiny", f"Model size: {', '.join(MODEL_PRESETS)}")
     arch: str = config_field("gpt2", f"Architecture: {', '.join(ARCHITECTURES)} (the policy's fast decoder is GPT-2's)")
     seed: int = config_field(0, "Seeds python, numpy, torch and batch order")
-    data_dir: str = config_field(str(data.DATA_DIR), "Folder with pretrain.jsonl and sft.jsonl (scripts/make_data.py writes them)")
+    data_dir: str = config_field(str(data.DATA_DIR), "Folder with pretrain.jsonl and, optionally, sft.jsonl (scripts/make_data.py "
+                                                     "writes the shipped ones)")
     arithmetic: bool = config_field(False, "Read arithmetic_sft.jsonl's worked solutions instead of the stories and answers, "
                                            "with every digit its own token (the arithmetic base model of --task arithmetic)")
     vocab_size: int = config_field(2048, "BPE vocabulary to ask for (a small corpus may yield fewer tokens)")
@@ -87,7 +88,11 @@ def training_texts(data_dir: str, arithmetic: bool = False) -> list[str]:
 
     if arithmetic:
         return dialogues("arithmetic_sft")
-    return [row["text"] for row in data.load_rows(Path(data_dir) / "pretrain.jsonl", ["text"])] + dialogues("sft")
+    documents = [row["text"] for row in data.load_rows(Path(data_dir) / "pretrain.jsonl", ["text"])]
+    if not (Path(data_dir) / "sft.jsonl").is_file():  # a folder of one's own documents (the shipped one has both)
+        print(f"{data_dir} has no sft.jsonl: pretraining on the documents of pretrain.jsonl alone, no prompt/response pairs")
+        return documents
+    return documents + dialogues("sft")
 
 
 def cosine_with_warmup(step: int, cfg: PretrainConfig) -> float:

@@ -114,6 +114,14 @@ def test_text_prompt_files_hold_one_prompt_per_line(tmp_path):
     assert load_prompts(path) == ["Tell me about Ada.", "Describe a fox."]
 
 
+def test_a_folder_of_one_s_own_documents_pretrains_without_prompt_response_pairs(tmp_path, capsys):
+    (tmp_path / "pretrain.jsonl").write_text("".join(json.dumps({"text": f"Robot {i} likes tea."}) + "\n" for i in range(2000)))
+    summary = pretrain(PretrainConfig(preset="nano", data_dir=str(tmp_path), vocab_size=300, n_positions=32, batch_size=8, max_steps=4,
+                                      warmup_steps=1, eval_every=4, run_dir=str(tmp_path / "run")))
+    assert "no sft.jsonl: pretraining on the documents of pretrain.jsonl alone" in capsys.readouterr().out
+    assert summary["steps"] == 4 and load_model(str(tmp_path / "run" / "model")).num_parameters() > 0
+
+
 def test_pretraining_resumed_from_a_checkpoint_ends_like_an_uninterrupted_run(nano, tmp_path):
     fields = dict(preset="nano", data_dir=str(nano[0] / "data"), vocab_size=600, batch_size=8, max_steps=12, warmup_steps=2,
                   eval_every=4, run_dir=str(tmp_path / "run"), save_every=4, keep_checkpoints=5)
