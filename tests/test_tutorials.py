@@ -139,3 +139,15 @@ def test_a_tutorial_preset_run_reports_its_number_and_draws_its_figure(tmp_path,
     assert len((run_dir / "episodes.jsonl").read_text().splitlines()) == 30
     assert (run_dir / "episode_rewards.png").stat().st_size > 10_000
     assert load_agent(run_dir / "policy.safetensors").bias is None
+
+
+def test_make_tutorials_script_writes_a_row_per_preset_and_seed_and_copies_figures(tmp_path, monkeypatch, capsys):
+    code, out, err = run_script("run_tutorials.py", ["--presets", "tutorial-002-value-iteration", "--seeds", "1", "2",
+                                                     "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
+                                                     "--figures", str(tmp_path / "figures")], monkeypatch, capsys)
+    assert code == 0, err
+    rows = json.loads((tmp_path / "out.json").read_text())["rows"]
+    assert [(row["preset"], row["seed"], row["measured"]) for row in rows] == [("tutorial-002-value-iteration", 1, 18.0),
+                                                                                ("tutorial-002-value-iteration", 2, 18.0)]
+    assert "| `tutorial-002-value-iteration` | 002 |" in (tmp_path / "out.md").read_text()
+    assert (tmp_path / "figures" / "tutorial-002-value-iteration-maze_values.png").is_file()
