@@ -80,6 +80,8 @@ def test_config_file_values_of_the_field_s_type_are_taken(tmp_path):
     (["--learning-rate", "fast"], "argument --learning-rate/--learning_rate: invalid float value: 'fast' (see --help)"),
     (["--overwrite", "maybe"], "expected true or false, got 'maybe'"),
     (["--learn", "0.5"], "unrecognized arguments: --learn 0.5"),  # no prefix matching: a typo is an error
+    (["--learning-rat", "0.5"], "unrecognized arguments: --learning-rat 0.5; did you mean --learning-rate? (see --help)"),
+    (["--target_kl=0.1", "--hiden-sizes", "4"], "unrecognized arguments: --hiden-sizes 4; did you mean --hidden-sizes? (see --help)"),
 ])
 def test_bad_flags_are_one_config_error(argv, message):
     with pytest.raises(ConfigError, match=None) as err:

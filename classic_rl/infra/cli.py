@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import functools
 import json
 import os
@@ -39,7 +40,18 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 
 class _OneLineErrorParser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse prints the whole usage block; one line is enough
-        raise ConfigError(f"{message} (see --help)")
+        raise ConfigError(f"{message}{self._suggestion(message)} (see --help)")
+
+    def _suggestion(self, message: str) -> str:
+        """"; did you mean --x?" for an unrecognised flag close to a known one (a typo, or another library's name)."""
+        if not message.startswith("unrecognized arguments:"):
+            return ""
+        known = [name for name in self._option_string_actions if name.startswith("--")]
+        for flag in (word.split("=")[0] for word in message.split(":", 1)[1].split() if word.startswith("--")):
+            close = difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
+            if close:
+                return f"; did you mean {close[0]}?"
+        return ""
 
 
 def script_parser(description: str) -> argparse.ArgumentParser:
