@@ -17,6 +17,7 @@ written under a temporary name and renamed when complete, so a crash never leave
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import signal
@@ -39,8 +40,11 @@ class StopRequest:
     def __init__(self):
         self.requested = False
         self._previous = None
+        self._owner = os.getpid()
 
     def _handler(self, signum, frame) -> None:
+        if os.getpid() != self._owner:  # a process forked while this was installed (async env workers): its parent stops it
+            return
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
@@ -48,6 +52,7 @@ class StopRequest:
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+            self._owner = os.getpid()
             self._previous = signal.signal(signal.SIGINT, self._handler)
         return self
 
