@@ -7,7 +7,7 @@ import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -44,9 +44,11 @@ class ClassicConfig(RunFields):
     eval_every: int = config_field(10_000, "Evaluate every this many env steps (0 disables periodic evaluation)")
     eval_episodes: int = config_field(10, "Episodes per evaluation, run side by side")
     eval_mode: str = config_field("greedy", f"How evaluation acts: {', '.join(EVAL_MODES)} (sample draws from the policy, as "
-                                            "the tutorials report; value-based agents always act greedily)")
+                                            "the tutorials report; value-based agents: greedy only)")
     torch_threads: int = config_field(1, "torch.set_num_threads: small MLPs on CPU are fastest with 1")
     run_dir: str = config_field("runs/classic", "Folder for config.json, metrics.jsonl, summary.json, plots, policy")
+
+    value_based: ClassVar[bool] = False  # the agent acts greedily on action values: no probabilities to sample
 
     def __post_init__(self):
         envs.check_env_id(self.env)
@@ -55,11 +57,20 @@ class ClassicConfig(RunFields):
                          total_episodes=self.total_episodes)
         require_nonnegative(eval_every=self.eval_every)
         require_choice(eval_mode=(self.eval_mode, EVAL_MODES))
+        require_policy_to_sample(self.eval_mode, self.value_based)
 
     @property
     def solved_threshold(self) -> float | None:
         """The return that counts as solved: --target-return, else the env's reward_threshold."""
         return self.target_return if self.target_return is not None else envs.check_env_id(self.env).reward_threshold
+
+
+def require_policy_to_sample(eval_mode: str, value_based: bool) -> None:
+    """--eval-mode sample needs action probabilities, which value-based agents do not have (they evaluated greedily
+    while reporting "sample")."""
+    if eval_mode == "sample" and value_based:
+        raise ConfigError("--eval-mode sample draws actions from a policy's probabilities, and value-based agents (dqn, q_learning, "
+                          "sarsa, value and policy iteration) have none; accepted: greedy")
 
 
 def policy_returns(model: SavableModule, env_id: str, episodes: int, seed: int, mode: str = "greedy") -> np.ndarray:

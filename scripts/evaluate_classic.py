@@ -10,10 +10,11 @@ from pathlib import Path
 import torch
 
 from classic_rl import envs
+from classic_rl.algos import ALGOS
 from classic_rl.infra.cli import cli, script_parser
 from classic_rl.infra.errors import ConfigError
 from classic_rl.nets import load_agent
-from classic_rl.training import EVAL_MODES, policy_returns
+from classic_rl.training import EVAL_MODES, ClassicConfig, policy_returns, require_policy_to_sample
 
 
 @cli
@@ -32,9 +33,12 @@ def main() -> None:
     if args.episodes <= 0:
         raise ConfigError(f"--episodes must be > 0, got {args.episodes}")
     try:
-        env_id = json.loads(config_path.read_text())["env"]
+        saved = json.loads(config_path.read_text())
+        env_id = saved["env"]
     except (json.JSONDecodeError, KeyError, TypeError):
         raise ConfigError(f"{config_path} is not a config written by scripts/train_classic.py (no JSON with an env)") from None
+    config_cls = ALGOS.get(saved.get("algo"), (ClassicConfig,))[0]
+    require_policy_to_sample(args.eval_mode, config_cls.value_based)
     if args.video:
         envs.check_renders_frames(env_id)
     torch.set_num_threads(1)

@@ -33,6 +33,8 @@ def files(tmp_path, nano):
     (tmp_path / "story_run" / "config.json").write_text('{"algo": "grpo", "task": null}')
     row = {"prompt": "Describe a kind badger.", "completion": " A badger.", "reward": 0.5}
     (tmp_path / "story_run" / "eval_samples.json").write_text(json.dumps({"before": [row], "after": [row]}))
+    (tmp_path / "dqn_run").mkdir()
+    (tmp_path / "dqn_run" / "config.json").write_text('{"algo": "dqn", "env": "CartPole-v1"}')
     (tmp_path / "maze_run").mkdir()  # a tabular run on an env that renders text only
     (tmp_path / "maze_run" / "config.json").write_text('{"env": "Maze-v0"}')
     (tmp_path / "cut_run").mkdir()
@@ -65,6 +67,10 @@ CASES = {
         ("compare_ppo_recipes.py", ["--ptx-coef", "some"], "invalid float value: 'some'"),
     ],
     "unsupported combination": [
+        ("train_classic.py", ["--algo", "dqn", "--eval-mode", "sample"], "--eval-mode sample draws actions from a policy's "
+                                                                          "probabilities, and value-based agents (dqn, q_learning"),
+        ("evaluate_classic.py", ["{dir}/dqn_run", "--eval-mode", "sample"], "value-based agents (dqn, q_learning, sarsa, value and "
+                                                                            "policy iteration) have none; accepted: greedy"),
         ("evaluate_classic.py", ["{dir}/maze_run", "--video"], "--video needs an env that renders frames (rgb_array); Maze-v0 renders ['ansi']"),
     ],
     "unknown name": [

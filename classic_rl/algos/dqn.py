@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -37,6 +38,7 @@ from classic_rl.training import ClassicConfig, Evaluator
 
 @dataclass
 class DQNConfig(ClassicConfig):
+    value_based: ClassVar[bool] = True
     num_envs: int = config_field(1, "Parallel environments (each vector step adds num_envs transitions)")
     buffer_size: int = config_field(100_000, "Replay buffer capacity, in transitions")
     learning_rate: float = config_field(2.3e-3, "Adam learning rate")
