@@ -11,7 +11,9 @@ Defaults come from classic_rl/presets.py for the (algo, env) pair, or from the t
 
 import argparse
 import json
+import re
 import sys
+import warnings
 from pathlib import Path
 
 from classic_rl import tutorials
@@ -51,6 +53,8 @@ def main() -> None:
         print(tutorials.listing())
         return
     algo, env, chosen = choose(known)
+    if chosen:  # a tutorial's own env version (CartPole-v0: 200-step episodes) is chosen on purpose; gymnasium's advice is noise
+        warnings.filterwarnings("ignore", message=rf".*The environment {re.escape(env)} is out of date", category=DeprecationWarning)
     name = known.preset
     config_cls, train_fn = ALGOS[algo]
     defaults = preset(algo, env) | (chosen.fields | {"run_dir": f"runs/{name}"} if chosen else {})

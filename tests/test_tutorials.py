@@ -2,6 +2,8 @@
 maze plans the shortest path, episode budgets stop runs, and a preset run reports its number and figure."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from classic_rl.algos.reinforce import ReinforceConfig, collect_batch, linear_so
 from classic_rl.infra.cli import parse_config
 from classic_rl.maze import Maze
 from classic_rl.nets import ActorCritic, SoftmaxPolicy, load_agent, save_agent
-from tests.conftest import run_script
+from tests.conftest import ROOT, run_script
 
 
 @pytest.mark.parametrize("name", list(tutorials.TUTORIALS))
@@ -151,3 +153,12 @@ def test_make_tutorials_script_writes_a_row_per_preset_and_seed_and_copies_figur
                                                                                 ("tutorial-002-value-iteration", 2, 18.0)]
     assert "| `tutorial-002-value-iteration` | 002 |" in (tmp_path / "out.md").read_text()
     assert (tmp_path / "figures" / "tutorial-002-value-iteration-maze_values.png").is_file()
+
+
+def test_a_tutorial_on_its_own_old_env_version_runs_without_gymnasium_s_advice_to_upgrade(tmp_path):
+    """tutorial-000 runs CartPole-v0 on purpose (the tutorial's 200-step episodes): gymnasium's deprecation warning
+    about it, in ANSI colours, was noise in every run of the preset."""
+    done = subprocess.run([sys.executable, str(ROOT / "scripts/train_classic.py"), "--preset", "tutorial-000", "--total-episodes", "3",
+                           "--eval-episodes", "3", "--run-dir", str(tmp_path / "run")], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "CartPole-v0 is out of date" not in done.stderr
