@@ -40,7 +40,7 @@ class StopRequest:
     def __init__(self):
         self.requested = False
         self._previous = None
-        self._owner = os.getpid()
+        self._owner = None  # the process that installed the handler
 
     def _handler(self, signum, frame) -> None:
         if os.getpid() != self._owner:  # a process forked while this was installed (async env workers): its parent stops it
