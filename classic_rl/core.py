@@ -45,24 +45,31 @@ def _nonzero(total: Tensor) -> Tensor:
     return torch.where(total == 0, torch.ones_like(total), total)
 
 
-def masked_var_mean(x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """(population variance, mean) of x over the valid positions, two scalars."""
+def masked_var_mean(x: Tensor, mask: Tensor | None = None, unbiased: bool = False) -> tuple[Tensor, Tensor]:
+    """(variance, mean) of x over the valid positions, two scalars: the population variance, or with unbiased
+    the sample variance, times n / (n - 1) for n valid positions (the total weight of a soft mask), as TRL's
+    masked_var."""
     mean = masked_mean(x, mask)
-    return masked_mean((x - mean) ** 2, mask), mean
+    var = masked_mean((x - mean) ** 2, mask)
+    if unbiased:  # one valid position: its population variance, 0 (a division by n - 1 would give a NaN)
+        n = _as_weights(mask, x).sum()
+        var = var * n / (n - 1).clamp(min=1.0)
+    return var, mean
 
 
-def masked_var(x: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Population variance of x over the valid positions (a scalar)."""
-    return masked_var_mean(x, mask)[0]
+def masked_var(x: Tensor, mask: Tensor | None = None, unbiased: bool = False) -> Tensor:
+    """Variance of x over the valid positions (a scalar): population, or sample with unbiased."""
+    return masked_var_mean(x, mask, unbiased)[0]
 
 
 def masked_whiten(x: Tensor, mask: Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
-    """(x - mean) / sqrt(var + eps) with statistics over the valid positions only.
+    """(x - mean) / sqrt(var + eps) with statistics over the valid positions only, var the sample variance
+    (TRL's masked_whiten; CleanRL and SB3 divide by torch's std, which is the sample one too).
 
     shift_mean=False keeps the original mean (only rescales), as TRL does for PPO rewards.
     Masked positions are returned as 0.
     """
-    var, mean = masked_var_mean(x, mask)
+    var, mean = masked_var_mean(x, mask, unbiased=True)
     whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean

@@ -26,6 +26,7 @@ from rlhf_toy.rewards import DEFAULT_REWARD
 from rlhf_toy.sampling import SamplingConfig
 
 LOSS_TYPES = ("grpo", "dapo", "bnpo", "dr_grpo")
+IMPORTANCE_SAMPLING_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
 SCALE_REWARDS = ("group", "batch", "none")
 CRITICS = ("separate", "shared", "rm")
 LR_SCHEDULES = ("constant", "linear", "cosine")
@@ -75,6 +76,9 @@ class RLHFConfig(RunFields):
     log_completions_every: int = config_field(25, "Print a table of completions every N steps (0: never)")
     precision: str = config_field("auto", "The update and the reference's forward in fp32 or bf16 autocast (sampling stays "
                                           "fp32); auto = bf16 where the CPU/GPU has bf16 units, else fp32; weights stay fp32")
+    disable_dropout: bool = config_field(True, "Turn dropout off in the policy, reference and value models (TRL's default), so "
+                                               "the update's log-probs are those of the distribution the tokens were drawn "
+                                               "from; false keeps the model's dropout in the update")
     torch_threads: int = config_field(2, "torch.set_num_threads")
     cpu: bool = config_field(False, "Run on CPU even when an accelerator is present")
     trust_remote_code: bool = config_field(False, "Allow a hub model's own code to run")
@@ -103,13 +107,22 @@ class RLHFConfig(RunFields):
         if self.pass_at_k and "correct" not in self.reward.split(","):
             raise ConfigError("--pass-at-k counts answers the correct reward accepts; add correct to --reward "
                               "(e.g. --task arithmetic)")
-        if self.completions_per_step % self.num_minibatches:
-            raise ConfigError(f"{self.completions_per_step} completions per step do not split into {self.num_minibatches} "
-                              "minibatches; choose --num-minibatches dividing prompts_per_step * num_generations")
+        self.check_minibatches(num_processes=1)
         if self.temperature <= 0:  # every log-prob of the losses is of softmax(logits / T): greedy has none
             raise ConfigError(f"--temperature must be > 0 for training, got {self.temperature}; greedy decoding is for "
                               "evaluation (--eval-temperature 0) and scripts/sample.py")
         _ = self.eval_sampling  # validates the sampling fields
+
+    def check_minibatches(self, num_processes: int) -> None:
+        """A ConfigError unless each of num_processes takes whole prompt groups and splits its completions into
+        num_minibatches equal minibatches (each process updates on its own share: an uneven split would take more
+        gradient steps than asked, and DAPO's normaliser would not match them)."""
+        per_process = self.completions_per_step // num_processes
+        if self.prompts_per_step % num_processes or per_process % self.num_minibatches:
+            raise ConfigError(f"{self.prompts_per_step} prompts x {self.num_generations} completions in {num_processes} "
+                              f"process(es) with {self.num_minibatches} minibatch(es) does not split evenly; accepted: "
+                              f"--prompts-per-step divisible by the processes, and the completions of each process "
+                              f"(prompts_per_step * num_generations / processes) divisible by --num-minibatches")
 
     def learning_rate_at(self, step: int) -> float:
         """The learning rate of training step `step` (1..steps): transformers' get_scheduler formulas with
@@ -153,16 +166,33 @@ class GRPOConfig(RLHFConfig):
 
     ALGO: ClassVar[str] = "grpo"
     beta: float = config_field(0.04, "k3 KL coefficient to the reference (0 loads no reference model)")
+    use_bias_correction_kl: bool = config_field(True, "Multiply the per-token KL by the (differentiable) ratio pi / pi_old, "
+                                                      "which makes its gradient the unbiased reverse-KL gradient (DeepSeek-V3.2; "
+                                                      "TRL 1.16's default): it changes the gradient even on-policy, where the "
+                                                      "ratio is 1")
     epsilon: float = config_field(0.2, "Lower clip of the policy ratio")
     epsilon_high: float | None = config_field(None, "Upper clip (DAPO's clip-higher); default: epsilon")
     loss_type: str = config_field("dapo", f"Loss aggregation, as TRL's: {', '.join(LOSS_TYPES)}")
     scale_rewards: str = config_field("group", f"Advantage scaling: {', '.join(SCALE_REWARDS)} (none = Dr. GRPO)")
     num_iterations: int = config_field(1, "Updates per rollout (GRPO's mu)")
     mask_truncated_completions: bool = config_field(False, "Exclude completions without eos from the loss (DAPO)")
+    # TRL's vllm_importance_sampling_* without "vllm_": here the sampler is the fast decoder or generate, in fp32, while the
+    # update may run in bf16; the same correction serves any sampler whose numbers differ from the trainer's
+    importance_sampling_correction: bool = config_field(False, "Weight each token's policy loss by pi_trainer / pi_sampler "
+                                                               "(the sampler-vs-trainer mismatch, logged as sampling/*), "
+                                                               "truncated or masked by --importance-sampling-mode")
+    importance_sampling_mode: str = config_field("sequence_mask", f"{', '.join(IMPORTANCE_SAMPLING_MODES)}: per token or "
+                                                                  "per sequence (the product over its tokens); a ratio "
+                                                                  "outside the clip range is clipped or its loss dropped")
+    importance_sampling_clip_max: float | None = config_field(3.0, "Upper bound of the importance-sampling ratio (none: no bound)")
+    importance_sampling_clip_min: float | None = config_field(None, "Lower bound of the importance-sampling ratio (none: no bound)")
 
     def __post_init__(self):
         super().__post_init__()
-        require_choice(loss_type=(self.loss_type, LOSS_TYPES), scale_rewards=(self.scale_rewards, SCALE_REWARDS))
+        require_choice(loss_type=(self.loss_type, LOSS_TYPES), scale_rewards=(self.scale_rewards, SCALE_REWARDS),
+                       importance_sampling_mode=(self.importance_sampling_mode, IMPORTANCE_SAMPLING_MODES))
+        require_positive(importance_sampling_clip_max=self.importance_sampling_clip_max)
+        require_nonnegative(importance_sampling_clip_min=self.importance_sampling_clip_min)
         require_positive(epsilon=self.epsilon, num_iterations=self.num_iterations, epsilon_high=self.epsilon_high)
         require_nonnegative(beta=self.beta)
         if self.num_generations < 2:

@@ -3,8 +3,11 @@ reference, with no reward model and no sampling. Field names are TRL's DPOConfig
 
     for each batch of pairs (x, y_w, y_l):                      (ties are left out: DPO has no tie)
         h = [log pi(y_w|x) - log ref(y_w|x)] - [log pi(y_l|x) - log ref(y_l|x)]      sequence log-probs
-        sigmoid:  loss = -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)    eps = label_smoothing
-                                                                                      (robust "cDPO")
+        sigmoid:  loss = -log sigmoid(beta h)                                          (TRL's sigmoid)
+        robust:   loss = (-(1 - eps) log sigmoid(beta h) + eps log sigmoid(-beta h)) / (1 - 2 eps)
+                                                  eps = label_smoothing; unbiased under label noise (Chowdhury et al. 2024)
+        cdpo:     loss = -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)      conservative DPO (Mitchell 2023),
+                                                  which TRL's sigmoid computed before 1.x and no longer offers
         ipo:      loss = (h - 1 / (2 beta))^2, log-probs averaged over tokens          (Azar et al. 2023)
     implicit reward r(x, y) = beta [log pi(y|x) - log ref(y|x)]; pair accuracy: r(y_w) > r(y_l), held out
     report: the rule judge's reward on the eval prompts before and after (as RL reports it), KL to the
@@ -38,14 +41,22 @@ from rlhf_toy.data import (
 )
 from rlhf_toy.distributed import make_accelerator
 from rlhf_toy.evaluation import evaluate_on_prompts, kl_to_reference, print_side_by_side
-from rlhf_toy.models import check_model_exists, evaluation_mode, load_model, load_tokenizer, model_writer
+from rlhf_toy.models import (
+    check_model_exists,
+    disable_dropout,
+    evaluation_mode,
+    load_model,
+    load_tokenizer,
+    model_writer,
+)
 from rlhf_toy.precision import PRECISIONS, autocast, set_up_precision
 from rlhf_toy.reward_model import Labels, to_labels
 from rlhf_toy.rewards import DEFAULT_REWARD, resolve_reward
 from rlhf_toy.rollout import encode_completions, sequence_logprobs
 from rlhf_toy.sampling import SamplingConfig
 
-DPO_LOSS_TYPES = ("sigmoid", "ipo")
+DPO_LOSS_TYPES = ("sigmoid", "robust", "cdpo", "ipo")
+LABEL_SMOOTHING_LOSSES = ("robust", "cdpo")
 
 
 @dataclass
@@ -62,7 +73,10 @@ class DPOConfig(RunFields):
                                     "ipo: the margin target is 1/(2 beta) nats per token, so 0.1 asks for 5; 1 did best "
                                     "here, bench/README.md)")
     loss_type: str = config_field("sigmoid", f"DPO loss: {', '.join(DPO_LOSS_TYPES)}")
-    label_smoothing: float = config_field(0.0, "Probability that a pair's label is wrong (cDPO; sigmoid loss only), in [0, 0.5)")
+    label_smoothing: float = config_field(0.0, "Probability that a pair's label is wrong, in [0, 0.5): the robust and cdpo "
+                                              "losses' epsilon")
+    disable_dropout: bool = config_field(True, "Turn dropout off in the policy and the reference (TRL's default); false keeps "
+                                               "the model's dropout in training")
     learning_rate: float = config_field(5e-5, "AdamW learning rate (constant)")
     steps: int = config_field(200, "Optimizer steps")
     max_train_s: float | None = config_field(None, "Stop after the step that spends this many seconds of training (a budget of wall time)")
@@ -89,8 +103,9 @@ class DPOConfig(RunFields):
         require_choice(loss_type=(self.loss_type, DPO_LOSS_TYPES), precision=(self.precision, PRECISIONS))
         if not self.label_smoothing < 0.5:
             raise ConfigError(f"--label-smoothing must be in [0, 0.5) (at 0.5 labels carry no signal), got {self.label_smoothing}")
-        if self.label_smoothing and self.loss_type != "sigmoid":
-            raise ConfigError(f"--label-smoothing is the sigmoid loss's (cDPO); --loss-type {self.loss_type} takes none")
+        if self.label_smoothing and self.loss_type not in LABEL_SMOOTHING_LOSSES:
+            raise ConfigError(f"--label-smoothing is the epsilon of --loss-type {' or '.join(LABEL_SMOOTHING_LOSSES)}; --loss-type "
+                              f"{self.loss_type} takes none (TRL's sigmoid ignores it)")
         if not 0 < self.eval_fraction < 1:
             raise ConfigError(f"--eval-fraction must be in (0, 1), got {self.eval_fraction}")
 
@@ -98,11 +113,20 @@ class DPOConfig(RunFields):
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
              beta: float, loss_type: str = "sigmoid", label_smoothing: float = 0.0) -> torch.Tensor:
     """The mean DPO loss over pairs from log-probs `[B]` of chosen and rejected completions under the policy and
-    the reference (summed over tokens for sigmoid, averaged over tokens for ipo)."""
+    the reference (summed over tokens, or for ipo averaged over tokens), as TRL 1.16's DPOTrainer computes each
+    loss_type it has; cdpo is the label-smoothed sigmoid, which it no longer has."""
     h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
     if loss_type == "ipo":
         return ((h - 1 / (2 * beta)) ** 2).mean()
-    return (-(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)).mean()
+    right, wrong = F.logsigmoid(beta * h), F.logsigmoid(-beta * h)  # the log-likelihood of the label, and of its flip
+    eps = label_smoothing
+    if loss_type == "robust":
+        return ((-(1 - eps) * right + eps * wrong) / (1 - 2 * eps)).mean()
+    if loss_type == "cdpo":
+        return (-(1 - eps) * right - eps * wrong).mean()
+    if loss_type == "sigmoid":
+        return -right.mean()
+    raise ValueError(f"unknown DPO loss_type {loss_type!r}; accepted: {', '.join(DPO_LOSS_TYPES)}")
 
 
 def preference_pairs(rows: list[dict]) -> Labels:
@@ -159,7 +183,9 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
     model_name = cfg.model or default_base_model()
     tokenizer = load_tokenizer(model_name)
     ref_model = load_model(model_name).eval().requires_grad_(False).to(accelerator.device)
-    policy = load_model(str(checkpoints.folder / "model") if checkpoints.resumed else model_name)
+    policy = load_model(str(checkpoints.folder / "model") if checkpoints.resumed else model_name).train()
+    for model in (policy, ref_model) if cfg.disable_dropout else ():
+        disable_dropout(model)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
     batches = ShuffledBatches(len(pairs), min(cfg.per_device_train_batch_size, len(pairs)), torch.Generator().manual_seed(cfg.seed))
     logger = RunLogger(run_dir)

@@ -53,7 +53,7 @@ def kl_to_reference(policy, ref_model, tokenizer, prompts: list[str] | list[dict
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         rollout = sample_rollout(policy, tokenizer, repeated, sampling, ref_model)
-    kl = core.kl_estimate(rollout.old_logprobs, rollout.ref_logprobs, "k1", rollout.completion_mask)
+    kl = core.kl_estimate(rollout.sampling_logprobs, rollout.ref_logprobs, "k1", rollout.completion_mask)
     return {"per_token": core.masked_mean(kl, rollout.completion_mask).item(), "per_sequence": kl.sum(1).mean().item()}
 
 

@@ -6,14 +6,19 @@
             = (r_i - mean(group)) / (std(batch) + eps)        "batch"
             = (r_i - mean(group))                             "none" (Dr. GRPO, Liu et al. 2025)
         every completion token gets its sequence's advantage; no critic
+        old, ref = log-probs of the policy before the update and of the reference, from the update's own forward
         for num_iterations, for each of num_minibatches minibatches:
-            per-token loss = clipped objective + beta * k3 KL to the reference
+            rho = exp(log pi - old)                  (exactly 1 on the first minibatch: old is that very forward)
+            per-token loss = clipped objective(rho, A) + beta * k3(pi, ref) * rho      (rho: use_bias_correction_kl)
             minimise its aggregation by loss_type (TRL's GRPOConfig names; see grpo_loss)
 
 The clipped objective, KL estimator and aggregation are classic_rl.core's, as in classic PPO.
 """
 
 from __future__ import annotations
+
+import contextlib
+import math
 
 import torch
 from torch import Tensor
@@ -22,7 +27,8 @@ from classic_rl import core
 from classic_rl.infra.errors import check_finite
 from classic_rl.infra.metrics import MeanStats
 from rlhf_toy.configs import LOSS_TYPES, SCALE_REWARDS, GRPOConfig
-from rlhf_toy.rollout import Rollout, completion_logprobs
+from rlhf_toy.models import evaluation_mode
+from rlhf_toy.rollout import Rollout, completion_logprobs, sampler_mismatch, trainer_forward
 
 
 def group_advantages(rewards: Tensor, group_size: int, scale_rewards: str = "group", eps: float = 1e-4) -> tuple[Tensor, Tensor]:
@@ -65,11 +71,55 @@ def grpo_loss(per_token_loss: Tensor, mask: Tensor, loss_type: str, max_completi
     raise ValueError(f"unknown loss_type {loss_type!r}; accepted: {', '.join(LOSS_TYPES)}")
 
 
-def grpo_update(policy, optimizer, accelerator, rollout: Rollout, rewards: Tensor, cfg: GRPOConfig) -> dict[str, float]:
+def importance_weights(trainer_logprobs: Tensor, sampling_logprobs: Tensor, mask: Tensor, mode: str,
+                       clip_min: float | None, clip_max: float | None) -> Tensor:
+    """TRL's importance-sampling correction for a sampler whose numbers differ from the trainer's: the ratio
+    pi_trainer / pi_sampler per token `[B, C]` ("token_*") or per sequence `[B, 1]` (the product over its tokens,
+    "sequence_*"), clamped to [clip_min, clip_max] ("*_truncate") or set to 0 outside it ("*_mask")."""
+    log_ratio = (trainer_logprobs - sampling_logprobs) * mask
+    if mode.startswith("sequence"):
+        log_ratio = log_ratio.sum(-1, keepdim=True)
+    ratio = torch.exp(log_ratio)
+    if mode.endswith("truncate"):
+        return torch.clamp(ratio, min=clip_min, max=clip_max)
+    low = -math.inf if clip_min is None else clip_min
+    high = math.inf if clip_max is None else clip_max
+    return ratio.masked_fill((ratio < low) | (ratio > high), 0.0)
+
+
+def minibatch_loss(policy, rollout: Rollout, rows: Tensor, advantages: Tensor, old_logprobs: Tensor | None,
+                   ref_logprobs: Tensor | None, mask: Tensor, dapo_normaliser: Tensor, cfg: GRPOConfig) -> tuple[Tensor, dict, Tensor]:
+    """(loss, stats, the old log-probs `[b, C]` used) of the minibatch `rows` `[b]`, as TRL's GRPOTrainer computes it.
+    old_logprobs None: the update takes one gradient step per rollout, so the old policy is this very forward
+    (TRL's per_token_logps.detach()) and the ratio is exactly 1."""
+    logp, entropy = completion_logprobs(policy, rollout.input_ids[rows], rollout.attention_mask[rows], rollout.completion_mask[rows],
+                                        cfg.temperature, with_entropy=True)
+    old = logp.detach() if old_logprobs is None else old_logprobs[rows]
+    adv = advantages[rows, None].expand_as(logp)
+    per_token_loss, stats = core.policy_loss(logp, old, adv, cfg.epsilon, cfg.epsilon_high, mask[rows], "none")
+    if cfg.importance_sampling_correction:
+        weights = importance_weights(old, rollout.sampling_logprobs[rows], mask[rows], cfg.importance_sampling_mode,
+                                     cfg.importance_sampling_clip_min, cfg.importance_sampling_clip_max)
+        per_token_loss = per_token_loss * weights
+        stats["sampling/importance_sampling_ratio/mean"] = core.masked_mean(weights.expand_as(logp), mask[rows])
+    if cfg.beta > 0:
+        kl = core.kl_estimate(logp, ref_logprobs[rows], "k3", mask[rows])
+        stats["kl"] = core.masked_mean(kl.detach(), mask[rows])
+        if cfg.use_bias_correction_kl:  # k3's gradient on samples of pi_old is biased once pi moves; the ratio corrects it
+            kl = kl * torch.exp(logp - old)
+        per_token_loss = per_token_loss + cfg.beta * kl
+    loss = grpo_loss(per_token_loss, mask[rows], cfg.loss_type, cfg.max_completion_length, dapo_normaliser)
+    stats.update(loss=loss.detach(), entropy=core.masked_mean(entropy, mask[rows]))
+    return loss, stats, old
+
+
+def grpo_update(policy, ref_model, optimizer, accelerator, rollout: Rollout, rewards: Tensor, cfg: GRPOConfig) -> dict[str, float]:
     """num_iterations passes of `cfg.num_minibatches` gradient steps over one rollout; returns metrics.
 
     In a multi-process run each process holds whole groups of the step's completions; the
     advantages come from every process's rewards, so "batch" scaling sees the whole batch.
+    Old and reference log-probs come from the update's own forward (trainer_forward), in the
+    precision and mode it runs in.
     """
     everyone = accelerator.gather(rewards)  # [completions of all processes], in process order
     advantages, frac_zero_std = group_advantages(everyone, cfg.num_generations, cfg.scale_rewards)
@@ -78,29 +128,31 @@ def grpo_update(policy, optimizer, accelerator, rollout: Rollout, rewards: Tenso
     if cfg.mask_truncated_completions:
         mask = mask * (~rollout.is_truncated).float()[:, None]
     dapo_normaliser = accelerator.reduce(mask.sum(), "sum").clamp(min=1.0) / (accelerator.num_processes * cfg.num_minibatches)
-    size = len(rewards) // cfg.num_minibatches
+    passes = [torch.randperm(len(rewards)).split(len(rewards) // cfg.num_minibatches) for _ in range(cfg.num_iterations)]
+
+    def logprobs(model):
+        return trainer_forward(lambda rows: completion_logprobs(model, rollout.input_ids[rows], rollout.attention_mask[rows],
+                                                                rollout.completion_mask[rows], cfg.temperature)[:1], passes[0])[0]
+
+    with evaluation_mode(ref_model) if ref_model is not None else contextlib.nullcontext():
+        ref_logprobs = logprobs(ref_model) if cfg.beta > 0 else None
+    old_logprobs = logprobs(policy) if len(passes) * len(passes[0]) > 1 else None
+    first_pass_old = torch.zeros_like(mask)  # the trainer's log-probs before the update, against the sampler's
     means = MeanStats()
-    for _iteration in range(cfg.num_iterations):
-        for mb in torch.randperm(len(rewards)).split(size):
-            logp, entropy = completion_logprobs(policy, rollout.input_ids[mb], rollout.attention_mask[mb], rollout.completion_mask[mb],
-                                                cfg.temperature, with_entropy=True)
-            adv = advantages[mb, None].expand_as(logp)
-            per_token_loss, stats = core.policy_loss(logp, rollout.old_logprobs[mb], adv, cfg.epsilon, cfg.epsilon_high,
-                                                     mask[mb], "none")
-            if cfg.beta > 0:
-                kl = core.kl_estimate(logp, rollout.ref_logprobs[mb], "k3", mask[mb])
-                per_token_loss = per_token_loss + cfg.beta * kl
-                stats["kl"] = core.masked_mean(kl.detach(), mask[mb])
-            loss = grpo_loss(per_token_loss, mask[mb], cfg.loss_type, cfg.max_completion_length, dapo_normaliser)
-            stats["loss"] = loss.detach()
+    for iteration, minibatches in enumerate(passes):
+        for rows in minibatches:
+            loss, stats, old = minibatch_loss(policy, rollout, rows, advantages, old_logprobs, ref_logprobs, mask, dapo_normaliser, cfg)
+            if iteration == 0:
+                first_pass_old[rows] = old
             accelerator.backward(loss)
             stats["grad_norm"] = accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
             check_finite(None, loss=loss, grad_norm=stats["grad_norm"])  # before the step: the weights stay good
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            stats["entropy"] = core.masked_mean(entropy, mask[mb])
             means.add(stats)
     metrics = means.means()
     metrics["clip_ratio"] = metrics.pop("clipfrac")
     metrics["frac_reward_zero_std"] = float(frac_zero_std)
+    metrics.update(sampler_mismatch(first_pass_old, rollout.sampling_logprobs, mask))
     return metrics
+

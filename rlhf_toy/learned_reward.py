@@ -14,13 +14,16 @@ from rlhf_toy.sampling import context_length
 
 
 def sequence_texts(tokenizer, prompts: list[str], responses: list[str]) -> list[str]:
-    """What the reward model reads: the chat template, the response, and eos (its score is read there)."""
+    """What the reward model reads: the chat template, the response, and eos. Its score is read at the last token that
+    is not padding: that eos, or, where the tokenizer pads with its eos (GPT-2's, which has no pad token), the
+    response's last token, as TRL's RewardTrainer reads it too."""
     return [f"{format_prompt(p)} {r.strip()}{tokenizer.eos_token}" for p, r in zip(prompts, responses, strict=True)]
 
 
 def score_texts(model, tokenizer, texts: list[str], batch_size: int = 64) -> torch.Tensor:
-    """Scalar scores `[N]`. Padding and truncation are on the left, so the last position is always
-    each text's eos, where the score is read, even for texts longer than the context."""
+    """Scalar scores `[N]`. Padding and truncation are on the left, so each text ends at the last position, also
+    when it is longer than the context; the model reads its score at the last token that is not padding
+    (sequence_texts)."""
     scores = []
     tokenizer.truncation_side = "left"
     for start in range(0, len(texts), batch_size):

@@ -169,6 +169,18 @@ def evaluation_mode(model: torch.nn.Module):
         model.train(was_training)
 
 
+def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """Every dropout of model set to probability 0 in place, as TRL's disable_dropout_in_model, and also the attention
+    dropout that Llama-family layers keep as a float (`attention_dropout`) rather than a Dropout module. The model stays
+    in train mode where it was (gradient checkpointing runs only there); its config.json is left as it was."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+    return model
+
+
 def num_parameters(model: PreTrainedModel) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -24,7 +24,8 @@ from classic_rl import core
 from classic_rl.infra.errors import ConfigError, check_finite
 from classic_rl.infra.metrics import MeanStats
 from rlhf_toy.configs import PPOConfig
-from rlhf_toy.rollout import Rollout, completion_logits, completion_states
+from rlhf_toy.models import evaluation_mode
+from rlhf_toy.rollout import Rollout, completion_logits, completion_states, sampler_mismatch, trainer_forward
 
 
 class Critic(nn.Module):
@@ -109,33 +110,50 @@ def logits_and_values(policy, critic: Critic, input_ids: Tensor, attention_mask:
     return logits, critic(input_ids, attention_mask, prompt_length, policy)
 
 
-def ppo_update(policy, critic: Critic, optimizer, accelerator, rollout: Rollout, scores: Tensor, kl_ctl: core.KLController,
+def policy_forward(policy, critic: Critic, rollout: Rollout, rows: Tensor, temperature: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(log-probs, entropies, values), each `[b, C]`, of the rollout's rows `[b]`: the update's forward, which also gives
+    the old log-probs and values (trainer_forward)."""
+    logits, values = logits_and_values(policy, critic, rollout.input_ids[rows], rollout.attention_mask[rows], rollout.prompt_length)
+    mask = rollout.completion_mask[rows]
+    logp, entropy = core.token_logprobs_and_entropy(logits, rollout.completion_ids[rows], mask, temperature)
+    return logp, entropy, values * mask
+
+
+def reference_logprobs(ref_model, rollout: Rollout, rows: Tensor, temperature: float) -> tuple[Tensor]:
+    """(log-probs `[b, C]`,) of the rollout's rows under the reference, computed as policy_forward computes the policy's."""
+    logits = completion_logits(ref_model, rollout.input_ids[rows], rollout.attention_mask[rows], rollout.prompt_length)
+    return (core.token_logprobs(logits, rollout.completion_ids[rows], rollout.completion_mask[rows], temperature),)
+
+
+def ppo_update(policy, critic: Critic, ref_model, optimizer, accelerator, rollout: Rollout, scores: Tensor, kl_ctl: core.KLController,
                cfg: PPOConfig, ptx_batch=None) -> dict[str, float]:
     """One PPO phase over a rollout; returns metrics (and adapts kl_ctl). With cfg.ptx_coef, ptx_batch() gives
-    `[N, T]` pretraining tokens whose language-model loss joins every minibatch's (InstructGPT's PPO-ptx)."""
+    `[N, T]` pretraining tokens whose language-model loss joins every minibatch's (InstructGPT's PPO-ptx).
+    The old log-probs and values, and the reference's log-probs, come from the update's own forward
+    (trainer_forward) on the first epoch's minibatches, in the precision and mode it runs in."""
     mask = rollout.completion_mask
     if cfg.missing_eos_penalty is not None:
         scores = scores - cfg.missing_eos_penalty * rollout.is_truncated.float()
-    with torch.no_grad():
-        old_values = critic(rollout.input_ids, rollout.attention_mask, rollout.prompt_length, policy) * mask
-        kl = (core.kl_estimate(rollout.old_logprobs, rollout.ref_logprobs, "k1", mask) if rollout.ref_logprobs is not None
-              else torch.zeros_like(mask))
-        advantages, returns = advantages_and_returns(scores, old_values, kl, mask, kl_ctl.value, cfg)
+    epochs = [torch.randperm(len(scores)).split(len(scores) // cfg.num_minibatches) for _ in range(cfg.num_ppo_epochs)]
+    old_logprobs, _, old_values = trainer_forward(lambda rows: policy_forward(policy, critic, rollout, rows, cfg.temperature), epochs[0])
+    kl = torch.zeros_like(mask)
+    if ref_model is not None:
+        with evaluation_mode(ref_model):
+            (ref_logprobs,) = trainer_forward(lambda rows: reference_logprobs(ref_model, rollout, rows, cfg.temperature), epochs[0])
+        kl = core.kl_estimate(old_logprobs, ref_logprobs, "k1", mask)
+    advantages, returns = advantages_and_returns(scores, old_values, kl, mask, kl_ctl.value, cfg)
 
-    size = len(scores) // cfg.num_minibatches
     means = MeanStats()
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    for _epoch in range(cfg.num_ppo_epochs):
-        for mb in torch.randperm(len(scores)).split(size):
-            logits, values = logits_and_values(policy, critic, rollout.input_ids[mb], rollout.attention_mask[mb],
-                                               rollout.prompt_length)
-            logp, entropy = core.token_logprobs_and_entropy(logits, rollout.completion_ids[mb], mask[mb], cfg.temperature)
-            pg_loss, stats = core.policy_loss(logp, rollout.old_logprobs[mb], advantages[mb], cfg.cliprange,
+    for minibatches in epochs:
+        for mb in minibatches:
+            logp, entropy, values = policy_forward(policy, critic, rollout, mb, cfg.temperature)
+            pg_loss, stats = core.policy_loss(logp, old_logprobs[mb], advantages[mb], cfg.cliprange,
                                               mask=mask[mb], agg="token")
             v_loss = core.value_loss(values, old_values[mb], returns[mb], clip=cfg.cliprange_value, mask=mask[mb])
             loss = pg_loss + cfg.vf_coef * v_loss
             if cfg.ptx_coef:
-                tokens = ptx_batch().to(logits.device)
+                tokens = ptx_batch().to(logp.device)
                 ptx_loss = policy(input_ids=tokens, labels=tokens).loss
                 loss = loss + cfg.ptx_coef * ptx_loss
                 stats["ptx_loss"] = ptx_loss.detach()
@@ -152,5 +170,6 @@ def ppo_update(policy, critic: Critic, optimizer, accelerator, rollout: Rollout,
     metrics.update(clip_ratio=metrics.pop("clipfrac"), kl=float(core.masked_mean(kl, mask)), kl_sequence=sequence_kl,
                    beta=kl_ctl.value, explained_variance=float(core.explained_variance(old_values, returns, mask)),
                    score=float(scores.mean()))
+    metrics.update(sampler_mismatch(old_logprobs, rollout.sampling_logprobs, mask))
     kl_ctl.update(sequence_kl, len(scores))
     return metrics

@@ -3,7 +3,9 @@ judgements, the scoring model of InstructGPT (Ouyang et al. 2022) and of Christi
 
     labels   pairs (prompt, chosen, rejected), ties allowed, each flipped with prob label_noise;
              or pointwise scores 1-5 of single completions (scripts/label.py --pointwise)
-    r        AutoModelForSequenceClassification(num_labels=1), initialised from the base policy
+    r        AutoModelForSequenceClassification(num_labels=1), initialised from the base policy; its score is read at the
+             last token that is not padding: the eos after the response, or, where the tokenizer pads with its eos
+             (GPT-2's, which has no pad token), the response's last token
     pairs    minimise  -[t log sigmoid(r(chosen) - r(rejected)) + (1 - t) log sigmoid(r(rejected) - r(chosen))]
              (Bradley-Terry; t = 1, or 1/2 for a tie)
     scores   minimise  (r(completion) - (score - 3) / 2)^2            (regression onto [-1, 1])
@@ -43,6 +45,8 @@ from rlhf_toy.distributed import make_accelerator
 from rlhf_toy.learned_reward import score_texts, sequence_texts
 from rlhf_toy.models import (
     check_model_exists,
+    disable_dropout,
+    evaluation_mode,
     load_model,
     load_tokenizer,
     model_writer,
@@ -72,6 +76,8 @@ class RewardModelConfig(RunFields):
     spearman_samples: int = config_field(256, "Fresh base-policy completions scored by both the model and the rule")
     precision: str = config_field("auto", "The training step's forward and backward in fp32 or bf16 autocast; auto = bf16 where "
                                           "the CPU/GPU has bf16 units, else fp32 (evaluation and the saved weights stay fp32)")
+    disable_dropout: bool = config_field(True, "Turn dropout off in the reward model (TRL's default); false keeps the model's "
+                                               "dropout in training")
     torch_threads: int = config_field(2, "torch.set_num_threads")
     cpu: bool = config_field(False, "Train on CPU even when an accelerator is present")
     run_dir: str = config_field("runs/reward_model", "Output folder (model/ is what rm:DIR loads: give rm:RUN_DIR/model)")
@@ -177,9 +183,8 @@ def ranking_accuracy(first: torch.Tensor, second: torch.Tensor, target: torch.Te
 def held_out_accuracy(model, tokenizer, labels: Labels) -> float:
     """Pairs: share ranked as labelled. Scores: share of the pairs of completions with different scores
     that the model orders the same way (concordance)."""
-    model.eval()
-    first, second = label_scores(model, tokenizer, labels)
-    model.train()
+    with evaluation_mode(model):
+        first, second = label_scores(model, tokenizer, labels)
     if second is not None:
         return ranking_accuracy(first, second, labels.target.to(first.device))
     i, j = torch.triu_indices(len(first), len(first), offset=1)
@@ -206,7 +211,9 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
 
     tokenizer = load_tokenizer(base)
     model = AutoModelForSequenceClassification.from_pretrained(
-        str(checkpoints.folder / "model") if checkpoints.resumed else base, num_labels=1)
+        str(checkpoints.folder / "model") if checkpoints.resumed else base, num_labels=1).train()
+    if cfg.disable_dropout:
+        disable_dropout(model)
     model.config.pad_token_id = tokenizer.pad_token_id
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
     batches = ShuffledBatches(len(labels), min(cfg.batch_size, len(labels)), torch.Generator().manual_seed(cfg.seed))

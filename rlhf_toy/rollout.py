@@ -4,11 +4,12 @@ need as `[B, C]` tensors over completion tokens (C = longest completion in the b
     input_ids        [B, P + C]  left-padded prompt, then the completion padded after its eos
     attention_mask   [B, P + C]  1 on real prompt tokens and on completion tokens up to eos
     completion_mask  [B, C]      1 on generated tokens up to and including the first eos
-    old_logprobs     [B, C]      log pi_old(token) at the sampling temperature, from generate's own logits
-    ref_logprobs     [B, C]      the frozen reference, one batched forward (None without a reference)
+    sampling_logprobs [B, C]     log pi_sampler(token) at the sampling temperature, from the sampler's own logits
+    ref_logprobs     [B, C]      a reference's, one batched forward (evaluation's KL; None without a reference)
 
-Log-probs are always of logits / temperature, in sampling and in training, so the PPO ratio
-compares like with like.
+Log-probs are always of logits / temperature, in sampling and in training. The sampler's are only a
+check: the updates take the old and reference log-probs from the trainer's own forward, in its own
+precision and mode (trainer_forward), as TRL does, so that the ratio is exactly 1 where it must be.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from transformers.cache_utils import DynamicLayer
 from classic_rl import core
 from rlhf_toy.fast_decode import cache_layout_is_known
 from rlhf_toy.models import distinct_prompts, evaluation_mode, position_ids, stop_token_ids
-from rlhf_toy.precision import autocast
 from rlhf_toy.sampling import SamplingConfig, context_length, encode_prompts, sample_sequences
 
 
@@ -35,7 +35,7 @@ class Rollout:
     input_ids: Tensor
     attention_mask: Tensor
     completion_mask: Tensor
-    old_logprobs: Tensor
+    sampling_logprobs: Tensor
     ref_logprobs: Tensor | None
     is_truncated: Tensor  # [B] bool: no eos within max_new_tokens
 
@@ -209,12 +209,38 @@ def sequence_logprobs(model: PreTrainedModel, input_ids: Tensor, attention_mask:
     return completion_logprobs(model, input_ids, attention_mask, completion_mask)[0].sum(1)
 
 
+@torch.no_grad()
+def trainer_forward(forward, minibatches: list[Tensor]) -> tuple[Tensor, ...]:
+    """forward(rows) -> per-token tensors `[b, C]` for each minibatch's rows `[b]`, put back in batch order `[B, C]`.
+
+    The old and reference log-probs (and PPO's old values) come from the very forward the update runs, on the same
+    rows as its first pass, in its precision and mode: with the policy unchanged its ratio is then exactly 1 and its
+    KL to an identical reference exactly 0, bit for bit. The sampler's fp32 log-probs, or a forward over the whole
+    batch (other matmul shapes), differ in the last bits, and in bf16 by far more."""
+    parts = [forward(rows) for rows in minibatches]
+    order = torch.cat(minibatches)
+    stitched = []
+    for pieces in zip(*parts, strict=True):
+        whole = torch.cat(pieces)
+        stitched.append(torch.empty_like(whole).index_copy_(0, order.to(whole.device), whole))
+    return tuple(stitched)
+
+
+def sampler_mismatch(trainer_logprobs: Tensor, sampling_logprobs: Tensor, mask: Tensor) -> dict[str, float]:
+    """TRL's sampling/sampling_logp_difference/{mean,max}: |log pi_trainer - log pi_sampler| over the valid tokens, the
+    gap between the distribution the tokens were drawn from and the one the loss assumes (float rounding in fp32;
+    bf16's rounding, a dropout left on, or sampling settings of the sampler's own otherwise)."""
+    gap = (trainer_logprobs - sampling_logprobs).abs()[mask.bool()]
+    if not len(gap):
+        return {}
+    return {"sampling/sampling_logp_difference/mean": gap.mean().item(), "sampling/sampling_logp_difference/max": gap.max().item()}
+
+
 @torch.inference_mode()
 def sample_rollout(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], sampling: SamplingConfig,
-                   ref_model: PreTrainedModel | None = None, reference_precision: str = "fp32") -> Rollout:
-    """Sample one completion per prompt (repeat prompts for groups) and score it under policy and reference,
-    both in eval mode (no dropout: the log-probs are those of the policy itself). The reference's forward
-    runs in reference_precision (the precision the update computes the policy's log-probs in)."""
+                   ref_model: PreTrainedModel | None = None) -> Rollout:
+    """Sample one completion per prompt (repeat prompts for groups), with the sampler's log-probs, and with ref_model
+    the reference's (fp32, eval mode), for evaluation's KL; the trainer takes both from its own forward instead."""
     batch = encode_prompts(tokenizer, prompts, sampling.max_new_tokens, policy).to(policy.device)
     eos_token_ids = stop_token_ids(policy, tokenizer)
     with evaluation_mode(policy):
@@ -224,13 +250,13 @@ def sample_rollout(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     completion_mask, is_truncated = completion_mask_from_ids(completion_ids, eos_token_ids)
     temperature = sampling.temperature or 1.0
     # the raw logits of each step, [B, V]: log-probs per step keep memory at [B, V], not [B, C, V]
-    old_logprobs = torch.stack([core.token_logprobs(logits, completion_ids[:, t], temperature=temperature)
-                                for t, logits in enumerate(step_logits)], dim=1) * completion_mask
+    sampling_logprobs = torch.stack([core.token_logprobs(logits, completion_ids[:, t], temperature=temperature)
+                                     for t, logits in enumerate(step_logits)], dim=1) * completion_mask
     input_ids = sequences
     attention_mask = torch.cat([batch["attention_mask"], completion_mask.long()], dim=1)
     ref_logprobs = None
     if ref_model is not None:
-        with evaluation_mode(ref_model), autocast(reference_precision, input_ids.device):
+        with evaluation_mode(ref_model):
             ref_logprobs, _ = completion_logprobs(ref_model, input_ids, attention_mask, completion_mask, temperature)
     completions = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-    return Rollout(prompts, completions, input_ids, attention_mask, completion_mask, old_logprobs, ref_logprobs, is_truncated)
+    return Rollout(prompts, completions, input_ids, attention_mask, completion_mask, sampling_logprobs, ref_logprobs, is_truncated)

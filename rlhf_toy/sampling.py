@@ -3,6 +3,7 @@ models, transformers' `generate` for the rest."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -41,8 +42,8 @@ class SamplingConfig:
         return GenerationConfig(
             max_new_tokens=self.max_new_tokens, do_sample=not greedy,
             return_dict_in_generate=with_logits, output_logits=with_logits,
-            temperature=None if greedy else self.temperature, top_k=None if greedy else self.top_k,
-            top_p=None if greedy else self.top_p,
+            temperature=None if greedy else self.temperature, top_k=None if greedy else self.top_k,  # top_k 0: off
+            top_p=None if greedy else self.top_p, repetition_penalty=1.0, no_repeat_ngram_size=0,
             pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_token_ids)
 
     def next_tokens(self, logits: torch.Tensor) -> torch.Tensor:
@@ -72,8 +73,39 @@ def sample_sequences(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     if supports_fast_decode(model):
         return sample_gpt2(model, batch["input_ids"], batch["attention_mask"], sampling.max_new_tokens, sampling.next_tokens,
                            eos_token_ids, tokenizer.pad_token_id)
-    out = model.generate(**batch, generation_config=sampling.generation_config(tokenizer, eos_token_ids, with_logits=True))
+    with neutral_generation_config(model):
+        out = model.generate(**batch, generation_config=sampling.generation_config(tokenizer, eos_token_ids, with_logits=True))
     return out.sequences, out.logits
+
+
+# Fields of a model's generation_config.json that change which tokens generate samples (or how many).
+SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "top_h", "repetition_penalty",
+                   "encoder_repetition_penalty", "no_repeat_ngram_size", "bad_words_ids", "sequence_bias", "suppress_tokens",
+                   "begin_suppress_tokens", "forced_bos_token_id", "forced_eos_token_id", "min_length", "min_new_tokens",
+                   "exponential_decay_length_penalty", "renormalize_logits", "num_beams", "guidance_scale", "watermarking_config")
+
+
+@contextlib.contextmanager
+def neutral_generation_config(model: PreTrainedModel):
+    """The block sees model.generation_config as transformers' defaults. generate fills every field its
+    generation_config leaves None from the model's own, and None is the only way to say "off" for min_p, bad words,
+    forced tokens and the rest: an instruct model whose generation_config.json sets a repetition penalty or min_p would
+    be sampled from another distribution than the raw logits / temperature that the losses take log-probs of."""
+    own = model.generation_config
+    model.generation_config = GenerationConfig()
+    try:
+        yield model
+    finally:
+        model.generation_config = own
+
+
+def ignored_generation_settings(model: PreTrainedModel) -> dict:
+    """The sampling settings of the model's generation_config that differ from transformers' defaults: the project
+    samples with its own flags instead (neutral_generation_config), which a user of such a model should be told."""
+    own, default = getattr(model, "generation_config", None), GenerationConfig()
+    if own is None:
+        return {}
+    return {name: getattr(own, name) for name in SAMPLING_FIELDS if getattr(own, name, None) != getattr(default, name, None)}
 
 
 def context_length(model: PreTrainedModel) -> int:

@@ -3,9 +3,10 @@
     set_up     policy, reference, critic, optimizer; resume from a checkpoint; evaluate before
     for step in 1..steps:                                       (train_step)
         prompts   = next prompts_per_step prompts, each repeated num_generations times
-        rollout   = sample_rollout(policy, prompts)             # KV-cache sampling, old/ref log-probs
+        rollout   = sample_rollout(policy, prompts)             # KV-cache sampling (the sampler's log-probs: a check)
         rewards   = reward(prompts, completions)                # rule, user function or reward model
-        metrics   = grpo_update(...) or ppo_update(...)         # all loss math from classic_rl.core
+        metrics   = grpo_update(...) or ppo_update(...)         # old/ref log-probs from the update's own forward;
+                                                                # all loss math from classic_rl.core
         log; checkpoint when due or on Ctrl-C
     finish     evaluate after, save the policy, summary.json and plots
 """
@@ -42,13 +43,13 @@ from rlhf_toy.distributed import (
 )
 from rlhf_toy.evaluation import evaluate_on_prompts, print_completions, print_side_by_side
 from rlhf_toy.grpo import grpo_update
-from rlhf_toy.models import check_model_exists, load_model, load_tokenizer, model_writer
+from rlhf_toy.models import check_model_exists, disable_dropout, load_model, load_tokenizer, model_writer
 from rlhf_toy.ppo_critic import Critic, build_critic, ppo_update
 from rlhf_toy.precision import autocast, bf16_linear_weights, set_up_precision
 from rlhf_toy.prompt_schedule import prompts_for_step, step_seed
 from rlhf_toy.rewards import CombinedReward, RewardFunctionError, resolve_reward
 from rlhf_toy.rollout import sample_rollout
-from rlhf_toy.sampling import context_length, encode_prompts
+from rlhf_toy.sampling import context_length, encode_prompts, ignored_generation_settings
 
 
 @dataclass
@@ -127,9 +128,9 @@ def set_up(cfg: RLHFConfig) -> Run:
     restore them from the newest checkpoint on --resume."""
     accelerator = make_accelerator(cfg.cpu)
     world = accelerator.num_processes
-    if world > 1 and (isinstance(cfg, PPOConfig) or cfg.prompts_per_step % world):
-        raise ConfigError(f"a run in {world} processes needs --algo grpo and --prompts-per-step divisible by {world} "
-                          f"(each process takes whole prompt groups), got --algo {cfg.algo} --prompts-per-step {cfg.prompts_per_step}")
+    if world > 1 and isinstance(cfg, PPOConfig):
+        raise ConfigError(f"a run in {world} processes needs --algo grpo, got --algo {cfg.algo}")
+    cfg.check_minibatches(world)
     reward = resolve_reward(cfg.reward, cfg.reward_weights, cfg.target_words)
     gold = resolve_reward(cfg.gold_reward, target_words=cfg.target_words) if cfg.gold_reward else None
     train_prompts, eval_prompts = load_prompt_rows(cfg.prompts), load_prompt_rows(cfg.eval_prompts)
@@ -149,9 +150,13 @@ def set_up(cfg: RLHFConfig) -> Run:
         except ConfigError as err:
             raise ConfigError(f"{name}: {err}") from None
     ref_model = load_model(model_name, cfg.trust_remote_code).eval().requires_grad_(False) if cfg.uses_reference else None
+    if cfg.disable_dropout:  # the reference runs in eval mode anyway
+        disable_dropout(policy)
     critic, kl_ctl, params, ptx_batches, ptx_batch = None, None, list(policy.parameters()), None, None
     if isinstance(cfg, PPOConfig):
         critic = build_critic(policy, cfg.critic, lambda: load_model(model_name, cfg.trust_remote_code), cfg.reward_model_dir)
+        if cfg.disable_dropout:
+            disable_dropout(critic)
         kl_ctl = KLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
         params += [p for p in critic.parameters() if all(p is not q for q in params)]
         if cfg.ptx_coef:
@@ -167,13 +172,17 @@ def set_up(cfg: RLHFConfig) -> Run:
     precision = set_up_precision(cfg.precision, accelerator.device, accelerator.unwrap_model(policy), ref_model,
                                  critic.trunk if critic is not None else None)
     ref_model = ref_model.to(accelerator.device) if ref_model is not None else None
-    if ref_model is not None and precision == "bf16":  # it runs only in sample_rollout, under autocast
+    if ref_model is not None and precision == "bf16":  # it runs only in the update, under autocast
         bf16_linear_weights(ref_model)
     if accelerator.is_main_process:
         passes = cfg.num_iterations if isinstance(cfg, GRPOConfig) else cfg.num_ppo_epochs
         print(f"{cfg.algo}: {cfg.prompts_per_step} prompts x {cfg.num_generations} completions = {cfg.completions_per_step} "
               f"completions per step in {world} process(es), {cfg.num_minibatches} minibatch(es) x {passes} pass(es), "
               f"{cfg.steps} steps, reward {cfg.reward}, model {model_name}, device {accelerator.device}, {precision}")
+        ignored = ignored_generation_settings(accelerator.unwrap_model(policy))
+        if ignored:
+            print(f"the model's generation_config sets {', '.join(f'{k}={v}' for k, v in ignored.items())}: ignored; sampling "
+                  f"follows --temperature {cfg.temperature}, --top-k {cfg.top_k}, --top-p {cfg.top_p}, the distribution the losses assume")
     return Run(cfg, accelerator, reward, gold, train_prompts, eval_prompts, run_dir, model_name, tokenizer, policy, ref_model,
                critic, kl_ctl, optimizer, checkpoints, logger, precision, ptx_batch)
 
@@ -252,7 +261,7 @@ def train_step(run: Run, step: int) -> tuple[dict[str, float], list[dict]]:
         group["lr"] = cfg.learning_rate_at(step)
     step_prompts = prompts_for_step(run.train_prompts, step, cfg.prompts_per_step, cfg.num_generations, cfg.seed)
     prompts, columns = split_columns(process_share(step_prompts, accelerator.process_index, accelerator.num_processes))
-    rollout = sample_rollout(accelerator.unwrap_model(run.policy), run.tokenizer, prompts, cfg.sampling, run.ref_model, run.precision)
+    rollout = sample_rollout(accelerator.unwrap_model(run.policy), run.tokenizer, prompts, cfg.sampling)
     t1 = time.perf_counter()
     try:  # a broken reward or a non-finite loss stops the run before any bad optimizer step
         totals, components = run.reward.score(prompts, rollout.completions, **columns)
@@ -266,10 +275,10 @@ def train_step(run: Run, step: int) -> tuple[dict[str, float], list[dict]]:
         # outermost context exits, and they must follow every optimizer step.
         with autocast(run.precision, accelerator.device):
             if isinstance(cfg, GRPOConfig):
-                metrics = grpo_update(run.policy, run.optimizer, accelerator, rollout, rewards, cfg)
+                metrics = grpo_update(run.policy, run.ref_model, run.optimizer, accelerator, rollout, rewards, cfg)
             else:
-                metrics = ppo_update(run.policy, run.critic, run.optimizer, accelerator, rollout, rewards, run.kl_ctl, cfg,
-                                     run.ptx_batch)
+                metrics = ppo_update(run.policy, run.critic, run.ref_model, run.optimizer, accelerator, rollout, rewards, run.kl_ctl,
+                                     cfg, run.ptx_batch)
     except (NonFiniteError, RewardFunctionError) as err:
         saved = run.save_checkpoint(step - 1) if run.main else None
         raise type(err)(f"step {step}: {err}" + (f"; saved the last good weights to {saved}" if saved else "")) from None

@@ -117,8 +117,8 @@ def kill_after_first_checkpoint(script: str, args: list[str], run_dir: Path, sig
 
 @pytest.fixture(scope="module")
 def policy_reference_rollout(nano_dir):
-    """(policy, rollout): a reference that differs from the policy (so KL terms and their gradients are not zero)
-    and a rollout of 2 prompts x 4 completions of at most 10 tokens, some of them truncated, scored under both."""
+    """(policy, rollout, reference): a reference that differs from the policy (so KL terms and their gradients are not
+    zero) and a rollout of 2 prompts x 4 completions of at most 10 tokens, some of them truncated, scored under both."""
     policy, tokenizer = load_model(nano_dir), load_tokenizer(nano_dir)
     reference = copy.deepcopy(policy).eval()
     torch.manual_seed(0)
@@ -128,8 +128,8 @@ def policy_reference_rollout(nano_dir):
     prompts = [p for p in ["Describe a fox.", "Tell me about Ada and the lake."] for _ in range(4)]
     rollout = sample_rollout(policy, tokenizer, prompts, SamplingConfig(max_new_tokens=10), ref_model=reference)
     assert rollout.is_truncated.any() and not rollout.is_truncated.all()
-    assert (rollout.ref_logprobs - rollout.old_logprobs).abs().max() > 0.05
-    return policy, rollout
+    assert (rollout.ref_logprobs - rollout.sampling_logprobs).abs().max() > 0.05
+    return policy, rollout, reference
 
 
 def clipped_sgd_step(loss: torch.Tensor, params: list[torch.Tensor], lr: float, max_grad_norm: float) -> None:

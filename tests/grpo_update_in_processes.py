@@ -30,10 +30,10 @@ rewards = torch.tensor(resolve_reward("length")(prompts, rollout.completions))
 share = slice(accelerator.process_index * 16 // accelerator.num_processes, (accelerator.process_index + 1) * 16 // accelerator.num_processes)
 local = dataclasses.replace(rollout, prompts=prompts[share], completions=rollout.completions[share],
                             **{f: getattr(rollout, f)[share] for f in ("input_ids", "attention_mask", "completion_mask",
-                                                                       "old_logprobs", "is_truncated")})
+                                                                       "sampling_logprobs", "is_truncated")})
 optimizer = torch.optim.SGD(policy.parameters(), lr=cfg.learning_rate)  # SGD: the update is the gradient itself
 policy, optimizer = accelerator.prepare(policy, optimizer)
-grpo_update(policy, optimizer, accelerator, local, rewards[share], cfg)
+grpo_update(policy, None, optimizer, accelerator, local, rewards[share], cfg)
 if accelerator.is_main_process:
     save_file({k: v.contiguous() for k, v in accelerator.unwrap_model(policy).state_dict().items()
                if k != "lm_head.weight"}, out_path)  # lm_head is tied to the embedding

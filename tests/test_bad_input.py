@@ -103,7 +103,7 @@ CASES = {
         ("sample.py", ["--model", "{nano}", "--temperature", "-1"], "--temperature >= 0"),
         ("train_reward_model.py", ["--label-noise", "0.7"], "--label-noise must be in [0, 0.5)"),
         ("train_rlhf.py", ["--num-generations", "1"], "--num-generations must be >= 2"),
-        ("train_rlhf.py", ["--num-minibatches", "5"], "do not split into 5 minibatches"),
+        ("train_rlhf.py", ["--num-minibatches", "5"], "with 5 minibatch(es) does not split evenly"),
         ("bench_rlhf.py", ["--steps", "0"], "--steps must be > 0, got 0"),
         ("bench_demo.py", ["--repeats", "0"], "--repeats must be > 0, got 0"),
         ("bench_precision.py", ["--threads", "0"], "--threads must be > 0, got 0"),

@@ -78,14 +78,14 @@ def test_minibatches_cover_the_rollout_once_each_epoch(num_minibatches):
 
 def plain_ppo_update(agent, obs, actions, old_logp, advantages, returns, cfg):
     """The update written out plainly: autograd through whole networks, torch's Adam and clip_grad_norm_,
-    advantages whitened per minibatch (population variance), minibatches from torch.randperm as PPO draws them."""
+    advantages whitened per minibatch (sample variance, as CleanRL), minibatches from torch.randperm as PPO draws them."""
     optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5, foreach=False)
     for _ in range(cfg.update_epochs):
         order = torch.arange(cfg.batch_size) if cfg.num_minibatches == 1 else torch.randperm(cfg.batch_size)
         for mb in order.split(cfg.batch_size // cfg.num_minibatches):
             logp_all = torch.log_softmax(agent.actor(obs[mb]), -1)
             logp = logp_all.gather(1, actions[mb, None]).squeeze(1)
-            adv = (advantages[mb] - advantages[mb].mean()) / torch.sqrt(advantages[mb].var(unbiased=False) + 1e-8)
+            adv = (advantages[mb] - advantages[mb].mean()) / torch.sqrt(advantages[mb].var() + 1e-8)
             ratio = torch.exp(logp - old_logp[mb])
             policy_loss = -torch.min(ratio * adv, torch.clamp(ratio, 1 - cfg.clip_coef, 1 + cfg.clip_coef) * adv).mean()
             value_loss = 0.5 * ((agent.critic(obs[mb]).squeeze(1) - returns[mb]) ** 2).mean()

@@ -40,8 +40,8 @@ def test_masked_mean_with_soft_weights_is_the_weighted_mean():
 def test_masked_whiten_uses_valid_positions_only():
     x = t(1, 2, 3, 100)  # the 100 is padding and must not move the statistics
     mask = t(1, 1, 1, 0)
-    # mean 2, population var (1 + 0 + 1) / 3 = 2/3  ->  (x - 2) / sqrt(2/3)
-    s = 1 / math.sqrt(2 / 3)
+    # mean 2, sample var (1 + 0 + 1) / (3 - 1) = 1  ->  (x - 2) / sqrt(1), as TRL's masked_whiten and torch.std
+    s = 1.0
     close(core.masked_whiten(x, mask), [-s, 0.0, s, 0.0])
     close(core.masked_whiten(x, mask, shift_mean=False), [2 - s, 2.0, 2 + s, 0.0])
     close(core.masked_whiten(t(1, 2, 3)), [-s, 0.0, s])
@@ -264,6 +264,15 @@ def test_aggregate_defaults_to_the_token_mean_and_reduces_the_last_axis():
 
 def test_masked_whiten_of_a_constant_is_zero_not_nan():
     close(core.masked_whiten(t(2, 2, 2)), [0.0, 0.0, 0.0])
+
+
+def test_masked_var_population_and_sample_and_a_single_valid_position():
+    x, mask = t(1, 2, 6, 50), t(1, 1, 1, 0)  # mean 3; squared deviations 4, 1, 9: sum 14
+    close(core.masked_var(x, mask), 14 / 3)
+    close(core.masked_var(x, mask, unbiased=True), 14 / 2)
+    close(core.masked_var(t(1, 2, 6), unbiased=True), torch.tensor([1.0, 2.0, 6.0]).var())  # torch's std is the sample one
+    close(core.masked_var(x, t(0, 0, 1, 0), unbiased=True), 0.0)  # one valid value: no sample variance, not a NaN
+    close(core.masked_whiten(t(5, 7), t(1, 0)), [0.0, 0.0])
 
 
 @pytest.mark.parametrize("kl, beta_after", [(0.0151, 2.0), (0.015, 1.0), (0.01, 1.0), (0.0067, 1.0), (0.0066, 0.5)])

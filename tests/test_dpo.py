@@ -27,11 +27,23 @@ def test_sigmoid_loss_by_hand():
     assert dpo_loss(PC, PR, RC, RR, beta=0.5).item() == pytest.approx(expected)
 
 
-def test_label_smoothing_by_hand():
-    # cDPO, eps 0.2: -(0.8 log sigmoid(beta h) + 0.2 log sigmoid(-beta h)) per pair
-    eps = 0.2
-    per_pair = [-(1 - eps) * log_sigmoid(b) - eps * log_sigmoid(-b) for b in (1.0, -1.0)]
-    assert dpo_loss(PC, PR, RC, RR, beta=0.5, label_smoothing=eps).item() == pytest.approx(sum(per_pair) / 2)
+def test_label_smoothing_by_hand_robust_as_trl_and_cdpo_under_its_own_name():
+    eps = 0.2  # beta h = 1 and -1
+    # TRL's sigmoid ignores label_smoothing: the plain sigmoid loss whatever eps is
+    assert dpo_loss(PC, PR, RC, RR, beta=0.5, label_smoothing=eps).item() == pytest.approx(-(log_sigmoid(1.0) + log_sigmoid(-1.0)) / 2)
+    # robust (TRL): (-(1 - eps) log sigmoid(beta h) + eps log sigmoid(-beta h)) / (1 - 2 eps) per pair
+    robust = [(-(1 - eps) * log_sigmoid(b) + eps * log_sigmoid(-b)) / (1 - 2 * eps) for b in (1.0, -1.0)]
+    assert dpo_loss(PC, PR, RC, RR, beta=0.5, loss_type="robust", label_smoothing=eps).item() == pytest.approx(sum(robust) / 2)
+    # cDPO: -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h) per pair
+    cdpo = [-(1 - eps) * log_sigmoid(b) - eps * log_sigmoid(-b) for b in (1.0, -1.0)]
+    assert dpo_loss(PC, PR, RC, RR, beta=0.5, loss_type="cdpo", label_smoothing=eps).item() == pytest.approx(sum(cdpo) / 2)
+    assert robust[0] != pytest.approx(cdpo[0])  # on one pair; over these two pairs their sums happen to agree
+
+
+def test_label_smoothing_is_refused_where_the_loss_has_none():
+    from classic_rl.infra.errors import ConfigError
+    with pytest.raises(ConfigError, match="--label-smoothing is the epsilon of --loss-type robust or cdpo; --loss-type sigmoid takes none"):
+        DPOConfig(label_smoothing=0.1)
 
 
 def test_ipo_loss_by_hand():
@@ -60,7 +72,7 @@ def test_encoded_completions_score_as_the_sampler_did(nano_dir):
     # left out: samples cut off at max_new_tokens (no eos; their text gains one) and the nano model's stray bytes,
     # which decode to U+FFFD and encode back as other tokens (2 of the 8 that end)
     assert len(same_tokens) >= 2
-    torch.testing.assert_close(logps[same_tokens], rollout.old_logprobs[same_tokens].sum(1), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(logps[same_tokens], rollout.sampling_logprobs[same_tokens].sum(1), atol=1e-4, rtol=1e-4)
 
 
 @pytest.fixture(scope="module", params=["fp32", "bf16"])
@@ -86,7 +98,7 @@ def test_dpo_learns_the_held_out_preferences(short_dpo):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--loss-type", "hinge"], "unknown --loss-type 'hinge'; accepted: sigmoid, ipo"),
+    (["--loss-type", "hinge"], "unknown --loss-type 'hinge'; accepted: sigmoid, robust, cdpo, ipo"),
     (["--loss-type", "ipo", "--label-smoothing", "0.1"], "takes none"),
     (["--label-smoothing", "0.5"], "must be in [0, 0.5)"),
     (["--beta", "0"], "--beta must be > 0"),

@@ -105,7 +105,7 @@ def test_fast_decode_in_bf16_matches_generate_in_bf16(policy_and_tokenizer):
 def test_the_update_in_bf16_is_the_fp32_update_to_rounding(policy_reference_rollout):
     """The log-probs a GRPO update differentiates, in bf16 autocast (eager attention) against fp32: within 0.05 per token
     (measured at most ~0.02 on the nano model), and the gradient of their sum points the same way (cosine > 0.99)."""
-    policy, rollout = policy_reference_rollout
+    policy, rollout, _ = policy_reference_rollout
     results = {}
     for name in ("fp32", "bf16"):
         model = choose_attention(copy.deepcopy(policy).train(), name, CPU)
@@ -122,7 +122,7 @@ def test_the_update_in_bf16_is_the_fp32_update_to_rounding(policy_reference_roll
 def test_a_frozen_model_with_bf16_linear_weights_gives_the_same_logprobs_under_autocast(policy_reference_rollout):
     """bf16_linear_weights casts a frozen model's linear layers once, to what autocast casts them to per call; the tied
     embedding and the layer norms stay fp32."""
-    policy, rollout = policy_reference_rollout
+    policy, rollout, _ = policy_reference_rollout
     args = (rollout.input_ids, rollout.attention_mask, rollout.completion_mask)
     frozen = choose_attention(copy.deepcopy(policy).eval().requires_grad_(False), "bf16", CPU)  # the attention bf16 runs
     with torch.inference_mode(), autocast("bf16", CPU):

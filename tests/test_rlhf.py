@@ -1,5 +1,6 @@
 """RLHF: rollouts, GRPO's math and update, the training loop end to end, and bad input."""
 
+import copy
 import functools
 import json
 import signal
@@ -85,12 +86,12 @@ def test_rollout_logprobs_equal_a_teacher_forced_forward(policy_and_tokenizer):
     with torch.no_grad():
         logits = completion_logits(policy, rollout.input_ids, rollout.attention_mask, rollout.prompt_length)
     forward = core.token_logprobs(logits, rollout.completion_ids, rollout.completion_mask, temperature=0.8)
-    torch.testing.assert_close(rollout.old_logprobs, forward, atol=1e-5, rtol=0)
+    torch.testing.assert_close(rollout.sampling_logprobs, forward, atol=1e-5, rtol=0)
     # the reference is the policy itself at step 0: its log-probs agree and k3 KL is zero
-    kl = core.kl_estimate(rollout.old_logprobs, rollout.ref_logprobs, "k3", rollout.completion_mask)
+    kl = core.kl_estimate(rollout.sampling_logprobs, rollout.ref_logprobs, "k3", rollout.completion_mask)
     assert kl.abs().max().item() < 1e-5
     # padding and tokens after eos are outside the mask and hold exactly zero log-prob
-    assert (rollout.old_logprobs[rollout.completion_mask == 0] == 0).all()
+    assert (rollout.sampling_logprobs[rollout.completion_mask == 0] == 0).all()
     assert rollout.completion_lengths.tolist() == rollout.completion_mask.sum(1).tolist()
 
 
@@ -171,16 +172,16 @@ def test_one_grpo_update_raises_the_logprob_of_the_better_completion(policy_and_
     policy = load_model(nano_dir)
     _, tokenizer = policy_and_tokenizer
     torch.manual_seed(2)
-    rollout = sample_rollout(policy, tokenizer, ["Describe a fox."] * 2, SamplingConfig(max_new_tokens=16), ref_model=policy)
+    rollout = sample_rollout(policy, tokenizer, ["Describe a fox."] * 2, SamplingConfig(max_new_tokens=16))
     cfg = GRPOConfig(num_generations=2, prompts_per_step=1, loss_type="grpo", max_completion_length=16)
 
     before = sequence_logprobs(policy, rollout)
     optimizer = torch.optim.SGD(policy.parameters(), lr=0.05)
-    metrics = grpo_update(policy, optimizer, Accelerator(cpu=True), rollout, torch.tensor([1.0, 0.0]), cfg)
+    metrics = grpo_update(policy, copy.deepcopy(policy), optimizer, Accelerator(cpu=True), rollout, torch.tensor([1.0, 0.0]), cfg)
     after = sequence_logprobs(policy, rollout)
     assert after[0] > before[0] and after[1] < before[1]
-    assert metrics["kl"] == pytest.approx(0.0, abs=1e-5)  # first update: policy still equals the reference
-    assert metrics["clip_ratio"] == 0.0
+    # the first update: policy = old policy = reference, exactly
+    assert metrics["kl"] == metrics["approx_kl"] == metrics["clip_ratio"] == 0.0 and metrics["ratio_mean"] == 1.0
 
 
 def small_config(nano, tmp_path, **overrides):
@@ -278,12 +279,12 @@ def test_ppo_advantages_and_returns_by_hand():
     #   A2 = .5, A1 = 0 + .45 * .5 = .225, A0 = -.375 + .45 * .225 = -.27375;  row 1: A0 = 1.7 - .3 = 1.4
     close = functools.partial(torch.testing.assert_close, atol=1e-6, rtol=0)
     close(returns, torch.tensor([[-0.27375 + 0.5, 0.225 + 0.25, 1.0], [1.7, 0.0, 0.0]]))
-    # whitened over the 4 valid tokens: mean 0.4628125, population variance 0.3696956
-    close(advantages, torch.tensor([[-1.2113997, -0.3911223, 0.0611611], [1.5413610, 0.0, 0.0]]))
+    # whitened over the 4 valid tokens: mean 0.4628125, sample variance 0.4929275 (TRL's masked_whiten)
+    close(advantages, torch.tensor([[-1.0491029, -0.3387218, 0.0529670], [1.3348577, 0.0, 0.0]]))
     _, whitened_returns = advantages_and_returns(case["scores"], case["values"], case["kl"], case["mask"], 0.5,
                                                  ppo_case(whiten_rewards=True)[1])
-    # whiten_rewards rescales the valid rewards [-.1, -.2, 1, 1.7] (mean .6, variance .625) keeping their mean
-    assert whitened_returns[1, 0].item() == pytest.approx((1.7 - 0.6) / 0.625 ** 0.5 + 0.6, abs=1e-5)
+    # whiten_rewards rescales the valid rewards [-.1, -.2, 1, 1.7] (mean .6, sample variance 2.5 / 3) keeping their mean
+    assert whitened_returns[1, 0].item() == pytest.approx((1.7 - 0.6) / (2.5 / 3) ** 0.5 + 0.6, abs=1e-5)
 
 
 def test_ppo_advantages_stay_on_the_device_of_their_inputs():
@@ -308,8 +309,7 @@ def test_one_ppo_update_raises_the_logprob_of_the_better_completion(critic_kind,
     policy = load_model(nano_dir)
     _, tokenizer = policy_and_tokenizer
     torch.manual_seed(2)
-    rollout = sample_rollout(policy, tokenizer, ["Describe a fox.", "Describe a fox."], SamplingConfig(max_new_tokens=16),
-                             ref_model=policy)
+    rollout = sample_rollout(policy, tokenizer, ["Describe a fox.", "Describe a fox."], SamplingConfig(max_new_tokens=16))
     critic = build_critic(policy, critic_kind, lambda: load_model(nano_dir))
     cfg = PPOConfig(num_generations=1, prompts_per_step=2, num_ppo_epochs=1, gamma=1.0)
 
@@ -319,17 +319,19 @@ def test_one_ppo_update_raises_the_logprob_of_the_better_completion(critic_kind,
         torch.testing.assert_close(critic(*args, policy), logits_and_values(policy, critic, *args)[1], atol=1e-5, rtol=0)
     params = list(policy.parameters()) + [p for p in critic.head.parameters()]
     optimizer = torch.optim.SGD(params, lr=0.05)
+    reference = copy.deepcopy(policy)  # before the hook, which a copy would carry
     policy_forwards = []
     policy.register_forward_hook(lambda *_: policy_forwards.append(1))
     with torch.no_grad():
         completion_logits(policy, *args)
     one_pass = len(policy_forwards)  # 2: the shared prompt, then the completions
-    metrics = ppo_update(policy, critic, optimizer, Accelerator(cpu=True), rollout, torch.tensor([1.0, 0.0]),
+    metrics = ppo_update(policy, critic, reference, optimizer, Accelerator(cpu=True), rollout, torch.tensor([1.0, 0.0]),
                          KLController(0.05), cfg)
-    assert len(policy_forwards) == 2 * one_pass  # the update's pass only: the rollout's values need no logits
+    assert len(policy_forwards) == 3 * one_pass  # the old log-probs' and values' pass, then the update's: one each
     after = sequence_logprobs(policy, rollout)
     assert after[0] > before[0] and after[1] < before[1]
-    assert metrics["kl"] == pytest.approx(0.0, abs=1e-5)
+    # the first update: policy = old policy = reference, exactly
+    assert metrics["kl"] == metrics["approx_kl"] == metrics["clip_ratio"] == 0.0 and metrics["ratio_mean"] == 1.0
     assert {"value_loss", "explained_variance", "policy_loss", "clip_ratio", "approx_kl"} <= set(metrics)
 
 

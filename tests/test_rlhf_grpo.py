@@ -53,13 +53,23 @@ def test_an_unknown_loss_type_names_the_accepted_ones():
 
 # ---- grpo_update against a plain re-derivation ----------------------------------------------------
 
-def plain_grpo(policy, rollout, rewards, cfg, lr):
+def plain_logprobs(model, rollout, rows, temperature=1.0):
+    """Log-probs `[b, C]` of the rollout's completions of rows, from one plain forward pass of model."""
+    ids, attention, prompt = rollout.input_ids[rows], rollout.attention_mask[rows], rollout.prompt_length
+    out = model(input_ids=ids, attention_mask=attention, position_ids=position_ids(attention))
+    return (out.logits[:, prompt - 1: -1] / temperature).log_softmax(-1).gather(-1, ids[:, prompt:, None]).squeeze(-1), out
+
+
+def plain_grpo(policy, reference, rollout, rewards, cfg, lr):
     """GRPO written out from the papers and TRL's formulas, with full forward passes and gradient-norm-clipped
-    SGD steps in the same minibatch order; returns the updated copy of policy and the metrics it expects."""
+    SGD steps in the same minibatch order; returns the updated copy of policy and the metrics it expects. The old
+    log-probs are the policy's before the update (with one gradient step, the same forward's, detached), the
+    reference's from its own forward."""
     model = copy.deepcopy(policy)
     params = list(model.parameters())
-    ids, attention, prompt = rollout.input_ids.clone(), rollout.attention_mask.clone(), rollout.prompt_length
-    completion = ids[:, prompt:]
+    with torch.no_grad():
+        old_logprobs, ref_logprobs = (plain_logprobs(m, rollout, slice(None), cfg.temperature)[0] for m in (policy, reference))
+    single_step = cfg.num_iterations * cfg.num_minibatches == 1
     mask = rollout.completion_mask.clone()
     if cfg.mask_truncated_completions:
         mask = mask * (~rollout.is_truncated).float()[:, None]
@@ -70,19 +80,20 @@ def plain_grpo(policy, rollout, rewards, cfg, lr):
     seen = {key: [] for key in ("loss", "kl", "entropy", "approx_kl", "clip_ratio")}
     for _ in range(cfg.num_iterations):
         for mb in torch.randperm(len(rewards)).split(len(rewards) // cfg.num_minibatches):
-            out = model(input_ids=ids[mb], attention_mask=attention[mb], position_ids=position_ids(attention[mb]))
-            logp = (out.logits[:, prompt - 1: -1] / cfg.temperature).log_softmax(-1).gather(-1, completion[mb, :, None]).squeeze(-1)
-            ratio, adv = torch.exp(logp - rollout.old_logprobs[mb]), advantages[mb, None]
+            logp, out = plain_logprobs(model, rollout, mb, cfg.temperature)
+            ratio = torch.exp(logp - (logp.detach() if single_step else old_logprobs[mb]))
+            adv = advantages[mb, None]
             clipped_objective = -torch.minimum(ratio * adv, ratio.clamp(1 - cfg.epsilon, 1 + high) * adv)
-            log_ref_over_pi = rollout.ref_logprobs[mb] - logp
-            per_token = clipped_objective + cfg.beta * (torch.exp(log_ref_over_pi) - log_ref_over_pi - 1)  # k3
+            log_ref_over_pi = ref_logprobs[mb] - logp
+            k3 = torch.exp(log_ref_over_pi) - log_ref_over_pi - 1
+            per_token = clipped_objective + cfg.beta * k3 * (ratio if cfg.use_bias_correction_kl else 1.0)
             m = mask[mb]
             total = (per_token * m).sum()
             loss = {"grpo": ((per_token * m).sum(1) / m.sum(1).clamp(min=1)).mean(),
                     "bnpo": total / m.sum(),
                     "dr_grpo": total / (len(mb) * cfg.max_completion_length),
                     "dapo": total / (mask.sum() / cfg.num_minibatches)}[cfg.loss_type]
-            probs = out.logits[:, prompt - 1: -1].softmax(-1)
+            probs = out.logits[:, rollout.prompt_length - 1: -1].softmax(-1)
             clipped = ((ratio < 1 - cfg.epsilon) & (adv < 0)) | ((ratio > 1 + high) & (adv > 0))
             for key, per_position in (("kl", torch.exp(log_ref_over_pi) - log_ref_over_pi - 1), ("approx_kl", ratio - 1 - ratio.log()),
                                       ("entropy", -(probs * probs.clamp(min=1e-30).log()).sum(-1)), ("clip_ratio", clipped.float())):
@@ -94,6 +105,7 @@ def plain_grpo(policy, rollout, rewards, cfg, lr):
 
 @pytest.fixture(scope="module")
 def grpo_setup(policy_reference_rollout):
+    """(policy, rollout, reference, rewards)."""
     return (*policy_reference_rollout, torch.tensor([1.0, 0.0, 0.5, 0.2, 0.0, 1.0, 0.3, 0.9]))
 
 
@@ -106,19 +118,20 @@ def grpo_setup(policy_reference_rollout):
     dict(loss_type="grpo", num_minibatches=1, num_iterations=2, mask_truncated_completions=True, max_grad_norm=1.0, lr=0.3),
     dict(loss_type="dapo", num_minibatches=2, scale_rewards="batch"),
     dict(loss_type="dr_grpo", num_minibatches=1, scale_rewards="none"),
+    dict(loss_type="dapo", num_minibatches=2, num_iterations=2, use_bias_correction_kl=False),
 ], ids=["grpo", "bnpo", "dr_grpo", "dapo", "dapo-3-iterations-clip-higher", "grpo-truncated-masked-grad-clipped",
-        "dapo-batch-scaled", "dr_grpo-unscaled"])
+        "dapo-batch-scaled", "dr_grpo-unscaled", "dapo-2-iterations-plain-kl"])
 def test_grpo_update_equals_grpo_written_out(case, grpo_setup):
     """Without gradient clipping (which would hide a wrong scale) unless the case asks for it."""
-    policy, rollout, rewards = grpo_setup
+    policy, rollout, reference, rewards = grpo_setup
     case = {"max_grad_norm": 1e9, "lr": 0.05, **case}
     lr = case.pop("lr")
     cfg = GRPOConfig(num_generations=4, prompts_per_step=2, max_completion_length=10, beta=0.1, **case)
     torch.manual_seed(1)
-    expected, expected_metrics = plain_grpo(policy, rollout, rewards, cfg, lr)
+    expected, expected_metrics = plain_grpo(policy, reference, rollout, rewards, cfg, lr)
     model = copy.deepcopy(policy)
     torch.manual_seed(1)  # the same minibatch order
-    metrics = grpo_update(model, torch.optim.SGD(model.parameters(), lr=lr), Accelerator(cpu=True), rollout, rewards, cfg)
+    metrics = grpo_update(model, reference, torch.optim.SGD(model.parameters(), lr=lr), Accelerator(cpu=True), rollout, rewards, cfg)
     change, error = largest_difference(expected, policy), largest_difference(model, expected)
     assert change > 1e-3 and error < 1e-4 * change, (change, error)
     for key, value in expected_metrics.items():
@@ -129,11 +142,11 @@ def test_grpo_update_equals_grpo_written_out(case, grpo_setup):
 
 
 def test_the_kl_term_pulls_the_policy_towards_the_reference(grpo_setup):
-    policy, rollout, _ = grpo_setup
+    policy, rollout, reference, _ = grpo_setup
     equal_rewards = torch.zeros(8)  # no advantage: the KL term alone moves the policy
     cfg = GRPOConfig(num_generations=4, prompts_per_step=2, max_completion_length=10, beta=1.0)
     model = copy.deepcopy(policy)
-    grpo_update(model, torch.optim.SGD(model.parameters(), lr=0.2), Accelerator(cpu=True), rollout, equal_rewards, cfg)
+    grpo_update(model, reference, torch.optim.SGD(model.parameters(), lr=0.2), Accelerator(cpu=True), rollout, equal_rewards, cfg)
     assert kl_to_reference(model, rollout) < kl_to_reference(policy, rollout) - 1e-3
 
 
@@ -146,10 +159,8 @@ def kl_to_reference(model, rollout):
 
 
 def test_grpo_without_a_reference_has_no_kl_term(grpo_setup):
-    policy, rollout, rewards = grpo_setup
-    no_reference = copy.copy(rollout)
-    no_reference.ref_logprobs = None  # beta 0: the trainer loads no reference model
+    policy, rollout, _, rewards = grpo_setup
     cfg = GRPOConfig(num_generations=4, prompts_per_step=2, max_completion_length=10, beta=0.0)
     model = copy.deepcopy(policy)
-    metrics = grpo_update(model, torch.optim.SGD(model.parameters(), lr=0.01), Accelerator(cpu=True), no_reference, rewards, cfg)
+    metrics = grpo_update(model, None, torch.optim.SGD(model.parameters(), lr=0.01), Accelerator(cpu=True), rollout, rewards, cfg)
     assert "kl" not in metrics and metrics["grad_norm"] > 0

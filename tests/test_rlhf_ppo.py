@@ -12,13 +12,15 @@ from rlhf_toy.configs import PPOConfig
 from rlhf_toy.models import load_model, position_ids
 from rlhf_toy.ppo_critic import build_critic, ppo_update
 from tests.conftest import clipped_sgd_step, largest_difference
+from tests.test_rlhf_grpo import plain_logprobs
 
 
-def plain_ppo(policy, critic, rollout, scores, cfg, beta, lr, ptx_tokens=None):
+def plain_ppo(policy, critic, reference, rollout, scores, cfg, beta, lr, ptx_tokens=None):
     """PPO-with-critic for LMs written out from Ziegler et al. / TRL: k1 KL penalty per token, the score on the last
     token, GAE by explicit loops, whitened advantages, clipped policy and value losses (plus, with cfg.ptx_coef,
     InstructGPT's next-token loss on ptx_tokens), gradient-norm-clipped SGD in the same minibatch order; returns
-    the updated copies of policy and critic and the metrics it expects."""
+    the updated copies of policy and critic and the metrics it expects. The old log-probs are the policy's before the
+    update, the reference's from its own forward."""
     policy, critic = copy.deepcopy(policy), copy.deepcopy(critic)
     params = list(policy.parameters()) + list(critic.parameters())
     ids, attention, prompt = rollout.input_ids.clone(), rollout.attention_mask.clone(), rollout.prompt_length
@@ -32,24 +34,25 @@ def plain_ppo(policy, critic, rollout, scores, cfg, beta, lr, ptx_tokens=None):
 
     with torch.no_grad():
         old_values = values_of(slice(None)) * mask
+        old_logprobs, ref_logprobs = (plain_logprobs(m, rollout, slice(None))[0] for m in (policy, reference))
     advantages, returns = torch.zeros_like(mask), torch.zeros_like(mask)
     for i, n in enumerate(lengths):
         running = 0.0
         for t in reversed(range(n)):
-            reward = -beta * (rollout.old_logprobs[i, t] - rollout.ref_logprobs[i, t]) + (scores[i] if t == n - 1 else 0.0)
+            reward = -beta * (old_logprobs[i, t] - ref_logprobs[i, t]) + (scores[i] if t == n - 1 else 0.0)
             next_value = old_values[i, t + 1] if t + 1 < n else 0.0
             running = reward + cfg.gamma * next_value - old_values[i, t] + cfg.gamma * cfg.lam * running
             advantages[i, t] = running
             returns[i, t] = running + old_values[i, t]
     valid = mask.bool()
     explained = 1 - (returns - old_values)[valid].var(unbiased=False) / returns[valid].var(unbiased=False)
-    advantages[valid] = (advantages[valid] - advantages[valid].mean()) / torch.sqrt(advantages[valid].var(unbiased=False) + 1e-8)
+    advantages[valid] = (advantages[valid] - advantages[valid].mean()) / torch.sqrt(advantages[valid].var() + 1e-8)
     losses, entropies = [], []
     for _ in range(cfg.num_ppo_epochs):
         for mb in torch.randperm(len(scores)).split(len(scores) // cfg.num_minibatches):
             out = policy(input_ids=ids[mb], attention_mask=attention[mb], position_ids=position_ids(attention[mb]))
             logp = out.logits[:, prompt - 1: -1].log_softmax(-1).gather(-1, ids[mb, prompt:, None]).squeeze(-1)
-            ratio, adv, m = torch.exp(logp - rollout.old_logprobs[mb]), advantages[mb], mask[mb]
+            ratio, adv, m = torch.exp(logp - old_logprobs[mb]), advantages[mb], mask[mb]
             policy_loss = (-torch.minimum(ratio * adv, ratio.clamp(1 - cfg.cliprange, 1 + cfg.cliprange) * adv) * m).sum() / m.sum()
             probs = out.logits[:, prompt - 1: -1].softmax(-1)
             entropies.append(((-(probs * probs.clamp(min=1e-30).log()).sum(-1) * m).sum() / m.sum()).item())
@@ -62,7 +65,7 @@ def plain_ppo(policy, critic, rollout, scores, cfg, beta, lr, ptx_tokens=None):
                 loss = loss - cfg.ptx_coef * next_token.mean()
             losses.append(loss.item())
             clipped_sgd_step(loss, params, lr, cfg.max_grad_norm)
-    k1 = (rollout.old_logprobs - rollout.ref_logprobs) * mask
+    k1 = (old_logprobs - ref_logprobs) * mask
     expected = {"loss": sum(losses) / len(losses), "entropy": sum(entropies) / len(entropies),
                 "kl": (k1.sum() / mask.sum()).item(), "kl_sequence": k1.sum(1).mean().item(), "explained_variance": explained.item()}
     return policy, critic, expected
@@ -73,7 +76,7 @@ def plain_ppo(policy, critic, rollout, scores, cfg, beta, lr, ptx_tokens=None):
                                   dict(max_grad_norm=1e9, lr=0.02, ptx_coef=0.7)],
                          ids=["unclipped-gradient", "clipped-gradient-values-and-clip-higher", "pretraining-mix"])
 def test_ppo_update_equals_ppo_written_out(case, policy_reference_rollout, nano_dir):
-    policy, rollout = policy_reference_rollout
+    policy, rollout, reference = policy_reference_rollout
     torch.manual_seed(0)
     critic = build_critic(policy, "separate", lambda: load_model(nano_dir))
     case = dict(case)
@@ -83,12 +86,12 @@ def test_ppo_update_equals_ppo_written_out(case, policy_reference_rollout, nano_
     scores = torch.tensor([1.0, 0.0, 0.5, 0.2, 0.0, 1.0, 0.3, 0.9])
     ptx_tokens = torch.randint(0, policy.config.vocab_size, (3, 12), generator=torch.Generator().manual_seed(2))
     torch.manual_seed(1)
-    expected_policy, expected_critic, expected_metrics = plain_ppo(policy, critic, rollout, scores, cfg, beta=0.2, lr=lr,
+    expected_policy, expected_critic, expected_metrics = plain_ppo(policy, critic, reference, rollout, scores, cfg, beta=0.2, lr=lr,
                                                                    ptx_tokens=ptx_tokens)
     model, value_model = copy.deepcopy(policy), copy.deepcopy(critic)
     optimizer = torch.optim.SGD([*model.parameters(), *value_model.parameters()], lr=lr)
     torch.manual_seed(1)  # the same minibatch order
-    metrics = ppo_update(model, value_model, optimizer, Accelerator(cpu=True), rollout, scores, KLController(0.2), cfg,
+    metrics = ppo_update(model, value_model, reference, optimizer, Accelerator(cpu=True), rollout, scores, KLController(0.2), cfg,
                          ptx_batch=lambda: ptx_tokens)
     assert ("ptx_loss" in metrics) == bool(cfg.ptx_coef)
     for updated, expected, start in ((model, expected_policy, policy), (value_model, expected_critic, critic)):
@@ -101,7 +104,7 @@ def test_ppo_update_equals_ppo_written_out(case, policy_reference_rollout, nano_
 
 
 def test_a_shared_critic_is_a_head_on_the_policy_and_a_separate_one_copies_the_trunk(policy_reference_rollout, nano_dir):
-    policy, _ = policy_reference_rollout
+    policy, _, _ = policy_reference_rollout
     shared, separate = build_critic(policy, "shared", lambda: load_model(nano_dir)), build_critic(policy, "separate",
                                                                                                     lambda: load_model(nano_dir))
     assert shared.shared and [p.shape for p in shared.parameters()] == [torch.Size([1, 64]), torch.Size([1])]
@@ -110,32 +113,30 @@ def test_a_shared_critic_is_a_head_on_the_policy_and_a_separate_one_copies_the_t
 
 
 def test_ppo_without_a_reference_has_no_kl_penalty(policy_reference_rollout, nano_dir):
-    policy, rollout = policy_reference_rollout
-    no_reference = copy.copy(rollout)
-    no_reference.ref_logprobs = None  # kl_coef 0: the trainer loads no reference model
+    policy, rollout, _ = policy_reference_rollout
     critic = build_critic(policy, "shared", lambda: load_model(nano_dir))
     model = copy.deepcopy(policy)
     cfg = PPOConfig(num_generations=1, prompts_per_step=8, kl_coef=0.0, max_completion_length=10)
-    metrics = ppo_update(model, critic, torch.optim.SGD([*model.parameters(), *critic.head.parameters()], lr=0.01),
-                         Accelerator(cpu=True), no_reference, torch.linspace(0, 1, 8), KLController(0.0), cfg)
+    metrics = ppo_update(model, critic, None, torch.optim.SGD([*model.parameters(), *critic.head.parameters()], lr=0.01),
+                         Accelerator(cpu=True), rollout, torch.linspace(0, 1, 8), KLController(0.0), cfg)
     assert metrics["kl"] == 0.0 and metrics["kl_sequence"] == 0.0 and metrics["grad_norm"] > 0
 
 
 def test_a_non_finite_loss_stops_ppo_before_the_optimizer_step(policy_reference_rollout, nano_dir):
-    policy, rollout = policy_reference_rollout
+    policy, rollout, _ = policy_reference_rollout
     critic = build_critic(policy, "shared", lambda: load_model(nano_dir))
     model = copy.deepcopy(policy)
     cfg = PPOConfig(num_generations=1, prompts_per_step=8, max_completion_length=10)
     scores = torch.tensor([1.0, float("nan"), 0.5, 0.2, 0.0, 1.0, 0.3, 0.9])
     with pytest.raises(NonFiniteError, match="non-finite loss"):
-        ppo_update(model, critic, torch.optim.SGD([*model.parameters(), *critic.head.parameters()], lr=0.01),
+        ppo_update(model, critic, None, torch.optim.SGD([*model.parameters(), *critic.head.parameters()], lr=0.01),
                    Accelerator(cpu=True), rollout, scores, KLController(0.1), cfg)
     assert largest_difference(model, policy) == 0.0  # the weights stayed as they were
 
 
 def test_a_critic_from_the_reward_model_values_each_prefix_as_the_reward_model_scores_it(policy_reference_rollout, nano_dir, tmp_path):
     from transformers import AutoModelForSequenceClassification
-    policy, rollout = policy_reference_rollout
+    policy, rollout, _ = policy_reference_rollout
     reward_model = AutoModelForSequenceClassification.from_pretrained(nano_dir, num_labels=1)
     torch.nn.init.normal_(reward_model.score.weight, std=0.5)
     reward_model.save_pretrained(tmp_path / "rm")

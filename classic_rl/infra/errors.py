@@ -35,10 +35,10 @@ def require_positive(**values: float | None) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {value}")
 
 
-def require_nonnegative(**values: float) -> None:
-    """ConfigError for the first value that is < 0."""
+def require_nonnegative(**values: float | None) -> None:
+    """ConfigError for the first value that is < 0 (None, an optional setting left unset, passes)."""
     for name, value in values.items():
-        if not value >= 0:
+        if value is not None and not value >= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
 
 
