@@ -28,7 +28,8 @@ $(MUTATE_STAMP): $(STAMP)
 	$(PIP) install --quiet -c constraints.txt -e ".[dev,mutate]"
 	touch $@
 
-test: setup
+# The peers of the bench extra (TRL, SB3; a minute's install) come too: the TRL parity tests feed TRL's own loss code.
+test: setup-bench
 	$(PY) -m pytest
 
 test-slow: setup-bench

@@ -1,0 +1,214 @@
+"""TRL's numbers on TRL's batch: every loss offered under a TRL name, fed to TRL 1.16's own loss code and to ours on
+the same model, the same tokens and the same old and reference log-probs, agrees to 1e-6 in loss and gradient.
+
+TRL is a peer in the bench extra, which `make test` installs (skipped with a message where it is absent). The
+batches have no left padding: TRL's training
+forward passes no position ids, so on a left-padded row a GPT-2 (absolute positions) is scored at other positions
+than generate sampled it at; the project passes generate's (test_trl_scores_left_padded_rows_at_shifted_positions).
+"""
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+from rlhf_toy.configs import LOSS_TYPES, GRPOConfig
+from rlhf_toy.dpo import DPO_LOSS_TYPES, DPOConfig, implicit_rewards
+from rlhf_toy.grpo import minibatch_loss
+from rlhf_toy.models import load_model, load_tokenizer
+from rlhf_toy.reward_model import Labels, labels_loss
+from rlhf_toy.rollout import completion_logprobs, sample_rollout
+from rlhf_toy.sampling import SamplingConfig
+
+trl = pytest.importorskip("trl", reason="TRL is the bench extra's: make setup-bench (make test installs it)")
+datasets = pytest.importorskip("datasets")
+
+B, G = 8, 4  # 2 prompt groups of 4 completions
+
+
+def assert_same(ours: torch.Tensor, theirs: torch.Tensor, our_model, their_model) -> None:
+    """Losses within 1e-6, and the gradients of every parameter within 1e-6 (absolute) of each other."""
+    assert abs(ours.item() - theirs.item()) < 1e-6, (ours.item(), theirs.item())
+    ours.backward()
+    theirs.backward()
+    for (name, mine), other in zip(our_model.named_parameters(), their_model.parameters(), strict=True):
+        torch.testing.assert_close(mine.grad, other.grad, atol=1e-6, rtol=1e-5, msg=name)
+    our_model.zero_grad(set_to_none=True)
+    their_model.zero_grad(set_to_none=True)
+
+
+class Processes:
+    """TRL's accelerator as process `index` of `count` would see it (only its counts differ): what a process's loss
+    depends on, the rest of a multi-process run being DDP's average of the processes' gradients."""
+
+    def __init__(self, accelerator, count: int):
+        self._accelerator, self.num_processes = accelerator, count
+
+    def __getattr__(self, name):
+        return getattr(self._accelerator, name)
+
+
+@pytest.fixture(scope="module")
+def grpo_batch(nano_dir):
+    """(rollout, advantages, old, ref): B completions of one prompt (no left padding), advantages from made-up rewards,
+    old log-probs away from the policy's (so that both clip branches are taken) and a reference's that differ."""
+    policy, tokenizer = load_model(nano_dir), load_tokenizer(nano_dir)
+    torch.manual_seed(0)
+    rollout = sample_rollout(policy, tokenizer, ["Describe a fox and the lake."] * B, SamplingConfig(max_new_tokens=10))
+    assert rollout.is_truncated.any() and not rollout.is_truncated.all() and rollout.attention_mask[:, 0].all()
+    with torch.no_grad():
+        logp, _ = completion_logprobs(policy, rollout.input_ids, rollout.attention_mask, rollout.completion_mask)
+    old = (logp + 0.3 * torch.randn_like(logp)) * rollout.completion_mask
+    ref = (logp + 0.5 * torch.randn_like(logp)) * rollout.completion_mask
+    advantages = torch.tensor([1.0, -0.5, 0.3, -1.2, 0.8, -0.1, 0.0, 1.5])
+    return rollout, advantages, old, ref
+
+
+def trl_grpo_trainer(model_dir: str, cfg: GRPOConfig, out_dir, processes: int = 1):
+    """TRL's GRPOTrainer set as cfg says: a generation batch of B completions in cfg.num_minibatches optimizer steps."""
+    from trl import GRPOConfig as TRLGRPOConfig
+    from trl import GRPOTrainer
+    args = TRLGRPOConfig(
+        output_dir=str(out_dir), per_device_train_batch_size=B // cfg.num_minibatches // processes, gradient_accumulation_steps=1,
+        steps_per_generation=cfg.num_minibatches, num_generations=G, num_iterations=cfg.num_iterations,
+        max_completion_length=cfg.max_completion_length, temperature=cfg.temperature, beta=cfg.beta, epsilon=cfg.epsilon,
+        epsilon_high=cfg.epsilon_high, loss_type=cfg.loss_type, use_bias_correction_kl=cfg.use_bias_correction_kl,
+        use_cpu=True, bf16=False, report_to="none", save_strategy="no", disable_tqdm=True, disable_dropout=True)
+    trainer = GRPOTrainer(model=load_model(model_dir), reward_funcs=lambda prompts, completions, **_: [0.0] * len(prompts), args=args,
+                          train_dataset=datasets.Dataset.from_dict({"prompt": ["x"] * B}), processing_class=load_tokenizer(model_dir))
+    trainer.current_gradient_accumulation_steps = 1  # set by the training loop, which this test does not run
+    trainer.model.train()
+    return trainer
+
+
+GRPO_CASES = [dict(loss_type=loss_type) for loss_type in LOSS_TYPES] + [
+    dict(loss_type="dapo", epsilon=0.1, epsilon_high=0.28, temperature=0.7),
+    dict(loss_type="grpo", beta=0.0),
+    dict(loss_type="bnpo", use_bias_correction_kl=False),
+    dict(loss_type="dapo", num_minibatches=2),
+    dict(loss_type="grpo", num_minibatches=2, num_iterations=2),
+    dict(loss_type="dapo", processes=2),
+    dict(loss_type="dr_grpo", processes=2, num_minibatches=2),
+]
+
+
+@pytest.mark.parametrize("case", GRPO_CASES, ids=lambda case: "-".join(f"{k}={v}" for k, v in case.items()))
+def test_grpo_loss_equals_trls(case, grpo_batch, nano_dir, tmp_path):
+    """Each minibatch of each process: TRL's _compute_loss and our minibatch_loss, old log-probs given where the update
+    takes several steps (TRL's old_per_token_logps), else the forward's own (None on both sides)."""
+    rollout, advantages, old, ref = grpo_batch
+    case = dict(case)
+    processes = case.pop("processes", 1)
+    cfg = GRPOConfig(prompts_per_step=B // G, num_generations=G, max_completion_length=10, **{"beta": 0.04, **case})
+    trainer = trl_grpo_trainer(nano_dir, cfg, tmp_path, processes)
+    trainer.accelerator = Processes(trainer.accelerator, processes)
+    policy = load_model(nano_dir).train()
+    several_steps = cfg.num_minibatches * cfg.num_iterations > 1
+    old_logprobs = old if several_steps else None
+    ref_logprobs = ref if cfg.beta else None
+    mask = rollout.completion_mask
+    prompt = rollout.prompt_length
+    share = B // processes
+    for process in range(processes):  # each process holds whole groups, and splits its share into minibatches
+        rows_of_process = torch.arange(process * share, (process + 1) * share)
+        tokens = mask.sum()  # the generation batch's tokens on all processes
+        for rows in rows_of_process.split(share // cfg.num_minibatches):
+            ours, _, _ = minibatch_loss(policy, rollout, rows, advantages, old_logprobs, ref_logprobs, mask,
+                                        tokens / (processes * cfg.num_minibatches), cfg)
+            inputs = {"prompt_ids": rollout.input_ids[rows, :prompt], "prompt_mask": rollout.attention_mask[rows, :prompt],
+                      "completion_ids": rollout.completion_ids[rows], "completion_mask": mask[rows].long(),
+                      "advantages": advantages[rows], "num_items_in_batch": tokens,
+                      "old_per_token_logps": old_logprobs[rows] if several_steps else None}
+            if cfg.beta:
+                inputs["ref_per_token_logps"] = ref[rows]
+            theirs = trainer._compute_loss(trainer.model, inputs)
+            assert_same(ours, theirs, policy, trainer.model)
+
+
+def test_trl_scores_left_padded_rows_at_shifted_positions(nano_dir):
+    """The one difference kept on purpose: on a left-padded row, the project's log-probs are those the sampler drew with
+    (generate's position ids skip the padding); a forward without position ids, as TRL's, starts them at the padding."""
+    policy, tokenizer = load_model(nano_dir), load_tokenizer(nano_dir)
+    torch.manual_seed(0)
+    rollout = sample_rollout(policy, tokenizer, ["Describe a fox.", "Tell me about Ada and the lake near the old mill."],
+                             SamplingConfig(max_new_tokens=8))
+    padded = ~rollout.attention_mask[:, 0].bool()
+    assert padded.any()
+    prompt, mask = rollout.prompt_length, rollout.completion_mask
+    with torch.no_grad():
+        ours, _ = completion_logprobs(policy, rollout.input_ids, rollout.attention_mask, mask)
+        logits = policy(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask).logits[:, prompt - 1: -1]
+    without_positions = logits.log_softmax(-1).gather(-1, rollout.completion_ids[..., None]).squeeze(-1) * mask
+    torch.testing.assert_close(ours, rollout.sampling_logprobs, atol=1e-5, rtol=0)
+    assert (without_positions - rollout.sampling_logprobs)[padded].abs().max() > 1e-2
+    torch.testing.assert_close(without_positions[~padded], ours[~padded], atol=1e-5, rtol=0)
+
+
+PAIRS = Labels("pairwise", ["Describe a fox."] * 4,
+               ["A fox is a small red animal.", "Foxes live in the woods.", "It is quick.", "A fox runs at night."],
+               ["No.", "The lake is cold and the fox is far away from it.", "Red.", "I do not know what a fox is."],
+               torch.ones(4))
+
+
+@pytest.fixture(scope="module")
+def policy_and_reference(nano_dir):
+    """A policy moved away from its reference, so the log-ratios (and the DPO losses) are not at their starting point."""
+    reference = load_model(nano_dir).eval()
+    policy = copy.deepcopy(reference).train()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.03 * torch.randn_like(p))
+    return policy, reference
+
+
+def trl_dpo_batch(tokenizer, model, pairs: Labels) -> dict:
+    """Our encoding of the pairs ([chosen; rejected], the completion after the prompt and eos) as TRL's inputs."""
+    from rlhf_toy.rollout import encode_completions
+    input_ids, attention_mask, completion_mask = encode_completions(tokenizer, pairs.prompts * 2, pairs.first + pairs.second, model)
+    prompt = input_ids.shape[1] - completion_mask.shape[1]
+    assert attention_mask[:, :prompt].all()  # no left padding
+    return {"input_ids": input_ids, "attention_mask": attention_mask,
+            "completion_mask": torch.cat([torch.zeros(len(input_ids), prompt, dtype=torch.long), completion_mask.long()], dim=1)}
+
+
+@pytest.mark.parametrize("loss_type, label_smoothing", [("sigmoid", 0.0), ("robust", 0.2), ("ipo", 0.0)])
+def test_dpo_loss_equals_trls(loss_type, label_smoothing, policy_and_reference, nano_dir, tmp_path):
+    from trl import DPOConfig as TRLDPOConfig
+    from trl import DPOTrainer
+    assert loss_type in DPO_LOSS_TYPES
+    policy, reference = policy_and_reference
+    tokenizer = load_tokenizer(nano_dir)
+    cfg = DPOConfig(beta=0.3, loss_type=loss_type, label_smoothing=label_smoothing)
+    theirs_model = copy.deepcopy(policy)
+    args = TRLDPOConfig(output_dir=str(tmp_path), beta=cfg.beta, loss_type=[loss_type], label_smoothing=label_smoothing, use_cpu=True, bf16=False,
+                        report_to="none", save_strategy="no", disable_tqdm=True, per_device_train_batch_size=4)
+    rows = {"prompt": PAIRS.prompts, "chosen": PAIRS.first, "rejected": PAIRS.second}
+    trainer = DPOTrainer(model=theirs_model, ref_model=copy.deepcopy(reference), args=args, processing_class=tokenizer,
+                         train_dataset=datasets.Dataset.from_dict(rows))
+    ours_model = copy.deepcopy(policy)
+    ours, _, _ = implicit_rewards(ours_model, reference, tokenizer, PAIRS, cfg)
+    theirs = trainer.compute_loss(trainer.model, trl_dpo_batch(tokenizer, ours_model, PAIRS))
+    assert_same(ours, theirs, ours_model, trainer.model)
+
+
+def test_reward_model_loss_equals_trls(nano_dir, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+    from trl import RewardConfig, RewardTrainer
+
+    from rlhf_toy.learned_reward import sequence_texts
+    tokenizer = load_tokenizer(nano_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(nano_dir, num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    torch.nn.init.normal_(model.score.weight, std=0.5)
+    theirs_model = copy.deepcopy(model)
+    args = RewardConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", save_strategy="no", disable_tqdm=True,
+                        center_rewards_coefficient=None)
+    rows = {"chosen": PAIRS.first, "rejected": PAIRS.second}
+    trainer = RewardTrainer(model=theirs_model, args=args, processing_class=tokenizer, train_dataset=datasets.Dataset.from_dict(rows))
+    ours, _ = labels_loss(model, tokenizer, dataclasses.replace(PAIRS))
+    texts = sequence_texts(tokenizer, PAIRS.prompts * 2, PAIRS.first + PAIRS.second)
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    theirs = trainer.compute_loss(trainer.model, dict(batch))
+    assert_same(ours, theirs, model, trainer.model)
