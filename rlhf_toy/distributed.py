@@ -39,12 +39,14 @@ def process_share(items: Sequence, process_index: int, num_processes: int) -> li
     return list(items[process_index * size: (process_index + 1) * size])
 
 
-def mean_over_processes(accelerator, metrics: dict[str, float]) -> dict[str, float]:
-    """Each metric averaged over processes (one all-reduce for all of them; unchanged in one process)."""
+def metrics_over_processes(accelerator, metrics: dict[str, float]) -> dict[str, float]:
+    """Each metric over processes (one gather for all of them; unchanged in one process): the largest for a name ending
+    in /max, as TRL logs them, else the mean."""
     if accelerator.num_processes == 1:
         return metrics
-    values = accelerator.reduce(torch.tensor([float(v) for v in metrics.values()], device=accelerator.device), "mean")
-    return dict(zip(metrics, values.tolist(), strict=True))
+    values = accelerator.gather(torch.tensor([[float(v) for v in metrics.values()]], device=accelerator.device))  # [P, K]
+    return {key: (column.max() if key.endswith("/max") else column.mean()).item()
+            for key, column in zip(metrics, values.unbind(1), strict=True)}
 
 
 def any_process(accelerator, flag: bool) -> bool:

@@ -231,8 +231,8 @@ def sampler_mismatch(trainer_logprobs: Tensor, sampling_logprobs: Tensor, mask: 
     gap between the distribution the tokens were drawn from and the one the loss assumes (float rounding in fp32;
     bf16's rounding, a dropout left on, or sampling settings of the sampler's own otherwise)."""
     gap = (trainer_logprobs - sampling_logprobs).abs()[mask.bool()]
-    if not len(gap):
-        return {}
+    if not len(gap):  # every completion masked out (mask_truncated_completions): the same keys on every process
+        gap = mask.new_zeros(1)
     return {"sampling/sampling_logp_difference/mean": gap.mean().item(), "sampling/sampling_logp_difference/max": gap.max().item()}
 
 

@@ -38,7 +38,7 @@ from rlhf_toy.distributed import (
     any_process,
     leave_processes,
     make_accelerator,
-    mean_over_processes,
+    metrics_over_processes,
     process_share,
 )
 from rlhf_toy.evaluation import evaluate_on_prompts, print_completions, print_side_by_side
@@ -283,7 +283,7 @@ def train_step(run: Run, step: int) -> tuple[dict[str, float], list[dict]]:
         saved = run.save_checkpoint(step - 1) if run.main else None
         raise type(err)(f"step {step}: {err}" + (f"; saved the last good weights to {saved}" if saved else "")) from None
     t3 = time.perf_counter()
-    metrics = mean_over_processes(accelerator, {
+    metrics = metrics_over_processes(accelerator, {
         **metrics, **{f"rewards/{k}/mean": float(np.mean(v)) for k, v in components.items()},
         "time/generate_s": t1 - t0, "time/reward_s": t2 - t1, "time/update_s": t3 - t2})
     everyone = accelerator.gather(torch.stack([rewards, rollout.completion_lengths.to(rewards),

@@ -144,7 +144,15 @@ def evaluate_policy(policy, tokenizer, args) -> float:
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    """This process's own peak resident memory: Linux's VmHWM, the high-water mark of its address space. getrusage's
+    ru_maxrss survives exec, so a worker started by a parent that had built the base model (an empty cache) reported
+    the parent's peak, the same 958 MB for every implementation."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # no /proc: getrusage, in KiB on Linux
 
 
 # ---- workers: one implementation in this process -----------------------------------------------
