@@ -1,14 +1,16 @@
-"""The RLHF loop shared by GRPO and PPO, in three phases:
+"""The online RLHF loop that every algorithm of rlhf_toy/algorithms/ runs in, in three phases:
 
-    set_up     policy, reference, critic, optimizer; resume from a checkpoint; evaluate before
+    set_up     policy, reference (if cfg.uses_reference), the algorithm (its critic, say), optimizer; resume
+               from a checkpoint; evaluate before
     for step in 1..steps:                                       (train_step)
         prompts   = next prompts_per_step prompts, each repeated num_generations times
         rollout   = sample_rollout(policy, prompts)             # KV-cache sampling (the sampler's log-probs: a check)
         rewards   = reward(prompts, completions)                # rule, user function or reward model
-        metrics   = grpo_update(...) or ppo_update(...)         # old/ref log-probs from the update's own forward;
-                                                                # all loss math from classic_rl.core
+        metrics   = algorithm.update(policy, reference, ...)    # GRPO's, PPO's, ...: rlhf_toy/algorithms/
         log; checkpoint when due or on Ctrl-C
     finish     evaluate after, save the policy, summary.json and plots
+
+The loop never asks which algorithm it runs: what differs is the algorithm's (base.OnlineAlgorithm).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,15 +26,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from classic_rl.core import KLController
 from classic_rl.infra.checkpoints import Checkpoints
 from classic_rl.infra.errors import ConfigError, NonFiniteError, TrainingInterrupted
 from classic_rl.infra.metrics import RunLogger
 from classic_rl.infra.plots import plot_lines
 from classic_rl.infra.run_folder import start_run, truncate_jsonl, write_json
+from rlhf_toy.algorithms import ALGORITHMS, algorithm_for
+from rlhf_toy.algorithms.base import OnlineAlgorithm, RLHFConfig
 from rlhf_toy.base_model import default_base_model
-from rlhf_toy.configs import GRPOConfig, PPOConfig, RLHFConfig
-from rlhf_toy.data import ShuffledBatches, load_prompt_rows, pretraining_blocks, split_columns
+from rlhf_toy.data import load_prompt_rows, split_columns
 from rlhf_toy.distributed import (
     any_process,
     leave_processes,
@@ -42,14 +43,12 @@ from rlhf_toy.distributed import (
     process_share,
 )
 from rlhf_toy.evaluation import evaluate_on_prompts, print_completions, print_side_by_side
-from rlhf_toy.grpo import grpo_update
 from rlhf_toy.models import check_model_exists, disable_dropout, load_model, load_tokenizer, model_writer
-from rlhf_toy.ppo_critic import Critic, build_critic, ppo_update
 from rlhf_toy.precision import autocast, bf16_linear_weights, set_up_precision
 from rlhf_toy.prompt_schedule import prompts_for_step, step_seed
 from rlhf_toy.rewards import CombinedReward, RewardFunctionError, resolve_reward
 from rlhf_toy.rollout import sample_rollout
-from rlhf_toy.sampling import context_length, encode_prompts, ignored_generation_settings
+from rlhf_toy.sampling import encode_prompts, ignored_generation_settings
 
 
 @dataclass
@@ -66,13 +65,11 @@ class Run:
     tokenizer: Any
     policy: Any
     ref_model: Any
-    critic: Critic | None
-    kl_ctl: KLController | None
+    algorithm: OnlineAlgorithm
     optimizer: Any
     checkpoints: Checkpoints
     logger: RunLogger | None  # the main process's only
     precision: str  # "fp32" or "bf16": of the update and the reference's forward (sampling and evaluation stay fp32)
-    ptx_batch: Callable[[], torch.Tensor] | None = None  # PPO-ptx: the next batch of pretraining blocks
     last_step: int = 0  # the last step taken (cfg.steps unless max_train_s ran out first)
 
     @property
@@ -94,13 +91,13 @@ class Run:
                                **{f"eval/{key}": result[key] for key in ("pass_at_1", "pass_at_k", "think_words") if key in result}})
 
     def save_checkpoint(self, step: int) -> Path:
-        """checkpoints/step-N/: the policy as save_pretrained; state.pt with the optimizer, the critic, the KL
-        coefficient, the logger and the RNG states (prompt order is a function of the step)."""
+        """checkpoints/step-N/: the policy as save_pretrained; state.pt with the optimizer, the algorithm's state (PPO's
+        critic and KL coefficient), the logger and the RNG states (prompt order is a function of the step)."""
         return self.checkpoints.save(step, model_writer(self.accelerator.unwrap_model(self.policy), self.tokenizer))
 
 
 def train(cfg: RLHFConfig) -> dict[str, Any]:
-    """Fine-tune cfg.model (or the default base model) with GRPO or PPO; returns the summary (empty on other
+    """Fine-tune cfg.model (or the default base model) with cfg's algorithm; returns the summary (empty on other
     processes than the main one)."""
     run = set_up(cfg)
     try:
@@ -127,9 +124,10 @@ def set_up(cfg: RLHFConfig) -> Run:
     """Check the inputs (before the run folder exists), create it, build the models and the optimizer, and
     restore them from the newest checkpoint on --resume."""
     accelerator = make_accelerator(cfg.cpu)
-    world = accelerator.num_processes
-    if world > 1 and isinstance(cfg, PPOConfig):
-        raise ConfigError(f"a run in {world} processes needs --algo grpo, got --algo {cfg.algo}")
+    world, algorithm_class = accelerator.num_processes, algorithm_for(cfg.algo)
+    if world > 1 and not algorithm_class.multi_process:
+        multi = ", ".join(name for name, algorithm in ALGORITHMS.items() if algorithm.multi_process)
+        raise ConfigError(f"a run in {world} processes needs --algo {multi}, got --algo {cfg.algo}")
     cfg.check_minibatches(world)
     reward = resolve_reward(cfg.reward, cfg.reward_weights, cfg.target_words)
     gold = resolve_reward(cfg.gold_reward, target_words=cfg.target_words) if cfg.gold_reward else None
@@ -152,47 +150,29 @@ def set_up(cfg: RLHFConfig) -> Run:
     ref_model = load_model(model_name, cfg.trust_remote_code).eval().requires_grad_(False) if cfg.uses_reference else None
     if cfg.disable_dropout:  # the reference runs in eval mode anyway
         disable_dropout(policy)
-    critic, kl_ctl, params, ptx_batches, ptx_batch = None, None, list(policy.parameters()), None, None
-    if isinstance(cfg, PPOConfig):
-        critic = build_critic(policy, cfg.critic, lambda: load_model(model_name, cfg.trust_remote_code), cfg.reward_model_dir)
-        if cfg.disable_dropout:
-            disable_dropout(critic)
-        kl_ctl = KLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
-        params += [p for p in critic.parameters() if all(p is not q for q in params)]
-        if cfg.ptx_coef:
-            ptx_batches, ptx_batch = pretraining_mix(cfg, tokenizer, policy)
+    algorithm = algorithm_class(cfg, policy, lambda: load_model(model_name, cfg.trust_remote_code), tokenizer)
     # fused: the Trainer's default (adamw_torch_fused) since torch 2.8, so TRL runs it too; 1.4 -> 0.36 ms a step on CPU here
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0, fused=True)
+    optimizer = torch.optim.AdamW([*policy.parameters(), *algorithm.parameters()], lr=cfg.learning_rate, weight_decay=0.0,
+                                  fused=True)
     logger = RunLogger(run_dir) if accelerator.is_main_process else None
-    checkpoints.track(optimizer=optimizer, logger=logger, critic=critic, kl_ctl=kl_ctl,  # accelerate wraps, not copies, it
-                      ptx_batches=ptx_batches)
+    checkpoints.track(optimizer=optimizer, logger=logger, **algorithm.state())  # accelerate wraps, not copies, the optimizer
     checkpoints.restore()
     policy, optimizer = accelerator.prepare(policy, optimizer)
-    critic = critic.to(accelerator.device) if critic is not None else None
     precision = set_up_precision(cfg.precision, accelerator.device, accelerator.unwrap_model(policy), ref_model,
-                                 critic.trunk if critic is not None else None)
+                                 *algorithm.place(accelerator.device))
     ref_model = ref_model.to(accelerator.device) if ref_model is not None else None
     if ref_model is not None and precision == "bf16":  # it runs only in the update, under autocast
         bf16_linear_weights(ref_model)
     if accelerator.is_main_process:
-        passes = cfg.num_iterations if isinstance(cfg, GRPOConfig) else cfg.num_ppo_epochs
         print(f"{cfg.algo}: {cfg.prompts_per_step} prompts x {cfg.num_generations} completions = {cfg.completions_per_step} "
-              f"completions per step in {world} process(es), {cfg.num_minibatches} minibatch(es) x {passes} pass(es), "
+              f"completions per step in {world} process(es), {cfg.num_minibatches} minibatch(es) x {cfg.passes} pass(es), "
               f"{cfg.steps} steps, reward {cfg.reward}, model {model_name}, device {accelerator.device}, {precision}")
         ignored = ignored_generation_settings(accelerator.unwrap_model(policy))
         if ignored:
             print(f"the model's generation_config sets {', '.join(f'{k}={v}' for k, v in ignored.items())}: ignored; sampling "
                   f"follows --temperature {cfg.temperature}, --top-k {cfg.top_k}, --top-p {cfg.top_p}, the distribution the losses assume")
     return Run(cfg, accelerator, reward, gold, train_prompts, eval_prompts, run_dir, model_name, tokenizer, policy, ref_model,
-               critic, kl_ctl, optimizer, checkpoints, logger, precision, ptx_batch)
-
-
-def pretraining_mix(cfg: PPOConfig, tokenizer, policy) -> tuple[ShuffledBatches, Callable[[], torch.Tensor]]:
-    """PPO-ptx's data: --ptx-data packed into blocks of 64 tokens; (the batch order, to checkpoint; a function
-    giving the next `[ptx_batch_size, 64]` batch)."""
-    blocks = pretraining_blocks(cfg.ptx_data, tokenizer, min(64, context_length(policy)))
-    batches = ShuffledBatches(len(blocks), min(cfg.ptx_batch_size, len(blocks)), torch.Generator().manual_seed(cfg.seed))
-    return batches, lambda: blocks[batches.next()]
+               algorithm, optimizer, checkpoints, logger, precision)
 
 
 def evaluate_before(run: Run) -> dict[str, Any] | None:
@@ -274,11 +254,7 @@ def train_step(run: Run, step: int) -> tuple[dict[str, float], list[dict]]:
         # bf16 only adds casts (bench/README.md). A context per step: autocast keeps its bf16 copies of the weights until the
         # outermost context exits, and they must follow every optimizer step.
         with autocast(run.precision, accelerator.device):
-            if isinstance(cfg, GRPOConfig):
-                metrics = grpo_update(run.policy, run.ref_model, run.optimizer, accelerator, rollout, rewards, cfg)
-            else:
-                metrics = ppo_update(run.policy, run.critic, run.ref_model, run.optimizer, accelerator, rollout, rewards, run.kl_ctl,
-                                     cfg, run.ptx_batch)
+            metrics = run.algorithm.update(run.policy, run.ref_model, run.optimizer, accelerator, rollout, rewards)
     except (NonFiniteError, RewardFunctionError) as err:
         saved = run.save_checkpoint(step - 1) if run.main else None
         raise type(err)(f"step {step}: {err}" + (f"; saved the last good weights to {saved}" if saved else "")) from None
@@ -351,7 +327,7 @@ def plot_run(run: Run) -> None:
     plot_lines(run.run_dir / "curves.png", [
         ("step", "reward", {"train reward": logger.series("reward"),
                             **{k: logger.series(f"rewards/{k}/mean") for k in run.reward.functions}}),
-        ("step", f"KL to reference ({'k3' if cfg.algo == 'grpo' else 'k1'} per token)", {"kl": logger.series("kl")}),
+        ("step", run.algorithm.kl_label, {"kl": logger.series("kl")}),
         ("step", "completion tokens", {"mean length": logger.series("completions/mean_length")}),
     ], f"{cfg.algo} on {model_label(run.model_name)}, reward {cfg.reward}")
     if cfg.pass_at_k:

@@ -43,8 +43,9 @@ from classic_rl.infra.cli import cli, script_parser
 from classic_rl.infra.errors import ConfigError, require_positive
 from classic_rl.infra.machine import machine
 from classic_rl.infra.run_folder import read_jsonl, write_json
+from rlhf_toy.algorithms import config_for
+from rlhf_toy.algorithms.base import RLHFConfig
 from rlhf_toy.base_model import default_base_model
-from rlhf_toy.configs import RLHFConfig, config_for
 from rlhf_toy.data import DATA_DIR, load_prompts
 from rlhf_toy.evaluation import evaluate_on_prompts
 from rlhf_toy.models import check_model_exists, format_prompt, load_model, load_tokenizer

@@ -21,7 +21,7 @@ import numpy as np
 from classic_rl.infra.cli import cli, config_field, parse_config
 from classic_rl.infra.errors import ConfigError
 from classic_rl.infra.run_folder import atomic_write, write_json
-from rlhf_toy.configs import GRPOConfig
+from rlhf_toy.algorithms.grpo import GRPOConfig
 from rlhf_toy.distributed import require_one_process
 from rlhf_toy.labelling import LabelConfig, run_labelling
 from rlhf_toy.reward_model import RewardModelConfig, train_reward_model

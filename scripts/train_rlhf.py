@@ -7,7 +7,7 @@
     python scripts/train_rlhf.py --task arithmetic            # verifiable rewards: pass@1 and pass@8 before/after
     python scripts/train_rlhf.py --task                       # lists the tasks
 
---algo picks the config (rlhf_toy/configs.py: GRPOConfig or PPOConfig); each of its fields is a flag
+--algo picks the algorithm (rlhf_toy/algorithms/: grpo, ppo) and its config; each of its fields is a flag
 (see --algo ppo --help); --config FILE takes JSON or YAML, e.g. a run's config.json.
 """
 
@@ -16,7 +16,7 @@ import sys
 from classic_rl.infra.cli import cli, load_config_file, parse_config, script_parser
 from classic_rl.infra.errors import ConfigError
 from rlhf_toy import tasks
-from rlhf_toy.configs import config_for, other_algorithm_flag
+from rlhf_toy.algorithms import config_for, other_algorithm_flag
 from rlhf_toy.trainer import train
 
 

@@ -11,9 +11,8 @@ import sys
 import torch
 from safetensors.torch import save_file
 
-from rlhf_toy.configs import GRPOConfig
+from rlhf_toy.algorithms.grpo import GRPOConfig, grpo_update
 from rlhf_toy.distributed import leave_processes, make_accelerator
-from rlhf_toy.grpo import grpo_update
 from rlhf_toy.models import load_model, load_tokenizer
 from rlhf_toy.rewards import resolve_reward
 from rlhf_toy.rollout import sample_rollout

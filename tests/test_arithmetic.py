@@ -8,8 +8,9 @@ import pytest
 
 from classic_rl.infra.cli import parse_config
 from classic_rl.infra.errors import ConfigError
+from rlhf_toy.algorithms.grpo import GRPOConfig
+from rlhf_toy.algorithms.ppo import PPOConfig
 from rlhf_toy.arithmetic import column_steps, make_problem, parse_prompt, pass_at_k, solve, worked_solution
-from rlhf_toy.configs import GRPOConfig, PPOConfig
 from rlhf_toy.data import split_columns
 from rlhf_toy.rewards import correct_reward, parse_answer_number, resolve_reward, think_reward
 from rlhf_toy.tasks import task_defaults

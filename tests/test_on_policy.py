@@ -11,8 +11,9 @@ from transformers import GenerationConfig, GPT2LMHeadModel
 
 from classic_rl import core
 from classic_rl.infra.errors import ConfigError
-from rlhf_toy.configs import GRPOConfig, PPOConfig, config_for
-from rlhf_toy.grpo import importance_weights
+from rlhf_toy.algorithms import config_for
+from rlhf_toy.algorithms.grpo import GRPOConfig, importance_weights
+from rlhf_toy.algorithms.ppo import PPOConfig
 from rlhf_toy.models import load_model, load_tokenizer
 from rlhf_toy.reward_model import Labels, held_out_accuracy
 from rlhf_toy.trainer import train

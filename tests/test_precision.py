@@ -12,7 +12,7 @@ from classic_rl import core
 from classic_rl.infra import machine
 from classic_rl.infra.errors import ConfigError
 from rlhf_toy import precision
-from rlhf_toy.configs import GRPOConfig
+from rlhf_toy.algorithms.grpo import GRPOConfig
 from rlhf_toy.fast_decode import sample_gpt2
 from rlhf_toy.models import load_model, load_tokenizer, stop_token_ids
 from rlhf_toy.precision import autocast, choose_attention, resolve_precision, set_up_precision

@@ -16,18 +16,20 @@ from classic_rl import core
 from classic_rl.core import KLController
 from classic_rl.infra.errors import ConfigError, TrainingInterrupted
 from rlhf_toy import trainer
-from rlhf_toy.configs import GRPOConfig, PPOConfig, RLHFConfig, config_for
-from rlhf_toy.distributed import process_share
-from rlhf_toy.evaluation import evaluate_on_prompts
-from rlhf_toy.grpo import group_advantages, grpo_update
-from rlhf_toy.models import load_model, load_tokenizer, position_ids
-from rlhf_toy.ppo_critic import (
+from rlhf_toy.algorithms import config_for
+from rlhf_toy.algorithms.base import RLHFConfig
+from rlhf_toy.algorithms.grpo import GRPOConfig, group_advantages, grpo_update
+from rlhf_toy.algorithms.ppo import (
+    PPOConfig,
     advantages_and_returns,
     build_critic,
     logits_and_values,
     ppo_update,
     token_rewards,
 )
+from rlhf_toy.distributed import process_share
+from rlhf_toy.evaluation import evaluate_on_prompts
+from rlhf_toy.models import load_model, load_tokenizer, position_ids
 from rlhf_toy.rewards import resolve_reward
 from rlhf_toy.rollout import (
     completion_logits,
@@ -243,7 +245,7 @@ def test_bad_input_is_one_line_and_exit_2(args, message, nano, tmp_path, monkeyp
 def test_each_algorithm_takes_only_its_own_fields(args, message, tmp_path, monkeypatch, capsys):
     code, _, err = run_script("train_rlhf.py", [*args, "--run-dir", str(tmp_path / "r")], monkeypatch, capsys)
     assert code == 2 and message in err and err.count("\n") == 1, err
-    with pytest.raises(TypeError, match="build a GRPOConfig or a PPOConfig"):
+    with pytest.raises(TypeError, match=r"build an algorithm's own config \(rlhf_toy/algorithms/\)"):
         RLHFConfig()
 
 

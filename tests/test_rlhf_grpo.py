@@ -7,8 +7,7 @@ import torch
 from accelerate import Accelerator
 
 from classic_rl import core
-from rlhf_toy.configs import GRPOConfig
-from rlhf_toy.grpo import grpo_loss, grpo_update
+from rlhf_toy.algorithms.grpo import GRPOConfig, grpo_loss, grpo_update
 from rlhf_toy.models import position_ids
 from rlhf_toy.rollout import completion_logits
 from tests.conftest import clipped_sgd_step, largest_difference

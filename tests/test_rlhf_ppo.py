@@ -8,9 +8,8 @@ from accelerate import Accelerator
 
 from classic_rl.core import KLController
 from classic_rl.infra.errors import NonFiniteError
-from rlhf_toy.configs import PPOConfig
+from rlhf_toy.algorithms.ppo import PPOConfig, build_critic, ppo_update
 from rlhf_toy.models import load_model, position_ids
-from rlhf_toy.ppo_critic import build_critic, ppo_update
 from tests.conftest import clipped_sgd_step, largest_difference
 from tests.test_rlhf_grpo import plain_logprobs
 

@@ -13,9 +13,8 @@ import dataclasses
 import pytest
 import torch
 
-from rlhf_toy.configs import LOSS_TYPES, GRPOConfig
+from rlhf_toy.algorithms.grpo import LOSS_TYPES, GRPOConfig, minibatch_loss
 from rlhf_toy.dpo import DPO_LOSS_TYPES, DPOConfig, implicit_rewards
-from rlhf_toy.grpo import minibatch_loss
 from rlhf_toy.models import load_model, load_tokenizer
 from rlhf_toy.reward_model import Labels, labels_loss
 from rlhf_toy.rollout import completion_logprobs, sample_rollout

@@ -16,16 +16,88 @@ The same GAE, clipped objective and value loss serve classic PPO on CartPole.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 from classic_rl import core
-from classic_rl.infra.errors import ConfigError, check_finite
+from classic_rl.infra.cli import config_field
+from classic_rl.infra.errors import (
+    ConfigError,
+    check_finite,
+    require_choice,
+    require_nonnegative,
+    require_positive,
+)
 from classic_rl.infra.metrics import MeanStats
-from rlhf_toy.configs import PPOConfig
-from rlhf_toy.models import evaluation_mode
+from rlhf_toy.algorithms.base import OnlineAlgorithm, RLHFConfig
+from rlhf_toy.data import DATA_DIR, ShuffledBatches, pretraining_blocks
+from rlhf_toy.models import disable_dropout, evaluation_mode
 from rlhf_toy.rollout import Rollout, completion_logits, completion_states, sampler_mismatch, trainer_forward
+from rlhf_toy.sampling import context_length
+
+CRITICS = ("separate", "shared", "rm")
+
+
+@dataclass
+class PPOConfig(RLHFConfig):
+    """PPO-with-a-critic's own fields, named as in TRL's PPOConfig."""
+
+    ALGO: ClassVar[str] = "ppo"
+    cliprange: float = config_field(0.2, "Clip range of the policy ratio")
+    kl_coef: float = config_field(0.05, "Initial beta of the per-token k1 KL penalty in the reward")
+    target_kl: float | None = config_field(None, "Adapt beta towards this KL per sequence (Ziegler et al.); None: fixed beta")
+    kl_horizon: int = config_field(10_000, "Horizon of the adaptive KL controller, in completions")
+    critic: str = config_field("separate", f"Value model: {', '.join(CRITICS)} (a trunk copied from the policy, the policy's own, "
+                                           "or the reward model of --reward rm:DIR with its head, as InstructGPT)")
+    vf_coef: float = config_field(0.1, "Value loss coefficient")
+    cliprange_value: float | None = config_field(0.2, "Clip value updates around the rollout's values")
+    gamma: float = config_field(1.0, "Discount over tokens")
+    lam: float = config_field(0.95, "GAE lambda over tokens")
+    num_ppo_epochs: int = config_field(2, "PPO epochs over each rollout")
+    whiten_rewards: bool = config_field(False, "Whiten the per-token rewards before GAE")
+    missing_eos_penalty: float | None = config_field(None, "Subtract this from the score of completions without eos")
+    ptx_coef: float = config_field(0.0, "InstructGPT's pretraining mix (PPO-ptx): add this times the language-model loss of "
+                                        "a batch of --ptx-data to every minibatch's loss (0: off)")
+    ptx_data: str = config_field(str(DATA_DIR / "pretrain.jsonl"), "Documents (JSONL with a text field) of the pretraining mix")
+    ptx_batch_size: int = config_field(8, "Blocks of 64 tokens of --ptx-data per minibatch")
+
+    def __post_init__(self):
+        super().__post_init__()
+        require_choice(critic=(self.critic, CRITICS))
+        require_positive(cliprange=self.cliprange, num_ppo_epochs=self.num_ppo_epochs, kl_horizon=self.kl_horizon,
+                         gamma=self.gamma)
+        require_nonnegative(kl_coef=self.kl_coef, vf_coef=self.vf_coef, ptx_coef=self.ptx_coef)
+        require_positive(ptx_batch_size=self.ptx_batch_size)
+        if self.ptx_coef and not Path(self.ptx_data).is_file():
+            raise ConfigError(f"--ptx-data {self.ptx_data} not found; accepted: a JSONL file with a text field per document")
+        if self.critic == "rm" and self.reward_model_dir is None:
+            raise ConfigError(f"--critic rm starts the value model from the reward model, so --reward must hold one rm:DIR; "
+                              f"got --reward {self.reward}")
+        if not (self.gamma <= 1 and 0 <= self.lam <= 1):
+            raise ConfigError(f"--gamma must be in (0, 1] and --lam in [0, 1], got {self.gamma} and {self.lam}")
+        for name in ("target_kl", "cliprange_value"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be > 0 (or None to turn it off), got {getattr(self, name)}")
+
+    @property
+    def uses_reference(self) -> bool:
+        return self.kl_coef > 0
+
+    @property
+    def passes(self) -> int:
+        return self.num_ppo_epochs
+
+    @property
+    def reward_model_dir(self) -> str | None:
+        """DIR of the one rm:DIR in --reward, else None."""
+        folders = [part.strip()[3:] for part in self.reward.split(",") if part.strip().startswith("rm:")]
+        return folders[0] if len(folders) == 1 else None
 
 
 class Critic(nn.Module):
@@ -173,3 +245,42 @@ def ppo_update(policy, critic: Critic, ref_model, optimizer, accelerator, rollou
     metrics.update(sampler_mismatch(old_logprobs, rollout.sampling_logprobs, mask))
     kl_ctl.update(sequence_kl, len(scores))
     return metrics
+
+
+def pretraining_mix(cfg: PPOConfig, tokenizer, policy) -> tuple[ShuffledBatches, Callable[[], Tensor]]:
+    """PPO-ptx's data: --ptx-data packed into blocks of 64 tokens; (the batch order, to checkpoint; a function
+    giving the next `[ptx_batch_size, 64]` batch)."""
+    blocks = pretraining_blocks(cfg.ptx_data, tokenizer, min(64, context_length(policy)))
+    batches = ShuffledBatches(len(blocks), min(cfg.ptx_batch_size, len(blocks)), torch.Generator().manual_seed(cfg.seed))
+    return batches, lambda: blocks[batches.next()]
+
+
+class PPO(OnlineAlgorithm):
+    """PPO in the online loop: a critic trained beside the policy, the KL coefficient's controller and, with
+    --ptx-coef, the pretraining batches, all three in every checkpoint."""
+
+    name, Config, kl_label = "ppo", PPOConfig, "KL to the reference (k1 per token)"
+
+    def __init__(self, cfg: PPOConfig, policy, load_copy, tokenizer):
+        super().__init__(cfg, policy, load_copy, tokenizer)
+        self.critic = build_critic(policy, cfg.critic, load_copy, cfg.reward_model_dir)
+        if cfg.disable_dropout:
+            disable_dropout(self.critic)
+        self.kl_ctl = core.KLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
+        self.ptx_batches, self.ptx_batch = pretraining_mix(cfg, tokenizer, policy) if cfg.ptx_coef else (None, None)
+        self.policy_parameters = list(policy.parameters())
+
+    def parameters(self) -> list:
+        """The critic's, less those it shares with the policy (a shared critic's trunk)."""
+        return [p for p in self.critic.parameters() if all(p is not q for q in self.policy_parameters)]
+
+    def state(self) -> dict:
+        return {"critic": self.critic, "kl_ctl": self.kl_ctl, "ptx_batches": self.ptx_batches}
+
+    def place(self, device) -> list:
+        self.critic = self.critic.to(device)
+        return [self.critic.trunk]
+
+    def update(self, policy, ref_model, optimizer, accelerator, rollout: Rollout, rewards: Tensor) -> dict[str, float]:
+        return ppo_update(policy, self.critic, ref_model, optimizer, accelerator, rollout, rewards, self.kl_ctl, self.cfg,
+                          self.ptx_batch)

@@ -19,16 +19,76 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from classic_rl import core
-from classic_rl.infra.errors import check_finite
+from classic_rl.infra.cli import config_field
+from classic_rl.infra.errors import (
+    ConfigError,
+    check_finite,
+    require_choice,
+    require_nonnegative,
+    require_positive,
+)
 from classic_rl.infra.metrics import MeanStats
-from rlhf_toy.configs import LOSS_TYPES, SCALE_REWARDS, GRPOConfig
+from rlhf_toy.algorithms.base import OnlineAlgorithm, RLHFConfig
 from rlhf_toy.models import evaluation_mode
 from rlhf_toy.rollout import Rollout, completion_logprobs, sampler_mismatch, trainer_forward
+
+LOSS_TYPES = ("grpo", "dapo", "bnpo", "dr_grpo")
+IMPORTANCE_SAMPLING_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+SCALE_REWARDS = ("group", "batch", "none")
+
+
+@dataclass
+class GRPOConfig(RLHFConfig):
+    """GRPO's own fields, named as in TRL's GRPOConfig."""
+
+    ALGO: ClassVar[str] = "grpo"
+    beta: float = config_field(0.04, "k3 KL coefficient to the reference (0 loads no reference model)")
+    use_bias_correction_kl: bool = config_field(True, "Multiply the per-token KL by the (differentiable) ratio pi / pi_old, "
+                                                      "which makes its gradient the unbiased reverse-KL gradient (DeepSeek-V3.2; "
+                                                      "TRL 1.16's default): it changes the gradient even on-policy, where the "
+                                                      "ratio is 1")
+    epsilon: float = config_field(0.2, "Lower clip of the policy ratio")
+    epsilon_high: float | None = config_field(None, "Upper clip (DAPO's clip-higher); default: epsilon")
+    loss_type: str = config_field("dapo", f"Loss aggregation, as TRL's: {', '.join(LOSS_TYPES)}")
+    scale_rewards: str = config_field("group", f"Advantage scaling: {', '.join(SCALE_REWARDS)} (none = Dr. GRPO)")
+    num_iterations: int = config_field(1, "Updates per rollout (GRPO's mu)")
+    mask_truncated_completions: bool = config_field(False, "Exclude completions without eos from the loss (DAPO)")
+    # TRL's vllm_importance_sampling_* without "vllm_": here the sampler is the fast decoder or generate, in fp32, while the
+    # update may run in bf16; the same correction serves any sampler whose numbers differ from the trainer's
+    importance_sampling_correction: bool = config_field(False, "Weight each token's policy loss by pi_trainer / pi_sampler "
+                                                               "(the sampler-vs-trainer mismatch, logged as sampling/*), "
+                                                               "truncated or masked by --importance-sampling-mode")
+    importance_sampling_mode: str = config_field("sequence_mask", f"{', '.join(IMPORTANCE_SAMPLING_MODES)}: per token or "
+                                                                  "per sequence (the product over its tokens); a ratio "
+                                                                  "outside the clip range is clipped or its loss dropped")
+    importance_sampling_clip_max: float | None = config_field(3.0, "Upper bound of the importance-sampling ratio (none: no bound)")
+    importance_sampling_clip_min: float | None = config_field(None, "Lower bound of the importance-sampling ratio (none: no bound)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        require_choice(loss_type=(self.loss_type, LOSS_TYPES), scale_rewards=(self.scale_rewards, SCALE_REWARDS),
+                       importance_sampling_mode=(self.importance_sampling_mode, IMPORTANCE_SAMPLING_MODES))
+        require_positive(importance_sampling_clip_max=self.importance_sampling_clip_max)
+        require_nonnegative(importance_sampling_clip_min=self.importance_sampling_clip_min)
+        require_positive(epsilon=self.epsilon, num_iterations=self.num_iterations, epsilon_high=self.epsilon_high)
+        require_nonnegative(beta=self.beta)
+        if self.num_generations < 2:
+            raise ConfigError(f"GRPO compares completions within a group, so --num-generations must be >= 2, got {self.num_generations}")
+
+    @property
+    def uses_reference(self) -> bool:
+        return self.beta > 0
+
+    @property
+    def passes(self) -> int:
+        return self.num_iterations
 
 
 def group_advantages(rewards: Tensor, group_size: int, scale_rewards: str = "group", eps: float = 1e-4) -> tuple[Tensor, Tensor]:
@@ -156,3 +216,11 @@ def grpo_update(policy, ref_model, optimizer, accelerator, rollout: Rollout, rew
     metrics.update(sampler_mismatch(first_pass_old, rollout.sampling_logprobs, mask))
     return metrics
 
+
+class GRPO(OnlineAlgorithm):
+    """GRPO in the online loop: no model of its own beside the policy and the reference."""
+
+    name, Config, kl_label, multi_process = "grpo", GRPOConfig, "KL to the reference (k3 per token)", True
+
+    def update(self, policy, ref_model, optimizer, accelerator, rollout: Rollout, rewards: Tensor) -> dict[str, float]:
+        return grpo_update(policy, ref_model, optimizer, accelerator, rollout, rewards, self.cfg)

@@ -1,20 +1,14 @@
-"""Typed configs of RLHF runs, with TRL's field names: what GRPO and PPO share (RLHFConfig), and each
-algorithm's own fields (GRPOConfig, PPOConfig). `train_rlhf.py --algo NAME` picks the class; every
-field is a flag.
-
-    RLHFConfig   model, reward, prompts, batch arithmetic, sampling, optimiser, run folder
-    GRPOConfig   beta (k3 KL in the loss), epsilon / epsilon_high, loss_type, scale_rewards, num_iterations
-    PPOConfig    kl_coef / target_kl (k1 KL in the reward), cliprange, critic, vf_coef, cliprange_value,
-                 gamma, lam, num_ppo_epochs, whiten_rewards, missing_eos_penalty
+"""What every online RLHF algorithm shares: the fields of its config (RLHFConfig, TRL's names: model,
+reward, prompts, batch arithmetic, sampling, optimiser, run folder) and the interface through which the
+online loop (rlhf_toy/trainer.py) drives it (OnlineAlgorithm). Each algorithm's own fields and update are
+in its own file beside this one.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from classic_rl.infra.cli import config_field
 from classic_rl.infra.errors import ConfigError, require_choice, require_nonnegative, require_positive
@@ -25,10 +19,6 @@ from rlhf_toy.precision import PRECISIONS
 from rlhf_toy.rewards import DEFAULT_REWARD
 from rlhf_toy.sampling import SamplingConfig
 
-LOSS_TYPES = ("grpo", "dapo", "bnpo", "dr_grpo")
-IMPORTANCE_SAMPLING_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
-SCALE_REWARDS = ("group", "batch", "none")
-CRITICS = ("separate", "shared", "rm")
 LR_SCHEDULES = ("constant", "linear", "cosine")
 
 
@@ -38,7 +28,7 @@ class RLHFConfig(RunFields):
     prompts_per_step x num_generations completions, split into num_minibatches gradient steps."""
 
     ALGO: ClassVar[str] = ""
-    algo: str = config_field("", "RL algorithm: grpo or ppo (picks the config class)")
+    algo: str = config_field("", "RL algorithm, one of rlhf_toy/algorithms/ (grpo, ppo; picks the config class)")
     task: str | None = config_field(None, "Named task setting prompts, eval set, rewards and sampling defaults "
                                           "(rlhf_toy/tasks.py; train_rlhf.py --task lists them)")
     model: str | None = config_field(None, "Policy to fine-tune: a save_pretrained folder or hub name (default: the "
@@ -86,7 +76,7 @@ class RLHFConfig(RunFields):
 
     def __post_init__(self):
         if not self.ALGO:
-            raise TypeError("RLHFConfig holds the shared fields; build a GRPOConfig or a PPOConfig")
+            raise TypeError("RLHFConfig holds the shared fields; build an algorithm's own config (rlhf_toy/algorithms/)")
         super().__post_init__()
         self.algo = self.algo or self.ALGO
         if self.algo != self.ALGO:
@@ -142,6 +132,11 @@ class RLHFConfig(RunFields):
         raise NotImplementedError
 
     @property
+    def passes(self) -> int:
+        """Passes over each rollout (GRPO's num_iterations, PPO's num_ppo_epochs)."""
+        raise NotImplementedError
+
+    @property
     def completions_per_step(self) -> int:
         return self.prompts_per_step * self.num_generations
 
@@ -160,117 +155,39 @@ class RLHFConfig(RunFields):
         return SamplingConfig(self.max_completion_length, temperature, self.top_k, self.top_p)
 
 
-@dataclass
-class GRPOConfig(RLHFConfig):
-    """GRPO's own fields, named as in TRL's GRPOConfig."""
+class OnlineAlgorithm:
+    """One online RLHF algorithm in one run, as the loop (rlhf_toy/trainer.py) drives it: made once with the run's
+    policy, then update() once a step on a rollout and its rewards. Adding an algorithm is a file in this folder
+    holding its Config (RLHFConfig plus its own fields, TRL's names) and a subclass of this, and its line in
+    __init__.py's registry; the loop never asks which algorithm it runs.
 
-    ALGO: ClassVar[str] = "grpo"
-    beta: float = config_field(0.04, "k3 KL coefficient to the reference (0 loads no reference model)")
-    use_bias_correction_kl: bool = config_field(True, "Multiply the per-token KL by the (differentiable) ratio pi / pi_old, "
-                                                      "which makes its gradient the unbiased reverse-KL gradient (DeepSeek-V3.2; "
-                                                      "TRL 1.16's default): it changes the gradient even on-policy, where the "
-                                                      "ratio is 1")
-    epsilon: float = config_field(0.2, "Lower clip of the policy ratio")
-    epsilon_high: float | None = config_field(None, "Upper clip (DAPO's clip-higher); default: epsilon")
-    loss_type: str = config_field("dapo", f"Loss aggregation, as TRL's: {', '.join(LOSS_TYPES)}")
-    scale_rewards: str = config_field("group", f"Advantage scaling: {', '.join(SCALE_REWARDS)} (none = Dr. GRPO)")
-    num_iterations: int = config_field(1, "Updates per rollout (GRPO's mu)")
-    mask_truncated_completions: bool = config_field(False, "Exclude completions without eos from the loss (DAPO)")
-    # TRL's vllm_importance_sampling_* without "vllm_": here the sampler is the fast decoder or generate, in fp32, while the
-    # update may run in bf16; the same correction serves any sampler whose numbers differ from the trainer's
-    importance_sampling_correction: bool = config_field(False, "Weight each token's policy loss by pi_trainer / pi_sampler "
-                                                               "(the sampler-vs-trainer mismatch, logged as sampling/*), "
-                                                               "truncated or masked by --importance-sampling-mode")
-    importance_sampling_mode: str = config_field("sequence_mask", f"{', '.join(IMPORTANCE_SAMPLING_MODES)}: per token or "
-                                                                  "per sequence (the product over its tokens); a ratio "
-                                                                  "outside the clip range is clipped or its loss dropped")
-    importance_sampling_clip_max: float | None = config_field(3.0, "Upper bound of the importance-sampling ratio (none: no bound)")
-    importance_sampling_clip_min: float | None = config_field(None, "Lower bound of the importance-sampling ratio (none: no bound)")
+    name            the --algo name
+    Config          its config dataclass; cfg.uses_reference says whether the loop loads a reference model
+    kl_label        what its logged "kl" is, for the curves
+    multi_process   whether it runs in several processes (accelerate launch)
+    """
 
-    def __post_init__(self):
-        super().__post_init__()
-        require_choice(loss_type=(self.loss_type, LOSS_TYPES), scale_rewards=(self.scale_rewards, SCALE_REWARDS),
-                       importance_sampling_mode=(self.importance_sampling_mode, IMPORTANCE_SAMPLING_MODES))
-        require_positive(importance_sampling_clip_max=self.importance_sampling_clip_max)
-        require_nonnegative(importance_sampling_clip_min=self.importance_sampling_clip_min)
-        require_positive(epsilon=self.epsilon, num_iterations=self.num_iterations, epsilon_high=self.epsilon_high)
-        require_nonnegative(beta=self.beta)
-        if self.num_generations < 2:
-            raise ConfigError(f"GRPO compares completions within a group, so --num-generations must be >= 2, got {self.num_generations}")
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[RLHFConfig]] = RLHFConfig
+    kl_label: ClassVar[str] = "KL to the reference per token"
+    multi_process: ClassVar[bool] = False
 
-    @property
-    def uses_reference(self) -> bool:
-        return self.beta > 0
+    def __init__(self, cfg: RLHFConfig, policy, load_copy, tokenizer):
+        """load_copy() gives a fresh copy of the base model (a critic's trunk, say)."""
+        self.cfg = cfg
 
+    def parameters(self) -> list:
+        """Parameters trained beside the policy's, by the same optimizer (a critic's)."""
+        return []
 
-@dataclass
-class PPOConfig(RLHFConfig):
-    """PPO-with-a-critic's own fields, named as in TRL's PPOConfig."""
+    def state(self) -> dict[str, Any]:
+        """Objects with state_dict / load_state_dict that every checkpoint holds (None: not used in this run)."""
+        return {}
 
-    ALGO: ClassVar[str] = "ppo"
-    cliprange: float = config_field(0.2, "Clip range of the policy ratio")
-    kl_coef: float = config_field(0.05, "Initial beta of the per-token k1 KL penalty in the reward")
-    target_kl: float | None = config_field(None, "Adapt beta towards this KL per sequence (Ziegler et al.); None: fixed beta")
-    kl_horizon: int = config_field(10_000, "Horizon of the adaptive KL controller, in completions")
-    critic: str = config_field("separate", f"Value model: {', '.join(CRITICS)} (a trunk copied from the policy, the policy's own, "
-                                           "or the reward model of --reward rm:DIR with its head, as InstructGPT)")
-    vf_coef: float = config_field(0.1, "Value loss coefficient")
-    cliprange_value: float | None = config_field(0.2, "Clip value updates around the rollout's values")
-    gamma: float = config_field(1.0, "Discount over tokens")
-    lam: float = config_field(0.95, "GAE lambda over tokens")
-    num_ppo_epochs: int = config_field(2, "PPO epochs over each rollout")
-    whiten_rewards: bool = config_field(False, "Whiten the per-token rewards before GAE")
-    missing_eos_penalty: float | None = config_field(None, "Subtract this from the score of completions without eos")
-    ptx_coef: float = config_field(0.0, "InstructGPT's pretraining mix (PPO-ptx): add this times the language-model loss of "
-                                        "a batch of --ptx-data to every minibatch's loss (0: off)")
-    ptx_data: str = config_field(str(DATA_DIR / "pretrain.jsonl"), "Documents (JSONL with a text field) of the pretraining mix")
-    ptx_batch_size: int = config_field(8, "Blocks of 64 tokens of --ptx-data per minibatch")
+    def place(self, device) -> list:
+        """Move the algorithm's own models to device; returns those that run under the update's autocast."""
+        return []
 
-    def __post_init__(self):
-        super().__post_init__()
-        require_choice(critic=(self.critic, CRITICS))
-        require_positive(cliprange=self.cliprange, num_ppo_epochs=self.num_ppo_epochs, kl_horizon=self.kl_horizon,
-                         gamma=self.gamma)
-        require_nonnegative(kl_coef=self.kl_coef, vf_coef=self.vf_coef, ptx_coef=self.ptx_coef)
-        require_positive(ptx_batch_size=self.ptx_batch_size)
-        if self.ptx_coef and not Path(self.ptx_data).is_file():
-            raise ConfigError(f"--ptx-data {self.ptx_data} not found; accepted: a JSONL file with a text field per document")
-        if self.critic == "rm" and self.reward_model_dir is None:
-            raise ConfigError(f"--critic rm starts the value model from the reward model, so --reward must hold one rm:DIR; "
-                              f"got --reward {self.reward}")
-        if not (self.gamma <= 1 and 0 <= self.lam <= 1):
-            raise ConfigError(f"--gamma must be in (0, 1] and --lam in [0, 1], got {self.gamma} and {self.lam}")
-        for name in ("target_kl", "cliprange_value"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be > 0 (or None to turn it off), got {getattr(self, name)}")
-
-    @property
-    def uses_reference(self) -> bool:
-        return self.kl_coef > 0
-
-    @property
-    def reward_model_dir(self) -> str | None:
-        """DIR of the one rm:DIR in --reward, else None."""
-        folders = [part.strip()[3:] for part in self.reward.split(",") if part.strip().startswith("rm:")]
-        return folders[0] if len(folders) == 1 else None
-
-
-CONFIGS: dict[str, type[RLHFConfig]] = {"grpo": GRPOConfig, "ppo": PPOConfig}
-
-
-def config_for(algo: str) -> type[RLHFConfig]:
-    """The config class of --algo, or a ConfigError listing the accepted names."""
-    require_choice(algo=(algo, tuple(CONFIGS)))
-    return CONFIGS[algo]
-
-
-def other_algorithm_flag(algo: str, argv: list[str]) -> str | None:
-    """The first flag in argv that belongs to another algorithm's config (e.g. --beta with --algo ppo)."""
-    own = {f.name for f in dataclasses.fields(CONFIGS[algo])}
-    for other, cls in CONFIGS.items():
-        foreign = {f.name for f in dataclasses.fields(cls)} - own
-        for arg in argv:
-            name = arg.split("=", 1)[0].lstrip("-").replace("-", "_")
-            if arg.startswith("--") and name in foreign:
-                return f"{arg.split('=', 1)[0]} is a setting of --algo {other}, not of --algo {algo} (see --algo {algo} --help)"
-    return None
+    def update(self, policy, ref_model, optimizer, accelerator, rollout, rewards) -> dict[str, float]:
+        """num passes of gradient steps on one rollout `[B]` and its sequence rewards `[B]`; returns the step's metrics."""
+        raise NotImplementedError
