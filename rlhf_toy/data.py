@@ -10,7 +10,7 @@ from pathlib import Path
 import datasets
 import torch
 
-from classic_rl.infra.errors import ConfigError, NonFiniteError, check_finite
+from classic_rl.infra.errors import ConfigError
 from classic_rl.infra.run_folder import atomic_write
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
@@ -164,13 +164,3 @@ class ShuffledBatches:
         self.generator.set_state(state["generator"])
         self.order, self.cursor = state["order"], state["cursor"]
 
-
-def check_finite_before_step(step: int, batches: ShuffledBatches, save, **values) -> None:
-    """check_finite on a step's loss and gradient norm, called before the optimizer step: on a
-    NaN or inf the step is not taken, its batch goes back to `batches`, and save(step - 1) -> folder
-    writes the last good weights, which the NonFiniteError names."""
-    try:
-        check_finite(step, **values)
-    except NonFiniteError as err:
-        batches.put_back()
-        raise NonFiniteError(f"{err}; saved the last good weights to {save(step - 1)}") from None

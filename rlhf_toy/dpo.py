@@ -17,14 +17,12 @@ reference, with no reward model and no sampling. Field names are TRL's DPOConfig
 from __future__ import annotations
 
 import functools
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from classic_rl.infra.cli import config_field
 from classic_rl.infra.errors import ConfigError, require_choice, require_nonnegative, require_positive
@@ -35,7 +33,6 @@ from rlhf_toy.base_model import default_base_model
 from rlhf_toy.data import (
     DATA_DIR,
     ShuffledBatches,
-    check_finite_before_step,
     load_prompt_rows,
     train_and_held_out_labels,
 )
@@ -49,11 +46,12 @@ from rlhf_toy.models import (
     load_tokenizer,
     model_writer,
 )
-from rlhf_toy.precision import PRECISIONS, autocast, set_up_precision
+from rlhf_toy.precision import PRECISIONS, set_up_precision
 from rlhf_toy.reward_model import Labels, to_labels
 from rlhf_toy.rewards import DEFAULT_REWARD, resolve_reward
 from rlhf_toy.rollout import encode_completions, sequence_logprobs
 from rlhf_toy.sampling import SamplingConfig
+from rlhf_toy.supervised import SupervisedRun, train_supervised
 
 DPO_LOSS_TYPES = ("sigmoid", "robust", "cdpo", "ipo")
 LABEL_SMOOTHING_LOSSES = ("robust", "cdpo")
@@ -144,7 +142,7 @@ def pair_logprobs(model, tokenizer, pairs: Labels, per_token: bool) -> tuple[tor
     return logps[: len(pairs)], logps[len(pairs):]
 
 
-def implicit_rewards(policy, ref_model, tokenizer, pairs: Labels, cfg: DPOConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def dpo_batch_loss(policy, ref_model, tokenizer, pairs: Labels, cfg: DPOConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, r(chosen) `[B]`, r(rejected) `[B]`): the DPO loss of a batch and its implicit rewards (detached)."""
     per_token = cfg.loss_type == "ipo"
     with torch.no_grad(), evaluation_mode(ref_model):
@@ -160,7 +158,7 @@ def pair_accuracy(policy, ref_model, tokenizer, pairs: Labels, cfg: DPOConfig, b
     wins = []
     with evaluation_mode(policy):
         for start in range(0, len(pairs), batch_size):
-            _, chosen, rejected = implicit_rewards(policy, ref_model, tokenizer, pairs.subset(list(range(start, min(start + batch_size, len(pairs))))), cfg)
+            _, chosen, rejected = dpo_batch_loss(policy, ref_model, tokenizer, pairs.subset(list(range(start, min(start + batch_size, len(pairs))))), cfg)
             wins.append(chosen > rejected)
     return float(torch.cat(wins).float().mean())
 
@@ -193,7 +191,6 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
     saved = checkpoints.restore() or {"train_s": 0.0}
     policy, optimizer = accelerator.prepare(policy, optimizer)
     precision = set_up_precision(cfg.precision, accelerator.device, accelerator.unwrap_model(policy), ref_model)
-    write_model = model_writer(accelerator.unwrap_model(policy), tokenizer)
     sampling = SamplingConfig(cfg.max_completion_length)
     evaluate = functools.partial(evaluate_on_prompts, tokenizer=tokenizer, prompts=eval_prompts, reward=judge, sampling=sampling,
                                  samples_per_prompt=cfg.eval_samples_per_prompt, seed=cfg.seed)
@@ -201,31 +198,17 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
     before = evaluate(ref_model)
     print(f"dpo ({cfg.loss_type}, beta {cfg.beta}) from {model_name}: {len(pairs)} pairs ({len(train_rows) - len(pairs)} ties "
           f"left out), {len(eval_pairs)} held out, {cfg.steps} steps of {batches.batch_size}; eval reward {before['reward']:.3f}")
-    progress = tqdm(range(checkpoints.step + 1, cfg.steps + 1), initial=checkpoints.step, total=cfg.steps, desc="dpo", mininterval=1.0)
-    train_s = saved["train_s"]  # the steps' seconds, without the held-out evaluations (as RL's wall_s)
-    with checkpoints.stop:
-        for step in progress:
-            start = time.perf_counter()
-            with autocast(precision, accelerator.device):  # one context per step: its bf16 weight copies follow each update
-                loss, chosen, rejected = implicit_rewards(policy, ref_model, tokenizer, pairs.subset(batches.next().tolist()), cfg)
-            accelerator.backward(loss)
-            grad_norm = accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-            check_finite_before_step(step, batches, functools.partial(checkpoints.save, write_files=write_model),
-                                     train_loss=loss, grad_norm=grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            train_s += time.perf_counter() - start
-            out_of_time = cfg.max_train_s is not None and train_s >= cfg.max_train_s
-            metrics = {"loss": loss.item(), "grad_norm": float(grad_norm), "rewards/chosen": chosen.mean().item(),
-                       "rewards/rejected": rejected.mean().item(), "rewards/margins": (chosen - rejected).mean().item(),
-                       "rewards/accuracies": (chosen > rejected).float().mean().item()}
-            if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
-                metrics["eval/pair_accuracy"] = pair_accuracy(policy, ref_model, tokenizer, eval_pairs, cfg)
-            logger.log(step, metrics)
-            progress.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['rewards/accuracies']:.2f}", refresh=False)
-            checkpoints.save_if_due(step, write_model, train_s=train_s)
-            if out_of_time:
-                break
+    run = SupervisedRun(policy, optimizer, batches, checkpoints, logger, accelerator, precision,
+                        model_writer(accelerator.unwrap_model(policy), tokenizer), cfg.steps, cfg.max_grad_norm, cfg.eval_every, "dpo",
+                        max_train_s=cfg.max_train_s)
+
+    def loss_of(rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, chosen, rejected = dpo_batch_loss(policy, ref_model, tokenizer, pairs.subset(rows.tolist()), cfg)
+        return loss, {"rewards/chosen": chosen.mean().item(), "rewards/rejected": rejected.mean().item(),
+                      "rewards/margins": (chosen - rejected).mean().item(), "rewards/accuracies": (chosen > rejected).float().mean().item()}
+
+    train_s = train_supervised(run, loss_of, lambda: {"eval/pair_accuracy": pair_accuracy(policy, ref_model, tokenizer, eval_pairs, cfg)},
+                               lambda m: {"loss": f"{m['train/loss']:.3f}", "acc": f"{m['rewards/accuracies']:.2f}"}, saved["train_s"])
     return finish(cfg, accelerator.unwrap_model(policy).eval(), ref_model, tokenizer, before, evaluate(accelerator.unwrap_model(policy)),
                   logger, run_dir, train_s, sampling, eval_prompts, precision)
 
@@ -247,7 +230,7 @@ def finish(cfg: DPOConfig, policy, ref_model, tokenizer, before: dict, after: di
     write_json(run_dir / "summary.json", summary)
     write_json(run_dir / "eval_samples.json", {"before": before["rows"], "after": after["rows"]})
     plot_lines(run_dir / "curves.png", [
-        ("step", "DPO loss", {"loss": logger.series("loss")}),
+        ("step", "DPO loss", {"loss": logger.series("train/loss")}),
         ("step", "pairs ranked as labelled", {"train batch": logger.series("rewards/accuracies"),
                                               "held out": logger.series("eval/pair_accuracy")}),
         ("step", "implicit reward", {"chosen": logger.series("rewards/chosen"), "rejected": logger.series("rewards/rejected")}),

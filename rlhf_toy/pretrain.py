@@ -8,15 +8,12 @@
 
 from __future__ import annotations
 
-import functools
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from classic_rl.infra.cli import config_field
 from classic_rl.infra.errors import ConfigError, require_choice, require_positive
@@ -35,7 +32,8 @@ from rlhf_toy.models import (
     num_parameters,
     train_tokenizer,
 )
-from rlhf_toy.precision import PRECISIONS, autocast, set_up_precision
+from rlhf_toy.precision import PRECISIONS, set_up_precision
+from rlhf_toy.supervised import SupervisedRun, train_supervised
 
 
 @dataclass
@@ -123,8 +121,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     """Train tokenizer and model; writes run_dir/{model/, config.json, metrics.jsonl, summary.json, loss.png}."""
     texts = training_texts(cfg.data_dir, cfg.arithmetic)  # bad data files are reported before the run folder is created
     run_dir, checkpoints = start_run(cfg)
-    # One process, no DDP wrapper, even inside a multi-process RLHF run that builds its base model on the main process.
-    device = make_accelerator(cfg.cpu).device
+    # One process, no DDP wrapper (the model is never prepared), even inside a multi-process RLHF run that builds its
+    # base model on the main process.
+    accelerator = make_accelerator(cfg.cpu)
 
     generator = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(len(texts), generator=generator).tolist()
@@ -141,47 +140,29 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     batches = data.ShuffledBatches(len(train_blocks), cfg.batch_size, generator)
     logger = RunLogger(run_dir)
     checkpoints.track(logger=logger, optimizer=optimizer, scheduler=scheduler, batches=batches)
-    saved = checkpoints.restore() or {"train_time": 0.0, "tokens_seen": 0}
-    train_time, tokens_seen = saved["train_time"], saved["tokens_seen"]
-    precision = set_up_precision(cfg.precision, device, model)
-    model.to(device)
-    write_model = model_writer(model, tokenizer)
+    saved = checkpoints.restore() or {"train_s": 0.0}
+    tokens_per_step = min(cfg.batch_size, len(train_blocks)) * train_blocks.shape[1]  # every batch: that many full blocks
+    precision = set_up_precision(cfg.precision, accelerator.device, model)
+    model.to(accelerator.device)
+    run = SupervisedRun(model, optimizer, batches, checkpoints, logger, accelerator, precision, model_writer(model, tokenizer),
+                        cfg.max_steps, cfg.grad_clip, cfg.eval_every, f"pretrain {cfg.preset}", scheduler,
+                        rates=lambda step, s: {"train/tokens_per_s": step * tokens_per_step / s})
+
+    def loss_of(rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        batch = train_blocks[rows].to(accelerator.device)
+        return model(input_ids=batch, labels=batch).loss, {}
 
     print(f"pretraining {cfg.arch} {cfg.preset}: {num_parameters(model) / 1e6:.2f}M parameters, vocab {len(tokenizer)}, "
-          f"{train_blocks.numel():,} train / {val_blocks.numel():,} held-out tokens, device {device}, {precision}")
-    progress = tqdm(range(checkpoints.step + 1, cfg.max_steps + 1), initial=checkpoints.step, total=cfg.max_steps,
-                    desc=f"pretrain {cfg.preset}", mininterval=1.0)
-    with checkpoints.stop:
-        for step in progress:
-            batch = train_blocks[batches.next()].to(device)
-            start = time.perf_counter()
-            with autocast(precision, device):
-                loss = model(input_ids=batch, labels=batch).loss
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            save_last_good = functools.partial(checkpoints.save, write_files=write_model, train_time=train_time,
-                                               tokens_seen=tokens_seen)
-            data.check_finite_before_step(step, batches, save_last_good, train_loss=loss, grad_norm=grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            train_time += time.perf_counter() - start
-            tokens_seen += batch.numel()
-            metrics = {"train/loss": loss.item(), "train/grad_norm": float(grad_norm), "train/lr": scheduler.get_last_lr()[0],
-                       "train/tokens_per_s": tokens_seen / train_time}
-            if step % cfg.eval_every == 0 or step == cfg.max_steps:
-                metrics["eval/loss"] = heldout_loss(model, val_blocks, cfg.batch_size, device)
-            logger.log(step, metrics)
-            progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}", refresh=False)
-            checkpoints.save_if_due(step, write_model, train_time=train_time, tokens_seen=tokens_seen)
-
+          f"{train_blocks.numel():,} train / {val_blocks.numel():,} held-out tokens, device {accelerator.device}, {precision}")
+    train_s = train_supervised(run, loss_of, lambda: {"eval/loss": heldout_loss(model, val_blocks, cfg.batch_size, accelerator.device)},
+                               lambda m: {"loss": f"{m['train/loss']:.3f}", "tok_s": f"{m['train/tokens_per_s']:.0f}"}, saved["train_s"])
     model_dir = run_dir / "model"
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     val_loss = logger.series("eval/loss")[1][-1]
     summary = {"arch": cfg.arch, "preset": cfg.preset, "params": num_parameters(model), "vocab_size": len(tokenizer), "steps": cfg.max_steps,
-               "train_tokens": tokens_seen, "val_loss": val_loss, "perplexity": math.exp(val_loss),
-               "train_loss_final": logger.rows[-1]["train/loss"], "tokens_per_s": tokens_seen / train_time,
+               "train_tokens": cfg.max_steps * tokens_per_step, "val_loss": val_loss, "perplexity": math.exp(val_loss),
+               "train_loss_final": logger.rows[-1]["train/loss"], "tokens_per_s": cfg.max_steps * tokens_per_step / train_s,
                "precision": precision, "wall_s": logger.elapsed(), "model_dir": "model"}
     write_json(run_dir / "summary.json", summary)
     plot_lines(run_dir / "loss.png", [("step", "loss", {"train": logger.series("train/loss"), "held-out": logger.series("eval/loss")})],

@@ -15,7 +15,6 @@ judgements, the scoring model of InstructGPT (Ouyang et al. 2022) and of Christi
 
 from __future__ import annotations
 
-import functools
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification
 
 from classic_rl.infra.cli import config_field
@@ -37,7 +35,6 @@ from rlhf_toy.base_model import default_base_model
 from rlhf_toy.data import (
     DATA_DIR,
     ShuffledBatches,
-    check_finite_before_step,
     load_prompts,
     train_and_held_out_labels,
 )
@@ -51,9 +48,10 @@ from rlhf_toy.models import (
     load_tokenizer,
     model_writer,
 )
-from rlhf_toy.precision import PRECISIONS, autocast, set_up_precision
+from rlhf_toy.precision import PRECISIONS, set_up_precision
 from rlhf_toy.rewards import resolve_reward
 from rlhf_toy.sampling import SamplingConfig, generate_completions
+from rlhf_toy.supervised import SupervisedRun, train_supervised
 
 
 @dataclass
@@ -195,6 +193,16 @@ def held_out_accuracy(model, tokenizer, labels: Labels) -> float:
     return float(agree[differ].float().mean())
 
 
+def gold_and_proxy(model, tokenizer, base: str, eval_prompts: list[str], gold_reward, cfg: RewardModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Does the proxy rank fresh samples of the base policy as the gold rule does? (gold, proxy) scores `[spearman_samples]`."""
+    policy = load_model(base).eval()
+    sample_prompts = [eval_prompts[i % len(eval_prompts)] for i in range(cfg.spearman_samples)]
+    completions = generate_completions(policy, tokenizer, sample_prompts, SamplingConfig(max_new_tokens=40), seed=cfg.seed)
+    with torch.inference_mode():
+        proxy = score_texts(model, tokenizer, sequence_texts(tokenizer, sample_prompts, completions)).cpu().numpy()
+    return np.array(gold_reward(sample_prompts, completions)), proxy
+
+
 def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     # bad data files and model folders are reported before the run folder is created
     kind, train_rows, eval_rows = train_and_held_out_labels(cfg.preferences, cfg.eval_preferences, cfg.data_dir,
@@ -219,44 +227,22 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     batches = ShuffledBatches(len(labels), min(cfg.batch_size, len(labels)), torch.Generator().manual_seed(cfg.seed))
     logger = RunLogger(run_dir)
     checkpoints.track(logger=logger, optimizer=optimizer, batches=batches)
-    checkpoints.restore()
+    saved = checkpoints.restore() or {"train_s": 0.0}
     model, optimizer = accelerator.prepare(model, optimizer)
     precision = set_up_precision(cfg.precision, accelerator.device, accelerator.unwrap_model(model))
-    write_model = model_writer(accelerator.unwrap_model(model), tokenizer)
-
+    run = SupervisedRun(model, optimizer, batches, checkpoints, logger, accelerator, precision,
+                        model_writer(accelerator.unwrap_model(model), tokenizer), cfg.steps, cfg.max_grad_norm, cfg.eval_every,
+                        "reward model")
     objective = "regression on 1-5 scores" if kind == "pointwise" else "Bradley-Terry on pairs"
     print(f"reward model from {base}: {objective}, {len(labels)} {kind} labels ({flipped} flipped, noise {cfg.label_noise}), "
           f"{len(eval_labels)} held out, {cfg.steps} steps of {batches.batch_size}, {precision}")
-    progress = tqdm(range(checkpoints.step + 1, cfg.steps + 1), initial=checkpoints.step, total=cfg.steps,
-                    desc="reward model", mininterval=1.0)
-    with checkpoints.stop:
-        for step in progress:
-            with autocast(precision, accelerator.device):  # one context per step: its bf16 weight copies follow each update
-                loss, metrics = labels_loss(model, tokenizer, labels.subset(batches.next().tolist()))
-            accelerator.backward(loss)
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            save_last_good = functools.partial(checkpoints.save, write_files=write_model)
-            check_finite_before_step(step, batches, save_last_good, train_loss=loss, grad_norm=grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            metrics.update({"train/loss": loss.item(), "train/grad_norm": float(grad_norm)})
-            if step % cfg.eval_every == 0 or step == cfg.steps:
-                metrics["eval/accuracy"] = held_out_accuracy(model, tokenizer, eval_labels)
-            logger.log(step, metrics)
-            progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", refresh=False)
-            checkpoints.save_if_due(step, write_model)
-    train_s = logger.elapsed()
-
+    train_s = train_supervised(run, lambda rows: labels_loss(model, tokenizer, labels.subset(rows.tolist())),
+                               lambda: {"eval/accuracy": held_out_accuracy(model, tokenizer, eval_labels)},
+                               lambda m: {"loss": f"{m['train/loss']:.3f}"}, saved["train_s"])
     model = accelerator.unwrap_model(model).eval()
     model.save_pretrained(run_dir / "model")
     tokenizer.save_pretrained(run_dir / "model")
-    # Does the proxy rank fresh base-policy samples as the gold rule does?
-    policy = load_model(base).eval()
-    sample_prompts = [eval_prompts[i % len(eval_prompts)] for i in range(cfg.spearman_samples)]
-    completions = generate_completions(policy, tokenizer, sample_prompts, SamplingConfig(max_new_tokens=40), seed=cfg.seed)
-    gold = np.array(gold_reward(sample_prompts, completions))
-    with torch.inference_mode():
-        proxy = score_texts(model, tokenizer, sequence_texts(tokenizer, sample_prompts, completions)).cpu().numpy()
+    gold, proxy = gold_and_proxy(model, tokenizer, base, eval_prompts, gold_reward, cfg)
     accuracies = logger.series("eval/accuracy")[1]  # none when no held-out pair has a preference or no two held-out scores differ
     summary = {"eval_accuracy": accuracies[-1] if accuracies else None, "spearman": spearman(proxy, gold), "labels": kind,
                "train_labels": len(labels), "eval_labels": len(eval_labels), "label_noise": cfg.label_noise,

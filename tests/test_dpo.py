@@ -90,7 +90,7 @@ def test_dpo_learns_the_held_out_preferences(short_dpo):
     run_dir, summary = short_dpo
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     # at the reference every implicit reward is 0: no pair is ranked yet; 40 steps of the rule-ranked pairs generalise
-    assert rows[0]["rewards/accuracies"] == 0.0 and rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert rows[0]["rewards/accuracies"] == 0.0 and rows[0]["train/loss"] == pytest.approx(math.log(2), abs=1e-4)
     assert summary["pair_accuracy"] > 0.75 and rows[-1]["rewards/margins"] > 0
     assert summary["kl_final"] > 0 and summary["wall_s"] > 0  # the nano model never writes the tags: the judge barely moves
     assert {"reward_before", "reward_after", "kl_final", "wall_s", "pair_accuracy"} <= set(summary)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from rlhf_toy.algorithms.grpo import LOSS_TYPES, GRPOConfig, minibatch_loss
-from rlhf_toy.dpo import DPO_LOSS_TYPES, DPOConfig, implicit_rewards
+from rlhf_toy.dpo import DPO_LOSS_TYPES, DPOConfig, dpo_batch_loss
 from rlhf_toy.models import load_model, load_tokenizer
 from rlhf_toy.reward_model import Labels, labels_loss
 from rlhf_toy.rollout import completion_logprobs, sample_rollout
@@ -187,7 +187,7 @@ def test_dpo_loss_equals_trls(loss_type, label_smoothing, policy_and_reference, 
     trainer = DPOTrainer(model=theirs_model, ref_model=copy.deepcopy(reference), args=args, processing_class=tokenizer,
                          train_dataset=datasets.Dataset.from_dict(rows))
     ours_model = copy.deepcopy(policy)
-    ours, _, _ = implicit_rewards(ours_model, reference, tokenizer, PAIRS, cfg)
+    ours, _, _ = dpo_batch_loss(ours_model, reference, tokenizer, PAIRS, cfg)
     theirs = trainer.compute_loss(trainer.model, trl_dpo_batch(tokenizer, ours_model, PAIRS))
     assert_same(ours, theirs, ours_model, trainer.model)
 

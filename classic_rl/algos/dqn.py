@@ -226,6 +226,27 @@ def td_targets(q_target: QNetwork, q_online: QNetwork, returns, next_obs, discou
         return returns + discounts * next_value
 
 
+def td_step(q_network: QNetwork, target_network: QNetwork, optimizer, buffer, cfg: DQNConfig,
+            global_step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One gradient step on a sampled batch's Huber TD loss (importance-weighted under prioritised replay, whose
+    priorities it updates); returns (loss, Q of the actions taken `[batch_size]`)."""
+    beta = cfg.prioritized_beta + (1.0 - cfg.prioritized_beta) * min(1.0, global_step / cfg.total_timesteps)
+    slots, (b_obs, b_actions, b_returns, b_next, b_discounts), weights = buffer.sample(cfg.batch_size, beta)
+    targets = td_targets(target_network, q_network, b_returns, b_next, b_discounts, cfg.double_dqn)
+    q_taken = q_network(b_obs).gather(1, b_actions[:, None]).squeeze(1)
+    if weights is None:
+        loss = F.smooth_l1_loss(q_taken, targets)
+    else:  # importance weights undo the bias of sampling by priority
+        loss = (weights * F.smooth_l1_loss(q_taken, targets, reduction="none")).mean()
+        buffer.update_priorities(slots, (q_taken - targets).detach().numpy())
+    check_finite(global_step, td_loss=loss)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(q_network.parameters(), cfg.max_grad_norm)
+    optimizer.step()
+    return loss, q_taken
+
+
 def train(cfg: DQNConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: Checkpoints) -> tuple[QNetwork, int]:
     obs_dim, n_actions = envs.check_spaces(cfg.env, "dqn")
     vec_env = envs.make_vec_env(cfg.env, cfg.num_envs)
@@ -265,21 +286,8 @@ def train(cfg: DQNConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
 
         if global_step > cfg.learning_starts and global_step // cfg.train_frequency > previous_step // cfg.train_frequency:
             start = time.perf_counter()
-            beta = cfg.prioritized_beta + (1.0 - cfg.prioritized_beta) * min(1.0, global_step / cfg.total_timesteps)
             for _ in range(cfg.gradient_steps):
-                slots, (b_obs, b_actions, b_returns, b_next, b_discounts), weights = buffer.sample(cfg.batch_size, beta)
-                targets = td_targets(target_network, q_network, b_returns, b_next, b_discounts, cfg.double_dqn)
-                q_taken = q_network(b_obs).gather(1, b_actions[:, None]).squeeze(1)
-                if weights is None:
-                    loss = F.smooth_l1_loss(q_taken, targets)
-                else:  # importance weights undo the bias of sampling by priority
-                    loss = (weights * F.smooth_l1_loss(q_taken, targets, reduction="none")).mean()
-                    buffer.update_priorities(slots, (q_taken - targets).detach().numpy())
-                check_finite(global_step, td_loss=loss)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(q_network.parameters(), cfg.max_grad_norm)
-                optimizer.step()
+                loss, q_taken = td_step(q_network, target_network, optimizer, buffer, cfg, global_step)
             logger.log(global_step, {"losses/td_loss": loss.item(), "losses/q_values": q_taken.mean().item(),
                                      "charts/epsilon": epsilon, "charts/episodic_return": logger.recent_return(),
                                      "charts/SPS": global_step / logger.elapsed(), "time/update_s": time.perf_counter() - start})
