@@ -227,69 +227,22 @@ def entropy_from_logits(logits: Tensor, mask: Tensor | None = None) -> Tensor:
 
 
 def token_logprobs(logits: Tensor, tokens: Tensor, mask: Tensor | None = None, temperature: float = 1.0) -> Tensor:
-    """log softmax(logits / temperature)[token] `[...]` for a language model's logits `[..., V]` in any float
-    dtype: logprobs_from_logits's values and gradient, computed in fp32 over chunks of rows (below)."""
-    return _zero_masked(_ChunkedTokenLogprobs.apply(logits, tokens, temperature, False)[0], mask)
+    """log softmax(logits / temperature)[token] `[...]` for a language model's logits `[..., V]` in any float dtype,
+    computed in fp32. (rlhf_toy/fast_forward.py computes the same values in chunks, for speed.)"""
+    return logprobs_from_logits(_scaled(logits, temperature), tokens, mask)
 
 
 def token_logprobs_and_entropy(logits: Tensor, tokens: Tensor, mask: Tensor | None = None,
                                temperature: float = 1.0) -> tuple[Tensor, Tensor]:
     """(token_logprobs, entropy of softmax(logits / temperature)) `[...]`, as logprobs_and_entropy gives them: the
     entropy is a diagnostic without a gradient."""
-    logp, entropy = _ChunkedTokenLogprobs.apply(logits, tokens, temperature, True)
-    return _zero_masked(logp, mask), _zero_masked(entropy, mask)
+    return logprobs_and_entropy(_scaled(logits, temperature), tokens, mask)
 
 
-class _ChunkedTokenLogprobs(torch.autograd.Function):
-    """Log-probs (and entropies) of tokens under logits `[..., V]`, a chunk of rows at a time.
-
-    The plain way (log_softmax(logits.float()), gather, exp for the entropy) makes several fp32 `[N, V]`
-    tensors and their gradients. At the demo's GRPO update ([64, 39, 1304] in bf16) that was 16 ms of
-    forward and backward, mostly spent faulting in fresh pages for those tensors; chunks of ~2 MB are
-    reused from the allocator while still in cache: 6 ms. Saves only the logits; the backward runs the
-    log-softmax again.
-    """
-    CHUNK_ELEMENTS = 2 ** 19
-
-    @staticmethod
-    def forward(ctx, logits: Tensor, tokens: Tensor, temperature: float, with_entropy: bool) -> tuple[Tensor, Tensor | None]:
-        flat_logits, flat_tokens = logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1, 1).long()
-        logp = torch.empty(len(flat_logits), dtype=torch.float32, device=logits.device)
-        entropy = torch.empty_like(logp) if with_entropy else None
-        for rows in _ChunkedTokenLogprobs.row_chunks(flat_logits):
-            logp_all = torch.log_softmax(_ChunkedTokenLogprobs.scaled_fp32(flat_logits[rows], temperature), dim=-1)
-            logp[rows] = logp_all.gather(-1, flat_tokens[rows]).squeeze(-1)
-            if with_entropy:
-                entropy[rows] = -torch.linalg.vecdot(logp_all.exp(), logp_all)
-        ctx.save_for_backward(flat_logits, flat_tokens)
-        ctx.temperature, ctx.shape = temperature, tokens.shape
-        if with_entropy:
-            entropy = entropy.view(tokens.shape)
-            ctx.mark_non_differentiable(entropy)
-        return logp.view(tokens.shape), entropy
-
-    @staticmethod
-    def backward(ctx, grad_logp: Tensor, _grad_entropy) -> tuple[Tensor, None, None, None]:
-        """d logp / d z = onehot(token) - softmax(z), with z = logits / temperature."""
-        flat_logits, flat_tokens = ctx.saved_tensors
-        scale = grad_logp.reshape(-1, 1) / ctx.temperature
-        grad = torch.empty_like(flat_logits)
-        for rows in _ChunkedTokenLogprobs.row_chunks(flat_logits):
-            # softmax in one pass: exp(log_softmax) took three (a bf16 [402, 1304] chunk: 175 against 338 us)
-            probs = torch.softmax(_ChunkedTokenLogprobs.scaled_fp32(flat_logits[rows], ctx.temperature), dim=-1)
-            grad[rows] = probs.mul_(-scale[rows]).scatter_add_(-1, flat_tokens[rows], scale[rows])
-        return grad.view(*ctx.shape, -1), None, None, None
-
-    @staticmethod
-    def row_chunks(flat_logits: Tensor) -> list[slice]:
-        rows = max(1, _ChunkedTokenLogprobs.CHUNK_ELEMENTS // flat_logits.shape[1])
-        return [slice(start, start + rows) for start in range(0, len(flat_logits), rows)]
-
-    @staticmethod
-    def scaled_fp32(logits: Tensor, temperature: float) -> Tensor:
-        """logits / temperature `[rows, V]` in fp32, a new tensor."""
-        z = logits.float()
-        return z if temperature == 1 else z / temperature
+def _scaled(logits: Tensor, temperature: float) -> Tensor:
+    """logits / temperature in fp32."""
+    z = logits.float()
+    return z if temperature == 1 else z / temperature
 
 
 def kl_estimate(logp: Tensor, ref_logp: Tensor, kind: str = "k1", mask: Tensor | None = None) -> Tensor:

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
-from transformers.cache_utils import DynamicLayer
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from classic_rl import core
-from rlhf_toy.fast_decode import cache_layout_is_known
-from rlhf_toy.models import distinct_prompts, evaluation_mode, position_ids, stop_token_ids
+from rlhf_toy import fast_forward
+from rlhf_toy.fast_forward import PromptPass, length_groups
+from rlhf_toy.models import evaluation_mode, position_ids, stop_token_ids
 from rlhf_toy.sampling import SamplingConfig, context_length, encode_prompts, sample_sequences
 
 
@@ -50,41 +50,6 @@ class Rollout:
     @property
     def completion_lengths(self) -> Tensor:
         return self.completion_mask.sum(1)
-
-
-@dataclass
-class PromptPass:
-    """The forward pass of each distinct prompt but its last token, which the rows that share the prompt (a GRPO group)
-    read instead of running it again: per layer, keys and values `[U, heads, P - 1, head_dim]`, and row_prompt `[B]`,
-    the distinct prompt of each row."""
-    keys_values: list[tuple[Tensor, Tensor]]
-    row_prompt: Tensor
-
-    @staticmethod
-    def of(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, prompt_length: int, **model_kwargs) -> PromptPass | None:
-        """The prompt pass of a `[B, P + C]` batch, or None where it saves nothing (every row has its own prompt, a
-        prompt or completion of one token) or the cache's layout is not the one this reads."""
-        prompt_ids, prompt_mask, row_prompt = distinct_prompts(input_ids[:, :prompt_length], attention_mask[:, :prompt_length])
-        if len(prompt_ids) == len(input_ids) or prompt_length < 2 or input_ids.shape[1] - prompt_length < 2 or not cache_layout_is_known():
-            return None
-        cache = DynamicCache()
-        model(input_ids=prompt_ids[:, :-1], attention_mask=prompt_mask[:, :-1], position_ids=position_ids(prompt_mask)[:, :-1],
-              past_key_values=cache, use_cache=True, **model_kwargs)  # only its cache is read
-        if any(type(layer) is not DynamicLayer for layer in cache.layers):
-            return None
-        return PromptPass([(layer.keys, layer.values) for layer in cache.layers], row_prompt)
-
-    def rows(self, rows: Tensor) -> PromptPass:
-        """The pass as rows `[b]` of the batch see it: the same keys and values, those rows' prompts."""
-        return PromptPass(self.keys_values, self.row_prompt[rows])
-
-    def cache(self) -> DynamicCache:
-        """A cache of each row's prompt. index_select, not indexing: rows that share a prompt send their gradients back
-        to one cache row, and index_select's backward (index_add_) sums them in a fixed order; that of `keys[rows]`
-        (index_put_ with accumulate) adds them with parallel atomics on CPU once a tensor passes 32k elements, so runs
-        with 2 threads and the same seed drifted apart in the last bits and then in their metrics."""
-        return DynamicCache([(keys.index_select(0, self.row_prompt), values.index_select(0, self.row_prompt))
-                             for keys, values in self.keys_values])
 
 
 def completion_states(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, prompt_length: int, read,
@@ -151,31 +116,10 @@ def completion_logprobs(model: PreTrainedModel, input_ids: Tensor, attention_mas
                                    prompt_pass=prompt_pass.rows(rows) if prompt_pass else None)
         tokens, mask = input_ids[rows, prompt_length:end], completion_mask[rows, :length]
         if with_entropy:
-            logp[rows, :length], entropy[rows, :length] = core.token_logprobs_and_entropy(logits, tokens, mask, temperature)
+            logp[rows, :length], entropy[rows, :length] = fast_forward.token_logprobs_and_entropy(logits, tokens, mask, temperature)
         else:
-            logp[rows, :length] = core.token_logprobs(logits, tokens, mask, temperature)
+            logp[rows, :length] = fast_forward.token_logprobs(logits, tokens, mask, temperature)
     return logp[:, :width], (entropy[:, :width] if with_entropy else None)
-
-
-# The groups' shapes come from a small set: under bf16 on a CPU, oneDNN builds and caches a matmul for every new shape,
-# and with lengths and splits left unrounded those caches held ~450 MB more at the end of the demo's 100 steps.
-GROUP_ROWS_STEP, GROUP_LENGTH_STEP = 8, 8
-
-
-def length_groups(completion_mask: Tensor, min_saving: float = 0.2) -> list[tuple[Tensor, int]]:
-    """[(rows, length)]: the rows `[b]` of one or two groups and a length to run each at. Two when splitting the rows
-    sorted by length (at a multiple of GROUP_ROWS_STEP, each group's longest completion rounded up to a multiple of
-    GROUP_LENGTH_STEP) saves at least min_saving of the positions one group runs (each group costs a forward's fixed
-    overhead); else one, at the longest completion, unrounded (completions of about one length pay no padding)."""
-    exact, order = completion_mask.sum(1).long().clamp(min=1).sort()
-    lengths = (exact + GROUP_LENGTH_STEP - 1) // GROUP_LENGTH_STEP * GROUP_LENGTH_STEP
-    splits = torch.tensor(range(GROUP_ROWS_STEP, len(lengths), GROUP_ROWS_STEP), dtype=torch.long, device=lengths.device)  # rows[:k] short
-    positions = splits * lengths[splits - 1] + (len(lengths) - splits) * lengths[-1]
-    longest = int(lengths[-1])
-    if len(positions) and positions.min() <= (1 - min_saving) * len(lengths) * longest:
-        k = int(splits[positions.argmin()])
-        return [(order[:k], int(lengths[k - 1])), (order[k:], longest)]
-    return [(order, int(exact[-1]))]
 
 
 def completion_mask_from_ids(completion_ids: Tensor, eos_token_ids: list[int]) -> tuple[Tensor, Tensor]:

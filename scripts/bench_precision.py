@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
-from classic_rl import core
 from classic_rl.infra.cli import cli, script_parser
 from classic_rl.infra.errors import require_positive
 from classic_rl.infra.machine import machine
 from classic_rl.infra.run_folder import write_json
+from rlhf_toy import fast_forward
 from rlhf_toy.base_model import default_base_model
 from rlhf_toy.data import DATA_DIR, load_prompts
 from rlhf_toy.models import check_model_exists, load_model, load_tokenizer
@@ -114,7 +114,7 @@ def sample_with(precision: str, policy, tokenizer, prompts, sampling) -> None:
 def reference_pass(precision: str, model, rollout) -> None:
     with autocast(precision, CPU):
         logits = completion_logits(model, rollout.input_ids, rollout.attention_mask, rollout.prompt_length)
-        core.token_logprobs(logits, rollout.completion_ids, rollout.completion_mask)
+        fast_forward.token_logprobs(logits, rollout.completion_ids, rollout.completion_mask)
 
 
 def update_pass(precision: str, model, rollout) -> None:
@@ -123,7 +123,7 @@ def update_pass(precision: str, model, rollout) -> None:
         rollout.input_ids, rollout.attention_mask, rollout.completion_ids, rollout.completion_mask))
     with autocast(precision, CPU):
         logits = completion_logits(model, input_ids, attention_mask, rollout.prompt_length)
-    core.token_logprobs(logits, completion_ids, mask).sum().backward()
+    fast_forward.token_logprobs(logits, completion_ids, mask).sum().backward()
     model.zero_grad(set_to_none=True)
 
 

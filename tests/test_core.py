@@ -195,26 +195,6 @@ def test_token_logprobs_by_hand_at_a_temperature():
     close(logits.grad, [[-2 / z, -2 / z, 2 * (1 - math.exp(-2) / z)], [0.0, 0.0, 0.0]])
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_token_logprobs_in_chunks_equal_one_log_softmax(monkeypatch, dtype):
-    """Chunks of 2 rows over 5 (the last one short): the values and gradients of logprobs_and_entropy on the fp32
-    logits; bf16 logits get a bf16 gradient, that one rounded."""
-    monkeypatch.setattr(core._ChunkedTokenLogprobs, "CHUNK_ELEMENTS", 2 * 7)
-    torch.manual_seed(0)
-    logits, tokens = (3 * torch.randn(5, 7)).to(dtype), torch.randint(0, 7, (5,))
-    upstream, mask = torch.randn(5), t(1, 1, 0, 1, 1)
-    chunked_logits, plain_logits = logits.clone().requires_grad_(), logits.float().requires_grad_()
-    logp, entropy = core.token_logprobs_and_entropy(chunked_logits, tokens, mask, temperature=0.7)
-    plain_logp, plain_entropy = core.logprobs_and_entropy(plain_logits / 0.7, tokens, mask)
-    close(logp, plain_logp)
-    close(entropy, plain_entropy)
-    close(core.token_logprobs(logits, tokens, mask, temperature=0.7), plain_logp)
-    (logp * upstream).sum().backward()
-    (plain_logp * upstream).sum().backward()
-    assert chunked_logits.grad.dtype == dtype
-    close(chunked_logits.grad, plain_logits.grad.to(dtype).float())
-
-
 def test_kl_estimators_by_hand():
     logp, ref = t(-1.0, -2.0), t(-1.5, -1.0)  # x = ref - logp = [-0.5, 1.0]
     close(core.kl_estimate(logp, ref, "k1"), [0.5, -1.0])

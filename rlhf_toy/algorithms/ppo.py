@@ -35,6 +35,7 @@ from classic_rl.infra.errors import (
     require_positive,
 )
 from classic_rl.infra.metrics import MeanStats
+from rlhf_toy import fast_forward
 from rlhf_toy.algorithms.base import OnlineAlgorithm, RLHFConfig
 from rlhf_toy.data import DATA_DIR, ShuffledBatches, pretraining_blocks
 from rlhf_toy.models import disable_dropout, evaluation_mode
@@ -187,14 +188,14 @@ def policy_forward(policy, critic: Critic, rollout: Rollout, rows: Tensor, tempe
     the old log-probs and values (trainer_forward)."""
     logits, values = logits_and_values(policy, critic, rollout.input_ids[rows], rollout.attention_mask[rows], rollout.prompt_length)
     mask = rollout.completion_mask[rows]
-    logp, entropy = core.token_logprobs_and_entropy(logits, rollout.completion_ids[rows], mask, temperature)
+    logp, entropy = fast_forward.token_logprobs_and_entropy(logits, rollout.completion_ids[rows], mask, temperature)
     return logp, entropy, values * mask
 
 
 def reference_logprobs(ref_model, rollout: Rollout, rows: Tensor, temperature: float) -> tuple[Tensor]:
     """(log-probs `[b, C]`,) of the rollout's rows under the reference, computed as policy_forward computes the policy's."""
     logits = completion_logits(ref_model, rollout.input_ids[rows], rollout.attention_mask[rows], rollout.prompt_length)
-    return (core.token_logprobs(logits, rollout.completion_ids[rows], rollout.completion_mask[rows], temperature),)
+    return (fast_forward.token_logprobs(logits, rollout.completion_ids[rows], rollout.completion_mask[rows], temperature),)
 
 
 def ppo_update(policy, critic: Critic, ref_model, optimizer, accelerator, rollout: Rollout, scores: Tensor, kl_ctl: core.KLController,
