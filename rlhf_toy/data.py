@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -164,3 +165,52 @@ class ShuffledBatches:
         self.generator.set_state(state["generator"])
         self.order, self.cursor = state["order"], state["cursor"]
 
+
+# ---- labels as the losses read them (the reward model's and DPO's) ----------------------------------------
+
+def score_target(score: int) -> float:
+    """A 1-5 score as the regression target in [-1, 1]."""
+    return (score - 3) / 2
+
+
+@dataclass
+class Labels:
+    """Labels as the loss reads them: pairs (first = chosen, second = rejected, target = the probability
+    that first is better: 1, or 1/2 for a tie) or pointwise scores (first = the completion, second = None,
+    target = (score - 3) / 2)."""
+
+    kind: str
+    prompts: list[str]
+    first: list[str]
+    second: list[str] | None
+    target: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def subset(self, idx: list[int]) -> Labels:
+        return Labels(self.kind, [self.prompts[i] for i in idx], [self.first[i] for i in idx],
+                      None if self.second is None else [self.second[i] for i in idx], self.target[idx])
+
+
+def noisy_pairs(rows, label_noise: float, seed: int) -> tuple[list[str], list[str], list[str], int]:
+    """(prompts, chosen, rejected, n_flipped) with each label flipped with probability label_noise."""
+    rng = random.Random(seed)
+    prompts, chosen, rejected, flipped = [], [], [], 0
+    for row in rows:
+        flip = rng.random() < label_noise
+        flipped += flip
+        prompts.append(row["prompt"])
+        chosen.append(row["rejected"] if flip else row["chosen"])
+        rejected.append(row["chosen"] if flip else row["rejected"])
+    return prompts, chosen, rejected, flipped
+
+
+def to_labels(kind: str, rows: list[dict], label_noise: float = 0.0, seed: int = 0) -> tuple[Labels, int]:
+    """(Labels, labels flipped) of load_preferences rows; pairwise labels flip with probability label_noise."""
+    if kind == "pointwise":
+        return Labels(kind, [r["prompt"] for r in rows], [r["completion"] for r in rows], None,
+                      torch.tensor([score_target(r["score"]) for r in rows])), 0
+    prompts, chosen, rejected, flipped = noisy_pairs(rows, label_noise, seed)
+    target = torch.tensor([0.5 if r.get("outcome") == "tie" else 1.0 for r in rows])
+    return Labels(kind, prompts, chosen, rejected, target), flipped

@@ -32,8 +32,10 @@ from classic_rl.infra.run_folder import RunFields, start_run, write_json
 from rlhf_toy.base_model import default_base_model
 from rlhf_toy.data import (
     DATA_DIR,
+    Labels,
     ShuffledBatches,
     load_prompt_rows,
+    to_labels,
     train_and_held_out_labels,
 )
 from rlhf_toy.distributed import make_accelerator
@@ -47,7 +49,6 @@ from rlhf_toy.models import (
     model_writer,
 )
 from rlhf_toy.precision import PRECISIONS, set_up_precision
-from rlhf_toy.reward_model import Labels, to_labels
 from rlhf_toy.rewards import DEFAULT_REWARD, resolve_reward
 from rlhf_toy.rollout import encode_completions, sequence_logprobs
 from rlhf_toy.sampling import SamplingConfig

@@ -56,6 +56,8 @@ class PretrainConfig(RunFields):
     grad_clip: float = config_field(1.0, "Global gradient-norm clip")
     val_fraction: float = config_field(0.05, "Share of documents held out for the validation loss")
     eval_every: int = config_field(200, "Evaluate held-out loss every this many steps")
+    max_train_s: float | None = config_field(None, "Stop after the step that spends this many seconds of training (a budget of "
+                                                   "wall time; the schedule still spans the steps)")
     precision: str = config_field("auto", "Training passes in fp32 or bf16 autocast; auto = bf16 where the CPU/GPU has "
                                           "bf16 units, else fp32 (held-out loss is always computed in fp32)")
     torch_threads: int = config_field(2, "torch.set_num_threads (matmuls of this size use both cores)")
@@ -71,7 +73,7 @@ class PretrainConfig(RunFields):
         require_choice(precision=(self.precision, PRECISIONS))
         require_positive(vocab_size=self.vocab_size, n_positions=self.n_positions, batch_size=self.batch_size,
                          max_steps=self.max_steps, learning_rate=self.learning_rate, grad_clip=self.grad_clip,
-                         eval_every=self.eval_every, torch_threads=self.torch_threads)
+                         eval_every=self.eval_every, torch_threads=self.torch_threads, max_train_s=self.max_train_s)
         if not 0 < self.val_fraction < 1 or not 0 <= self.min_lr_ratio <= 1 or self.warmup_steps < 0:
             raise ConfigError("--val-fraction must be in (0, 1), --min-lr-ratio in [0, 1] and --warmup-steps >= 0")
 
@@ -145,7 +147,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     precision = set_up_precision(cfg.precision, accelerator.device, model)
     model.to(accelerator.device)
     run = SupervisedRun(model, optimizer, batches, checkpoints, logger, accelerator, precision, model_writer(model, tokenizer),
-                        cfg.max_steps, cfg.grad_clip, cfg.eval_every, f"pretrain {cfg.preset}", scheduler,
+                        cfg.max_steps, cfg.grad_clip, cfg.eval_every, f"pretrain {cfg.preset}", scheduler, cfg.max_train_s,
                         rates=lambda step, s: {"train/tokens_per_s": step * tokens_per_step / s})
 
     def loss_of(rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -160,9 +162,10 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     val_loss = logger.series("eval/loss")[1][-1]
-    summary = {"arch": cfg.arch, "preset": cfg.preset, "params": num_parameters(model), "vocab_size": len(tokenizer), "steps": cfg.max_steps,
-               "train_tokens": cfg.max_steps * tokens_per_step, "val_loss": val_loss, "perplexity": math.exp(val_loss),
-               "train_loss_final": logger.rows[-1]["train/loss"], "tokens_per_s": cfg.max_steps * tokens_per_step / train_s,
+    steps = logger.rows[-1]["step"]  # max_steps, or fewer once max_train_s was spent
+    summary = {"arch": cfg.arch, "preset": cfg.preset, "params": num_parameters(model), "vocab_size": len(tokenizer), "steps": steps,
+               "train_tokens": steps * tokens_per_step, "val_loss": val_loss, "perplexity": math.exp(val_loss),
+               "train_loss_final": logger.rows[-1]["train/loss"], "tokens_per_s": steps * tokens_per_step / train_s,
                "precision": precision, "wall_s": logger.elapsed(), "model_dir": "model"}
     write_json(run_dir / "summary.json", summary)
     plot_lines(run_dir / "loss.png", [("step", "loss", {"train": logger.series("train/loss"), "held-out": logger.series("eval/loss")})],

@@ -15,7 +15,6 @@ judgements, the scoring model of InstructGPT (Ouyang et al. 2022) and of Christi
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,8 +33,10 @@ from classic_rl.infra.run_folder import RunFields, start_run, write_json
 from rlhf_toy.base_model import default_base_model
 from rlhf_toy.data import (
     DATA_DIR,
+    Labels,
     ShuffledBatches,
     load_prompts,
+    to_labels,
     train_and_held_out_labels,
 )
 from rlhf_toy.distributed import make_accelerator
@@ -67,6 +68,8 @@ class RewardModelConfig(RunFields):
     label_noise: float = config_field(0.0, "Probability of flipping each training label (a noisy human labeller)")
     seed: int = config_field(0, "Seeds python, numpy, torch, label noise and batch order")
     steps: int = config_field(250, "Optimizer steps")
+    max_train_s: float | None = config_field(None, "Stop after the step that spends this many seconds of training (a budget of "
+                                                   "wall time; the schedule still spans the steps)")
     batch_size: int = config_field(32, "Pairs per step")
     learning_rate: float = config_field(3e-4, "AdamW learning rate")
     max_grad_norm: float = config_field(1.0, "Global gradient-norm clip")
@@ -82,7 +85,7 @@ class RewardModelConfig(RunFields):
 
     def __post_init__(self):
         super().__post_init__()
-        require_positive(steps=self.steps, batch_size=self.batch_size, learning_rate=self.learning_rate,
+        require_positive(steps=self.steps, batch_size=self.batch_size, learning_rate=self.learning_rate, max_train_s=self.max_train_s,
                          max_grad_norm=self.max_grad_norm, eval_every=self.eval_every,
                          spearman_samples=self.spearman_samples, torch_threads=self.torch_threads)
         require_choice(precision=(self.precision, PRECISIONS))
@@ -101,57 +104,9 @@ def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, target: tor
     return -(target * F.logsigmoid(margin) + (1 - target) * F.logsigmoid(-margin)).mean()
 
 
-def score_target(score: int) -> float:
-    """A 1-5 score as the regression target in [-1, 1]."""
-    return (score - 3) / 2
-
-
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
     """Spearman rank correlation (average ranks for ties)."""
     return float(pd.Series(x).rank().corr(pd.Series(y).rank()))
-
-
-@dataclass
-class Labels:
-    """Labels as the loss reads them: pairs (first = chosen, second = rejected, target = the probability
-    that first is better: 1, or 1/2 for a tie) or pointwise scores (first = the completion, second = None,
-    target = (score - 3) / 2)."""
-
-    kind: str
-    prompts: list[str]
-    first: list[str]
-    second: list[str] | None
-    target: torch.Tensor
-
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-    def subset(self, idx: list[int]) -> Labels:
-        return Labels(self.kind, [self.prompts[i] for i in idx], [self.first[i] for i in idx],
-                      None if self.second is None else [self.second[i] for i in idx], self.target[idx])
-
-
-def noisy_pairs(rows, label_noise: float, seed: int) -> tuple[list[str], list[str], list[str], int]:
-    """(prompts, chosen, rejected, n_flipped) with each label flipped with probability label_noise."""
-    rng = random.Random(seed)
-    prompts, chosen, rejected, flipped = [], [], [], 0
-    for row in rows:
-        flip = rng.random() < label_noise
-        flipped += flip
-        prompts.append(row["prompt"])
-        chosen.append(row["rejected"] if flip else row["chosen"])
-        rejected.append(row["chosen"] if flip else row["rejected"])
-    return prompts, chosen, rejected, flipped
-
-
-def to_labels(kind: str, rows: list[dict], label_noise: float = 0.0, seed: int = 0) -> tuple[Labels, int]:
-    """(Labels, labels flipped) of load_preferences rows; pairwise labels flip with probability label_noise."""
-    if kind == "pointwise":
-        return Labels(kind, [r["prompt"] for r in rows], [r["completion"] for r in rows], None,
-                      torch.tensor([score_target(r["score"]) for r in rows])), 0
-    prompts, chosen, rejected, flipped = noisy_pairs(rows, label_noise, seed)
-    target = torch.tensor([0.5 if r.get("outcome") == "tie" else 1.0 for r in rows])
-    return Labels(kind, prompts, chosen, rejected, target), flipped
 
 
 def label_scores(model, tokenizer, labels: Labels) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -232,7 +187,7 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     precision = set_up_precision(cfg.precision, accelerator.device, accelerator.unwrap_model(model))
     run = SupervisedRun(model, optimizer, batches, checkpoints, logger, accelerator, precision,
                         model_writer(accelerator.unwrap_model(model), tokenizer), cfg.steps, cfg.max_grad_norm, cfg.eval_every,
-                        "reward model")
+                        "reward model", max_train_s=cfg.max_train_s)
     objective = "regression on 1-5 scores" if kind == "pointwise" else "Bradley-Terry on pairs"
     print(f"reward model from {base}: {objective}, {len(labels)} {kind} labels ({flipped} flipped, noise {cfg.label_noise}), "
           f"{len(eval_labels)} held out, {cfg.steps} steps of {batches.batch_size}, {precision}")
@@ -246,7 +201,7 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     accuracies = logger.series("eval/accuracy")[1]  # none when no held-out pair has a preference or no two held-out scores differ
     summary = {"eval_accuracy": accuracies[-1] if accuracies else None, "spearman": spearman(proxy, gold), "labels": kind,
                "train_labels": len(labels), "eval_labels": len(eval_labels), "label_noise": cfg.label_noise,
-               "labels_flipped": flipped, "steps": cfg.steps, "precision": precision,
+               "labels_flipped": flipped, "steps": logger.rows[-1]["step"], "precision": precision,
                "train_loss_final": logger.rows[-1]["train/loss"], "train_s": train_s, "wall_s": logger.elapsed(),
                "model_dir": "model"}
     write_json(run_dir / "summary.json", summary)

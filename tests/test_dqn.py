@@ -5,14 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from classic_rl.algos.dqn import (
-    DQNConfig,
-    NStepTransitions,
-    PrioritizedReplayBuffer,
-    ReplayBuffer,
-    td_targets,
-    train,
-)
+from classic_rl.algos.dqn import DQNConfig, td_targets, train
+from classic_rl.buffers import NStepTransitions, PrioritizedReplayBuffer, ReplayBuffer
 from classic_rl.infra.errors import ConfigError
 from classic_rl.nets import QNetwork
 from classic_rl.training import run_training

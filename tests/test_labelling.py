@@ -12,15 +12,9 @@ import pytest
 import torch
 
 from classic_rl.infra.errors import ConfigError
-from rlhf_toy.data import load_preferences
+from rlhf_toy.data import load_preferences, to_labels
 from rlhf_toy.labelling import LabelFile, SimulatedLabeller, pair_key
-from rlhf_toy.reward_model import (
-    RewardModelConfig,
-    bradley_terry_loss,
-    held_out_accuracy,
-    to_labels,
-    train_reward_model,
-)
+from rlhf_toy.reward_model import RewardModelConfig, bradley_terry_loss, held_out_accuracy, train_reward_model
 from rlhf_toy.rewards import answer_text
 from tests.conftest import ROOT, run_script
 

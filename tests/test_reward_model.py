@@ -10,15 +10,9 @@ import torch
 
 import rlhf_toy.reward_model as rm
 from classic_rl.infra.errors import ConfigError, NonFiniteError
-from rlhf_toy.data import load_rows
+from rlhf_toy.data import load_rows, noisy_pairs
 from rlhf_toy.learned_reward import RewardModelScorer
-from rlhf_toy.reward_model import (
-    RewardModelConfig,
-    bradley_terry_loss,
-    noisy_pairs,
-    spearman,
-    train_reward_model,
-)
+from rlhf_toy.reward_model import RewardModelConfig, bradley_terry_loss, spearman, train_reward_model
 from rlhf_toy.rewards import resolve_reward
 from tests.conftest import comparable_metrics
 

@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from rlhf_toy.algorithms.grpo import LOSS_TYPES, GRPOConfig, minibatch_loss
+from rlhf_toy.data import Labels
 from rlhf_toy.dpo import DPO_LOSS_TYPES, DPOConfig, dpo_batch_loss
 from rlhf_toy.models import load_model, load_tokenizer
-from rlhf_toy.reward_model import Labels, labels_loss
+from rlhf_toy.reward_model import labels_loss
 from rlhf_toy.rollout import completion_logprobs, sample_rollout
 from rlhf_toy.sampling import SamplingConfig
 

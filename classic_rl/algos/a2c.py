@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from classic_rl import core, envs
+from classic_rl.buffers import RolloutBuffer
 from classic_rl.infra.checkpoints import Checkpoints
 from classic_rl.infra.cli import config_field
 from classic_rl.infra.errors import (
@@ -28,7 +29,6 @@ from classic_rl.infra.errors import (
 )
 from classic_rl.infra.metrics import RunLogger
 from classic_rl.nets import ActorCritic
-from classic_rl.rollout_buffer import RolloutBuffer
 from classic_rl.training import ClassicConfig, Evaluator
 
 

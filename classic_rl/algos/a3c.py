@@ -28,12 +28,12 @@ from tqdm.auto import tqdm
 
 from classic_rl import envs
 from classic_rl.algos.a2c import A2CConfig, gradient_of_the_rollout, rmsprop
+from classic_rl.buffers import RolloutBuffer
 from classic_rl.infra.checkpoints import Checkpoints
 from classic_rl.infra.cli import config_field
 from classic_rl.infra.errors import NonFiniteError, require_positive
 from classic_rl.infra.metrics import RunLogger
 from classic_rl.nets import ActorCritic
-from classic_rl.rollout_buffer import RolloutBuffer
 from classic_rl.training import Evaluator
 
 # fork starts a worker in milliseconds and shares the parent's modules; spawn (macOS, Windows) re-imports them

@@ -17,7 +17,6 @@ prioritised replay (Schaul et al. 2016).
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from typing import ClassVar
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from classic_rl import envs
+from classic_rl.buffers import NStepTransitions, PrioritizedReplayBuffer, ReplayBuffer
 from classic_rl.infra.checkpoints import Checkpoints
 from classic_rl.infra.cli import config_field
 from classic_rl.infra.errors import ConfigError, check_finite, require_layer_widths, require_positive
@@ -76,141 +76,6 @@ class DQNConfig(ClassicConfig):
             raise ConfigError("need --gamma <= 1, --tau <= 1, 0 <= --end-e <= --start-e <= 1 and --learning-starts >= 0")
         require_layer_widths(self.hidden_sizes)
         envs.check_spaces(self.env, "dqn")
-
-
-class ReplayBuffer:
-    """A ring buffer of transitions (s, a, R, s', discount) in preallocated numpy arrays, sampled uniformly."""
-
-    FIELDS = ("obs", "next_obs", "actions", "returns", "discounts")
-
-    def __init__(self, capacity: int, obs_dim: int, seed: int):
-        self.obs = np.zeros((capacity, obs_dim), dtype=np.float32)
-        self.next_obs = np.zeros((capacity, obs_dim), dtype=np.float32)
-        self.actions = np.zeros(capacity, dtype=np.int64)
-        self.returns = np.zeros(capacity, dtype=np.float32)
-        self.discounts = np.zeros(capacity, dtype=np.float32)
-        self.capacity, self.size, self.cursor = capacity, 0, 0
-        self.rng = np.random.default_rng(seed)
-
-    def add(self, obs, next_obs, actions, returns, discounts) -> np.ndarray:
-        """Add a batch of transitions; returns the slots they were written to."""
-        slots = (self.cursor + np.arange(len(actions))) % self.capacity
-        for i, j in enumerate(slots):
-            self.obs[j], self.next_obs[j], self.actions[j] = obs[i], next_obs[i], actions[i]
-            self.returns[j], self.discounts[j] = returns[i], discounts[i]
-        self.cursor = (self.cursor + len(actions)) % self.capacity
-        self.size = min(self.size + len(actions), self.capacity)
-        return slots
-
-    def state_dict(self) -> dict:
-        """Contents, position and sampling RNG, for checkpoints (tensors and strings only)."""
-        arrays = {name: torch.from_numpy(getattr(self, name)[: self.size].copy()) for name in self.FIELDS}
-        return {**arrays, "size": self.size, "cursor": self.cursor, "rng": self.rng.bit_generator.state}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.size, self.cursor = state["size"], state["cursor"]
-        for name in self.FIELDS:
-            getattr(self, name)[: self.size] = state[name].numpy()
-        self.rng.bit_generator.state = state["rng"]
-
-    def sample(self, batch_size: int, beta: float = 1.0) -> tuple[np.ndarray, tuple[torch.Tensor, ...], torch.Tensor | None]:
-        """(slots, (obs, actions, returns, next_obs, discounts), importance weights or None for uniform sampling)."""
-        slots = self.rng.integers(0, self.size, size=batch_size)
-        return slots, self.batch(slots), None
-
-    def batch(self, slots: np.ndarray) -> tuple[torch.Tensor, ...]:
-        return tuple(torch.from_numpy(a[slots]) for a in (self.obs, self.actions, self.returns, self.next_obs, self.discounts))
-
-    def update_priorities(self, slots: np.ndarray, td_errors: np.ndarray) -> None:
-        """Uniform replay keeps no priorities."""
-
-
-class PrioritizedReplayBuffer(ReplayBuffer):
-    """Proportional prioritised replay (Schaul et al. 2016): slot i is sampled with probability p_i / sum p,
-    p_i = (|TD error| + eps)^alpha, from a sum tree (each node holds its children's sum; leaves are slots),
-    so sampling and updating a batch take O(batch x log capacity) numpy work. New transitions get the
-    largest priority seen, so each is likely replayed at least once."""
-
-    def __init__(self, capacity: int, obs_dim: int, seed: int, alpha: float, eps: float):
-        super().__init__(capacity, obs_dim, seed)
-        self.alpha, self.eps, self.max_priority = alpha, eps, 1.0
-        self.leaves = 1 << max(0, (capacity - 1).bit_length())
-        self.tree = np.zeros(2 * self.leaves)  # node k's children are 2k and 2k + 1; the root is node 1
-
-    def add(self, obs, next_obs, actions, returns, discounts) -> np.ndarray:
-        slots = super().add(obs, next_obs, actions, returns, discounts)
-        self.set_priorities(slots, np.full(len(slots), self.max_priority ** self.alpha))
-        return slots
-
-    def set_priorities(self, slots: np.ndarray, priorities: np.ndarray) -> None:
-        nodes = slots + self.leaves
-        self.tree[nodes] = priorities
-        while nodes[0] > 1:  # every leaf is at the same depth: up one level at a time to the root
-            nodes = np.unique(nodes // 2)
-            self.tree[nodes] = self.tree[2 * nodes] + self.tree[2 * nodes + 1]
-
-    def sample(self, batch_size: int, beta: float = 1.0) -> tuple[np.ndarray, tuple[torch.Tensor, ...], torch.Tensor]:
-        total = self.tree[1]
-        targets = (np.arange(batch_size) + self.rng.random(batch_size)) * (total / batch_size)  # one draw per stratum
-        nodes = np.ones(batch_size, dtype=np.int64)
-        while nodes[0] < self.leaves:  # walk down: left if the target falls within the left child's sum
-            left = 2 * nodes
-            go_right = targets > self.tree[left]
-            targets = np.where(go_right, targets - self.tree[left], targets)
-            nodes = np.where(go_right, left + 1, left)
-        slots = np.minimum(nodes - self.leaves, self.size - 1)  # float round-off at the very end of the range
-        probabilities = self.tree[slots + self.leaves] / total
-        weights = (self.size * probabilities) ** -beta
-        return slots, self.batch(slots), torch.as_tensor(weights / weights.max(), dtype=torch.float32)
-
-    def update_priorities(self, slots: np.ndarray, td_errors: np.ndarray) -> None:
-        raw = np.abs(td_errors) + self.eps
-        self.max_priority = max(self.max_priority, float(raw.max()))
-        self.set_priorities(slots, raw ** self.alpha)
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "tree": torch.from_numpy(self.tree.copy()), "max_priority": self.max_priority}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.tree[:] = state["tree"].numpy()
-        self.max_priority = state["max_priority"]
-
-
-class NStepTransitions:
-    """Per env, the (s, a, r) of the last steps not yet stored. Once n_step are waiting, or the episode
-    ends, the oldest become transitions (s_t, a_t, R = sum_k gamma^k r_t+k, s_t+m, gamma^m, or 0 at a
-    terminal state) for the m steps summed."""
-
-    def __init__(self, num_envs: int, n_step: int, gamma: float):
-        self.n_step, self.gamma = n_step, gamma
-        self.pending: list[list[tuple[np.ndarray, int, float]]] = [[] for _ in range(num_envs)]
-
-    def push(self, obs, actions, rewards, next_obs, terminated, done) -> tuple[np.ndarray, ...]:
-        """One vector-env step in; the transitions it completes out, as (obs, next_obs, actions, returns, discounts)."""
-        ready = []
-        for i, pending in enumerate(self.pending):
-            pending.append((obs[i], int(actions[i]), float(rewards[i])))
-            if done[i]:
-                while pending:
-                    ready.append(self.emit(pending, next_obs[i], bool(terminated[i])))
-            elif len(pending) == self.n_step:
-                ready.append(self.emit(pending, next_obs[i], False))
-        columns = list(zip(*ready, strict=True)) if ready else [[]] * 5
-        return tuple(np.array(c) for c in columns)
-
-    def emit(self, pending: list, next_obs: np.ndarray, terminated: bool) -> tuple:
-        """The transition of the oldest pending step (removed), bootstrapping from next_obs."""
-        steps = len(pending)
-        returns = sum(self.gamma**k * reward for k, (_, _, reward) in enumerate(pending))
-        obs, action, _ = pending.pop(0)
-        return obs, next_obs, action, returns, 0.0 if terminated else self.gamma**steps
-
-    def state_dict(self) -> str:
-        return json.dumps([[(o.tolist(), a, r) for o, a, r in pending] for pending in self.pending])
-
-    def load_state_dict(self, state: str) -> None:
-        self.pending = [[(np.array(o, dtype=np.float32), a, r) for o, a, r in pending] for pending in json.loads(state)]
 
 
 def td_targets(q_target: QNetwork, q_online: QNetwork, returns, next_obs, discounts, double: bool):

@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from classic_rl import core, envs
+from classic_rl.buffers import RolloutBuffer
 from classic_rl.infra.checkpoints import Checkpoints
 from classic_rl.infra.cli import config_field
 from classic_rl.infra.errors import (
@@ -37,7 +38,6 @@ from classic_rl.infra.errors import (
 )
 from classic_rl.infra.metrics import RunLogger
 from classic_rl.nets import ACTIVATIONS, ActorCritic, FlatAdam, clip_flat_grad_norm_, flatten_parameters
-from classic_rl.rollout_buffer import RolloutBuffer
 from classic_rl.training import ClassicConfig, Evaluator
 
 KL_PENALTIES = ("none", "fixed", "adaptive")

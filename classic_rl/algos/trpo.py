@@ -27,12 +27,12 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from tqdm.auto import tqdm
 
 from classic_rl import core, envs
+from classic_rl.buffers import RolloutBuffer
 from classic_rl.infra.checkpoints import Checkpoints
 from classic_rl.infra.cli import config_field
 from classic_rl.infra.errors import check_finite, require_discount, require_layer_widths, require_positive
 from classic_rl.infra.metrics import RunLogger
 from classic_rl.nets import ActorCritic
-from classic_rl.rollout_buffer import RolloutBuffer
 from classic_rl.training import ClassicConfig, Evaluator
 
 
