@@ -78,7 +78,7 @@ bench-rlhf: setup-bench
 	$(PY) scripts/bench_rlhf.py --steps 100 --prompts-per-step 8 --max-completion-length 40 --threads 2 --repeats 3 --impls ours trl
 
 # Mutation testing (~25 min on 2 cores, not part of make test): mutmut plants small bugs in classic_rl/core.py and
-# rlhf_toy/algorithms/{grpo,ppo}.py and rlhf_toy/rewards.py, runs the fast tests that reach each, and lists the mutants no test caught.
+# rlhf_toy/algorithms/{grpo,ppo}.py and rlhf_toy/rewards/functions.py, runs the fast tests that reach each, and lists the mutants no test caught.
 mutate: $(MUTATE_STAMP)
 	rm -rf mutants .mutmut-cache
 	RLHF_TOY_TEST_CACHE=$(CURDIR)/.mutmut-cache $(VENV)/bin/mutmut run --max-children 2

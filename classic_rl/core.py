@@ -228,7 +228,7 @@ def entropy_from_logits(logits: Tensor, mask: Tensor | None = None) -> Tensor:
 
 def token_logprobs(logits: Tensor, tokens: Tensor, mask: Tensor | None = None, temperature: float = 1.0) -> Tensor:
     """log softmax(logits / temperature)[token] `[...]` for a language model's logits `[..., V]` in any float dtype,
-    computed in fp32. (rlhf_toy/fast_forward.py computes the same values in chunks, for speed.)"""
+    computed in fp32. (rlhf_toy/generation/fast_forward.py computes the same values in chunks, for speed.)"""
     return logprobs_from_logits(_scaled(logits, temperature), tokens, mask)
 
 

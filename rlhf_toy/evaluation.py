@@ -9,13 +9,13 @@ import torch
 from tqdm.auto import tqdm
 
 from classic_rl import core
-from rlhf_toy.arithmetic import pass_at_k
-from rlhf_toy.base_model import default_base_model
 from rlhf_toy.data import DATA_DIR, load_prompt_rows, pretraining_blocks, split_columns
-from rlhf_toy.models import load_model, load_tokenizer
-from rlhf_toy.rewards import CombinedReward, resolve_reward, think_text
-from rlhf_toy.rollout import sample_rollout
-from rlhf_toy.sampling import SamplingConfig
+from rlhf_toy.generation.rollout import sample_rollout
+from rlhf_toy.generation.sampling import SamplingConfig
+from rlhf_toy.lm.base_model import default_base_model
+from rlhf_toy.lm.models import load_model, load_tokenizer
+from rlhf_toy.rewards.functions import CombinedReward, resolve_reward, think_text
+from rlhf_toy.tasks.arithmetic import pass_at_k
 
 
 def evaluate_on_prompts(policy, tokenizer, prompts: list[str] | list[dict], reward: CombinedReward, sampling: SamplingConfig,

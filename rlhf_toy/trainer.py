@@ -33,7 +33,6 @@ from classic_rl.infra.plots import plot_lines
 from classic_rl.infra.run_folder import start_run, truncate_jsonl, write_json
 from rlhf_toy.algorithms import ALGORITHMS, algorithm_for
 from rlhf_toy.algorithms.base import OnlineAlgorithm, RLHFConfig
-from rlhf_toy.base_model import default_base_model
 from rlhf_toy.data import load_prompt_rows, split_columns
 from rlhf_toy.distributed import (
     any_process,
@@ -43,12 +42,13 @@ from rlhf_toy.distributed import (
     process_share,
 )
 from rlhf_toy.evaluation import evaluate_on_prompts, print_completions, print_side_by_side
-from rlhf_toy.models import check_model_exists, disable_dropout, load_model, load_tokenizer, model_writer
-from rlhf_toy.precision import autocast, bf16_linear_weights, set_up_precision
+from rlhf_toy.generation.rollout import sample_rollout
+from rlhf_toy.generation.sampling import encode_prompts, ignored_generation_settings
+from rlhf_toy.lm.base_model import default_base_model
+from rlhf_toy.lm.models import check_model_exists, disable_dropout, load_model, load_tokenizer, model_writer
+from rlhf_toy.lm.precision import autocast, bf16_linear_weights, set_up_precision
 from rlhf_toy.prompt_schedule import prompts_for_step, step_seed
-from rlhf_toy.rewards import CombinedReward, RewardFunctionError, resolve_reward
-from rlhf_toy.rollout import sample_rollout
-from rlhf_toy.sampling import encode_prompts, ignored_generation_settings
+from rlhf_toy.rewards.functions import CombinedReward, RewardFunctionError, resolve_reward
 
 
 @dataclass

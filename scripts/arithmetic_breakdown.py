@@ -13,8 +13,8 @@ from pathlib import Path
 
 from classic_rl.infra.cli import cli, script_parser
 from classic_rl.infra.errors import ConfigError
-from rlhf_toy.arithmetic import carries, parse_prompt, solve
-from rlhf_toy.rewards import parse_answer_number, think_text
+from rlhf_toy.rewards.functions import parse_answer_number, think_text
+from rlhf_toy.tasks.arithmetic import carries, parse_prompt, solve
 
 
 def kinds(a: int, op: str, b: int) -> dict[str, str]:

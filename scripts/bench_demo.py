@@ -23,7 +23,7 @@ from classic_rl.infra.cli import cli, script_parser
 from classic_rl.infra.errors import require_positive
 from classic_rl.infra.machine import machine
 from classic_rl.infra.run_folder import write_json
-from rlhf_toy.base_model import BASE_MODEL_VERSION
+from rlhf_toy.lm.base_model import BASE_MODEL_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -25,13 +25,13 @@ from classic_rl.infra.cli import cli, script_parser
 from classic_rl.infra.errors import require_positive
 from classic_rl.infra.machine import machine
 from classic_rl.infra.run_folder import write_json
-from rlhf_toy import fast_forward
-from rlhf_toy.base_model import default_base_model
 from rlhf_toy.data import DATA_DIR, load_prompts
-from rlhf_toy.models import check_model_exists, load_model, load_tokenizer
-from rlhf_toy.precision import autocast, choose_attention
-from rlhf_toy.rollout import completion_logits, sample_rollout
-from rlhf_toy.sampling import SamplingConfig
+from rlhf_toy.generation import fast_forward
+from rlhf_toy.generation.rollout import completion_logits, sample_rollout
+from rlhf_toy.generation.sampling import SamplingConfig
+from rlhf_toy.lm.base_model import default_base_model
+from rlhf_toy.lm.models import check_model_exists, load_model, load_tokenizer
+from rlhf_toy.lm.precision import autocast, choose_attention
 
 CPU = torch.device("cpu")
 PRECISIONS = ("fp32", "bf16")

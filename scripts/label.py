@@ -8,13 +8,13 @@
 
 Every answer is appended to --out and fsynced at once: quit with q, Ctrl-C or by closing the
 terminal, and running the same command again continues where you stopped without showing a pair
-twice. Rows follow data/preferences_*.jsonl, plus labeller, time and model (rlhf_toy/labelling.py).
+twice. Rows follow data/preferences_*.jsonl, plus labeller, time and model (rlhf_toy/rewards/labelling.py).
 """
 
 import json
 
 from classic_rl.infra.cli import cli, parse_config
-from rlhf_toy.labelling import LabelConfig, run_labelling
+from rlhf_toy.rewards.labelling import LabelConfig, run_labelling
 
 
 @cli

@@ -10,7 +10,7 @@ import json
 
 from classic_rl.infra.cli import cli, parse_config
 from rlhf_toy.distributed import require_one_process
-from rlhf_toy.pretrain import PretrainConfig, pretrain
+from rlhf_toy.lm.pretrain import PretrainConfig, pretrain
 
 
 @cli

@@ -14,11 +14,11 @@ import torch
 
 from classic_rl.infra.cli import cli, script_parser
 from classic_rl.infra.errors import ConfigError
-from rlhf_toy.base_model import default_base_model
 from rlhf_toy.data import DATA_DIR, load_prompts
-from rlhf_toy.models import load_model, load_tokenizer
-from rlhf_toy.rewards import resolve_reward
-from rlhf_toy.sampling import SamplingConfig, generate_completions
+from rlhf_toy.generation.sampling import SamplingConfig, generate_completions
+from rlhf_toy.lm.base_model import default_base_model
+from rlhf_toy.lm.models import load_model, load_tokenizer
+from rlhf_toy.rewards.functions import resolve_reward
 
 
 def parse_args() -> argparse.Namespace:

@@ -13,8 +13,8 @@ kl_final, wall_s and the held-out pair_accuracy of the implicit reward. Every fi
 import json
 
 from classic_rl.infra.cli import cli, parse_config
+from rlhf_toy.algorithms.dpo import DPOConfig, train_dpo
 from rlhf_toy.distributed import require_one_process
-from rlhf_toy.dpo import DPOConfig, train_dpo
 
 
 @cli

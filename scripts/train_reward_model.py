@@ -12,7 +12,7 @@ import json
 
 from classic_rl.infra.cli import cli, parse_config
 from rlhf_toy.distributed import require_one_process
-from rlhf_toy.reward_model import RewardModelConfig, train_reward_model
+from rlhf_toy.rewards.reward_model import RewardModelConfig, train_reward_model
 
 
 @cli

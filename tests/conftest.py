@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf_toy import corpus
 from rlhf_toy.data import write_jsonl
-from rlhf_toy.models import load_model, load_tokenizer
-from rlhf_toy.pretrain import PretrainConfig, pretrain
-from rlhf_toy.rollout import sample_rollout
-from rlhf_toy.sampling import SamplingConfig
+from rlhf_toy.generation.rollout import sample_rollout
+from rlhf_toy.generation.sampling import SamplingConfig
+from rlhf_toy.lm import corpus
+from rlhf_toy.lm.models import load_model, load_tokenizer
+from rlhf_toy.lm.pretrain import PretrainConfig, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
 # --precision auto means fp32 in the tests (and the scripts they start) on every machine, with or without bf16 units,

@@ -13,9 +13,9 @@ from safetensors.torch import save_file
 
 from rlhf_toy.algorithms.grpo import GRPOConfig, grpo_update
 from rlhf_toy.distributed import leave_processes, make_accelerator
-from rlhf_toy.models import load_model, load_tokenizer
-from rlhf_toy.rewards import resolve_reward
-from rlhf_toy.rollout import sample_rollout
+from rlhf_toy.generation.rollout import sample_rollout
+from rlhf_toy.lm.models import load_model, load_tokenizer
+from rlhf_toy.rewards.functions import resolve_reward
 
 model_dir, out_path = sys.argv[1], sys.argv[2]
 cfg = GRPOConfig(prompts_per_step=4, num_generations=4, max_completion_length=12, loss_type="dapo", scale_rewards="batch",

@@ -10,8 +10,8 @@ import pytest
 from classic_rl.infra.cli import config_field
 from rlhf_toy.algorithms import ALGORITHMS, config_for
 from rlhf_toy.algorithms.base import OnlineAlgorithm, RLHFConfig
-from rlhf_toy.models import load_model
-from rlhf_toy.rollout import completion_logprobs
+from rlhf_toy.generation.rollout import completion_logprobs
+from rlhf_toy.lm.models import load_model
 from rlhf_toy.trainer import train
 from tests.conftest import largest_difference, run_script, step_rows
 

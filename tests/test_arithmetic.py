@@ -10,10 +10,17 @@ from classic_rl.infra.cli import parse_config
 from classic_rl.infra.errors import ConfigError
 from rlhf_toy.algorithms.grpo import GRPOConfig
 from rlhf_toy.algorithms.ppo import PPOConfig
-from rlhf_toy.arithmetic import column_steps, make_problem, parse_prompt, pass_at_k, solve, worked_solution
 from rlhf_toy.data import split_columns
-from rlhf_toy.rewards import correct_reward, parse_answer_number, resolve_reward, think_reward
+from rlhf_toy.rewards.functions import correct_reward, parse_answer_number, resolve_reward, think_reward
 from rlhf_toy.tasks import task_defaults
+from rlhf_toy.tasks.arithmetic import (
+    column_steps,
+    make_problem,
+    parse_prompt,
+    pass_at_k,
+    solve,
+    worked_solution,
+)
 from rlhf_toy.trainer import train
 from tests.conftest import run_script
 
@@ -95,8 +102,8 @@ def test_dataset_columns_reach_reward_functions_as_keyword_lists():
 
 
 def test_held_out_problems_appear_nowhere_else_and_the_corpus_is_right_only_sometimes():
-    from rlhf_toy.corpus import generate_corpus
-    from rlhf_toy.rewards import correct_reward
+    from rlhf_toy.lm.corpus import generate_corpus
+    from rlhf_toy.rewards.functions import correct_reward
 
     splits = generate_corpus(0, {"arithmetic_eval": 100, "arithmetic_train": 2000, "arithmetic_sft": 4000})
     held_out = {row["prompt"] for row in splits["arithmetic_eval"]}

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from rlhf_toy.base_model import ARITHMETIC_MODEL_VERSION, BASE_MODEL_VERSION
+from rlhf_toy.lm.base_model import ARITHMETIC_MODEL_VERSION, BASE_MODEL_VERSION
 from tests.conftest import run_script
 
 pytestmark = pytest.mark.slow

@@ -8,11 +8,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from rlhf_toy import fast_decode
-from rlhf_toy.fast_decode import sample_gpt2, supports_fast_decode
-from rlhf_toy.models import load_model, load_tokenizer, position_ids, stop_token_ids
-from rlhf_toy.rollout import completion_mask_from_ids
-from rlhf_toy.sampling import SamplingConfig, encode_prompts, sample_sequences
+from rlhf_toy.generation import fast_decode
+from rlhf_toy.generation.fast_decode import sample_gpt2, supports_fast_decode
+from rlhf_toy.generation.rollout import completion_mask_from_ids
+from rlhf_toy.generation.sampling import SamplingConfig, encode_prompts, sample_sequences
+from rlhf_toy.lm.models import load_model, load_tokenizer, position_ids, stop_token_ids
 from tests.conftest import max_difference_while_decoding
 
 PROMPTS = ["Describe a fox.", "Tell me about Ada and the lake in 8 words.", "Hi."]

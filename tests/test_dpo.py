@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from rlhf_toy.dpo import DPOConfig, dpo_loss, train_dpo
-from rlhf_toy.models import load_model, load_tokenizer
-from rlhf_toy.rollout import encode_completions, sample_rollout, sequence_logprobs
-from rlhf_toy.sampling import SamplingConfig
+from rlhf_toy.algorithms.dpo import DPOConfig, dpo_loss, train_dpo
+from rlhf_toy.generation.rollout import encode_completions, sample_rollout, sequence_logprobs
+from rlhf_toy.generation.sampling import SamplingConfig
+from rlhf_toy.lm.models import load_model, load_tokenizer
 from tests.conftest import run_script
 
 # policy and reference log-probs of two pairs: h = (pc - rc) - (pr - rr) = (-2 + 3) - (-5 + 4) = 2 and (-1 + 1) - (-1 + 3) = -2

@@ -1,11 +1,11 @@
-"""The speed work of rlhf_toy/fast_forward.py against the plain versions it replaces (the prompt pass and the length
+"""The speed work of rlhf_toy/generation/fast_forward.py against the plain versions it replaces (the prompt pass and the length
 groups are checked on whole models in test_rlhf.py)."""
 
 import pytest
 import torch
 
 from classic_rl import core
-from rlhf_toy import fast_forward
+from rlhf_toy.generation import fast_forward
 
 
 def close(actual, expected, atol=1e-6):

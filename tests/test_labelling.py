@@ -13,9 +13,14 @@ import torch
 
 from classic_rl.infra.errors import ConfigError
 from rlhf_toy.data import load_preferences, to_labels
-from rlhf_toy.labelling import LabelFile, SimulatedLabeller, pair_key
-from rlhf_toy.reward_model import RewardModelConfig, bradley_terry_loss, held_out_accuracy, train_reward_model
-from rlhf_toy.rewards import answer_text
+from rlhf_toy.rewards.functions import answer_text
+from rlhf_toy.rewards.labelling import LabelFile, SimulatedLabeller, pair_key
+from rlhf_toy.rewards.reward_model import (
+    RewardModelConfig,
+    bradley_terry_loss,
+    held_out_accuracy,
+    train_reward_model,
+)
 from tests.conftest import ROOT, run_script
 
 
@@ -150,8 +155,8 @@ def test_pointwise_accuracy_is_concordance_of_differently_scored_pairs():
             return type("Out", (), {"logits": torch.tensor([[0.0], [2.0], [1.0], [3.0]])})()
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("rlhf_toy.reward_model.sequence_texts", lambda tok, prompts, texts: texts)
-        mp.setattr("rlhf_toy.reward_model.score_texts", lambda model, tok, texts: model(None, None).logits.squeeze(-1))
+        mp.setattr("rlhf_toy.rewards.reward_model.sequence_texts", lambda tok, prompts, texts: texts)
+        mp.setattr("rlhf_toy.rewards.reward_model.score_texts", lambda model, tok, texts: model(None, None).logits.squeeze(-1))
         assert held_out_accuracy(FixedScores(), None, labels) == pytest.approx(4 / 5)
 
 

@@ -15,8 +15,8 @@ from rlhf_toy.algorithms import config_for
 from rlhf_toy.algorithms.grpo import GRPOConfig, importance_weights
 from rlhf_toy.algorithms.ppo import PPOConfig
 from rlhf_toy.data import Labels
-from rlhf_toy.models import load_model, load_tokenizer
-from rlhf_toy.reward_model import held_out_accuracy
+from rlhf_toy.lm.models import load_model, load_tokenizer
+from rlhf_toy.rewards.reward_model import held_out_accuracy
 from rlhf_toy.trainer import train
 from tests.conftest import run_script, step_rows
 

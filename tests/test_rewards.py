@@ -5,7 +5,7 @@ import math
 import pytest
 
 from classic_rl.infra.errors import ConfigError
-from rlhf_toy.rewards import RewardFunctionError, format_reward, length_reward, resolve_reward
+from rlhf_toy.rewards.functions import RewardFunctionError, format_reward, length_reward, resolve_reward
 
 
 def test_length_reward_by_hand():

@@ -29,16 +29,16 @@ from rlhf_toy.algorithms.ppo import (
 )
 from rlhf_toy.distributed import process_share
 from rlhf_toy.evaluation import evaluate_on_prompts
-from rlhf_toy.fast_forward import length_groups
-from rlhf_toy.models import load_model, load_tokenizer, position_ids
-from rlhf_toy.rewards import resolve_reward
-from rlhf_toy.rollout import (
+from rlhf_toy.generation.fast_forward import length_groups
+from rlhf_toy.generation.rollout import (
     completion_logits,
     completion_logprobs,
     completion_mask_from_ids,
     sample_rollout,
 )
-from rlhf_toy.sampling import SamplingConfig
+from rlhf_toy.generation.sampling import SamplingConfig
+from rlhf_toy.lm.models import load_model, load_tokenizer, position_ids
+from rlhf_toy.rewards.functions import resolve_reward
 from rlhf_toy.trainer import train
 from tests.conftest import ROOT, comparable_metrics, kill_after_first_checkpoint, run_script, step_rows
 

@@ -8,8 +8,8 @@ from accelerate import Accelerator
 
 from classic_rl import core
 from rlhf_toy.algorithms.grpo import GRPOConfig, grpo_loss, grpo_update
-from rlhf_toy.models import position_ids
-from rlhf_toy.rollout import completion_logits
+from rlhf_toy.generation.rollout import completion_logits
+from rlhf_toy.lm.models import position_ids
 from tests.conftest import clipped_sgd_step, largest_difference
 
 # four completions of 3, 1, 2 and 1 tokens (7 in all); per-token losses, 0 on padding

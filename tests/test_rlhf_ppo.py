@@ -9,7 +9,7 @@ from accelerate import Accelerator
 from classic_rl.core import KLController
 from classic_rl.infra.errors import NonFiniteError
 from rlhf_toy.algorithms.ppo import PPOConfig, build_critic, ppo_update
-from rlhf_toy.models import load_model, position_ids
+from rlhf_toy.lm.models import load_model, position_ids
 from tests.conftest import clipped_sgd_step, largest_difference
 from tests.test_rlhf_grpo import plain_logprobs
 
@@ -163,7 +163,7 @@ def test_ppo_with_the_tutorials_whole_recipe_runs(nano_dir, tmp_path):
 
     from transformers import AutoModelForSequenceClassification
 
-    from rlhf_toy.models import load_tokenizer
+    from rlhf_toy.lm.models import load_tokenizer
     from rlhf_toy.trainer import train
     reward_model = AutoModelForSequenceClassification.from_pretrained(nano_dir, num_labels=1)
     reward_model.save_pretrained(tmp_path / "rm")

@@ -3,8 +3,8 @@
 
 import json
 
-from rlhf_toy.pretrain import PretrainConfig, pretrain
-from rlhf_toy.reward_model import RewardModelConfig, train_reward_model
+from rlhf_toy.lm.pretrain import PretrainConfig, pretrain
+from rlhf_toy.rewards.reward_model import RewardModelConfig, train_reward_model
 
 
 def test_pretraining_stops_when_its_budget_of_wall_time_is_spent(nano, tmp_path):

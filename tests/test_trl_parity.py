@@ -13,13 +13,13 @@ import dataclasses
 import pytest
 import torch
 
+from rlhf_toy.algorithms.dpo import DPO_LOSS_TYPES, DPOConfig, dpo_batch_loss
 from rlhf_toy.algorithms.grpo import LOSS_TYPES, GRPOConfig, minibatch_loss
 from rlhf_toy.data import Labels
-from rlhf_toy.dpo import DPO_LOSS_TYPES, DPOConfig, dpo_batch_loss
-from rlhf_toy.models import load_model, load_tokenizer
-from rlhf_toy.reward_model import labels_loss
-from rlhf_toy.rollout import completion_logprobs, sample_rollout
-from rlhf_toy.sampling import SamplingConfig
+from rlhf_toy.generation.rollout import completion_logprobs, sample_rollout
+from rlhf_toy.generation.sampling import SamplingConfig
+from rlhf_toy.lm.models import load_model, load_tokenizer
+from rlhf_toy.rewards.reward_model import labels_loss
 
 trl = pytest.importorskip("trl", reason="TRL is the bench extra's: make setup-bench (make test installs it)")
 datasets = pytest.importorskip("datasets")
@@ -165,7 +165,7 @@ def policy_and_reference(nano_dir):
 
 def trl_dpo_batch(tokenizer, model, pairs: Labels) -> dict:
     """Our encoding of the pairs ([chosen; rejected], the completion after the prompt and eos) as TRL's inputs."""
-    from rlhf_toy.rollout import encode_completions
+    from rlhf_toy.generation.rollout import encode_completions
     input_ids, attention_mask, completion_mask = encode_completions(tokenizer, pairs.prompts * 2, pairs.first + pairs.second, model)
     prompt = input_ids.shape[1] - completion_mask.shape[1]
     assert attention_mask[:, :prompt].all()  # no left padding
@@ -197,7 +197,7 @@ def test_reward_model_loss_equals_trls(nano_dir, tmp_path):
     from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
-    from rlhf_toy.learned_reward import sequence_texts
+    from rlhf_toy.rewards.learned_reward import sequence_texts
     tokenizer = load_tokenizer(nano_dir)
     model = AutoModelForSequenceClassification.from_pretrained(nano_dir, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id

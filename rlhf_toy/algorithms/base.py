@@ -13,11 +13,11 @@ from typing import Any, ClassVar
 from classic_rl.infra.cli import config_field
 from classic_rl.infra.errors import ConfigError, require_choice, require_nonnegative, require_positive
 from classic_rl.infra.run_folder import RunFields
-from rlhf_toy.base_model import BASE_MODELS
 from rlhf_toy.data import DATA_DIR
-from rlhf_toy.precision import PRECISIONS
-from rlhf_toy.rewards import DEFAULT_REWARD
-from rlhf_toy.sampling import SamplingConfig
+from rlhf_toy.generation.sampling import SamplingConfig
+from rlhf_toy.lm.base_model import BASE_MODELS
+from rlhf_toy.lm.precision import PRECISIONS
+from rlhf_toy.rewards.functions import DEFAULT_REWARD
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
 
@@ -30,7 +30,7 @@ class RLHFConfig(RunFields):
     ALGO: ClassVar[str] = ""
     algo: str = config_field("", "RL algorithm, one of rlhf_toy/algorithms/ (grpo, ppo; picks the config class)")
     task: str | None = config_field(None, "Named task setting prompts, eval set, rewards and sampling defaults "
-                                          "(rlhf_toy/tasks.py; train_rlhf.py --task lists them)")
+                                          "(rlhf_toy/tasks/; train_rlhf.py --task lists them)")
     model: str | None = config_field(None, "Policy to fine-tune: a save_pretrained folder or hub name (default: the "
                                            "cached built-in base model of --base-model, built on first use)")
     base_model: str = config_field("default", f"Built-in base model used without --model: {', '.join(BASE_MODELS)}")

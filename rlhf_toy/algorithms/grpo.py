@@ -36,8 +36,8 @@ from classic_rl.infra.errors import (
 )
 from classic_rl.infra.metrics import MeanStats
 from rlhf_toy.algorithms.base import OnlineAlgorithm, RLHFConfig
-from rlhf_toy.models import evaluation_mode
-from rlhf_toy.rollout import Rollout, completion_logprobs, sampler_mismatch, trainer_forward
+from rlhf_toy.generation.rollout import Rollout, completion_logprobs, sampler_mismatch, trainer_forward
+from rlhf_toy.lm.models import evaluation_mode
 
 LOSS_TYPES = ("grpo", "dapo", "bnpo", "dr_grpo")
 IMPORTANCE_SAMPLING_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")

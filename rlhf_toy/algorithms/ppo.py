@@ -35,12 +35,18 @@ from classic_rl.infra.errors import (
     require_positive,
 )
 from classic_rl.infra.metrics import MeanStats
-from rlhf_toy import fast_forward
 from rlhf_toy.algorithms.base import OnlineAlgorithm, RLHFConfig
 from rlhf_toy.data import DATA_DIR, ShuffledBatches, pretraining_blocks
-from rlhf_toy.models import disable_dropout, evaluation_mode
-from rlhf_toy.rollout import Rollout, completion_logits, completion_states, sampler_mismatch, trainer_forward
-from rlhf_toy.sampling import context_length
+from rlhf_toy.generation import fast_forward
+from rlhf_toy.generation.rollout import (
+    Rollout,
+    completion_logits,
+    completion_states,
+    sampler_mismatch,
+    trainer_forward,
+)
+from rlhf_toy.generation.sampling import context_length
+from rlhf_toy.lm.models import disable_dropout, evaluation_mode
 
 CRITICS = ("separate", "shared", "rm")
 

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from classic_rl.infra.errors import ConfigError
-from rlhf_toy.learned_reward import RewardModelScorer
+from rlhf_toy.rewards.learned_reward import RewardModelScorer
 
 OPEN_TAG, CLOSE_TAG = "<answer>", "</answer>"  # the layout the format reward asks for
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"

@@ -9,8 +9,8 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from classic_rl.infra.errors import ConfigError
-from rlhf_toy.models import format_prompt, load_tokenizer
-from rlhf_toy.sampling import context_length
+from rlhf_toy.generation.sampling import context_length
+from rlhf_toy.lm.models import format_prompt, load_tokenizer
 
 
 def sequence_texts(tokenizer, prompts: list[str], responses: list[str]) -> list[str]:

@@ -29,7 +29,6 @@ from classic_rl.infra.errors import ConfigError, require_choice, require_nonnega
 from classic_rl.infra.metrics import RunLogger
 from classic_rl.infra.plots import plot_lines
 from classic_rl.infra.run_folder import RunFields, start_run, write_json
-from rlhf_toy.base_model import default_base_model
 from rlhf_toy.data import (
     DATA_DIR,
     Labels,
@@ -40,7 +39,10 @@ from rlhf_toy.data import (
 )
 from rlhf_toy.distributed import make_accelerator
 from rlhf_toy.evaluation import evaluate_on_prompts, kl_to_reference, print_side_by_side
-from rlhf_toy.models import (
+from rlhf_toy.generation.rollout import encode_completions, sequence_logprobs
+from rlhf_toy.generation.sampling import SamplingConfig
+from rlhf_toy.lm.base_model import default_base_model
+from rlhf_toy.lm.models import (
     check_model_exists,
     disable_dropout,
     evaluation_mode,
@@ -48,10 +50,8 @@ from rlhf_toy.models import (
     load_tokenizer,
     model_writer,
 )
-from rlhf_toy.precision import PRECISIONS, set_up_precision
-from rlhf_toy.rewards import DEFAULT_REWARD, resolve_reward
-from rlhf_toy.rollout import encode_completions, sequence_logprobs
-from rlhf_toy.sampling import SamplingConfig
+from rlhf_toy.lm.precision import PRECISIONS, set_up_precision
+from rlhf_toy.rewards.functions import DEFAULT_REWARD, resolve_reward
 from rlhf_toy.supervised import SupervisedRun, train_supervised
 
 DPO_LOSS_TYPES = ("sigmoid", "robust", "cdpo", "ipo")

@@ -22,7 +22,7 @@ from classic_rl.infra.plots import plot_lines
 from classic_rl.infra.run_folder import RunFields, start_run, write_json
 from rlhf_toy import data
 from rlhf_toy.distributed import make_accelerator
-from rlhf_toy.models import (
+from rlhf_toy.lm.models import (
     ARCHITECTURES,
     MODEL_PRESETS,
     build_model,
@@ -32,7 +32,7 @@ from rlhf_toy.models import (
     num_parameters,
     train_tokenizer,
 )
-from rlhf_toy.precision import PRECISIONS, set_up_precision
+from rlhf_toy.lm.precision import PRECISIONS, set_up_precision
 from rlhf_toy.supervised import SupervisedRun, train_supervised
 
 

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from rlhf_toy.data import DATA_DIR
-from rlhf_toy.pretrain import PretrainConfig, pretrain
+from rlhf_toy.lm.pretrain import PretrainConfig, pretrain
 
 BASE_MODEL_VERSION = "v4"  # bump when the corpus or recipe changes, so cached models are rebuilt (v3: bf16 where fast; v4: 400 steps, not 600)
 ARITHMETIC_MODEL_VERSION = "v1"  # likewise for the arithmetic base model

@@ -32,11 +32,11 @@ import torch
 
 from classic_rl.infra.cli import config_field
 from classic_rl.infra.errors import ConfigError, TrainingInterrupted, require_positive
-from rlhf_toy.base_model import default_base_model
 from rlhf_toy.data import DATA_DIR, load_prompt_rows, split_columns
-from rlhf_toy.models import check_model_exists, load_model, load_tokenizer
-from rlhf_toy.rewards import resolve_reward
-from rlhf_toy.sampling import SamplingConfig, generate_completions
+from rlhf_toy.generation.sampling import SamplingConfig, generate_completions
+from rlhf_toy.lm.base_model import default_base_model
+from rlhf_toy.lm.models import check_model_exists, load_model, load_tokenizer
+from rlhf_toy.rewards.functions import resolve_reward
 
 PAIR_ANSWERS = {"1": "1", "2": "2", "t": "tie", "s": "skip", "q": "quit"}
 SCORE_ANSWERS = {**{str(s): s for s in range(1, 6)}, "s": "skip", "q": "quit"}

@@ -18,8 +18,8 @@ from transformers import (
 
 from classic_rl.infra.cli import config_field
 from classic_rl.infra.errors import ConfigError
-from rlhf_toy.fast_decode import sample_gpt2, supports_fast_decode
-from rlhf_toy.models import evaluation_mode, format_prompt, stop_token_ids
+from rlhf_toy.generation.fast_decode import sample_gpt2, supports_fast_decode
+from rlhf_toy.lm.models import evaluation_mode, format_prompt, stop_token_ids
 
 
 @dataclass

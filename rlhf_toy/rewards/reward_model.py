@@ -30,7 +30,6 @@ from classic_rl.infra.errors import ConfigError, require_choice, require_positiv
 from classic_rl.infra.metrics import RunLogger
 from classic_rl.infra.plots import plot_scatter
 from classic_rl.infra.run_folder import RunFields, start_run, write_json
-from rlhf_toy.base_model import default_base_model
 from rlhf_toy.data import (
     DATA_DIR,
     Labels,
@@ -40,8 +39,9 @@ from rlhf_toy.data import (
     train_and_held_out_labels,
 )
 from rlhf_toy.distributed import make_accelerator
-from rlhf_toy.learned_reward import score_texts, sequence_texts
-from rlhf_toy.models import (
+from rlhf_toy.generation.sampling import SamplingConfig, generate_completions
+from rlhf_toy.lm.base_model import default_base_model
+from rlhf_toy.lm.models import (
     check_model_exists,
     disable_dropout,
     evaluation_mode,
@@ -49,9 +49,9 @@ from rlhf_toy.models import (
     load_tokenizer,
     model_writer,
 )
-from rlhf_toy.precision import PRECISIONS, set_up_precision
-from rlhf_toy.rewards import resolve_reward
-from rlhf_toy.sampling import SamplingConfig, generate_completions
+from rlhf_toy.lm.precision import PRECISIONS, set_up_precision
+from rlhf_toy.rewards.functions import resolve_reward
+from rlhf_toy.rewards.learned_reward import score_texts, sequence_texts
 from rlhf_toy.supervised import SupervisedRun, train_supervised
 
 

@@ -16,8 +16,8 @@ from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
 from classic_rl import core
-from rlhf_toy.fast_decode import cache_layout_is_known
-from rlhf_toy.models import distinct_prompts, position_ids
+from rlhf_toy.generation.fast_decode import cache_layout_is_known
+from rlhf_toy.lm.models import distinct_prompts, position_ids
 
 
 def token_logprobs(logits: Tensor, tokens: Tensor, mask: Tensor | None = None, temperature: float = 1.0) -> Tensor:

@@ -29,7 +29,7 @@ from torch import Tensor
 from transformers import DynamicCache, PreTrainedModel
 from transformers.activations import ACT2FN
 
-from rlhf_toy.models import distinct_prompts, position_ids
+from rlhf_toy.lm.models import distinct_prompts, position_ids
 
 
 def supports_fast_decode(model: PreTrainedModel) -> bool:
@@ -56,7 +56,7 @@ def cache_layout_is_known() -> bool:
     except (AttributeError, IndexError, TypeError):
         known = False
     if not known:
-        warnings.warn("rlhf_toy.fast_decode: this transformers version's DynamicCache has no layers[i].keys/values; "
+        warnings.warn("rlhf_toy.generation.fast_decode: this transformers version's DynamicCache has no layers[i].keys/values; "
                       "sampling falls back to model.generate", stacklevel=2)
     return known
 

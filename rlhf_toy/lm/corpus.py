@@ -8,7 +8,7 @@ Three kinds of data come from the same small world of names, places, animals and
 - `prompts`: RL prompts (train / eval) and `preferences`: pairs ranked by the rule judge
   (the reward model learns from them);
 - `arithmetic_*`: problems with their answers (train / held-out eval) and worked solutions, some
-  wrong, for the arithmetic base model (rlhf_toy/arithmetic.py).
+  wrong, for the arithmetic base model (rlhf_toy/tasks/arithmetic.py).
 
 Every generator takes a `random.Random`, so the same seed always gives the same files.
 """
@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import random
 
-from rlhf_toy.arithmetic import arithmetic_splits
-from rlhf_toy.rewards import CLOSE_TAG, OPEN_TAG, resolve_reward
+from rlhf_toy.rewards.functions import CLOSE_TAG, OPEN_TAG, resolve_reward
+from rlhf_toy.tasks.arithmetic import arithmetic_splits
 
 FIRST_NAMES = """Ada Alan Alma Anton Arlo Asha Bea Ben Bruno Cara Cleo Cyril Dara Dev Dina Eli Elsa Emil Enzo Esme
 Ezra Faye Felix Finn Flora Gus Hana Hugo Ida Ines Ira Ivan Jade Jamal Jonah Juno Kai Kara Kenji Kira Lars Leah Lena

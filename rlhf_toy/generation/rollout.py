@@ -22,10 +22,10 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from classic_rl import core
-from rlhf_toy import fast_forward
-from rlhf_toy.fast_forward import PromptPass, length_groups
-from rlhf_toy.models import evaluation_mode, position_ids, stop_token_ids
-from rlhf_toy.sampling import SamplingConfig, context_length, encode_prompts, sample_sequences
+from rlhf_toy.generation import fast_forward
+from rlhf_toy.generation.fast_forward import PromptPass, length_groups
+from rlhf_toy.generation.sampling import SamplingConfig, context_length, encode_prompts, sample_sequences
+from rlhf_toy.lm.models import evaluation_mode, position_ids, stop_token_ids
 
 
 @dataclass

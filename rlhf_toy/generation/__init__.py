@@ -1,0 +1,1 @@
+"""Sampling completions, and the log-probs of a rollout under the trainer's forward."""
