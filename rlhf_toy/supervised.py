@@ -27,7 +27,7 @@ from classic_rl.infra.checkpoints import Checkpoints
 from classic_rl.infra.errors import NonFiniteError, check_finite
 from classic_rl.infra.metrics import RunLogger
 from rlhf_toy.data import ShuffledBatches
-from rlhf_toy.lm.precision import autocast
+from rlhf_toy.precision import autocast
 
 
 @dataclass

@@ -46,7 +46,7 @@ from rlhf_toy.generation.rollout import sample_rollout
 from rlhf_toy.generation.sampling import encode_prompts, ignored_generation_settings
 from rlhf_toy.lm.base_model import default_base_model
 from rlhf_toy.lm.models import check_model_exists, disable_dropout, load_model, load_tokenizer, model_writer
-from rlhf_toy.lm.precision import autocast, bf16_linear_weights, set_up_precision
+from rlhf_toy.precision import autocast, bf16_linear_weights, set_up_precision
 from rlhf_toy.prompt_schedule import prompts_for_step, step_seed
 from rlhf_toy.rewards.functions import CombinedReward, RewardFunctionError, resolve_reward
 

@@ -31,7 +31,7 @@ from rlhf_toy.generation.rollout import completion_logits, sample_rollout
 from rlhf_toy.generation.sampling import SamplingConfig
 from rlhf_toy.lm.base_model import default_base_model
 from rlhf_toy.lm.models import check_model_exists, load_model, load_tokenizer
-from rlhf_toy.lm.precision import autocast, choose_attention
+from rlhf_toy.precision import autocast, choose_attention
 
 CPU = torch.device("cpu")
 PRECISIONS = ("fp32", "bf16")

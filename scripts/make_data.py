@@ -7,8 +7,8 @@
 from pathlib import Path
 
 from classic_rl.infra.cli import cli, script_parser
+from rlhf_toy import corpus
 from rlhf_toy.data import DATA_DIR, write_jsonl
-from rlhf_toy.lm import corpus
 
 
 @cli

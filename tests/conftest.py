@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from rlhf_toy import corpus
 from rlhf_toy.data import write_jsonl
 from rlhf_toy.generation.rollout import sample_rollout
 from rlhf_toy.generation.sampling import SamplingConfig
-from rlhf_toy.lm import corpus
 from rlhf_toy.lm.models import load_model, load_tokenizer
 from rlhf_toy.lm.pretrain import PretrainConfig, pretrain
 

@@ -2,67 +2,42 @@
 classic RL imports no transformers, and no function in the packages is over 60 lines."""
 
 import ast
-from pathlib import Path
 
+from classic_rl.infra.import_graph import find_cycle, import_graph, imported_names, project_modules
 from tests.conftest import ROOT
 
 PACKAGES = ("classic_rl", "rlhf_toy")
 
 
-def modules() -> dict[str, Path]:
-    """Every module of the packages by its dotted name (a package's __init__.py by the package's)."""
-    found = {}
-    for package in PACKAGES:
-        for path in (ROOT / package).rglob("*.py"):
-            parts = path.relative_to(ROOT).with_suffix("").parts
-            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
-    return found
-
-
-def imports_of(path: Path, known: dict[str, Path]) -> set[str]:
-    """The project modules a module imports, at any depth of its code ("from a.b import c" names a.b.c where that is
-    a module, else a.b)."""
-    imported = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            imported |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            imported |= {f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in known else node.module
-                         for alias in node.names}
-    return {name for name in imported if name.split(".")[0] in (*PACKAGES, "transformers")}
-
-
 def test_imports_flow_one_way_without_cycles():
-    known = modules()
-    graph = {name: {m for m in imports_of(path, known) if m in known} for name, path in known.items()}
-    assert not {name for name, deps in graph.items() if name.startswith("classic_rl") and
-                any(d.startswith("rlhf_toy") for d in deps)}, "classic_rl must not import rlhf_toy"
-    done, on_path = set(), []
+    graph = import_graph(ROOT, PACKAGES)
+    assert sum(map(len, graph.values())) > 200  # the graph is read, not empty
+    assert not [name for name, deps in graph.items() if name.startswith("classic_rl") and any(d.startswith("rlhf_toy") for d in deps)]
+    assert find_cycle(graph) is None, find_cycle(graph)
 
-    def visit(name):
-        if name in on_path:
-            raise AssertionError(f"import cycle: {' -> '.join(on_path[on_path.index(name):] + [name])}")
-        if name in done:
-            return
-        on_path.append(name)
-        for dep in graph[name]:
-            visit(dep)
-        on_path.pop()
-        done.add(name)
 
-    for name in graph:
-        visit(name)
+def test_the_cycle_finder_finds_one():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) in (["a", "b", "c", "a"], ["b", "c", "a", "b"])
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
 def test_classic_rl_imports_no_transformers():
-    known = modules()
+    known = project_modules(ROOT, PACKAGES)
     offenders = [name for name, path in known.items() if name.startswith("classic_rl") and
-                 any(m.startswith("transformers") for m in imports_of(path, known))]
+                 any(m.split(".")[0] == "transformers" for m in imported_names(path, known))]
     assert not offenders
 
 
 def test_no_function_is_over_60_lines():
     long = [f"{path.relative_to(ROOT)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)"
-            for path in modules().values() for node in ast.walk(ast.parse(path.read_text()))
+            for path in project_modules(ROOT, PACKAGES).values() for node in ast.walk(ast.parse(path.read_text()))
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno + 1 > 60]
     assert not long
+
+
+def test_the_house_drawn_from_the_source_has_no_folders_that_import_each_other(tmp_path, monkeypatch, capsys):
+    """scripts/draw_design.py lays the folders out in rows, each above what it imports, and refuses a cycle among them."""
+    from tests.conftest import run_script
+    code, out, err = run_script("draw_design.py", ["--out-dir", str(tmp_path)], monkeypatch, capsys)
+    assert code == 0, err
+    assert (tmp_path / "house.png").stat().st_size > 10_000 and (tmp_path / "grpo_step.png").stat().st_size > 10_000

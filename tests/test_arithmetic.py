@@ -102,7 +102,7 @@ def test_dataset_columns_reach_reward_functions_as_keyword_lists():
 
 
 def test_held_out_problems_appear_nowhere_else_and_the_corpus_is_right_only_sometimes():
-    from rlhf_toy.lm.corpus import generate_corpus
+    from rlhf_toy.corpus import generate_corpus
     from rlhf_toy.rewards.functions import correct_reward
 
     splits = generate_corpus(0, {"arithmetic_eval": 100, "arithmetic_train": 2000, "arithmetic_sft": 4000})

@@ -11,14 +11,14 @@ import torch
 from classic_rl import core
 from classic_rl.infra import machine
 from classic_rl.infra.errors import ConfigError
+from rlhf_toy import precision
 from rlhf_toy.algorithms.grpo import GRPOConfig
 from rlhf_toy.generation.fast_decode import sample_gpt2
 from rlhf_toy.generation.rollout import completion_logits, completion_logprobs
 from rlhf_toy.generation.sampling import SamplingConfig, encode_prompts
-from rlhf_toy.lm import precision
 from rlhf_toy.lm.models import load_model, load_tokenizer, stop_token_ids
-from rlhf_toy.lm.precision import autocast, choose_attention, resolve_precision, set_up_precision
 from rlhf_toy.lm.pretrain import PretrainConfig, pretrain
+from rlhf_toy.precision import autocast, choose_attention, resolve_precision, set_up_precision
 from tests.conftest import max_difference_while_decoding, run_script
 
 CPU = torch.device("cpu")

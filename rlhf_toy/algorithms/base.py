@@ -16,7 +16,7 @@ from classic_rl.infra.run_folder import RunFields
 from rlhf_toy.data import DATA_DIR
 from rlhf_toy.generation.sampling import SamplingConfig
 from rlhf_toy.lm.base_model import BASE_MODELS
-from rlhf_toy.lm.precision import PRECISIONS
+from rlhf_toy.precision import PRECISIONS
 from rlhf_toy.rewards.functions import DEFAULT_REWARD
 
 LR_SCHEDULES = ("constant", "linear", "cosine")

@@ -50,7 +50,7 @@ from rlhf_toy.lm.models import (
     load_tokenizer,
     model_writer,
 )
-from rlhf_toy.lm.precision import PRECISIONS, set_up_precision
+from rlhf_toy.precision import PRECISIONS, set_up_precision
 from rlhf_toy.rewards.functions import DEFAULT_REWARD, resolve_reward
 from rlhf_toy.supervised import SupervisedRun, train_supervised
 

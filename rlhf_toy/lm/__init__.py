@@ -1,1 +1,1 @@
-"""The language model: building and loading it, pretraining the default base model, precision."""
+"""The language model: building and loading it (any causal LM), pretraining the default base model."""

@@ -32,7 +32,7 @@ from rlhf_toy.lm.models import (
     num_parameters,
     train_tokenizer,
 )
-from rlhf_toy.lm.precision import PRECISIONS, set_up_precision
+from rlhf_toy.precision import PRECISIONS, set_up_precision
 from rlhf_toy.supervised import SupervisedRun, train_supervised
 
 

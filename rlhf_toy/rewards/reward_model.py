@@ -49,7 +49,7 @@ from rlhf_toy.lm.models import (
     load_tokenizer,
     model_writer,
 )
-from rlhf_toy.lm.precision import PRECISIONS, set_up_precision
+from rlhf_toy.precision import PRECISIONS, set_up_precision
 from rlhf_toy.rewards.functions import resolve_reward
 from rlhf_toy.rewards.learned_reward import score_texts, sequence_texts
 from rlhf_toy.supervised import SupervisedRun, train_supervised
