@@ -17,8 +17,9 @@ from gymnasium.vector import AutoresetMode
 from classic_rl import envs
 from classic_rl.algos.ppo import PPOConfig, minibatch_indices, train, update_policy
 from classic_rl.buffers import RolloutBuffer
+from classic_rl.fast_mlp import FlatAdam, flatten_parameters
 from classic_rl.infra.cli import parse_config
-from classic_rl.nets import ActorCritic, FlatAdam, ObsNormalizer, flatten_parameters, load_agent, save_agent
+from classic_rl.nets import ActorCritic, ObsNormalizer, load_agent, save_agent
 from classic_rl.presets import preset
 from classic_rl.training import run_training
 from tests.conftest import run_script

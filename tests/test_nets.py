@@ -9,17 +9,8 @@ import pytest
 import torch
 
 from classic_rl import core
-from classic_rl.nets import (
-    ActorCritic,
-    FlatAdam,
-    clip_flat_grad_norm_,
-    draw_action_numpy,
-    flatten_parameters,
-    load_agent,
-    mlp,
-    numpy_function,
-    save_agent,
-)
+from classic_rl.fast_mlp import FlatAdam, clip_flat_grad_norm_, flatten_parameters, numpy_function
+from classic_rl.nets import ActorCritic, draw_action_numpy, load_agent, mlp, save_agent
 
 
 @pytest.mark.parametrize("activation", [torch.nn.Tanh, torch.nn.ReLU])

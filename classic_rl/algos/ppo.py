@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from classic_rl import core, envs
 from classic_rl.buffers import RolloutBuffer
+from classic_rl.fast_mlp import FlatAdam, clip_flat_grad_norm_, flatten_parameters
 from classic_rl.infra.checkpoints import Checkpoints
 from classic_rl.infra.cli import config_field
 from classic_rl.infra.errors import (
@@ -37,7 +38,7 @@ from classic_rl.infra.errors import (
     require_positive,
 )
 from classic_rl.infra.metrics import RunLogger
-from classic_rl.nets import ACTIVATIONS, ActorCritic, FlatAdam, clip_flat_grad_norm_, flatten_parameters
+from classic_rl.nets import ACTIVATIONS, ActorCritic
 from classic_rl.training import ClassicConfig, Evaluator
 
 KL_PENALTIES = ("none", "fixed", "adaptive")
