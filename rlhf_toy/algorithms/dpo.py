@@ -183,8 +183,8 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
     tokenizer = load_tokenizer(model_name)
     ref_model = load_model(model_name).eval().requires_grad_(False).to(accelerator.device)
     policy = load_model(str(checkpoints.folder / "model") if checkpoints.resumed else model_name).train()
-    for model in (policy, ref_model) if cfg.disable_dropout else ():
-        disable_dropout(model)
+    if cfg.disable_dropout:  # the reference runs in eval mode anyway
+        disable_dropout(policy)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
     batches = ShuffledBatches(len(pairs), min(cfg.per_device_train_batch_size, len(pairs)), torch.Generator().manual_seed(cfg.seed))
     logger = RunLogger(run_dir)

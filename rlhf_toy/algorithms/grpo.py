@@ -17,7 +17,6 @@ The clipped objective, KL estimator and aggregation are classic_rl.core's, as in
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -194,9 +193,11 @@ def grpo_update(policy, ref_model, optimizer, accelerator, rollout: Rollout, rew
         return trainer_forward(lambda rows: completion_logprobs(model, rollout.input_ids[rows], rollout.attention_mask[rows],
                                                                 rollout.completion_mask[rows], cfg.temperature)[:1], passes[0])[0]
 
-    with evaluation_mode(ref_model) if ref_model is not None else contextlib.nullcontext():
-        ref_logprobs = logprobs(ref_model) if cfg.beta > 0 else None
-    old_logprobs = logprobs(policy) if len(passes) * len(passes[0]) > 1 else None
+    ref_logprobs = None
+    if cfg.beta > 0:
+        with evaluation_mode(ref_model):
+            ref_logprobs = logprobs(ref_model)
+    old_logprobs = logprobs(policy) if cfg.num_iterations * cfg.num_minibatches > 1 else None
     first_pass_old = torch.zeros_like(mask)  # the trainer's log-probs before the update, against the sampler's
     means = MeanStats()
     for iteration, minibatches in enumerate(passes):

@@ -2,7 +2,7 @@
 
     for each step:
         sample completions; score each with the reward (minus missing_eos_penalty without eos)
-        V = critic(prompt + completion)                         one batched forward
+        old log-probs, V and the reference's log-probs: the update's own forward on the first epoch's minibatches
         r_t = -beta * k1_t  for every completion token,  + score on the last one
         A, R = core.gae(r, V, dones=last token, gamma, lam);  A whitened over valid tokens
         for num_ppo_epochs, for each minibatch:
@@ -275,11 +275,10 @@ class PPO(OnlineAlgorithm):
             disable_dropout(self.critic)
         self.kl_ctl = core.KLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
         self.ptx_batches, self.ptx_batch = pretraining_mix(cfg, tokenizer, policy) if cfg.ptx_coef else (None, None)
-        self.policy_parameters = list(policy.parameters())
 
     def parameters(self) -> list:
-        """The critic's, less those it shares with the policy (a shared critic's trunk)."""
-        return [p for p in self.critic.parameters() if all(p is not q for q in self.policy_parameters)]
+        """The critic's: its head, and its own trunk unless it is shared (a shared critic reads the policy's, unheld)."""
+        return list(self.critic.parameters())
 
     def state(self) -> dict:
         return {"critic": self.critic, "kl_ctl": self.kl_ctl, "ptx_batches": self.ptx_batches}
