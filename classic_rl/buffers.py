@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from classic_rl import core, envs
+from classic_rl import core, distributions, envs
 from classic_rl.nets import ActorCritic
 
 
@@ -19,13 +19,13 @@ class RolloutBuffer:
     """`num_steps` x `num_envs` transitions from an ActorCritic and the GAE advantages over them.
 
     Per-step tensors are `[T, N]` (observations `[T, N, obs_dim]`, already normalised as the
-    policy saw them). A time-limit cut adds gamma * V(final obs) to that step's reward, so the
+    policy saw them; actions `[T, N, ...]` as the policy's distribution makes them). A time-limit cut adds gamma * V(final obs) to that step's reward, so the
     episode end is not treated as failure; `dones` marks every episode end.
     """
 
-    def __init__(self, num_steps: int, num_envs: int, obs_dim: int):
+    def __init__(self, num_steps: int, num_envs: int, obs_dim: int, distribution: distributions.ActionDistribution):
         self.obs = torch.zeros(num_steps, num_envs, obs_dim)
-        self.actions = torch.zeros(num_steps, num_envs, dtype=torch.long)
+        self.actions = distribution.empty_actions(num_steps, num_envs)
         self.logprobs, self.rewards, self.dones, self.values = (torch.zeros(num_steps, num_envs) for _ in range(4))
 
     @torch.no_grad()
@@ -58,8 +58,8 @@ class RolloutBuffer:
         return advantages.T.reshape(-1), returns.T.reshape(-1)
 
     def flat(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(observations `[T * N, obs_dim]`, actions, log-probs, values `[T * N]`) in the advantages' order."""
-        return self.obs.reshape(-1, self.obs.shape[-1]), self.actions.reshape(-1), self.logprobs.reshape(-1), self.values.reshape(-1)
+        """(observations `[T * N, obs_dim]`, actions `[T * N, ...]`, log-probs, values `[T * N]`) in the advantages' order."""
+        return self.obs.flatten(0, 1), self.actions.flatten(0, 1), self.logprobs.reshape(-1), self.values.reshape(-1)
 
 
 class ReplayBuffer:

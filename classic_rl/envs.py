@@ -20,7 +20,7 @@ from classic_rl.infra.run_folder import atomic_write
 
 
 class Episode(NamedTuple):
-    """One episode: observations `[T, obs_dim]`, actions `[T]`, rewards `[T]`, whether it ended in a
+    """One episode: observations `[T, obs_dim]`, actions `[T, ...]`, rewards `[T]`, whether it ended in a
     terminal state (False: cut by the time limit) and the observation it ended in."""
 
     observations: np.ndarray
@@ -45,8 +45,16 @@ def check_env_id(env_id: str) -> gym.envs.registration.EnvSpec:
 
 
 def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
+    """env_id, with real-valued actions clipped to the action space's bounds (see clip_box_actions)."""
     check_env_id(env_id)
-    return gym.make(env_id, render_mode=render_mode)
+    return clip_box_actions(gym.make(env_id, render_mode=render_mode))
+
+
+def clip_box_actions(env: gym.Env) -> gym.Env:
+    """A Box-action env wrapped in gymnasium's ClipAction: a Gaussian policy samples unbounded actions, and the
+    env receives them clipped to its bounds, as CleanRL and SB3 do (the buffer keeps the unclipped sample, whose
+    log-prob the policy gave). Other envs unchanged."""
+    return gym.wrappers.ClipAction(env) if isinstance(env.action_space, gym.spaces.Box) else env
 
 
 def require_discrete_actions(space: gym.Space, env_id: str, algo: str) -> int:
@@ -66,13 +74,18 @@ def require_box_observations(space: gym.Space, env_id: str, algo: str) -> int:
     return int(space.shape[0])
 
 
-def check_spaces(env_id: str, algo: str) -> tuple[int, int]:
-    """(obs_dim, n_actions) for an MLP policy over discrete actions, or a ConfigError."""
+def env_spaces(env_id: str) -> tuple[gym.Space, gym.Space]:
+    """(observation space, action space) of env_id."""
     env = make_env(env_id)
-    try:
-        return require_box_observations(env.observation_space, env_id, algo), require_discrete_actions(env.action_space, env_id, algo)
-    finally:
-        env.close()
+    env.close()
+    return env.observation_space, env.action_space
+
+
+def check_spaces(env_id: str, algo: str) -> tuple[int, int]:
+    """(obs_dim, n_actions) for an MLP over discrete actions (DQN's Q-network, a softmax policy), or a ConfigError.
+    (Algorithms that act through classic_rl/distributions.py use its policy_spaces instead.)"""
+    observation_space, action_space = env_spaces(env_id)
+    return require_box_observations(observation_space, env_id, algo), require_discrete_actions(action_space, env_id, algo)
 
 
 class EpisodeRecorder(gym.Wrapper):
@@ -86,7 +99,7 @@ class EpisodeRecorder(gym.Wrapper):
         return self.env.reset(seed=seed, options=options)
 
     def step(self, action):
-        self.episode_actions.append(action.item() if hasattr(action, "item") else action)
+        self.episode_actions.append(action.tolist() if hasattr(action, "tolist") else action)
         return self.env.step(action)
 
     def episode_state(self) -> str:
@@ -101,8 +114,9 @@ class EpisodeRecorder(gym.Wrapper):
         else:
             self.unwrapped.np_random.bit_generator.state = state["start"]["rng"]
             self.reset()
+        box = isinstance(self.action_space, gym.spaces.Box)
         for action in state["actions"]:
-            self.step(action)
+            self.step(np.asarray(action, dtype=self.action_space.dtype) if box else action)  # the dtype the env saw
 
 
 class VecEnvState:
@@ -142,7 +156,7 @@ def make_vec_env(env_id: str, num_envs: int, asynchronous: bool = False) -> gym.
         num_envs=num_envs,
         vectorization_mode="async" if asynchronous else "sync",
         vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
-        wrappers=[EpisodeRecorder],
+        wrappers=[clip_box_actions, EpisodeRecorder],
     )
     return gym.wrappers.vector.RecordEpisodeStatistics(envs)
 
@@ -165,11 +179,11 @@ def finished_episodes(infos: dict, rewards: np.ndarray) -> list[dict[str, float]
 
 
 def play_episode(env: gym.Env, act: Callable[[np.ndarray], np.ndarray]) -> Episode:
-    """One complete episode of a single env, acting with act(obs `[1, obs_dim]`) -> actions `[1]`."""
+    """One complete episode of a single env, acting with act(obs `[1, obs_dim]`) -> actions `[1, ...]`."""
     obs, _ = env.reset()
     observations, actions, rewards = [], [], []
     while True:
-        action = int(act(obs[None])[0])
+        action = act(obs[None])[0]
         observations.append(obs)
         actions.append(action)
         obs, reward, terminated, truncated, _ = env.step(action)
@@ -189,7 +203,8 @@ def run_episodes(act: Callable[[np.ndarray], np.ndarray], env_id: str, episodes:
     """
     own = gym.spec(env_id).vector_entry_point is not None
     envs = gym.make_vec(env_id, num_envs=episodes, vectorization_mode="vector_entry_point" if own else "sync",
-                        vector_kwargs={} if own else {"autoreset_mode": AutoresetMode.SAME_STEP})
+                        vector_kwargs={} if own else {"autoreset_mode": AutoresetMode.SAME_STEP},
+                        wrappers=None if own else [clip_box_actions])
     obs, _ = envs.reset(seed=seed)
     returns, lengths = np.zeros(episodes), np.zeros(episodes, dtype=np.int64)
     running = np.ones(episodes, dtype=bool)

@@ -54,8 +54,8 @@ class MLP(nn.Sequential):
         layers = list(self)
         for i in range(len(layers) - 1, -1, -2):  # the Linear layers, last first
             linear, x = layers[i], inputs[i // 2]
-            _accumulate_grad(linear.weight, _weight_grad(grad_out, x))
-            _accumulate_grad(linear.bias, grad_out.sum(0))
+            accumulate_grad(linear.weight, _weight_grad(grad_out, x))
+            accumulate_grad(linear.bias, grad_out.sum(0))
             if i > 0:  # x is the previous activation's output, which is all its derivative needs
                 grad_out = _activation_backward(layers[i - 1], grad_out @ linear.weight, x)
 
@@ -66,7 +66,7 @@ def _weight_grad(grad_out: Tensor, x: Tensor) -> Tensor:
     return (x.t() @ grad_out).t() if x.shape[1] < grad_out.shape[1] else grad_out.t() @ x
 
 
-def _accumulate_grad(param: nn.Parameter, grad: Tensor) -> None:
+def accumulate_grad(param: nn.Parameter, grad: Tensor) -> None:
     if param.grad is None:
         param.grad = grad
     else:

@@ -15,8 +15,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from classic_rl import core
-from classic_rl.fast_mlp import MLP, numpy_function
+from classic_rl import distributions
+from classic_rl.fast_mlp import MLP, accumulate_grad, numpy_function
 from classic_rl.infra.errors import ConfigError
 from classic_rl.infra.run_folder import atomic_write
 
@@ -85,29 +85,32 @@ class SavableModule(nn.Module):
 
 class ActorCritic(SavableModule):
     """Actor and critic MLPs over (optionally normalised) observations: separate networks, or
-    (shared=True) one trunk of hidden layers with a policy head and a value head.
+    (shared=True) one trunk of hidden layers with a policy head and a value head. The actor's head goes
+    through `distribution` (classic_rl/distributions.py): categorical for `n_actions` discrete actions, a
+    diagonal Gaussian for `action_dim` real ones.
 
-    Rollouts call `sampler()` (a numpy function: obs `[B, obs_dim]` -> action, log-prob, value, each
-    `[B]`), PPO's update `forward_for_update`, the other algorithms `get_action_and_value` (-> action,
-    log-prob, entropy, value). Observations passed in are already normalised (see `normalize`), so a
-    rollout stores exactly what the update will see.
+    Rollouts call `sampler()` (a numpy function: obs `[B, obs_dim]` -> action, log-prob, value), PPO's
+    update `forward_for_update`, the other algorithms `get_action_and_value` (-> action, log-prob,
+    entropy, value). Observations passed in are already normalised (see `normalize`), so a rollout
+    stores exactly what the update will see.
     """
 
-    def __init__(self, obs_dim: int, n_actions: int, hidden_sizes: list[int], normalize_obs: bool = False, shared: bool = False,
-                 activation: str = "tanh"):
+    def __init__(self, obs_dim: int, n_actions: int | None = None, hidden_sizes: list[int] = (64, 64), normalize_obs: bool = False,
+                 shared: bool = False, activation: str = "tanh", action_dim: int | None = None):
         super().__init__()
         self.init_kwargs = dict(obs_dim=obs_dim, n_actions=n_actions, hidden_sizes=list(hidden_sizes),
-                                normalize_obs=normalize_obs, shared=shared, activation=activation)
+                                normalize_obs=normalize_obs, shared=shared, activation=activation, action_dim=action_dim)
         self.obs_normalizer = ObsNormalizer(obs_dim, enabled=normalize_obs)
-        act = ACTIVATIONS[activation]
+        self.distribution = distributions.make(n_actions, action_dim)
+        head_dim, act = self.distribution.head_dim, ACTIVATIONS[activation]
         self.shared = shared
         if shared:
             self.trunk = nn.Sequential(*mlp(obs_dim, hidden_sizes[:-1], hidden_sizes[-1], out_std=math.sqrt(2), activation=act), act())
-            self.actor = layer_init(nn.Linear(hidden_sizes[-1], n_actions), std=0.01)
+            self.actor = layer_init(nn.Linear(hidden_sizes[-1], head_dim), std=0.01)
             self.critic = layer_init(nn.Linear(hidden_sizes[-1], 1), std=1.0)
         else:
             self.trunk = nn.Identity()
-            self.actor = mlp(obs_dim, hidden_sizes, n_actions, out_std=0.01, activation=act)
+            self.actor = mlp(obs_dim, hidden_sizes, head_dim, out_std=0.01, activation=act)
             self.critic = mlp(obs_dim, hidden_sizes, 1, out_std=1.0, activation=act)
 
     def normalize(self, obs: np.ndarray, update: bool = False) -> Tensor:
@@ -117,50 +120,62 @@ class ActorCritic(SavableModule):
             self.obs_normalizer.update(obs_t)
         return self.obs_normalizer(obs_t)
 
+    def policy_parameters(self) -> list[nn.Parameter]:
+        """The parameters pi(a|s) depends on with separate networks: the actor's and the distribution's (a log-std)."""
+        return [*self.actor.parameters(), *self.distribution.parameters()]
+
     def get_value(self, obs: Tensor) -> Tensor:
         return self.critic(self.trunk(obs)).squeeze(-1)
 
+    def policy_params(self, obs: Tensor) -> Tensor:
+        """The action distribution's parameters at obs (see distributions)."""
+        return self.distribution.params(self.actor(self.trunk(obs)))
+
     def get_action_and_value(self, obs: Tensor, action: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         hidden = self.trunk(obs)
-        logits = self.actor(hidden)
-        action = draw_action(logits) if action is None else action
-        return action, core.logprobs_from_logits(logits, action), core.entropy_from_logits(logits), self.critic(hidden).squeeze(-1)
+        params = self.distribution.params(self.actor(hidden))
+        action = self.distribution.sample(params) if action is None else action
+        return action, self.distribution.log_prob(params, action), self.distribution.entropy(params), self.critic(hidden).squeeze(-1)
 
     def forward_for_update(self, obs: Tensor) -> tuple[Tensor, Tensor, Callable[[Tensor], None]]:
-        """(logits `[B, A]`, value `[B]`, backward): backward(loss) fills every parameter's .grad, as
-        loss.backward() would. With separate networks only the loss's own math, from the logits and
+        """(distribution parameters `[B, P]`, value `[B]`, backward): backward(loss) fills every parameter's
+        .grad, as loss.backward() would. With separate networks only the loss's own math, from the head and
         the value on, runs on autograd, and each MLP runs its hand-written backward (see MLP)."""
         if self.shared:
             hidden = self.trunk(obs)
-            return self.actor(hidden), self.critic(hidden).squeeze(-1), Tensor.backward
-        logits, actor_inputs = self.actor.forward_keeping_inputs(obs)
+            return self.distribution.params(self.actor(hidden)), self.critic(hidden).squeeze(-1), Tensor.backward
+        head, actor_inputs = self.actor.forward_keeping_inputs(obs)
         value, critic_inputs = self.critic.forward_keeping_inputs(obs)
-        logits.requires_grad_()
+        head.requires_grad_()
         value = value.squeeze(-1).requires_grad_()  # squeezed before autograd sees it: one node fewer
+        own = list(self.distribution.parameters())  # a log-std: its gradient comes from autograd directly
 
         def backward(loss: Tensor) -> None:
-            grad_logits, grad_value = torch.autograd.grad(loss, (logits, value), allow_unused=True, materialize_grads=True)
-            self.actor.backward_into_grads(grad_logits, actor_inputs)
+            grad_head, grad_value, *grad_own = torch.autograd.grad(loss, (head, value, *own), allow_unused=True, materialize_grads=True)
+            self.actor.backward_into_grads(grad_head, actor_inputs)
             self.critic.backward_into_grads(grad_value.unsqueeze(-1), critic_inputs)
+            for param, grad in zip(own, grad_own, strict=True):
+                accumulate_grad(param, grad)
 
-        return logits, value, backward
+        return self.distribution.params(head), value, backward
 
     def sampler(self) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """What a rollout step needs, for the weights as they are now: a numpy function from normalised
-        float32 obs `[B, obs_dim]` to (action, log-prob, value), each `[B]` (see numpy_function), with
-        the draws from torch's random stream. Make a new one after each update."""
+        float32 obs `[B, obs_dim]` to (action `[B, ...]`, log-prob `[B]`, value `[B]`) (see numpy_function),
+        with the draws from torch's random stream. Make a new one after each update."""
         trunk, actor, critic = numpy_function(self.trunk), numpy_function(self.actor), numpy_function(self.critic)
+        draw = self.distribution.numpy_sampler()
 
         def sample(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             hidden = trunk(obs)
-            action, logprob = draw_action_numpy(actor(hidden), torch.rand(len(hidden)).numpy())
+            action, logprob = draw(actor(hidden))
             return action, logprob, critic(hidden)[:, 0]
         return sample
 
     @torch.inference_mode()
     def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
-        """Actions for raw observations `[B, obs_dim]` (greedy unless deterministic=False)."""
-        return sample_or_argmax(self.actor(self.trunk(self.normalize(obs))), deterministic)
+        """Actions for raw observations `[B, obs_dim]`: the distribution's mode, or a draw with deterministic=False."""
+        return act_from(self.distribution, self.policy_params(self.normalize(obs)), deterministic)
 
 
 class QTable(SavableModule):
@@ -228,7 +243,7 @@ class SoftmaxPolicy(SavableModule):
         super().__init__()
         self.init_kwargs = dict(obs_dim=obs_dim, n_actions=n_actions, kind=kind, hidden_sizes=list(hidden_sizes or []),
                                 activation=activation, bias=bias)
-        self.kind = kind
+        self.kind, self.distribution = kind, distributions.Categorical(n_actions)
         if kind == "linear":
             self.weight = nn.Parameter(torch.zeros(obs_dim, n_actions, dtype=torch.float64))
             self.bias = nn.Parameter(torch.zeros(n_actions, dtype=torch.float64)) if bias else None
@@ -244,30 +259,12 @@ class SoftmaxPolicy(SavableModule):
     @torch.inference_mode()
     def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
         """Actions for observations `[B, obs_dim]`: argmax, or sampled from pi when deterministic=False."""
-        return sample_or_argmax(self.logits(torch.as_tensor(obs)), deterministic)
+        return act_from(self.distribution, self.logits(torch.as_tensor(obs)), deterministic)
 
 
-def draw_action(logits: Tensor) -> Tensor:
-    """An action `[B]` drawn from softmax(logits `[B, A]`)."""
-    return torch.multinomial(torch.softmax(logits, -1), 1).squeeze(-1)
-
-
-def draw_action_numpy(logits: np.ndarray, uniform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(action, its log-prob), each `[B]`, drawn from softmax(logits `[B, A]`) by inverting its CDF at
-    `uniform` `[B]` in [0, 1): action a owns [cdf[a-1], cdf[a]), so an action of probability 0 is never
-    drawn. The CDF is left unnormalised and the draw scaled by its total instead."""
-    shifted = logits - logits.max(1, keepdims=True)
-    cdf = np.exp(shifted).cumsum(1)
-    action = (cdf <= uniform[:, None] * cdf[:, -1:]).sum(1)
-    action = np.minimum(action, logits.shape[1] - 1)  # in case the product rounds up to the total
-    return action, shifted[np.arange(len(action)), action] - np.log(cdf[:, -1])
-
-
-def sample_or_argmax(logits: Tensor, deterministic: bool) -> np.ndarray:
-    """Actions `[B]` from logits `[B, A]`: the argmax, or a draw from the softmax."""
-    if deterministic:
-        return logits.argmax(-1).numpy()
-    return draw_action(logits.float()).numpy()
+def act_from(distribution: distributions.ActionDistribution, params: Tensor, deterministic: bool) -> np.ndarray:
+    """Actions `[B, ...]` from a distribution's parameters: its mode, or a draw."""
+    return (distribution.mode(params) if deterministic else distribution.sample(params)).numpy()
 
 
 MODEL_CLASSES: dict[str, type[SavableModule]] = {

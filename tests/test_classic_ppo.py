@@ -106,7 +106,7 @@ def test_update_policy_takes_the_steps_of_ppo_written_out_plainly(num_minibatche
     torch.manual_seed(5)
     agent = ActorCritic(4, 3, [8, 8])
     plain = copy.deepcopy(agent)
-    buffer = RolloutBuffer(cfg.num_steps, cfg.num_envs, 4)
+    buffer = RolloutBuffer(cfg.num_steps, cfg.num_envs, 4, agent.distribution)
     buffer.obs.normal_()
     buffer.actions.random_(0, 3)
     buffer.logprobs.uniform_(-1.6, -0.6)  # ratios away from 1: both branches of the clip are taken
@@ -203,7 +203,7 @@ def run_cli(script, args, monkeypatch, capsys):
 @pytest.mark.parametrize("args, expected", [
     (["--algo", "sac"], "unknown --algo 'sac'; accepted: random_search, hill_climbing"),
     (["--env", "CartPole-v9"], "unknown env id 'CartPole-v9': did you mean CartPole-v1"),
-    (["--env", "Pendulum-v1"], "ppo needs a discrete action space"),
+    (["--env", "Blackjack-v1"], "ppo needs a flat Box observation space but Blackjack-v1 has Tuple"),
     (["--learning-rate", "-0.1"], "--learning-rate must be > 0"),
     (["--clip-coef", "0"], "--clip-coef must be > 0"),
     (["--num-envs", "3", "--num-steps", "5", "--num-minibatches", "4"], "does not split into 4 minibatches"),

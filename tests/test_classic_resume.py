@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from classic_rl.algos import a2c, dqn, vpg
+from classic_rl.algos import a2c, dqn, ppo, vpg
 from classic_rl.infra.errors import NonFiniteError
 from classic_rl.training import run_training
 from tests.conftest import comparable_metrics, kill_after_first_checkpoint, run_script
@@ -40,14 +40,15 @@ def test_ppo_killed_or_interrupted_then_resumed_matches_an_uninterrupted_run(sig
         assert final(broken)[key] == pytest.approx(final(tmp_path / "full")[key], abs=1e-4)
 
 
-@pytest.mark.parametrize("module, fields", [
-    (a2c, dict(total_timesteps=4_000, eval_every=1_000)),
-    (dqn, dict(total_timesteps=3_000, eval_every=1_000, learning_starts=500, train_frequency=100, gradient_steps=20)),
-    (vpg, dict(total_timesteps=3_000, eval_every=1_000, episodes_per_epoch=2)),
+@pytest.mark.parametrize("module, env, fields", [
+    (a2c, "CartPole-v1", dict(total_timesteps=4_000, eval_every=1_000)),
+    (dqn, "CartPole-v1", dict(total_timesteps=3_000, eval_every=1_000, learning_starts=500, train_frequency=100, gradient_steps=20)),
+    (vpg, "CartPole-v1", dict(total_timesteps=3_000, eval_every=1_000, episodes_per_epoch=2)),
+    (ppo, "Pendulum-v1", dict(total_timesteps=4_096, eval_every=1_024, num_envs=4, num_steps=64)),  # real-valued actions replayed exactly
 ])
-def test_resuming_from_an_earlier_checkpoint_replays_the_same_run(module, fields, tmp_path):
-    config_cls = {a2c: a2c.A2CConfig, dqn: dqn.DQNConfig, vpg: vpg.VPGConfig}[module]
-    cfg = config_cls(env="CartPole-v1", seed=2, eval_episodes=3, save_every=1_000, keep_checkpoints=10,
+def test_resuming_from_an_earlier_checkpoint_replays_the_same_run(module, env, fields, tmp_path):
+    config_cls = {a2c: a2c.A2CConfig, dqn: dqn.DQNConfig, vpg: vpg.VPGConfig, ppo: ppo.PPOConfig}[module]
+    cfg = config_cls(env=env, seed=2, eval_episodes=3, save_every=1_000, keep_checkpoints=10,
                      run_dir=str(tmp_path / "run"), **fields)
     first = run_training("algo", module.train, cfg)
     reference, reference_episodes = comparable_metrics(tmp_path / "run"), episodes(tmp_path / "run")

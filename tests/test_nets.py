@@ -10,7 +10,7 @@ import torch
 
 from classic_rl import core
 from classic_rl.fast_mlp import FlatAdam, clip_flat_grad_norm_, flatten_parameters, numpy_function
-from classic_rl.nets import ActorCritic, draw_action_numpy, load_agent, mlp, save_agent
+from classic_rl.nets import ActorCritic, load_agent, mlp, save_agent
 
 
 @pytest.mark.parametrize("activation", [torch.nn.Tanh, torch.nn.ReLU])
@@ -31,25 +31,37 @@ def test_mlp_forward_and_backward_match_autograd(activation):
     torch.testing.assert_close(next(net.parameters()).grad, 2 * expected[0])
 
 
-@pytest.mark.parametrize("shared", [False, True])
-def test_forward_for_update_gives_autograds_gradients_of_the_whole_ppo_loss(shared):
-    torch.manual_seed(1)
-    agent = ActorCritic(4, 3, [8, 8], shared=shared).double()
-    obs, actions = torch.randn(16, 4, dtype=torch.float64), torch.randint(0, 3, (16,))
-    old_logp, advantages, returns = (torch.randn(16, dtype=torch.float64) for _ in range(3))
-    old_logp = old_logp - 1.0  # ratios away from 1, so both branches of the clip are taken
+ACTIONS = {"discrete": {"n_actions": 3}, "continuous": {"action_dim": 2}}
 
-    def ppo_loss(logits, value):  # every term that can reach the networks: clip, value and entropy bonus
-        logp, entropy = core.logprobs_and_entropy(logits, actions, entropy_grad=True)
+
+def some_actions(agent: ActorCritic, n: int) -> torch.Tensor:
+    return agent.distribution.sample(agent.distribution.params(torch.randn(n, agent.distribution.head_dim, dtype=torch.float64)))
+
+
+@pytest.mark.parametrize("actions", ACTIONS)
+@pytest.mark.parametrize("shared", [False, True])
+def test_forward_for_update_gives_autograds_gradients_of_the_whole_ppo_loss(shared, actions):
+    torch.manual_seed(1)
+    agent = ActorCritic(4, hidden_sizes=[8, 8], shared=shared, **ACTIONS[actions]).double()
+    if actions == "continuous":
+        with torch.no_grad():
+            agent.distribution.log_std.fill_(-0.3)  # away from 0, so every term of the log-prob matters
+    obs, actions = torch.randn(16, 4, dtype=torch.float64), some_actions(agent, 16)
+    advantages, returns = torch.randn(16, dtype=torch.float64), torch.randn(16, dtype=torch.float64)
+    old_logp = agent.distribution.log_prob(agent.policy_params(obs), actions).detach() + torch.randn(16, dtype=torch.float64)
+    # ratios away from 1, so both branches of the clip are taken
+
+    def ppo_loss(policy_params, value):  # every term that can reach the networks: clip, value and entropy bonus
+        logp, entropy = agent.distribution.log_prob_and_entropy(policy_params, actions, entropy_grad=True)
         return (core.policy_loss(logp, old_logp, advantages, 0.2)[0] + 0.5 * core.value_loss(value, value.detach(), returns)
                 - 0.01 * entropy.mean())
 
     hidden = agent.trunk(obs)
-    ppo_loss(agent.actor(hidden), agent.critic(hidden).squeeze(-1)).backward()
+    ppo_loss(agent.distribution.params(agent.actor(hidden)), agent.critic(hidden).squeeze(-1)).backward()
     expected = {name: p.grad.clone() for name, p in agent.named_parameters()}
     agent.zero_grad(set_to_none=True)
-    logits, value, backward = agent.forward_for_update(obs)
-    backward(ppo_loss(logits, value))
+    policy_params, value, backward = agent.forward_for_update(obs)
+    backward(ppo_loss(policy_params, value))
     for name, p in agent.named_parameters():
         torch.testing.assert_close(p.grad, expected[name], rtol=1e-9, atol=1e-12, msg=name)
 
@@ -116,13 +128,15 @@ def test_flat_adam_takes_torchs_adam_steps_and_shares_its_state_dict():
     assert flat_adam.state[ours]["step"].item() == 6
 
 
+@pytest.mark.parametrize("actions", ACTIONS)
 @pytest.mark.parametrize("shared,activation", [(False, "tanh"), (False, "relu"), (True, "tanh")])
-def test_sampler_gives_the_torch_networks_log_probs_and_values(shared, activation):
+def test_sampler_gives_the_torch_networks_log_probs_and_values(shared, activation, actions):
     torch.manual_seed(3)
-    agent = ActorCritic(4, 3, [16, 8], shared=shared, activation=activation)
+    agent = ActorCritic(4, hidden_sizes=[16, 8], shared=shared, activation=activation, **ACTIONS[actions])
     obs = torch.randn(50, 4)
     action, logprob, value = agent.sampler()(obs.numpy())
-    assert action.dtype == np.int64 and logprob.dtype == value.dtype == np.float32 and action.shape == (50,)
+    assert logprob.dtype == value.dtype == np.float32 and logprob.shape == (50,)
+    assert (action.dtype, action.shape) == ((np.int64, (50,)) if actions == "discrete" else (np.float32, (50, 2)))
     _, want_logprob, _, want_value = agent.get_action_and_value(obs, torch.from_numpy(action))
     np.testing.assert_allclose(logprob, want_logprob.detach().numpy(), rtol=0, atol=1e-5)
     np.testing.assert_allclose(value, want_value.detach().numpy(), rtol=0, atol=1e-5)
@@ -138,22 +152,3 @@ def test_numpy_function_copies_the_weights_and_refuses_other_layers():
     assert not np.allclose(numpy_function(net)(x), before)
     with pytest.raises(TypeError, match="no numpy forward for GELU; accepted: Linear, Tanh, ReLU, Identity, Sequential"):
         numpy_function(torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.GELU()))
-
-
-def test_draw_action_numpy_inverts_the_cdf():
-    """probs [0.1, 0, 0.6, 0.3, 0] (a logit of -200 underflows to probability 0): action a owns
-    [cdf[a-1], cdf[a]) = [0, .1), none, [.1, .7), [.7, 1), none, so neither zero is ever drawn, not even
-    at the largest float32 below 1, which is above this cdf's rounded total of 0.9999999."""
-    logits = np.tile(np.array([np.log(0.1), -200, np.log(0.6), np.log(0.3), -200], dtype=np.float32), (6, 1))
-    uniform = np.array([0.0, 0.0999, 0.1001, 0.6999, 0.7001, 1 - 2**-24], dtype=np.float32)
-    action, logprob = draw_action_numpy(logits, uniform)
-    np.testing.assert_array_equal(action, [0, 0, 2, 2, 3, 3])
-    np.testing.assert_allclose(logprob, np.log([0.1, 0.1, 0.6, 0.6, 0.3, 0.3]), rtol=1e-6)
-
-
-def test_draw_action_numpy_draws_each_action_at_its_probability():
-    rng = np.random.default_rng(0)
-    probs = np.array([0.1, 0.6, 0.3])
-    action, _ = draw_action_numpy(np.log(np.tile(probs, (20_000, 1))).astype(np.float32), rng.random(20_000, dtype=np.float32))
-    frequencies = np.bincount(action, minlength=3) / 20_000
-    np.testing.assert_allclose(frequencies, probs, atol=0.01)  # 3 standard errors at most: sqrt(.24 / 20k) = 0.0035

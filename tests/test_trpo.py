@@ -4,7 +4,7 @@ kept by the line search, and learning CartPole."""
 import pytest
 import torch
 from torch.autograd.functional import hessian
-from torch.distributions import Categorical, kl_divergence
+from torch.distributions import Categorical, Independent, Normal, kl_divergence
 from torch.func import functional_call
 
 from classic_rl.algos.trpo import PolicyStep, TRPOConfig, conjugate_gradient, policy_step, train
@@ -21,24 +21,45 @@ def test_conjugate_gradient_solves_a_symmetric_positive_definite_system():
     torch.testing.assert_close(one_step, (b @ b) / (b @ a @ b) * b)
 
 
-def small_step(damping=0.1, seed=0):
+def small_step(damping=0.1, seed=0, **actions):
     torch.manual_seed(seed)
-    agent = ActorCritic(obs_dim=3, n_actions=4, hidden_sizes=[5])
-    obs, actions = torch.randn(16, 3), torch.randint(0, 4, (16,))
+    agent = ActorCritic(obs_dim=3, hidden_sizes=[5], **(actions or {"n_actions": 4}))
+    obs = torch.randn(16, 3)
+    actions = agent.distribution.sample(agent.policy_params(obs)).detach()
     return agent, PolicyStep(agent, obs, actions, torch.randn(16), damping)
 
 
-def test_fisher_vector_product_is_the_kl_hessian_at_the_old_policy_plus_damping():
-    agent, step = small_step(damping=0.1)
-    names = [name for name, _ in agent.actor.named_parameters()]
+class PolicyParams(torch.nn.Module):
+    """The agent's policy_params as a module's forward, for functional_call."""
+
+    def __init__(self, agent):
+        super().__init__()
+        self.agent = agent
+
+    def forward(self, obs):
+        return self.agent.policy_params(obs)
+
+
+@pytest.mark.parametrize("actions", [{"n_actions": 4}, {"action_dim": 2}])
+def test_fisher_vector_product_is_the_kl_hessian_at_the_old_policy_plus_damping(actions):
+    """The KL written with torch.distributions over every policy parameter (for a Gaussian, its log-std too)."""
+    agent, step = small_step(damping=0.1, **actions)
+    module = PolicyParams(agent)
+    name_of = {id(p): name for name, p in module.named_parameters()}
+    names = [name_of[id(p)] for p in step.params]
     shapes = [p.shape for p in step.params]
     flat = torch.cat([p.detach().reshape(-1) for p in step.params])
+
+    def distribution(policy_params):
+        if "n_actions" in actions:
+            return Categorical(logits=policy_params)
+        mean, log_std = policy_params.chunk(2, -1)
+        return Independent(Normal(mean, log_std.exp()), 1)
 
     def kl_of(flat_params):
         chunks = torch.split(flat_params, [s.numel() for s in shapes])
         params = {n: c.reshape(s) for n, c, s in zip(names, chunks, shapes, strict=True)}
-        logits = functional_call(agent.actor, params, (step.obs,))
-        return kl_divergence(Categorical(logits=step.old_logits), Categorical(logits=logits)).mean()
+        return kl_divergence(distribution(step.old_policy), distribution(functional_call(module, params, (step.obs,)))).mean()
 
     fisher = hessian(kl_of, flat)
     vector = torch.randn_like(flat)

@@ -1,4 +1,7 @@
-"""VPG and A2C: per-episode advantages by hand, learning CartPole, shared and separate networks."""
+"""VPG and A2C: per-episode advantages by hand, learning CartPole, shared and separate networks; every on-policy
+algorithm in a continuous env."""
+
+import json
 
 import numpy as np
 import pytest
@@ -6,9 +9,9 @@ import torch
 
 from classic_rl import envs
 from classic_rl.algos import a2c, vpg
-from classic_rl.infra.errors import ConfigError
 from classic_rl.nets import ActorCritic, load_agent
 from classic_rl.training import policy_returns, run_training
+from tests.conftest import run_script
 
 
 class ConstantValue(ActorCritic):
@@ -52,10 +55,18 @@ def test_shared_network_has_one_trunk_and_two_heads():
     assert action.shape == logprob.shape == entropy.shape == value.shape == (3,)
 
 
-@pytest.mark.parametrize("config_cls", [vpg.VPGConfig, a2c.A2CConfig])
-def test_policy_gradients_reject_continuous_actions(config_cls):
-    with pytest.raises(ConfigError, match="needs a discrete action space but Pendulum-v1"):
-        config_cls(env="Pendulum-v1")
+@pytest.mark.parametrize("algo", ["ppo", "a2c", "vpg", "trpo", "a3c"])
+def test_on_policy_algorithms_act_in_a_continuous_env_through_the_same_code(algo, tmp_path, monkeypatch, capsys):
+    """Pendulum's one torque in [-2, 2]: each trains, saves a Gaussian policy, and its reload acts within bounds."""
+    args = ["--algo", algo, "--env", "Pendulum-v1", "--total-timesteps", "2000", "--eval-every", "1000", "--eval-episodes", "2",
+            "--run-dir", str(tmp_path / "run")]
+    code, _, err = run_script("train_classic.py", args, monkeypatch, capsys)
+    assert code == 0, err
+    agent = load_agent(tmp_path / "run" / "policy.safetensors")
+    assert agent.init_kwargs["action_dim"] == 1 and agent.distribution.log_std.shape == (1,)
+    assert np.isfinite(json.loads((tmp_path / "run" / "summary.json").read_text())["eval_return_mean"])
+    action = agent.act(np.zeros((3, 3), dtype=np.float32), deterministic=False)
+    assert action.shape == (3, 1) and action.dtype == np.float32
 
 
 def test_sampled_evaluation_draws_from_the_policy_with_its_own_rng_stream():

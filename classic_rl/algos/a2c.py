@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from classic_rl import core, envs
+from classic_rl import core, distributions, envs
 from classic_rl.buffers import RolloutBuffer
 from classic_rl.infra.checkpoints import Checkpoints
 from classic_rl.infra.cli import config_field
@@ -55,7 +55,7 @@ class A2CConfig(ClassicConfig):
         require_discount(self.gamma, self.gae_lambda)
         require_nonnegative(ent_coef=self.ent_coef, vf_coef=self.vf_coef)
         require_layer_widths(self.hidden_sizes)
-        envs.check_spaces(self.env, "a2c")
+        distributions.policy_spaces(self.env, "a2c")
 
 
 def rmsprop(params, learning_rate: float) -> torch.optim.RMSprop:
@@ -85,11 +85,11 @@ def gradient_of_the_rollout(agent: ActorCritic, buffer: RolloutBuffer, next_obs:
 
 
 def train(cfg: A2CConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: Checkpoints) -> tuple[ActorCritic, int]:
-    obs_dim, n_actions = envs.check_spaces(cfg.env, "a2c")
+    obs_dim, action_kwargs = distributions.policy_spaces(cfg.env, "a2c")
     vec_env = envs.make_vec_env(cfg.env, cfg.num_envs)
-    agent = ActorCritic(obs_dim, n_actions, cfg.hidden_sizes, shared=cfg.shared)
+    agent = ActorCritic(obs_dim, hidden_sizes=cfg.hidden_sizes, shared=cfg.shared, **action_kwargs)
     optimizer = rmsprop(agent.parameters(), cfg.learning_rate)
-    buffer = RolloutBuffer(cfg.num_steps, cfg.num_envs, obs_dim)
+    buffer = RolloutBuffer(cfg.num_steps, cfg.num_envs, obs_dim, agent.distribution)
     batch_size = cfg.num_envs * cfg.num_steps
     num_updates = max(1, cfg.total_timesteps // batch_size)
 

@@ -26,7 +26,7 @@ import torch
 import torch.multiprocessing as mp
 from tqdm.auto import tqdm
 
-from classic_rl import envs
+from classic_rl import distributions, envs
 from classic_rl.algos.a2c import A2CConfig, gradient_of_the_rollout, rmsprop
 from classic_rl.buffers import RolloutBuffer
 from classic_rl.infra.checkpoints import Checkpoints
@@ -83,7 +83,7 @@ def worker(rank: int, cfg: A3CConfig, shared: ActorCritic, statistics: SharedRMS
     vec_env = envs.make_vec_env(cfg.env, cfg.num_envs)
     local = ActorCritic(**shared.init_kwargs)
     optimizer = statistics.optimizer(shared, cfg.learning_rate)
-    buffer = RolloutBuffer(cfg.num_steps, cfg.num_envs, local.init_kwargs["obs_dim"])
+    buffer = RolloutBuffer(cfg.num_steps, cfg.num_envs, local.init_kwargs["obs_dim"], local.distribution)
     next_obs = local.normalize(vec_env.reset(seed=cfg.seed + 1_000 * (rank + 1) + steps_done.value)[0])
     try:
         while not stop.is_set() and steps_done.value < cfg.total_timesteps:
@@ -107,8 +107,8 @@ def worker(rank: int, cfg: A3CConfig, shared: ActorCritic, statistics: SharedRMS
 
 def train(cfg: A3CConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: Checkpoints) -> tuple[ActorCritic, int]:
     """Start the workers, then evaluate, log and checkpoint the shared network until they finish."""
-    obs_dim, n_actions = envs.check_spaces(cfg.env, "a3c")
-    model = ActorCritic(obs_dim, n_actions, cfg.hidden_sizes, shared=cfg.shared).share_memory()
+    obs_dim, action_kwargs = distributions.policy_spaces(cfg.env, "a3c")
+    model = ActorCritic(obs_dim, hidden_sizes=cfg.hidden_sizes, shared=cfg.shared, **action_kwargs).share_memory()
     statistics = SharedRMSprop(model)
     checkpoints.track(model=model, optimizer=statistics)
     resumed = checkpoints.restore()

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from classic_rl import core, envs
+from classic_rl import core, distributions, envs
 from classic_rl.buffers import RolloutBuffer
 from classic_rl.fast_mlp import FlatAdam, clip_flat_grad_norm_, flatten_parameters
 from classic_rl.infra.checkpoints import Checkpoints
@@ -86,7 +86,7 @@ class PPOConfig(ClassicConfig):
         require_layer_widths(self.hidden_sizes)
         require_choice(kl_penalty=(self.kl_penalty, KL_PENALTIES), activation=(self.activation, tuple(ACTIVATIONS)))
         require_positive(kl_coef=self.kl_coef, kl_penalty_target=self.kl_penalty_target)
-        envs.check_spaces(self.env, "ppo")
+        distributions.policy_spaces(self.env, "ppo")
 
     @property
     def batch_size(self) -> int:
@@ -120,8 +120,8 @@ def update_policy(agent: ActorCritic, optimizer: torch.optim.Optimizer, buffer: 
         advantages = core.masked_whiten(advantages)
     for epoch in range(1, cfg.update_epochs + 1):  # noqa: B007 (read after the loop)
         for mb in minibatch_indices(cfg.batch_size, cfg.num_minibatches):
-            logits, new_value, backward = agent.forward_for_update(b_obs[mb])
-            new_logprob, entropy = core.logprobs_and_entropy(logits, b_actions[mb], entropy_grad=cfg.ent_coef > 0)
+            policy_params, new_value, backward = agent.forward_for_update(b_obs[mb])
+            new_logprob, entropy = agent.distribution.log_prob_and_entropy(policy_params, b_actions[mb], entropy_grad=cfg.ent_coef > 0)
             mb_advantages = core.masked_whiten(advantages[mb]) if whiten_each_minibatch else advantages[mb]
             pg_loss, stats = core.policy_loss(new_logprob, b_logprobs[mb], mb_advantages, clip)
             if kl_ctl is not None:
@@ -156,13 +156,13 @@ def update_policy(agent: ActorCritic, optimizer: torch.optim.Optimizer, buffer: 
 def train(cfg: PPOConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: Checkpoints) -> tuple[ActorCritic, int]:
     """Train a policy; returns it and the number of env steps taken."""
     vec_env = envs.make_vec_env(cfg.env, cfg.num_envs, cfg.async_envs)
-    obs_dim, n_actions = envs.check_spaces(cfg.env, "ppo")
-    agent = ActorCritic(obs_dim, n_actions, cfg.hidden_sizes, cfg.normalize_obs, activation=cfg.activation)
+    obs_dim, action_kwargs = distributions.policy_spaces(cfg.env, "ppo")
+    agent = ActorCritic(obs_dim, hidden_sizes=cfg.hidden_sizes, normalize_obs=cfg.normalize_obs, activation=cfg.activation, **action_kwargs)
     optimizer = FlatAdam(flatten_parameters(agent), lr=cfg.learning_rate, eps=1e-5)
 
     kl_ctl = None if cfg.kl_penalty == "none" else core.KLController(
         cfg.kl_coef, cfg.kl_penalty_target if cfg.kl_penalty == "adaptive" else None, rule="doubling")
-    buffer = RolloutBuffer(cfg.num_steps, cfg.num_envs, obs_dim)
+    buffer = RolloutBuffer(cfg.num_steps, cfg.num_envs, obs_dim, agent.distribution)
     num_updates = max(1, cfg.total_timesteps // cfg.batch_size)
 
     next_obs = agent.normalize(vec_env.reset(seed=cfg.seed)[0], update=True)

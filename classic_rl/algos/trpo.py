@@ -22,11 +22,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.distributions import Categorical, kl_divergence
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from tqdm.auto import tqdm
 
-from classic_rl import core, envs
+from classic_rl import core, distributions, envs
 from classic_rl.buffers import RolloutBuffer
 from classic_rl.infra.checkpoints import Checkpoints
 from classic_rl.infra.cli import config_field
@@ -61,7 +60,7 @@ class TRPOConfig(ClassicConfig):
                          value_minibatches=self.value_minibatches)
         require_discount(self.gamma, self.gae_lambda)
         require_layer_widths(self.hidden_sizes)
-        envs.check_spaces(self.env, "trpo")
+        distributions.policy_spaces(self.env, "trpo")
 
 
 def conjugate_gradient(matrix_vector: Callable[[Tensor], Tensor], b: Tensor, iters: int, tol: float = 1e-10) -> Tensor:
@@ -83,24 +82,25 @@ def conjugate_gradient(matrix_vector: Callable[[Tensor], Tensor], b: Tensor, ite
 
 
 class PolicyStep:
-    """The quantities TRPO's policy step needs on one batch, as functions of the actor's parameters:
-    the surrogate advantage, the mean KL to the old policy, and Fisher-vector products."""
+    """The quantities TRPO's policy step needs on one batch, as functions of the policy's parameters (the
+    actor's, and a Gaussian's log-std): the surrogate advantage, the mean KL to the old policy, and
+    Fisher-vector products."""
 
     def __init__(self, agent: ActorCritic, obs: Tensor, actions: Tensor, advantages: Tensor, damping: float):
         self.agent, self.obs, self.actions, self.advantages, self.damping = agent, obs, actions, advantages, damping
-        self.params = list(agent.actor.parameters())
+        self.params = agent.policy_parameters()
         with torch.no_grad():
-            self.old_logits = agent.actor(obs)
-        self.old_logprobs = core.logprobs_from_logits(self.old_logits, actions)
+            self.old_policy = agent.policy_params(obs)
+        self.old_logprobs = agent.distribution.log_prob(self.old_policy, actions)
 
     def surrogate(self) -> Tensor:
         """mean(rho * A), the policy loss without a clip, negated: the objective to raise."""
-        logprobs = core.logprobs_from_logits(self.agent.actor(self.obs), self.actions)
+        logprobs = self.agent.distribution.log_prob(self.agent.policy_params(self.obs), self.actions)
         return -core.policy_loss(logprobs, self.old_logprobs, self.advantages, clip_low=float("inf"))[0]
 
     def kl(self) -> Tensor:
         """Mean KL(pi_old || pi_theta) over the batch's states, exact over the actions."""
-        return kl_divergence(Categorical(logits=self.old_logits), Categorical(logits=self.agent.actor(self.obs))).mean()
+        return self.agent.distribution.kl(self.old_policy, self.agent.policy_params(self.obs)).mean()
 
     def fisher_vector_product(self, vector: Tensor) -> Tensor:
         """(F + damping I) v, with F the KL's Hessian at theta_old (the Fisher information)."""
@@ -141,10 +141,10 @@ def value_regression(agent: ActorCritic, optimizer: torch.optim.Optimizer, obs: 
 def train(cfg: TRPOConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: Checkpoints) -> tuple[ActorCritic, int]:
     """Train a policy; returns it and the number of env steps taken."""
     vec_env = envs.make_vec_env(cfg.env, cfg.num_envs)
-    obs_dim, n_actions = envs.check_spaces(cfg.env, "trpo")
-    agent = ActorCritic(obs_dim, n_actions, cfg.hidden_sizes, cfg.normalize_obs)
+    obs_dim, action_kwargs = distributions.policy_spaces(cfg.env, "trpo")
+    agent = ActorCritic(obs_dim, hidden_sizes=cfg.hidden_sizes, normalize_obs=cfg.normalize_obs, **action_kwargs)
     value_optimizer = torch.optim.Adam(agent.critic.parameters(), lr=cfg.value_lr)
-    buffer = RolloutBuffer(cfg.num_steps, cfg.num_envs, obs_dim)
+    buffer = RolloutBuffer(cfg.num_steps, cfg.num_envs, obs_dim, agent.distribution)
     batch_size = cfg.num_envs * cfg.num_steps
 
     next_obs = agent.normalize(vec_env.reset(seed=cfg.seed)[0], update=True)

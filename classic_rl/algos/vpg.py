@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from classic_rl import core, envs
+from classic_rl import core, distributions, envs
 from classic_rl.infra.checkpoints import Checkpoints
 from classic_rl.infra.cli import config_field
 from classic_rl.infra.errors import require_discount, require_layer_widths, require_positive
@@ -44,7 +44,7 @@ class VPGConfig(ClassicConfig):
                          value_iterations=self.value_iterations, gamma=self.gamma)
         require_discount(self.gamma, self.gae_lambda)
         require_layer_widths(self.hidden_sizes)
-        envs.check_spaces(self.env, "vpg")
+        distributions.policy_spaces(self.env, "vpg")
 
 
 @torch.no_grad()
@@ -57,9 +57,9 @@ def episode_advantages(agent: ActorCritic, episode: envs.Episode, gamma: float, 
 
 
 def train(cfg: VPGConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: Checkpoints) -> tuple[ActorCritic, int]:
-    obs_dim, n_actions = envs.check_spaces(cfg.env, "vpg")
-    agent = ActorCritic(obs_dim, n_actions, cfg.hidden_sizes)
-    policy_optimizer = torch.optim.Adam(agent.actor.parameters(), lr=cfg.policy_lr)
+    obs_dim, action_kwargs = distributions.policy_spaces(cfg.env, "vpg")
+    agent = ActorCritic(obs_dim, hidden_sizes=cfg.hidden_sizes, **action_kwargs)
+    policy_optimizer = torch.optim.Adam(agent.policy_parameters(), lr=cfg.policy_lr)
     value_optimizer = torch.optim.Adam(agent.critic.parameters(), lr=cfg.value_lr)
     env = envs.make_env(cfg.env)
     env.reset(seed=cfg.seed)
