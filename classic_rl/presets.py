@@ -15,7 +15,7 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # Observation normalisation and 256-sample minibatches (16 per rollout) made the difference here: without them
     # this setting was at 163 after 1M steps. A constant 1e-3 learning rate (3e-4 annealed over 1M before) and an
     # evaluation every 10k steps, chosen on seeds 11-15 (solved at 143k / 164k / 180k / 90k / 172k steps in 12-22 s;
-    # before: 253k-602k, 52-131 s), checked on seeds 21-25 never run before: bench/README.md.
+    # before: 253k-602k, 52-131 s), checked on seeds 21-25 never run before: bench/classic-ppo.md.
     ("ppo", "LunarLander-v3"): dict(total_timesteps=1_000_000, num_envs=16, num_steps=256, num_minibatches=16,
                                     update_epochs=10, learning_rate=1e-3, anneal_lr=False, gamma=0.999, gae_lambda=0.98,
                                     ent_coef=0.01, normalize_obs=True, eval_every=10_000),

@@ -3,7 +3,7 @@
 Weights, optimizer state and the losses' reductions stay fp32 (autocast runs only the matmuls and
 what follows them in bf16), so a bf16 run differs from an fp32 one by rounding, not by recipe.
 On a CPU without AMX or AVX-512 BF16 units bf16 is emulated and slower than fp32; "auto" picks it
-only where it is fast (measured: bench/README.md). $RLHF_TOY_AUTO_PRECISION pins what auto means on a
+only where it is fast (measured: bench/base-model-and-demo.md). $RLHF_TOY_AUTO_PRECISION pins what auto means on a
 machine (the tests pin fp32, so that their fixed-seed outcomes are the same on every CI machine).
 """
 
@@ -80,7 +80,7 @@ def bf16_linear_weights(model: PreTrainedModel) -> PreTrainedModel:
 def choose_attention(model: PreTrainedModel, precision: str, device: torch.device) -> PreTrainedModel:
     """Under bf16 on a CPU, attention as transformers' plain matmul-and-softmax ("eager") instead of SDPA: the
     CPU flash-attention kernel's bf16 backward took 44% of a tiny GPT-2 training step (32 x 128 tokens: 136 ms
-    a step with SDPA, 83-87 ms eager, 196 ms in fp32; bench/README.md). Same maths; not saved with the model."""
+    a step with SDPA, 83-87 ms eager, 196 ms in fp32; bench/base-model-and-demo.md). Same maths; not saved with the model."""
     if precision == "bf16" and device.type == "cpu" and model.config._attn_implementation == "sdpa":
         model.set_attn_implementation("eager")
     return model

@@ -251,7 +251,7 @@ def train_step(run: Run, step: int) -> tuple[dict[str, float], list[dict]]:
         t2 = time.perf_counter()
         run.policy.train()
         # --precision applies to the update and the reference's forward: sampling a token is a few small matmuls, where
-        # bf16 only adds casts (bench/README.md). A context per step: autocast keeps its bf16 copies of the weights until the
+        # bf16 only adds casts (bench/base-model-and-demo.md). A context per step: autocast keeps its bf16 copies of the weights until the
         # outermost context exits, and they must follow every optimizer step.
         with autocast(run.precision, accelerator.device):
             metrics = run.algorithm.update(run.policy, run.ref_model, run.optimizer, accelerator, rollout, rewards)

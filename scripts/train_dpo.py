@@ -2,7 +2,7 @@
 """Fine-tune a causal LM on preference pairs with DPO (no reward model, no sampling during training).
 
     python scripts/train_dpo.py --run-dir runs/dpo                             # shipped pairs, default base model
-    python scripts/train_dpo.py --loss-type ipo --beta 1                       # IPO at a beta of its own (bench/README.md)
+    python scripts/train_dpo.py --loss-type ipo --beta 1                       # IPO at a beta of its own (bench/preference-methods.md)
     python scripts/train_dpo.py --preferences runs/labels/pairs.jsonl --eval-preferences none   # your own labels
 
 Field names follow TRL's DPOConfig (beta, loss_type, label_smoothing, per_device_train_batch_size);

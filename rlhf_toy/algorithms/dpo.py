@@ -70,7 +70,7 @@ class DPOConfig(RunFields):
     reward: str = config_field(DEFAULT_REWARD, "The rule judge of reward_before / reward_after (never optimised)")
     beta: float = config_field(0.1, "Strength of the tie to the reference (sigmoid: temperature of the implicit reward; "
                                     "ipo: the margin target is 1/(2 beta) nats per token, so 0.1 asks for 5; 1 did best "
-                                    "here, bench/README.md)")
+                                    "here, bench/preference-methods.md)")
     loss_type: str = config_field("sigmoid", f"DPO loss: {', '.join(DPO_LOSS_TYPES)}")
     label_smoothing: float = config_field(0.0, "Probability that a pair's label is wrong, in [0, 0.5): the robust and cdpo "
                                               "losses' epsilon")

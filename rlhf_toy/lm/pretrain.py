@@ -48,7 +48,7 @@ class PretrainConfig(RunFields):
     vocab_size: int = config_field(2048, "BPE vocabulary to ask for (a small corpus may yield fewer tokens)")
     n_positions: int = config_field(128, "Context length, and the length of the packed training blocks")
     batch_size: int = config_field(32, "Blocks per optimizer step")
-    max_steps: int = config_field(400, "Optimizer steps (tiny: held-out loss 1.498 after 400, 70 s in bf16 on a slow EPYC; bench/README.md)")
+    max_steps: int = config_field(400, "Optimizer steps (tiny: held-out loss 1.498 after 400, 70 s in bf16 on a slow EPYC; bench/base-model-and-demo.md)")
     learning_rate: float = config_field(5e-3, "Peak AdamW learning rate (tiny models take a large one)")
     min_lr_ratio: float = config_field(0.0, "Cosine decays to learning_rate * this")
     warmup_steps: int = config_field(30, "Linear warmup steps")
