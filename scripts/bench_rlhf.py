@@ -49,9 +49,9 @@ from rlhf_toy.data import DATA_DIR, load_prompts
 from rlhf_toy.evaluation import evaluate_on_prompts
 from rlhf_toy.lm.base_model import default_base_model
 from rlhf_toy.lm.models import check_model_exists, format_prompt, load_model, load_tokenizer
+from rlhf_toy.online import train
 from rlhf_toy.precision import has_fast_bf16
 from rlhf_toy.rewards.functions import resolve_reward
-from rlhf_toy.trainer import train
 
 IMPLS = ("ours", "trl", "ppo")
 

@@ -22,7 +22,7 @@ from classic_rl.infra.import_graph import find_cycle, import_graph  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("classic_rl", "rlhf_toy")
 WHAT = {  # the caption of each box: a folder, or a module of a package's top level
-    "rlhf_toy/trainer.py": "the online loop", "rlhf_toy/supervised.py": "the supervised loop",
+    "rlhf_toy/online.py": "the online loop", "rlhf_toy/supervised.py": "the supervised loop",
     "rlhf_toy/algorithms/": "GRPO, PPO, DPO", "rlhf_toy/generation/": "sampling, rollouts, log-probs",
     "rlhf_toy/rewards/": "rules, reward models, labels", "rlhf_toy/lm/": "models, pretraining",
     "rlhf_toy/tasks/": "named tasks, arithmetic", "rlhf_toy/evaluation.py": "before / after",
@@ -105,7 +105,7 @@ GRPO_STEP = [
     ("trainer_forward", "rlhf_toy/generation/rollout.py", "old and reference log-probs from the update's own forward\n(first pass's minibatches; fast_forward.py)"),
     ("minibatch_loss", "rlhf_toy/algorithms/grpo.py", "core.policy_loss (ratio, clip) + beta * core.kl_estimate (k3)\naggregated by loss_type (grpo_loss)"),
     ("backward, clip, optimizer step", "rlhf_toy/algorithms/grpo.py", "once per minibatch, num_iterations passes"),
-    ("log, checkpoint", "rlhf_toy/trainer.py", "metrics.jsonl, samples, checkpoints/step-N when due"),
+    ("log, checkpoint", "rlhf_toy/online.py", "metrics.jsonl, samples, checkpoints/step-N when due"),
 ]
 
 
@@ -119,7 +119,7 @@ def draw_grpo_step(path: Path) -> None:
         ax.text(0.52, y, f"{where}\n{what}", ha="left", va="center", fontsize=8)
     for y0, y1 in zip(ys, ys[1:], strict=False):
         ax.annotate("", xy=(0.3, y1 + 0.03), xytext=(0.3, y0 - 0.03), arrowprops=dict(arrowstyle="->", color="0.4"))
-    ax.set_title("One GRPO step (rlhf_toy/trainer.py: train_step), call by call", fontsize=10)
+    ax.set_title("One GRPO step (rlhf_toy/online.py: train_step), call by call", fontsize=10)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 

@@ -23,10 +23,10 @@ from classic_rl.infra.errors import ConfigError
 from classic_rl.infra.run_folder import atomic_write, write_json
 from rlhf_toy.algorithms.grpo import GRPOConfig
 from rlhf_toy.distributed import require_one_process
+from rlhf_toy.online import train
 from rlhf_toy.rewards.functions import answer_text, resolve_reward
 from rlhf_toy.rewards.labelling import LabelConfig, run_labelling
 from rlhf_toy.rewards.reward_model import RewardModelConfig, train_reward_model
-from rlhf_toy.trainer import train
 
 
 @dataclass

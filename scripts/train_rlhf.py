@@ -17,7 +17,7 @@ from classic_rl.infra.cli import cli, load_config_file, parse_config, script_par
 from classic_rl.infra.errors import ConfigError
 from rlhf_toy import tasks
 from rlhf_toy.algorithms import config_for, other_algorithm_flag
-from rlhf_toy.trainer import train
+from rlhf_toy.online import train
 
 
 def first_pass(argv: list[str]) -> tuple[str, str | None]:

@@ -12,7 +12,7 @@ from rlhf_toy.algorithms import ALGORITHMS, config_for
 from rlhf_toy.algorithms.base import OnlineAlgorithm, RLHFConfig
 from rlhf_toy.generation.rollout import completion_logprobs
 from rlhf_toy.lm.models import load_model
-from rlhf_toy.trainer import train
+from rlhf_toy.online import train
 from tests.conftest import largest_difference, run_script, step_rows
 
 

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, LlamaForCausalLM
 from rlhf_toy.algorithms import config_for
 from rlhf_toy.generation.fast_decode import supports_fast_decode
 from rlhf_toy.lm.models import build_model, load_model, load_tokenizer
-from rlhf_toy.trainer import train
+from rlhf_toy.online import train
 from tests.conftest import run_script, step_rows
 
 

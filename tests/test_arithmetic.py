@@ -11,6 +11,7 @@ from classic_rl.infra.errors import ConfigError
 from rlhf_toy.algorithms.grpo import GRPOConfig
 from rlhf_toy.algorithms.ppo import PPOConfig
 from rlhf_toy.data import split_columns
+from rlhf_toy.online import train
 from rlhf_toy.rewards.functions import correct_reward, parse_answer_number, resolve_reward, think_reward
 from rlhf_toy.tasks import task_defaults
 from rlhf_toy.tasks.arithmetic import (
@@ -21,7 +22,6 @@ from rlhf_toy.tasks.arithmetic import (
     solve,
     worked_solution,
 )
-from rlhf_toy.trainer import train
 from tests.conftest import run_script
 
 

@@ -16,8 +16,8 @@ from rlhf_toy.algorithms.grpo import GRPOConfig, importance_weights
 from rlhf_toy.algorithms.ppo import PPOConfig
 from rlhf_toy.data import Labels
 from rlhf_toy.lm.models import load_model, load_tokenizer
+from rlhf_toy.online import train
 from rlhf_toy.rewards.reward_model import held_out_accuracy
-from rlhf_toy.trainer import train
 from tests.conftest import run_script, step_rows
 
 

@@ -151,7 +151,7 @@ def test_grpo_in_bf16_trains_each_step_on_the_weights_of_the_last(nano_dir, tmp_
     would train every step on the first step's weights (ratio to the sampling policy far from 1: half the tokens
     clipped at this learning rate). The trainer opens one per update: one pass per rollout stays on-policy up to
     rounding, and the policy still learns."""
-    from rlhf_toy.trainer import train
+    from rlhf_toy.online import train
     summary = train(GRPOConfig(model=nano_dir, steps=12, prompts_per_step=4, num_generations=8, max_completion_length=16,
                                reward="length", learning_rate=4e-3, precision="bf16", eval_samples_per_prompt=4, torch_threads=1,
                                log_completions_every=0, run_dir=str(tmp_path / "run")))

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from classic_rl import core
 from classic_rl.core import KLController
 from classic_rl.infra.errors import ConfigError, TrainingInterrupted
-from rlhf_toy import trainer
+from rlhf_toy import online
 from rlhf_toy.algorithms import config_for
 from rlhf_toy.algorithms.base import RLHFConfig
 from rlhf_toy.algorithms.grpo import GRPOConfig, group_advantages, grpo_update
@@ -38,8 +38,8 @@ from rlhf_toy.generation.rollout import (
 )
 from rlhf_toy.generation.sampling import SamplingConfig
 from rlhf_toy.lm.models import load_model, load_tokenizer, position_ids
+from rlhf_toy.online import train
 from rlhf_toy.rewards.functions import resolve_reward
-from rlhf_toy.trainer import train
 from tests.conftest import ROOT, comparable_metrics, kill_after_first_checkpoint, run_script, step_rows
 
 
@@ -216,7 +216,7 @@ def test_grpo_end_to_end_writes_the_run_folder(nano, tmp_path):
 @pytest.mark.parametrize("name, label", [("/cache/base-tiny-v4/model", "base-tiny-v4"), ("runs/demo-grpo/model", "demo-grpo"),
                                          ("runs/my-policy", "my-policy"), ("gpt2", "gpt2"), ("model", "model")])
 def test_plots_name_the_model_by_its_folder_not_save_pretrained_s_model(name, label):
-    assert trainer.model_label(name) == label
+    assert online.model_label(name) == label
 
 
 @pytest.mark.parametrize("args, message", [
@@ -404,8 +404,8 @@ def test_an_interrupted_run_leaves_the_process_group_after_dropping_its_ddp_wrap
         runs.append(run)
         raise TrainingInterrupted("stopped at step 2")
 
-    monkeypatch.setattr(trainer, "run_steps", interrupted)
-    monkeypatch.setattr(trainer, "leave_processes", lambda accelerator: left.append((accelerator, runs[0].policy)))
+    monkeypatch.setattr(online, "run_steps", interrupted)
+    monkeypatch.setattr(online, "leave_processes", lambda accelerator: left.append((accelerator, runs[0].policy)))
     with pytest.raises(TrainingInterrupted, match="stopped at step 2"):
         train(small_config(nano, tmp_path))
     assert left == [(runs[0].accelerator, None)]  # without it, gloo's threads could outlive the interpreter and abort it

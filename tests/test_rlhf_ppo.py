@@ -164,7 +164,7 @@ def test_ppo_with_the_tutorials_whole_recipe_runs(nano_dir, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
     from rlhf_toy.lm.models import load_tokenizer
-    from rlhf_toy.trainer import train
+    from rlhf_toy.online import train
     reward_model = AutoModelForSequenceClassification.from_pretrained(nano_dir, num_labels=1)
     reward_model.save_pretrained(tmp_path / "rm")
     load_tokenizer(nano_dir).save_pretrained(tmp_path / "rm")

@@ -1,5 +1,5 @@
 """The online RLHF algorithms, one file each: its pseudo-code first, its config (TRL's names) and its update
-built from classic_rl.core's math. The loop (rlhf_toy/trainer.py) drives each through base.OnlineAlgorithm.
+built from classic_rl.core's math. The loop (rlhf_toy/online.py) drives each through base.OnlineAlgorithm.
 
 Adding one (docs/design.md walks through it): a file here with a Config subclassing base.RLHFConfig (ALGO = its
 name) and an OnlineAlgorithm subclass, and its line below; `train_rlhf.py --algo NAME` then takes it, each of

@@ -1,6 +1,6 @@
 """What every online RLHF algorithm shares: the fields of its config (RLHFConfig, TRL's names: model,
 reward, prompts, batch arithmetic, sampling, optimiser, run folder) and the interface through which the
-online loop (rlhf_toy/trainer.py) drives it (OnlineAlgorithm). Each algorithm's own fields and update are
+online loop (rlhf_toy/online.py) drives it (OnlineAlgorithm). Each algorithm's own fields and update are
 in its own file beside this one.
 """
 
@@ -156,7 +156,7 @@ class RLHFConfig(RunFields):
 
 
 class OnlineAlgorithm:
-    """One online RLHF algorithm in one run, as the loop (rlhf_toy/trainer.py) drives it: made once with the run's
+    """One online RLHF algorithm in one run, as the loop (rlhf_toy/online.py) drives it: made once with the run's
     policy, then update() once a step on a rollout and its rewards. Adding an algorithm is a file in this folder
     holding its Config (RLHFConfig plus its own fields, TRL's names) and a subclass of this, and its line in
     __init__.py's registry; the loop never asks which algorithm it runs.

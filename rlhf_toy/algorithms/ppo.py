@@ -288,5 +288,6 @@ class PPO(OnlineAlgorithm):
         return [self.critic.trunk]
 
     def update(self, policy, ref_model, optimizer, accelerator, rollout: Rollout, rewards: Tensor) -> dict[str, float]:
-        return ppo_update(policy, self.critic, ref_model, optimizer, accelerator, rollout, rewards, self.kl_ctl, self.cfg,
-                          self.ptx_batch)
+        # PPO calls the sequence rewards scores, as TRL's PPOTrainer does: its rewards are per token, with the KL penalty
+        return ppo_update(policy, self.critic, ref_model, optimizer, accelerator, rollout, scores=rewards, kl_ctl=self.kl_ctl,
+                          cfg=self.cfg, ptx_batch=self.ptx_batch)

@@ -149,7 +149,7 @@ def check_scores(name: str, scores, n: int) -> list[float]:
 
 def call_reward(name: str, fn: RewardFn, prompts: list[str], completions: list[str], columns: dict) -> list[float]:
     """fn's checked scores. An exception inside fn becomes a RewardFunctionError that names it and the line that raised
-    it: in training, the run then keeps its last good weights (trainer.train_step) and ends with one line."""
+    it: in training, the run then keeps its last good weights (online.train_step) and ends with one line."""
     try:
         scores = fn(prompts, completions, **columns)
     except ConfigError:
