@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 MUTATE_STAMP := $(VENV)/.installed-mutate
 
-.PHONY: setup setup-bench test test-slow demo demo-reasoning rlhf-loop demo-classic tutorials bench bench-rlhf mutate lint clean
+.PHONY: setup setup-bench test test-slow demo demo-reasoning demo-chat rlhf-loop demo-classic tutorials bench bench-rlhf mutate lint clean
 
 setup: $(STAMP)
 
@@ -45,6 +45,11 @@ demo: setup
 demo-reasoning: setup
 	$(PY) scripts/train_rlhf.py --task arithmetic --run-dir runs/demo-reasoning --overwrite
 	$(PY) scripts/arithmetic_breakdown.py runs/demo-reasoning
+
+# GRPO on a chat model: the built-in chat model (ChatML template, built once, ~1-2 min) on the same prompts as
+# conversations; the rewards see each completion as an assistant turn, as TRL passes it.
+demo-chat: setup
+	$(PY) scripts/train_rlhf.py --task chat --run-dir runs/demo-chat --overwrite
 
 # RLHF from labels: a simulated labeller who prefers shorter answers labels 50 pairs of the base model's completions
 # (10% of them flipped), a reward model learns them, GRPO optimises it (23 s on 2 cores). Label them yourself:

@@ -176,4 +176,6 @@ def generate_corpus(seed: int = 0, sizes: dict[str, int] | None = None) -> dict[
         splits[name] = [make(rng) for _ in range(sizes[name])]
     # the arithmetic splits are drawn together, so that no eval problem appears in the others
     splits.update(arithmetic_splits(random.Random(seed * 1_000 + len(makers)), sizes))
+    for split in ("train", "eval"):  # the same prompts as conversations (TRL's format), for the chat model (--task chat)
+        splits[f"prompts_chat_{split}"] = [{"prompt": [{"role": "user", "content": row["prompt"]}]} for row in splits[f"prompts_{split}"]]
     return splits

@@ -13,6 +13,7 @@ import torch
 
 from classic_rl.infra.errors import ConfigError
 from classic_rl.infra.run_folder import atomic_write
+from rlhf_toy.chat import messages_problem
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 
@@ -21,9 +22,22 @@ def write_jsonl(path: str | Path, rows: Sequence[dict]) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)))
 
 
+def _field_problem(row: dict, key: str, may_be_empty: bool) -> str | None:
+    """Why row[key] is neither a (non-empty unless may_be_empty) string nor a conversation, or None."""
+    value = row.get(key)
+    if isinstance(value, list):
+        problem = messages_problem(value)
+        return None if problem is None else f"has a field {key!r} that is {problem}"
+    if not isinstance(value, str) or not (value.strip() or may_be_empty):
+        kind = "string" if may_be_empty else "non-empty string"
+        return f"lacks a {kind} field {key!r} (or a list of messages)"
+    return None
+
+
 def _first_bad_line(path: Path, required: Sequence[str], may_be_empty: Sequence[str] = ()) -> str | None:
-    """Why the file is unusable, naming the first offending line, or None if every line is fine."""
-    n_rows = 0
+    """Why the file is unusable, naming the first offending line, or None if every line is fine. Each field is a string or
+    a conversation (TRL's two formats), the same in every line."""
+    n_rows, forms = 0, {}
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
             continue
@@ -33,10 +47,13 @@ def _first_bad_line(path: Path, required: Sequence[str], may_be_empty: Sequence[
             return f"{path} line {number} is not valid JSON ({err.msg}); expected one JSON object per line"
         if not isinstance(row, dict):
             return f"{path} line {number} is not a JSON object; expected e.g. {json.dumps({k: '...' for k in required})}"
-        missing = [k for k in required if not isinstance(row.get(k), str) or not (row[k].strip() or k in may_be_empty)]
-        if missing:
-            kind = "string" if missing[0] in may_be_empty else "non-empty string"
-            return f"{path} line {number} lacks a {kind} field {missing[0]!r}; required: {', '.join(required)}"
+        for key in required:
+            if problem := _field_problem(row, key, key in may_be_empty):
+                return f"{path} line {number} {problem}; required: {', '.join(required)}"
+            form = "a conversation" if isinstance(row[key], list) else "a string"
+            if forms.setdefault(key, (form, number))[0] != form:
+                return (f"{path} line {number} gives {key!r} as {form} but line {forms[key][1]} as {forms[key][0]}; "
+                        "accepted: one format per file")
         n_rows += 1
     return None if n_rows else f"{path} is empty; expected one JSON object per line with {', '.join(required)}"
 
@@ -110,6 +127,11 @@ def train_and_held_out_labels(preferences: str | None, eval_preferences: str | N
     random.Random(seed).shuffle(order)
     n_eval = max(1, round(eval_fraction * len(rows)))
     return kind, [rows[i] for i in order[n_eval:]], [rows[i] for i in order[:n_eval]]
+
+
+def shipped_eval_prompts(conversational: bool, data_dir: str | Path = DATA_DIR) -> Path:
+    """The shipped eval prompts in the format of the data they go with: as conversations, or as plain text."""
+    return Path(data_dir) / ("prompts_chat_eval.jsonl" if conversational else "prompts_eval.jsonl")
 
 
 def load_prompts(path: str | Path) -> list[str]:

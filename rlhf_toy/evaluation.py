@@ -9,6 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from classic_rl import core
+from rlhf_toy.chat import message_text
 from rlhf_toy.data import DATA_DIR, load_prompt_rows, pretraining_blocks, split_columns
 from rlhf_toy.generation.rollout import sample_rollout
 from rlhf_toy.generation.sampling import SamplingConfig
@@ -92,12 +93,12 @@ def print_completions(title: str, rows: list[dict], limit: int = 4, width: int =
     tqdm.write(f"--- {title}")
     for row in rows[:limit]:
         completion = row["completion"].strip().replace("\n", " ")
-        tqdm.write(f"  [{row['reward']:.2f}] {row['prompt']}\n         -> {completion[:width]}{'...' if len(completion) > width else ''}")
+        tqdm.write(f"  [{row['reward']:.2f}] {message_text(row['prompt'])}\n         -> {completion[:width]}{'...' if len(completion) > width else ''}")
 
 
 def print_side_by_side(before: list[dict], after: list[dict], n: int = 6, width: int = 80) -> None:
     """The same eval prompts before and after training, with their rewards."""
     print("\n=== eval prompts, before -> after training ===")
     for b, a in list(zip(before, after, strict=True))[:n]:
-        print(f"{b['prompt']}\n  before [{b['reward']:.2f}] {b['completion'].strip()[:width]}\n"
+        print(f"{message_text(b['prompt'])}\n  before [{b['reward']:.2f}] {b['completion'].strip()[:width]}\n"
               f"  after  [{a['reward']:.2f}] {a['completion'].strip()[:width]}")

@@ -33,6 +33,7 @@ from classic_rl.infra.plots import plot_lines
 from classic_rl.infra.run_folder import start_run, truncate_jsonl, write_json
 from rlhf_toy.algorithms import ALGORITHMS, algorithm_for
 from rlhf_toy.algorithms.base import OnlineAlgorithm, RLHFConfig
+from rlhf_toy.chat import require_chat_template
 from rlhf_toy.data import load_prompt_rows, split_columns
 from rlhf_toy.distributed import (
     any_process,
@@ -44,7 +45,7 @@ from rlhf_toy.distributed import (
 from rlhf_toy.evaluation import evaluate_on_prompts, print_completions, print_side_by_side
 from rlhf_toy.generation.rollout import sample_rollout
 from rlhf_toy.generation.sampling import encode_prompts, ignored_generation_settings
-from rlhf_toy.lm.base_model import default_base_model
+from rlhf_toy.lm.base_model import default_base_model, kind_for
 from rlhf_toy.lm.models import check_model_exists, disable_dropout, load_model, load_tokenizer, model_writer
 from rlhf_toy.precision import autocast, bf16_linear_weights, set_up_precision
 from rlhf_toy.prompt_schedule import prompts_for_step, step_seed
@@ -139,10 +140,11 @@ def set_up(cfg: RLHFConfig) -> Run:
     accelerator.wait_for_everyone()  # the main process has checked and created the run folder
 
     with accelerator.main_process_first():  # the main process builds the default base model if it is not cached
-        model_name = cfg.model or default_base_model(arithmetic=cfg.base_model == "arithmetic")
+        model_name = cfg.model or default_base_model(kind=cfg.base_model or kind_for([row["prompt"] for row in train_prompts]))
     tokenizer = load_tokenizer(model_name, cfg.trust_remote_code)
     policy = load_model(str(checkpoints.folder / "model") if checkpoints.resumed else model_name, cfg.trust_remote_code)
     for name, rows in (("--prompts", train_prompts), ("--eval-prompts", eval_prompts)):
+        require_chat_template(tokenizer, [row["prompt"] for row in rows], f"{name} {getattr(cfg, name[2:].replace('-', '_'))}")
         try:
             encode_prompts(tokenizer, [row["prompt"] for row in rows], cfg.max_completion_length, policy)
         except ConfigError as err:

@@ -45,10 +45,11 @@ from classic_rl.infra.machine import machine
 from classic_rl.infra.run_folder import read_jsonl, write_json
 from rlhf_toy.algorithms import config_for
 from rlhf_toy.algorithms.base import RLHFConfig
+from rlhf_toy.chat import format_prompt
 from rlhf_toy.data import DATA_DIR, load_prompts
 from rlhf_toy.evaluation import evaluate_on_prompts
 from rlhf_toy.lm.base_model import default_base_model
-from rlhf_toy.lm.models import check_model_exists, format_prompt, load_model, load_tokenizer
+from rlhf_toy.lm.models import check_model_exists, load_model, load_tokenizer
 from rlhf_toy.online import train
 from rlhf_toy.precision import has_fast_bf16
 from rlhf_toy.rewards.functions import resolve_reward

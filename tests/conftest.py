@@ -76,6 +76,17 @@ def nano_llama_dir(nano):
     return str(root / "llama" / "model")
 
 
+@pytest.fixture(scope="session")
+def nano_chat_dir(nano):
+    """A nano GPT-2 pretrained as briefly with the answers as ChatML conversations: a tokenizer with a chat template and
+    <|im_start|> / <|im_end|> tokens (the built-in chat model's recipe)."""
+    root = nano[0]
+    if not (root / "chat" / "summary.json").is_file():
+        pretrain(PretrainConfig(preset="nano", chat=True, data_dir=str(root / "data"), vocab_size=600, batch_size=16, max_steps=80,
+                                warmup_steps=10, learning_rate=3e-3, min_lr_ratio=0.1, eval_every=40, run_dir=str(root / "chat"), overwrite=True))
+    return str(root / "chat" / "model")
+
+
 def run_script(script: str, args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
     """Run scripts/<script> in-process as __main__; returns (exit code, stdout, stderr)."""
     monkeypatch.setattr(sys, "argv", [script, *args])

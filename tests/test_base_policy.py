@@ -9,9 +9,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlhf_toy import corpus
+from rlhf_toy.chat import format_prompt
 from rlhf_toy.data import DATA_DIR, load_prompts
 from rlhf_toy.generation.sampling import SamplingConfig, generate_completions
-from rlhf_toy.lm.models import format_prompt, load_model, load_tokenizer, train_tokenizer
+from rlhf_toy.lm.models import load_model, load_tokenizer, train_tokenizer
 from rlhf_toy.lm.pretrain import PretrainConfig, pretrain
 from tests.conftest import SMALL, comparable_metrics, run_script
 

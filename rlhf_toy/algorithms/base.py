@@ -33,7 +33,8 @@ class RLHFConfig(RunFields):
                                           "(rlhf_toy/tasks/; train_rlhf.py --task lists them)")
     model: str | None = config_field(None, "Policy to fine-tune: a save_pretrained folder or hub name (default: the "
                                            "cached built-in base model of --base-model, built on first use)")
-    base_model: str = config_field("default", f"Built-in base model used without --model: {', '.join(BASE_MODELS)}")
+    base_model: str | None = config_field(None, f"Built-in base model used without --model: {', '.join(BASE_MODELS)} (default: "
+                                                "chat for conversational prompts, else default)")
     reward: str = config_field(DEFAULT_REWARD, "Comma list of rewards: built-in names (length, format), FILE.py:FUNCTION, "
                                                "package.module:function or rm:DIR")
     reward_weights: list[float] | None = config_field(None, "Weights of the rewards in --reward (default: equal, summing to 1)")
@@ -87,8 +88,9 @@ class RLHFConfig(RunFields):
                          max_train_s=self.max_train_s,
                          torch_threads=self.torch_threads, eval_samples_per_prompt=self.eval_samples_per_prompt)
         require_nonnegative(log_completions_every=self.log_completions_every, pass_at_k=self.pass_at_k, eval_every=self.eval_every)
-        require_choice(base_model=(self.base_model, BASE_MODELS), lr_scheduler_type=(self.lr_scheduler_type, LR_SCHEDULES),
-                       precision=(self.precision, PRECISIONS))
+        require_choice(lr_scheduler_type=(self.lr_scheduler_type, LR_SCHEDULES), precision=(self.precision, PRECISIONS))
+        if self.base_model is not None:
+            require_choice(base_model=(self.base_model, BASE_MODELS))
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.pass_at_k > self.eval_samples_per_prompt:

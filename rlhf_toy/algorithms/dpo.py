@@ -29,11 +29,13 @@ from classic_rl.infra.errors import ConfigError, require_choice, require_nonnega
 from classic_rl.infra.metrics import RunLogger
 from classic_rl.infra.plots import plot_lines
 from classic_rl.infra.run_folder import RunFields, start_run, write_json
+from rlhf_toy.chat import is_conversational, require_chat_template
 from rlhf_toy.data import (
     DATA_DIR,
     Labels,
     ShuffledBatches,
     load_prompt_rows,
+    shipped_eval_prompts,
     to_labels,
     train_and_held_out_labels,
 )
@@ -41,7 +43,7 @@ from rlhf_toy.distributed import make_accelerator
 from rlhf_toy.evaluation import evaluate_on_prompts, kl_to_reference, print_side_by_side
 from rlhf_toy.generation.rollout import encode_completions, sequence_logprobs
 from rlhf_toy.generation.sampling import SamplingConfig
-from rlhf_toy.lm.base_model import default_base_model
+from rlhf_toy.lm.base_model import default_base_model, kind_for
 from rlhf_toy.lm.models import (
     check_model_exists,
     disable_dropout,
@@ -66,7 +68,8 @@ class DPOConfig(RunFields):
     eval_preferences: str | None = config_field(str(DATA_DIR / "preferences_eval.jsonl"),
                                                 "Held-out pairs for pair_accuracy (none: hold out eval_fraction of --preferences)")
     eval_fraction: float = config_field(0.2, "Share of --preferences held out when --eval-preferences is none")
-    eval_prompts: str = config_field(str(DATA_DIR / "prompts_eval.jsonl"), "Prompts the rule judge scores samples of, before and after")
+    eval_prompts: str | None = config_field(None, "Prompts the rule judge scores samples of, before and after (default: the shipped "
+                                                  "eval prompts, data/prompts_eval.jsonl, or prompts_chat_eval.jsonl for conversations)")
     reward: str = config_field(DEFAULT_REWARD, "The rule judge of reward_before / reward_after (never optimised)")
     beta: float = config_field(0.1, "Strength of the tie to the reference (sigmoid: temperature of the implicit reward; "
                                     "ipo: the margin target is 1/(2 beta) nats per token, so 0.1 asks for 5; 1 did best "
@@ -174,13 +177,17 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
     if not len(pairs) or not len(eval_pairs):
         raise ConfigError(f"{cfg.preferences} leaves {len(pairs)} training and {len(eval_pairs)} held-out pairs that are not ties; "
                           "accepted: at least one of each")
-    eval_prompts, judge = load_prompt_rows(cfg.eval_prompts), resolve_reward(cfg.reward)
+    conversational = any(map(is_conversational, pairs.prompts))
+    eval_prompts = load_prompt_rows(cfg.eval_prompts or shipped_eval_prompts(conversational))
+    judge = resolve_reward(cfg.reward)
     if cfg.model:
         check_model_exists(cfg.model)
     run_dir, checkpoints = start_run(cfg)
     accelerator = make_accelerator(cfg.cpu)
-    model_name = cfg.model or default_base_model()
+    model_name = cfg.model or default_base_model(kind=kind_for(pairs.prompts))
     tokenizer = load_tokenizer(model_name)
+    for name, prompts in (("--preferences", pairs.prompts), ("--eval-prompts", [row["prompt"] for row in eval_prompts])):
+        require_chat_template(tokenizer, prompts, name)
     ref_model = load_model(model_name).eval().requires_grad_(False).to(accelerator.device)
     policy = load_model(str(checkpoints.folder / "model") if checkpoints.resumed else model_name).train()
     if cfg.disable_dropout:  # the reference runs in eval mode anyway

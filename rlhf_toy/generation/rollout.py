@@ -22,6 +22,7 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from classic_rl import core
+from rlhf_toy.chat import Completion, Prompt, is_conversational, message_text, render_completion
 from rlhf_toy.generation import fast_forward
 from rlhf_toy.generation.fast_forward import PromptPass, length_groups
 from rlhf_toy.generation.sampling import SamplingConfig, context_length, encode_prompts, sample_sequences
@@ -30,7 +31,7 @@ from rlhf_toy.lm.models import evaluation_mode, position_ids, stop_token_ids
 
 @dataclass
 class Rollout:
-    prompts: list[str]
+    prompts: list[Prompt]
     completions: list[str]
     input_ids: Tensor
     attention_mask: Tensor
@@ -131,15 +132,24 @@ def completion_mask_from_ids(completion_ids: Tensor, eos_token_ids: list[int]) -
     return (steps[None, :] <= first_eos[:, None]).float(), ~has_eos
 
 
-def encode_completions(tokenizer: PreTrainedTokenizerBase, prompts: list[str], completions: list[str],
+def completion_token_ids(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, completion: Completion) -> list[int]:
+    """The token ids that follow the prompt's for this completion, up to and including what ends it: the text and eos
+    after a standard prompt, the assistant turn to its end-of-turn token after a conversational one."""
+    if is_conversational(prompt):
+        return tokenizer(render_completion(tokenizer, prompt, completion), add_special_tokens=False)["input_ids"]
+    return tokenizer(" " + message_text(completion).strip(), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+def encode_completions(tokenizer: PreTrainedTokenizerBase, prompts: list[Prompt], completions: list[Completion],
                        model: PreTrainedModel) -> tuple[Tensor, Tensor, Tensor]:
     """Given completions in the rollout layout (input_ids, attention_mask `[B, P + C]`, completion_mask
-    `[B, C]`): the prompt left-padded in the chat template, then the completion and eos, cut to fit the
-    model's context (a completion cut short loses its eos, as a truncated sample has none)."""
+    `[B, C]`): the prompt left-padded as the policy reads it, then the completion and what ends it
+    (completion_token_ids), cut to fit the model's context (a completion cut short loses its end, as a
+    truncated sample has none)."""
     batch = encode_prompts(tokenizer, prompts, 1, model)
     room = context_length(model) - batch["input_ids"].shape[1]
     eos = tokenizer.eos_token_id
-    tails = [(tokenizer(" " + c.strip(), add_special_tokens=False)["input_ids"] + [eos])[:room] for c in completions]
+    tails = [completion_token_ids(tokenizer, p, c)[:room] for p, c in zip(prompts, completions, strict=True)]
     width = max(map(len, tails))
     completion_ids = torch.tensor([t + [eos] * (width - len(t)) for t in tails])
     completion_mask = torch.tensor([[1.0] * len(t) + [0.0] * (width - len(t)) for t in tails])

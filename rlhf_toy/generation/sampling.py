@@ -4,6 +4,7 @@ models, transformers' `generate` for the rest."""
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass
 
 import torch
@@ -18,8 +19,9 @@ from transformers import (
 
 from classic_rl.infra.cli import config_field
 from classic_rl.infra.errors import ConfigError
+from rlhf_toy.chat import Prompt, is_conversational, render_prompt
 from rlhf_toy.generation.fast_decode import sample_gpt2, supports_fast_decode
-from rlhf_toy.lm.models import evaluation_mode, format_prompt, stop_token_ids
+from rlhf_toy.lm.models import evaluation_mode, stop_token_ids
 
 
 @dataclass
@@ -113,16 +115,20 @@ def context_length(model: PreTrainedModel) -> int:
     return getattr(config, "n_positions", None) or config.max_position_embeddings
 
 
-def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_new_tokens: int,
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[Prompt], max_new_tokens: int,
                    model: PreTrainedModel) -> dict[str, torch.Tensor]:
-    """Left-padded `input_ids` / `attention_mask` `[B, P]` for prompts in the chat template.
+    """Left-padded `input_ids` / `attention_mask` `[B, P]` for prompts as the policy reads them (chat.render_prompt;
+    a chat template writes its own special tokens, so none are added).
 
-    Each distinct prompt is tokenized once (a GRPO batch repeats each num_generations times).
+    Each distinct prompt is rendered and tokenized once (a GRPO batch repeats each num_generations times).
     Raises a ConfigError when prompt plus completion would not fit the model's context.
     """
-    distinct = {prompt: i for i, prompt in enumerate(dict.fromkeys(prompts))}
-    encoded = tokenizer([format_prompt(p) for p in distinct], return_tensors="pt", padding=True)
-    rows = torch.tensor([distinct[p] for p in prompts])
+    keys = [json.dumps(p) if is_conversational(p) else p for p in prompts]
+    distinct = dict(zip(keys, prompts, strict=True))
+    encoded = tokenizer([render_prompt(tokenizer, p) for p in distinct.values()], return_tensors="pt", padding=True,
+                        add_special_tokens=not any(map(is_conversational, prompts)))
+    index = {key: i for i, key in enumerate(distinct)}
+    rows = torch.tensor([index[key] for key in keys])
     batch = BatchEncoding({key: value[rows] for key, value in encoded.items()})
     longest, context = batch["input_ids"].shape[1], context_length(model)
     if longest + max_new_tokens > context:
@@ -132,7 +138,7 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_n
 
 
 @torch.inference_mode()
-def generate_completions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], sampling: SamplingConfig,
+def generate_completions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[Prompt], sampling: SamplingConfig,
              seed: int | None = None) -> list[str]:
     """One completion per prompt, decoded without special tokens."""
     batch = encode_prompts(tokenizer, prompts, sampling.max_new_tokens, model).to(model.device)

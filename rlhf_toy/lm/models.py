@@ -30,6 +30,7 @@ from transformers import (
 )
 
 from classic_rl.infra.errors import ConfigError
+from rlhf_toy.chat import CHATML_TEMPLATE, CHATML_TOKENS, end_of_turn_ids
 
 EOS_TOKEN, PAD_TOKEN = "<|endoftext|>", "<|pad|>"
 
@@ -41,14 +42,10 @@ MODEL_PRESETS: dict[str, dict[str, int]] = {
 }
 
 
-def format_prompt(prompt: str) -> str:
-    """The one chat template of the project: what the policy sees before it answers."""
-    return f"Question: {prompt}\nAnswer:"
-
-
-def train_tokenizer(texts: Iterable[str], vocab_size: int, split_digits: bool = False) -> PreTrainedTokenizerFast:
+def train_tokenizer(texts: Iterable[str], vocab_size: int, split_digits: bool = False, chat: bool = False) -> PreTrainedTokenizerFast:
     """Byte-level BPE (GPT-2's scheme) trained on texts, wrapped for transformers; split_digits keeps
-    every digit its own token (as Llama's tokenizer does), so numbers are written digit by digit.
+    every digit its own token (as Llama's tokenizer does), so numbers are written digit by digit; chat adds
+    ChatML's special tokens and chat template (the built-in chat model).
 
     A corpus with a small word list can stop short of vocab_size (each word becomes one
     token), so callers size the model from len(tokenizer), not from vocab_size.
@@ -58,10 +55,14 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, split_digits: bool = 
     if split_digits:
         bpe._tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
                                                                  pre_tokenizers.ByteLevel(add_prefix_space=False)])
-    bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=[EOS_TOKEN, PAD_TOKEN],
-                            show_progress=False)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN,
-                                   unk_token=EOS_TOKEN, pad_token=PAD_TOKEN, padding_side="left")
+    specials = [EOS_TOKEN, PAD_TOKEN, *(CHATML_TOKENS if chat else ())]
+    bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=specials, show_progress=False)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN,
+                                        unk_token=EOS_TOKEN, pad_token=PAD_TOKEN, padding_side="left")
+    if chat:
+        tokenizer.add_special_tokens({"additional_special_tokens": list(CHATML_TOKENS)})
+        tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
 
 
 ARCHITECTURES = ("gpt2", "llama")
@@ -137,11 +138,11 @@ def check_model_exists(name_or_dir: str) -> None:
 
 
 def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Every id that ends a completion: the tokenizer's eos and the model's generation_config eos ids (chat
-    models list an end-of-turn token there too)."""
+    """Every id that ends a completion: the tokenizer's eos, the model's generation_config eos ids (chat models list an
+    end-of-turn token there too) and the end-of-turn token of the tokenizer's chat template (chat.end_of_turn_ids)."""
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)  # None, an id or a list
     configured = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
-    return list(dict.fromkeys([tokenizer.eos_token_id, *configured]))
+    return list(dict.fromkeys([tokenizer.eos_token_id, *configured, *end_of_turn_ids(tokenizer)]))
 
 
 def position_ids(attention_mask: Tensor) -> Tensor:

@@ -21,12 +21,12 @@ from classic_rl.infra.metrics import RunLogger
 from classic_rl.infra.plots import plot_lines
 from classic_rl.infra.run_folder import RunFields, start_run, write_json
 from rlhf_toy import data
+from rlhf_toy.chat import chatml, format_prompt
 from rlhf_toy.distributed import make_accelerator
 from rlhf_toy.lm.models import (
     ARCHITECTURES,
     MODEL_PRESETS,
     build_model,
-    format_prompt,
     load_model,
     model_writer,
     num_parameters,
@@ -45,6 +45,8 @@ class PretrainConfig(RunFields):
                                                      "writes the shipped ones)")
     arithmetic: bool = config_field(False, "Read arithmetic_sft.jsonl's worked solutions instead of the stories and answers, "
                                            "with every digit its own token (the arithmetic base model of --task arithmetic)")
+    chat: bool = config_field(False, "Read the prompt/response pairs as conversations in ChatML, with its special tokens and "
+                                     "chat template in the tokenizer (the built-in chat model of --task chat)")
     vocab_size: int = config_field(2048, "BPE vocabulary to ask for (a small corpus may yield fewer tokens)")
     n_positions: int = config_field(128, "Context length, and the length of the packed training blocks")
     batch_size: int = config_field(32, "Blocks per optimizer step")
@@ -78,12 +80,15 @@ class PretrainConfig(RunFields):
             raise ConfigError("--val-fraction must be in (0, 1), --min-lr-ratio in [0, 1] and --warmup-steps >= 0")
 
 
-def training_texts(data_dir: str, arithmetic: bool = False) -> list[str]:
-    """Plain documents plus prompt/response pairs in the policy's chat template; with arithmetic, the worked
-    solutions alone (12,000 of them mixed into the stories left the tiny model unable to read the operands'
-    digits, held-out pass@8 3%; 40,000 alone and 1200 steps: pass@8 91-94%)."""
+def training_texts(data_dir: str, arithmetic: bool = False, chat: bool = False) -> list[str]:
+    """Plain documents plus prompt/response pairs in the policy's template (the plain one, or with chat ChatML turns,
+    each ended by its end-of-turn token); with arithmetic, the worked solutions alone (12,000 of them mixed into the
+    stories left the tiny model unable to read the operands' digits, held-out pass@8 3%; 40,000 alone and 1200 steps:
+    pass@8 91-94%)."""
     def dialogues(name: str) -> list[str]:
         rows = data.load_rows(Path(data_dir) / f"{name}.jsonl", ["prompt", "response"])
+        if chat:
+            return [chatml([{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}]) for r in rows]
         return [f"{format_prompt(r['prompt'])} {r['response']}" for r in rows]
 
     if arithmetic:
@@ -121,7 +126,7 @@ def heldout_loss(model, blocks: torch.Tensor, batch_size: int, device) -> float:
 
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     """Train tokenizer and model; writes run_dir/{model/, config.json, metrics.jsonl, summary.json, loss.png}."""
-    texts = training_texts(cfg.data_dir, cfg.arithmetic)  # bad data files are reported before the run folder is created
+    texts = training_texts(cfg.data_dir, cfg.arithmetic, cfg.chat)  # bad data files are reported before the run folder is created
     run_dir, checkpoints = start_run(cfg)
     # One process, no DDP wrapper (the model is never prepared), even inside a multi-process RLHF run that builds its
     # base model on the main process.
@@ -130,7 +135,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(len(texts), generator=generator).tolist()
     n_val = max(1, int(len(texts) * cfg.val_fraction))
-    tokenizer = train_tokenizer([texts[i] for i in order[n_val:]], cfg.vocab_size, split_digits=cfg.arithmetic)
+    tokenizer = train_tokenizer([texts[i] for i in order[n_val:]], cfg.vocab_size, split_digits=cfg.arithmetic, chat=cfg.chat)
     encode = lambda idx: tokenizer([texts[i] for i in idx], add_special_tokens=False).input_ids  # noqa: E731
     train_blocks = data.pack(encode(order[n_val:]), tokenizer.eos_token_id, cfg.n_positions)
     val_blocks = data.pack(encode(order[:n_val]), tokenizer.eos_token_id, cfg.n_positions)
@@ -163,7 +168,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     tokenizer.save_pretrained(model_dir)
     val_loss = logger.series("eval/loss")[1][-1]
     steps = logger.rows[-1]["step"]  # max_steps, or fewer once max_train_s was spent
-    summary = {"arch": cfg.arch, "preset": cfg.preset, "params": num_parameters(model), "vocab_size": len(tokenizer), "steps": steps,
+    summary = {"arch": cfg.arch, "preset": cfg.preset, "chat": cfg.chat, "params": num_parameters(model), "vocab_size": len(tokenizer), "steps": steps,
                "train_tokens": steps * tokens_per_step, "val_loss": val_loss, "perplexity": math.exp(val_loss),
                "train_loss_final": logger.rows[-1]["train/loss"], "tokens_per_s": steps * tokens_per_step / train_s,
                "precision": precision, "wall_s": logger.elapsed(), "model_dir": "model"}

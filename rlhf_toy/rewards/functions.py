@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from classic_rl.infra.errors import ConfigError
+from rlhf_toy.chat import Prompt, as_assistant_turn, is_conversational, message_text
 from rlhf_toy.rewards.learned_reward import RewardModelScorer
 
 OPEN_TAG, CLOSE_TAG = "<answer>", "</answer>"  # the layout the format reward asks for
@@ -46,12 +47,22 @@ _ANSWER_BLOCK = re.compile(rf"{re.escape(OPEN_TAG)}(.*?){re.escape(CLOSE_TAG)}",
 _NUMBER = re.compile(r"^([+-]?)\s*(\d{1,3}(?:,\d{3})+|\d+)\.?$")
 
 
+def on_texts(rule: RewardFn) -> RewardFn:
+    """A built-in rule that reads text, given prompts and completions in either of TRL's formats: a conversation is
+    read as its last message (the user's question, the assistant's answer)."""
+    @functools.wraps(rule)
+    def read_texts(prompts, completions, **columns):
+        return rule([message_text(p) for p in prompts], [message_text(c) for c in completions], **columns)
+    return read_texts
+
+
 def answer_text(completion: str) -> str:
     """The text inside the answer tags if present, else the whole completion, stripped."""
     inner = completion.split(OPEN_TAG, 1)[-1].split(CLOSE_TAG, 1)[0]
     return inner.strip()
 
 
+@on_texts
 def length_reward(prompts: list[str], completions: list[str], target_words: int = 12, **_) -> list[float]:
     """1 - |words - target| / target, floored at 0; the target comes from "in N words" in the prompt if stated."""
     scores = []
@@ -66,11 +77,13 @@ def length_reward(prompts: list[str], completions: list[str], target_words: int 
 BREVITY_WORDS = 40  # the default max_completion_length in tokens: no answer that fits is longer in words
 
 
+@on_texts
 def brevity_reward(prompts: list[str], completions: list[str], **_) -> list[float]:
     """1 - words / 40 of the answer text, floored at 0: the shorter, the better."""
     return [max(0.0, 1.0 - len(answer_text(c).split()) / BREVITY_WORDS) for c in completions]
 
 
+@on_texts
 def format_reward(prompts: list[str], completions: list[str], **_) -> list[float]:
     """1 for exactly `<answer> text </answer>`, 0.5 for the tags with text outside, 0.25 for the opening tag only."""
     scores = []
@@ -86,6 +99,7 @@ def format_reward(prompts: list[str], completions: list[str], **_) -> list[float
     return scores
 
 
+@on_texts
 def think_reward(prompts: list[str], completions: list[str], **_) -> list[float]:
     """1 for exactly `<think> T </think> <answer> A </answer>` (T, A non-empty), 0.5 with text around it or an
     empty part, 0.25 for a think pair alone."""
@@ -117,6 +131,7 @@ def parse_answer_number(completion: str) -> int | None:
     return int(number.group(1) + number.group(2).replace(",", ""))
 
 
+@on_texts
 def correct_reward(prompts: list[str], completions: list[str], answer: list | None = None, **_) -> list[float]:
     """1 where the answer block's number equals the `answer` column (a dataset column, TRL's convention), else 0."""
     if answer is None:
@@ -169,7 +184,11 @@ class CombinedReward:
     def __init__(self, functions: dict[str, RewardFn], weights: Sequence[float]):
         self.functions, self.weights = functions, list(weights)
 
-    def score(self, prompts: list[str], completions: list[str], **columns) -> tuple[list[float], dict[str, list[float]]]:
+    def score(self, prompts: list[Prompt], completions: list[str], **columns) -> tuple[list[float], dict[str, list[float]]]:
+        """completions are texts; for conversational prompts each function receives them as TRL passes them, assistant
+        turns `[{"role": "assistant", "content": text}]`."""
+        if any(map(is_conversational, prompts)):
+            completions = [as_assistant_turn(c) for c in completions]
         components = {name: call_reward(name, fn, prompts, completions, columns) for name, fn in self.functions.items()}
         totals = [sum(w * components[name][i] for name, w in zip(self.functions, self.weights, strict=True))
                   for i in range(len(completions))]

@@ -32,9 +32,17 @@ import torch
 
 from classic_rl.infra.cli import config_field
 from classic_rl.infra.errors import ConfigError, TrainingInterrupted, require_positive
+from rlhf_toy.chat import (
+    Completion,
+    Prompt,
+    as_assistant_turn,
+    is_conversational,
+    message_text,
+    require_chat_template,
+)
 from rlhf_toy.data import DATA_DIR, load_prompt_rows, split_columns
 from rlhf_toy.generation.sampling import SamplingConfig, generate_completions
-from rlhf_toy.lm.base_model import default_base_model
+from rlhf_toy.lm.base_model import default_base_model, kind_for
 from rlhf_toy.lm.models import check_model_exists, load_model, load_tokenizer
 from rlhf_toy.rewards.functions import resolve_reward
 
@@ -48,7 +56,8 @@ class LabelConfig:
                                          "or runs/labels/scores.jsonl with --pointwise); an existing one is continued")
     n: int = config_field(50, "Labels the file should hold when done (pairs, or scored completions with --pointwise); "
                               "ties count, skips do not")
-    model: str | None = config_field(None, "Model whose completions are judged (default: the cached default base model)")
+    model: str | None = config_field(None, "Model whose completions are judged (default: the built-in base model, the chat model "
+                                           "for conversational prompts)")
     prompts: str = config_field(str(DATA_DIR / "prompts_train.jsonl"), "Prompts to sample from (JSONL rows or .txt)")
     simulate: str | None = config_field(None, "Label with this reward instead of a person (a --reward spec, e.g. "
                                               "brevity or length,format): the higher score is preferred")
@@ -75,13 +84,20 @@ class LabelConfig:
                                           if self.simulate else f"human:{getpass.getuser()}")
 
 
-def pair_key(prompt: str, first: str, second: str) -> str:
-    """The same for a pair shown in either order."""
-    return hashlib.sha1(json.dumps([prompt, sorted([first.strip(), second.strip()])]).encode()).hexdigest()
+def pair_key(prompt: Prompt, first: Completion, second: Completion) -> str:
+    """The same for a pair shown in either order (a completion as text or as an assistant turn)."""
+    texts = sorted([message_text(first).strip(), message_text(second).strip()])
+    return hashlib.sha1(json.dumps([prompt, texts]).encode()).hexdigest()
 
 
-def completion_key(prompt: str, completion: str) -> str:
-    return hashlib.sha1(json.dumps([prompt, completion.strip()]).encode()).hexdigest()
+def completion_key(prompt: Prompt, completion: Completion) -> str:
+    return hashlib.sha1(json.dumps([prompt, message_text(completion).strip()]).encode()).hexdigest()
+
+
+def as_written(prompt: Prompt, completion: str) -> Completion:
+    """A completion as the labels file holds it: text, or for a conversation an assistant turn (TRL's conversational
+    preference format, which DPO and the reward model read as the prompt's answer)."""
+    return as_assistant_turn(completion) if is_conversational(prompt) else completion
 
 
 class LabelFile:
@@ -219,7 +235,8 @@ def pair_row(row: dict, first: str, second: str, answer: str, scores: list[float
     chosen, rejected = (second, first) if answer == "2" else (first, second)
     outcome = {"1": "preferred", "2": "preferred", "tie": "tie", "skip": "skipped"}[answer]
     scored = {} if scores is None else {"score_chosen": scores[answer == "2"], "score_rejected": scores[answer != "2"]}
-    return {"prompt": row["prompt"], "chosen": chosen, "rejected": rejected, "outcome": outcome, **scored, **extra}
+    return {"prompt": row["prompt"], "chosen": as_written(row["prompt"], chosen), "rejected": as_written(row["prompt"], rejected),
+            "outcome": outcome, **scored, **extra}
 
 
 def label_pairs(cfg: LabelConfig, file: LabelFile, pairs: Iterator[tuple[dict, str, str]], terminal: Terminal,
@@ -235,7 +252,7 @@ def label_pairs(cfg: LabelConfig, file: LabelFile, pairs: Iterator[tuple[dict, s
             answer, scores = simulated.judge_pair(row, first, second)
         else:
             terminal.show(f"\n--- pair {file.labelled + 1} of {cfg.n}" + (f"   (criterion: {cfg.criterion})" if cfg.criterion else ""))
-            terminal.show(wrapped("prompt:", row["prompt"]) + "\n" + wrapped("[1]", first) + "\n" + wrapped("[2]", second))
+            terminal.show(wrapped("prompt:", message_text(row["prompt"])) + "\n" + wrapped("[1]", first) + "\n" + wrapped("[2]", second))
             answer = terminal.ask("which is better? 1 / 2 / t (tie) / s (skip) / q (quit): ", PAIR_ANSWERS)
             if answer == "quit":
                 return
@@ -255,12 +272,12 @@ def label_pointwise(cfg: LabelConfig, file: LabelFile, pairs: Iterator[tuple[dic
                 score = simulated.judge_one(row, completion)
             else:
                 terminal.show(f"\n--- completion {file.labelled + 1} of {cfg.n}" + (f"   (criterion: {cfg.criterion})" if cfg.criterion else ""))
-                terminal.show(wrapped("prompt:", row["prompt"]) + "\n" + wrapped("->", completion))
+                terminal.show(wrapped("prompt:", message_text(row["prompt"])) + "\n" + wrapped("->", completion))
                 score = terminal.ask("score 1 (bad) to 5 (good), s (skip), q (quit): ", SCORE_ANSWERS)
                 if score == "quit":
                     return
             skipped = score == "skip"
-            file.append({"prompt": row["prompt"], "completion": completion, "score": None if skipped else score,
+            file.append({"prompt": row["prompt"], "completion": as_written(row["prompt"], completion), "score": None if skipped else score,
                          "outcome": "skipped" if skipped else "scored", **provenance(cfg, model_name)})
 
 
@@ -280,8 +297,9 @@ def run_labelling(cfg: LabelConfig, terminal: Terminal | None = None) -> dict[st
         terminal.show(f"{cfg.out}: {start} of {cfg.n} labels already there; continuing")
     if start < cfg.n:
         torch.set_num_threads(cfg.torch_threads)
-        model_name = cfg.model or default_base_model()
+        model_name = cfg.model or default_base_model(kind=kind_for([row["prompt"] for row in prompt_rows]))
         tokenizer, policy = load_tokenizer(model_name), load_model(model_name).eval()
+        require_chat_template(tokenizer, [row["prompt"] for row in prompt_rows], f"--prompts {cfg.prompts}")
         enough = 10 * (len(file.rows) + cfg.n) // 8 + 10  # batches: a model that repeats itself must not loop forever
         pairs = candidate_pairs(policy, tokenizer, prompt_rows, SamplingConfig(cfg.max_completion_length, cfg.temperature),
                                 cfg.seed, enough)

@@ -9,15 +9,17 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from classic_rl.infra.errors import ConfigError
+from rlhf_toy.chat import Completion, Prompt, render_completion, render_prompt
 from rlhf_toy.generation.sampling import context_length
-from rlhf_toy.lm.models import format_prompt, load_tokenizer
+from rlhf_toy.lm.models import load_tokenizer
 
 
-def sequence_texts(tokenizer, prompts: list[str], responses: list[str]) -> list[str]:
-    """What the reward model reads: the chat template, the response, and eos. Its score is read at the last token that
-    is not padding: that eos, or, where the tokenizer pads with its eos (GPT-2's, which has no pad token), the
-    response's last token, as TRL's RewardTrainer reads it too."""
-    return [f"{format_prompt(p)} {r.strip()}{tokenizer.eos_token}" for p, r in zip(prompts, responses, strict=True)]
+def sequence_texts(tokenizer, prompts: list[Prompt], responses: list[Completion]) -> list[str]:
+    """What the reward model reads: the prompt as the policy reads it, then the response up to what ends it (eos, or a
+    chat template's end of turn; chat.render_completion). Its score is read at the last token that is not padding: that
+    one, or, where the tokenizer pads with its eos (GPT-2's, which has no pad token), the response's last token, as TRL's
+    RewardTrainer reads it too."""
+    return [render_prompt(tokenizer, p) + render_completion(tokenizer, p, r) for p, r in zip(prompts, responses, strict=True)]
 
 
 def score_texts(model, tokenizer, texts: list[str], batch_size: int = 64) -> torch.Tensor:
@@ -49,5 +51,5 @@ class RewardModelScorer:
         self.__name__ = f"rm:{model_dir}"
 
     @torch.inference_mode()
-    def __call__(self, prompts: list[str], completions: list[str], **_) -> list[float]:
+    def __call__(self, prompts: list[Prompt], completions: list[Completion], **_) -> list[float]:
         return score_texts(self.model, self.tokenizer, sequence_texts(self.tokenizer, prompts, completions)).tolist()

@@ -16,7 +16,6 @@ judgements, the scoring model of InstructGPT (Ouyang et al. 2022) and of Christi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,17 +29,19 @@ from classic_rl.infra.errors import ConfigError, require_choice, require_positiv
 from classic_rl.infra.metrics import RunLogger
 from classic_rl.infra.plots import plot_scatter
 from classic_rl.infra.run_folder import RunFields, start_run, write_json
+from rlhf_toy.chat import is_conversational, require_chat_template
 from rlhf_toy.data import (
     DATA_DIR,
     Labels,
     ShuffledBatches,
     load_prompts,
+    shipped_eval_prompts,
     to_labels,
     train_and_held_out_labels,
 )
 from rlhf_toy.distributed import make_accelerator
 from rlhf_toy.generation.sampling import SamplingConfig, generate_completions
-from rlhf_toy.lm.base_model import default_base_model
+from rlhf_toy.lm.base_model import default_base_model, kind_for
 from rlhf_toy.lm.models import (
     check_model_exists,
     disable_dropout,
@@ -58,7 +59,8 @@ from rlhf_toy.supervised import SupervisedRun, train_supervised
 @dataclass
 class RewardModelConfig(RunFields):
     model: str | None = config_field(None, "Backbone to start from (default: the cached default base model)")
-    data_dir: str = config_field(str(DATA_DIR), "Folder with preferences_train.jsonl, preferences_eval.jsonl, prompts_eval.jsonl")
+    data_dir: str = config_field(str(DATA_DIR), "Folder with preferences_train.jsonl, preferences_eval.jsonl, prompts_eval.jsonl "
+                                                "(prompts_chat_eval.jsonl for conversations)")
     preferences: str | None = config_field(None, "Training labels: pairs (data/preferences_*.jsonl's schema) or label.py "
                                                  "--pointwise scores (default: DATA_DIR/preferences_train.jsonl)")
     eval_preferences: str | None = config_field(None, "Held-out labels of the same kind (default: DATA_DIR/preferences_eval"
@@ -162,17 +164,19 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     # bad data files and model folders are reported before the run folder is created
     kind, train_rows, eval_rows = train_and_held_out_labels(cfg.preferences, cfg.eval_preferences, cfg.data_dir,
                                                             cfg.eval_fraction, cfg.seed)
-    eval_prompts = load_prompts(Path(cfg.data_dir) / "prompts_eval.jsonl")
+    train_prompts = [row["prompt"] for row in train_rows]
+    eval_prompts = load_prompts(shipped_eval_prompts(any(map(is_conversational, train_prompts)), cfg.data_dir))
     gold_reward = resolve_reward(cfg.gold_reward)
     if cfg.model:
         check_model_exists(cfg.model)
     run_dir, checkpoints = start_run(cfg)
     accelerator = make_accelerator(cfg.cpu)
-    base = cfg.model or default_base_model()
+    base = cfg.model or default_base_model(kind=kind_for(train_prompts))
     labels, flipped = to_labels(kind, train_rows, cfg.label_noise, cfg.seed)
     eval_labels, _ = to_labels(kind, eval_rows)
 
     tokenizer = load_tokenizer(base)
+    require_chat_template(tokenizer, train_prompts, "--preferences")
     model = AutoModelForSequenceClassification.from_pretrained(
         str(checkpoints.folder / "model") if checkpoints.resumed else base, num_labels=1).train()
     if cfg.disable_dropout:

@@ -4,6 +4,9 @@ and sampling defaults; any flag given beside --task overrides them.
     arithmetic   "Compute 47 + 38." with its answer as a column; reward correct (the answer is right)
                  plus a little think (the <think> ... </think> <answer> ... </answer> layout); the
                  arithmetic base model; pass@1 and pass@8 on 100 held-out problems
+    chat         the default prompts as conversations ([{"role": "user", ...}], TRL's format) for the built-in chat
+                 model, which reads them through its ChatML template and ends its turn with <|im_end|>; the default
+                 rewards, which receive each completion as an assistant turn
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ TASKS: dict[str, dict[str, Any]] = {
         # PPO's step costs 2.6x GRPO's (its critic): 360 steps keep its training within the same 5 minutes
         by_algo={"ppo": dict(steps=360)},
     ),
+    "chat": dict(prompts=str(DATA_DIR / "prompts_chat_train.jsonl"), eval_prompts=str(DATA_DIR / "prompts_chat_eval.jsonl"),
+                 base_model="chat", run_dir="runs/chat"),
 }
 
 
