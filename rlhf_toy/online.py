@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from rlhf_toy.evaluation import evaluate_on_prompts, print_completions, print_si
 from rlhf_toy.generation.rollout import sample_rollout
 from rlhf_toy.generation.sampling import encode_prompts, ignored_generation_settings
 from rlhf_toy.lm.base_model import default_base_model, kind_for
+from rlhf_toy.lm.lora import AdapterDisabled, prepare_for_training, save_merged, trainable_model, with_lora
 from rlhf_toy.lm.models import check_model_exists, disable_dropout, load_model, load_tokenizer, model_writer
 from rlhf_toy.precision import autocast, bf16_linear_weights, set_up_precision
 from rlhf_toy.prompt_schedule import prompts_for_step, step_seed
@@ -142,29 +144,28 @@ def set_up(cfg: RLHFConfig) -> Run:
     with accelerator.main_process_first():  # the main process builds the default base model if it is not cached
         model_name = cfg.model or default_base_model(kind=cfg.base_model or kind_for([row["prompt"] for row in train_prompts]))
     tokenizer = load_tokenizer(model_name, cfg.trust_remote_code)
-    policy = load_model(str(checkpoints.folder / "model") if checkpoints.resumed else model_name, cfg.trust_remote_code)
+    policy, ref_model, load_copy = build_models(cfg, model_name, checkpoints.folder / "model" if checkpoints.resumed else None)
     for name, rows in (("--prompts", train_prompts), ("--eval-prompts", eval_prompts)):
         require_chat_template(tokenizer, [row["prompt"] for row in rows], f"{name} {getattr(cfg, name[2:].replace('-', '_'))}")
         try:
             encode_prompts(tokenizer, [row["prompt"] for row in rows], cfg.max_completion_length, policy)
         except ConfigError as err:
             raise ConfigError(f"{name}: {err}") from None
-    ref_model = load_model(model_name, cfg.trust_remote_code).eval().requires_grad_(False) if cfg.uses_reference else None
-    if cfg.disable_dropout:  # the reference runs in eval mode anyway
-        disable_dropout(policy)
-    algorithm = algorithm_class(cfg, policy, lambda: load_model(model_name, cfg.trust_remote_code), tokenizer)
+    algorithm = algorithm_class(cfg, policy, load_copy, tokenizer)
     # fused: the Trainer's default (adamw_torch_fused) since torch 2.8, so TRL runs it too; 1.4 -> 0.36 ms a step on CPU here
-    optimizer = torch.optim.AdamW([*policy.parameters(), *algorithm.parameters()], lr=cfg.learning_rate, weight_decay=0.0,
-                                  fused=True)
+    trainable = [p for p in [*policy.parameters(), *algorithm.parameters()] if p.requires_grad]  # under LoRA, the adapters
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=0.0, fused=True)
     logger = RunLogger(run_dir) if accelerator.is_main_process else None
     checkpoints.track(optimizer=optimizer, logger=logger, **algorithm.state())  # accelerate wraps, not copies, the optimizer
     checkpoints.restore()
     policy, optimizer = accelerator.prepare(policy, optimizer)
-    precision = set_up_precision(cfg.precision, accelerator.device, accelerator.unwrap_model(policy), ref_model,
+    separate_reference = None if isinstance(ref_model, AdapterDisabled) else ref_model  # a LoRA run's is the policy itself
+    precision = set_up_precision(cfg.precision, accelerator.device, accelerator.unwrap_model(policy), separate_reference,
                                  *algorithm.place(accelerator.device))
-    ref_model = ref_model.to(accelerator.device) if ref_model is not None else None
-    if ref_model is not None and precision == "bf16":  # it runs only in the update, under autocast
-        bf16_linear_weights(ref_model)
+    if separate_reference is not None:
+        ref_model = ref_model.to(accelerator.device)
+        if precision == "bf16":  # it runs only in the update, under autocast
+            bf16_linear_weights(ref_model)
     if accelerator.is_main_process:
         print(f"{cfg.algo}: {cfg.prompts_per_step} prompts x {cfg.num_generations} completions = {cfg.completions_per_step} "
               f"completions per step in {world} process(es), {cfg.num_minibatches} minibatch(es) x {cfg.passes} pass(es), "
@@ -175,6 +176,23 @@ def set_up(cfg: RLHFConfig) -> Run:
                   f"follows --temperature {cfg.temperature}, --top-k {cfg.top_k}, --top-p {cfg.top_p}, the distribution the losses assume")
     return Run(cfg, accelerator, reward, gold, train_prompts, eval_prompts, run_dir, model_name, tokenizer, policy, ref_model,
                algorithm, optimizer, checkpoints, logger, precision)
+
+
+def build_models(cfg: RLHFConfig, model_name: str, resume_dir: Path | None) -> tuple[Any, Any, Callable[[], Any]]:
+    """(policy, reference or None, load_copy): the policy (with --use-peft, adapters on frozen weights, fresh or the
+    checkpoint's), the reference (a frozen copy; under LoRA the policy with its adapters disabled), and a function giving
+    another copy to build from (PPO's critic; with adapters of its own under LoRA)."""
+    def load() -> Any:
+        return load_model(model_name, cfg.trust_remote_code)
+
+    policy = prepare_for_training(trainable_model(lambda name: load_model(name, cfg.trust_remote_code), model_name, resume_dir, cfg), cfg)
+    if not cfg.uses_reference:
+        ref_model = None
+    else:
+        ref_model = AdapterDisabled(policy) if cfg.use_peft else load().eval().requires_grad_(False)
+    if cfg.disable_dropout:  # the reference runs in eval mode anyway; LoRA's own dropout goes too, as in TRL
+        disable_dropout(policy)
+    return policy, ref_model, (lambda: with_lora(load(), cfg)) if cfg.use_peft else load
 
 
 def evaluate_before(run: Run) -> dict[str, Any] | None:
@@ -286,14 +304,17 @@ def finish(run: Run, before: dict[str, Any], train_time: float) -> dict[str, Any
     run.log_evaluation(run.last_step, after)
     k = cfg.eval_samples_per_prompt  # one row per distinct prompt
     print_side_by_side(before["rows"][::k], after["rows"][::k])
-    final_dir = run.run_dir / "model"
-    run.accelerator.unwrap_model(run.policy).save_pretrained(final_dir)
+    final_dir, policy = run.run_dir / "model", run.accelerator.unwrap_model(run.policy)
+    policy.save_pretrained(final_dir)  # under LoRA: the adapters, which load_model (and AutoPeftModelForCausalLM) read
     run.tokenizer.save_pretrained(final_dir)
+    if cfg.save_merged_model:
+        save_merged(policy, run.tokenizer, run.run_dir / "merged")
     completions_done = (run.last_step - run.start_step + 1) * cfg.completions_per_step
     kl_series = logger.series("kl")[1]
     summary = {
         "algo": cfg.algo, "model": run.model_name, "reward": cfg.reward, "steps": run.last_step, "seed": cfg.seed,
         "num_processes": run.accelerator.num_processes, "device": str(run.accelerator.device), "precision": run.precision,
+        "use_peft": cfg.use_peft, "trainable_params": sum(p.numel() for p in policy.parameters() if p.requires_grad),
         "reward_before": before["reward"], "reward_after": after["reward"],
         "components_before": before["components"], "components_after": after["components"],
         "mean_length_before": before["mean_length"], "mean_length_after": after["mean_length"],

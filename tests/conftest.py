@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import GPT2LMHeadModel
 
 from rlhf_toy import corpus
 from rlhf_toy.data import write_jsonl
@@ -85,6 +86,21 @@ def nano_chat_dir(nano):
         pretrain(PretrainConfig(preset="nano", chat=True, data_dir=str(root / "data"), vocab_size=600, batch_size=16, max_steps=80,
                                 warmup_steps=10, learning_rate=3e-3, min_lr_ratio=0.1, eval_every=40, run_dir=str(root / "chat"), overwrite=True))
     return str(root / "chat" / "model")
+
+
+@pytest.fixture(scope="session")
+def dropout_gpt2_dir(nano_dir, tmp_path_factory):
+    """The nano model's weights in a GPT-2 with GPT2Config's default dropout, 0.1 (embeddings, attention, residuals),
+    as the hub's gpt2 has it."""
+    nano = load_model(nano_dir)
+    config = nano.config
+    config.resid_pdrop = config.embd_pdrop = config.attn_pdrop = 0.1
+    model = GPT2LMHeadModel(config)
+    model.load_state_dict(nano.state_dict())
+    folder = tmp_path_factory.mktemp("dropout-gpt2")
+    model.save_pretrained(folder)
+    load_tokenizer(nano_dir).save_pretrained(folder)
+    return str(folder)
 
 
 def run_script(script: str, args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:

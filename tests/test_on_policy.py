@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from transformers import GenerationConfig, GPT2LMHeadModel
+from transformers import GenerationConfig
 
 from classic_rl import core
 from classic_rl.infra.errors import ConfigError
@@ -19,21 +19,6 @@ from rlhf_toy.lm.models import load_model, load_tokenizer
 from rlhf_toy.online import train
 from rlhf_toy.rewards.reward_model import held_out_accuracy
 from tests.conftest import run_script, step_rows
-
-
-@pytest.fixture(scope="module")
-def dropout_gpt2_dir(nano_dir, tmp_path_factory):
-    """The nano model's weights in a GPT-2 with GPT2Config's default dropout, 0.1 (embeddings, attention, residuals),
-    as the hub's gpt2 has it."""
-    nano = load_model(nano_dir)
-    config = nano.config
-    config.resid_pdrop = config.embd_pdrop = config.attn_pdrop = 0.1
-    model = GPT2LMHeadModel(config)
-    model.load_state_dict(nano.state_dict())
-    folder = tmp_path_factory.mktemp("dropout-gpt2")
-    model.save_pretrained(folder)
-    load_tokenizer(nano_dir).save_pretrained(folder)
-    return str(folder)
 
 
 def one_step_config(nano, run_dir, algo, model, **overrides):

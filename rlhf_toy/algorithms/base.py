@@ -16,6 +16,7 @@ from classic_rl.infra.run_folder import RunFields
 from rlhf_toy.data import DATA_DIR
 from rlhf_toy.generation.sampling import SamplingConfig
 from rlhf_toy.lm.base_model import BASE_MODELS
+from rlhf_toy.lm.lora import ModelFields
 from rlhf_toy.precision import PRECISIONS
 from rlhf_toy.rewards.functions import DEFAULT_REWARD
 
@@ -23,7 +24,7 @@ LR_SCHEDULES = ("constant", "linear", "cosine")
 
 
 @dataclass
-class RLHFConfig(RunFields):
+class RLHFConfig(ModelFields, RunFields):
     """What every RLHF algorithm takes. Batch arithmetic as TRL's: a step's generation batch is
     prompts_per_step x num_generations completions, split into num_minibatches gradient steps."""
 
@@ -79,6 +80,7 @@ class RLHFConfig(RunFields):
         if not self.ALGO:
             raise TypeError("RLHFConfig holds the shared fields; build an algorithm's own config (rlhf_toy/algorithms/)")
         super().__post_init__()
+        self.check_lora()
         self.algo = self.algo or self.ALGO
         if self.algo != self.ALGO:
             raise ConfigError(f"{type(self).__name__} is --algo {self.ALGO}, got --algo {self.algo}")

@@ -44,6 +44,14 @@ from rlhf_toy.evaluation import evaluate_on_prompts, kl_to_reference, print_side
 from rlhf_toy.generation.rollout import encode_completions, sequence_logprobs
 from rlhf_toy.generation.sampling import SamplingConfig
 from rlhf_toy.lm.base_model import default_base_model, kind_for
+from rlhf_toy.lm.lora import (
+    AdapterDisabled,
+    ModelFields,
+    adapters_disabled,
+    prepare_for_training,
+    save_merged,
+    trainable_model,
+)
 from rlhf_toy.lm.models import (
     check_model_exists,
     disable_dropout,
@@ -61,7 +69,7 @@ LABEL_SMOOTHING_LOSSES = ("robust", "cdpo")
 
 
 @dataclass
-class DPOConfig(RunFields):
+class DPOConfig(ModelFields, RunFields):
     model: str | None = config_field(None, "Policy to fine-tune, and the frozen reference (default: the cached default base model)")
     preferences: str = config_field(str(DATA_DIR / "preferences_train.jsonl"), "Preference pairs (data/preferences_*.jsonl's "
                                                                                 "schema, or a scripts/label.py file)")
@@ -96,6 +104,7 @@ class DPOConfig(RunFields):
 
     def __post_init__(self):
         super().__post_init__()
+        self.check_lora()
         require_positive(beta=self.beta, learning_rate=self.learning_rate, steps=self.steps, max_grad_norm=self.max_grad_norm,
                          max_train_s=self.max_train_s,
                          per_device_train_batch_size=self.per_device_train_batch_size, eval_every=self.eval_every,
@@ -167,6 +176,16 @@ def pair_accuracy(policy, ref_model, tokenizer, pairs: Labels, cfg: DPOConfig, b
     return float(torch.cat(wins).float().mean())
 
 
+def policy_and_reference(cfg: DPOConfig, model_name: str, resume_dir: Path | None, device) -> tuple[Any, Any]:
+    """(policy to train, frozen reference): the reference is a copy of model_name's weights, or under LoRA the policy
+    with its adapters disabled (lora.AdapterDisabled)."""
+    policy = prepare_for_training(trainable_model(load_model, model_name, resume_dir, cfg), cfg).train()
+    ref_model = AdapterDisabled(policy) if cfg.use_peft else load_model(model_name).eval().requires_grad_(False).to(device)
+    if cfg.disable_dropout:  # the reference runs in eval mode anyway
+        disable_dropout(policy)
+    return policy, ref_model
+
+
 def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
     # bad files and model folders are reported before the run folder is created
     kind, train_rows, eval_rows = train_and_held_out_labels(cfg.preferences, cfg.eval_preferences, DATA_DIR, cfg.eval_fraction, cfg.seed)
@@ -188,22 +207,23 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
     tokenizer = load_tokenizer(model_name)
     for name, prompts in (("--preferences", pairs.prompts), ("--eval-prompts", [row["prompt"] for row in eval_prompts])):
         require_chat_template(tokenizer, prompts, name)
-    ref_model = load_model(model_name).eval().requires_grad_(False).to(accelerator.device)
-    policy = load_model(str(checkpoints.folder / "model") if checkpoints.resumed else model_name).train()
-    if cfg.disable_dropout:  # the reference runs in eval mode anyway
-        disable_dropout(policy)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
+    policy, ref_model = policy_and_reference(cfg, model_name, checkpoints.folder / "model" if checkpoints.resumed else None,
+                                             accelerator.device)
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.learning_rate, weight_decay=0.0)
     batches = ShuffledBatches(len(pairs), min(cfg.per_device_train_batch_size, len(pairs)), torch.Generator().manual_seed(cfg.seed))
     logger = RunLogger(run_dir)
     checkpoints.track(logger=logger, optimizer=optimizer, batches=batches)
     saved = checkpoints.restore() or {"train_s": 0.0}
     policy, optimizer = accelerator.prepare(policy, optimizer)
-    precision = set_up_precision(cfg.precision, accelerator.device, accelerator.unwrap_model(policy), ref_model)
+    precision = set_up_precision(cfg.precision, accelerator.device, accelerator.unwrap_model(policy),
+                                 None if cfg.use_peft else ref_model)
     sampling = SamplingConfig(cfg.max_completion_length)
     evaluate = functools.partial(evaluate_on_prompts, tokenizer=tokenizer, prompts=eval_prompts, reward=judge, sampling=sampling,
                                  samples_per_prompt=cfg.eval_samples_per_prompt, seed=cfg.seed)
 
-    before = evaluate(ref_model)
+    sampled_reference = accelerator.unwrap_model(policy) if cfg.use_peft else ref_model
+    with adapters_disabled(sampled_reference):  # under LoRA the reference is the policy without its adapters
+        before = evaluate(sampled_reference)
     print(f"dpo ({cfg.loss_type}, beta {cfg.beta}) from {model_name}: {len(pairs)} pairs ({len(train_rows) - len(pairs)} ties "
           f"left out), {len(eval_pairs)} held out, {cfg.steps} steps of {batches.batch_size}; eval reward {before['reward']:.3f}")
     run = SupervisedRun(policy, optimizer, batches, checkpoints, logger, accelerator, precision,
@@ -225,8 +245,10 @@ def finish(cfg: DPOConfig, policy, ref_model, tokenizer, before: dict, after: di
            sampling: SamplingConfig, eval_prompts: list[dict], precision: str) -> dict[str, Any]:
     """Save the policy; write summary.json (TRL-style reward_before/after, kl_final, wall_s, pair_accuracy),
     eval_samples.json and curves.png."""
-    policy.save_pretrained(run_dir / "model")
+    policy.save_pretrained(run_dir / "model")  # under LoRA: the adapters
     tokenizer.save_pretrained(run_dir / "model")
+    if cfg.save_merged_model:
+        save_merged(policy, tokenizer, run_dir / "merged")
     kl = kl_to_reference(policy, ref_model, tokenizer, eval_prompts, sampling, cfg.eval_samples_per_prompt, cfg.seed)
     k = cfg.eval_samples_per_prompt
     print_side_by_side(before["rows"][::k], after["rows"][::k])

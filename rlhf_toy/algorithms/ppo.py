@@ -23,7 +23,7 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
-from transformers import AutoModelForSequenceClassification, PreTrainedModel
+from transformers import PreTrainedModel
 
 from classic_rl import core
 from classic_rl.infra.cli import config_field
@@ -46,7 +46,9 @@ from rlhf_toy.generation.rollout import (
     trainer_forward,
 )
 from rlhf_toy.generation.sampling import context_length
+from rlhf_toy.lm.lora import trunk_of
 from rlhf_toy.lm.models import disable_dropout, evaluation_mode
+from rlhf_toy.rewards.learned_reward import load_reward_model
 
 CRITICS = ("separate", "shared", "rm")
 
@@ -132,7 +134,7 @@ class Critic(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Tensor, prompt_length: int, policy: PreTrainedModel) -> Tensor:
         """Values of the states before each completion token, `[B, C]`, from the critic's own trunk or, shared,
         the policy's (its trunk alone: no vocabulary projection). Rows that share a prompt share its forward."""
-        trunk = policy.base_model if self.shared else self.trunk
+        trunk = trunk_of(policy) if self.shared else self.trunk
         (hidden,) = completion_states(trunk, input_ids, attention_mask, prompt_length, lambda out: (out.last_hidden_state,))
         return self.values_from_hidden(hidden)
 
@@ -145,8 +147,8 @@ def build_critic(policy: PreTrainedModel, kind: str, load_copy, reward_model_dir
     if kind == "shared":
         return Critic(hidden)
     if kind == "separate":
-        return Critic(hidden, load_copy().base_model)
-    reward_model = AutoModelForSequenceClassification.from_pretrained(reward_model_dir)
+        return Critic(hidden, trunk_of(load_copy()))  # with --use-peft a copy with adapters of its own
+    reward_model = load_reward_model(reward_model_dir)
     head = getattr(reward_model, "score", None)
     if reward_model.config.hidden_size != hidden or not isinstance(head, nn.Linear):
         raise ConfigError(f"--critic rm needs a reward model with the policy's width ({hidden}) and a linear score head; "

@@ -40,7 +40,23 @@ def supports_fast_decode(model: PreTrainedModel) -> bool:
     return (config.model_type == "gpt2" and getattr(config, "scale_attn_weights", False)
             and not getattr(config, "scale_attn_by_inverse_layer_idx", True) and not getattr(config, "reorder_and_upcast_attn", True)
             and not getattr(config, "add_cross_attention", False) and config.activation_function in ACT2FN
-            and cache_layout_is_known())
+            and adapters_only_on_block_linears(model) and cache_layout_is_known())
+
+
+ADAPTABLE = ("c_attn", "c_proj", "c_fc")  # the block linears whose LoRA update LayerWeights merges in
+
+
+def adapters_only_on_block_linears(model: torch.nn.Module) -> bool:
+    """True unless LoRA adapters (peft) sit where the lean step would not apply them: the embeddings, the output head."""
+    return all(name.rsplit(".", 1)[-1] in ADAPTABLE for name, module in model.named_modules() if hasattr(module, "get_delta_weight"))
+
+
+def adapter_delta(layer: torch.nn.Module) -> Tensor | int:
+    """The LoRA update (alpha / r) B A of a peft layer in its base weight's layout, summed over its active adapters; 0
+    for a plain layer, or one whose adapters are disabled (a LoRA run's reference) or already merged."""
+    if not hasattr(layer, "get_delta_weight") or layer.disable_adapters or layer.merged:
+        return 0
+    return sum(layer.get_delta_weight(name) for name in layer.active_adapters if name in layer.lora_A)
 
 
 @functools.cache
@@ -133,7 +149,7 @@ def sample_gpt2(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tenso
 @dataclass
 class LayerWeights:
     """One GPT-2 block's weights for the lean step: the layer norms' (weight, bias) and the linear layers' `[out, in]`
-    copies with their biases, since GPT-2's Conv1D keeps them `[in, out]` and at 64 rows torch's CPU matmul with that
+    copies (with any LoRA update merged) with their biases, since GPT-2's Conv1D keeps them `[in, out]` and at 64 rows torch's CPU matmul with that
     layout was up to 4x slower ([64, 128] @ [128, 128]: 61 us as addmm, 14 us as linear)."""
     ln_1: tuple[Tensor, Tensor]
     attn: tuple[Tensor, Tensor]
@@ -144,8 +160,8 @@ class LayerWeights:
 
     @staticmethod
     def of(block) -> LayerWeights:
-        def linear(conv1d):
-            return conv1d.weight.t().contiguous(), conv1d.bias
+        def linear(conv1d):  # under LoRA the adapters' update is merged in here, once per sampling call
+            return (conv1d.weight + adapter_delta(conv1d)).t().contiguous(), conv1d.bias
         return LayerWeights((block.ln_1.weight, block.ln_1.bias), linear(block.attn.c_attn), linear(block.attn.c_proj),
                             (block.ln_2.weight, block.ln_2.bias), linear(block.mlp.c_fc), linear(block.mlp.c_proj))
 

@@ -67,7 +67,8 @@ def completion_states(model: PreTrainedModel, input_ids: Tensor, attention_mask:
     positions = position_ids(attention_mask)
     prompt_pass = prompt_pass or PromptPass.of(model, input_ids, attention_mask, prompt_length, **model_kwargs)
     if prompt_pass is None:
-        out = model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1], position_ids=positions[:, :-1], **model_kwargs)
+        out = model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1], position_ids=positions[:, :-1], use_cache=False,
+                    **model_kwargs)  # one pass over everything: no cache to keep
         return tuple(x[:, -completion_length:] for x in read(out))
     tail = model(input_ids=input_ids[:, prompt_length - 1:-1], attention_mask=attention_mask[:, :-1],
                  position_ids=positions[:, prompt_length - 1:-1], past_key_values=prompt_pass.cache(), use_cache=True, **model_kwargs)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from peft import AutoPeftModelForCausalLM
 from safetensors import SafetensorError
 from tokenizers import ByteLevelBPETokenizer, pre_tokenizers
 from torch import Tensor
@@ -119,20 +120,27 @@ def load_tokenizer(name_or_dir: str, trust_remote_code: bool = False) -> PreTrai
 
 
 def load_model(name_or_dir: str, trust_remote_code: bool = False) -> PreTrainedModel:
-    """Any causal LM: a hub name (`gpt2`, `distilgpt2`, when a hub or local cache is reachable)
-    or a folder written by save_pretrained."""
+    """Any causal LM: a hub name (`gpt2`, `distilgpt2`, when a hub or local cache is reachable), a folder written by
+    save_pretrained, or one of LoRA adapters (peft's adapter_config.json, whose base model it loads too)."""
     check_model_exists(name_or_dir)
     transformers.utils.logging.disable_progress_bar()  # a per-tensor bar for a 1M-parameter model is noise
     try:
+        if is_adapter_folder(name_or_dir):
+            return AutoPeftModelForCausalLM.from_pretrained(name_or_dir, trust_remote_code=trust_remote_code)
         return with_loss_named(AutoModelForCausalLM.from_pretrained(name_or_dir, trust_remote_code=trust_remote_code))
     except (OSError, ValueError, SafetensorError) as err:  # no weights, corrupt weights, or an unreadable config.json
         raise ConfigError(f"cannot load model {name_or_dir!r}: {str(err).splitlines()[0]}") from None
 
 
+def is_adapter_folder(name_or_dir: str) -> bool:
+    """A folder of LoRA adapters saved by peft (a --use-peft run's model/), not of a whole model."""
+    return (Path(name_or_dir) / "adapter_config.json").is_file() and not (Path(name_or_dir) / "config.json").is_file()
+
+
 def check_model_exists(name_or_dir: str) -> None:
-    """A path-like name must be an existing model folder; a bare name goes to the hub."""
+    """A path-like name must be an existing model (or adapter) folder; a bare name goes to the hub."""
     looks_like_path = os.sep in name_or_dir or name_or_dir.startswith(".") or Path(name_or_dir).exists()
-    if looks_like_path and not (Path(name_or_dir) / "config.json").is_file():
+    if looks_like_path and not (Path(name_or_dir) / "config.json").is_file() and not is_adapter_folder(name_or_dir):
         raise ConfigError(f"model folder {name_or_dir} not found (no config.json); give a folder written by "
                           "save_pretrained (e.g. by scripts/pretrain.py) or a hub name such as gpt2")
 

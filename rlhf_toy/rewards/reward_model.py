@@ -42,6 +42,7 @@ from rlhf_toy.data import (
 from rlhf_toy.distributed import make_accelerator
 from rlhf_toy.generation.sampling import SamplingConfig, generate_completions
 from rlhf_toy.lm.base_model import default_base_model, kind_for
+from rlhf_toy.lm.lora import ModelFields, prepare_for_training, save_merged, trainable_model
 from rlhf_toy.lm.models import (
     check_model_exists,
     disable_dropout,
@@ -57,7 +58,7 @@ from rlhf_toy.supervised import SupervisedRun, train_supervised
 
 
 @dataclass
-class RewardModelConfig(RunFields):
+class RewardModelConfig(ModelFields, RunFields):
     model: str | None = config_field(None, "Backbone to start from (default: the cached default base model)")
     data_dir: str = config_field(str(DATA_DIR), "Folder with preferences_train.jsonl, preferences_eval.jsonl, prompts_eval.jsonl "
                                                 "(prompts_chat_eval.jsonl for conversations)")
@@ -87,6 +88,7 @@ class RewardModelConfig(RunFields):
 
     def __post_init__(self):
         super().__post_init__()
+        self.check_lora()
         require_positive(steps=self.steps, batch_size=self.batch_size, learning_rate=self.learning_rate, max_train_s=self.max_train_s,
                          max_grad_norm=self.max_grad_norm, eval_every=self.eval_every,
                          spearman_samples=self.spearman_samples, torch_threads=self.torch_threads)
@@ -177,12 +179,16 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
 
     tokenizer = load_tokenizer(base)
     require_chat_template(tokenizer, train_prompts, "--preferences")
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(checkpoints.folder / "model") if checkpoints.resumed else base, num_labels=1).train()
+    def load(name: str):
+        return AutoModelForSequenceClassification.from_pretrained(name, num_labels=1)
+
+    # under LoRA the score head trains whole beside the adapters (peft's modules_to_save for SEQ_CLS)
+    model = prepare_for_training(trainable_model(load, base, checkpoints.folder / "model" if checkpoints.resumed else None, cfg,
+                                                 task_type="SEQ_CLS"), cfg).train()
     if cfg.disable_dropout:
         disable_dropout(model)
     model.config.pad_token_id = tokenizer.pad_token_id
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate, weight_decay=0.0)
     batches = ShuffledBatches(len(labels), min(cfg.batch_size, len(labels)), torch.Generator().manual_seed(cfg.seed))
     logger = RunLogger(run_dir)
     checkpoints.track(logger=logger, optimizer=optimizer, batches=batches)
@@ -199,8 +205,10 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
                                lambda: {"eval/accuracy": held_out_accuracy(model, tokenizer, eval_labels)},
                                lambda m: {"loss": f"{m['train/loss']:.3f}"}, saved["train_s"])
     model = accelerator.unwrap_model(model).eval()
-    model.save_pretrained(run_dir / "model")
+    model.save_pretrained(run_dir / "model")  # under LoRA: the adapters and the score head, which rm:DIR merges on loading
     tokenizer.save_pretrained(run_dir / "model")
+    if cfg.save_merged_model:
+        save_merged(model, tokenizer, run_dir / "merged")
     gold, proxy = gold_and_proxy(model, tokenizer, base, eval_prompts, gold_reward, cfg)
     accuracies = logger.series("eval/accuracy")[1]  # none when no held-out pair has a preference or no two held-out scores differ
     summary = {"eval_accuracy": accuracies[-1] if accuracies else None, "spearman": spearman(proxy, gold), "labels": kind,
