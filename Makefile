@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 MUTATE_STAMP := $(VENV)/.installed-mutate
 
-.PHONY: setup setup-bench test test-slow demo demo-reasoning demo-chat rlhf-loop demo-classic tutorials bench bench-rlhf mutate lint clean
+.PHONY: setup setup-bench test test-slow demo demo-reasoning demo-chat rlhf-loop demo-classic tutorials bench bench-rlhf bench-real-models mutate lint clean
 
 setup: $(STAMP)
 
@@ -76,6 +76,16 @@ bench: setup-bench
 	$(PY) scripts/bench_classic.py --envs CartPole-v1 --same-hparams --json bench/classic_speed.json --md bench/classic_speed.md
 	$(PY) scripts/bench_classic.py --envs LunarLander-v3 --impls ours --seeds 5 --json bench/classic_lunar_ours.json --md bench/classic_lunar_ours.md
 	$(MAKE) bench-rlhf
+
+# Real shapes with random weights, built once into the cache (GPT-2 124M; Qwen2 0.5B, vocabulary 151,936): what a GRPO
+# step of 8 prompts x 8 completions of 64 tokens costs, LoRA (r 16) and full, ours against TRL's GRPOTrainer with peft,
+# one at a time (~45 min): bench/real_models_*.{md,json}, read in bench/real-models.md.
+REAL = --steps 3 --prompts-per-step 8 --num-generations 8 --max-completion-length 64 --threads 2 --impls ours trl --eval-every 0
+bench-real-models: setup-bench
+	$(PY) scripts/bench_rlhf.py --shape gpt2-124m --use-peft $(REAL) --json bench/real_models_gpt2_lora.json --md bench/real_models_gpt2_lora.md
+	$(PY) scripts/bench_rlhf.py --shape gpt2-124m $(REAL) --json bench/real_models_gpt2_full.json --md bench/real_models_gpt2_full.md
+	$(PY) scripts/bench_rlhf.py --shape qwen2-0.5b --use-peft --gradient-checkpointing --precisions bf16 $(REAL) \
+		--json bench/real_models_qwen2_lora.json --md bench/real_models_qwen2_lora.md
 
 # Our GRPO against TRL's GRPOTrainer on the demo's work (100 steps of 8 prompts x 8 completions), each in fp32 and, where
 # the CPU has bf16 units, bf16, 3 repeats: bench/rlhf.{md,json} (~7 min).

@@ -3,6 +3,14 @@
 
     make bench-rlhf       # the demo's work: 100 steps of 8 prompts x 8 completions of at most 40 tokens, 3 seeds
     python scripts/bench_rlhf.py --steps 30 --threads 1 2 --json bench/rlhf.json --md bench/rlhf.md
+    make bench-real-models   # real shapes: GPT-2 124M and Qwen2 0.5B, full and LoRA, what a step costs (--shape)
+
+--shape builds a model of a real architecture at its real size (GPT-2 124M: 12 layers of 768, vocabulary 50,257;
+Qwen2 0.5B: 24 layers of 896, grouped-query attention, vocabulary 151,936, tied embeddings) with random weights, once,
+and its tokenizer (the project's, padded with placeholder tokens to the vocabulary's size). Random weights never say
+eos, so every completion runs to --max-completion-length: the same work on both sides, and no eval reward (it would say
+nothing). --use-peft trains LoRA adapters on both sides (TRL: peft_config, its reference the adapter-disabled policy, as
+ours), --gradient-checkpointing turns it on on both sides.
 
 Both get the same base model folder and tokenizer, the same training prompts in the same chat
 template, the same reward functions (length, format; weights 0.5/0.5), prompts per step,
@@ -37,7 +45,8 @@ from pathlib import Path
 
 import datasets
 import torch
-from transformers import TrainerCallback
+from peft import LoraConfig
+from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM, TrainerCallback
 
 from classic_rl.infra.cli import cli, script_parser
 from classic_rl.infra.errors import ConfigError, require_positive
@@ -48,13 +57,38 @@ from rlhf_toy.algorithms.base import RLHFConfig
 from rlhf_toy.chat import format_prompt
 from rlhf_toy.data import DATA_DIR, load_prompts
 from rlhf_toy.evaluation import evaluate_on_prompts
-from rlhf_toy.lm.base_model import default_base_model
+from rlhf_toy.lm.base_model import cache_home, default_base_model
 from rlhf_toy.lm.models import check_model_exists, load_model, load_tokenizer
 from rlhf_toy.online import train
 from rlhf_toy.precision import has_fast_bf16
 from rlhf_toy.rewards.functions import resolve_reward
 
 IMPLS = ("ours", "trl", "ppo")
+SHAPES = ("default", "gpt2-124m", "qwen2-0.5b")
+
+
+def shape_model(shape: str) -> str:
+    """Folder of a real architecture at its real size with random weights (seed 0) and a tokenizer of its vocabulary's
+    size, built once into the cache: the project's tokenizer padded with placeholder tokens, so every sampled id decodes."""
+    folder = cache_home() / f"bench-{shape}"
+    if (folder / "config.json").is_file():
+        return str(folder)
+    tokenizer = load_tokenizer(default_base_model())
+    vocab = {"gpt2-124m": 50257, "qwen2-0.5b": 151936}[shape]
+    tokenizer.add_tokens([f"<placeholder_{i}>" for i in range(vocab - len(tokenizer))])
+    special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    if shape == "gpt2-124m":  # GPT2Config's defaults are the 124M model's
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=1024, **special))
+    else:  # Qwen2.5-0.5B's config.json, context cut to what these runs use
+        model = Qwen2ForCausalLM(Qwen2Config(vocab_size=vocab, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                                             num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=1024,
+                                             rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True, **special))
+    building = folder.with_name(folder.name + ".building")
+    model.save_pretrained(building)
+    tokenizer.save_pretrained(building)
+    building.rename(folder)
+    return str(folder)
 
 
 def parse_args():
@@ -79,6 +113,11 @@ def parse_args():
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--json", default="bench/rlhf.json", help="Where to write the raw results")
     parser.add_argument("--md", default="bench/rlhf.md", help="Where to write the Markdown table")
+    parser.add_argument("--shape", default="default", choices=SHAPES, help="The model: the default base model, or a real "
+                                                                            "architecture at its real size with random weights")
+    parser.add_argument("--use-peft", action="store_true", help="LoRA adapters on both sides instead of full fine-tuning")
+    parser.add_argument("--lora-r", type=int, default=16, help="LoRA rank (alpha is twice it, dropout 0.05: TRL's defaults)")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="Activation checkpointing on both sides")
     parser.add_argument("--worker", choices=IMPLS, help=argparse.SUPPRESS)  # internal: run one implementation here
     args = parser.parse_args()
     require_positive(steps=args.steps, prompts_per_step=args.prompts_per_step, num_generations=args.num_generations,
@@ -111,18 +150,27 @@ def rlhf_config(args, algo: str, run_dir: str) -> RLHFConfig:
                             num_generations=args.num_generations, max_completion_length=args.max_completion_length,
                             learning_rate=args.learning_rate, torch_threads=args.threads[0], log_completions_every=0,
                             precision=args.precisions[0], eval_every=args.eval_every, cpu=args.device == "cpu",
-                            run_dir=run_dir, overwrite=True, **kl)
+                            use_peft=args.use_peft, lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
+                            gradient_checkpointing=args.gradient_checkpointing, run_dir=run_dir, overwrite=True, **kl)
 
 
 def model_flops_per_step(args, model, mean_completion_tokens: float, prompt_tokens: float, ppo: bool) -> float:
     """Matmul FLOPs of the nominal work of one step, each completion with its own prompt: 2 * params per
     token per forward, backward twice the forward: sampling and the reference forward (2 forwards), then
-    one forward and backward (3): 10 * N * tokens; PPO adds the critic's forward before and its forward
-    and backward in the update (8 * N * tokens). Ours runs each distinct prompt once, so for ours the
-    MFU from this count is an effective one."""
-    params = sum(p.numel() for p in model.parameters()) - model.transformer.wpe.weight.numel()  # lookups cost no matmul
+    one forward and backward (3): 10 * N * tokens (8 under LoRA: no weight gradients of the frozen matrices); PPO adds
+    the critic's forward before and its forward and backward in the update (8 * N * tokens). Ours runs each distinct
+    prompt once, so for ours the MFU from this count is an effective one."""
     tokens = args.prompts_per_step * args.num_generations * (prompt_tokens + mean_completion_tokens)
-    return (10 + (8 if ppo else 0)) * params * tokens
+    return ((8 if args.use_peft else 10) + (8 if ppo else 0)) * matmul_params(model) * tokens
+
+
+def matmul_params(model) -> int:
+    """Parameters a token meets in a matmul: all but the lookup tables (GPT-2's positions; an input embedding that is not
+    also the output head)."""
+    embedding, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    positions = getattr(getattr(model, "transformer", None), "wpe", None)
+    lookups = (0 if embedding is head else embedding.numel()) + (positions.weight.numel() if positions is not None else 0)
+    return sum(p.numel() for p in model.parameters()) - lookups
 
 
 def peak_matmul_flops(threads: int, precision: str, n: int = 1024, repeats: int = 20) -> float:
@@ -206,16 +254,18 @@ def run_trl(args) -> dict:
             gradient_accumulation_steps=1, steps_per_generation=1, num_generations=args.num_generations,
             max_completion_length=args.max_completion_length, temperature=1.0, beta=args.beta, epsilon=0.2,
             loss_type="dapo", scale_rewards="group", num_iterations=1, reward_weights=reward.weights,
-            use_cpu=args.device == "cpu", bf16=args.precisions[0] == "bf16", gradient_checkpointing=False,
+            use_cpu=args.device == "cpu", bf16=args.precisions[0] == "bf16", gradient_checkpointing=args.gradient_checkpointing,
             logging_steps=1, report_to="none", save_strategy="no", disable_tqdm=True, dataloader_num_workers=0)
+        lora = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.05, task_type="CAUSAL_LM") if args.use_peft else None
         trainer = GRPOTrainer(model=load_model(model_dir), reward_funcs=functions, args=config, train_dataset=prompts,
-                              processing_class=load_tokenizer(model_dir))
+                              processing_class=load_tokenizer(model_dir), peft_config=lora)
         warm_up_generate(trainer, args)
         timer = StepTimer(trainer, lambda model: evaluate_policy(plain_copy(model, model_dir), trainer.processing_class, args),
                           args.eval_every)
         trainer.add_callback(timer)
         trainer.train()
-        policy = plain_copy(trainer.accelerator.unwrap_model(trainer.model), model_dir)
+        trained = trainer.accelerator.unwrap_model(trainer.model)
+        policy = plain_copy(trained.merge_and_unload() if args.use_peft else trained, model_dir)
     lengths = [log["completions/mean_length"] for log in timer.logs if "completions/mean_length" in log]
     return {"train_s": timer.total, "split_s": {"generation": timer.parts["generation"], "scoring": timer.parts["scoring"],
                                                 "update": timer.total - timer.parts["generation"] - timer.parts["scoring"]},
@@ -282,7 +332,7 @@ def worker(args) -> None:
     result = run_trl(args) if args.worker == "trl" else run_ours(args, "ppo" if args.worker == "ppo" else "grpo")
     policy, tokenizer = result.pop("policy"), result.pop("tokenizer")
     rss = peak_rss_mb()  # before evaluation, which is the same for all and not part of training
-    result["eval_reward"] = evaluate_policy(policy, tokenizer, args)
+    result["eval_reward"] = evaluate_policy(policy, tokenizer, args) if args.shape == "default" else None  # random weights: none
     prompts = [format_prompt(p) for p in load_prompts(DATA_DIR / "prompts_train.jsonl")]
     prompt_tokens = sum(len(ids) for ids in tokenizer(prompts)["input_ids"]) / len(prompts)
     completions = args.steps * args.prompts_per_step * args.num_generations
@@ -298,8 +348,9 @@ def worker(args) -> None:
 def launch(args, impl: str, threads: int, precision: str, seed: int) -> dict:
     flags = ["--worker", impl, "--threads", str(threads), "--precisions", precision, "--seed", str(seed)]
     for name in ("steps", "prompts_per_step", "num_generations", "max_completion_length", "learning_rate", "beta", "device",
-                 "eval_every", "target"):
+                 "eval_every", "target", "shape", "lora_r"):
         flags += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    flags += [f"--{name.replace('_', '-')}" for name in ("use_peft", "gradient_checkpointing") if getattr(args, name)]
     if args.model:
         flags += ["--model", args.model]
     done = subprocess.run([sys.executable, __file__, *flags], capture_output=True, text=True)
@@ -320,12 +371,13 @@ def best_by_impl(runs: list[dict]) -> dict[str, dict]:
                 by_setting.setdefault((r["threads"], r["precision"]), []).append(r)
         mean = lambda rs, key: sum(r[key] for r in rs) / len(rs)  # noqa: E731
         (threads, precision), group = max(by_setting.items(), key=lambda kv: mean(kv[1], "completions_per_s"))
-        best[impl] = {key: mean(group, key) for key in ("completions_per_s", "sec_per_step", "tokens_per_s", "eval_reward",
+        best[impl] = {key: mean(group, key) for key in ("completions_per_s", "sec_per_step", "tokens_per_s",
                                                          "peak_rss_mb", "achieved_gflops", "model_tflops_per_step")}
+        best[impl]["eval_reward"] = mean(group, "eval_reward") if group[0]["eval_reward"] is not None else None
         best[impl]["split_s"] = {part: sum(r["split_s"][part] for r in group) / len(group) for part in group[0]["split_s"]}
         best[impl].update(threads=threads, repeats=len(group), precision=precision,
                           **{f"{key}_range": [min(r[key] for r in group), max(r[key] for r in group)]
-                             for key in ("completions_per_s", "eval_reward")})
+                             for key in ("completions_per_s", "eval_reward") if group[0][key] is not None})
         reached = [r["time_to_target_s"] for r in group if r["time_to_target_s"] is not None]
         best[impl]["time_to_target_s"] = sum(reached) / len(reached) if len(reached) == len(group) else None
         best[impl]["time_to_target_s_range"] = [min(reached), max(reached)] if len(reached) == len(group) else None
@@ -340,17 +392,25 @@ def markdown(best: dict[str, dict], peak_gflops: dict[str, float], target: float
     for impl, b in best.items():
         split = " / ".join(f"{b['split_s'][p]:.1f}" for p in ("generation", "scoring", "update"))
         mfu = b["achieved_gflops"] / peak_gflops[f"{b['threads']} {b['precision']}"]
-        (low, high), (r_low, r_high) = b["completions_per_s_range"], b["eval_reward_range"]
+        low, high = b["completions_per_s_range"]
+        reward = (f"{b['eval_reward']:.3f} ({b['eval_reward_range'][0]:.3f}-{b['eval_reward_range'][1]:.3f})"
+                  if b["eval_reward"] is not None else "- (random weights)")
         to_target = (f"{b['time_to_target_s']:.1f} ({b['time_to_target_s_range'][0]:.1f}-{b['time_to_target_s_range'][1]:.1f})"
                      if b["time_to_target_s"] is not None else "not reached in every repeat")
         lines.append(f"| {names[impl]} | {b['threads']} | {b['precision']} | {b['sec_per_step']:.3f} | "
-                     f"{b['completions_per_s']:.0f} ({low:.0f}-{high:.0f}) | {b['tokens_per_s']:.0f} | {split} | "
-                     f"{b['peak_rss_mb']:.0f} | {b['eval_reward']:.3f} ({r_low:.3f}-{r_high:.3f}) | {to_target} | {mfu:.2%} |")
+                     f"{rate(b['completions_per_s'])} ({rate(low)}-{rate(high)}) | {b['tokens_per_s']:.0f} | {split} | "
+                     f"{b['peak_rss_mb']:.0f} | {reward} | {to_target} | {mfu:.2%} |")
     if "ours" in best and "trl" in best:
         ours, trl = best["ours"], best["trl"]
+        rewards = f"; eval reward: {separation(ours, trl, 'eval_reward')}" if ours["eval_reward"] is not None else ""
         lines.append(f"\nours / TRL: {ours['completions_per_s'] / trl['completions_per_s']:.2f}x completions/s "
-                     f"({separation(ours, trl, 'completions_per_s')}); eval reward: {separation(ours, trl, 'eval_reward')}")
+                     f"({separation(ours, trl, 'completions_per_s')}){rewards}")
     return "\n".join(lines)
+
+
+def rate(per_s: float) -> str:
+    """Completions per second to the digits that matter: 371, or 3.87 for a real-size model."""
+    return f"{per_s:.0f}" if per_s >= 100 else f"{per_s:.3g}"
 
 
 def separation(ours: dict, trl: dict, key: str) -> str:
@@ -378,7 +438,8 @@ def main() -> None:
     except ImportError:
         raise ConfigError("trl is not installed; run `make setup-bench` (the [bench] extra)") from None
 
-    args.model = args.model or default_base_model()  # built once here, not inside a timed run
+    # built once here, not inside a timed run
+    args.model = args.model or (default_base_model() if args.shape == "default" else shape_model(args.shape))
     peak = {f"{t} {p}": peak_matmul_flops(t, p) / 1e9 for t in args.threads for p in args.precisions}
     print(f"{machine()}; matmul peak (1024^3): " + ", ".join(f"{g:.0f} GFLOP/s at {key}" for key, g in peak.items()))
     runs = []
@@ -388,15 +449,15 @@ def main() -> None:
                 for impl in args.impls:
                     r = launch(args, impl, threads, precision, args.seed + repeat)
                     runs.append(r)
+                    reward = f", eval reward {r['eval_reward']:.3f}, {r['time_to_target_s']} s to {args.target}" if r["eval_reward"] is not None else ""
                     print(f"[{repeat + 1}/{args.repeats}] {impl} at {threads} thread(s), {precision}: {r['sec_per_step']:.3f} s/step, "
-                          f"{r['completions_per_s']:.0f} completions/s, peak RSS {r['peak_rss_mb']:.0f} MB, "
-                          f"eval reward {r['eval_reward']:.3f}, {r['time_to_target_s']} s to {args.target}", flush=True)
+                          f"{r['completions_per_s']:.0f} completions/s, peak RSS {r['peak_rss_mb']:.0f} MB{reward}", flush=True)
     best = best_by_impl(runs)
     table = markdown(best, peak, args.target)
     print(table)
     settings = {k: getattr(args, k) for k in ("steps", "prompts_per_step", "num_generations", "max_completion_length",
                                               "learning_rate", "beta", "seed", "threads", "precisions", "repeats", "device",
-                                              "model", "eval_every", "target")}
+                                              "model", "eval_every", "target", "shape", "use_peft", "lora_r", "gradient_checkpointing")}
     for path in (args.json, args.md):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_json(args.json, {**best, "settings": settings, "machine": machine(), "trl_version": trl.__version__,

@@ -34,3 +34,32 @@ def test_token_logprobs_in_chunks_equal_one_log_softmax(monkeypatch, dtype):
     (plain_logp * upstream).sum().backward()
     assert chunked_logits.grad.dtype == dtype
     close(chunked_logits.grad, plain_logits.grad.to(dtype).float())
+
+
+@pytest.mark.parametrize("model_dir", ["nano_dir", "nano_llama_dir"])
+def test_large_vocabularies_get_the_same_log_probs_from_hidden_states_without_whole_logits(model_dir, request, monkeypatch):
+    """With the threshold at 0 every forward takes the projected path, in chunks of 7 rows: log-probs and entropies equal
+    those of the whole logits, and so do the gradients (to float rounding)."""
+    from rlhf_toy.generation.rollout import completion_logprobs, sample_rollout
+    from rlhf_toy.generation.sampling import SamplingConfig
+    from rlhf_toy.lm.models import load_model, load_tokenizer
+    folder = request.getfixturevalue(model_dir)
+    model, tokenizer = load_model(folder), load_tokenizer(folder)
+    torch.manual_seed(0)
+    rollout = sample_rollout(model, tokenizer, [p for p in ["Describe a fox.", "Who lives in Redfern?"] for _ in range(4)],
+                             SamplingConfig(max_new_tokens=12))
+    results = []
+    for large in (False, True):
+        if large:
+            monkeypatch.setattr(fast_forward, "LARGE_LOGITS_BYTES", 0)
+            monkeypatch.setattr(fast_forward, "PROJECTION_CHUNK_BYTES", 4 * len(tokenizer) * 7)
+        assert (fast_forward.projection_head(model, rollout.completion_mask.numel()) is not None) == large
+        model.zero_grad()
+        logp, entropy = completion_logprobs(model, rollout.input_ids, rollout.attention_mask, rollout.completion_mask, 0.8, True)
+        (logp * torch.linspace(-1, 1, logp.numel()).view_as(logp)).sum().backward()
+        results.append((logp.detach(), entropy, [p.grad.clone() for p in model.parameters()]))
+    (whole_logp, whole_entropy, whole_grads), (projected_logp, projected_entropy, projected_grads) = results
+    close(projected_logp, whole_logp, atol=1e-5)
+    close(projected_entropy, whole_entropy, atol=1e-5)
+    for projected, whole in zip(projected_grads, whole_grads, strict=True):
+        close(projected, whole, atol=1e-5)

@@ -3,6 +3,7 @@
 import copy
 import functools
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -567,3 +568,19 @@ def test_a_budget_of_wall_time_stops_training_early_and_says_where(nano_dir, tmp
                                eval_samples_per_prompt=1, log_completions_every=0, run_dir=str(tmp_path / "run")))
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert summary["steps"] == 1 and [r["step"] for r in rows] == [0, 1, 1]  # eval before, the one step, eval after
+
+
+@pytest.mark.slow
+def test_bench_rlhf_on_a_real_shape_with_lora_builds_the_model_and_runs_both_sides(tmp_path):
+    """GPT-2 124M with random weights, built into an empty cache: both sides train adapters; no eval reward is reported."""
+    args = ["--shape", "gpt2-124m", "--use-peft", "--steps", "1", "--threads", "2", "--prompts-per-step", "1", "--num-generations", "2",
+            "--max-completion-length", "4", "--precisions", "fp32", "--eval-every", "0", "--impls", "ours", "trl",
+            "--json", str(tmp_path / "b.json"), "--md", str(tmp_path / "b.md")]
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_rlhf.py"), *args], cwd=ROOT, capture_output=True, text=True,
+                            timeout=900, env={**os.environ, "RLHF_TOY_HOME": str(tmp_path / "home")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = json.loads((tmp_path / "b.json").read_text())
+    assert table["settings"]["use_peft"] and table["ours"]["eval_reward"] is None and table["trl"]["completions_per_s"] > 0
+    config = json.loads((tmp_path / "home" / "bench-gpt2-124m" / "config.json").read_text())
+    assert (config["n_layer"], config["n_embd"], config["vocab_size"]) == (12, 768, 50257)
+    assert "- (random weights)" in (tmp_path / "b.md").read_text()

@@ -2,6 +2,7 @@
 version it replaces (tests/test_fast_forward.py and test_rlhf.py check them against it), and rollout.py calls it.
 
     token_logprobs / token_logprobs_and_entropy   core's, computed over chunks of rows by a custom autograd function
+    projected_token_logprobs                      the same from the last hidden states, without `[B, C, V]` logits
     PromptPass                                    the rows of a GRPO group share their prompt's forward pass
     length_groups                                 short and long completions run as two groups, each at its own length
 """
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
@@ -30,6 +32,41 @@ def token_logprobs_and_entropy(logits: Tensor, tokens: Tensor, mask: Tensor | No
     """core.token_logprobs_and_entropy's values (the entropy without a gradient), computed over chunks of rows."""
     logp, entropy = ChunkedTokenLogprobs.apply(logits, tokens, temperature, True)
     return core.aggregate(logp, mask, "none"), core.aggregate(entropy, mask, "none")
+
+
+# Output heads that are one plain projection of the last hidden states (no soft-capping or logit scale after it)
+PLAIN_HEAD_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
+LARGE_LOGITS_BYTES = 256 * 2 ** 20  # fp32 logits of a forward above this go through projected_token_logprobs
+PROJECTION_CHUNK_BYTES = 32 * 2 ** 20  # fp32 logits of one chunk of rows there
+
+
+def projection_head(model, positions: int) -> torch.nn.Module | None:
+    """The output head to project hidden states with, where the fp32 logits of `positions` positions would pass
+    LARGE_LOGITS_BYTES (a 151k vocabulary at 64 x 64 tokens: 2.5 GB) and the head is a plain projection without adapters;
+    else None (the logits are made whole, which is faster). A model wrapped for several processes (DDP) keeps the whole
+    logits: its gradients are gathered for what runs inside its own forward."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None or model.config.model_type not in PLAIN_HEAD_MODEL_TYPES or hasattr(head, "get_delta_weight"):
+        return None
+    return head if 4 * positions * head.weight.shape[0] > LARGE_LOGITS_BYTES else None
+
+
+def projected_token_logprobs(hidden: Tensor, head: torch.nn.Module, tokens: Tensor, mask: Tensor | None, temperature: float,
+                             with_entropy: bool) -> tuple[Tensor, Tensor | None]:
+    """(token log-probs, entropies or None) `[B, C]` of head(hidden `[B, C, H]`), as token_logprobs_and_entropy of the whole
+    logits would give them, a chunk of rows at a time: each chunk's logits are recomputed in the backward (activation
+    checkpointing) instead of kept, so the peak holds one chunk's logits, not `[B, C, V]`."""
+    flat_hidden, flat_tokens = hidden.reshape(-1, hidden.shape[-1]), tokens.reshape(-1)
+    rows = max(1, PROJECTION_CHUNK_BYTES // (4 * head.weight.shape[0]))
+
+    def chunk(h: Tensor, t: Tensor) -> tuple[Tensor, Tensor | None]:
+        logp, entropy = ChunkedTokenLogprobs.apply(head(h), t, temperature, with_entropy)
+        return logp, entropy
+
+    parts = [checkpoint(chunk, flat_hidden[i: i + rows], flat_tokens[i: i + rows], use_reentrant=False)
+             for i in range(0, len(flat_tokens), rows)]
+    logp = core.aggregate(torch.cat([p[0] for p in parts]).view(tokens.shape), mask, "none")
+    return logp, core.aggregate(torch.cat([p[1] for p in parts]).view(tokens.shape), mask, "none") if with_entropy else None
 
 
 class ChunkedTokenLogprobs(torch.autograd.Function):

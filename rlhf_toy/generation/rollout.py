@@ -14,6 +14,7 @@ precision and mode (trainer_forward), as TRL does, so that the ratio is exactly 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -97,7 +98,8 @@ def completion_logprobs(model: PreTrainedModel, input_ids: Tensor, attention_mas
     """(token log-probs `[B, C]` of the completions at temperature, their entropies or None): core.token_logprobs of
     completion_logits, zero where completion_mask is.
 
-    Rows run in two groups, shorter and longer completions, each cut to its own longest one, when that saves at
+    With a large vocabulary (fast_forward.projection_head) the log-probs come from the last hidden states a chunk of
+    rows at a time, without `[B, C, V]` logits. Rows run in two groups, shorter and longer completions, each cut to its own longest one, when that saves at
     least a fifth of the positions (length_groups): GRPO's completions are often mostly half as long as the
     longest. Every group reads one PromptPass of the whole batch. Same values to float rounding: positions past a
     row's completion are masked, and the completion part is padded on the right where a group's rounded length
@@ -112,15 +114,22 @@ def completion_logprobs(model: PreTrainedModel, input_ids: Tensor, attention_mas
     logp = completion_mask.new_zeros(completion_mask.shape)
     entropy = torch.zeros_like(logp) if with_entropy else None
     prompt_pass = PromptPass.of(model, input_ids, attention_mask, prompt_length, logits_to_keep=1)  # only its cache is read
+    head = fast_forward.projection_head(model, completion_mask.numel())
     for rows, length in groups:
         end = prompt_length + length
-        logits = completion_logits(model, input_ids[rows, :end], attention_mask[rows, :end], prompt_length,
-                                   prompt_pass=prompt_pass.rows(rows) if prompt_pass else None)
+        rows_pass = prompt_pass.rows(rows) if prompt_pass else None
         tokens, mask = input_ids[rows, prompt_length:end], completion_mask[rows, :length]
-        if with_entropy:
-            logp[rows, :length], entropy[rows, :length] = fast_forward.token_logprobs_and_entropy(logits, tokens, mask, temperature)
+        if head is not None:  # a large vocabulary: no [B, C, V] logits
+            (hidden,) = completion_states(model, input_ids[rows, :end], attention_mask[rows, :end], prompt_length,
+                                          lambda out: (out.hidden_states[-1],), rows_pass, output_hidden_states=True, logits_to_keep=1)
+            group_logp, group_entropy = fast_forward.projected_token_logprobs(hidden, head, tokens, mask, temperature, with_entropy)
         else:
-            logp[rows, :length] = fast_forward.token_logprobs(logits, tokens, mask, temperature)
+            logits = completion_logits(model, input_ids[rows, :end], attention_mask[rows, :end], prompt_length, prompt_pass=rows_pass)
+            group_logp, group_entropy = (fast_forward.token_logprobs_and_entropy(logits, tokens, mask, temperature) if with_entropy
+                                         else (fast_forward.token_logprobs(logits, tokens, mask, temperature), None))
+        logp[rows, :length] = group_logp
+        if with_entropy:
+            entropy[rows, :length] = group_entropy
     return logp[:, :width], (entropy[:, :width] if with_entropy else None)
 
 
@@ -197,16 +206,15 @@ def sample_rollout(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     """Sample one completion per prompt (repeat prompts for groups), with the sampler's log-probs, and with ref_model
     the reference's (fp32, eval mode), for evaluation's KL; the trainer takes both from its own forward instead."""
     batch = encode_prompts(tokenizer, prompts, sampling.max_new_tokens, policy).to(policy.device)
-    eos_token_ids = stop_token_ids(policy, tokenizer)
+    eos_token_ids, temperature = stop_token_ids(policy, tokenizer), sampling.temperature or 1.0
     with evaluation_mode(policy):
-        sequences, step_logits = sample_sequences(policy, tokenizer, batch, sampling, eos_token_ids)
+        sequences, step_logprobs = sample_sequences(policy, tokenizer, batch, sampling, eos_token_ids,
+                                                    per_step=functools.partial(core.token_logprobs, temperature=temperature))
     prompt_length = batch["input_ids"].shape[1]
     completion_ids = sequences[:, prompt_length:]
     completion_mask, is_truncated = completion_mask_from_ids(completion_ids, eos_token_ids)
-    temperature = sampling.temperature or 1.0
-    # the raw logits of each step, [B, V]: log-probs per step keep memory at [B, V], not [B, C, V]
-    sampling_logprobs = torch.stack([core.token_logprobs(logits, completion_ids[:, t], temperature=temperature)
-                                     for t, logits in enumerate(step_logits)], dim=1) * completion_mask
+    # log-probs step by step keep memory at [B, V], not [B, C, V]
+    sampling_logprobs = torch.stack(step_logprobs, dim=1) * completion_mask
     input_ids = sequences
     attention_mask = torch.cat([batch["attention_mask"], completion_mask.long()], dim=1)
     ref_logprobs = None

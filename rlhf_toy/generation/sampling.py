@@ -69,15 +69,19 @@ class SamplingConfig:
 
 
 def sample_sequences(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch: dict[str, torch.Tensor],
-                     sampling: SamplingConfig, eos_token_ids: list[int]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-    """(sequences `[B, P + C]`, raw logits of each generated step `C x [B, V]`) for an encoded batch, stopping at
-    any of eos_token_ids: GPT-2-family models decode with rlhf_toy.fast_decode, others with transformers' generate."""
+                     sampling: SamplingConfig, eos_token_ids: list[int], per_step=None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """(sequences `[B, P + C]`, raw logits of each generated step `C x [B, V]`, or per_step(logits, tokens) of each step) for
+    an encoded batch, stopping at any of eos_token_ids: GPT-2-family models decode with rlhf_toy.fast_decode (keeping
+    only what per_step gives, step by step), others with transformers' generate."""
     if supports_fast_decode(model):
         return sample_gpt2(model, batch["input_ids"], batch["attention_mask"], sampling.max_new_tokens, sampling.next_tokens,
-                           eos_token_ids, tokenizer.pad_token_id)
+                           eos_token_ids, tokenizer.pad_token_id, per_step)
     with neutral_generation_config(model):
         out = model.generate(**batch, generation_config=sampling.generation_config(tokenizer, eos_token_ids, with_logits=True))
-    return out.sequences, out.logits
+    if per_step is None:
+        return out.sequences, out.logits
+    prompt_length = batch["input_ids"].shape[1]
+    return out.sequences, tuple(per_step(logits, out.sequences[:, prompt_length + t]) for t, logits in enumerate(out.logits))
 
 
 # Fields of a model's generation_config.json that change which tokens generate samples (or how many).

@@ -111,6 +111,9 @@ class AdapterDisabled(torch.nn.Module):
     def config(self):
         return self.policy.config
 
+    def get_output_embeddings(self) -> torch.nn.Module:
+        return self.policy.get_output_embeddings()
+
     @property
     def device(self) -> torch.device:
         return self.policy.device
