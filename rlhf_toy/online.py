@@ -44,6 +44,7 @@ from rlhf_toy.distributed import (
     process_share,
 )
 from rlhf_toy.evaluation import evaluate_on_prompts, print_completions, print_side_by_side
+from rlhf_toy.generation.fast_decode import supports_fast_decode
 from rlhf_toy.generation.rollout import sample_rollout
 from rlhf_toy.generation.sampling import encode_prompts, ignored_generation_settings
 from rlhf_toy.lm.base_model import default_base_model, kind_for
@@ -169,7 +170,9 @@ def set_up(cfg: RLHFConfig) -> Run:
     if accelerator.is_main_process:
         print(f"{cfg.algo}: {cfg.prompts_per_step} prompts x {cfg.num_generations} completions = {cfg.completions_per_step} "
               f"completions per step in {world} process(es), {cfg.num_minibatches} minibatch(es) x {cfg.passes} pass(es), "
-              f"{cfg.steps} steps, reward {cfg.reward}, model {model_name}, device {accelerator.device}, {precision}")
+              f"{cfg.steps} steps, reward {cfg.reward}, model {model_name}, device {accelerator.device}, {precision}, sampling with "
+              + ("the fast GPT-2 decoder" if supports_fast_decode(accelerator.unwrap_model(policy))
+                 else "transformers' generate (the fast decoder is GPT-2's)"))
         ignored = ignored_generation_settings(accelerator.unwrap_model(policy))
         if ignored:
             print(f"the model's generation_config sets {', '.join(f'{k}={v}' for k, v in ignored.items())}: ignored; sampling "

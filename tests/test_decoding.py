@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from classic_rl import core
 from rlhf_toy.generation import fast_decode
 from rlhf_toy.generation.fast_decode import sample_gpt2, supports_fast_decode
 from rlhf_toy.generation.rollout import completion_mask_from_ids
@@ -144,3 +145,25 @@ def test_the_decoding_activation_is_the_models_own_function(name):
     from transformers.activations import ACT2FN
     x = torch.linspace(-8, 8, 10_001)
     assert (fast_decode.decoding_activation(name)(x) - ACT2FN[name](x)).abs().max() < 2e-6
+
+
+def test_the_generate_fallback_keeps_each_steps_log_probs_not_its_logits(nano_llama_dir):
+    """A Llama samples through generate: the sampler's log-probs, recorded step by step by a logits processor, are those of
+    generate's own raw logits and of a teacher-forced forward, and every step's token is the one generate chose."""
+    from rlhf_toy.generation.rollout import completion_logprobs, sample_rollout
+    policy, tokenizer = load_model(nano_llama_dir).eval(), load_tokenizer(nano_llama_dir)
+    assert not supports_fast_decode(policy)
+    batch = encode_prompts(tokenizer, PROMPTS, 10, policy)
+    sampling = SamplingConfig(max_new_tokens=10, temperature=0.7)
+    torch.manual_seed(5)
+    sequences, logprobs = sample_sequences(policy, tokenizer, batch, sampling, stop_token_ids(policy, tokenizer),
+                                           per_step=lambda logits, tokens: core.token_logprobs(logits, tokens, temperature=0.7))
+    torch.manual_seed(5)
+    plain, raw = sample_sequences(policy, tokenizer, batch, sampling, stop_token_ids(policy, tokenizer))
+    assert torch.equal(sequences, plain) and len(logprobs) == len(raw)
+    for t, logits in enumerate(raw):
+        torch.testing.assert_close(logprobs[t], core.token_logprobs(logits, plain[:, batch["input_ids"].shape[1] + t], temperature=0.7))
+    torch.manual_seed(5)
+    rollout = sample_rollout(policy, tokenizer, PROMPTS, sampling)
+    forward, _ = completion_logprobs(policy, rollout.input_ids, rollout.attention_mask, rollout.completion_mask, 0.7)
+    torch.testing.assert_close(rollout.sampling_logprobs, forward, atol=1e-4, rtol=0)

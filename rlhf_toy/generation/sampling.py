@@ -11,6 +11,8 @@ import torch
 from transformers import (
     BatchEncoding,
     GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     TopKLogitsWarper,
@@ -77,11 +79,34 @@ def sample_sequences(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         return sample_gpt2(model, batch["input_ids"], batch["attention_mask"], sampling.max_new_tokens, sampling.next_tokens,
                            eos_token_ids, tokenizer.pad_token_id, per_step)
     with neutral_generation_config(model):
-        out = model.generate(**batch, generation_config=sampling.generation_config(tokenizer, eos_token_ids, with_logits=True))
-    if per_step is None:
-        return out.sequences, out.logits
-    prompt_length = batch["input_ids"].shape[1]
-    return out.sequences, tuple(per_step(logits, out.sequences[:, prompt_length + t]) for t, logits in enumerate(out.logits))
+        if per_step is None:
+            out = model.generate(**batch, generation_config=sampling.generation_config(tokenizer, eos_token_ids, with_logits=True))
+            return out.sequences, out.logits
+        recorder = StepRecorder(per_step)
+        sequences = model.generate(**batch, generation_config=sampling.generation_config(tokenizer, eos_token_ids),
+                                   logits_processor=LogitsProcessorList([recorder]))
+    recorder.flush(sequences[:, -1])
+    return sequences, tuple(recorder.values)
+
+
+class StepRecorder(LogitsProcessor):
+    """per_step(raw logits of a step, the token it chose) for every step of generate, keeping one step's logits at a time:
+    generate's output_logits keeps them all (2.5 GB for 64 completions of 64 tokens over Qwen's 151k vocabulary). A logits
+    processor given to generate runs before its sampling warpers, on the raw logits, and sees each step's token at the
+    next call; flush the last one with the finished sequences' last column. It changes no score."""
+
+    def __init__(self, per_step):
+        self.per_step, self.values, self.pending = per_step, [], None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.flush(input_ids[:, -1])
+        self.pending = scores.clone()  # the warpers after this one make new tensors, but a processor may work in place
+        return scores
+
+    def flush(self, tokens: torch.Tensor) -> None:
+        if self.pending is not None:
+            self.values.append(self.per_step(self.pending, tokens))
+            self.pending = None
 
 
 # Fields of a model's generation_config.json that change which tokens generate samples (or how many).
