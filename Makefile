@@ -88,6 +88,8 @@ bench-real-models: setup-bench
 		--json bench/real_models_qwen2_lora.json --md bench/real_models_qwen2_lora.md
 	$(PY) scripts/bench_rlhf.py --shape gpt2-124m --use-peft --gradient-checkpointing --precisions bf16 $(REAL) \
 		--json bench/real_models_gpt2_lora_checkpointing.json --md bench/real_models_gpt2_lora_checkpointing.md
+	$(PY) scripts/bench_rlhf.py --shape qwen2-0.5b --gradient-checkpointing --precisions bf16 $(REAL) \
+		--json bench/real_models_qwen2_full.json --md bench/real_models_qwen2_full.md
 
 # Our GRPO against TRL's GRPOTrainer on the demo's work (100 steps of 8 prompts x 8 completions), each in fp32 and, where
 # the CPU has bf16 units, bf16, 3 repeats: bench/rlhf.{md,json} (~7 min).
