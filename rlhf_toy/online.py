@@ -48,7 +48,7 @@ from rlhf_toy.generation.fast_decode import supports_fast_decode
 from rlhf_toy.generation.rollout import sample_rollout
 from rlhf_toy.generation.sampling import encode_prompts, ignored_generation_settings
 from rlhf_toy.lm.base_model import default_base_model, kind_for
-from rlhf_toy.lm.lora import AdapterDisabled, prepare_for_training, save_merged, trainable_model, with_lora
+from rlhf_toy.lm.lora import AdapterDisabled, save_merged, trainable_model, with_lora
 from rlhf_toy.lm.models import check_model_exists, disable_dropout, load_model, load_tokenizer, model_writer
 from rlhf_toy.precision import autocast, bf16_linear_weights, set_up_precision
 from rlhf_toy.prompt_schedule import prompts_for_step, step_seed
@@ -185,10 +185,10 @@ def build_models(cfg: RLHFConfig, model_name: str, resume_dir: Path | None) -> t
     """(policy, reference or None, load_copy): the policy (with --use-peft, adapters on frozen weights, fresh or the
     checkpoint's), the reference (a frozen copy; under LoRA the policy with its adapters disabled), and a function giving
     another copy to build from (PPO's critic; with adapters of its own under LoRA)."""
-    def load() -> Any:
-        return load_model(model_name, cfg.trust_remote_code)
+    def load(name: str = model_name) -> Any:
+        return load_model(name, cfg.trust_remote_code)
 
-    policy = prepare_for_training(trainable_model(lambda name: load_model(name, cfg.trust_remote_code), model_name, resume_dir, cfg), cfg)
+    policy = trainable_model(load, model_name, resume_dir, cfg)
     if not cfg.uses_reference:
         ref_model = None
     else:

@@ -48,7 +48,6 @@ from rlhf_toy.lm.lora import (
     AdapterDisabled,
     ModelFields,
     adapters_disabled,
-    prepare_for_training,
     save_merged,
     trainable_model,
 )
@@ -179,7 +178,7 @@ def pair_accuracy(policy, ref_model, tokenizer, pairs: Labels, cfg: DPOConfig, b
 def policy_and_reference(cfg: DPOConfig, model_name: str, resume_dir: Path | None, device) -> tuple[Any, Any]:
     """(policy to train, frozen reference): the reference is a copy of model_name's weights, or under LoRA the policy
     with its adapters disabled (lora.AdapterDisabled)."""
-    policy = prepare_for_training(trainable_model(load_model, model_name, resume_dir, cfg), cfg).train()
+    policy = trainable_model(load_model, model_name, resume_dir, cfg).train()
     ref_model = AdapterDisabled(policy) if cfg.use_peft else load_model(model_name).eval().requires_grad_(False).to(device)
     if cfg.disable_dropout:  # the reference runs in eval mode anyway
         disable_dropout(policy)

@@ -51,12 +51,12 @@ def adapters_only_on_block_linears(model: torch.nn.Module) -> bool:
     return all(name.rsplit(".", 1)[-1] in ADAPTABLE for name, module in model.named_modules() if hasattr(module, "get_delta_weight"))
 
 
-def adapter_delta(layer: torch.nn.Module) -> Tensor | int:
-    """The LoRA update (alpha / r) B A of a peft layer in its base weight's layout, summed over its active adapters; 0
-    for a plain layer, or one whose adapters are disabled (a LoRA run's reference) or already merged."""
+def merged_weight(layer: torch.nn.Module) -> Tensor:
+    """The layer's weight with its LoRA update (alpha / r) B A added, summed over its active adapters (peft's layout);
+    the weight itself for a plain layer, or one whose adapters are disabled (a LoRA run's reference) or already merged."""
     if not hasattr(layer, "get_delta_weight") or layer.disable_adapters or layer.merged:
-        return 0
-    return sum(layer.get_delta_weight(name) for name in layer.active_adapters if name in layer.lora_A)
+        return layer.weight
+    return layer.weight + sum(layer.get_delta_weight(name) for name in layer.active_adapters if name in layer.lora_A)
 
 
 @functools.cache
@@ -164,7 +164,7 @@ class LayerWeights:
     @staticmethod
     def of(block) -> LayerWeights:
         def linear(conv1d):  # under LoRA the adapters' update is merged in here, once per sampling call
-            return (conv1d.weight + adapter_delta(conv1d)).t().contiguous(), conv1d.bias
+            return merged_weight(conv1d).t().contiguous(), conv1d.bias
         return LayerWeights((block.ln_1.weight, block.ln_1.bias), linear(block.attn.c_attn), linear(block.attn.c_proj),
                             (block.ln_2.weight, block.ln_2.bias), linear(block.mlp.c_fc), linear(block.mlp.c_proj))
 

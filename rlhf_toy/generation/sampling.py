@@ -100,7 +100,7 @@ class StepRecorder(LogitsProcessor):
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         self.flush(input_ids[:, -1])
-        self.pending = scores.clone()  # the warpers after this one make new tensors, but a processor may work in place
+        self.pending = scores  # the warpers after it (temperature, top-k, top-p) return new tensors, so these stay raw
         return scores
 
     def flush(self, tokens: torch.Tensor) -> None:

@@ -24,6 +24,7 @@ from transformers.pytorch_utils import Conv1D
 
 from classic_rl.infra.cli import config_field
 from classic_rl.infra.errors import ConfigError, require_positive
+from rlhf_toy.lm.models import evaluation_mode
 
 
 @dataclass
@@ -99,13 +100,8 @@ class AdapterDisabled(torch.nn.Module):
         object.__setattr__(self, "policy", policy)
 
     def forward(self, *args, **kwargs):
-        was_training = self.policy.training
-        self.policy.eval()
-        try:
-            with self.policy.disable_adapter():
-                return self.policy(*args, **kwargs)
-        finally:
-            self.policy.train(was_training)
+        with evaluation_mode(self.policy), self.policy.disable_adapter():
+            return self.policy(*args, **kwargs)
 
     @property
     def config(self):
@@ -128,11 +124,11 @@ def save_merged(model: PeftModel, tokenizer, folder: Path) -> None:
 
 def trainable_model(load, model_name: str, resume_dir: Path | None, fields: ModelFields, task_type: str = "CAUSAL_LM"):
     """The model a trainer trains: load(name) of model_name (or of the checkpoint's model/ on resume), or with --use-peft
-    model_name's weights with adapters, fresh or the checkpoint's."""
+    model_name's weights with adapters, fresh or the checkpoint's; with gradient checkpointing where asked."""
     if not fields.use_peft:
-        return load(str(resume_dir) if resume_dir else model_name)
+        return prepare_for_training(load(str(resume_dir) if resume_dir else model_name), fields)
     base = load(model_name)
-    return load_adapted(base, resume_dir) if resume_dir else with_lora(base, fields, task_type)
+    return prepare_for_training(load_adapted(base, resume_dir) if resume_dir else with_lora(base, fields, task_type), fields)
 
 
 def load_adapted(base: PreTrainedModel, adapter_dir: str | Path, trainable: bool = True) -> PeftModel:

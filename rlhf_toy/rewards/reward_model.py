@@ -42,7 +42,7 @@ from rlhf_toy.data import (
 from rlhf_toy.distributed import make_accelerator
 from rlhf_toy.generation.sampling import SamplingConfig, generate_completions
 from rlhf_toy.lm.base_model import default_base_model, kind_for
-from rlhf_toy.lm.lora import ModelFields, prepare_for_training, save_merged, trainable_model
+from rlhf_toy.lm.lora import ModelFields, save_merged, trainable_model
 from rlhf_toy.lm.models import (
     check_model_exists,
     disable_dropout,
@@ -183,8 +183,7 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
         return AutoModelForSequenceClassification.from_pretrained(name, num_labels=1)
 
     # under LoRA the score head trains whole beside the adapters (peft's modules_to_save for SEQ_CLS)
-    model = prepare_for_training(trainable_model(load, base, checkpoints.folder / "model" if checkpoints.resumed else None, cfg,
-                                                 task_type="SEQ_CLS"), cfg).train()
+    model = trainable_model(load, base, checkpoints.folder / "model" if checkpoints.resumed else None, cfg, task_type="SEQ_CLS").train()
     if cfg.disable_dropout:
         disable_dropout(model)
     model.config.pad_token_id = tokenizer.pad_token_id
