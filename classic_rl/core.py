@@ -45,14 +45,21 @@ def _nonzero(total: Tensor) -> Tensor:
     return torch.where(total == 0, torch.ones_like(total), total)
 
 
-def masked_var_mean(x: Tensor, mask: Tensor | None = None, unbiased: bool = False) -> tuple[Tensor, Tensor]:
+def masked_var_mean(x: Tensor, mask: Tensor | None = None, unbiased: bool = False, total=None) -> tuple[Tensor, Tensor]:
     """(variance, mean) of x over the valid positions, two scalars: the population variance, or with unbiased
     the sample variance, times n / (n - 1) for n valid positions (the total weight of a soft mask), as TRL's
-    masked_var."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+    masked_var. total(scalar) -> its sum over the processes of a multi-process run makes them the statistics of
+    every process's x together (default: this x's alone)."""
+    if total is None:
+        mean = masked_mean(x, mask)
+        var = masked_mean((x - mean) ** 2, mask)
+        n = _as_weights(mask, x).sum() if unbiased else None
+    else:  # the same means, their sums taken over the processes
+        weights = _as_weights(mask, x)
+        n = total(weights.sum())
+        mean = total((x * weights).sum()) / _nonzero(n)
+        var = total(((x - mean) ** 2 * weights).sum()) / _nonzero(n)
     if unbiased:  # one valid position: its population variance, 0 (a division by n - 1 would give a NaN)
-        n = _as_weights(mask, x).sum()
         var = var * n / (n - 1).clamp(min=1.0)
     return var, mean
 
@@ -62,14 +69,14 @@ def masked_var(x: Tensor, mask: Tensor | None = None, unbiased: bool = False) ->
     return masked_var_mean(x, mask, unbiased)[0]
 
 
-def masked_whiten(x: Tensor, mask: Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+def masked_whiten(x: Tensor, mask: Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8, total=None) -> Tensor:
     """(x - mean) / sqrt(var + eps) with statistics over the valid positions only, var the sample variance
     (TRL's masked_whiten; CleanRL and SB3 divide by torch's std, which is the sample one too).
 
     shift_mean=False keeps the original mean (only rescales), as TRL does for PPO rewards.
-    Masked positions are returned as 0.
+    Masked positions are returned as 0. total: as masked_var_mean's, for statistics over every process.
     """
-    var, mean = masked_var_mean(x, mask, unbiased=True)
+    var, mean = masked_var_mean(x, mask, unbiased=True, total=total)
     whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean
@@ -177,19 +184,23 @@ def policy_loss(
 
 
 def value_loss(
-    values: Tensor, old_values: Tensor, returns: Tensor, clip: float | None = None, mask: Tensor | None = None
+    values: Tensor, old_values: Tensor, returns: Tensor, clip: float | None = None, mask: Tensor | None = None,
+    normaliser: Tensor | None = None,
 ) -> Tensor:
     """Squared-error value loss, optionally clipped around the old values (PPO2 style).
 
         unclipped: (V - R)^2 / 2
         clipped:   max((V - R)^2, (old_V + clip(V - old_V, -c, c) - R)^2) / 2
 
-    Mean over valid positions.
+    Mean over valid positions: their sum over normaliser where given (a multi-process run's share of the whole batch's
+    count, so that averaging the processes' gradients gives the mean over all of them), else over their count.
     """
     squared = (values - returns) ** 2
     if clip is not None:
         clipped_values = old_values + torch.clamp(values - old_values, -clip, clip)
         squared = torch.maximum(squared, (clipped_values - returns) ** 2)
+    if normaliser is not None:
+        return 0.5 * _zero_masked(squared, mask).sum() / normaliser
     return 0.5 * masked_mean(squared, mask)
 
 

@@ -3,19 +3,26 @@
     accelerate launch --multi_gpu --num_processes 2 scripts/train_rlhf.py --cpu ...   # 2 CPU processes (gloo)
     accelerate launch --num_processes 8 scripts/train_rlhf.py ...                     # 8 GPUs (nccl)
 
-Each process samples and scores its own share of the step's prompt groups; DDP averages the
-gradients; the main process alone writes the run folder.
+Every trainer (online RLHF, DPO, the reward model, pretraining) splits each batch by process: an RLHF step's
+prompt groups, a supervised batch's rows. DDP averages the policy's gradients, average_gradients those of a
+model beside it (PPO's critic); statistics of the whole batch (advantages, whitening, the KL controller's KL)
+are summed over the processes; the main process alone evaluates and writes the run folder. A run in N
+processes takes the steps one process would take on the same global batch (tests/test_processes.py).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import subprocess
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from accelerate import Accelerator
 
-from classic_rl.infra.errors import ConfigError
+from classic_rl.infra.errors import ConfigError, TrainingInterrupted
 
 
 def make_accelerator(cpu: bool):
@@ -29,14 +36,62 @@ def require_one_process(script: str) -> None:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1:
         raise ConfigError(f"{script} runs in one process, but was launched in {world_size}; run it with python "
-                          "(multi-process training is scripts/train_rlhf.py --algo grpo)")
+                          "(the training scripts it calls run in several: train_rlhf.py, train_dpo.py, "
+                          "train_reward_model.py, pretrain.py)")
 
 
-def process_share(items: Sequence, process_index: int, num_processes: int) -> list:
-    """This process's contiguous share of items (whole groups when len(items) / num_processes is a
-    multiple of the group size)."""
+# the variables through which torchrun tells a process that it is one of several
+LAUNCHER_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
+                      "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+
+
+def launched() -> bool:
+    """Whether this process is one of several started by a launcher (accelerate launch, torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def run_alone(code: str) -> None:
+    """Run python code in a process of its own, outside the launcher's process group: the main process of a launched
+    run builds a missing base model this way while the others wait, since pretraining in its own process would join
+    their group. Its output goes to this process's."""
+    env = {key: value for key, value in os.environ.items() if key not in LAUNCHER_VARIABLES}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True)
+
+
+def require_even_split(count: int, num_processes: int, what: str) -> None:
+    """A ConfigError unless count rows split into equal shares over the processes (a batch whose mean is then the mean
+    of the shares' means, as DDP averages them)."""
+    if count % num_processes:
+        raise ConfigError(f"{what} is {count}, which does not split over {num_processes} processes; accepted: a multiple "
+                          f"of {num_processes}")
+
+
+def summed_over_processes(accelerator) -> Callable | None:
+    """total(tensor) -> its sum over the processes, for statistics of the whole batch (core.masked_whiten's total);
+    None in one process, where a sum over one process is the tensor itself."""
+    if accelerator.num_processes == 1:
+        return None
+    return lambda tensor: accelerator.reduce(tensor, "sum")
+
+
+def average_gradients(accelerator, parameters) -> None:
+    """Average over the processes the gradients of a model that no DDP wrapper holds (PPO's critic trains beside the
+    policy), as DDP averages the policy's: one all-reduce of their concatenation. Every process must hold gradients for
+    the same parameters."""
+    if accelerator.num_processes == 1:
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if grads:
+        mean = accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), "mean")
+        for grad, averaged in zip(grads, mean.split([g.numel() for g in grads]), strict=True):
+            grad.copy_(averaged.view_as(grad))
+
+
+def process_share(items: Sequence, process_index: int, num_processes: int) -> Sequence:
+    """This process's contiguous share of items, a list or a tensor of rows (whole groups when len(items) / num_processes
+    is a multiple of the group size)."""
     size = len(items) // num_processes
-    return list(items[process_index * size: (process_index + 1) * size])
+    return items[process_index * size: (process_index + 1) * size]
 
 
 def metrics_over_processes(accelerator, metrics: dict[str, float]) -> dict[str, float]:
@@ -54,6 +109,33 @@ def any_process(accelerator, flag: bool) -> bool:
     if accelerator.num_processes == 1:
         return flag
     return bool(accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), "sum").item() > 0)
+
+
+def save_if_due(accelerator, checkpoints, step: int, save: Callable[[], Any]) -> None:
+    """The checkpoint schedule of a run in any number of processes: a Ctrl-C seen by one process stops them all, every
+    process asks whether a checkpoint is due, the main one alone calls save(), the others wait for it, and then all stop
+    together if asked to (TrainingInterrupted)."""
+    checkpoints.stop.requested = any_process(accelerator, checkpoints.stop.requested)
+    if checkpoints.due(step):
+        if accelerator.is_main_process:
+            save()
+        accelerator.wait_for_everyone()
+        checkpoints.stop_if_requested(step)
+
+
+def in_processes(train: Callable[[Any, Any], dict], cfg) -> dict:
+    """train(cfg, accelerator) in this process's accelerator (cfg.cpu), leaving the process group in order afterwards,
+    also when a Ctrl-C stopped the run (leave_processes): train's frame, which holds the prepared model, is gone by
+    then. Returns train's summary (the main process's; {} on the others)."""
+    accelerator = make_accelerator(cfg.cpu)
+    try:
+        summary = train(cfg, accelerator)
+    except TrainingInterrupted as err:  # every process raises it at the same checkpoint (save_if_due)
+        traceback.clear_frames(err.__traceback__)  # the frames' locals hold the prepared model
+        leave_processes(accelerator)
+        raise
+    leave_processes(accelerator)
+    return summary
 
 
 def leave_processes(accelerator) -> None:

@@ -16,6 +16,7 @@ The loop never asks which algorithm it runs: what differs is the algorithm's (ba
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from classic_rl.infra.errors import ConfigError, NonFiniteError, TrainingInterru
 from classic_rl.infra.metrics import RunLogger
 from classic_rl.infra.plots import plot_lines
 from classic_rl.infra.run_folder import start_run, truncate_jsonl, write_json
-from rlhf_toy.algorithms import ALGORITHMS, algorithm_for
+from rlhf_toy.algorithms import algorithm_for
 from rlhf_toy.algorithms.base import OnlineAlgorithm, RLHFConfig
 from rlhf_toy.chat import require_chat_template
 from rlhf_toy.data import load_prompt_rows, split_columns
@@ -42,11 +43,12 @@ from rlhf_toy.distributed import (
     make_accelerator,
     metrics_over_processes,
     process_share,
+    save_if_due,
 )
 from rlhf_toy.evaluation import evaluate_on_prompts, print_completions, print_side_by_side
 from rlhf_toy.generation.fast_decode import supports_fast_decode
 from rlhf_toy.generation.rollout import sample_rollout
-from rlhf_toy.generation.sampling import encode_prompts, ignored_generation_settings
+from rlhf_toy.generation.sampling import RowUniforms, encode_prompts, ignored_generation_settings
 from rlhf_toy.lm.base_model import default_base_model, kind_for
 from rlhf_toy.lm.lora import AdapterDisabled, save_merged, trainable_model, with_lora
 from rlhf_toy.lm.models import check_model_exists, disable_dropout, load_model, load_tokenizer, model_writer
@@ -129,9 +131,6 @@ def set_up(cfg: RLHFConfig) -> Run:
     restore them from the newest checkpoint on --resume."""
     accelerator = make_accelerator(cfg.cpu)
     world, algorithm_class = accelerator.num_processes, algorithm_for(cfg.algo)
-    if world > 1 and not algorithm_class.multi_process:
-        multi = ", ".join(name for name, algorithm in ALGORITHMS.items() if algorithm.multi_process)
-        raise ConfigError(f"a run in {world} processes needs --algo {multi}, got --algo {cfg.algo}")
     cfg.check_minibatches(world)
     reward = resolve_reward(cfg.reward, cfg.reward_weights, cfg.target_words)
     gold = resolve_reward(cfg.gold_reward, target_words=cfg.target_words) if cfg.gold_reward else None
@@ -242,12 +241,7 @@ def run_steps(run: Run) -> float:
                     print_completions(f"step {step}: reward {metrics['reward']:.3f}", samples)
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:  # the last is finish()'s
                     run.log_evaluation(step, run.evaluate_policy())
-            checkpoints.stop.requested = any_process(run.accelerator, checkpoints.stop.requested)
-            if checkpoints.due(step):  # every process asks: they all wait for the main one to write
-                if main:
-                    run.save_checkpoint(step)
-                run.accelerator.wait_for_everyone()
-                checkpoints.stop_if_requested(step)
+            save_if_due(run.accelerator, checkpoints, step, functools.partial(run.save_checkpoint, step))
             if any_process(run.accelerator, main and cfg.max_train_s is not None and train_time >= cfg.max_train_s):
                 break
     progress.close()
@@ -264,7 +258,9 @@ def train_step(run: Run, step: int) -> tuple[dict[str, float], list[dict]]:
         group["lr"] = cfg.learning_rate_at(step)
     step_prompts = prompts_for_step(run.train_prompts, step, cfg.prompts_per_step, cfg.num_generations, cfg.seed)
     prompts, columns = split_columns(process_share(step_prompts, accelerator.process_index, accelerator.num_processes))
-    rollout = sample_rollout(accelerator.unwrap_model(run.policy), run.tokenizer, prompts, cfg.sampling)
+    # the step's completions are the same in any number of processes: each draws its rows' numbers of one stream
+    uniforms = RowUniforms(step_seed(cfg.seed, step, 0), accelerator.process_index * len(prompts), len(step_prompts), accelerator.device)
+    rollout = sample_rollout(accelerator.unwrap_model(run.policy), run.tokenizer, prompts, cfg.sampling, uniforms=uniforms)
     t1 = time.perf_counter()
     try:  # a broken reward or a non-finite loss stops the run before any bad optimizer step
         totals, components = run.reward.score(prompts, rollout.completions, **columns)

@@ -30,6 +30,7 @@ def prompts_for_step(prompts: Sequence[T], step: int, prompts_per_step: int, num
 
 
 def step_seed(seed: int, step: int, process_index: int) -> int:
-    """The torch seed of one step on one process: sampling and minibatch order are then a pure function
-    of (seed, step, process), so resumed and multi-process runs need no saved torch RNG state."""
+    """The torch seed of one step on one process: minibatch order (and a dropout left on) are then a pure function of
+    (seed, step, process), so resumed and multi-process runs need no saved torch RNG state. Sampling draws from
+    step_seed(seed, step, 0) on every process (sampling.RowUniforms), so its completions do not depend on the processes."""
     return int(np.random.SeedSequence([seed, step, process_index]).generate_state(1)[0])

@@ -4,6 +4,7 @@
     python scripts/train_reward_model.py --run-dir runs/rm                     # clean labels
     python scripts/train_reward_model.py --label-noise 0.1 --run-dir runs/rm-noisy
     python scripts/train_rlhf.py --reward rm:runs/rm/model --gold-reward length,format
+    accelerate launch --multi_gpu --num_processes 2 scripts/train_reward_model.py --cpu   # 2 processes
 
 Every field is a flag (see --help).
 """
@@ -11,15 +12,14 @@ Every field is a flag (see --help).
 import json
 
 from classic_rl.infra.cli import cli, parse_config
-from rlhf_toy.distributed import require_one_process
 from rlhf_toy.rewards.reward_model import RewardModelConfig, train_reward_model
 
 
 @cli
 def main() -> None:
-    require_one_process("train_reward_model.py")
     summary = train_reward_model(parse_config(RewardModelConfig, description=__doc__))
-    print(json.dumps(summary, indent=2))
+    if summary:  # the main process's
+        print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """classic_rl.core against numbers worked out by hand (the working is in the comments)."""
 
 import math
+import threading
 
 import pytest
 import torch
@@ -45,6 +46,38 @@ def test_masked_whiten_uses_valid_positions_only():
     close(core.masked_whiten(x, mask), [-s, 0.0, s, 0.0])
     close(core.masked_whiten(x, mask, shift_mean=False), [2 - s, 2.0, 2 + s, 0.0])
     close(core.masked_whiten(t(1, 2, 3)), [-s, 0.0, s])
+
+
+def in_two_processes(work):
+    """work(process_index, total) run in two threads whose total(value) is an all-reduce: it returns the sum of the
+    values both threads pass in the same call; [process 0's result, process 1's]."""
+    barrier, slots, results = threading.Barrier(2), [None, None], [None, None]
+
+    def total_of(index):
+        def total(value):
+            slots[index] = value
+            barrier.wait()
+            summed = slots[0] + slots[1]
+            barrier.wait()  # both have read the slots before either writes the next call's
+            return summed
+        return total
+
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, work(i, total_of(i)))) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_masked_whiten_over_processes_uses_the_statistics_of_every_processs_values():
+    """Process 0 holds 1, 2 (and padding), process 1 holds 6, 3: together mean 3, squared deviations 4, 1, 9, 0, sample
+    variance 14 / 3, which each process applies to its own values."""
+    shares = [(t(1, 2, 100), t(1, 1, 0)), (t(6, 100, 3), t(1, 0, 1))]
+    whitened = in_two_processes(lambda i, total: core.masked_whiten(*shares[i], total=total))
+    std = (14 / 3) ** 0.5
+    close(whitened[0], [(1 - 3) / std, (2 - 3) / std, 0.0])
+    close(whitened[1], [(6 - 3) / std, 0.0, 0.0])
 
 
 # ---- returns and advantages -------------------------------------------------------------------

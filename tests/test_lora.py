@@ -42,7 +42,7 @@ def greedy(model, tokenizer, batch, fast: bool):
     with torch.inference_mode():
         if fast:
             from rlhf_toy.generation.fast_decode import sample_gpt2
-            return sample_gpt2(model, batch["input_ids"], batch["attention_mask"], 12, config.next_tokens,
+            return sample_gpt2(model, batch["input_ids"], batch["attention_mask"], 12, config.chooser(),
                                stop_token_ids(model, tokenizer), tokenizer.pad_token_id)[0]
         return model.generate(**batch, generation_config=config.generation_config(tokenizer, stop_token_ids(model, tokenizer)))
 

@@ -94,7 +94,7 @@ def test_fast_decode_in_bf16_matches_generate_in_bf16(policy_and_tokenizer):
     eos = stop_token_ids(policy, tokenizer)
     with torch.inference_mode(), autocast("bf16", CPU):
         reference = policy.generate(**batch, generation_config=greedy.generation_config(tokenizer, eos, with_logits=True))
-        sequences, logits = sample_gpt2(policy, batch["input_ids"], batch["attention_mask"], 16, greedy.next_tokens, eos,
+        sequences, logits = sample_gpt2(policy, batch["input_ids"], batch["attention_mask"], 16, greedy.chooser(), eos,
                                         tokenizer.pad_token_id)
     assert torch.equal(sequences, reference.sequences)
     scale = max(step.abs().max().item() for step in reference.logits)
@@ -170,7 +170,7 @@ def test_fast_decode_reads_a_bf16_prefill_into_fp32_steps(policy_and_tokenizer):
     wrapped.forward = torch.autocast("cpu", dtype=torch.bfloat16)(wrapped.forward)
     batch = encode_prompts(tokenizer, PROMPTS, 12, policy)
     eos = stop_token_ids(policy, tokenizer)
-    greedy = SamplingConfig(max_new_tokens=12, temperature=0).next_tokens
+    greedy = SamplingConfig(max_new_tokens=12, temperature=0).chooser()
     with torch.inference_mode():
         plain_sequences, plain_logits = sample_gpt2(policy, batch["input_ids"], batch["attention_mask"], 12, greedy, eos,
                                                     tokenizer.pad_token_id)

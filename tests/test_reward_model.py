@@ -73,6 +73,15 @@ def test_saved_reward_model_reloads_with_the_same_scores(small_rm, nano):
     assert scorer(prompts, completions) == pytest.approx(again(prompts, completions), abs=1e-6)
 
 
+def test_a_completions_score_does_not_depend_on_the_padding_of_its_batch(small_rm):
+    """Left padding shifts a short text's tokens right; its positions still count from its first token."""
+    scorer = RewardModelScorer(str(small_rm[0] / "model"))
+    short, long = "<answer> Fox. </answer>", "<answer> The fox ran to Ashford by the lake and slept there all night. </answer>"
+    alone = scorer(["Describe a fox."], [short])
+    beside_a_longer_one = scorer(["Describe a fox."] * 2, [short, long])
+    assert beside_a_longer_one[0] == pytest.approx(alone[0], abs=1e-5)
+
+
 def test_missing_reward_model_folder_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="reward model folder .* not found"):
         resolve_reward(f"rm:{tmp_path / 'nope'}")

@@ -11,7 +11,6 @@ import sys
 import pytest
 import torch
 from accelerate import Accelerator
-from safetensors.torch import load_file
 
 from classic_rl import core
 from classic_rl.core import KLController
@@ -28,7 +27,6 @@ from rlhf_toy.algorithms.ppo import (
     ppo_update,
     token_rewards,
 )
-from rlhf_toy.distributed import process_share
 from rlhf_toy.evaluation import evaluate_on_prompts
 from rlhf_toy.generation.fast_forward import length_groups
 from rlhf_toy.generation.rollout import (
@@ -448,56 +446,6 @@ def test_a_reward_that_breaks_stops_the_run_and_keeps_the_last_good_weights(brea
     assert code == 2 and "Traceback" not in err  # a reward function breaking its contract is bad input
     assert message.startswith("error: step 3: reward") and says in message and message.endswith("checkpoints/step-2")
     assert load_model(str(tmp_path / "run" / "checkpoints" / "step-2" / "model")).num_parameters() > 0
-
-
-# ---- several processes ----------------------------------------------------------------------------
-
-def launch(script: str, args: list[str], num_processes: int) -> subprocess.CompletedProcess:
-    """scripts/<script> (or tests/<script>) in num_processes CPU processes through accelerate (torchrun, gloo)."""
-    path = ROOT / ("tests" if script.startswith("grpo_update") else "scripts") / script
-    command = ([sys.executable, str(path)] if num_processes == 1 else
-               [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(path)])
-    return subprocess.run([*command, *args, "--cpu"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-
-
-def test_process_share_splits_whole_groups_in_order():
-    groups = [p for p in "abcd" for _ in range(3)]
-    assert process_share(groups, 0, 2) == list("aaabbb") and process_share(groups, 1, 2) == list("cccddd")
-    assert process_share(groups, 0, 1) == groups
-
-
-def test_a_grpo_update_in_two_processes_equals_one_in_one_process(nano_dir, tmp_path):
-    """Advantages from every process's rewards and token-weighted DDP averaging make the split update exact."""
-    for n in (1, 2):
-        result = launch("grpo_update_in_processes.py", [nano_dir, str(tmp_path / f"{n}.safetensors")], n)
-        assert result.returncode == 0, result.stderr[-2000:]
-    one, two = load_file(tmp_path / "1.safetensors"), load_file(tmp_path / "2.safetensors")
-    before = load_model(nano_dir).state_dict()
-    assert max((one[k] - before[k]).abs().max().item() for k in one) > 1e-4  # the update moved the weights
-    assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-6
-
-
-def test_grpo_in_two_processes_writes_one_run_folder(nano, tmp_path):
-    cfg = small_config(nano, tmp_path, prompts_per_step=4, save_every=2)
-    result = launch("train_rlhf.py", as_flags(cfg), 2)
-    assert result.returncode == 0, result.stderr[-2000:]
-    run_dir = tmp_path / "run"
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["num_processes"] == 2 and summary["steps"] == 3
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [0, 1, 2, 3, 3]  # the main process alone logs (eval before, steps, eval after)
-    assert result.stdout.count("before training: eval reward") == 1
-    assert (run_dir / "checkpoints" / "step-2" / "model" / "model.safetensors").is_file()
-    assert load_model(str(run_dir / "model")).num_parameters() > 0
-
-
-def test_ppo_refuses_several_processes_and_single_process_scripts_refuse_a_launcher(nano, tmp_path, monkeypatch, capsys):
-    result = launch("train_rlhf.py", as_flags(small_config(nano, tmp_path, algo="ppo")), 2)
-    assert result.returncode != 0 and "error: a run in 2 processes needs --algo grpo" in result.stderr  # torchrun exits 1
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    code, _, err = run_script("pretrain.py", ["--run-dir", str(tmp_path / "p")], monkeypatch, capsys)
-    assert code == 2 and "pretrain.py runs in one process, but was launched in 2" in err and err.count("\n") == 1
 
 
 @pytest.mark.slow

@@ -208,7 +208,9 @@ def test_reward_model_loss_equals_trls(nano_dir, tmp_path):
     rows = {"chosen": PAIRS.first, "rejected": PAIRS.second}
     trainer = RewardTrainer(model=theirs_model, args=args, processing_class=tokenizer, train_dataset=datasets.Dataset.from_dict(rows))
     ours, _ = labels_loss(model, tokenizer, dataclasses.replace(PAIRS))
-    texts = sequence_texts(tokenizer, PAIRS.prompts * 2, PAIRS.first + PAIRS.second)
-    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    theirs = trainer.compute_loss(trainer.model, dict(batch))
+    # the same texts in the batch TRL's collator builds: padded on the right (ours pads on the left, with positions counted
+    # from each text's first token: the same scores)
+    ids = tokenizer(sequence_texts(tokenizer, PAIRS.prompts * 2, PAIRS.first + PAIRS.second), add_special_tokens=False)["input_ids"]
+    batch = trainer.data_collator([{"chosen_ids": c, "rejected_ids": r} for c, r in zip(ids[:len(PAIRS)], ids[len(PAIRS):], strict=True)])
+    theirs = trainer.compute_loss(trainer.model, batch)
     assert_same(ours, theirs, model, trainer.model)

@@ -168,13 +168,14 @@ class OnlineAlgorithm:
     name            the --algo name
     Config          its config dataclass; cfg.uses_reference says whether the loop loads a reference model
     kl_label        what its logged "kl" is, for the curves
-    multi_process   whether it runs in several processes (accelerate launch)
+
+    In a run of N processes (accelerate launch) update() sees this process's share of the rollout: it takes statistics
+    of the whole batch over the processes (rlhf_toy.distributed) and must give the step one process would take.
     """
 
     name: ClassVar[str] = ""
     Config: ClassVar[type[RLHFConfig]] = RLHFConfig
     kl_label: ClassVar[str] = "KL to the reference per token"
-    multi_process: ClassVar[bool] = False
 
     def __init__(self, cfg: RLHFConfig, policy, load_copy, tokenizer):
         """load_copy() gives a fresh copy of the base model (a critic's trunk, say)."""

@@ -39,7 +39,7 @@ from rlhf_toy.data import (
     to_labels,
     train_and_held_out_labels,
 )
-from rlhf_toy.distributed import make_accelerator
+from rlhf_toy.distributed import in_processes, require_even_split
 from rlhf_toy.evaluation import evaluate_on_prompts, kl_to_reference, print_side_by_side
 from rlhf_toy.generation.rollout import encode_completions, sequence_logprobs
 from rlhf_toy.generation.sampling import SamplingConfig
@@ -186,7 +186,14 @@ def policy_and_reference(cfg: DPOConfig, model_name: str, resume_dir: Path | Non
 
 
 def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
-    # bad files and model folders are reported before the run folder is created
+    """Train with DPO in this process, or as one of several (accelerate launch): each takes its share of every batch of
+    pairs. Returns the summary (the main process's; {} on the others)."""
+    return in_processes(run_dpo, cfg)
+
+
+def load_pairs(cfg: DPOConfig) -> tuple[Labels, Labels, int]:
+    """(training pairs, held-out pairs, ties left out) of cfg's preference files; a ConfigError for pointwise scores or
+    for no pairs on either side."""
     kind, train_rows, eval_rows = train_and_held_out_labels(cfg.preferences, cfg.eval_preferences, DATA_DIR, cfg.eval_fraction, cfg.seed)
     if kind != "pairwise":
         raise ConfigError(f"DPO learns from pairs; {cfg.preferences} holds pointwise scores (train a reward model on them: "
@@ -195,49 +202,60 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
     if not len(pairs) or not len(eval_pairs):
         raise ConfigError(f"{cfg.preferences} leaves {len(pairs)} training and {len(eval_pairs)} held-out pairs that are not ties; "
                           "accepted: at least one of each")
-    conversational = any(map(is_conversational, pairs.prompts))
-    eval_prompts = load_prompt_rows(cfg.eval_prompts or shipped_eval_prompts(conversational))
+    return pairs, eval_pairs, len(train_rows) - len(pairs)
+
+
+def run_dpo(cfg: DPOConfig, accelerator) -> dict[str, Any]:
+    pairs, eval_pairs, ties = load_pairs(cfg)  # bad files, flags and model folders are reported before the run folder exists
     judge = resolve_reward(cfg.reward)
+    batches = ShuffledBatches(len(pairs), min(cfg.per_device_train_batch_size, len(pairs)), torch.Generator().manual_seed(cfg.seed))
+    require_even_split(batches.batch_size, accelerator.num_processes, "--per-device-train-batch-size (at most the pairs)")
+    eval_prompts = load_prompt_rows(cfg.eval_prompts or shipped_eval_prompts(any(map(is_conversational, pairs.prompts))))
     if cfg.model:
         check_model_exists(cfg.model)
-    run_dir, checkpoints = start_run(cfg)
-    accelerator = make_accelerator(cfg.cpu)
-    model_name = cfg.model or default_base_model(kind=kind_for(pairs.prompts))
+    run_dir, checkpoints = start_run(cfg, main_process=accelerator.is_main_process)
+    accelerator.wait_for_everyone()  # the main process has checked and created the run folder
+    with accelerator.main_process_first():  # the main process builds the default base model if it is not cached
+        model_name = cfg.model or default_base_model(kind=kind_for(pairs.prompts))
     tokenizer = load_tokenizer(model_name)
     for name, prompts in (("--preferences", pairs.prompts), ("--eval-prompts", [row["prompt"] for row in eval_prompts])):
         require_chat_template(tokenizer, prompts, name)
     policy, ref_model = policy_and_reference(cfg, model_name, checkpoints.folder / "model" if checkpoints.resumed else None,
                                              accelerator.device)
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.learning_rate, weight_decay=0.0)
-    batches = ShuffledBatches(len(pairs), min(cfg.per_device_train_batch_size, len(pairs)), torch.Generator().manual_seed(cfg.seed))
-    logger = RunLogger(run_dir)
+    logger = RunLogger(run_dir) if accelerator.is_main_process else None
     checkpoints.track(logger=logger, optimizer=optimizer, batches=batches)
     saved = checkpoints.restore() or {"train_s": 0.0}
-    policy, optimizer = accelerator.prepare(policy, optimizer)
-    precision = set_up_precision(cfg.precision, accelerator.device, accelerator.unwrap_model(policy),
-                                 None if cfg.use_peft else ref_model)
-    sampling = SamplingConfig(cfg.max_completion_length)
-    evaluate = functools.partial(evaluate_on_prompts, tokenizer=tokenizer, prompts=eval_prompts, reward=judge, sampling=sampling,
-                                 samples_per_prompt=cfg.eval_samples_per_prompt, seed=cfg.seed)
-
-    sampled_reference = accelerator.unwrap_model(policy) if cfg.use_peft else ref_model
-    with adapters_disabled(sampled_reference):  # under LoRA the reference is the policy without its adapters
-        before = evaluate(sampled_reference)
-    print(f"dpo ({cfg.loss_type}, beta {cfg.beta}) from {model_name}: {len(pairs)} pairs ({len(train_rows) - len(pairs)} ties "
-          f"left out), {len(eval_pairs)} held out, {cfg.steps} steps of {batches.batch_size}; eval reward {before['reward']:.3f}")
-    run = SupervisedRun(policy, optimizer, batches, checkpoints, logger, accelerator, precision,
-                        model_writer(accelerator.unwrap_model(policy), tokenizer), cfg.steps, cfg.max_grad_norm, cfg.eval_every, "dpo",
-                        max_train_s=cfg.max_train_s)
+    trained, optimizer = accelerator.prepare(policy, optimizer)
+    precision = set_up_precision(cfg.precision, accelerator.device, policy, None if cfg.use_peft else ref_model)
+    if accelerator.is_main_process:
+        print(f"dpo ({cfg.loss_type}, beta {cfg.beta}) from {model_name}: {len(pairs)} pairs ({ties} ties left out), "
+              f"{len(eval_pairs)} held out, {cfg.steps} steps of {batches.batch_size} in {accelerator.num_processes} process(es)")
+    run = SupervisedRun(trained, optimizer, batches, checkpoints, logger, accelerator, precision, model_writer(policy, tokenizer),
+                        cfg.steps, cfg.max_grad_norm, cfg.eval_every, "dpo", max_train_s=cfg.max_train_s)
+    evaluate = functools.partial(evaluate_on_prompts, tokenizer=tokenizer, prompts=eval_prompts, reward=judge,
+                                 sampling=SamplingConfig(cfg.max_completion_length), samples_per_prompt=cfg.eval_samples_per_prompt,
+                                 seed=cfg.seed)
+    before = evaluate_reference(policy if cfg.use_peft else ref_model, evaluate) if accelerator.is_main_process else None
 
     def loss_of(rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        loss, chosen, rejected = dpo_batch_loss(policy, ref_model, tokenizer, pairs.subset(rows.tolist()), cfg)
+        loss, chosen, rejected = dpo_batch_loss(trained, ref_model, tokenizer, pairs.subset(rows.tolist()), cfg)
         return loss, {"rewards/chosen": chosen.mean().item(), "rewards/rejected": rejected.mean().item(),
                       "rewards/margins": (chosen - rejected).mean().item(), "rewards/accuracies": (chosen > rejected).float().mean().item()}
 
     train_s = train_supervised(run, loss_of, lambda: {"eval/pair_accuracy": pair_accuracy(policy, ref_model, tokenizer, eval_pairs, cfg)},
                                lambda m: {"loss": f"{m['train/loss']:.3f}", "acc": f"{m['rewards/accuracies']:.2f}"}, saved["train_s"])
-    return finish(cfg, accelerator.unwrap_model(policy).eval(), ref_model, tokenizer, before, evaluate(accelerator.unwrap_model(policy)),
-                  logger, run_dir, train_s, sampling, eval_prompts, precision)
+    if not accelerator.is_main_process:
+        return {}
+    return finish(cfg, policy.eval(), ref_model, tokenizer, before, evaluate(policy), logger, run_dir, train_s, evaluate.keywords["sampling"],
+                  eval_prompts, precision)
+
+
+def evaluate_reference(reference, evaluate) -> dict[str, Any]:
+    """The judge's evaluation of the reference's samples, reward_before: under LoRA the reference is the policy with its
+    adapters disabled."""
+    with adapters_disabled(reference):
+        return evaluate(reference)
 
 
 def finish(cfg: DPOConfig, policy, ref_model, tokenizer, before: dict, after: dict, logger: RunLogger, run_dir: Path, train_s: float,

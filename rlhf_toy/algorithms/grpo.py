@@ -221,7 +221,7 @@ def grpo_update(policy, ref_model, optimizer, accelerator, rollout: Rollout, rew
 class GRPO(OnlineAlgorithm):
     """GRPO in the online loop: no model of its own beside the policy and the reference."""
 
-    name, Config, kl_label, multi_process = "grpo", GRPOConfig, "KL to the reference (k3 per token)", True
+    name, Config, kl_label = "grpo", GRPOConfig, "KL to the reference (k3 per token)"
 
     def update(self, policy, ref_model, optimizer, accelerator, rollout: Rollout, rewards: Tensor) -> dict[str, float]:
         return grpo_update(policy, ref_model, optimizer, accelerator, rollout, rewards, self.cfg)

@@ -37,6 +37,7 @@ from classic_rl.infra.errors import (
 from classic_rl.infra.metrics import MeanStats
 from rlhf_toy.algorithms.base import OnlineAlgorithm, RLHFConfig
 from rlhf_toy.data import DATA_DIR, ShuffledBatches, pretraining_blocks
+from rlhf_toy.distributed import average_gradients, summed_over_processes
 from rlhf_toy.generation import fast_forward
 from rlhf_toy.generation.rollout import (
     Rollout,
@@ -170,16 +171,17 @@ def token_rewards(scores: Tensor, kl: Tensor, mask: Tensor, beta: float) -> Tens
 
 
 def advantages_and_returns(scores: Tensor, values: Tensor, kl: Tensor, mask: Tensor, beta: float,
-                           cfg: PPOConfig) -> tuple[Tensor, Tensor]:
+                           cfg: PPOConfig, total=None) -> tuple[Tensor, Tensor]:
     """(advantages whitened over valid tokens, returns), both `[B, C]`, from sequence scores `[B]`, the rollout's
-    values and per-token KL `[B, C]`: token_rewards, then GAE over each completion, which ends at its last token."""
+    values and per-token KL `[B, C]`: token_rewards, then GAE over each completion, which ends at its last token.
+    total: sums over the processes (distributed.summed_over_processes), so whitening sees every process's tokens."""
     rewards = token_rewards(scores, kl, mask, beta)
     if cfg.whiten_rewards:
-        rewards = core.masked_whiten(rewards, mask, shift_mean=False)
+        rewards = core.masked_whiten(rewards, mask, shift_mean=False, total=total)
     # the episode ends at each completion's last token; nothing flows back from the padding after it
     dones = 1.0 - torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], dim=1)
     advantages, returns = core.gae(rewards, values, dones, scores.new_zeros(len(scores)), cfg.gamma, cfg.lam)
-    return core.masked_whiten(advantages, mask), returns
+    return core.masked_whiten(advantages, mask, total=total), returns
 
 
 def logits_and_values(policy, critic: Critic, input_ids: Tensor, attention_mask: Tensor, prompt_length: int) -> tuple[Tensor, Tensor]:
@@ -211,8 +213,10 @@ def ppo_update(policy, critic: Critic, ref_model, optimizer, accelerator, rollou
     """One PPO phase over a rollout; returns metrics (and adapts kl_ctl). With cfg.ptx_coef, ptx_batch() gives
     `[N, T]` pretraining tokens whose language-model loss joins every minibatch's (InstructGPT's PPO-ptx).
     The old log-probs and values, and the reference's log-probs, come from the update's own forward
-    (trainer_forward) on the first epoch's minibatches, in the precision and mode it runs in."""
-    mask = rollout.completion_mask
+    (trainer_forward) on the first epoch's minibatches, in the precision and mode it runs in. In several processes,
+    each holding its share of the rollout, whitening and the KL controller see every process's (summed_over_processes)
+    and the critic's gradients are averaged as DDP averages the policy's."""
+    mask, total = rollout.completion_mask, summed_over_processes(accelerator)
     if cfg.missing_eos_penalty is not None:
         scores = scores - cfg.missing_eos_penalty * rollout.is_truncated.float()
     epochs = [torch.randperm(len(scores)).split(len(scores) // cfg.num_minibatches) for _ in range(cfg.num_ppo_epochs)]
@@ -222,16 +226,19 @@ def ppo_update(policy, critic: Critic, ref_model, optimizer, accelerator, rollou
         with evaluation_mode(ref_model):
             (ref_logprobs,) = trainer_forward(lambda rows: reference_logprobs(ref_model, rollout, rows, cfg.temperature), epochs[0])
         kl = core.kl_estimate(old_logprobs, ref_logprobs, "k1", mask)
-    advantages, returns = advantages_and_returns(scores, old_values, kl, mask, kl_ctl.value, cfg)
+    advantages, returns = advantages_and_returns(scores, old_values, kl, mask, kl_ctl.value, cfg, total)
 
     means = MeanStats()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     for minibatches in epochs:
         for mb in minibatches:
             logp, entropy, values = policy_forward(policy, critic, rollout, mb, cfg.temperature)
-            pg_loss, stats = core.policy_loss(logp, old_logprobs[mb], advantages[mb], cfg.cliprange,
-                                              mask=mask[mb], agg="token")
-            v_loss = core.value_loss(values, old_values[mb], returns[mb], clip=cfg.cliprange_value, mask=mask[mb])
+            # token means over the minibatch of every process: the sums over this share divided by the share of the count
+            # that is this process's (the whole count / processes), which DDP's averaged gradients turn into that mean
+            tokens = accelerator.reduce(mask[mb].sum(), "mean")  # >= 1: every completion has a token (its eos at least)
+            per_token, stats = core.policy_loss(logp, old_logprobs[mb], advantages[mb], cfg.cliprange, mask=mask[mb], agg="none")
+            pg_loss = per_token.sum() / tokens
+            v_loss = core.value_loss(values, old_values[mb], returns[mb], clip=cfg.cliprange_value, mask=mask[mb], normaliser=tokens)
             loss = pg_loss + cfg.vf_coef * v_loss
             if cfg.ptx_coef:
                 tokens = ptx_batch().to(logp.device)
@@ -239,6 +246,7 @@ def ppo_update(policy, critic: Critic, ref_model, optimizer, accelerator, rollou
                 loss = loss + cfg.ptx_coef * ptx_loss
                 stats["ptx_loss"] = ptx_loss.detach()
             accelerator.backward(loss)
+            average_gradients(accelerator, critic.parameters())
             stats["grad_norm"] = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
             check_finite(None, loss=loss, grad_norm=stats["grad_norm"])  # before the step: the weights stay good
             optimizer.step()
@@ -247,12 +255,12 @@ def ppo_update(policy, critic: Critic, ref_model, optimizer, accelerator, rollou
                          entropy=core.masked_mean(entropy, mask[mb]))
             means.add(stats)
     metrics = means.means()
-    sequence_kl = float((kl.sum(1)).mean())
+    sequence_kl = float(accelerator.reduce(kl.sum(1).mean(), "mean"))  # the controller's input: over every process's share
     metrics.update(clip_ratio=metrics.pop("clipfrac"), kl=float(core.masked_mean(kl, mask)), kl_sequence=sequence_kl,
                    beta=kl_ctl.value, explained_variance=float(core.explained_variance(old_values, returns, mask)),
                    score=float(scores.mean()))
     metrics.update(sampler_mismatch(old_logprobs, rollout.sampling_logprobs, mask))
-    kl_ctl.update(sequence_kl, len(scores))
+    kl_ctl.update(sequence_kl, len(scores) * accelerator.num_processes)
     return metrics
 
 

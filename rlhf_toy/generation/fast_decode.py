@@ -98,8 +98,8 @@ def sample_gpt2(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tenso
                 choose, eos_token_ids: list[int], pad_token_id: int, per_step=None) -> tuple[Tensor, list[Tensor]]:
     """(sequences `[B, P + C]`, raw logits of each step `C x [B, V]`), as generate's `sequences` and
     `logits` at every generated token up to and including each row's eos (a finished row's later logits are
-    zeros: it is no longer computed); a row stops at any of eos_token_ids. choose(logits [b, V]) -> tokens [b]
-    picks the next token (sampling or greedy) for the rows still decoding. per_step(logits [b, V], tokens [b]) -> `[b, ...]`,
+    zeros: it is no longer computed); a row stops at any of eos_token_ids. choose(logits [b, V], rows [b]) -> tokens [b]
+    picks the next token (sampling or greedy) for the rows still decoding, given by their index in the batch. per_step(logits [b, V], tokens [b]) -> `[b, ...]`,
     when given, is what each step keeps instead of its logits (a rollout keeps the chosen tokens' log-probs: `C x [B]`,
     not the `C x [B, V]` logits, 0.8 GB for 64 completions of 64 tokens over GPT-2's vocabulary)."""
     lean = LeanGPT2.of(model)
@@ -131,7 +131,7 @@ def sample_gpt2(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tenso
     step_logits = []
     for step in range(max_new_tokens):
         t = prompt_length + step
-        token = torch.where(done, pad_token_id, choose(logits))
+        token = torch.where(done, pad_token_id, choose(logits, rows))
         tokens[rows, step] = token
         kept = logits if per_step is None else per_step(logits, token)
         step_logits.append(kept if len(rows) == batch else kept.new_zeros(batch, *kept.shape[1:]).index_copy_(0, rows, kept))

@@ -26,7 +26,13 @@ from classic_rl import core
 from rlhf_toy.chat import Completion, Prompt, is_conversational, message_text, render_completion
 from rlhf_toy.generation import fast_forward
 from rlhf_toy.generation.fast_forward import PromptPass, length_groups
-from rlhf_toy.generation.sampling import SamplingConfig, context_length, encode_prompts, sample_sequences
+from rlhf_toy.generation.sampling import (
+    RowUniforms,
+    SamplingConfig,
+    context_length,
+    encode_prompts,
+    sample_sequences,
+)
 from rlhf_toy.lm.models import evaluation_mode, position_ids, stop_token_ids
 
 
@@ -202,14 +208,16 @@ def sampler_mismatch(trainer_logprobs: Tensor, sampling_logprobs: Tensor, mask: 
 
 @torch.inference_mode()
 def sample_rollout(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], sampling: SamplingConfig,
-                   ref_model: PreTrainedModel | None = None) -> Rollout:
+                   ref_model: PreTrainedModel | None = None, uniforms: RowUniforms | None = None) -> Rollout:
     """Sample one completion per prompt (repeat prompts for groups), with the sampler's log-probs, and with ref_model
-    the reference's (fp32, eval mode), for evaluation's KL; the trainer takes both from its own forward instead."""
+    the reference's (fp32, eval mode), for evaluation's KL; the trainer takes both from its own forward instead.
+    uniforms: the sampling's random numbers (a multi-process run's share of the batch's; default: torch's generator)."""
     batch = encode_prompts(tokenizer, prompts, sampling.max_new_tokens, policy).to(policy.device)
     eos_token_ids, temperature = stop_token_ids(policy, tokenizer), sampling.temperature or 1.0
     with evaluation_mode(policy):
         sequences, step_logprobs = sample_sequences(policy, tokenizer, batch, sampling, eos_token_ids,
-                                                    per_step=functools.partial(core.token_logprobs, temperature=temperature))
+                                                    per_step=functools.partial(core.token_logprobs, temperature=temperature),
+                                                    uniforms=uniforms)
     prompt_length = batch["input_ids"].shape[1]
     completion_ids = sequences[:, prompt_length:]
     completion_mask, is_truncated = completion_mask_from_ids(completion_ids, eos_token_ids)

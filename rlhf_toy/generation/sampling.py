@@ -40,22 +40,26 @@ class SamplingConfig:
 
     def generation_config(self, tokenizer: PreTrainedTokenizerBase, eos_token_ids: list[int],
                           with_logits: bool = False) -> GenerationConfig:
-        """transformers' GenerationConfig stopping at any of eos_token_ids; with_logits also returns the raw
-        logits of every step."""
-        greedy = self.temperature == 0
+        """transformers' GenerationConfig stopping at any of eos_token_ids, for a generate whose tokens a ChooseToken
+        processor picks (so generate itself decodes greedily, over scores that allow that token alone); with_logits
+        also returns the raw logits of every step."""
         return GenerationConfig(
-            max_new_tokens=self.max_new_tokens, do_sample=not greedy,
-            return_dict_in_generate=with_logits, output_logits=with_logits,
-            temperature=None if greedy else self.temperature, top_k=None if greedy else self.top_k,  # top_k 0: off
-            top_p=None if greedy else self.top_p, repetition_penalty=1.0, no_repeat_ngram_size=0,
+            max_new_tokens=self.max_new_tokens, do_sample=False, return_dict_in_generate=with_logits, output_logits=with_logits,
+            temperature=None, top_k=None, top_p=None, repetition_penalty=1.0, no_repeat_ngram_size=0,
             pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_token_ids)
 
-    def next_tokens(self, logits: torch.Tensor) -> torch.Tensor:
+    def chooser(self, uniforms: RowUniforms | None = None):
+        """choose(logits `[b, V]`, rows `[b]`) -> tokens `[b]` for the decoders: next_tokens with the uniforms of those batch
+        rows (default: fresh draws from torch's global generator)."""
+        return lambda logits, rows: self.next_tokens(logits, None if uniforms is None else uniforms(rows))
+
+    def next_tokens(self, logits: torch.Tensor, uniforms: torch.Tensor | None = None) -> torch.Tensor:
         """The next token `[B]` from raw logits `[B, V]`: argmax at temperature 0, else a sample of
         softmax(logits / T) after top-k / top-p filtering (transformers' warpers), as generate does.
 
-        Sampling inverts the CDF with one uniform per row: torch.multinomial (generate's choice) was a
-        quarter of CPU decoding time here, and the distribution is the same."""
+        Sampling inverts the CDF with one uniform in [0, 1) per row, `[B, 1]` (default: drawn here): torch.multinomial
+        (generate's choice) was a quarter of CPU decoding time here, the distribution is the same, and a row's token is
+        then a function of its logits and its own number (RowUniforms)."""
         if self.temperature == 0:
             return logits.argmax(-1)
         scores = logits.float() if self.temperature == 1 else logits.float() / self.temperature
@@ -64,43 +68,80 @@ class SamplingConfig:
         if self.top_p < 1:
             scores = TopPLogitsWarper(self.top_p)(None, scores)
         cdf = scores.softmax(-1).cumsum_(-1)
-        uniform = torch.rand(len(cdf), 1, device=cdf.device) * cdf[:, -1:]
+        if uniforms is None:
+            uniforms = torch.rand(len(cdf), 1, device=cdf.device)
+        uniform = uniforms.to(cdf) * cdf[:, -1:]
         # token i owns [cdf[i-1], cdf[i]): the first cdf above the draw, so a filtered token (an empty
         # interval) is never picked, not even by a draw of exactly 0
         return torch.searchsorted(cdf, uniform, right=True).squeeze(1).clamp_(max=cdf.shape[-1] - 1)
 
 
+class RowUniforms:
+    """The uniforms of sampling (SamplingConfig.next_tokens), one per row of the whole batch at each decoding step, from
+    a generator of their own: a row draws the same numbers whichever process samples it and whichever rows still decode
+    beside it, so N processes, each sampling its share (rows first_row.. of total_rows), draw the completions one process
+    drawing them all would. A call is one decoding step."""
+
+    def __init__(self, seed: int, first_row: int, total_rows: int, device):
+        self.generator = torch.Generator(device).manual_seed(seed)
+        self.first_row, self.total_rows, self.device = first_row, total_rows, device
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        """`[b, 1]`: this step's numbers of the share's rows `[b]`."""
+        every_row = torch.rand(self.total_rows, 1, generator=self.generator, device=self.device)
+        return every_row[self.first_row + rows.to(self.device)]
+
+
 def sample_sequences(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch: dict[str, torch.Tensor],
-                     sampling: SamplingConfig, eos_token_ids: list[int], per_step=None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+                     sampling: SamplingConfig, eos_token_ids: list[int], per_step=None, uniforms: RowUniforms | None = None,
+                     fast_decoder: bool = True) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """(sequences `[B, P + C]`, raw logits of each generated step `C x [B, V]`, or per_step(logits, tokens) of each step) for
     an encoded batch, stopping at any of eos_token_ids: GPT-2-family models decode with rlhf_toy.fast_decode (keeping
-    only what per_step gives, step by step), others with transformers' generate."""
-    if supports_fast_decode(model):
-        return sample_gpt2(model, batch["input_ids"], batch["attention_mask"], sampling.max_new_tokens, sampling.next_tokens,
+    only what per_step gives, step by step), others with transformers' generate. Both choose tokens with
+    sampling.chooser(uniforms), so the two draw the same tokens from the same logits; fast_decoder=False samples with
+    generate where the fast decoder would serve (to compare them)."""
+    choose = sampling.chooser(uniforms)
+    if fast_decoder and supports_fast_decode(model):
+        return sample_gpt2(model, batch["input_ids"], batch["attention_mask"], sampling.max_new_tokens, choose,
                            eos_token_ids, tokenizer.pad_token_id, per_step)
+    rows = torch.arange(len(batch["input_ids"]), device=batch["input_ids"].device)
     with neutral_generation_config(model):
         if per_step is None:
-            out = model.generate(**batch, generation_config=sampling.generation_config(tokenizer, eos_token_ids, with_logits=True))
+            out = model.generate(**batch, generation_config=sampling.generation_config(tokenizer, eos_token_ids, with_logits=True),
+                                 logits_processor=LogitsProcessorList([ChooseToken(choose, rows)]))
             return out.sequences, out.logits
         recorder = StepRecorder(per_step)
         sequences = model.generate(**batch, generation_config=sampling.generation_config(tokenizer, eos_token_ids),
-                                   logits_processor=LogitsProcessorList([recorder]))
+                                   logits_processor=LogitsProcessorList([recorder, ChooseToken(choose, rows)]))
     recorder.flush(sequences[:, -1])
     return sequences, tuple(recorder.values)
 
 
+class ChooseToken(LogitsProcessor):
+    """generate's next token chosen by choose(scores `[B, V]`, rows `[B]`) (SamplingConfig.chooser): the scores it returns
+    allow that token alone, so generate's greedy pick is it. generate's own sampling would draw from torch's global
+    generator through multinomial, which neither matches the fast decoder's draws nor splits over processes."""
+
+    def __init__(self, choose, rows: torch.Tensor):
+        self.choose, self.rows = choose, rows
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        token = self.choose(scores, self.rows)
+        return torch.full_like(scores, float("-inf")).scatter_(1, token[:, None], 0.0)
+
+
 class StepRecorder(LogitsProcessor):
     """per_step(raw logits of a step, the token it chose) for every step of generate, keeping one step's logits at a time:
-    generate's output_logits keeps them all (2.5 GB for 64 completions of 64 tokens over Qwen's 151k vocabulary). A logits
-    processor given to generate runs before its sampling warpers, on the raw logits, and sees each step's token at the
-    next call; flush the last one with the finished sequences' last column. It changes no score."""
+    generate's output_logits keeps them all (2.5 GB for 64 completions of 64 tokens over Qwen's 151k vocabulary). It runs first
+    among generate's logits processors here, on the raw logits, and sees each step's token at the next call; flush the
+    last one with the finished sequences' last column. It changes no score."""
 
     def __init__(self, per_step):
         self.per_step, self.values, self.pending = per_step, [], None
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         self.flush(input_ids[:, -1])
-        self.pending = scores  # the warpers after it (temperature, top-k, top-p) return new tensors, so these stay raw
+        self.pending = scores  # ChooseToken after it returns a new tensor, so these stay raw
         return scores
 
     def flush(self, tokens: torch.Tensor) -> None:
@@ -140,7 +181,7 @@ def ignored_generation_settings(model: PreTrainedModel) -> dict:
 
 
 def context_length(model: PreTrainedModel) -> int:
-    config = model.config
+    config = getattr(model, "module", model).config  # a DDP wrapper holds the model as .module
     return getattr(config, "n_positions", None) or config.max_position_embeddings
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rlhf_toy.chat import is_conversational
 from rlhf_toy.data import DATA_DIR
+from rlhf_toy.distributed import launched, run_alone
 from rlhf_toy.lm.pretrain import PretrainConfig, pretrain
 
 BASE_MODEL_VERSION = "v4"  # bump when the corpus or recipe changes, so cached models are rebuilt (v3: bf16 where fast; v4: 400 steps, not 600)
@@ -32,11 +33,15 @@ def cache_home() -> Path:
 def default_base_model(preset: str = "tiny", kind: str = "default") -> str:
     """Folder of a built-in base model (BASE_MODELS), pretrained once with PretrainConfig's defaults and cached.
 
-    Built in a temporary folder and renamed into place, so an interrupted build is never reused.
+    Built in a temporary folder and renamed into place, so an interrupted build is never reused; inside a launched
+    multi-process run, in a process of its own.
     """
     version = {"default": BASE_MODEL_VERSION, "arithmetic": f"arithmetic-{ARITHMETIC_MODEL_VERSION}", "chat": f"chat-{CHAT_MODEL_VERSION}"}[kind]
     final = cache_home() / f"base-{preset}-{version}"
     if (final / "model" / "config.json").is_file():
+        return str(final / "model")
+    if launched():  # the main process of a launched run: pretraining here would train in the launcher's process group
+        run_alone(f"from rlhf_toy.lm.base_model import default_base_model; default_base_model({preset!r}, {kind!r})")
         return str(final / "model")
     final.parent.mkdir(parents=True, exist_ok=True)
     building = final.with_name(final.name + ".building")

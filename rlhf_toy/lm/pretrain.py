@@ -22,7 +22,7 @@ from classic_rl.infra.plots import plot_lines
 from classic_rl.infra.run_folder import RunFields, start_run, write_json
 from rlhf_toy import data
 from rlhf_toy.chat import chatml, format_prompt
-from rlhf_toy.distributed import make_accelerator
+from rlhf_toy.distributed import in_processes, require_even_split
 from rlhf_toy.lm.models import (
     ARCHITECTURES,
     MODEL_PRESETS,
@@ -125,13 +125,17 @@ def heldout_loss(model, blocks: torch.Tensor, batch_size: int, device) -> float:
 
 
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
-    """Train tokenizer and model; writes run_dir/{model/, config.json, metrics.jsonl, summary.json, loss.png}."""
-    texts = training_texts(cfg.data_dir, cfg.arithmetic, cfg.chat)  # bad data files are reported before the run folder is created
-    run_dir, checkpoints = start_run(cfg)
-    # One process, no DDP wrapper (the model is never prepared), even inside a multi-process RLHF run that builds its
-    # base model on the main process.
-    accelerator = make_accelerator(cfg.cpu)
+    """Train tokenizer and model; writes run_dir/{model/, config.json, metrics.jsonl, summary.json, loss.png}. In this
+    process, or as one of several (accelerate launch), each taking its share of every batch of blocks; returns the
+    summary (the main process's; {} on the others)."""
+    return in_processes(run_pretraining, cfg)
 
+
+def run_pretraining(cfg: PretrainConfig, accelerator) -> dict[str, Any]:
+    texts = training_texts(cfg.data_dir, cfg.arithmetic, cfg.chat)  # bad data files are reported before the run folder is created
+    require_even_split(cfg.batch_size, accelerator.num_processes, "--batch-size")
+    run_dir, checkpoints = start_run(cfg, main_process=accelerator.is_main_process)
+    accelerator.wait_for_everyone()  # the main process has checked and created the run folder
     generator = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(len(texts), generator=generator).tolist()
     n_val = max(1, int(len(texts) * cfg.val_fraction))
@@ -145,24 +149,32 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(decay_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=(0.9, 0.95), fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_with_warmup(step, cfg))
     batches = data.ShuffledBatches(len(train_blocks), cfg.batch_size, generator)
-    logger = RunLogger(run_dir)
+    logger = RunLogger(run_dir) if accelerator.is_main_process else None
     checkpoints.track(logger=logger, optimizer=optimizer, scheduler=scheduler, batches=batches)
     saved = checkpoints.restore() or {"train_s": 0.0}
     tokens_per_step = min(cfg.batch_size, len(train_blocks)) * train_blocks.shape[1]  # every batch: that many full blocks
     precision = set_up_precision(cfg.precision, accelerator.device, model)
-    model.to(accelerator.device)
-    run = SupervisedRun(model, optimizer, batches, checkpoints, logger, accelerator, precision, model_writer(model, tokenizer),
+    trained, optimizer = accelerator.prepare(model.to(accelerator.device), optimizer)
+    run = SupervisedRun(trained, optimizer, batches, checkpoints, logger, accelerator, precision, model_writer(model, tokenizer),
                         cfg.max_steps, cfg.grad_clip, cfg.eval_every, f"pretrain {cfg.preset}", scheduler, cfg.max_train_s,
                         rates=lambda step, s: {"train/tokens_per_s": step * tokens_per_step / s})
 
     def loss_of(rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         batch = train_blocks[rows].to(accelerator.device)
-        return model(input_ids=batch, labels=batch).loss, {}
+        return trained(input_ids=batch, labels=batch).loss, {}
 
-    print(f"pretraining {cfg.arch} {cfg.preset}: {num_parameters(model) / 1e6:.2f}M parameters, vocab {len(tokenizer)}, "
-          f"{train_blocks.numel():,} train / {val_blocks.numel():,} held-out tokens, device {accelerator.device}, {precision}")
+    if accelerator.is_main_process:
+        print(f"pretraining {cfg.arch} {cfg.preset}: {num_parameters(model) / 1e6:.2f}M parameters, vocab {len(tokenizer)}, "
+              f"{train_blocks.numel():,} train / {val_blocks.numel():,} held-out tokens, device {accelerator.device}, {precision}, "
+              f"{accelerator.num_processes} process(es)")
     train_s = train_supervised(run, loss_of, lambda: {"eval/loss": heldout_loss(model, val_blocks, cfg.batch_size, accelerator.device)},
                                lambda m: {"loss": f"{m['train/loss']:.3f}", "tok_s": f"{m['train/tokens_per_s']:.0f}"}, saved["train_s"])
+    return finish(cfg, model, tokenizer, logger, run_dir, tokens_per_step, train_s, precision) if accelerator.is_main_process else {}
+
+
+def finish(cfg: PretrainConfig, model, tokenizer, logger: RunLogger, run_dir: Path, tokens_per_step: int, train_s: float,
+           precision: str) -> dict[str, Any]:
+    """Save the model; write summary.json and loss.png."""
     model_dir = run_dir / "model"
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)

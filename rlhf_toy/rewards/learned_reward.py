@@ -13,7 +13,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 from classic_rl.infra.errors import ConfigError
 from rlhf_toy.chat import Completion, Prompt, render_completion, render_prompt
 from rlhf_toy.generation.sampling import context_length
-from rlhf_toy.lm.models import is_adapter_folder, load_tokenizer
+from rlhf_toy.lm.models import is_adapter_folder, load_tokenizer, position_ids
 
 
 def sequence_texts(tokenizer, prompts: list[Prompt], responses: list[Completion]) -> list[str]:
@@ -27,13 +27,14 @@ def sequence_texts(tokenizer, prompts: list[Prompt], responses: list[Completion]
 def score_texts(model, tokenizer, texts: list[str], batch_size: int = 64) -> torch.Tensor:
     """Scalar scores `[N]`. Padding and truncation are on the left, so each text ends at the last position, also
     when it is longer than the context; the model reads its score at the last token that is not padding
-    (sequence_texts)."""
+    (sequence_texts). Positions count from each text's first token, so a text's score does not depend on the padding
+    that the longest text of its batch gives it."""
     scores = []
     tokenizer.truncation_side = "left"
     for start in range(0, len(texts), batch_size):
         batch = tokenizer(texts[start: start + batch_size], return_tensors="pt", padding=True, truncation=True,
                           max_length=context_length(model), add_special_tokens=False).to(model.device)
-        scores.append(model(**batch).logits.squeeze(-1).float())
+        scores.append(model(**batch, position_ids=position_ids(batch["attention_mask"])).logits.squeeze(-1).float())
     return torch.cat(scores)
 
 

@@ -16,6 +16,7 @@ judgements, the scoring model of InstructGPT (Ouyang et al. 2022) and of Christi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,7 +40,7 @@ from rlhf_toy.data import (
     to_labels,
     train_and_held_out_labels,
 )
-from rlhf_toy.distributed import make_accelerator
+from rlhf_toy.distributed import in_processes, require_even_split
 from rlhf_toy.generation.sampling import SamplingConfig, generate_completions
 from rlhf_toy.lm.base_model import default_base_model, kind_for
 from rlhf_toy.lm.lora import ModelFields, save_merged, trainable_model
@@ -163,57 +164,80 @@ def gold_and_proxy(model, tokenizer, base: str, eval_prompts: list[str], gold_re
 
 
 def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
+    """Train the reward model in this process, or as one of several (accelerate launch): each takes its share of every
+    batch of labels. Returns the summary (the main process's; {} on the others)."""
+    return in_processes(run_reward_model, cfg)
+
+
+def run_reward_model(cfg: RewardModelConfig, accelerator) -> dict[str, Any]:
     # bad data files and model folders are reported before the run folder is created
     kind, train_rows, eval_rows = train_and_held_out_labels(cfg.preferences, cfg.eval_preferences, cfg.data_dir,
                                                             cfg.eval_fraction, cfg.seed)
     train_prompts = [row["prompt"] for row in train_rows]
     eval_prompts = load_prompts(shipped_eval_prompts(any(map(is_conversational, train_prompts)), cfg.data_dir))
     gold_reward = resolve_reward(cfg.gold_reward)
-    if cfg.model:
-        check_model_exists(cfg.model)
-    run_dir, checkpoints = start_run(cfg)
-    accelerator = make_accelerator(cfg.cpu)
-    base = cfg.model or default_base_model(kind=kind_for(train_prompts))
     labels, flipped = to_labels(kind, train_rows, cfg.label_noise, cfg.seed)
     eval_labels, _ = to_labels(kind, eval_rows)
-
+    batches = ShuffledBatches(len(labels), min(cfg.batch_size, len(labels)), torch.Generator().manual_seed(cfg.seed))
+    require_even_split(batches.batch_size, accelerator.num_processes, "--batch-size (at most the labels)")
+    if cfg.model:
+        check_model_exists(cfg.model)
+    run_dir, checkpoints = start_run(cfg, main_process=accelerator.is_main_process)
+    accelerator.wait_for_everyone()  # the main process has checked and created the run folder
+    with accelerator.main_process_first():  # the main process builds the default base model if it is not cached
+        base = cfg.model or default_base_model(kind=kind_for(train_prompts))
     tokenizer = load_tokenizer(base)
     require_chat_template(tokenizer, train_prompts, "--preferences")
+    model = reward_model_to_train(cfg, base, tokenizer, checkpoints.folder / "model" if checkpoints.resumed else None)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate, weight_decay=0.0)
+    logger = RunLogger(run_dir) if accelerator.is_main_process else None
+    checkpoints.track(logger=logger, optimizer=optimizer, batches=batches)
+    saved = checkpoints.restore() or {"train_s": 0.0}
+    trained, optimizer = accelerator.prepare(model, optimizer)
+    precision = set_up_precision(cfg.precision, accelerator.device, model)
+    run = SupervisedRun(trained, optimizer, batches, checkpoints, logger, accelerator, precision, model_writer(model, tokenizer),
+                        cfg.steps, cfg.max_grad_norm, cfg.eval_every, "reward model", max_train_s=cfg.max_train_s)
+    if accelerator.is_main_process:
+        objective = "regression on 1-5 scores" if kind == "pointwise" else "Bradley-Terry on pairs"
+        print(f"reward model from {base}: {objective}, {len(labels)} {kind} labels ({flipped} flipped, noise {cfg.label_noise}), "
+              f"{len(eval_labels)} held out, {cfg.steps} steps of {batches.batch_size} in {accelerator.num_processes} process(es), "
+              f"{precision}")
+    train_s = train_supervised(run, lambda rows: labels_loss(trained, tokenizer, labels.subset(rows.tolist())),
+                               lambda: {"eval/accuracy": held_out_accuracy(model, tokenizer, eval_labels)},
+                               lambda m: {"loss": f"{m['train/loss']:.3f}"}, saved["train_s"])
+    if not accelerator.is_main_process:
+        return {}
+    summary = {"labels": kind, "train_labels": len(labels), "eval_labels": len(eval_labels), "label_noise": cfg.label_noise,
+               "labels_flipped": flipped, "precision": precision, "train_s": train_s}
+    return finish(cfg, model.eval(), tokenizer, base, eval_prompts, gold_reward, logger, run_dir, summary)
+
+
+def reward_model_to_train(cfg: RewardModelConfig, base: str, tokenizer, resume_dir: Path | None):
+    """A sequence classifier with one output on base's trunk (with --use-peft, adapters; fresh or the checkpoint's), in
+    training mode, padding with the tokenizer's pad token."""
     def load(name: str):
         return AutoModelForSequenceClassification.from_pretrained(name, num_labels=1)
 
     # under LoRA the score head trains whole beside the adapters (peft's modules_to_save for SEQ_CLS)
-    model = trainable_model(load, base, checkpoints.folder / "model" if checkpoints.resumed else None, cfg, task_type="SEQ_CLS").train()
+    model = trainable_model(load, base, resume_dir, cfg, task_type="SEQ_CLS").train()
     if cfg.disable_dropout:
         disable_dropout(model)
     model.config.pad_token_id = tokenizer.pad_token_id
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate, weight_decay=0.0)
-    batches = ShuffledBatches(len(labels), min(cfg.batch_size, len(labels)), torch.Generator().manual_seed(cfg.seed))
-    logger = RunLogger(run_dir)
-    checkpoints.track(logger=logger, optimizer=optimizer, batches=batches)
-    saved = checkpoints.restore() or {"train_s": 0.0}
-    model, optimizer = accelerator.prepare(model, optimizer)
-    precision = set_up_precision(cfg.precision, accelerator.device, accelerator.unwrap_model(model))
-    run = SupervisedRun(model, optimizer, batches, checkpoints, logger, accelerator, precision,
-                        model_writer(accelerator.unwrap_model(model), tokenizer), cfg.steps, cfg.max_grad_norm, cfg.eval_every,
-                        "reward model", max_train_s=cfg.max_train_s)
-    objective = "regression on 1-5 scores" if kind == "pointwise" else "Bradley-Terry on pairs"
-    print(f"reward model from {base}: {objective}, {len(labels)} {kind} labels ({flipped} flipped, noise {cfg.label_noise}), "
-          f"{len(eval_labels)} held out, {cfg.steps} steps of {batches.batch_size}, {precision}")
-    train_s = train_supervised(run, lambda rows: labels_loss(model, tokenizer, labels.subset(rows.tolist())),
-                               lambda: {"eval/accuracy": held_out_accuracy(model, tokenizer, eval_labels)},
-                               lambda m: {"loss": f"{m['train/loss']:.3f}"}, saved["train_s"])
-    model = accelerator.unwrap_model(model).eval()
+    return model
+
+
+def finish(cfg: RewardModelConfig, model, tokenizer, base: str, eval_prompts: list[str], gold_reward, logger: RunLogger,
+           run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """Save the model; write summary.json (summary plus the held-out accuracy and the Spearman correlation with the gold
+    rule on fresh samples of the base policy) and rm_vs_rule.png."""
     model.save_pretrained(run_dir / "model")  # under LoRA: the adapters and the score head, which rm:DIR merges on loading
     tokenizer.save_pretrained(run_dir / "model")
     if cfg.save_merged_model:
         save_merged(model, tokenizer, run_dir / "merged")
     gold, proxy = gold_and_proxy(model, tokenizer, base, eval_prompts, gold_reward, cfg)
     accuracies = logger.series("eval/accuracy")[1]  # none when no held-out pair has a preference or no two held-out scores differ
-    summary = {"eval_accuracy": accuracies[-1] if accuracies else None, "spearman": spearman(proxy, gold), "labels": kind,
-               "train_labels": len(labels), "eval_labels": len(eval_labels), "label_noise": cfg.label_noise,
-               "labels_flipped": flipped, "steps": logger.rows[-1]["step"], "precision": precision,
-               "train_loss_final": logger.rows[-1]["train/loss"], "train_s": train_s, "wall_s": logger.elapsed(),
+    summary = {"eval_accuracy": accuracies[-1] if accuracies else None, "spearman": spearman(proxy, gold), **summary,
+               "steps": logger.rows[-1]["step"], "train_loss_final": logger.rows[-1]["train/loss"], "wall_s": logger.elapsed(),
                "model_dir": "model"}
     write_json(run_dir / "summary.json", summary)
     plot_scatter(run_dir / "rm_vs_rule.png", gold, proxy, f"rule reward {cfg.gold_reward} (gold)", "reward model score (proxy)",
