@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 MUTATE_STAMP := $(VENV)/.installed-mutate
 
-.PHONY: setup setup-bench test test-slow demo demo-reasoning demo-chat rlhf-loop demo-classic tutorials bench bench-rlhf bench-real-models mutate lint clean
+.PHONY: setup setup-bench test test-slow check-gpu demo demo-reasoning demo-chat rlhf-loop demo-classic tutorials bench bench-rlhf bench-real-models mutate lint clean
 
 setup: $(STAMP)
 
@@ -69,6 +69,11 @@ tutorials: setup
 # Every benchmark of bench/README.md that has a speed target, one after another (~15 min), each rewriting its own files
 # in bench/: what bf16 buys op by op, the demo from an empty cache, classic PPO against SB3 on CartPole (solving, and
 # --same-hparams speed), PPO on LunarLander (200 within 300k steps and 60 s, seeds 1-5), GRPO against TRL.
+# On a machine with a CUDA device: every trainer a few steps in fp32 and bf16, the fast decoder against generate, and
+# 2 processes against 1 where two GPUs exist; writes bench/gpu.{md,json} (a few minutes).
+check-gpu: setup
+	$(PY) scripts/check_gpu.py
+
 bench: setup-bench
 	$(PY) scripts/bench_precision.py
 	$(PY) scripts/bench_demo.py --repeats 3
@@ -79,7 +84,7 @@ bench: setup-bench
 
 # Real shapes with random weights, built once into the cache (GPT-2 124M; Qwen2 0.5B, vocabulary 151,936): what a GRPO
 # step of 8 prompts x 8 completions of 64 tokens costs, LoRA (r 16) and full, ours against TRL's GRPOTrainer with peft,
-# one at a time (~45 min): bench/real_models_*.{md,json}, read in bench/real-models.md.
+# one at a time (~1.5 h): bench/real_models_*.{md,json}, read in bench/real-models.md.
 REAL = --steps 3 --prompts-per-step 8 --num-generations 8 --max-completion-length 64 --threads 2 --impls ours trl --eval-every 0
 bench-real-models: setup-bench
 	$(PY) scripts/bench_rlhf.py --shape gpt2-124m --use-peft $(REAL) --json bench/real_models_gpt2_lora.json --md bench/real_models_gpt2_lora.md
@@ -90,6 +95,8 @@ bench-real-models: setup-bench
 		--json bench/real_models_gpt2_lora_checkpointing.json --md bench/real_models_gpt2_lora_checkpointing.md
 	$(PY) scripts/bench_rlhf.py --shape qwen2-0.5b --gradient-checkpointing --precisions bf16 $(REAL) \
 		--json bench/real_models_qwen2_full.json --md bench/real_models_qwen2_full.md
+	$(PY) scripts/bench_rlhf.py --shape qwen2-0.5b --use-peft --gradient-checkpointing --precisions fp32 $(REAL) \
+		--json bench/real_models_qwen2_lora_fp32.json --md bench/real_models_qwen2_lora_fp32.md
 
 # Our GRPO against TRL's GRPOTrainer on the demo's work (100 steps of 8 prompts x 8 completions), each in fp32 and, where
 # the CPU has bf16 units, bf16, 3 repeats: bench/rlhf.{md,json} (~7 min).
