@@ -21,8 +21,10 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from torch.distributed.tensor import DTensor
 
 from classic_rl.infra.errors import ConfigError, TrainingInterrupted
+from rlhf_toy import fsdp
 
 
 def make_accelerator(cpu: bool):
@@ -77,10 +79,10 @@ def summed_over_processes(accelerator) -> Callable | None:
 def average_gradients(accelerator, parameters) -> None:
     """Average over the processes the gradients of a model that no DDP wrapper holds (PPO's critic trains beside the
     policy), as DDP averages the policy's: one all-reduce of their concatenation. Every process must hold gradients for
-    the same parameters."""
+    the same parameters. Sharded parameters (--fsdp) are left to FSDP, which reduces their gradients itself."""
     if accelerator.num_processes == 1:
         return
-    grads = [p.grad for p in parameters if p.grad is not None]
+    grads = [p.grad for p in parameters if p.grad is not None and not isinstance(p.grad, DTensor)]  # FSDP reduces its own
     if grads:
         mean = accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), "mean")
         for grad, averaged in zip(grads, mean.split([g.numel() for g in grads]), strict=True):
@@ -111,13 +113,23 @@ def any_process(accelerator, flag: bool) -> bool:
     return bool(accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), "sum").item() > 0)
 
 
-def save_if_due(accelerator, checkpoints, step: int, save: Callable[[], Any]) -> None:
+def clip_gradients(accelerator, parameters, max_norm: float) -> torch.Tensor:
+    """Clip the gradients' global norm to max_norm; returns the norm before clipping: accelerate's clip_grad_norm_, or
+    where some are sharded (--fsdp) fsdp.clip_grad_norm, which sums their shards' squares over the processes."""
+    parameters = list(parameters)
+    if any(isinstance(p.grad, DTensor) for p in parameters):
+        return fsdp.clip_grad_norm(parameters, max_norm)
+    return accelerator.clip_grad_norm_(parameters, max_norm)
+
+
+def save_if_due(accelerator, checkpoints, step: int, save: Callable[[], Any], every_process: bool = False) -> None:
     """The checkpoint schedule of a run in any number of processes: a Ctrl-C seen by one process stops them all, every
-    process asks whether a checkpoint is due, the main one alone calls save(), the others wait for it, and then all stop
-    together if asked to (TrainingInterrupted)."""
+    process asks whether a checkpoint is due, the main one alone calls save() (every one, with every_process: a sharded
+    model's checkpoint is written by all), the others wait for it, and then all stop together if asked to
+    (TrainingInterrupted)."""
     checkpoints.stop.requested = any_process(accelerator, checkpoints.stop.requested)
     if checkpoints.due(step):
-        if accelerator.is_main_process:
+        if every_process or accelerator.is_main_process:
             save()
         accelerator.wait_for_everyone()
         checkpoints.stop_if_requested(step)

@@ -20,7 +20,7 @@ import functools
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from classic_rl.infra.checkpoints import Checkpoints
 from classic_rl.infra.errors import ConfigError, NonFiniteError, TrainingInterrupted
+from classic_rl.infra.machine import peak_rss_mb
 from classic_rl.infra.metrics import RunLogger
 from classic_rl.infra.plots import plot_lines
 from classic_rl.infra.run_folder import start_run, truncate_jsonl, write_json
@@ -46,6 +47,15 @@ from rlhf_toy.distributed import (
     save_if_due,
 )
 from rlhf_toy.evaluation import evaluate_on_prompts, print_completions, print_side_by_side
+from rlhf_toy.fsdp import (
+    check_fsdp,
+    full_parameters,
+    full_state,
+    held_mb,
+    load_optimizer_shards,
+    save_sharded_checkpoint,
+    shard,
+)
 from rlhf_toy.generation.fast_decode import supports_fast_decode
 from rlhf_toy.generation.rollout import sample_rollout
 from rlhf_toy.generation.sampling import RowUniforms, encode_prompts, ignored_generation_settings
@@ -72,11 +82,12 @@ class Run:
     policy: Any
     ref_model: Any
     algorithm: OnlineAlgorithm
-    optimizer: Any
     checkpoints: Checkpoints
     logger: RunLogger | None  # the main process's only
-    precision: str  # "fp32" or "bf16": of the update and the reference's forward (sampling and evaluation stay fp32)
+    optimizer: Any = None  # these two set by place_models
+    precision: str = "fp32"  # or "bf16": of the update and the reference's forward (sampling and evaluation stay fp32)
     last_step: int = 0  # the last step taken (cfg.steps unless max_train_s ran out first)
+    memory: dict = field(default_factory=dict)  # per process, the largest of any: peak RSS, and weights and optimizer state held
 
     @property
     def main(self) -> bool:
@@ -96,10 +107,27 @@ class Run:
         self.logger.log(step, {"eval/reward": result["reward"], "eval/mean_length": result["mean_length"],
                                **{f"eval/{key}": result[key] for key in ("pass_at_1", "pass_at_k", "think_words") if key in result}})
 
-    def save_checkpoint(self, step: int) -> Path:
+    def full_policy(self):
+        """A block every process enters, inside which the main one may sample, evaluate or save the policy alone: with
+        --fsdp it holds its full parameters there (fsdp.full_parameters); else a block that changes nothing."""
+        return full_parameters(self.accelerator.unwrap_model(self.policy))
+
+    def save_checkpoint(self, step: int) -> Path | None:
         """checkpoints/step-N/: the policy as save_pretrained; state.pt with the optimizer, the algorithm's state (PPO's
-        critic and KL coefficient), the logger and the RNG states (prompt order is a function of the step)."""
-        return self.checkpoints.save(step, model_writer(self.accelerator.unwrap_model(self.policy), self.tokenizer))
+        critic and KL coefficient), the logger and the RNG states (prompt order is a function of the step). Called by the
+        main process; with --fsdp by every process (fsdp.save_sharded_checkpoint: optimizer/ holds each process's shard).
+        Returns the folder (None on the other processes)."""
+        policy = self.accelerator.unwrap_model(self.policy)
+        if not self.cfg.fsdp:
+            return self.checkpoints.save(step, model_writer(policy, self.tokenizer), optimizer=self.optimizer)
+        own = {name: obj for name, obj in self.algorithm.state().items() if isinstance(obj, torch.nn.Module)}  # a critic
+        return save_sharded_checkpoint(self.accelerator, self.checkpoints, step, self.trained, self.optimizer,
+                                       lambda folder: model_writer(policy, self.tokenizer, full_state(policy))(folder), own)
+
+    @property
+    def trained(self) -> torch.nn.Module:
+        """Every model the optimizer trains, as one module (the sharded optimizer state is named by its parameters)."""
+        return torch.nn.ModuleList([self.accelerator.unwrap_model(self.policy), *self.algorithm.modules()])
 
 
 def train(cfg: RLHFConfig) -> dict[str, Any]:
@@ -109,7 +137,10 @@ def train(cfg: RLHFConfig) -> dict[str, Any]:
     try:
         before = evaluate_before(run)
         train_time = run_steps(run)
-        summary = finish(run, before, train_time) if run.main else {}
+        run.memory = metrics_over_processes(run.accelerator, {  # per process, the largest of any; before evaluating
+            "peak_rss_mb/max": peak_rss_mb(), "held_mb/max": held_mb([run.trained, run.ref_model], run.optimizer)})
+        with run.full_policy():
+            summary = finish(run, before, train_time) if run.main else {}
         run.accelerator.wait_for_everyone()
     except TrainingInterrupted:  # raised on every process at the same checkpoint (run_steps), so they can leave together
         leave(run)
@@ -132,6 +163,7 @@ def set_up(cfg: RLHFConfig) -> Run:
     accelerator = make_accelerator(cfg.cpu)
     world, algorithm_class = accelerator.num_processes, algorithm_for(cfg.algo)
     cfg.check_minibatches(world)
+    check_fsdp(cfg, world)
     reward = resolve_reward(cfg.reward, cfg.reward_weights, cfg.target_words)
     gold = resolve_reward(cfg.gold_reward, target_words=cfg.target_words) if cfg.gold_reward else None
     train_prompts, eval_prompts = load_prompt_rows(cfg.prompts), load_prompt_rows(cfg.eval_prompts)
@@ -152,32 +184,58 @@ def set_up(cfg: RLHFConfig) -> Run:
         except ConfigError as err:
             raise ConfigError(f"{name}: {err}") from None
     algorithm = algorithm_class(cfg, policy, load_copy, tokenizer)
-    # fused: the Trainer's default (adamw_torch_fused) since torch 2.8, so TRL runs it too; 1.4 -> 0.36 ms a step on CPU here
-    trainable = [p for p in [*policy.parameters(), *algorithm.parameters()] if p.requires_grad]  # under LoRA, the adapters
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=0.0, fused=True)
     logger = RunLogger(run_dir) if accelerator.is_main_process else None
-    checkpoints.track(optimizer=optimizer, logger=logger, **algorithm.state())  # accelerate wraps, not copies, the optimizer
-    checkpoints.restore()
-    policy, optimizer = accelerator.prepare(policy, optimizer)
-    separate_reference = None if isinstance(ref_model, AdapterDisabled) else ref_model  # a LoRA run's is the policy itself
-    precision = set_up_precision(cfg.precision, accelerator.device, accelerator.unwrap_model(policy), separate_reference,
-                                 *algorithm.place(accelerator.device))
+    checkpoints.track(logger=logger, **algorithm.state())
+    saved = checkpoints.restore()  # before sharding, which the models' full weights load into
+    run = Run(cfg, accelerator, reward, gold, train_prompts, eval_prompts, run_dir, model_name, tokenizer, policy, ref_model,
+              algorithm, checkpoints, logger)
+    place_models(run, saved)
+    if run.main:
+        print_set_up(run)
+    return run
+
+
+def place_models(run: Run, saved: dict | None) -> None:
+    """Put the run's models on its device in its precision; with --fsdp shard them (the policy, a separate reference, the
+    algorithm's own), else wrap the policy for DDP; build the optimizer over what trains (restored on resume)."""
+    cfg, accelerator, policy = run.cfg, run.accelerator, run.policy
+    separate_reference = None if isinstance(run.ref_model, AdapterDisabled) else run.ref_model  # LoRA's is the policy itself
+    own_models = run.algorithm.place(accelerator.device)
+    run.precision = set_up_precision(cfg.precision, accelerator.device, policy, separate_reference, *own_models)
     if separate_reference is not None:
-        ref_model = ref_model.to(accelerator.device)
-        if precision == "bf16":  # it runs only in the update, under autocast
-            bf16_linear_weights(ref_model)
-    if accelerator.is_main_process:
-        print(f"{cfg.algo}: {cfg.prompts_per_step} prompts x {cfg.num_generations} completions = {cfg.completions_per_step} "
-              f"completions per step in {world} process(es), {cfg.num_minibatches} minibatch(es) x {cfg.passes} pass(es), "
-              f"{cfg.steps} steps, reward {cfg.reward}, model {model_name}, device {accelerator.device}, {precision}, sampling with "
-              + ("the fast GPT-2 decoder" if supports_fast_decode(accelerator.unwrap_model(policy))
-                 else "transformers' generate (the fast decoder is GPT-2's)"))
-        ignored = ignored_generation_settings(accelerator.unwrap_model(policy))
-        if ignored:
-            print(f"the model's generation_config sets {', '.join(f'{k}={v}' for k, v in ignored.items())}: ignored; sampling "
-                  f"follows --temperature {cfg.temperature}, --top-k {cfg.top_k}, --top-p {cfg.top_p}, the distribution the losses assume")
-    return Run(cfg, accelerator, reward, gold, train_prompts, eval_prompts, run_dir, model_name, tokenizer, policy, ref_model,
-               algorithm, optimizer, checkpoints, logger, precision)
+        run.ref_model = separate_reference.to(accelerator.device)
+        if run.precision == "bf16" and not cfg.fsdp:  # it runs only in the update, under autocast; FSDP gathers one dtype
+            bf16_linear_weights(run.ref_model)
+    if cfg.fsdp:
+        for model in (policy, separate_reference, *run.algorithm.modules()):
+            if model is not None:
+                shard(model, accelerator)
+    # fused: the Trainer's default (adamw_torch_fused) since torch 2.8, so TRL runs it too; 1.4 -> 0.36 ms a step on CPU here
+    trainable = [p for p in run.trained.parameters() if p.requires_grad]  # under LoRA, the adapters
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=0.0, fused=True)
+    if saved is not None and cfg.fsdp:
+        load_optimizer_shards(run.trained, optimizer, run.checkpoints.folder / "optimizer")
+    elif saved is not None:
+        optimizer.load_state_dict(saved["optimizer"])
+    if cfg.fsdp:
+        run.optimizer = accelerator.prepare(optimizer)
+    else:
+        run.policy, run.optimizer = accelerator.prepare(policy, optimizer)
+
+
+def print_set_up(run: Run) -> None:
+    """What the run does, and how: batch arithmetic, model, device, precision, sampler; sampling settings it ignores."""
+    cfg, policy = run.cfg, run.accelerator.unwrap_model(run.policy)
+    world = run.accelerator.num_processes
+    print(f"{cfg.algo}: {cfg.prompts_per_step} prompts x {cfg.num_generations} completions = {cfg.completions_per_step} "
+          f"completions per step in {world} process(es){' (FSDP)' if cfg.fsdp else ''}, {cfg.num_minibatches} minibatch(es) x "
+          f"{cfg.passes} pass(es), {cfg.steps} steps, reward {cfg.reward}, model {run.model_name}, device {run.accelerator.device}, "
+          f"{run.precision}, sampling with " + ("the fast GPT-2 decoder" if supports_fast_decode(policy)
+                                                else "transformers' generate (the fast decoder is GPT-2's)"))
+    ignored = ignored_generation_settings(policy)
+    if ignored:
+        print(f"the model's generation_config sets {', '.join(f'{k}={v}' for k, v in ignored.items())}: ignored; sampling "
+              f"follows --temperature {cfg.temperature}, --top-k {cfg.top_k}, --top-p {cfg.top_p}, the distribution the losses assume")
 
 
 def build_models(cfg: RLHFConfig, model_name: str, resume_dir: Path | None) -> tuple[Any, Any, Callable[[], Any]]:
@@ -201,11 +259,12 @@ def evaluate_before(run: Run) -> dict[str, Any] | None:
     """The initial policy's evaluation: measured once and written to eval_before.json, reused on resume."""
     path = run.run_dir / "eval_before.json"
     before = None
-    if run.main and run.start_step == 1:
-        before = run.evaluate_policy()
-        write_json(path, before)
-        run.log_evaluation(0, before)
-    elif run.main:
+    with run.full_policy():
+        if run.main and run.start_step == 1:
+            before = run.evaluate_policy()
+            write_json(path, before)
+            run.log_evaluation(0, before)
+    if run.main and run.start_step > 1:
         before = json.loads(path.read_text())
         truncate_jsonl(run.run_dir / "samples.jsonl", run.start_step - 1)
     if run.main:
@@ -239,9 +298,11 @@ def run_steps(run: Run) -> float:
                     samples_file.writelines(json.dumps(row) + "\n" for row in samples)
                     samples_file.flush()
                     print_completions(f"step {step}: reward {metrics['reward']:.3f}", samples)
-                if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:  # the last is finish()'s
-                    run.log_evaluation(step, run.evaluate_policy())
-            save_if_due(run.accelerator, checkpoints, step, functools.partial(run.save_checkpoint, step))
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:  # the last is finish()'s
+                with run.full_policy():
+                    if main:
+                        run.log_evaluation(step, run.evaluate_policy())
+            save_if_due(run.accelerator, checkpoints, step, functools.partial(run.save_checkpoint, step), every_process=cfg.fsdp)
             if any_process(run.accelerator, main and cfg.max_train_s is not None and train_time >= cfg.max_train_s):
                 break
     progress.close()
@@ -260,7 +321,8 @@ def train_step(run: Run, step: int) -> tuple[dict[str, float], list[dict]]:
     prompts, columns = split_columns(process_share(step_prompts, accelerator.process_index, accelerator.num_processes))
     # the step's completions are the same in any number of processes: each draws its rows' numbers of one stream
     uniforms = RowUniforms(step_seed(cfg.seed, step, 0), accelerator.process_index * len(prompts), len(step_prompts), accelerator.device)
-    rollout = sample_rollout(accelerator.unwrap_model(run.policy), run.tokenizer, prompts, cfg.sampling, uniforms=uniforms)
+    with run.full_policy():
+        rollout = sample_rollout(accelerator.unwrap_model(run.policy), run.tokenizer, prompts, cfg.sampling, uniforms=uniforms)
     t1 = time.perf_counter()
     try:  # a broken reward or a non-finite loss stops the run before any bad optimizer step
         totals, components = run.reward.score(prompts, rollout.completions, **columns)
@@ -274,8 +336,8 @@ def train_step(run: Run, step: int) -> tuple[dict[str, float], list[dict]]:
         # outermost context exits, and they must follow every optimizer step.
         with autocast(run.precision, accelerator.device):
             metrics = run.algorithm.update(run.policy, run.ref_model, run.optimizer, accelerator, rollout, rewards)
-    except (NonFiniteError, RewardFunctionError) as err:
-        saved = run.save_checkpoint(step - 1) if run.main else None
+    except (NonFiniteError, RewardFunctionError) as err:  # a non-finite gradient norm is every process's (they share it)
+        saved = run.save_checkpoint(step - 1) if run.main or cfg.fsdp else None
         raise type(err)(f"step {step}: {err}" + (f"; saved the last good weights to {saved}" if saved else "")) from None
     t3 = time.perf_counter()
     metrics = metrics_over_processes(accelerator, {
@@ -304,7 +366,8 @@ def finish(run: Run, before: dict[str, Any], train_time: float) -> dict[str, Any
     k = cfg.eval_samples_per_prompt  # one row per distinct prompt
     print_side_by_side(before["rows"][::k], after["rows"][::k])
     final_dir, policy = run.run_dir / "model", run.accelerator.unwrap_model(run.policy)
-    policy.save_pretrained(final_dir)  # under LoRA: the adapters, which load_model (and AutoPeftModelForCausalLM) read
+    # under LoRA: the adapters, which load_model (and AutoPeftModelForCausalLM) read; with --fsdp, the gathered weights
+    policy.save_pretrained(final_dir, state_dict=full_state(policy) if cfg.fsdp else None)
     run.tokenizer.save_pretrained(final_dir)
     if cfg.save_merged_model:
         save_merged(policy, run.tokenizer, run.run_dir / "merged")
@@ -312,13 +375,14 @@ def finish(run: Run, before: dict[str, Any], train_time: float) -> dict[str, Any
     kl_series = logger.series("kl")[1]
     summary = {
         "algo": cfg.algo, "model": run.model_name, "reward": cfg.reward, "steps": run.last_step, "seed": cfg.seed,
-        "num_processes": run.accelerator.num_processes, "device": str(run.accelerator.device), "precision": run.precision,
+        "num_processes": run.accelerator.num_processes, "fsdp": cfg.fsdp, "device": str(run.accelerator.device), "precision": run.precision,
         "use_peft": cfg.use_peft, "trainable_params": sum(p.numel() for p in policy.parameters() if p.requires_grad),
         "reward_before": before["reward"], "reward_after": after["reward"],
         "components_before": before["components"], "components_after": after["components"],
         "mean_length_before": before["mean_length"], "mean_length_after": after["mean_length"],
         "kl_final": kl_series[-1] if kl_series else None,
         "wall_s": train_time, "total_wall_s": logger.elapsed(),
+        "peak_rss_mb": run.memory["peak_rss_mb/max"], "held_mb": run.memory["held_mb/max"],
         "completions_per_s": completions_done / train_time if train_time else None,
     }
     if cfg.pass_at_k:

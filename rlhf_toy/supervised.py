@@ -21,6 +21,7 @@ import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,17 +33,19 @@ from classic_rl.infra.metrics import RunLogger
 from rlhf_toy.data import ShuffledBatches
 from rlhf_toy.distributed import (
     any_process,
+    clip_gradients,
     metrics_over_processes,
     process_share,
     require_even_split,
     save_if_due,
 )
+from rlhf_toy.fsdp import full_parameters, load_optimizer_shards, save_sharded_checkpoint, shard
 from rlhf_toy.precision import autocast
 
 
 @dataclass
 class SupervisedRun:
-    """What one supervised run's loop needs. `model` and `optimizer` as accelerate prepared them; `logger` the main
+    """What one supervised run's loop needs. `model` and `optimizer` as prepare_trained gave them; `logger` the main
     process's (None on the others); write_model(folder) saves the model into a checkpoint; rates(step, train_s) gives
     the metrics that depend on the training seconds so far (tokens per second)."""
     model: Any
@@ -60,6 +63,8 @@ class SupervisedRun:
     scheduler: Any = None
     max_train_s: float | None = None
     rates: Callable[[int, float], dict[str, float]] = field(default=lambda step, train_s: {})
+    sharded: bool = False  # --fsdp: every process writes checkpoints, and evaluation sees the full parameters
+    evaluated: tuple = ()  # other models evaluation runs (DPO's reference), whose parameters are gathered with the model's
 
 
 def train_supervised(run: SupervisedRun, loss_of: Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, float]]],
@@ -79,12 +84,14 @@ def train_supervised(run: SupervisedRun, loss_of: Callable[[torch.Tensor], tuple
             train_s += time.perf_counter() - start
             metrics.update(run.rates(step, train_s))
             out_of_time = any_process(accelerator, main and run.max_train_s is not None and train_s >= run.max_train_s)
+            if step % run.eval_every == 0 or step == run.steps or out_of_time:
+                with full_parameters(run.model, *run.evaluated):
+                    if main:
+                        metrics.update(evaluate())
             if main:
-                if step % run.eval_every == 0 or step == run.steps or out_of_time:
-                    metrics.update(evaluate())
                 run.logger.log(step, metrics)
                 progress.set_postfix(bar(metrics), refresh=False)
-            save_if_due(accelerator, checkpoints, step, functools.partial(checkpoints.save, step, run.write_model, train_s=train_s))
+            save_if_due(accelerator, checkpoints, step, functools.partial(save_checkpoint, run, step, train_s), every_process=run.sharded)
             if out_of_time:
                 break
     progress.close()
@@ -99,9 +106,9 @@ def take_step(run: SupervisedRun, step: int, loss_of, train_s: float) -> dict[st
     with autocast(run.precision, accelerator.device):  # one context a step: its bf16 weight copies follow each update
         loss, metrics = loss_of(rows)
     accelerator.backward(loss)
-    grad_norm = accelerator.clip_grad_norm_(run.model.parameters(), run.max_grad_norm)
-    save_last_good = functools.partial(run.checkpoints.save, write_files=run.write_model, train_s=train_s)
-    check_finite_before_step(step, run.batches, save_last_good if accelerator.is_main_process else None,
+    grad_norm = clip_gradients(accelerator, run.model.parameters(), run.max_grad_norm)
+    saves = run.sharded or accelerator.is_main_process  # a non-finite gradient norm is every process's (they share it)
+    check_finite_before_step(step, run.batches, functools.partial(save_checkpoint, run, train_s=train_s) if saves else None,
                              train_loss=loss, grad_norm=grad_norm)
     run.optimizer.step()
     if run.scheduler is not None:
@@ -109,6 +116,37 @@ def take_step(run: SupervisedRun, step: int, loss_of, train_s: float) -> dict[st
     run.optimizer.zero_grad(set_to_none=True)
     return metrics_over_processes(accelerator, {**metrics, "train/loss": loss.item(), "train/grad_norm": float(grad_norm),
                                                 "train/lr": run.optimizer.param_groups[0]["lr"]})
+
+
+def save_checkpoint(run: SupervisedRun, step: int, train_s: float) -> Path | None:
+    """checkpoints/step-N/ with the model, the optimizer and the tracked state: written by the main process, or with
+    --fsdp by every process (fsdp.save_sharded_checkpoint). Returns the folder (None on the other processes)."""
+    if not run.sharded:
+        return run.checkpoints.save(step, run.write_model, optimizer=run.optimizer, train_s=train_s)
+    return save_sharded_checkpoint(run.accelerator, run.checkpoints, step, run.model, run.optimizer, run.write_model,
+                                   train_s=train_s)
+
+
+def prepare_trained(accelerator, model, frozen: list, fsdp: bool, make_optimizer, checkpoints, **tracked) -> tuple[Any, Any, dict]:
+    """Make model ready to train: with fsdp shard it and the frozen models that run beside it (a reference), else wrap it
+    for DDP (accelerate's prepare); build its optimizer (make_optimizer(model), after sharding) and, on --resume, restore
+    it and the tracked objects from the checkpoint. Returns (the model as trained, the optimizer, what the checkpoint
+    held: {"train_s": 0.0} on a fresh run)."""
+    if fsdp:
+        for module in (model, *frozen):
+            if module is not None:
+                shard(module, accelerator)
+    optimizer = make_optimizer(model)
+    checkpoints.track(**tracked)
+    saved = checkpoints.restore() or {"train_s": 0.0}
+    if checkpoints.resumed and fsdp:
+        load_optimizer_shards(model, optimizer, checkpoints.folder / "optimizer")
+    elif checkpoints.resumed:
+        optimizer.load_state_dict(saved["optimizer"])
+    if fsdp:
+        return model, accelerator.prepare(optimizer), saved
+    trained, optimizer = accelerator.prepare(model, optimizer)
+    return trained, optimizer, saved
 
 
 def check_finite_before_step(step: int, batches: ShuffledBatches, save, **values) -> None:

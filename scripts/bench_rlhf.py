@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -50,7 +49,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausa
 
 from classic_rl.infra.cli import cli, script_parser
 from classic_rl.infra.errors import ConfigError, require_positive
-from classic_rl.infra.machine import machine
+from classic_rl.infra.machine import machine, peak_rss_mb
 from classic_rl.infra.run_folder import read_jsonl, write_json
 from rlhf_toy.algorithms import config_for
 from rlhf_toy.algorithms.base import RLHFConfig
@@ -191,18 +190,6 @@ def evaluate_policy(policy, tokenizer, args) -> float:
     cfg = rlhf_config(args, "grpo", "unused")
     return evaluate_on_prompts(policy, tokenizer, load_prompts(DATA_DIR / "prompts_eval.jsonl"), resolve_reward(),
                                cfg.eval_sampling, cfg.eval_samples_per_prompt, cfg.eval_seed)["reward"]
-
-
-def peak_rss_mb() -> float:
-    """This process's own peak resident memory: Linux's VmHWM, the high-water mark of its address space. getrusage's
-    ru_maxrss survives exec, so a worker started by a parent that had built the base model (an empty cache) reported
-    the parent's peak, the same 958 MB for every implementation."""
-    status = Path("/proc/self/status")
-    if status.is_file():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # no /proc: getrusage, in KiB on Linux
 
 
 # ---- workers: one implementation in this process -----------------------------------------------

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """The GPU check: every trainer for a few steps on the CUDA device in fp32 and bf16, the fast decoder against
-transformers' generate there, and a run in 2 processes against one in 1 where two GPUs exist; a table in bench/gpu.md
+transformers' generate there, and runs in 2 processes (DDP, FSDP) against one in 1 where two GPUs exist; a table in bench/gpu.md
 (and bench/gpu.json) naming the device, in a few minutes.
 
     make check-gpu                                                     # on a machine with a CUDA device
@@ -110,8 +110,14 @@ def decoder(work: Path, precision: str, cpu: bool) -> str:
     return f"same tokens greedy and sampled; fast {seconds['generate'] / seconds['fast']:.1f}x generate"
 
 
-def two_processes(work: Path, precision: str, cpu: bool) -> str:
-    """GRPO in 2 processes (one per GPU) against 1 on the same global batch: the same weights."""
+def two_processes(fsdp: bool) -> Callable[[Path, str, bool], str]:
+    def check(work: Path, precision: str, cpu: bool) -> str:
+        return compare_processes(work, precision, cpu, fsdp)
+    return check
+
+
+def compare_processes(work: Path, precision: str, cpu: bool, fsdp: bool) -> str:
+    """GRPO in 2 processes (one per GPU; sharded with fsdp) against 1 on the same global batch: the same weights."""
     flags = ["--model", str(work / "base-fp32" / "model"), "--steps", "3", "--prompts-per-step", "4", "--num-generations", "4",
              "--max-completion-length", "16", "--eval-samples-per-prompt", "1", "--log-completions-every", "0",
              "--precision", precision, "--overwrite"] + (["--cpu"] if cpu else [])
@@ -119,7 +125,8 @@ def two_processes(work: Path, precision: str, cpu: bool) -> str:
     for n in (1, 2):
         command = ([sys.executable, script] if n == 1 else [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
                    "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", script])
-        result = subprocess.run([*command, *flags, "--run-dir", str(work / f"processes-{n}")], capture_output=True, text=True)
+        extra = ["--fsdp"] if fsdp and n == 2 else []
+        result = subprocess.run([*command, *flags, *extra, "--run-dir", str(work / f"processes-{n}")], capture_output=True, text=True)
         if result.returncode:
             raise RuntimeError(f"{n} process(es): " + (result.stderr.strip().splitlines() or ["no output"])[-1])
     one, two = (load_file(work / f"processes-{n}" / "model" / "model.safetensors") for n in (1, 2))
@@ -136,7 +143,8 @@ CHECKS = [("pretraining", pretraining), ("GRPO", online("grpo")), ("PPO with a c
 def run_checks(device: str, work: Path) -> list[dict]:
     cpu, rows = device == "cpu", []
     processes = 2 if cpu or torch.cuda.device_count() >= 2 else 0
-    for name, check in CHECKS + ([("2 processes vs 1 (DDP)", two_processes)] if processes else []):
+    several = [("2 processes vs 1 (DDP)", two_processes(fsdp=False)), ("2 processes vs 1 (FSDP)", two_processes(fsdp=True))]
+    for name, check in CHECKS + (several if processes else []):
         for precision in ("fp32",) if check is decoder else ("fp32", "bf16"):
             start = time.perf_counter()
             try:

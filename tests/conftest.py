@@ -127,10 +127,22 @@ def comparable_metrics(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in row.items() if not k.startswith("time/") and "SPS" not in k and "per_s" not in k} for row in rows]
 
 
-def kill_after_first_checkpoint(script: str, args: list[str], run_dir: Path, sig: int, timeout: float = 120.0) -> int:
-    """Start scripts/<script> in a fresh process, send it `sig` as soon as a complete checkpoint
-    exists in run_dir, and return its exit status (negative: killed by that signal)."""
-    process = subprocess.Popen([sys.executable, str(ROOT / "scripts" / script), *args], cwd=ROOT,
+def script_command(script: str, num_processes: int = 1) -> list[str]:
+    """The command running scripts/<script> with python, or in num_processes CPU processes through accelerate (torchrun,
+    gloo; the script needs --cpu)."""
+    path = str(ROOT / "scripts" / script)
+    if num_processes == 1:
+        return [sys.executable, path]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", path]
+
+
+def kill_after_first_checkpoint(script: str, args: list[str], run_dir: Path, sig: int, timeout: float = 120.0,
+                                num_processes: int = 1) -> int:
+    """Start scripts/<script> in a fresh session (in num_processes processes: script_command), send `sig` to every
+    process of it as soon as a complete checkpoint exists in run_dir, and return its exit status (negative: killed by
+    that signal)."""
+    process = subprocess.Popen([*script_command(script, num_processes), *args], cwd=ROOT, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
     while not list((run_dir / "checkpoints").glob("step-*")):
@@ -138,7 +150,7 @@ def kill_after_first_checkpoint(script: str, args: list[str], run_dir: Path, sig
             process.kill()
             raise AssertionError(f"{script} ended or stalled before writing a checkpoint")
         time.sleep(0.02)
-    process.send_signal(sig)
+    os.killpg(process.pid, sig)
     return process.wait(timeout=timeout)
 
 

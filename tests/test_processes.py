@@ -2,6 +2,7 @@
 takes on the same global batch and seed, writes the run folder once, and bad splits are one-line errors."""
 
 import json
+import signal
 import subprocess
 import sys
 
@@ -9,31 +10,29 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from classic_rl.infra.errors import ConfigError
 from rlhf_toy.distributed import LAUNCHER_VARIABLES, process_share, summed_over_processes
 from rlhf_toy.generation.rollout import sample_rollout
 from rlhf_toy.generation.sampling import RowUniforms, SamplingConfig
 from rlhf_toy.lm.models import load_model, load_tokenizer
-from tests.conftest import ROOT, run_script
+from tests.conftest import ROOT, comparable_metrics, kill_after_first_checkpoint, run_script, script_command
 from tests.test_rlhf import as_flags, small_config
 
 
 def launch(script: str, args: list[str], num_processes: int) -> subprocess.CompletedProcess:
     """scripts/<script> in num_processes CPU processes through accelerate (torchrun, gloo), or with python for one."""
-    path = ROOT / "scripts" / script
-    command = ([sys.executable, str(path)] if num_processes == 1 else
-               [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(path)])
-    return subprocess.run([*command, *args, "--cpu"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return subprocess.run([*script_command(script, num_processes), *args, "--cpu"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
 
 
-def online_flags(nano, run_dir, algo: str) -> list[str]:
+def online_flags(nano, run_dir, algo: str, fsdp: bool = False, **extra) -> list[str]:
     """A short GRPO or PPO run whose update uses statistics of the whole batch: GRPO's batch-scaled advantages and DAPO
-    normaliser; PPO's whitened advantages and rewards, its adaptive KL coefficient, its separate critic and the
-    pretraining mix (a second forward of the policy before each backward)."""
+    normaliser; PPO's whitened advantages and rewards, its adaptive KL coefficient, its separate critic and (without
+    --fsdp, which refuses it) the pretraining mix, a second forward of the policy before each backward."""
     own = (dict(scale_rewards="batch", beta=0.04, num_iterations=2) if algo == "grpo" else
-           dict(whiten_rewards=True, target_kl=0.01, kl_horizon=64, ptx_coef=0.5, ptx_batch_size=2))
+           dict(whiten_rewards=True, target_kl=0.01, kl_horizon=64, **({} if fsdp else dict(ptx_coef=0.5, ptx_batch_size=2))))
     cfg = small_config(nano, run_dir.parent, algo=algo, prompts_per_step=4, num_generations=4, log_completions_every=0,
-                       precision="fp32", run_dir=str(run_dir), **own)
+                       precision="fp32", run_dir=str(run_dir), **own, **extra)
     return as_flags(cfg)
 
 
@@ -55,16 +54,23 @@ def supervised_flags(nano, run_dir, script: str) -> list[str]:
     }[script]
 
 
-TRAINERS = {  # name: (script, its flags given (nano, run_dir))
+TRAINERS = {  # name: (script, its flags given (nano, run_dir, the 2-process run's extra flags))
     "grpo": ("train_rlhf.py", lambda nano, run_dir: online_flags(nano, run_dir, "grpo")),
     "ppo": ("train_rlhf.py", lambda nano, run_dir: online_flags(nano, run_dir, "ppo")),
+    "grpo, FSDP": ("train_rlhf.py", lambda nano, run_dir: online_flags(nano, run_dir, "grpo", fsdp=True)),
+    "ppo, FSDP": ("train_rlhf.py", lambda nano, run_dir: online_flags(nano, run_dir, "ppo", fsdp=True)),
+    "grpo, LoRA, FSDP": ("train_rlhf.py", lambda nano, run_dir: online_flags(nano, run_dir, "grpo", fsdp=True, use_peft=True,
+                                                                             learning_rate=1e-3)),
     **{name: (script, lambda nano, run_dir, script=script: supervised_flags(nano, run_dir, script))
-       for name, script in (("dpo", "train_dpo.py"), ("reward model", "train_reward_model.py"), ("pretraining", "pretrain.py"))},
+       for name, script in (("dpo", "train_dpo.py"), ("reward model", "train_reward_model.py"), ("pretraining", "pretrain.py"),
+                            ("dpo, FSDP", "train_dpo.py"), ("reward model, FSDP", "train_reward_model.py"))},
 }
 
 
 def saved_weights(run_dir) -> dict[str, torch.Tensor]:
-    return load_file(run_dir / "model" / "model.safetensors")
+    """The saved policy's weights: the whole model's, or under LoRA the adapters'."""
+    folder = run_dir / "model"
+    return load_file(folder / ("adapter_model.safetensors" if (folder / "adapter_model.safetensors").is_file() else "model.safetensors"))
 
 
 @pytest.mark.parametrize("trainer", TRAINERS)
@@ -73,17 +79,21 @@ def test_two_processes_train_the_weights_one_process_trains(trainer, nano, tmp_p
     of the whole batch, and sampling draws each completion's numbers from one stream, so the weights agree to float
     rounding after 3 steps (and moved)."""
     script, flags = TRAINERS[trainer]
-    for n in (1, 2):
-        result = launch(script, flags(nano, tmp_path / f"{n}-process"), n)
+    for n in (1, 2):  # with FSDP, the 2 processes shard the model (a 1-process run has nothing to shard over)
+        extra = ["--fsdp"] if n == 2 and trainer.endswith("FSDP") else []
+        result = launch(script, flags(nano, tmp_path / f"{n}-process") + extra, n)
         assert result.returncode == 0, result.stderr[-3000:]
     one, two = saved_weights(tmp_path / "1-process"), saved_weights(tmp_path / "2-process")
     assert one.keys() == two.keys()
-    if trainer != "pretraining":  # pretraining starts from random weights
+    if trainer != "pretraining":  # pretraining starts from random weights; LoRA's B matrices from zero
         start = load_model(str(nano[0] / "run" / "model")).state_dict()
-        assert max((one[k] - start[k]).abs().max().item() for k in one if k in start) > 1e-4
+        moved = [(one[k] - start.get(k, torch.zeros_like(one[k]))).abs().max().item() for k in one if k in start or "lora_B" in k]
+        assert max(moved) > 1e-4
     assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-5
     summaries = [json.loads((tmp_path / f"{n}-process" / "summary.json").read_text()) for n in (1, 2)]
     assert summaries[0]["steps"] == summaries[1]["steps"] == 3
+    if "held_mb" in summaries[0]:  # an online run's weights and optimizer state per process: FSDP holds about half
+        assert summaries[1]["held_mb"] < (0.6 if trainer.endswith("FSDP") and "LoRA" not in trainer else 1.01) * summaries[0]["held_mb"]
     metrics = [(tmp_path / f"{n}-process" / "metrics.jsonl").read_text().splitlines() for n in (1, 2)]
     assert len(metrics[0]) == len(metrics[1])  # the main process alone logs
 
@@ -113,8 +123,11 @@ def test_in_one_process_statistics_of_the_whole_batch_are_this_processs():
 
 
 def test_grpo_in_two_processes_writes_one_run_folder_and_checkpoints(nano, tmp_path):
+    """Launched with the repository's accelerate config for two CPU processes."""
     cfg = small_config(nano, tmp_path, prompts_per_step=4, save_every=2)
-    result = launch("train_rlhf.py", as_flags(cfg), 2)
+    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                             str(ROOT / "configs" / "accelerate" / "cpu_2_processes.yaml"), str(ROOT / "scripts" / "train_rlhf.py"),
+                             *as_flags(cfg), "--cpu"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     run_dir = tmp_path / "run"
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -173,6 +186,51 @@ def test_the_gpu_checks_pass_on_cpu_and_write_the_table(tmp_path):
     report = json.loads((tmp_path / "g.json").read_text())
     checks = {(row["check"], row["precision"]) for row in report["checks"]}
     assert {("GRPO", "bf16"), ("PPO with a critic", "fp32"), ("DPO", "bf16"), ("reward model", "fp32"),
-            ("fast decoder vs generate", "fp32"), ("2 processes vs 1 (DDP)", "fp32")} <= checks
+            ("fast decoder vs generate", "fp32"), ("2 processes vs 1 (DDP)", "fp32"), ("2 processes vs 1 (FSDP)", "bf16")} <= checks
     assert all(row["status"] == "ok" for row in report["checks"])
     assert "| GRPO | bf16 | ok |" in (tmp_path / "g.md").read_text()
+
+
+def test_an_fsdp_run_killed_and_resumed_writes_what_an_uninterrupted_one_does(nano, tmp_path):
+    """Each process writes its shard of the optimizer state into the checkpoint; the resumed run reads them back."""
+    def flags(run_dir, *extra):
+        return [*online_flags(nano, run_dir, "grpo", fsdp=True), "--steps", "6", "--save-every", "2", "--fsdp", *extra]
+
+    straight = launch("train_rlhf.py", flags(tmp_path / "straight"), 2)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    code = kill_after_first_checkpoint("train_rlhf.py", flags(tmp_path / "killed", "--cpu"), tmp_path / "killed", signal.SIGKILL,
+                                       num_processes=2)
+    assert code != 0
+    first = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").glob("step-*"))[0]
+    assert {p.name for p in (tmp_path / "killed" / "checkpoints" / first / "optimizer").iterdir()} >= {
+        ".metadata", "__0_0.distcp", "__1_0.distcp"}  # one shard per process
+    resumed = launch("train_rlhf.py", flags(tmp_path / "killed", "--resume"), 2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert comparable_metrics(tmp_path / "killed") == comparable_metrics(tmp_path / "straight")
+
+
+@pytest.mark.parametrize("name, processes, machines", [("cpu_2_processes", 2, 1), ("one_gpu", 1, 1), ("eight_gpus", 8, 1),
+                                                       ("two_nodes", 16, 2)])
+def test_the_accelerate_configs_in_the_repository_load(name, processes, machines):
+    from accelerate.commands.config.config_args import load_config_from_file
+    config = load_config_from_file(str(ROOT / "configs" / "accelerate" / f"{name}.yaml"))
+    assert (config.num_processes, config.num_machines, config.mixed_precision) == (processes, machines, "no")
+
+
+def test_fsdp_in_one_process_is_a_one_line_error(nano, tmp_path, monkeypatch, capsys):
+    cfg = small_config(nano, tmp_path)
+    code, _, err = run_script("train_rlhf.py", as_flags(cfg, fsdp=True), monkeypatch, capsys)
+    assert code == 2 and err.strip() == (
+        "error: --fsdp shards the model over the processes of a launched run, and this run has one; accepted: accelerate launch "
+        "--multi_gpu --num_processes N (N >= 2) SCRIPT --fsdp, or no --fsdp")
+    assert not (tmp_path / "run").exists()
+
+
+def test_fsdp_refuses_what_it_does_not_serve_in_one_line(nano, tmp_path):
+    """PPO's pretraining mix runs the policy twice before a backward; a merged copy of a sharded LoRA model is not made."""
+    result = launch("train_rlhf.py", online_flags(nano, tmp_path / "ppo", "ppo") + ["--fsdp"], 2)
+    assert result.returncode != 0
+    assert "error: --ptx-coef runs the policy twice before each backward, which --fsdp does not serve" in result.stderr
+    from rlhf_toy.fsdp import check_fsdp
+    with pytest.raises(ConfigError, match="--save-merged-model with --fsdp: merge the saved adapters afterwards"):
+        check_fsdp(small_config(nano, tmp_path, use_peft=True, save_merged_model=True, fsdp=True), 2)

@@ -120,15 +120,21 @@ class Checkpoints:
             self._next_due += self.every
         return passed or self.stop.requested
 
-    def save(self, step: int, write_files: Callable[[Path], None] | None = None, **state: Any) -> Path:
+    def partial(self, step: int) -> Path:
+        """The folder checkpoints/step-{step} is written in until it is complete, when save() renames it into place."""
+        return self.root / f".step-{step}.tmp"
+
+    def save(self, step: int, write_files: Callable[[Path], None] | None = None, keep_partial: bool = False, **state: Any) -> Path:
         """Write checkpoints/step-{step}: write_files(folder) (e.g. the model) and state.pt with the step, the
         RNG states, the state_dict of each tracked object and of each value that has one, the other values
-        as they are (tensors, numbers, strings and lists of them)."""
+        as they are (tensors, numbers, strings and lists of them). keep_partial keeps what others already wrote into
+        partial(step) (the shards of a multi-process run); otherwise a partial folder left by a crash is cleared first."""
         values = {name: value.state_dict() if hasattr(value, "state_dict") else value
                   for name, value in {**self._tracked, **state}.items()}
-        tmp, final = self.root / f".step-{step}.tmp", self.root / f"step-{step}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        tmp, final = self.partial(step), self.root / f"step-{step}"
+        if not keep_partial:
+            shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True, exist_ok=True)
         if write_files is not None:
             write_files(tmp)
         torch.save({"step": step, "rng": rng_state(), **values}, tmp / "state.pt")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 from pathlib import Path
 
 import torch
@@ -34,3 +35,15 @@ def machine() -> str:
     units = "+".join(cpu_bf16_units()) or "none"
     return (f"{cpu}, {os.cpu_count()} logical cores, bf16 units: {units}, torch {torch.__version__}, "
             f"python {platform.python_version()}")
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak resident memory: Linux's VmHWM, the high-water mark of its address space. getrusage's
+    ru_maxrss survives exec, so a worker started by a parent that had built the base model (an empty cache) reported
+    the parent's peak, the same 958 MB for every implementation."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # no /proc: getrusage, in KiB on Linux

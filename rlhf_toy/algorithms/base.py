@@ -181,8 +181,8 @@ class OnlineAlgorithm:
         """load_copy() gives a fresh copy of the base model (a critic's trunk, say)."""
         self.cfg = cfg
 
-    def parameters(self) -> list:
-        """Parameters trained beside the policy's, by the same optimizer (a critic's)."""
+    def modules(self) -> list:
+        """Models trained beside the policy, by the same optimizer (a critic); with --fsdp they are sharded as it is."""
         return []
 
     def state(self) -> dict[str, Any]:
@@ -190,7 +190,8 @@ class OnlineAlgorithm:
         return {}
 
     def place(self, device) -> list:
-        """Move the algorithm's own models to device; returns those that run under the update's autocast."""
+        """Move the algorithm's own models to device; returns its transformer models, which run under the update's
+        autocast (None for one it does not have)."""
         return []
 
     def update(self, policy, ref_model, optimizer, accelerator, rollout, rewards) -> dict[str, float]:

@@ -41,6 +41,7 @@ from rlhf_toy.data import (
 )
 from rlhf_toy.distributed import in_processes, require_even_split
 from rlhf_toy.evaluation import evaluate_on_prompts, kl_to_reference, print_side_by_side
+from rlhf_toy.fsdp import check_fsdp, full_parameters, full_state
 from rlhf_toy.generation.rollout import encode_completions, sequence_logprobs
 from rlhf_toy.generation.sampling import SamplingConfig
 from rlhf_toy.lm.base_model import default_base_model, kind_for
@@ -61,7 +62,7 @@ from rlhf_toy.lm.models import (
 )
 from rlhf_toy.precision import PRECISIONS, set_up_precision
 from rlhf_toy.rewards.functions import DEFAULT_REWARD, resolve_reward
-from rlhf_toy.supervised import SupervisedRun, train_supervised
+from rlhf_toy.supervised import SupervisedRun, prepare_trained, train_supervised
 
 DPO_LOSS_TYPES = ("sigmoid", "robust", "cdpo", "ipo")
 LABEL_SMOOTHING_LOSSES = ("robust", "cdpo")
@@ -210,6 +211,7 @@ def run_dpo(cfg: DPOConfig, accelerator) -> dict[str, Any]:
     judge = resolve_reward(cfg.reward)
     batches = ShuffledBatches(len(pairs), min(cfg.per_device_train_batch_size, len(pairs)), torch.Generator().manual_seed(cfg.seed))
     require_even_split(batches.batch_size, accelerator.num_processes, "--per-device-train-batch-size (at most the pairs)")
+    check_fsdp(cfg, accelerator.num_processes)
     eval_prompts = load_prompt_rows(cfg.eval_prompts or shipped_eval_prompts(any(map(is_conversational, pairs.prompts))))
     if cfg.model:
         check_model_exists(cfg.model)
@@ -222,21 +224,25 @@ def run_dpo(cfg: DPOConfig, accelerator) -> dict[str, Any]:
         require_chat_template(tokenizer, prompts, name)
     policy, ref_model = policy_and_reference(cfg, model_name, checkpoints.folder / "model" if checkpoints.resumed else None,
                                              accelerator.device)
-    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.learning_rate, weight_decay=0.0)
+    separate_reference = None if cfg.use_peft else ref_model  # LoRA's is the policy itself
+    precision = set_up_precision(cfg.precision, accelerator.device, policy, separate_reference)
     logger = RunLogger(run_dir) if accelerator.is_main_process else None
-    checkpoints.track(logger=logger, optimizer=optimizer, batches=batches)
-    saved = checkpoints.restore() or {"train_s": 0.0}
-    trained, optimizer = accelerator.prepare(policy, optimizer)
-    precision = set_up_precision(cfg.precision, accelerator.device, policy, None if cfg.use_peft else ref_model)
+    trained, optimizer, saved = prepare_trained(
+        accelerator, policy, [separate_reference], cfg.fsdp, checkpoints=checkpoints, logger=logger, batches=batches,
+        make_optimizer=lambda model: torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
+                                                       weight_decay=0.0))
     if accelerator.is_main_process:
         print(f"dpo ({cfg.loss_type}, beta {cfg.beta}) from {model_name}: {len(pairs)} pairs ({ties} ties left out), "
               f"{len(eval_pairs)} held out, {cfg.steps} steps of {batches.batch_size} in {accelerator.num_processes} process(es)")
-    run = SupervisedRun(trained, optimizer, batches, checkpoints, logger, accelerator, precision, model_writer(policy, tokenizer),
-                        cfg.steps, cfg.max_grad_norm, cfg.eval_every, "dpo", max_train_s=cfg.max_train_s)
+    run = SupervisedRun(trained, optimizer, batches, checkpoints, logger, accelerator, precision,
+                        lambda folder: model_writer(policy, tokenizer, full_state(policy) if cfg.fsdp else None)(folder),
+                        cfg.steps, cfg.max_grad_norm, cfg.eval_every, "dpo", max_train_s=cfg.max_train_s, sharded=cfg.fsdp,
+                        evaluated=(ref_model,))
     evaluate = functools.partial(evaluate_on_prompts, tokenizer=tokenizer, prompts=eval_prompts, reward=judge,
                                  sampling=SamplingConfig(cfg.max_completion_length), samples_per_prompt=cfg.eval_samples_per_prompt,
                                  seed=cfg.seed)
-    before = evaluate_reference(policy if cfg.use_peft else ref_model, evaluate) if accelerator.is_main_process else None
+    with full_parameters(policy, ref_model):
+        before = evaluate_reference(policy if cfg.use_peft else ref_model, evaluate) if accelerator.is_main_process else None
 
     def loss_of(rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         loss, chosen, rejected = dpo_batch_loss(trained, ref_model, tokenizer, pairs.subset(rows.tolist()), cfg)
@@ -245,10 +251,11 @@ def run_dpo(cfg: DPOConfig, accelerator) -> dict[str, Any]:
 
     train_s = train_supervised(run, loss_of, lambda: {"eval/pair_accuracy": pair_accuracy(policy, ref_model, tokenizer, eval_pairs, cfg)},
                                lambda m: {"loss": f"{m['train/loss']:.3f}", "acc": f"{m['rewards/accuracies']:.2f}"}, saved["train_s"])
-    if not accelerator.is_main_process:
-        return {}
-    return finish(cfg, policy.eval(), ref_model, tokenizer, before, evaluate(policy), logger, run_dir, train_s, evaluate.keywords["sampling"],
-                  eval_prompts, precision)
+    with full_parameters(policy, ref_model):
+        if not accelerator.is_main_process:
+            return {}
+        return finish(cfg, policy.eval(), ref_model, tokenizer, before, evaluate(policy), logger, run_dir, train_s,
+                      evaluate.keywords["sampling"], eval_prompts, precision)
 
 
 def evaluate_reference(reference, evaluate) -> dict[str, Any]:
@@ -262,7 +269,7 @@ def finish(cfg: DPOConfig, policy, ref_model, tokenizer, before: dict, after: di
            sampling: SamplingConfig, eval_prompts: list[dict], precision: str) -> dict[str, Any]:
     """Save the policy; write summary.json (TRL-style reward_before/after, kl_final, wall_s, pair_accuracy),
     eval_samples.json and curves.png."""
-    policy.save_pretrained(run_dir / "model")  # under LoRA: the adapters
+    policy.save_pretrained(run_dir / "model", state_dict=full_state(policy) if cfg.fsdp else None)  # under LoRA: the adapters
     tokenizer.save_pretrained(run_dir / "model")
     if cfg.save_merged_model:
         save_merged(policy, tokenizer, run_dir / "merged")

@@ -35,6 +35,7 @@ from classic_rl.infra.errors import (
 )
 from classic_rl.infra.metrics import MeanStats
 from rlhf_toy.algorithms.base import OnlineAlgorithm, RLHFConfig
+from rlhf_toy.distributed import clip_gradients
 from rlhf_toy.generation.rollout import Rollout, completion_logprobs, sampler_mismatch, trainer_forward
 from rlhf_toy.lm.models import evaluation_mode
 
@@ -206,7 +207,7 @@ def grpo_update(policy, ref_model, optimizer, accelerator, rollout: Rollout, rew
             if iteration == 0:
                 first_pass_old[rows] = old
             accelerator.backward(loss)
-            stats["grad_norm"] = accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+            stats["grad_norm"] = clip_gradients(accelerator, policy.parameters(), cfg.max_grad_norm)
             check_finite(None, loss=loss, grad_norm=stats["grad_norm"])  # before the step: the weights stay good
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -37,7 +37,7 @@ from classic_rl.infra.errors import (
 from classic_rl.infra.metrics import MeanStats
 from rlhf_toy.algorithms.base import OnlineAlgorithm, RLHFConfig
 from rlhf_toy.data import DATA_DIR, ShuffledBatches, pretraining_blocks
-from rlhf_toy.distributed import average_gradients, summed_over_processes
+from rlhf_toy.distributed import average_gradients, clip_gradients, summed_over_processes
 from rlhf_toy.generation import fast_forward
 from rlhf_toy.generation.rollout import (
     Rollout,
@@ -247,7 +247,7 @@ def ppo_update(policy, critic: Critic, ref_model, optimizer, accelerator, rollou
                 stats["ptx_loss"] = ptx_loss.detach()
             accelerator.backward(loss)
             average_gradients(accelerator, critic.parameters())
-            stats["grad_norm"] = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+            stats["grad_norm"] = clip_gradients(accelerator, params, cfg.max_grad_norm)
             check_finite(None, loss=loss, grad_norm=stats["grad_norm"])  # before the step: the weights stay good
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -286,9 +286,9 @@ class PPO(OnlineAlgorithm):
         self.kl_ctl = core.KLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
         self.ptx_batches, self.ptx_batch = pretraining_mix(cfg, tokenizer, policy) if cfg.ptx_coef else (None, None)
 
-    def parameters(self) -> list:
-        """The critic's: its head, and its own trunk unless it is shared (a shared critic reads the policy's, unheld)."""
-        return list(self.critic.parameters())
+    def modules(self) -> list:
+        """The critic: its head, and its own trunk unless it is shared (a shared critic reads the policy's, unheld)."""
+        return [self.critic]
 
     def state(self) -> dict:
         return {"critic": self.critic, "kl_ctl": self.kl_ctl, "ptx_batches": self.ptx_batches}

@@ -18,6 +18,7 @@ from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
 from classic_rl import core
+from rlhf_toy.fsdp import is_sharded
 from rlhf_toy.generation.fast_decode import cache_layout_is_known
 from rlhf_toy.lm.models import distinct_prompts, position_ids
 
@@ -132,12 +133,15 @@ class PromptPass:
     @staticmethod
     def of(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, prompt_length: int, **model_kwargs) -> PromptPass | None:
         """The prompt pass of a `[B, P + C]` batch, or None where it saves nothing (every row has its own prompt, a
-        prompt or completion of one token), the cache's layout is not the one this reads, or the model trains with
-        activation checkpointing (under which transformers runs without a cache)."""
+        prompt or completion of one token), the cache's layout is not the one this reads, the model trains with
+        activation checkpointing (under which transformers runs without a cache), or it is sharded (FSDP frees a block's
+        parameters after its forward, and the backward through a second forward's graph would find them gone)."""
         prompt_ids, prompt_mask, row_prompt = distinct_prompts(input_ids[:, :prompt_length], attention_mask[:, :prompt_length])
         if len(prompt_ids) == len(input_ids) or prompt_length < 2 or input_ids.shape[1] - prompt_length < 2 or not cache_layout_is_known():
             return None
         if model.training and getattr(model, "is_activation_checkpointing", False):  # transformers then drops every cache
+            return None
+        if is_sharded(model):
             return None
         cache = DynamicCache()
         model(input_ids=prompt_ids[:, :-1], attention_mask=prompt_mask[:, :-1], position_ids=position_ids(prompt_mask)[:, :-1],

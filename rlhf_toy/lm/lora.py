@@ -30,7 +30,7 @@ from rlhf_toy.lm.models import evaluation_mode
 @dataclass
 class ModelFields:
     """How an LM trainer holds the model it trains (mixed into every LM trainer's config): LoRA adapters, gradient
-    checkpointing."""
+    checkpointing, sharding over processes."""
 
     use_peft: bool = config_field(False, "Train LoRA adapters (peft) instead of every weight; the reference is then the policy "
                                          "with its adapters disabled, so no second copy of the weights is held (as TRL)")
@@ -44,6 +44,8 @@ class ModelFields:
                                                   "RUN_DIR/merged (a plain model folder)")
     gradient_checkpointing: bool = config_field(False, "Recompute each layer's activations in the backward instead of keeping "
                                                        "them: less memory for about a third more compute (TRL's flag)")
+    fsdp: bool = config_field(False, "In a launched run of N processes, shard the parameters, gradients and optimizer state "
+                                     "over them with FSDP2 (each holds 1/N) instead of a whole copy each (DDP)")
 
     def check_lora(self) -> None:
         require_positive(lora_r=self.lora_r, lora_alpha=self.lora_alpha)

@@ -194,11 +194,11 @@ def num_parameters(model: PreTrainedModel) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def model_writer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> Callable[[Path], None]:
-    """write_files for Checkpoints.save: folder/model/ as save_pretrained, with the tokenizer, so a
-    checkpoint's model loads like any other."""
+def model_writer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, state_dict: dict | None = None) -> Callable[[Path], None]:
+    """write_files for Checkpoints.save: folder/model/ as save_pretrained (of state_dict where given: a sharded model's
+    gathered weights), with the tokenizer, so a checkpoint's model loads like any other."""
     def write(folder: Path) -> None:
-        model.save_pretrained(folder / "model")
+        model.save_pretrained(folder / "model", state_dict=state_dict)
         tokenizer.save_pretrained(folder / "model")
 
     return write

@@ -41,6 +41,7 @@ from rlhf_toy.data import (
     train_and_held_out_labels,
 )
 from rlhf_toy.distributed import in_processes, require_even_split
+from rlhf_toy.fsdp import check_fsdp, full_parameters, full_state
 from rlhf_toy.generation.sampling import SamplingConfig, generate_completions
 from rlhf_toy.lm.base_model import default_base_model, kind_for
 from rlhf_toy.lm.lora import ModelFields, save_merged, trainable_model
@@ -55,7 +56,7 @@ from rlhf_toy.lm.models import (
 from rlhf_toy.precision import PRECISIONS, set_up_precision
 from rlhf_toy.rewards.functions import resolve_reward
 from rlhf_toy.rewards.learned_reward import score_texts, sequence_texts
-from rlhf_toy.supervised import SupervisedRun, train_supervised
+from rlhf_toy.supervised import SupervisedRun, prepare_trained, train_supervised
 
 
 @dataclass
@@ -180,6 +181,7 @@ def run_reward_model(cfg: RewardModelConfig, accelerator) -> dict[str, Any]:
     eval_labels, _ = to_labels(kind, eval_rows)
     batches = ShuffledBatches(len(labels), min(cfg.batch_size, len(labels)), torch.Generator().manual_seed(cfg.seed))
     require_even_split(batches.batch_size, accelerator.num_processes, "--batch-size (at most the labels)")
+    check_fsdp(cfg, accelerator.num_processes)
     if cfg.model:
         check_model_exists(cfg.model)
     run_dir, checkpoints = start_run(cfg, main_process=accelerator.is_main_process)
@@ -189,14 +191,14 @@ def run_reward_model(cfg: RewardModelConfig, accelerator) -> dict[str, Any]:
     tokenizer = load_tokenizer(base)
     require_chat_template(tokenizer, train_prompts, "--preferences")
     model = reward_model_to_train(cfg, base, tokenizer, checkpoints.folder / "model" if checkpoints.resumed else None)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate, weight_decay=0.0)
-    logger = RunLogger(run_dir) if accelerator.is_main_process else None
-    checkpoints.track(logger=logger, optimizer=optimizer, batches=batches)
-    saved = checkpoints.restore() or {"train_s": 0.0}
-    trained, optimizer = accelerator.prepare(model, optimizer)
     precision = set_up_precision(cfg.precision, accelerator.device, model)
-    run = SupervisedRun(trained, optimizer, batches, checkpoints, logger, accelerator, precision, model_writer(model, tokenizer),
-                        cfg.steps, cfg.max_grad_norm, cfg.eval_every, "reward model", max_train_s=cfg.max_train_s)
+    logger = RunLogger(run_dir) if accelerator.is_main_process else None
+    trained, optimizer, saved = prepare_trained(
+        accelerator, model, [], cfg.fsdp, checkpoints=checkpoints, logger=logger, batches=batches,
+        make_optimizer=lambda m: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=cfg.learning_rate, weight_decay=0.0))
+    run = SupervisedRun(trained, optimizer, batches, checkpoints, logger, accelerator, precision,
+                        lambda folder: model_writer(model, tokenizer, full_state(model) if cfg.fsdp else None)(folder),
+                        cfg.steps, cfg.max_grad_norm, cfg.eval_every, "reward model", max_train_s=cfg.max_train_s, sharded=cfg.fsdp)
     if accelerator.is_main_process:
         objective = "regression on 1-5 scores" if kind == "pointwise" else "Bradley-Terry on pairs"
         print(f"reward model from {base}: {objective}, {len(labels)} {kind} labels ({flipped} flipped, noise {cfg.label_noise}), "
@@ -205,11 +207,12 @@ def run_reward_model(cfg: RewardModelConfig, accelerator) -> dict[str, Any]:
     train_s = train_supervised(run, lambda rows: labels_loss(trained, tokenizer, labels.subset(rows.tolist())),
                                lambda: {"eval/accuracy": held_out_accuracy(model, tokenizer, eval_labels)},
                                lambda m: {"loss": f"{m['train/loss']:.3f}"}, saved["train_s"])
-    if not accelerator.is_main_process:
-        return {}
     summary = {"labels": kind, "train_labels": len(labels), "eval_labels": len(eval_labels), "label_noise": cfg.label_noise,
                "labels_flipped": flipped, "precision": precision, "train_s": train_s}
-    return finish(cfg, model.eval(), tokenizer, base, eval_prompts, gold_reward, logger, run_dir, summary)
+    with full_parameters(model):
+        if not accelerator.is_main_process:
+            return {}
+        return finish(cfg, model.eval(), tokenizer, base, eval_prompts, gold_reward, logger, run_dir, summary)
 
 
 def reward_model_to_train(cfg: RewardModelConfig, base: str, tokenizer, resume_dir: Path | None):
@@ -230,7 +233,8 @@ def finish(cfg: RewardModelConfig, model, tokenizer, base: str, eval_prompts: li
            run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
     """Save the model; write summary.json (summary plus the held-out accuracy and the Spearman correlation with the gold
     rule on fresh samples of the base policy) and rm_vs_rule.png."""
-    model.save_pretrained(run_dir / "model")  # under LoRA: the adapters and the score head, which rm:DIR merges on loading
+    # under LoRA: the adapters and the score head, which rm:DIR merges on loading; with --fsdp, the gathered weights
+    model.save_pretrained(run_dir / "model", state_dict=full_state(model) if cfg.fsdp else None)
     tokenizer.save_pretrained(run_dir / "model")
     if cfg.save_merged_model:
         save_merged(model, tokenizer, run_dir / "merged")
