@@ -120,6 +120,7 @@ def compare_processes(work: Path, precision: str, cpu: bool, fsdp: bool) -> str:
     """GRPO in 2 processes (one per GPU; sharded with fsdp) against 1 on the same global batch: the same weights."""
     flags = ["--model", str(work / "base-fp32" / "model"), "--steps", "3", "--prompts-per-step", "4", "--num-generations", "4",
              "--max-completion-length", "16", "--eval-samples-per-prompt", "1", "--log-completions-every", "0",
+             "--learning-rate", "1e-4",  # Adam moves a weight whose gradient is rounding noise by up to lr a step
              "--precision", precision, "--overwrite"] + (["--cpu"] if cpu else [])
     script = str(ROOT / "scripts" / "train_rlhf.py")
     for n in (1, 2):
