@@ -107,6 +107,7 @@ def test_a_killed_or_interrupted_session_keeps_every_answer(nano_dir, tmp_path, 
     wait_for_rows(out, 2, process)
     time.sleep(0.3)  # waiting at the third question
     process.send_signal(sig)
+    process.wait(timeout=30)  # before closing its stdin (communicate does): an end of input would be a normal quit
     output = process.communicate(timeout=30)[0]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 2 and all(r["outcome"] == "preferred" for r in rows)
