@@ -154,33 +154,37 @@ def policy_loss(
     clip_high: float | None = None,
     mask: Tensor | None = None,
     agg: str = "token",
+    delta: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO's clipped surrogate (Schulman et al. 2017), negated to be minimised.
 
         rho = exp(logp - old_logp)
         L   = -min(rho * A, clip(rho, 1 - clip_low, 1 + clip_high) * A)
 
-    clip_high defaults to clip_low; a larger clip_high is DAPO's "clip-higher".
-    All inputs share one shape (`[N]` steps or `[B, L]` tokens). Returns (loss, stats) with
-    stats, each a detached scalar over the valid positions:
-    - clipfrac: fraction where the clipped branch is active (zero gradient there),
-    - approx_kl: mean((rho - 1) - log rho), a non-negative estimate of KL(old || new),
-    - ratio_mean: mean rho.
+    clip_high defaults to clip_low; a larger clip_high is DAPO's "clip-higher". delta also caps the unclipped
+    branch's rho (two-sided clipping, INTELLECT-2): a token with A < 0 whose ratio ran far past 1 + clip_high
+    weighs at most delta instead of rho. All inputs share one shape (`[N]` steps, `[B, L]` tokens or `[B, 1]`
+    sequences). Returns (loss, ratio_stats).
     """
     clip_high = clip_low if clip_high is None else clip_high
     log_ratio = logp - old_logp
     ratio = torch.exp(log_ratio)
-    unclipped = ratio * advantages
+    unclipped = (ratio if delta is None else torch.clamp(ratio, max=delta)) * advantages
     clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * advantages
     is_clipped = clipped < unclipped  # rho left the range in A's direction: the min takes the clipped branch
     loss = aggregate(-torch.where(is_clipped, clipped, unclipped), mask, agg)  # the min, with a cheaper backward
-    with torch.no_grad():
-        stats = {
-            "clipfrac": masked_mean(is_clipped.to(logp.dtype), mask),
-            "approx_kl": masked_mean((ratio - 1.0) - log_ratio, mask),
-            "ratio_mean": masked_mean(ratio, mask),
-        }
-    return loss, stats
+    return loss, ratio_stats(log_ratio, mask, is_clipped)
+
+
+@torch.no_grad()
+def ratio_stats(log_ratio: Tensor, mask: Tensor | None = None, clipped: Tensor | None = None) -> dict[str, Tensor]:
+    """Detached scalars over the valid positions of a policy ratio rho = exp(log_ratio):
+    - clipfrac: the share where `clipped` (the objective's gradient is cut there; 0 without it),
+    - approx_kl: mean((rho - 1) - log rho), a non-negative estimate of KL(old || new),
+    - ratio_mean: mean rho."""
+    ratio = torch.exp(log_ratio)
+    return {"clipfrac": masked_mean(clipped.to(log_ratio.dtype), mask) if clipped is not None else log_ratio.new_zeros(()),
+            "approx_kl": masked_mean((ratio - 1.0) - log_ratio, mask), "ratio_mean": masked_mean(ratio, mask)}
 
 
 def value_loss(

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from rlhf_toy.algorithms.dpo import DPO_LOSS_TYPES, DPOConfig, dpo_batch_loss
-from rlhf_toy.algorithms.grpo import LOSS_TYPES, GRPOConfig, minibatch_loss
+from rlhf_toy.algorithms.grpo import LOSS_TYPES, GRPOConfig, gamma_weights, minibatch_loss
 from rlhf_toy.data import Labels
 from rlhf_toy.generation.rollout import completion_logprobs, sample_rollout
 from rlhf_toy.generation.sampling import SamplingConfig
@@ -27,13 +27,14 @@ datasets = pytest.importorskip("datasets")
 B, G = 8, 4  # 2 prompt groups of 4 completions
 
 
-def assert_same(ours: torch.Tensor, theirs: torch.Tensor, our_model, their_model) -> None:
-    """Losses within 1e-6, and the gradients of every parameter within 1e-6 (absolute) of each other."""
-    assert abs(ours.item() - theirs.item()) < 1e-6, (ours.item(), theirs.item())
+def assert_same(ours: torch.Tensor, theirs: torch.Tensor, our_model, their_model, tolerance: float = 1e-6) -> None:
+    """Losses within tolerance (relative where they exceed 1: CISPO's and VESPO's multiply log-probs of -5 and below,
+    which the two forwards round apart by a few 1e-7), and the gradients of every parameter within it (absolute)."""
+    assert abs(ours.item() - theirs.item()) < tolerance * max(1.0, abs(theirs.item())), (ours.item(), theirs.item())
     ours.backward()
     theirs.backward()
     for (name, mine), other in zip(our_model.named_parameters(), their_model.parameters(), strict=True):
-        torch.testing.assert_close(mine.grad, other.grad, atol=1e-6, rtol=1e-5, msg=name)
+        torch.testing.assert_close(mine.grad, other.grad, atol=tolerance, rtol=1e-5, msg=name)
     our_model.zero_grad(set_to_none=True)
     their_model.zero_grad(set_to_none=True)
 
@@ -74,6 +75,9 @@ def trl_grpo_trainer(model_dir: str, cfg: GRPOConfig, out_dir, processes: int = 
         steps_per_generation=cfg.num_minibatches, num_generations=G, num_iterations=cfg.num_iterations,
         max_completion_length=cfg.max_completion_length, temperature=cfg.temperature, beta=cfg.beta, epsilon=cfg.epsilon,
         epsilon_high=cfg.epsilon_high, loss_type=cfg.loss_type, use_bias_correction_kl=cfg.use_bias_correction_kl,
+        importance_sampling_level=cfg.importance_sampling_level, delta=cfg.delta, sapo_temperature_pos=cfg.sapo_temperature_pos,
+        sapo_temperature_neg=cfg.sapo_temperature_neg, vespo_k_pos=cfg.vespo_k_pos, vespo_lambda_pos=cfg.vespo_lambda_pos,
+        vespo_k_neg=cfg.vespo_k_neg, vespo_lambda_neg=cfg.vespo_lambda_neg,
         use_cpu=True, bf16=False, report_to="none", save_strategy="no", disable_tqdm=True, disable_dropout=True)
     trainer = GRPOTrainer(model=load_model(model_dir), reward_funcs=lambda prompts, completions, **_: [0.0] * len(prompts), args=args,
                           train_dataset=datasets.Dataset.from_dict({"prompt": ["x"] * B}), processing_class=load_tokenizer(model_dir))
@@ -90,6 +94,15 @@ GRPO_CASES = [dict(loss_type=loss_type) for loss_type in LOSS_TYPES] + [
     dict(loss_type="grpo", num_minibatches=2, num_iterations=2),
     dict(loss_type="dapo", processes=2),
     dict(loss_type="dr_grpo", processes=2, num_minibatches=2),
+    # the objectives beyond the clipped one, with old log-probs away from the policy's (several steps), so that rho != 1
+    dict(loss_type="cispo", epsilon_high=5.0, num_minibatches=2),
+    dict(loss_type="sapo", sapo_temperature_pos=0.8, sapo_temperature_neg=1.3, num_minibatches=2),
+    dict(loss_type="vespo", num_minibatches=2),
+    dict(loss_type="vespo", vespo_k_pos=1.5, vespo_lambda_neg=2.5, num_minibatches=2, processes=2),
+    dict(loss_type="dapo", delta=1.3, epsilon_high=0.28, num_minibatches=2),
+    dict(loss_type="grpo", importance_sampling_level="sequence", num_minibatches=2),  # GSPO
+    dict(loss_type="luspo", importance_sampling_level="sequence", num_minibatches=2),
+    dict(loss_type="dapo", importance_sampling_level="sequence", delta=1.2, num_minibatches=2),
 ]
 
 
@@ -123,7 +136,9 @@ def test_grpo_loss_equals_trls(case, grpo_batch, nano_dir, tmp_path):
             if cfg.beta:
                 inputs["ref_per_token_logps"] = ref[rows]
             theirs = trainer._compute_loss(trainer.model, inputs)
-            assert_same(ours, theirs, policy, trainer.model)
+            # VESPO's weight phi(w) moves by (k - lambda w) times any change of the sequence's summed log-ratio, so the few
+            # 1e-7 by which the two forwards' log-probs differ reach 1e-6 there (its formula: test_vespo_weights_equal_trls)
+            assert_same(ours, theirs, policy, trainer.model, tolerance=1e-5 if cfg.loss_type == "vespo" else 1e-6)
 
 
 def test_trl_scores_left_padded_rows_at_shifted_positions(nano_dir):
@@ -191,6 +206,20 @@ def test_dpo_loss_equals_trls(loss_type, label_smoothing, policy_and_reference, 
     ours, _, _ = dpo_batch_loss(ours_model, reference, tokenizer, PAIRS, cfg)
     theirs = trainer.compute_loss(trainer.model, trl_dpo_batch(tokenizer, ours_model, PAIRS))
     assert_same(ours, theirs, ours_model, trainer.model)
+
+
+@pytest.mark.parametrize("with_sampler_weights", [False, True])
+def test_vespo_weights_equal_trls(with_sampler_weights):
+    """Our gamma_weights against TRL's get_gamma_weights on the same log-ratios, advantages and sampler ratios."""
+    from trl import GRPOTrainer
+    torch.manual_seed(0)
+    log_ratio, mask = 0.4 * torch.randn(6, 9), (torch.rand(6, 9) > 0.2).float()
+    advantages = torch.tensor([[1.0], [-0.5], [0.0], [2.0], [-1.5], [0.3]])
+    sampler = torch.exp(0.2 * torch.randn(6, 9)) if with_sampler_weights else None
+    cfg = GRPOConfig(loss_type="vespo", vespo_k_pos=1.5, vespo_lambda_pos=2.5, vespo_k_neg=3.5, vespo_lambda_neg=1.5)
+    theirs = GRPOTrainer.get_gamma_weights(advantages, log_ratio, mask, sampler, k_pos=1.5, lambda_pos=2.5, k_neg=3.5, lambda_neg=1.5)
+    torch.testing.assert_close(gamma_weights(log_ratio, advantages, mask, cfg, sampler), theirs, atol=1e-6, rtol=1e-6)
+    assert theirs.min() < 0.5 < theirs.max()  # weights away from 1 on both sides
 
 
 def test_reward_model_loss_equals_trls(nano_dir, tmp_path):

@@ -9,10 +9,12 @@
         old, ref = log-probs of the policy before the update and of the reference, from the update's own forward
         for num_iterations, for each of num_minibatches minibatches:
             rho = exp(log pi - old)                  (exactly 1 on the first minibatch: old is that very forward)
-            per-token loss = clipped objective(rho, A) + beta * k3(pi, ref) * rho      (rho: use_bias_correction_kl)
+                  per token, or per sequence: exp(mean over its tokens of log pi - old)   (GSPO, Zheng et al. 2025)
+            per-token loss = objective(rho, A) by loss_type (policy_objective) + beta * k3(pi, ref) * rho
             minimise its aggregation by loss_type (TRL's GRPOConfig names; see grpo_loss)
 
-The clipped objective, KL estimator and aggregation are classic_rl.core's, as in classic PPO.
+The clipped objective, KL estimator and aggregation are classic_rl.core's, as in classic PPO; each loss_type is
+TRL 1.16's (tests/test_trl_parity.py checks them against TRL's code).
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from rlhf_toy.distributed import clip_gradients
 from rlhf_toy.generation.rollout import Rollout, completion_logprobs, sampler_mismatch, trainer_forward
 from rlhf_toy.lm.models import evaluation_mode
 
-LOSS_TYPES = ("grpo", "dapo", "bnpo", "dr_grpo")
+LOSS_TYPES = ("grpo", "dapo", "bnpo", "dr_grpo", "cispo", "sapo", "luspo", "vespo")
+IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
 IMPORTANCE_SAMPLING_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
 SCALE_REWARDS = ("group", "batch", "none")
 
@@ -56,7 +59,18 @@ class GRPOConfig(RLHFConfig):
                                                       "ratio is 1")
     epsilon: float = config_field(0.2, "Lower clip of the policy ratio")
     epsilon_high: float | None = config_field(None, "Upper clip (DAPO's clip-higher); default: epsilon")
-    loss_type: str = config_field("dapo", f"Loss aggregation, as TRL's: {', '.join(LOSS_TYPES)}")
+    loss_type: str = config_field("dapo", f"Objective and aggregation, as TRL's: {', '.join(LOSS_TYPES)} (policy_objective, "
+                                          "grpo_loss; cispo clips at --epsilon-high, 5 in ScaleRL)")
+    importance_sampling_level: str = config_field("token", "The ratio per token, or per sequence (exp of its tokens' mean "
+                                                           "log-ratio: GSPO, with --loss-type grpo as its paper)")
+    delta: float | None = config_field(None, "Cap the ratio of the unclipped branch too (two-sided clipping, INTELLECT-2; "
+                                             "above 1 + epsilon_high)")
+    sapo_temperature_pos: float = config_field(1.0, "SAPO's gate temperature for positive advantages")
+    sapo_temperature_neg: float = config_field(1.05, "SAPO's gate temperature for negative advantages")
+    vespo_k_pos: float = config_field(2.0, "VESPO's gamma-weight shape k for advantages >= 0")
+    vespo_lambda_pos: float = config_field(3.0, "VESPO's gamma-weight rate lambda for advantages >= 0")
+    vespo_k_neg: float = config_field(3.0, "VESPO's gamma-weight shape k for negative advantages")
+    vespo_lambda_neg: float = config_field(2.0, "VESPO's gamma-weight rate lambda for negative advantages")
     scale_rewards: str = config_field("group", f"Advantage scaling: {', '.join(SCALE_REWARDS)} (none = Dr. GRPO)")
     num_iterations: int = config_field(1, "Updates per rollout (GRPO's mu)")
     mask_truncated_completions: bool = config_field(False, "Exclude completions without eos from the loss (DAPO)")
@@ -74,7 +88,13 @@ class GRPOConfig(RLHFConfig):
     def __post_init__(self):
         super().__post_init__()
         require_choice(loss_type=(self.loss_type, LOSS_TYPES), scale_rewards=(self.scale_rewards, SCALE_REWARDS),
-                       importance_sampling_mode=(self.importance_sampling_mode, IMPORTANCE_SAMPLING_MODES))
+                       importance_sampling_mode=(self.importance_sampling_mode, IMPORTANCE_SAMPLING_MODES),
+                       importance_sampling_level=(self.importance_sampling_level, IMPORTANCE_SAMPLING_LEVELS))
+        require_positive(delta=self.delta, sapo_temperature_pos=self.sapo_temperature_pos,
+                         sapo_temperature_neg=self.sapo_temperature_neg)
+        if self.loss_type == "vespo" and self.importance_sampling_correction and not self.importance_sampling_mode.startswith("token"):
+            raise ConfigError("--loss-type vespo folds the sampler's ratios into its own sequence weight token by token; "
+                              f"accepted: --importance-sampling-mode token_truncate or token_mask, got {self.importance_sampling_mode}")
         require_positive(importance_sampling_clip_max=self.importance_sampling_clip_max)
         require_nonnegative(importance_sampling_clip_min=self.importance_sampling_clip_min)
         require_positive(epsilon=self.epsilon, num_iterations=self.num_iterations, epsilon_high=self.epsilon_high)
@@ -114,21 +134,79 @@ def grpo_loss(per_token_loss: Tensor, mask: Tensor, loss_type: str, max_completi
     """One minibatch's loss on one process from its per-token losses `[b, C]`, as TRL's GRPOTrainer aggregates
     them (DDP then averages the processes' gradients):
 
-        grpo     mean over each sequence's tokens, then over the sequences (the GRPO paper)
-        bnpo     mean over the minibatch's tokens on this process
-        dr_grpo  sum / (sequences * max_completion_length)                  (Dr. GRPO, Liu et al. 2025)
-        dapo     sum / dapo_normaliser, the generation batch's tokens on all processes / (processes * minibatches):
-                 every token of the batch weighs the same, whichever minibatch and process hold it (DAPO)
+        grpo, sapo          mean over each sequence's tokens, then over the sequences (the GRPO paper)
+        bnpo                mean over the minibatch's tokens on this process
+        dr_grpo             sum / (sequences * max_completion_length)                  (Dr. GRPO, Liu et al. 2025)
+        dapo, cispo, vespo  sum / dapo_normaliser, the generation batch's tokens on all processes / (processes *
+                            minibatches): every token of the batch weighs the same, whichever minibatch and process
+                            hold it (DAPO)
+        luspo               sum over each sequence's tokens, mean over the sequences: a sequence weighs by its length
     """
-    if loss_type == "grpo":
+    if loss_type in ("grpo", "sapo"):
         return core.aggregate(per_token_loss, mask, "seq")
     if loss_type == "bnpo":
         return core.aggregate(per_token_loss, mask, "token")
     if loss_type == "dr_grpo":
         return core.aggregate(per_token_loss, mask, "seq-mean-token-sum") / max_completion_length
-    if loss_type == "dapo":
+    if loss_type == "luspo":
+        return core.aggregate(per_token_loss, mask, "seq-mean-token-sum")
+    if loss_type in ("dapo", "cispo", "vespo"):
         return (per_token_loss * mask).sum() / dapo_normaliser
     raise ValueError(f"unknown loss_type {loss_type!r}; accepted: {', '.join(LOSS_TYPES)}")
+
+
+def log_ratio_at_level(logp: Tensor, old: Tensor, mask: Tensor, level: str) -> Tensor:
+    """log rho: per token `[b, C]`, or per sequence `[b, 1]` the mean over its tokens (GSPO)."""
+    log_ratio = logp - old
+    if level == "token":
+        return log_ratio
+    return ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)
+
+
+def gamma_weights(log_ratio: Tensor, advantages: Tensor, mask: Tensor, cfg: GRPOConfig, sampler_weights: Tensor | None) -> Tensor:
+    """VESPO's weight of each sequence `[b, 1]`, detached: phi(w) = e^lambda w^k e^(-lambda w) (1 at w = 1) of its ratio
+    w = prod over its tokens of rho (times the sampler correction's ratios where given), k and lambda by the sign of its
+    advantage; computed in log space with TRL's clamps."""
+    with torch.no_grad():
+        lower = math.log(1e-8)
+        log_w = (torch.clamp(log_ratio, -20.0, 20.0) * mask).sum(-1, keepdim=True)
+        if sampler_weights is not None:
+            log_w = log_w + torch.clamp(torch.log(sampler_weights), lower, 20.0).sum(-1, keepdim=True)
+        log_w = torch.clamp(log_w, lower, 20.0)
+        nonnegative = advantages >= 0
+        k = torch.where(nonnegative, cfg.vespo_k_pos, cfg.vespo_k_neg)
+        lam = torch.where(nonnegative, cfg.vespo_lambda_pos, cfg.vespo_lambda_neg).clamp(min=1e-4)
+        return torch.exp(lam + k * log_w - lam * torch.exp(log_w)).nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def policy_objective(logp: Tensor, old: Tensor, advantages: Tensor, mask: Tensor, cfg: GRPOConfig,
+                     sampler_weights: Tensor | None = None) -> tuple[Tensor, Tensor, dict]:
+    """(per-token policy loss `[b, C]`, the ratio rho the KL term is weighted by, stats) of log-probs `[b, C]` and
+    per-sequence advantages `[b, 1]`, by loss_type as TRL 1.16 computes it:
+
+        grpo, bnpo, dr_grpo, dapo, luspo   -min(rho A, clip(rho, 1 - eps, 1 + eps_high) A), rho capped at delta
+        cispo                              -sg(min(rho, eps_high)) A log pi      (ScaleRL: clip the weight, not the token)
+        sapo                               -sigmoid(tau (rho - 1)) 4 / tau A     (a soft gate, tau by A's sign)
+        vespo                              -sg(phi(w)) A log pi                  (gamma_weights of the sequence ratio w)
+
+    rho per token or per sequence (importance_sampling_level). sampler_weights (the sampler correction's) fold into
+    VESPO's sequence ratio, as TRL does; the caller multiplies the other losses by them."""
+    log_ratio = log_ratio_at_level(logp, old, mask, cfg.importance_sampling_level)
+    ratio, eps_high = torch.exp(log_ratio), cfg.epsilon_high or cfg.epsilon
+    stats_mask = mask if cfg.importance_sampling_level == "token" else None
+    if cfg.loss_type == "cispo":
+        per_token = -torch.clamp(ratio, max=eps_high).detach() * advantages * logp
+        stats = core.ratio_stats(log_ratio, stats_mask, (ratio > eps_high) & (advantages > 0))
+    elif cfg.loss_type == "sapo":
+        tau = torch.where(advantages > 0, cfg.sapo_temperature_pos, cfg.sapo_temperature_neg)
+        per_token, stats = -torch.sigmoid(tau * (ratio - 1)) * 4 / tau * advantages, core.ratio_stats(log_ratio, stats_mask)
+    elif cfg.loss_type == "vespo":
+        per_token = -gamma_weights(logp - old, advantages, mask, cfg, sampler_weights) * advantages * logp
+        stats = core.ratio_stats(log_ratio, stats_mask)
+    else:
+        per_token, stats = core.policy_loss(log_ratio, torch.zeros_like(log_ratio), advantages.expand_as(log_ratio), cfg.epsilon,
+                                            eps_high, stats_mask, "none", cfg.delta)
+    return per_token.expand_as(logp), ratio, stats
 
 
 def importance_weights(trainer_logprobs: Tensor, sampling_logprobs: Tensor, mask: Tensor, mode: str,
@@ -155,18 +233,20 @@ def minibatch_loss(policy, rollout: Rollout, rows: Tensor, advantages: Tensor, o
     logp, entropy = completion_logprobs(policy, rollout.input_ids[rows], rollout.attention_mask[rows], rollout.completion_mask[rows],
                                         cfg.temperature, with_entropy=True)
     old = logp.detach() if old_logprobs is None else old_logprobs[rows]
-    adv = advantages[rows, None].expand_as(logp)
-    per_token_loss, stats = core.policy_loss(logp, old, adv, cfg.epsilon, cfg.epsilon_high, mask[rows], "none")
+    weights = None
     if cfg.importance_sampling_correction:
         weights = importance_weights(old, rollout.sampling_logprobs[rows], mask[rows], cfg.importance_sampling_mode,
                                      cfg.importance_sampling_clip_min, cfg.importance_sampling_clip_max)
-        per_token_loss = per_token_loss * weights
+    vespo = cfg.loss_type == "vespo"  # which folds the sampler's ratios into its own sequence weight
+    per_token_loss, ratio, stats = policy_objective(logp, old, advantages[rows, None], mask[rows], cfg, weights if vespo else None)
+    if weights is not None:
+        per_token_loss = per_token_loss if vespo else per_token_loss * weights
         stats["sampling/importance_sampling_ratio/mean"] = core.masked_mean(weights.expand_as(logp), mask[rows])
     if cfg.beta > 0:
         kl = core.kl_estimate(logp, ref_logprobs[rows], "k3", mask[rows])
         stats["kl"] = core.masked_mean(kl.detach(), mask[rows])
         if cfg.use_bias_correction_kl:  # k3's gradient on samples of pi_old is biased once pi moves; the ratio corrects it
-            kl = kl * torch.exp(logp - old)
+            kl = kl * ratio
         per_token_loss = per_token_loss + cfg.beta * kl
     loss = grpo_loss(per_token_loss, mask[rows], cfg.loss_type, cfg.max_completion_length, dapo_normaliser)
     stats.update(loss=loss.detach(), entropy=core.masked_mean(entropy, mask[rows]))
