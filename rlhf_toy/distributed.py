@@ -76,6 +76,14 @@ def summed_over_processes(accelerator) -> Callable | None:
     return lambda tensor: accelerator.reduce(tensor, "sum")
 
 
+def values_of_every_process(accelerator, values: torch.Tensor) -> torch.Tensor:
+    """The 1-D values of every process, concatenated in process order (each may hold a different number: padded with a
+    value no entropy or count takes, gathered, unpadded)."""
+    sentinel = -1e9
+    gathered = accelerator.gather(accelerator.pad_across_processes(values, dim=0, pad_index=sentinel))
+    return gathered[gathered != sentinel]
+
+
 def average_gradients(accelerator, parameters) -> None:
     """Average over the processes the gradients of a model that no DDP wrapper holds (PPO's critic trains beside the
     policy), as DDP averages the policy's: one all-reduce of their concatenation. Every process must hold gradients for

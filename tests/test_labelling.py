@@ -87,8 +87,11 @@ def test_a_line_cut_off_by_a_kill_is_dropped_and_the_rest_kept(tmp_path):
 
 
 def start_labelling(nano_dir, out):
+    """label.py in its own process, with Ctrl-C's default meaning restored: a shell without job control starts background
+    commands with SIGINT ignored, which Python then keeps ignoring (no KeyboardInterrupt), and pytest may run in one."""
     return subprocess.Popen([sys.executable, str(ROOT / "scripts" / "label.py"), "--model", nano_dir, "--out", str(out), "--n", "5"],
-                            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for_rows(out, n: int, process, timeout: float = 60.0) -> None:

@@ -59,6 +59,7 @@ TRAINERS = {  # name: (script, its flags given (nano, run_dir, the 2-process run
     "ppo": ("train_rlhf.py", lambda nano, run_dir: online_flags(nano, run_dir, "ppo")),
     "grpo, FSDP": ("train_rlhf.py", lambda nano, run_dir: online_flags(nano, run_dir, "grpo", fsdp=True)),
     "ppo, FSDP": ("train_rlhf.py", lambda nano, run_dir: online_flags(nano, run_dir, "ppo", fsdp=True)),
+    "grpo, top-entropy fifth": ("train_rlhf.py", lambda nano, run_dir: online_flags(nano, run_dir, "grpo", top_entropy_quantile=0.2)),
     "grpo, LoRA, FSDP": ("train_rlhf.py", lambda nano, run_dir: online_flags(nano, run_dir, "grpo", fsdp=True, use_peft=True,
                                                                              learning_rate=1e-3)),
     **{name: (script, lambda nano, run_dir, script=script: supervised_flags(nano, run_dir, script))

@@ -77,7 +77,7 @@ def trl_grpo_trainer(model_dir: str, cfg: GRPOConfig, out_dir, processes: int = 
         epsilon_high=cfg.epsilon_high, loss_type=cfg.loss_type, use_bias_correction_kl=cfg.use_bias_correction_kl,
         importance_sampling_level=cfg.importance_sampling_level, delta=cfg.delta, sapo_temperature_pos=cfg.sapo_temperature_pos,
         sapo_temperature_neg=cfg.sapo_temperature_neg, vespo_k_pos=cfg.vespo_k_pos, vespo_lambda_pos=cfg.vespo_lambda_pos,
-        vespo_k_neg=cfg.vespo_k_neg, vespo_lambda_neg=cfg.vespo_lambda_neg,
+        vespo_k_neg=cfg.vespo_k_neg, vespo_lambda_neg=cfg.vespo_lambda_neg, top_entropy_quantile=cfg.top_entropy_quantile,
         use_cpu=True, bf16=False, report_to="none", save_strategy="no", disable_tqdm=True, disable_dropout=True)
     trainer = GRPOTrainer(model=load_model(model_dir), reward_funcs=lambda prompts, completions, **_: [0.0] * len(prompts), args=args,
                           train_dataset=datasets.Dataset.from_dict({"prompt": ["x"] * B}), processing_class=load_tokenizer(model_dir))
@@ -103,6 +103,8 @@ GRPO_CASES = [dict(loss_type=loss_type) for loss_type in LOSS_TYPES] + [
     dict(loss_type="grpo", importance_sampling_level="sequence", num_minibatches=2),  # GSPO
     dict(loss_type="luspo", importance_sampling_level="sequence", num_minibatches=2),
     dict(loss_type="dapo", importance_sampling_level="sequence", delta=1.2, num_minibatches=2),
+    dict(loss_type="dapo", top_entropy_quantile=0.2),  # the high-entropy fifth (Wang et al. 2025)
+    dict(loss_type="grpo", top_entropy_quantile=0.5, num_minibatches=2, processes=2),
 ]
 
 

@@ -19,6 +19,7 @@ TRL 1.16's (tests/test_trl_parity.py checks them against TRL's code).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -37,7 +38,7 @@ from classic_rl.infra.errors import (
 )
 from classic_rl.infra.metrics import MeanStats
 from rlhf_toy.algorithms.base import OnlineAlgorithm, RLHFConfig
-from rlhf_toy.distributed import clip_gradients
+from rlhf_toy.distributed import clip_gradients, values_of_every_process
 from rlhf_toy.generation.rollout import Rollout, completion_logprobs, sampler_mismatch, trainer_forward
 from rlhf_toy.lm.models import evaluation_mode
 
@@ -71,6 +72,9 @@ class GRPOConfig(RLHFConfig):
     vespo_lambda_pos: float = config_field(3.0, "VESPO's gamma-weight rate lambda for advantages >= 0")
     vespo_k_neg: float = config_field(3.0, "VESPO's gamma-weight shape k for negative advantages")
     vespo_lambda_neg: float = config_field(2.0, "VESPO's gamma-weight rate lambda for negative advantages")
+    top_entropy_quantile: float = config_field(1.0, "Train on the tokens whose entropy is in this top share of each minibatch's "
+                                                    "(over every process): 0.2 keeps the high-entropy 'forking' fifth "
+                                                    "(Wang et al. 2025); 1: every token")
     scale_rewards: str = config_field("group", f"Advantage scaling: {', '.join(SCALE_REWARDS)} (none = Dr. GRPO)")
     num_iterations: int = config_field(1, "Updates per rollout (GRPO's mu)")
     mask_truncated_completions: bool = config_field(False, "Exclude completions without eos from the loss (DAPO)")
@@ -92,6 +96,8 @@ class GRPOConfig(RLHFConfig):
                        importance_sampling_level=(self.importance_sampling_level, IMPORTANCE_SAMPLING_LEVELS))
         require_positive(delta=self.delta, sapo_temperature_pos=self.sapo_temperature_pos,
                          sapo_temperature_neg=self.sapo_temperature_neg)
+        if not 0 < self.top_entropy_quantile <= 1:
+            raise ConfigError(f"--top-entropy-quantile must be in (0, 1], got {self.top_entropy_quantile}")
         if self.loss_type == "vespo" and self.importance_sampling_correction and not self.importance_sampling_mode.startswith("token"):
             raise ConfigError("--loss-type vespo folds the sampler's ratios into its own sequence weight token by token; "
                               f"accepted: --importance-sampling-mode token_truncate or token_mask, got {self.importance_sampling_mode}")
@@ -225,11 +231,23 @@ def importance_weights(trainer_logprobs: Tensor, sampling_logprobs: Tensor, mask
     return ratio.masked_fill((ratio < low) | (ratio > high), 0.0)
 
 
+def high_entropy_mask(entropy: Tensor, mask: Tensor, quantile: float, gather=None) -> Tensor:
+    """The valid tokens `[b, C]` whose entropy is at least the given quantile of every valid token's entropy in the
+    minibatch, over every process (gather(values) -> all processes' values; default: this process's), as TRL's
+    get_high_entropy_mask."""
+    values = entropy[mask.bool()].float()
+    everyone = values if gather is None else gather(values)
+    if not everyone.numel():
+        return torch.zeros_like(mask, dtype=torch.bool)
+    return (entropy * mask >= torch.quantile(everyone, quantile)) & mask.bool()
+
+
 def minibatch_loss(policy, rollout: Rollout, rows: Tensor, advantages: Tensor, old_logprobs: Tensor | None,
-                   ref_logprobs: Tensor | None, mask: Tensor, dapo_normaliser: Tensor, cfg: GRPOConfig) -> tuple[Tensor, dict, Tensor]:
+                   ref_logprobs: Tensor | None, mask: Tensor, dapo_normaliser: Tensor, cfg: GRPOConfig,
+                   gather=None) -> tuple[Tensor, dict, Tensor]:
     """(loss, stats, the old log-probs `[b, C]` used) of the minibatch `rows` `[b]`, as TRL's GRPOTrainer computes it.
     old_logprobs None: the update takes one gradient step per rollout, so the old policy is this very forward
-    (TRL's per_token_logps.detach()) and the ratio is exactly 1."""
+    (TRL's per_token_logps.detach()) and the ratio is exactly 1. gather: high_entropy_mask's, in several processes."""
     logp, entropy = completion_logprobs(policy, rollout.input_ids[rows], rollout.attention_mask[rows], rollout.completion_mask[rows],
                                         cfg.temperature, with_entropy=True)
     old = logp.detach() if old_logprobs is None else old_logprobs[rows]
@@ -239,6 +257,10 @@ def minibatch_loss(policy, rollout: Rollout, rows: Tensor, advantages: Tensor, o
                                      cfg.importance_sampling_clip_min, cfg.importance_sampling_clip_max)
     vespo = cfg.loss_type == "vespo"  # which folds the sampler's ratios into its own sequence weight
     per_token_loss, ratio, stats = policy_objective(logp, old, advantages[rows, None], mask[rows], cfg, weights if vespo else None)
+    if cfg.top_entropy_quantile < 1:
+        kept = high_entropy_mask(entropy, mask[rows], 1 - cfg.top_entropy_quantile, gather)
+        per_token_loss = per_token_loss * kept
+        stats["entropy_mask/kept"] = core.masked_mean(kept.float(), mask[rows])
     if weights is not None:
         per_token_loss = per_token_loss if vespo else per_token_loss * weights
         stats["sampling/importance_sampling_ratio/mean"] = core.masked_mean(weights.expand_as(logp), mask[rows])
@@ -269,6 +291,7 @@ def grpo_update(policy, ref_model, optimizer, accelerator, rollout: Rollout, rew
         mask = mask * (~rollout.is_truncated).float()[:, None]
     dapo_normaliser = accelerator.reduce(mask.sum(), "sum").clamp(min=1.0) / (accelerator.num_processes * cfg.num_minibatches)
     passes = [torch.randperm(len(rewards)).split(len(rewards) // cfg.num_minibatches) for _ in range(cfg.num_iterations)]
+    gather = functools.partial(values_of_every_process, accelerator) if accelerator.num_processes > 1 else None
 
     def logprobs(model):
         return trainer_forward(lambda rows: completion_logprobs(model, rollout.input_ids[rows], rollout.attention_mask[rows],
@@ -283,7 +306,8 @@ def grpo_update(policy, ref_model, optimizer, accelerator, rollout: Rollout, rew
     means = MeanStats()
     for iteration, minibatches in enumerate(passes):
         for rows in minibatches:
-            loss, stats, old = minibatch_loss(policy, rollout, rows, advantages, old_logprobs, ref_logprobs, mask, dapo_normaliser, cfg)
+            loss, stats, old = minibatch_loss(policy, rollout, rows, advantages, old_logprobs, ref_logprobs, mask, dapo_normaliser, cfg,
+                                              gather)
             if iteration == 0:
                 first_pass_old[rows] = old
             accelerator.backward(loss)
