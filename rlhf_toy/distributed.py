@@ -52,6 +52,15 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def launch_command(script: str, num_processes: int = 1) -> list[str]:
+    """The command that runs a script with python, or in num_processes processes through `accelerate launch` (torchrun:
+    one per GPU, or on CPU with gloo when the script gets --cpu)."""
+    if num_processes == 1:
+        return [sys.executable, script]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", script]
+
+
 def run_alone(code: str) -> None:
     """Run python code in a process of its own, outside the launcher's process group: the main process of a launched
     run builds a missing base model this way while the others wait, since pretraining in its own process would join
@@ -128,6 +137,33 @@ def clip_gradients(accelerator, parameters, max_norm: float) -> torch.Tensor:
     if any(isinstance(p.grad, DTensor) for p in parameters):
         return fsdp.clip_grad_norm(parameters, max_norm)
     return accelerator.clip_grad_norm_(parameters, max_norm)
+
+
+def trained_modules(policy, beside=()) -> torch.nn.Module:
+    """Every model one optimizer trains (the policy, a critic beside it) as one module: the names under which a sharded
+    optimizer state is saved and loaded."""
+    return torch.nn.ModuleList([policy, *beside])
+
+
+def prepare_training(accelerator, policy, sharded: bool, make_optimizer, checkpoints, beside=(), frozen=()) -> tuple[Any, Any]:
+    """Make policy ready to train with the models trained beside it (a critic) and the frozen ones run beside it (a
+    reference; None skipped): sharded (--fsdp), shard them all, else wrap the policy for DDP (accelerate's prepare); build the
+    optimizer, make_optimizer(trainable parameters), after sharding, and on --resume restore it from the checkpoint
+    (sharded, from each process's shard in optimizer/). The tracked objects are restored before: a critic's full
+    weights load into it unsharded. Returns (the policy as trained, the optimizer)."""
+    if sharded:
+        for model in (policy, *beside, *frozen):
+            if model is not None:
+                fsdp.shard(model, accelerator)
+    trained = trained_modules(policy, beside)
+    optimizer = make_optimizer([p for p in trained.parameters() if p.requires_grad])  # under LoRA, the adapters
+    if checkpoints.resumed and sharded:
+        fsdp.load_optimizer_shards(trained, optimizer, checkpoints.folder / "optimizer")
+    elif checkpoints.resumed:
+        optimizer.load_state_dict(checkpoints.saved["optimizer"])
+    if sharded:
+        return policy, accelerator.prepare(optimizer)
+    return accelerator.prepare(policy, optimizer)
 
 
 def save_if_due(accelerator, checkpoints, step: int, save: Callable[[], Any], every_process: bool = False) -> None:

@@ -38,14 +38,15 @@ from rlhf_toy.distributed import (
     process_share,
     require_even_split,
     save_if_due,
+    trained_modules,
 )
-from rlhf_toy.fsdp import full_parameters, load_optimizer_shards, save_sharded_checkpoint, shard
+from rlhf_toy.fsdp import full_parameters, save_sharded_checkpoint
 from rlhf_toy.precision import autocast
 
 
 @dataclass
 class SupervisedRun:
-    """What one supervised run's loop needs. `model` and `optimizer` as prepare_trained gave them; `logger` the main
+    """What one supervised run's loop needs. `model` and `optimizer` as distributed.prepare_training gave them; `logger` the main
     process's (None on the others); write_model(folder) saves the model into a checkpoint; rates(step, train_s) gives
     the metrics that depend on the training seconds so far (tokens per second)."""
     model: Any
@@ -123,30 +124,8 @@ def save_checkpoint(run: SupervisedRun, step: int, train_s: float) -> Path | Non
     --fsdp by every process (fsdp.save_sharded_checkpoint). Returns the folder (None on the other processes)."""
     if not run.sharded:
         return run.checkpoints.save(step, run.write_model, optimizer=run.optimizer, train_s=train_s)
-    return save_sharded_checkpoint(run.accelerator, run.checkpoints, step, run.model, run.optimizer, run.write_model,
-                                   train_s=train_s)
-
-
-def prepare_trained(accelerator, model, frozen: list, fsdp: bool, make_optimizer, checkpoints, **tracked) -> tuple[Any, Any, dict]:
-    """Make model ready to train: with fsdp shard it and the frozen models that run beside it (a reference), else wrap it
-    for DDP (accelerate's prepare); build its optimizer (make_optimizer(model), after sharding) and, on --resume, restore
-    it and the tracked objects from the checkpoint. Returns (the model as trained, the optimizer, what the checkpoint
-    held: {"train_s": 0.0} on a fresh run)."""
-    if fsdp:
-        for module in (model, *frozen):
-            if module is not None:
-                shard(module, accelerator)
-    optimizer = make_optimizer(model)
-    checkpoints.track(**tracked)
-    saved = checkpoints.restore() or {"train_s": 0.0}
-    if checkpoints.resumed and fsdp:
-        load_optimizer_shards(model, optimizer, checkpoints.folder / "optimizer")
-    elif checkpoints.resumed:
-        optimizer.load_state_dict(saved["optimizer"])
-    if fsdp:
-        return model, accelerator.prepare(optimizer), saved
-    trained, optimizer = accelerator.prepare(model, optimizer)
-    return trained, optimizer, saved
+    return save_sharded_checkpoint(run.accelerator, run.checkpoints, step, trained_modules(run.model), run.optimizer,
+                                   run.write_model, train_s=train_s)
 
 
 def check_finite_before_step(step: int, batches: ShuffledBatches, save, **values) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from classic_rl.infra.cli import cli, script_parser
 from classic_rl.infra.machine import machine
 from classic_rl.infra.run_folder import write_json
+from rlhf_toy.distributed import launch_command
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -37,21 +38,14 @@ RUNS = [("1 process", 1, False), ("2 processes, DDP", 2, False), ("2 processes, 
 ALLOCATORS = {"glibc default": {}, "mmap threshold 256 KB": {"MALLOC_MMAP_THRESHOLD_": "262144"}}
 
 
-def command(processes: int) -> list[str]:
-    script = str(ROOT / "scripts" / "train_rlhf.py")
-    if processes == 1:
-        return [sys.executable, script]
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", script]
-
-
 def run(args, model: str, processes: int, fsdp: bool, env: dict, run_dir: Path) -> dict:
     flags = ["--model", model, "--steps", str(args.steps), "--prompts-per-step", str(args.prompts_per_step),
              "--num-generations", str(args.num_generations), "--max-completion-length", str(args.max_completion_length),
              "--precision", args.precision, "--torch-threads", str(args.threads), "--eval-samples-per-prompt", "1",
              "--log-completions-every", "0", "--beta", "0.04", "--run-dir", str(run_dir), "--cpu"] + (["--fsdp"] if fsdp else [])
     start = time.perf_counter()
-    result = subprocess.run([*command(processes), *flags], cwd=ROOT, capture_output=True, text=True, env={**os.environ, **env})
+    command = launch_command(str(ROOT / "scripts" / "train_rlhf.py"), processes)
+    result = subprocess.run([*command, *flags], cwd=ROOT, capture_output=True, text=True, env={**os.environ, **env})
     if result.returncode:
         raise SystemExit(f"{processes} process(es){', FSDP' if fsdp else ''} failed:\n{result.stderr[-3000:]}")
     summary = json.loads((run_dir / "summary.json").read_text())

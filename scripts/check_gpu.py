@@ -12,6 +12,7 @@ fine-tune. A check that fails is a row saying why, and the script exits 1 after 
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,7 @@ from classic_rl.infra.run_folder import write_json
 from rlhf_toy.algorithms import config_for
 from rlhf_toy.algorithms.dpo import DPOConfig, train_dpo
 from rlhf_toy.data import DATA_DIR
+from rlhf_toy.distributed import launch_command
 from rlhf_toy.generation.fast_decode import supports_fast_decode
 from rlhf_toy.generation.sampling import RowUniforms, SamplingConfig, encode_prompts, sample_sequences
 from rlhf_toy.lm.models import load_model, load_tokenizer, stop_token_ids
@@ -110,12 +112,6 @@ def decoder(work: Path, precision: str, cpu: bool) -> str:
     return f"same tokens greedy and sampled; fast {seconds['generate'] / seconds['fast']:.1f}x generate"
 
 
-def two_processes(fsdp: bool) -> Callable[[Path, str, bool], str]:
-    def check(work: Path, precision: str, cpu: bool) -> str:
-        return compare_processes(work, precision, cpu, fsdp)
-    return check
-
-
 def compare_processes(work: Path, precision: str, cpu: bool, fsdp: bool) -> str:
     """GRPO in 2 processes (one per GPU; sharded with fsdp) against 1 on the same global batch: the same weights."""
     flags = ["--model", str(work / "base-fp32" / "model"), "--steps", "3", "--prompts-per-step", "4", "--num-generations", "4",
@@ -124,10 +120,8 @@ def compare_processes(work: Path, precision: str, cpu: bool, fsdp: bool) -> str:
              "--precision", precision, "--overwrite"] + (["--cpu"] if cpu else [])
     script = str(ROOT / "scripts" / "train_rlhf.py")
     for n in (1, 2):
-        command = ([sys.executable, script] if n == 1 else [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-                   "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", script])
         extra = ["--fsdp"] if fsdp and n == 2 else []
-        result = subprocess.run([*command, *flags, *extra, "--run-dir", str(work / f"processes-{n}")], capture_output=True, text=True)
+        result = subprocess.run([*launch_command(script, n), *flags, *extra, "--run-dir", str(work / f"processes-{n}")], capture_output=True, text=True)
         if result.returncode:
             raise RuntimeError(f"{n} process(es): " + (result.stderr.strip().splitlines() or ["no output"])[-1])
     one, two = (load_file(work / f"processes-{n}" / "model" / "model.safetensors") for n in (1, 2))
@@ -144,7 +138,8 @@ CHECKS = [("pretraining", pretraining), ("GRPO", online("grpo")), ("PPO with a c
 def run_checks(device: str, work: Path) -> list[dict]:
     cpu, rows = device == "cpu", []
     processes = 2 if cpu or torch.cuda.device_count() >= 2 else 0
-    several = [("2 processes vs 1 (DDP)", two_processes(fsdp=False)), ("2 processes vs 1 (FSDP)", two_processes(fsdp=True))]
+    several = [("2 processes vs 1 (DDP)", functools.partial(compare_processes, fsdp=False)),
+               ("2 processes vs 1 (FSDP)", functools.partial(compare_processes, fsdp=True))]
     for name, check in CHECKS + (several if processes else []):
         for precision in ("fp32",) if check is decoder else ("fp32", "bf16"):
             start = time.perf_counter()

@@ -15,6 +15,7 @@ from transformers import GPT2LMHeadModel
 
 from rlhf_toy import corpus
 from rlhf_toy.data import write_jsonl
+from rlhf_toy.distributed import launch_command
 from rlhf_toy.generation.rollout import sample_rollout
 from rlhf_toy.generation.sampling import SamplingConfig
 from rlhf_toy.lm.models import load_model, load_tokenizer
@@ -128,13 +129,8 @@ def comparable_metrics(run_dir: Path) -> list[dict]:
 
 
 def script_command(script: str, num_processes: int = 1) -> list[str]:
-    """The command running scripts/<script> with python, or in num_processes CPU processes through accelerate (torchrun,
-    gloo; the script needs --cpu)."""
-    path = str(ROOT / "scripts" / script)
-    if num_processes == 1:
-        return [sys.executable, path]
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", path]
+    """The command running scripts/<script> with python, or in num_processes CPU processes (the script needs --cpu)."""
+    return launch_command(str(ROOT / "scripts" / script), num_processes)
 
 
 def kill_after_first_checkpoint(script: str, args: list[str], run_dir: Path, sig: int, timeout: float = 120.0,

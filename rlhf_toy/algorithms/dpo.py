@@ -39,7 +39,7 @@ from rlhf_toy.data import (
     to_labels,
     train_and_held_out_labels,
 )
-from rlhf_toy.distributed import in_processes, require_even_split
+from rlhf_toy.distributed import in_processes, prepare_training, require_even_split
 from rlhf_toy.evaluation import evaluate_on_prompts, kl_to_reference, print_side_by_side
 from rlhf_toy.fsdp import check_fsdp, full_parameters, full_state
 from rlhf_toy.generation.rollout import encode_completions, sequence_logprobs
@@ -62,7 +62,7 @@ from rlhf_toy.lm.models import (
 )
 from rlhf_toy.precision import PRECISIONS, set_up_precision
 from rlhf_toy.rewards.functions import DEFAULT_REWARD, resolve_reward
-from rlhf_toy.supervised import SupervisedRun, prepare_trained, train_supervised
+from rlhf_toy.supervised import SupervisedRun, train_supervised
 
 DPO_LOSS_TYPES = ("sigmoid", "robust", "cdpo", "ipo")
 LABEL_SMOOTHING_LOSSES = ("robust", "cdpo")
@@ -227,10 +227,10 @@ def run_dpo(cfg: DPOConfig, accelerator) -> dict[str, Any]:
     separate_reference = None if cfg.use_peft else ref_model  # LoRA's is the policy itself
     precision = set_up_precision(cfg.precision, accelerator.device, policy, separate_reference)
     logger = RunLogger(run_dir) if accelerator.is_main_process else None
-    trained, optimizer, saved = prepare_trained(
-        accelerator, policy, [separate_reference], cfg.fsdp, checkpoints=checkpoints, logger=logger, batches=batches,
-        make_optimizer=lambda model: torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
-                                                       weight_decay=0.0))
+    checkpoints.track(logger=logger, batches=batches)
+    saved = checkpoints.restore() or {"train_s": 0.0}
+    trained, optimizer = prepare_training(accelerator, policy, cfg.fsdp, checkpoints=checkpoints, frozen=[separate_reference],
+                                          make_optimizer=lambda params: torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0))
     if accelerator.is_main_process:
         print(f"dpo ({cfg.loss_type}, beta {cfg.beta}) from {model_name}: {len(pairs)} pairs ({ties} ties left out), "
               f"{len(eval_pairs)} held out, {cfg.steps} steps of {batches.batch_size} in {accelerator.num_processes} process(es)")

@@ -40,7 +40,7 @@ from rlhf_toy.data import (
     to_labels,
     train_and_held_out_labels,
 )
-from rlhf_toy.distributed import in_processes, require_even_split
+from rlhf_toy.distributed import in_processes, prepare_training, require_even_split
 from rlhf_toy.fsdp import check_fsdp, full_parameters, full_state
 from rlhf_toy.generation.sampling import SamplingConfig, generate_completions
 from rlhf_toy.lm.base_model import default_base_model, kind_for
@@ -56,7 +56,7 @@ from rlhf_toy.lm.models import (
 from rlhf_toy.precision import PRECISIONS, set_up_precision
 from rlhf_toy.rewards.functions import resolve_reward
 from rlhf_toy.rewards.learned_reward import score_texts, sequence_texts
-from rlhf_toy.supervised import SupervisedRun, prepare_trained, train_supervised
+from rlhf_toy.supervised import SupervisedRun, train_supervised
 
 
 @dataclass
@@ -193,9 +193,10 @@ def run_reward_model(cfg: RewardModelConfig, accelerator) -> dict[str, Any]:
     model = reward_model_to_train(cfg, base, tokenizer, checkpoints.folder / "model" if checkpoints.resumed else None)
     precision = set_up_precision(cfg.precision, accelerator.device, model)
     logger = RunLogger(run_dir) if accelerator.is_main_process else None
-    trained, optimizer, saved = prepare_trained(
-        accelerator, model, [], cfg.fsdp, checkpoints=checkpoints, logger=logger, batches=batches,
-        make_optimizer=lambda m: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=cfg.learning_rate, weight_decay=0.0))
+    checkpoints.track(logger=logger, batches=batches)
+    saved = checkpoints.restore() or {"train_s": 0.0}
+    trained, optimizer = prepare_training(accelerator, model, cfg.fsdp, checkpoints=checkpoints,
+                                          make_optimizer=lambda params: torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0))
     run = SupervisedRun(trained, optimizer, batches, checkpoints, logger, accelerator, precision,
                         lambda folder: model_writer(model, tokenizer, full_state(model) if cfg.fsdp else None)(folder),
                         cfg.steps, cfg.max_grad_norm, cfg.eval_every, "reward model", max_train_s=cfg.max_train_s, sharded=cfg.fsdp)
