@@ -12,6 +12,8 @@ Conventions:
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -247,11 +249,11 @@ def token_logprobs(logits: Tensor, tokens: Tensor, mask: Tensor | None = None, t
     return logprobs_from_logits(_scaled(logits, temperature), tokens, mask)
 
 
-def token_logprobs_and_entropy(logits: Tensor, tokens: Tensor, mask: Tensor | None = None,
-                               temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+def token_logprobs_and_entropy(logits: Tensor, tokens: Tensor, mask: Tensor | None = None, temperature: float = 1.0,
+                               entropy_grad: bool = False) -> tuple[Tensor, Tensor]:
     """(token_logprobs, entropy of softmax(logits / temperature)) `[...]`, as logprobs_and_entropy gives them: the
-    entropy is a diagnostic without a gradient."""
-    return logprobs_and_entropy(_scaled(logits, temperature), tokens, mask)
+    entropy has a gradient only with entropy_grad."""
+    return logprobs_and_entropy(_scaled(logits, temperature), tokens, mask, entropy_grad)
 
 
 def _scaled(logits: Tensor, temperature: float) -> Tensor:
@@ -326,3 +328,42 @@ class KLController:
         else:
             error = max(-0.2, min(0.2, kl / self.target - 1.0))
             self.value *= 1.0 + error * n_steps / self.horizon
+
+
+class EntropyController:
+    """The coefficient of an entropy bonus (loss - coef * mean entropy): fixed, or adapted after each optimizer step
+    toward a target entropy in nats (Skywork-OR1, He et al. 2025; TRL's use_adaptive_entropy):
+
+        applied  = coef if the last measured entropy <= target else 0     (none before the first measurement)
+        coef    <- min(coef + delta, coef_max) if entropy <= target else max(coef - delta, coef_min)
+
+    so the bonus acts only once entropy has fallen to the target, growing while it stays there.
+    """
+
+    def __init__(self, coef: float, adaptive: bool = False, target: float = 0.2, delta: float = 0.005,
+                 coef_min: float = 0.0, coef_max: float = 1.0):
+        self.value, self.adaptive, self.target, self.delta = coef, adaptive, target, delta
+        self.coef_min, self.coef_max, self.last_entropy = coef_min, coef_max, math.inf
+
+    @property
+    def enabled(self) -> bool:
+        return self.value != 0.0 or self.adaptive
+
+    @property
+    def applied(self) -> float:
+        return self.value if not self.adaptive or self.last_entropy <= self.target else 0.0
+
+    def update(self, entropy: float) -> None:
+        if not self.adaptive:
+            return
+        if entropy <= self.target:
+            self.value = min(self.value + self.delta, self.coef_max)
+        else:
+            self.value = max(self.value - self.delta, self.coef_min)
+        self.last_entropy = entropy
+
+    def state_dict(self) -> dict[str, float]:
+        return {"value": self.value, "last_entropy": self.last_entropy}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.value, self.last_entropy = state["value"], state["last_entropy"]

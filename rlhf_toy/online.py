@@ -319,13 +319,15 @@ def train_step(run: Run, step: int) -> tuple[dict[str, float], list[dict]]:
         if run.gold is not None:
             components["gold"] = run.gold(prompts, rollout.completions, **columns)
         rewards = torch.tensor(totals, dtype=torch.float32, device=accelerator.device)
+        rewards_per_func = torch.tensor([components[name] for name in run.reward.functions], dtype=torch.float32,
+                                        device=accelerator.device).T  # [B, K], TRL's name
         t2 = time.perf_counter()
         run.policy.train()
         # --precision applies to the update and the reference's forward: sampling a token is a few small matmuls, where
         # bf16 only adds casts (bench/base-model-and-demo.md). A context per step: autocast keeps its bf16 copies of the weights until the
         # outermost context exits, and they must follow every optimizer step.
         with autocast(run.precision, accelerator.device):
-            metrics = run.algorithm.update(run.policy, run.ref_model, run.optimizer, accelerator, rollout, rewards)
+            metrics = run.algorithm.update(run.policy, run.ref_model, run.optimizer, accelerator, rollout, rewards, rewards_per_func)
     except (NonFiniteError, RewardFunctionError) as err:  # a non-finite gradient norm is every process's (they share it)
         saved = run.save_checkpoint(step - 1) if run.main or cfg.fsdp else None
         raise type(err)(f"step {step}: {err}" + (f"; saved the last good weights to {saved}" if saved else "")) from None

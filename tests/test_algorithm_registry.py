@@ -35,7 +35,7 @@ class ToyReinforce(OnlineAlgorithm):
     """Then its update: REINFORCE on the completions' tokens, one gradient step a rollout."""
     name, Config = "toy_reinforce", ToyConfig
 
-    def update(self, policy, ref_model, optimizer, accelerator, rollout, rewards):
+    def update(self, policy, ref_model, optimizer, accelerator, rollout, rewards, rewards_per_func):
         logp, _ = completion_logprobs(policy, rollout.input_ids, rollout.attention_mask, rollout.completion_mask)
         advantages = rewards - rewards.mean() if self.cfg.baseline else rewards
         loss = -(advantages[:, None] * logp).sum() / rollout.completion_mask.sum()

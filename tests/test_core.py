@@ -302,3 +302,23 @@ def test_kl_controller_without_a_target_is_fixed_and_an_unknown_rule_is_refused(
     with pytest.raises(ValueError, match="unknown KL controller rule 'pid'; accepted: proportional, doubling"):
         core.KLController(1.0, 0.01, rule="pid")
 
+
+def test_the_adaptive_entropy_coefficient_of_skywork_or1_by_hand():
+    """Target 0.2, step 0.05, bounds [0, 0.12]: no bonus before a measurement; below the target the coefficient rises (to
+    its bound) and is applied; above it, it falls (to its bound) and is not. Its state round-trips."""
+    control = core.EntropyController(0.1, adaptive=True, target=0.2, delta=0.05, coef_max=0.12)
+    assert control.enabled and control.applied == 0.0
+    control.update(0.15)
+    assert (control.value, control.applied) == (pytest.approx(0.12), pytest.approx(0.12))
+    control.update(0.5)
+    assert (control.value, control.applied) == (pytest.approx(0.07), 0.0)
+    control.update(0.9)
+    control.update(0.9)
+    assert control.value == 0.0 and control.enabled  # at its floor it stays on, to rise when entropy falls again
+    again = core.EntropyController(0.1, adaptive=True)
+    again.load_state_dict(control.state_dict())
+    assert again.state_dict() == {"value": 0.0, "last_entropy": 0.9}
+    fixed = core.EntropyController(0.01)
+    fixed.update(0.0)
+    assert (fixed.value, fixed.applied) == (0.01, 0.01) and not core.EntropyController(0.0).enabled
+

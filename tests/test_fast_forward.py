@@ -36,6 +36,22 @@ def test_token_logprobs_in_chunks_equal_one_log_softmax(monkeypatch, dtype):
     close(chunked_logits.grad, plain_logits.grad.to(dtype).float())
 
 
+@pytest.mark.parametrize("uses", ["entropy", "both"])
+def test_the_entropy_gradient_in_chunks_equals_autograds(monkeypatch, uses):
+    """With entropy_grad (an entropy bonus) the chunked backward gives autograd's gradient of the entropy through one
+    log-softmax, alone and added to the log-probs'; the temperature scales it."""
+    monkeypatch.setattr(fast_forward.ChunkedTokenLogprobs, "CHUNK_ELEMENTS", 2 * 7)
+    torch.manual_seed(1)
+    logits, tokens, mask = 3 * torch.randn(5, 7), torch.randint(0, 7, (5,)), t(1, 1, 0, 1, 1)
+    upstream_logp, upstream_entropy = torch.randn(5), torch.randn(5)
+    chunked_logits, plain_logits = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    for source, x in ((fast_forward, chunked_logits), (core, plain_logits)):
+        logp, entropy = source.token_logprobs_and_entropy(x, tokens, mask, temperature=0.7, entropy_grad=True)
+        ((entropy * upstream_entropy).sum() + (logp * upstream_logp).sum() * (uses == "both")).backward()
+    assert plain_logits.grad[2].abs().sum() == 0 and plain_logits.grad.abs().sum() > 0  # the masked row has none
+    close(chunked_logits.grad, plain_logits.grad)
+
+
 @pytest.mark.parametrize("model_dir", ["nano_dir", "nano_llama_dir"])
 def test_large_vocabularies_get_the_same_log_probs_from_hidden_states_without_whole_logits(model_dir, request, monkeypatch):
     """With the threshold at 0 every forward takes the projected path, in chunks of 7 rows: log-probs and entropies equal

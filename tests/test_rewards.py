@@ -150,6 +150,7 @@ def test_a_reward_function_without_trl_s_signature_is_refused_when_loaded(user_f
     ("", "--reward is empty; accepted: a comma list of length, format, think, correct, brevity, FILE.py:FUNCTION, package.module:function or rm:DIR"),
     ("missing_file.py:fn", "reward file missing_file.py not found"),
     ("no_such_module_xyz:fn", "cannot import module 'no_such_module_xyz'"),
+    ("length,format,length", "--reward names length more than once; accepted: each reward once"),
 ])
 def test_unknown_rewards_list_what_exists(spec, message):
     with pytest.raises(ConfigError, match=message):

@@ -18,7 +18,7 @@ from classic_rl.infra.errors import ConfigError, TrainingInterrupted
 from rlhf_toy import online
 from rlhf_toy.algorithms import config_for
 from rlhf_toy.algorithms.base import RLHFConfig
-from rlhf_toy.algorithms.grpo import GRPOConfig, group_advantages, grpo_update
+from rlhf_toy.algorithms.grpo import GRPOConfig, gdpo_advantages, group_advantages, grpo_update
 from rlhf_toy.algorithms.ppo import (
     PPOConfig,
     advantages_and_returns,
@@ -55,6 +55,24 @@ def test_group_advantages_by_hand():
     torch.testing.assert_close(adv, torch.tensor([0.5, -0.5, 0.0, 0.0, 1.0, -1.0]) / rewards.std())
     with pytest.raises(ValueError, match="unknown scale_rewards 'token'; accepted: group, batch, none"):
         group_advantages(rewards, 2, "token")
+
+
+def test_gdpo_keeps_the_weight_of_each_reward_that_group_scaling_of_the_sum_removes():
+    """Two groups of 2, rewards weighted 0.8 and 0.2: the first group differs only in reward 1, the second only in reward 2.
+    Scaling the weighted sum by its group's std gives both groups +-sqrt(.5); GDPO normalises each reward in its group
+    (+-sqrt(.5), the equal reward 0), sums them weighted (+-0.8 sqrt(.5), +-0.2 sqrt(.5)) and whitens that over the batch
+    (unbiased std sqrt(0.68 / 3)), so the heavier reward moves its group four times as far."""
+    per_func = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    weights = torch.tensor([0.8, 0.2])
+    summed, _ = group_advantages((per_func * weights).sum(1), 2, "group")
+    s = 0.5 ** 0.5
+    torch.testing.assert_close(summed, torch.tensor([s, -s, s, -s]), atol=1e-3, rtol=0)
+    adv, frac_zero = gdpo_advantages(per_func, weights, 2)
+    expected = torch.tensor([0.8 * s, -0.8 * s, 0.2 * s, -0.2 * s]) / (0.68 / 3) ** 0.5
+    torch.testing.assert_close(adv, expected, atol=1e-3, rtol=0)
+    assert frac_zero.item() == 0.0
+    _, frac_zero = gdpo_advantages(torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]), weights, 2)
+    assert frac_zero.item() == 0.5  # the first group: no reward differs
 
 
 def test_completion_mask_stops_after_the_first_of_any_eos_id():
@@ -378,17 +396,23 @@ def test_same_seed_twice_gives_identical_metrics_at_2_threads(algo, nano, tmp_pa
     assert first["reward_after"] == second["reward_after"]
 
 
-def test_resume_ends_where_an_uninterrupted_run_ends(nano, tmp_path):
-    straight = train(small_config(nano, tmp_path / "straight", steps=4))
-    train(small_config(nano, tmp_path, steps=2, save_every=1, keep_checkpoints=1))
+@pytest.mark.parametrize("extra", [{}, {"use_adaptive_entropy": True, "entropy_target": 50.0, "entropy_coef_delta": 0.05}],
+                         ids=["grpo", "adaptive-entropy"])
+def test_resume_ends_where_an_uninterrupted_run_ends(extra, nano, tmp_path):
+    """With adaptive entropy control the controller's coefficient and last entropy are in the checkpoint."""
+    straight = train(small_config(nano, tmp_path / "straight", steps=4, **extra))
+    train(small_config(nano, tmp_path, steps=2, save_every=1, keep_checkpoints=1, **extra))
     checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert checkpoints == ["step-2"]  # only the newest kept, no temporary folder left behind
-    resumed = train(small_config(nano, tmp_path, steps=4, save_every=1, resume=True))
+    resumed = train(small_config(nano, tmp_path, steps=4, save_every=1, resume=True, **extra))
     # the eval before (step 0), steps 1-4 and the eval after; not the first run's eval after its step 2
     assert [r["step"] for r in comparable_metrics(tmp_path / "run")] == [0, 1, 2, 3, 4, 4]
     assert comparable_metrics(tmp_path / "run") == comparable_metrics(tmp_path / "straight" / "run")
     for key in ("reward_before", "reward_after", "kl_final"):  # before: the initial policy's, not the checkpoint's
         assert resumed[key] == straight[key], key
+    if extra:
+        coefficients = [row["entropy_coef"] for row in step_rows(tmp_path / "run")]
+        assert coefficients == pytest.approx([0.05 * step for step in range(1, 5)])  # one gradient step a step, from 0
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(nano, tmp_path):

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from rlhf_toy.algorithms.dpo import DPO_LOSS_TYPES, DPOConfig, dpo_batch_loss
-from rlhf_toy.algorithms.grpo import LOSS_TYPES, GRPOConfig, gamma_weights, minibatch_loss
+from rlhf_toy.algorithms.grpo import LOSS_TYPES, GRPOConfig, gamma_weights, gdpo_advantages, group_advantages, minibatch_loss
 from rlhf_toy.data import Labels
 from rlhf_toy.generation.rollout import completion_logprobs, sample_rollout
 from rlhf_toy.generation.sampling import SamplingConfig
@@ -78,6 +78,8 @@ def trl_grpo_trainer(model_dir: str, cfg: GRPOConfig, out_dir, processes: int = 
         importance_sampling_level=cfg.importance_sampling_level, delta=cfg.delta, sapo_temperature_pos=cfg.sapo_temperature_pos,
         sapo_temperature_neg=cfg.sapo_temperature_neg, vespo_k_pos=cfg.vespo_k_pos, vespo_lambda_pos=cfg.vespo_lambda_pos,
         vespo_k_neg=cfg.vespo_k_neg, vespo_lambda_neg=cfg.vespo_lambda_neg, top_entropy_quantile=cfg.top_entropy_quantile,
+        entropy_coef=cfg.entropy_coef, use_adaptive_entropy=cfg.use_adaptive_entropy, entropy_coef_min=cfg.entropy_coef_min,
+        entropy_coef_max=cfg.entropy_coef_max, entropy_coef_delta=cfg.entropy_coef_delta, entropy_target=cfg.entropy_target,
         use_cpu=True, bf16=False, report_to="none", save_strategy="no", disable_tqdm=True, disable_dropout=True)
     trainer = GRPOTrainer(model=load_model(model_dir), reward_funcs=lambda prompts, completions, **_: [0.0] * len(prompts), args=args,
                           train_dataset=datasets.Dataset.from_dict({"prompt": ["x"] * B}), processing_class=load_tokenizer(model_dir))
@@ -105,6 +107,14 @@ GRPO_CASES = [dict(loss_type=loss_type) for loss_type in LOSS_TYPES] + [
     dict(loss_type="dapo", importance_sampling_level="sequence", delta=1.2, num_minibatches=2),
     dict(loss_type="dapo", top_entropy_quantile=0.2),  # the high-entropy fifth (Wang et al. 2025)
     dict(loss_type="grpo", top_entropy_quantile=0.5, num_minibatches=2, processes=2),
+    # the entropy bonus, fixed and adapted (Skywork-OR1): the target above the model's entropy, so that the controller
+    # applies no bonus on the first minibatch, raises the coefficient after it and applies it from the second on
+    dict(loss_type="dapo", entropy_coef=0.05),
+    dict(loss_type="bnpo", entropy_coef=0.05, top_entropy_quantile=0.5, num_minibatches=2),
+    dict(loss_type="grpo", use_adaptive_entropy=True, entropy_coef=0.3, entropy_coef_delta=0.1, entropy_target=50.0,
+         num_minibatches=2, processes=2),
+    dict(loss_type="dapo", use_adaptive_entropy=True, entropy_coef=0.3, entropy_coef_delta=0.1, entropy_coef_max=0.35,
+         entropy_target=50.0, num_minibatches=2, num_iterations=2),
 ]
 
 
@@ -125,12 +135,13 @@ def test_grpo_loss_equals_trls(case, grpo_batch, nano_dir, tmp_path):
     mask = rollout.completion_mask
     prompt = rollout.prompt_length
     share = B // processes
+    entropy_control = cfg.entropy_controller()  # one controller over every minibatch, as the trainer's
     for process in range(processes):  # each process holds whole groups, and splits its share into minibatches
         rows_of_process = torch.arange(process * share, (process + 1) * share)
         tokens = mask.sum()  # the generation batch's tokens on all processes
         for rows in rows_of_process.split(share // cfg.num_minibatches):
-            ours, _, _ = minibatch_loss(policy, rollout, rows, advantages, old_logprobs, ref_logprobs, mask,
-                                        tokens / (processes * cfg.num_minibatches), cfg)
+            ours, stats, _ = minibatch_loss(policy, rollout, rows, advantages, old_logprobs, ref_logprobs, mask,
+                                            tokens / (processes * cfg.num_minibatches), cfg, entropy_control=entropy_control)
             inputs = {"prompt_ids": rollout.input_ids[rows, :prompt], "prompt_mask": rollout.attention_mask[rows, :prompt],
                       "completion_ids": rollout.completion_ids[rows], "completion_mask": mask[rows].long(),
                       "advantages": advantages[rows], "num_items_in_batch": tokens,
@@ -141,6 +152,44 @@ def test_grpo_loss_equals_trls(case, grpo_batch, nano_dir, tmp_path):
             # VESPO's weight phi(w) moves by (k - lambda w) times any change of the sequence's summed log-ratio, so the few
             # 1e-7 by which the two forwards' log-probs differ reach 1e-6 there (its formula: test_vespo_weights_equal_trls)
             assert_same(ours, theirs, policy, trainer.model, tolerance=1e-5 if cfg.loss_type == "vespo" else 1e-6)
+            assert entropy_control.value == pytest.approx(trainer.entropy_coef, abs=1e-12)
+    if cfg.use_adaptive_entropy:  # the controller moved, and its bonus was applied
+        assert entropy_control.value != cfg.entropy_coef and stats["entropy_coef_applied"] > 0
+
+
+@pytest.mark.parametrize("aggregation, scale_rewards", [("normalize_then_sum", "group"), ("sum_then_normalize", "group"),
+                                                         ("sum_then_normalize", "batch"), ("sum_then_normalize", "none")])
+def test_advantages_of_several_rewards_equal_trls(aggregation, scale_rewards, nano_dir, tmp_path):
+    """TRL's generation step samples and scores 2 groups with 2 weighted rewards (one with a small spread, where GDPO and
+    the plain sum differ); our advantages of the rewards its functions returned equal the ones it hands the loss."""
+    from trl import GRPOConfig as TRLGRPOConfig
+    from trl import GRPOTrainer
+    seen = []
+
+    def letters(prompts, completions, **_):
+        seen.append([float(sum(c.isalpha() for c in text) % 3) for text in completions])
+        return seen[-1]
+
+    def long(prompts, completions, **_):
+        seen.append([float(text.count(" ") > 3) for text in completions])
+        return seen[-1]
+
+    args = TRLGRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=B, num_generations=G, max_completion_length=10,
+                         multi_objective_aggregation=aggregation, scale_rewards=scale_rewards, reward_weights=[0.7, 0.3],
+                         use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True)
+    prompts = [{"prompt": "Describe a fox."}] * G + [{"prompt": "Tell me about Ada."}] * G
+    trainer = GRPOTrainer(model=load_model(nano_dir), reward_funcs=[letters, long], args=args, processing_class=load_tokenizer(nano_dir),
+                          train_dataset=datasets.Dataset.from_list(prompts))
+    torch.manual_seed(0)
+    theirs = trainer._generate_and_score_completions(prompts)["advantages"]
+    rewards_per_func = torch.tensor(seen).T
+    assert len(set(rewards_per_func[:, 0].tolist())) > 1 and len(set(rewards_per_func[:, 1].tolist())) > 1
+    weights = torch.tensor([0.7, 0.3])
+    if aggregation == "normalize_then_sum":
+        ours, _ = gdpo_advantages(rewards_per_func, weights, G)
+    else:
+        ours, _ = group_advantages((rewards_per_func * weights).sum(1), G, scale_rewards)
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
 
 
 def test_trl_scores_left_padded_rows_at_shifted_positions(nano_dir):

@@ -194,6 +194,7 @@ class OnlineAlgorithm:
         autocast (None for one it does not have)."""
         return []
 
-    def update(self, policy, ref_model, optimizer, accelerator, rollout, rewards) -> dict[str, float]:
-        """num passes of gradient steps on one rollout `[B]` and its sequence rewards `[B]`; returns the step's metrics."""
+    def update(self, policy, ref_model, optimizer, accelerator, rollout, rewards, rewards_per_func) -> dict[str, float]:
+        """num passes of gradient steps on one rollout `[B]`, its sequence rewards `[B]` (the weighted sum of the rewards per
+        function `[B, K]`, in --reward's order, whose weights reward_weights gives); returns the step's metrics."""
         raise NotImplementedError

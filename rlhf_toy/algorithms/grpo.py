@@ -5,6 +5,8 @@
         A_i = (r_i - mean(group)) / (std(group) + eps)        scale_rewards="group" (GRPO)
             = (r_i - mean(group)) / (std(batch) + eps)        "batch"
             = (r_i - mean(group))                             "none" (Dr. GRPO, Liu et al. 2025)
+            = whiten_batch(sum_k w_k (r_ik - mean_k(group)) / (std_k(group) + eps))
+                                                              several rewards, "normalize_then_sum" (GDPO, 2026)
         every completion token gets its sequence's advantage; no critic
         old, ref = log-probs of the policy before the update and of the reference, from the update's own forward
         for num_iterations, for each of num_minibatches minibatches:
@@ -12,6 +14,7 @@
                   per token, or per sequence: exp(mean over its tokens of log pi - old)   (GSPO, Zheng et al. 2025)
             per-token loss = objective(rho, A) by loss_type (policy_objective) + beta * k3(pi, ref) * rho
             minimise its aggregation by loss_type (TRL's GRPOConfig names; see grpo_loss)
+                     - entropy_coef * mean entropy               (fixed, or adapted toward a target: Skywork-OR1)
 
 The clipped objective, KL estimator and aggregation are classic_rl.core's, as in classic PPO; each loss_type is
 TRL 1.16's (tests/test_trl_parity.py checks them against TRL's code).
@@ -41,11 +44,13 @@ from rlhf_toy.algorithms.base import OnlineAlgorithm, RLHFConfig
 from rlhf_toy.distributed import clip_gradients, values_of_every_process
 from rlhf_toy.generation.rollout import Rollout, completion_logprobs, sampler_mismatch, trainer_forward
 from rlhf_toy.lm.models import evaluation_mode
+from rlhf_toy.rewards.functions import reward_weights
 
 LOSS_TYPES = ("grpo", "dapo", "bnpo", "dr_grpo", "cispo", "sapo", "luspo", "vespo")
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
 IMPORTANCE_SAMPLING_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
 SCALE_REWARDS = ("group", "batch", "none")
+MULTI_OBJECTIVE_AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
 
 
 @dataclass
@@ -75,7 +80,19 @@ class GRPOConfig(RLHFConfig):
     top_entropy_quantile: float = config_field(1.0, "Train on the tokens whose entropy is in this top share of each minibatch's "
                                                     "(over every process): 0.2 keeps the high-entropy 'forking' fifth "
                                                     "(Wang et al. 2025); 1: every token")
+    entropy_coef: float = config_field(0.0, "Entropy bonus: minimise loss - entropy_coef * the mean entropy of the tokens the "
+                                            "policy loss trains on (with --use-adaptive-entropy, its starting value)")
+    use_adaptive_entropy: bool = config_field(False, "Adapt entropy_coef after each gradient step toward --entropy-target, "
+                                                     "applied only while entropy is at or below it (Skywork-OR1)")
+    entropy_coef_min: float = config_field(0.0, "Lower bound of the adaptive entropy coefficient")
+    entropy_coef_max: float = config_field(1.0, "Upper bound of the adaptive entropy coefficient")
+    entropy_coef_delta: float = config_field(0.005, "Step of the adaptive entropy coefficient per gradient step")
+    entropy_target: float = config_field(0.2, "Target mean token entropy (nats) of adaptive entropy control")
     scale_rewards: str = config_field("group", f"Advantage scaling: {', '.join(SCALE_REWARDS)} (none = Dr. GRPO)")
+    multi_objective_aggregation: str = config_field("sum_then_normalize", "With several rewards: normalise their weighted "
+                                                                          "sum (sum_then_normalize), or each within its "
+                                                                          "group before the weighted sum, then whiten over "
+                                                                          "the batch (normalize_then_sum: GDPO)")
     num_iterations: int = config_field(1, "Updates per rollout (GRPO's mu)")
     mask_truncated_completions: bool = config_field(False, "Exclude completions without eos from the loss (DAPO)")
     # TRL's vllm_importance_sampling_* without "vllm_": here the sampler is the fast decoder or generate, in fp32, while the
@@ -93,7 +110,11 @@ class GRPOConfig(RLHFConfig):
         super().__post_init__()
         require_choice(loss_type=(self.loss_type, LOSS_TYPES), scale_rewards=(self.scale_rewards, SCALE_REWARDS),
                        importance_sampling_mode=(self.importance_sampling_mode, IMPORTANCE_SAMPLING_MODES),
-                       importance_sampling_level=(self.importance_sampling_level, IMPORTANCE_SAMPLING_LEVELS))
+                       importance_sampling_level=(self.importance_sampling_level, IMPORTANCE_SAMPLING_LEVELS),
+                       multi_objective_aggregation=(self.multi_objective_aggregation, MULTI_OBJECTIVE_AGGREGATIONS))
+        require_nonnegative(entropy_coef_delta=self.entropy_coef_delta, entropy_target=self.entropy_target)
+        if self.entropy_coef_min > self.entropy_coef_max:
+            raise ConfigError(f"--entropy-coef-min {self.entropy_coef_min} is above --entropy-coef-max {self.entropy_coef_max}")
         require_positive(delta=self.delta, sapo_temperature_pos=self.sapo_temperature_pos,
                          sapo_temperature_neg=self.sapo_temperature_neg)
         if not 0 < self.top_entropy_quantile <= 1:
@@ -116,6 +137,10 @@ class GRPOConfig(RLHFConfig):
     def passes(self) -> int:
         return self.num_iterations
 
+    def entropy_controller(self) -> core.EntropyController:
+        return core.EntropyController(self.entropy_coef, self.use_adaptive_entropy, self.entropy_target,
+                                      self.entropy_coef_delta, self.entropy_coef_min, self.entropy_coef_max)
+
 
 def group_advantages(rewards: Tensor, group_size: int, scale_rewards: str = "group", eps: float = 1e-4) -> tuple[Tensor, Tensor]:
     """Per-completion advantages `[B]` from rewards `[B]` laid out as consecutive groups of group_size.
@@ -133,6 +158,18 @@ def group_advantages(rewards: Tensor, group_size: int, scale_rewards: str = "gro
     elif scale_rewards != "none":
         raise ValueError(f"unknown scale_rewards {scale_rewards!r}; accepted: {', '.join(SCALE_REWARDS)}")
     return advantages.view(-1), (group_std < 1e-6).float().mean()
+
+
+def gdpo_advantages(rewards_per_func: Tensor, weights: Tensor, group_size: int, eps: float = 1e-4) -> tuple[Tensor, Tensor]:
+    """GDPO's (Liu et al. 2026, arXiv 2601.05242) advantages `[B]` of several rewards `[B, K]` with weights `[K]`: each reward normalised
+    within its group, then their weighted sum whitened over the batch, as TRL's normalize_then_sum; so a reward with a
+    small spread (a format bonus all but one completion earn) weighs as much as one with a large spread. Returns
+    (advantages, frac_reward_zero_std): the share of groups where no reward differs, which give no learning signal."""
+    grouped = rewards_per_func.view(-1, group_size, rewards_per_func.shape[1])
+    group_std = grouped.std(1, keepdim=True)
+    normalised = ((grouped - grouped.mean(1, keepdim=True)) / (group_std + eps)).view_as(rewards_per_func)
+    summed = (normalised * weights).sum(1)
+    return (summed - summed.mean()) / (summed.std() + eps), (group_std < 1e-6).all(-1).float().mean()
 
 
 def grpo_loss(per_token_loss: Tensor, mask: Tensor, loss_type: str, max_completion_length: int,
@@ -242,25 +279,37 @@ def high_entropy_mask(entropy: Tensor, mask: Tensor, quantile: float, gather=Non
     return (entropy * mask >= torch.quantile(everyone, quantile)) & mask.bool()
 
 
+def entropy_bonus(entropy: Tensor, mask: Tensor, control: core.EntropyController, reduce_sum) -> tuple[Tensor, float]:
+    """(-coefficient x mean entropy over mask's tokens `[b, C]` (this process's, as TRL's), the coefficient applied); then
+    the adaptive controller sees the minibatch's mean entropy over every process (reduce_sum: their sum)."""
+    tokens, applied = mask.sum(), control.applied
+    bonus = -applied * (entropy * mask).sum() / tokens.clamp(min=1.0)
+    entropy_sum, token_count = reduce_sum(torch.stack([(entropy.detach() * mask).sum(), tokens]))
+    control.update((entropy_sum / token_count.clamp(min=1.0)).item())
+    return bonus, applied
+
+
 def minibatch_loss(policy, rollout: Rollout, rows: Tensor, advantages: Tensor, old_logprobs: Tensor | None,
-                   ref_logprobs: Tensor | None, mask: Tensor, dapo_normaliser: Tensor, cfg: GRPOConfig,
-                   gather=None) -> tuple[Tensor, dict, Tensor]:
+                   ref_logprobs: Tensor | None, mask: Tensor, dapo_normaliser: Tensor, cfg: GRPOConfig, gather=None,
+                   entropy_control: core.EntropyController | None = None) -> tuple[Tensor, dict, Tensor]:
     """(loss, stats, the old log-probs `[b, C]` used) of the minibatch `rows` `[b]`, as TRL's GRPOTrainer computes it.
     old_logprobs None: the update takes one gradient step per rollout, so the old policy is this very forward
-    (TRL's per_token_logps.detach()) and the ratio is exactly 1. gather: high_entropy_mask's, in several processes."""
+    (TRL's per_token_logps.detach()) and the ratio is exactly 1. gather(values) -> every process's values (None: one
+    process). entropy_control: the entropy bonus's coefficient (default: cfg's, fixed)."""
+    control = entropy_control or cfg.entropy_controller()
     logp, entropy = completion_logprobs(policy, rollout.input_ids[rows], rollout.attention_mask[rows], rollout.completion_mask[rows],
-                                        cfg.temperature, with_entropy=True)
+                                        cfg.temperature, with_entropy=True, entropy_grad=control.enabled)
     old = logp.detach() if old_logprobs is None else old_logprobs[rows]
-    weights = None
+    weights, trained = None, mask[rows]
     if cfg.importance_sampling_correction:
         weights = importance_weights(old, rollout.sampling_logprobs[rows], mask[rows], cfg.importance_sampling_mode,
                                      cfg.importance_sampling_clip_min, cfg.importance_sampling_clip_max)
     vespo = cfg.loss_type == "vespo"  # which folds the sampler's ratios into its own sequence weight
     per_token_loss, ratio, stats = policy_objective(logp, old, advantages[rows, None], mask[rows], cfg, weights if vespo else None)
     if cfg.top_entropy_quantile < 1:
-        kept = high_entropy_mask(entropy, mask[rows], 1 - cfg.top_entropy_quantile, gather)
-        per_token_loss = per_token_loss * kept
-        stats["entropy_mask/kept"] = core.masked_mean(kept.float(), mask[rows])
+        trained = high_entropy_mask(entropy.detach(), mask[rows], 1 - cfg.top_entropy_quantile, gather) * mask[rows]
+        per_token_loss = per_token_loss * trained
+        stats["entropy_mask/kept"] = core.masked_mean(trained, mask[rows])
     if weights is not None:
         per_token_loss = per_token_loss if vespo else per_token_loss * weights
         stats["sampling/importance_sampling_ratio/mean"] = core.masked_mean(weights.expand_as(logp), mask[rows])
@@ -271,27 +320,45 @@ def minibatch_loss(policy, rollout: Rollout, rows: Tensor, advantages: Tensor, o
             kl = kl * ratio
         per_token_loss = per_token_loss + cfg.beta * kl
     loss = grpo_loss(per_token_loss, mask[rows], cfg.loss_type, cfg.max_completion_length, dapo_normaliser)
-    stats.update(loss=loss.detach(), entropy=core.masked_mean(entropy, mask[rows]))
+    stats["entropy"] = core.masked_mean(entropy.detach(), mask[rows])
+    if control.enabled:
+        stats["policy_loss"] = loss.detach()
+        bonus, stats["entropy_coef_applied"] = entropy_bonus(entropy, trained, control,
+                                                             lambda x: gather(x).view(-1, 2).sum(0) if gather else x)
+        loss = loss + bonus
+    stats["loss"] = loss.detach()
     return loss, stats, old
 
 
-def grpo_update(policy, ref_model, optimizer, accelerator, rollout: Rollout, rewards: Tensor, cfg: GRPOConfig) -> dict[str, float]:
-    """num_iterations passes of `cfg.num_minibatches` gradient steps over one rollout; returns metrics.
+def step_advantages(accelerator, rewards: Tensor, rewards_per_func: Tensor | None, cfg: GRPOConfig) -> tuple[Tensor, Tensor]:
+    """(this process's advantages `[B]`, frac_reward_zero_std) from every process's rewards: group_advantages of the
+    totals `[B]`, or with normalize_then_sum gdpo_advantages of the rewards per function `[B, K]` (weights: cfg's)."""
+    if cfg.multi_objective_aggregation == "normalize_then_sum":
+        weights = torch.tensor(reward_weights(cfg.reward, cfg.reward_weights), device=rewards.device)
+        advantages, frac_zero_std = gdpo_advantages(accelerator.gather(rewards_per_func), weights, cfg.num_generations)
+    else:
+        advantages, frac_zero_std = group_advantages(accelerator.gather(rewards), cfg.num_generations, cfg.scale_rewards)
+    return advantages.view(accelerator.num_processes, -1)[accelerator.process_index], frac_zero_std
+
+
+def grpo_update(policy, ref_model, optimizer, accelerator, rollout: Rollout, rewards: Tensor, cfg: GRPOConfig, *,
+                rewards_per_func: Tensor | None = None, entropy_control: core.EntropyController | None = None) -> dict[str, float]:
+    """num_iterations passes of `cfg.num_minibatches` gradient steps over one rollout and its rewards `[B]` (and per
+    reward function `[B, K]`, which GDPO reads); returns metrics.
 
     In a multi-process run each process holds whole groups of the step's completions; the
     advantages come from every process's rewards, so "batch" scaling sees the whole batch.
     Old and reference log-probs come from the update's own forward (trainer_forward), in the
     precision and mode it runs in.
     """
-    everyone = accelerator.gather(rewards)  # [completions of all processes], in process order
-    advantages, frac_zero_std = group_advantages(everyone, cfg.num_generations, cfg.scale_rewards)
-    advantages = advantages.view(accelerator.num_processes, -1)[accelerator.process_index]
+    advantages, frac_zero_std = step_advantages(accelerator, rewards, rewards_per_func, cfg)
     mask = rollout.completion_mask
     if cfg.mask_truncated_completions:
         mask = mask * (~rollout.is_truncated).float()[:, None]
     dapo_normaliser = accelerator.reduce(mask.sum(), "sum").clamp(min=1.0) / (accelerator.num_processes * cfg.num_minibatches)
     passes = [torch.randperm(len(rewards)).split(len(rewards) // cfg.num_minibatches) for _ in range(cfg.num_iterations)]
     gather = functools.partial(values_of_every_process, accelerator) if accelerator.num_processes > 1 else None
+    entropy_control = entropy_control or cfg.entropy_controller()
 
     def logprobs(model):
         return trainer_forward(lambda rows: completion_logprobs(model, rollout.input_ids[rows], rollout.attention_mask[rows],
@@ -307,7 +374,7 @@ def grpo_update(policy, ref_model, optimizer, accelerator, rollout: Rollout, rew
     for iteration, minibatches in enumerate(passes):
         for rows in minibatches:
             loss, stats, old = minibatch_loss(policy, rollout, rows, advantages, old_logprobs, ref_logprobs, mask, dapo_normaliser, cfg,
-                                              gather)
+                                              gather, entropy_control)
             if iteration == 0:
                 first_pass_old[rows] = old
             accelerator.backward(loss)
@@ -320,6 +387,8 @@ def grpo_update(policy, ref_model, optimizer, accelerator, rollout: Rollout, rew
     metrics["clip_ratio"] = metrics.pop("clipfrac")
     metrics["frac_reward_zero_std"] = float(frac_zero_std)
     metrics.update(sampler_mismatch(first_pass_old, rollout.sampling_logprobs, mask))
+    if entropy_control.enabled:
+        metrics["entropy_coef"] = entropy_control.value  # after the step's updates, as TRL logs it
     return metrics
 
 
@@ -328,5 +397,14 @@ class GRPO(OnlineAlgorithm):
 
     name, Config, kl_label = "grpo", GRPOConfig, "KL to the reference (k3 per token)"
 
-    def update(self, policy, ref_model, optimizer, accelerator, rollout: Rollout, rewards: Tensor) -> dict[str, float]:
-        return grpo_update(policy, ref_model, optimizer, accelerator, rollout, rewards, self.cfg)
+    def __init__(self, cfg: GRPOConfig, policy, load_copy, tokenizer):
+        super().__init__(cfg, policy, load_copy, tokenizer)
+        self.entropy_control = cfg.entropy_controller()
+
+    def state(self) -> dict:
+        return {"entropy_control": self.entropy_control if self.cfg.use_adaptive_entropy else None}
+
+    def update(self, policy, ref_model, optimizer, accelerator, rollout: Rollout, rewards: Tensor,
+               rewards_per_func: Tensor) -> dict[str, float]:
+        return grpo_update(policy, ref_model, optimizer, accelerator, rollout, rewards, self.cfg,
+                           rewards_per_func=rewards_per_func, entropy_control=self.entropy_control)

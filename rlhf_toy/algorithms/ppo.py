@@ -297,7 +297,7 @@ class PPO(OnlineAlgorithm):
         self.critic = self.critic.to(device)
         return [self.critic.trunk]
 
-    def update(self, policy, ref_model, optimizer, accelerator, rollout: Rollout, rewards: Tensor) -> dict[str, float]:
+    def update(self, policy, ref_model, optimizer, accelerator, rollout: Rollout, rewards: Tensor, rewards_per_func) -> dict[str, float]:
         # PPO calls the sequence rewards scores, as TRL's PPOTrainer does: its rewards are per token, with the KL penalty
         return ppo_update(policy, self.critic, ref_model, optimizer, accelerator, rollout, scores=rewards, kl_ctl=self.kl_ctl,
                           cfg=self.cfg, ptx_batch=self.ptx_batch)

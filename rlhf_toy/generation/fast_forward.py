@@ -25,13 +25,13 @@ from rlhf_toy.lm.models import distinct_prompts, position_ids
 
 def token_logprobs(logits: Tensor, tokens: Tensor, mask: Tensor | None = None, temperature: float = 1.0) -> Tensor:
     """core.token_logprobs's values and gradient, computed in fp32 over chunks of rows (ChunkedTokenLogprobs)."""
-    return core.aggregate(ChunkedTokenLogprobs.apply(logits, tokens, temperature, False)[0], mask, "none")
+    return core.aggregate(ChunkedTokenLogprobs.apply(logits, tokens, temperature, False, False)[0], mask, "none")
 
 
-def token_logprobs_and_entropy(logits: Tensor, tokens: Tensor, mask: Tensor | None = None,
-                               temperature: float = 1.0) -> tuple[Tensor, Tensor]:
-    """core.token_logprobs_and_entropy's values (the entropy without a gradient), computed over chunks of rows."""
-    logp, entropy = ChunkedTokenLogprobs.apply(logits, tokens, temperature, True)
+def token_logprobs_and_entropy(logits: Tensor, tokens: Tensor, mask: Tensor | None = None, temperature: float = 1.0,
+                               entropy_grad: bool = False) -> tuple[Tensor, Tensor]:
+    """core.token_logprobs_and_entropy's values and gradients, computed over chunks of rows."""
+    logp, entropy = ChunkedTokenLogprobs.apply(logits, tokens, temperature, True, entropy_grad)
     return core.aggregate(logp, mask, "none"), core.aggregate(entropy, mask, "none")
 
 
@@ -53,7 +53,7 @@ def projection_head(model, positions: int) -> torch.nn.Module | None:
 
 
 def projected_token_logprobs(hidden: Tensor, head: torch.nn.Module, tokens: Tensor, mask: Tensor | None, temperature: float,
-                             with_entropy: bool) -> tuple[Tensor, Tensor | None]:
+                             with_entropy: bool, entropy_grad: bool = False) -> tuple[Tensor, Tensor | None]:
     """(token log-probs, entropies or None) `[B, C]` of head(hidden `[B, C, H]`), as token_logprobs_and_entropy of the whole
     logits would give them, a chunk of rows at a time: each chunk's logits are recomputed in the backward (activation
     checkpointing) instead of kept, so the peak holds one chunk's logits, not `[B, C, V]`."""
@@ -61,8 +61,7 @@ def projected_token_logprobs(hidden: Tensor, head: torch.nn.Module, tokens: Tens
     rows = max(1, PROJECTION_CHUNK_BYTES // (4 * head.weight.shape[0]))
 
     def chunk(h: Tensor, t: Tensor) -> tuple[Tensor, Tensor | None]:
-        logp, entropy = ChunkedTokenLogprobs.apply(head(h), t, temperature, with_entropy)
-        return logp, entropy
+        return ChunkedTokenLogprobs.apply(head(h), t, temperature, with_entropy, entropy_grad)
 
     parts = [checkpoint(chunk, flat_hidden[i: i + rows], flat_tokens[i: i + rows], use_reentrant=False)
              for i in range(0, len(flat_tokens), rows)]
@@ -77,12 +76,13 @@ class ChunkedTokenLogprobs(torch.autograd.Function):
     tensors and their gradients. At the demo's GRPO update ([64, 39, 1304] in bf16) that was 16 ms of
     forward and backward, mostly spent faulting in fresh pages for those tensors; chunks of ~2 MB are
     reused from the allocator while still in cache: 6 ms. Saves only the logits; the backward runs the
-    log-softmax again.
+    log-softmax again. The entropy has a gradient with entropy_grad (an entropy bonus), else none.
     """
     CHUNK_ELEMENTS = 2 ** 19
 
     @staticmethod
-    def forward(ctx, logits: Tensor, tokens: Tensor, temperature: float, with_entropy: bool) -> tuple[Tensor, Tensor | None]:
+    def forward(ctx, logits: Tensor, tokens: Tensor, temperature: float, with_entropy: bool,
+                entropy_grad: bool) -> tuple[Tensor, Tensor | None]:
         flat_logits, flat_tokens = logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1, 1).long()
         logp = torch.empty(len(flat_logits), dtype=torch.float32, device=logits.device)
         entropy = torch.empty_like(logp) if with_entropy else None
@@ -93,22 +93,32 @@ class ChunkedTokenLogprobs(torch.autograd.Function):
                 entropy[rows] = -torch.linalg.vecdot(logp_all.exp(), logp_all)
         ctx.save_for_backward(flat_logits, flat_tokens)
         ctx.temperature, ctx.shape = temperature, tokens.shape
+        ctx.set_materialize_grads(False)  # None for an output the loss does not use
         if with_entropy:
             entropy = entropy.view(tokens.shape)
-            ctx.mark_non_differentiable(entropy)
+            if not entropy_grad:
+                ctx.mark_non_differentiable(entropy)
         return logp.view(tokens.shape), entropy
 
     @staticmethod
-    def backward(ctx, grad_logp: Tensor, _grad_entropy) -> tuple[Tensor, None, None, None]:
-        """d logp / d z = onehot(token) - softmax(z), with z = logits / temperature."""
+    def backward(ctx, grad_logp: Tensor | None, grad_entropy: Tensor | None) -> tuple[Tensor, None, None, None, None]:
+        """With z = logits / temperature and p = softmax(z): d logp / dz = onehot(token) - p; dH / dz = -p (log p + H)."""
         flat_logits, flat_tokens = ctx.saved_tensors
-        scale = grad_logp.reshape(-1, 1) / ctx.temperature
         grad = torch.empty_like(flat_logits)
         for rows in ChunkedTokenLogprobs.row_chunks(flat_logits):
-            # softmax in one pass: exp(log_softmax) took three (a bf16 [402, 1304] chunk: 175 against 338 us)
-            probs = torch.softmax(ChunkedTokenLogprobs.scaled_fp32(flat_logits[rows], ctx.temperature), dim=-1)
-            grad[rows] = probs.mul_(-scale[rows]).scatter_add_(-1, flat_tokens[rows], scale[rows])
-        return grad.view(*ctx.shape, -1), None, None, None
+            z = ChunkedTokenLogprobs.scaled_fp32(flat_logits[rows], ctx.temperature)
+            chunk_grad = 0.0
+            if grad_logp is not None:
+                scale = grad_logp.reshape(-1, 1)[rows] / ctx.temperature
+                # softmax in one pass: exp(log_softmax) took three (a bf16 [402, 1304] chunk: 175 against 338 us)
+                chunk_grad = torch.softmax(z, dim=-1).mul_(-scale).scatter_add_(-1, flat_tokens[rows], scale)
+            if grad_entropy is not None:
+                logp_all = torch.log_softmax(z, dim=-1)
+                probs = logp_all.exp()
+                entropy = -torch.linalg.vecdot(probs, logp_all).unsqueeze(-1)
+                chunk_grad = chunk_grad - probs * (logp_all + entropy) * (grad_entropy.reshape(-1, 1)[rows] / ctx.temperature)
+            grad[rows] = chunk_grad
+        return grad.view(*ctx.shape, -1), None, None, None, None
 
     @staticmethod
     def row_chunks(flat_logits: Tensor) -> list[slice]:

@@ -100,9 +100,9 @@ def completion_logits(model: PreTrainedModel, input_ids: Tensor, attention_mask:
 
 
 def completion_logprobs(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor,
-                        temperature: float = 1.0, with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
-    """(token log-probs `[B, C]` of the completions at temperature, their entropies or None): core.token_logprobs of
-    completion_logits, zero where completion_mask is.
+                        temperature: float = 1.0, with_entropy: bool = False, entropy_grad: bool = False) -> tuple[Tensor, Tensor | None]:
+    """(token log-probs `[B, C]` of the completions at temperature, their entropies or None, with a gradient only with
+    entropy_grad): core.token_logprobs of completion_logits, zero where completion_mask is.
 
     With a large vocabulary (fast_forward.projection_head) the log-probs come from the last hidden states a chunk of
     rows at a time, without `[B, C, V]` logits. Rows run in two groups, shorter and longer completions, each cut to its own longest one, when that saves at
@@ -128,10 +128,12 @@ def completion_logprobs(model: PreTrainedModel, input_ids: Tensor, attention_mas
         if head is not None:  # a large vocabulary: no [B, C, V] logits
             (hidden,) = completion_states(model, input_ids[rows, :end], attention_mask[rows, :end], prompt_length,
                                           lambda out: (out.hidden_states[-1],), rows_pass, output_hidden_states=True, logits_to_keep=1)
-            group_logp, group_entropy = fast_forward.projected_token_logprobs(hidden, head, tokens, mask, temperature, with_entropy)
+            group_logp, group_entropy = fast_forward.projected_token_logprobs(hidden, head, tokens, mask, temperature, with_entropy,
+                                                                                 entropy_grad)
         else:
             logits = completion_logits(model, input_ids[rows, :end], attention_mask[rows, :end], prompt_length, prompt_pass=rows_pass)
-            group_logp, group_entropy = (fast_forward.token_logprobs_and_entropy(logits, tokens, mask, temperature) if with_entropy
+            group_logp, group_entropy = (fast_forward.token_logprobs_and_entropy(logits, tokens, mask, temperature, entropy_grad)
+                                         if with_entropy
                                          else (fast_forward.token_logprobs(logits, tokens, mask, temperature), None))
         logp[rows, :length] = group_logp
         if with_entropy:

@@ -228,11 +228,9 @@ def _load_user_function(spec: str) -> RewardFn:
 
 def resolve_reward(spec: str = DEFAULT_REWARD, weights: Sequence[float] | None = None, target_words: int = 12) -> CombinedReward:
     """Build the reward from a comma list of names (`length,format`), `FILE.py:FUNCTION`,
-    `package.module:function` or `rm:DIR` (a trained reward model).
-
-    Weights default to equal shares summing to 1 (so rule sums stay in [0, 1]).
+    `package.module:function` or `rm:DIR` (a trained reward model), weighted as reward_weights says.
     """
-    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    parts = reward_names(spec)
     if not parts:
         raise ConfigError(f"--reward is empty; accepted: a comma list of {', '.join(BUILTIN_REWARDS)}, FILE.py:FUNCTION, "
                           "package.module:function or rm:DIR")
@@ -248,8 +246,24 @@ def resolve_reward(spec: str = DEFAULT_REWARD, weights: Sequence[float] | None =
         else:
             raise ConfigError(f"unknown reward {part!r}; accepted: {', '.join(BUILTIN_REWARDS)}, FILE.py:FUNCTION, "
                               "package.module:function or rm:DIR")
+    return CombinedReward(functions, reward_weights(spec, weights))
+
+
+def reward_names(spec: str) -> list[str]:
+    """The rewards of a --reward comma list, in its order (the order of every per-function tensor)."""
+    names = [p.strip() for p in spec.split(",") if p.strip()]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ConfigError(f"--reward names {', '.join(twice)} more than once; accepted: each reward once, weighted by --reward-weights")
+    return names
+
+
+def reward_weights(spec: str, weights: Sequence[float] | None = None) -> list[float]:
+    """The weight of each reward in spec: weights, or by default equal shares summing to 1 (so rule sums stay in
+    [0, 1])."""
+    names = reward_names(spec)
     if weights is None or len(weights) == 0:
-        weights = [1.0 / len(functions)] * len(functions)
-    if len(weights) != len(functions):
-        raise ConfigError(f"--reward-weights has {len(weights)} values for {len(functions)} rewards ({', '.join(functions)})")
-    return CombinedReward(functions, weights)
+        return [1.0 / len(names)] * len(names)
+    if len(weights) != len(names):
+        raise ConfigError(f"--reward-weights has {len(weights)} values for {len(names)} rewards ({', '.join(names)})")
+    return list(weights)
