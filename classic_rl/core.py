@@ -112,6 +112,15 @@ def gae(
     return advantages, advantages + values
 
 
+def token_rewards(scores: Tensor, kl: Tensor, mask: Tensor, beta: float) -> Tensor:
+    """`[B, C]` rewards of a language model's tokens from its sequence scores `[B]` and per-token KL `[B, C]`: -beta * KL on
+    every valid token, plus the score on the last valid token (RLHF PPO's and REINFORCE++'s)."""
+    rewards = -beta * kl * mask
+    last = (mask.sum(1).long() - 1).clamp(min=0)
+    rewards[torch.arange(len(scores), device=scores.device), last] += scores
+    return rewards
+
+
 def discounted_returns(rewards: Tensor, dones: Tensor, gamma: float) -> Tensor:
     """Reward-to-go G_t = r_t + gamma * (1 - done_t) * G_{t+1} along the last axis, G_T = 0.
 

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("classic_rl", "rlhf_toy")
 WHAT = {  # the caption of each box: a folder, or a module of a package's top level
     "rlhf_toy/online.py": "the online loop", "rlhf_toy/supervised.py": "the supervised loop",
-    "rlhf_toy/algorithms/": "GRPO, PPO, DPO", "rlhf_toy/generation/": "sampling, rollouts, log-probs",
+    "rlhf_toy/algorithms/": "GRPO, PPO, RLOO, REINFORCE++, DPO", "rlhf_toy/generation/": "sampling, rollouts, log-probs",
     "rlhf_toy/rewards/": "rules, reward models, labels", "rlhf_toy/lm/": "models, pretraining",
     "rlhf_toy/tasks/": "named tasks, arithmetic", "rlhf_toy/evaluation.py": "before / after",
     "rlhf_toy/corpus.py": "the synthetic data", "rlhf_toy/data.py": "JSONL, batches, labels",

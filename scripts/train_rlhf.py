@@ -7,7 +7,7 @@
     python scripts/train_rlhf.py --task arithmetic            # verifiable rewards: pass@1 and pass@8 before/after
     python scripts/train_rlhf.py --task                       # lists the tasks
 
---algo picks the algorithm (rlhf_toy/algorithms/: grpo, ppo) and its config; each of its fields is a flag
+--algo picks the algorithm (rlhf_toy/algorithms/: grpo, ppo, rloo, reinforce_pp) and its config; each of its fields is a flag
 (see --algo ppo --help); --config FILE takes JSON or YAML, e.g. a run's config.json.
 """
 

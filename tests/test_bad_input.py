@@ -84,7 +84,7 @@ CASES = {
         ("pretrain.py", ["--preset", "huge"], "unknown --preset 'huge'; accepted: nano, tiny, small"),
         ("pretrain.py", ["--arch", "mamba"], "unknown --arch 'mamba'; accepted: gpt2, llama"),
         ("sample.py", ["--model", "{nano}", "--reward", "politeness"], "unknown reward 'politeness'; accepted: length, format"),
-        ("train_rlhf.py", ["--algo", "dpo"], "unknown --algo 'dpo'; accepted: grpo, ppo"),
+        ("train_rlhf.py", ["--algo", "dpo"], "unknown --algo 'dpo'; accepted: grpo, ppo, rloo, reinforce_pp"),
         ("train_rlhf.py", ["--reward", "length,politeness"], "unknown reward 'politeness'"),
         ("train_rlhf.py", ["--task", "poetry"], "unknown --task 'poetry'; accepted: arithmetic"),
         ("compare_reasoning.py", ["--algos", "dpo"], "invalid choice: 'dpo' (choose from 'grpo', 'ppo')"),

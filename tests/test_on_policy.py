@@ -1,5 +1,5 @@
-"""On-policy, exactly, on the models users bring: with policy = old policy = reference, the first update of GRPO and
-PPO sees a ratio of exactly 1 and a KL of exactly 0, on a GPT-2 with dropout 0.1 and in bf16; several passes start
+"""On-policy, exactly, on the models users bring: with policy = old policy = reference, the first update of GRPO,
+PPO, RLOO and REINFORCE++ sees a ratio of exactly 1 and a KL of exactly 0, on a GPT-2 with dropout 0.1 and in bf16; several passes start
 exactly on-policy too; a model's generation_config does not change what the sampler draws; and the settings that
 would split a step unevenly across processes are refused."""
 
@@ -31,7 +31,7 @@ def one_step_config(nano, run_dir, algo, model, **overrides):
     return config_for(algo)(**{**fields, **overrides})
 
 
-@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+@pytest.mark.parametrize("algo", ["grpo", "ppo", "rloo", "reinforce_pp"])
 @pytest.mark.parametrize("model, precision", [("dropout", "fp32"), ("dropout", "bf16"), ("nano", "bf16")])
 def test_the_first_update_is_exactly_on_policy(algo, model, precision, nano, nano_dir, dropout_gpt2_dir, tmp_path):
     """One gradient step on a rollout of the reference itself: ratio 1 and KL 0 to the bit. The sampler (fp32, eval
@@ -52,7 +52,8 @@ def test_dropout_is_kept_on_request_and_then_the_update_is_off_policy(nano, drop
     assert row["kl"] > 1e-4 and row["sampling/sampling_logp_difference/max"] > 1e-2 and row["approx_kl"] == 0.0
 
 
-@pytest.mark.parametrize("algo, passes", [("grpo", dict(num_iterations=2)), ("ppo", dict(num_ppo_epochs=2))])
+@pytest.mark.parametrize("algo, passes", [("grpo", dict(num_iterations=2)), ("ppo", dict(num_ppo_epochs=2)),
+                                          ("rloo", dict(num_iterations=2)), ("reinforce_pp", dict(max_epochs=2))])
 def test_several_passes_start_exactly_on_policy_and_then_move(algo, passes, nano, dropout_gpt2_dir, tmp_path, monkeypatch):
     """With stored old log-probs (two minibatches, two passes), in bf16 on the dropout model: the first minibatch's
     ratio is exactly 1, and the later ones see the steps taken before them."""

@@ -26,11 +26,16 @@ def launch(script: str, args: list[str], num_processes: int) -> subprocess.Compl
 
 
 def online_flags(nano, run_dir, algo: str, fsdp: bool = False, **extra) -> list[str]:
-    """A short GRPO or PPO run whose update uses statistics of the whole batch: GRPO's batch-scaled advantages and DAPO
+    """A short online run whose update uses statistics of the whole batch: GRPO's batch-scaled advantages and DAPO
     normaliser; PPO's whitened advantages and rewards, its adaptive KL coefficient, its separate critic and (without
-    --fsdp, which refuses it) the pretraining mix, a second forward of the policy before each backward."""
-    own = (dict(scale_rewards="batch", beta=0.04, num_iterations=2) if algo == "grpo" else
-           dict(whiten_rewards=True, target_kl=0.01, kl_horizon=64, **({} if fsdp else dict(ptx_coef=0.5, ptx_batch_size=2))))
+    --fsdp, which refuses it) the pretraining mix, a second forward of the policy before each backward; RLOO's
+    leave-one-out baselines and whitened advantages; REINFORCE++-baseline's group means and token whitening."""
+    own = {"grpo": dict(scale_rewards="batch", beta=0.04, num_iterations=2),
+           "ppo": dict(whiten_rewards=True, target_kl=0.01, kl_horizon=64, **({} if fsdp else dict(ptx_coef=0.5, ptx_batch_size=2))),
+           # RLOO's gradient is a sum over whole completions, whose rounding differs between 1 and 2 processes by a few
+           # 1e-7; Adam moves a weight whose gradient is that noise by up to lr a step, so a smaller one (as DPO's below)
+           "rloo": dict(normalize_advantages=True, beta=0.05, num_iterations=2, learning_rate=1e-4),
+           "reinforce_pp": dict(init_kl_coef=0.05, max_epochs=2)}[algo]
     cfg = small_config(nano, run_dir.parent, algo=algo, prompts_per_step=4, num_generations=4, log_completions_every=0,
                        precision="fp32", run_dir=str(run_dir), **own, **extra)
     return as_flags(cfg)
@@ -59,6 +64,10 @@ TRAINERS = {  # name: (script, its flags given (nano, run_dir, the 2-process run
     "ppo": ("train_rlhf.py", lambda nano, run_dir: online_flags(nano, run_dir, "ppo")),
     "grpo, FSDP": ("train_rlhf.py", lambda nano, run_dir: online_flags(nano, run_dir, "grpo", fsdp=True)),
     "ppo, FSDP": ("train_rlhf.py", lambda nano, run_dir: online_flags(nano, run_dir, "ppo", fsdp=True)),
+    "rloo": ("train_rlhf.py", lambda nano, run_dir: online_flags(nano, run_dir, "rloo")),
+    "reinforce++-baseline": ("train_rlhf.py", lambda nano, run_dir: online_flags(nano, run_dir, "reinforce_pp")),
+    "grpo, GDPO": ("train_rlhf.py", lambda nano, run_dir: online_flags(
+        nano, run_dir, "grpo", reward="length,format", multi_objective_aggregation="normalize_then_sum")),
     "grpo, top-entropy fifth": ("train_rlhf.py", lambda nano, run_dir: online_flags(nano, run_dir, "grpo", top_entropy_quantile=0.2)),
     "grpo, LoRA, FSDP": ("train_rlhf.py", lambda nano, run_dir: online_flags(nano, run_dir, "grpo", fsdp=True, use_peft=True,
                                                                              learning_rate=1e-3)),

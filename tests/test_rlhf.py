@@ -25,7 +25,6 @@ from rlhf_toy.algorithms.ppo import (
     build_critic,
     logits_and_values,
     ppo_update,
-    token_rewards,
 )
 from rlhf_toy.evaluation import evaluate_on_prompts
 from rlhf_toy.generation.fast_forward import length_groups
@@ -276,7 +275,7 @@ def test_a_run_config_file_chooses_its_algorithm(tmp_path, monkeypatch, capsys):
 def test_token_rewards_put_the_score_on_the_last_valid_token():
     kl = torch.tensor([[0.1, 0.2, 0.3], [0.5, 0.0, 0.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
-    rewards = token_rewards(torch.tensor([1.0, 2.0]), kl, mask, beta=0.5)
+    rewards = core.token_rewards(torch.tensor([1.0, 2.0]), kl, mask, beta=0.5)
     torch.testing.assert_close(rewards, torch.tensor([[-0.05, -0.1, 1.0 - 0.15], [2.0 - 0.25, 0.0, 0.0]]))
 
 

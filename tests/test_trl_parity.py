@@ -14,7 +14,15 @@ import pytest
 import torch
 
 from rlhf_toy.algorithms.dpo import DPO_LOSS_TYPES, DPOConfig, dpo_batch_loss
-from rlhf_toy.algorithms.grpo import LOSS_TYPES, GRPOConfig, gamma_weights, gdpo_advantages, group_advantages, minibatch_loss
+from rlhf_toy.algorithms.grpo import (
+    LOSS_TYPES,
+    GRPOConfig,
+    gamma_weights,
+    gdpo_advantages,
+    group_advantages,
+    minibatch_loss,
+)
+from rlhf_toy.algorithms.rloo import RLOOConfig, rloo_advantages, sequence_loss
 from rlhf_toy.data import Labels
 from rlhf_toy.generation.rollout import completion_logprobs, sample_rollout
 from rlhf_toy.generation.sampling import SamplingConfig
@@ -34,7 +42,7 @@ def assert_same(ours: torch.Tensor, theirs: torch.Tensor, our_model, their_model
     ours.backward()
     theirs.backward()
     for (name, mine), other in zip(our_model.named_parameters(), their_model.parameters(), strict=True):
-        torch.testing.assert_close(mine.grad, other.grad, atol=tolerance, rtol=1e-5, msg=name)
+        torch.testing.assert_close(mine.grad, other.grad, atol=tolerance, rtol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
     our_model.zero_grad(set_to_none=True)
     their_model.zero_grad(set_to_none=True)
 
@@ -157,6 +165,27 @@ def test_grpo_loss_equals_trls(case, grpo_batch, nano_dir, tmp_path):
         assert entropy_control.value != cfg.entropy_coef and stats["entropy_coef_applied"] > 0
 
 
+class RecordedRewards:
+    """Two reward functions for TRL's trainers that record what they return (TRL hands back only advantages): a count of
+    letters mod 3, and whether a completion has more than 3 spaces (a small spread)."""
+
+    def __init__(self):
+        self.seen = []
+        self.functions = [self.letters, self.long]
+
+    def letters(self, prompts, completions, **_):
+        self.seen.append([float(sum(c.isalpha() for c in text) % 3) for text in completions])
+        return self.seen[-1]
+
+    def long(self, prompts, completions, **_):
+        self.seen.append([float(text.count(" ") > 3) for text in completions])
+        return self.seen[-1]
+
+    @property
+    def per_function(self) -> torch.Tensor:
+        return torch.tensor(self.seen).T
+
+
 @pytest.mark.parametrize("aggregation, scale_rewards", [("normalize_then_sum", "group"), ("sum_then_normalize", "group"),
                                                          ("sum_then_normalize", "batch"), ("sum_then_normalize", "none")])
 def test_advantages_of_several_rewards_equal_trls(aggregation, scale_rewards, nano_dir, tmp_path):
@@ -164,25 +193,16 @@ def test_advantages_of_several_rewards_equal_trls(aggregation, scale_rewards, na
     the plain sum differ); our advantages of the rewards its functions returned equal the ones it hands the loss."""
     from trl import GRPOConfig as TRLGRPOConfig
     from trl import GRPOTrainer
-    seen = []
-
-    def letters(prompts, completions, **_):
-        seen.append([float(sum(c.isalpha() for c in text) % 3) for text in completions])
-        return seen[-1]
-
-    def long(prompts, completions, **_):
-        seen.append([float(text.count(" ") > 3) for text in completions])
-        return seen[-1]
-
+    rewards = RecordedRewards()
     args = TRLGRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=B, num_generations=G, max_completion_length=10,
                          multi_objective_aggregation=aggregation, scale_rewards=scale_rewards, reward_weights=[0.7, 0.3],
                          use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True)
     prompts = [{"prompt": "Describe a fox."}] * G + [{"prompt": "Tell me about Ada."}] * G
-    trainer = GRPOTrainer(model=load_model(nano_dir), reward_funcs=[letters, long], args=args, processing_class=load_tokenizer(nano_dir),
+    trainer = GRPOTrainer(model=load_model(nano_dir), reward_funcs=rewards.functions, args=args, processing_class=load_tokenizer(nano_dir),
                           train_dataset=datasets.Dataset.from_list(prompts))
     torch.manual_seed(0)
     theirs = trainer._generate_and_score_completions(prompts)["advantages"]
-    rewards_per_func = torch.tensor(seen).T
+    rewards_per_func = rewards.per_function
     assert len(set(rewards_per_func[:, 0].tolist())) > 1 and len(set(rewards_per_func[:, 1].tolist())) > 1
     weights = torch.tensor([0.7, 0.3])
     if aggregation == "normalize_then_sum":
@@ -190,6 +210,74 @@ def test_advantages_of_several_rewards_equal_trls(aggregation, scale_rewards, na
     else:
         ours, _ = group_advantages((rewards_per_func * weights).sum(1), G, scale_rewards)
     torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+
+
+def trl_rloo_trainer(model_dir: str, cfg: RLOOConfig, out_dir, reward_funcs, weights=None, processes: int = 1):
+    """TRL's RLOOTrainer set as cfg says, on B completions of one prompt."""
+    from trl import RLOOConfig as TRLRLOOConfig
+    from trl import RLOOTrainer
+    args = TRLRLOOConfig(
+        output_dir=str(out_dir), per_device_train_batch_size=B // cfg.num_minibatches // processes, gradient_accumulation_steps=1,
+        steps_per_generation=cfg.num_minibatches, num_generations=G, num_iterations=cfg.num_iterations,
+        max_completion_length=cfg.max_completion_length, temperature=cfg.temperature, beta=cfg.beta, epsilon=cfg.epsilon,
+        epsilon_high=cfg.epsilon_high, normalize_advantages=cfg.normalize_advantages, reward_clip_range=cfg.reward_clip_range,
+        reward_weights=weights, use_cpu=True, bf16=False, report_to="none", save_strategy="no", disable_tqdm=True)
+    trainer = RLOOTrainer(model=load_model(model_dir), reward_funcs=reward_funcs, args=args, processing_class=load_tokenizer(model_dir),
+                          train_dataset=datasets.Dataset.from_dict({"prompt": ["Describe a fox and the lake."] * B}))
+    trainer.model.train()
+    return trainer
+
+
+@pytest.mark.parametrize("case", [dict(), dict(epsilon_high=0.28, num_minibatches=2), dict(epsilon=0.1, temperature=0.7),
+                                  dict(num_minibatches=2, processes=2)], ids=str)
+def test_rloo_loss_equals_trls(case, grpo_batch, nano_dir, tmp_path):
+    """Each minibatch of each process: TRL's RLOO _compute_loss (one ratio per completion, old log-probs away from the
+    policy's so that both clip branches are taken) and ours."""
+    rollout, advantages, old, _ = grpo_batch
+    case = dict(case)
+    processes = case.pop("processes", 1)
+    cfg = RLOOConfig(prompts_per_step=B // G, num_generations=G, max_completion_length=10, **case)
+    trainer = trl_rloo_trainer(nano_dir, cfg, tmp_path, lambda prompts, completions, **_: [0.0] * len(prompts), processes=processes)
+    policy, mask, prompt, share = load_model(nano_dir).train(), rollout.completion_mask, rollout.prompt_length, B // processes
+    for process in range(processes):
+        for rows in torch.arange(process * share, (process + 1) * share).split(share // cfg.num_minibatches):
+            ours, _, _ = sequence_loss(policy, rollout, rows, advantages, old, mask, cfg)
+            theirs = trainer._compute_loss(trainer.model, {
+                "prompt_ids": rollout.input_ids[rows, :prompt], "prompt_mask": rollout.attention_mask[rows, :prompt],
+                "completion_ids": rollout.completion_ids[rows], "completion_mask": mask[rows].long(),
+                "old_logps": (old[rows] * mask[rows]).sum(1), "advantages": advantages[rows]})
+            # at 0.7 the policy's log-probs are far from the old ones taken at 1: completion ratios of 4 on average scale
+            # the gradients, and their rounding with them
+            assert_same(ours, theirs, policy, trainer.model, tolerance=1e-5 if cfg.temperature != 1 else 1e-6)
+
+
+@pytest.mark.parametrize("case", [dict(), dict(normalize_advantages=True, reward_clip_range=[0.0, 1.5])], ids=str)
+def test_rloo_advantages_equal_trls(case, nano_dir, tmp_path):
+    """TRL's generation step samples 2 groups from a policy moved away from its reference, scores them with 2 weighted
+    rewards and takes beta times each completion's summed KL off its reward; our advantages of the same rewards and
+    log-probs equal the ones it hands the loss."""
+    from accelerate import Accelerator
+
+    from rlhf_toy.generation.rollout import completion_logprobs
+    rewards = RecordedRewards()
+    cfg = RLOOConfig(prompts_per_step=B // G, num_generations=G, max_completion_length=10, beta=0.5, **case)
+    trainer = trl_rloo_trainer(nano_dir, cfg, tmp_path, rewards.functions, weights=[0.7, 0.3])
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(0.03 * torch.randn_like(p))
+    torch.manual_seed(0)
+    out = trainer._generate_and_score_completions([{"prompt": "Describe a fox and the lake."}] * B)
+    input_ids = torch.cat([out["prompt_ids"], out["completion_ids"]], 1)
+    attention_mask = torch.cat([out["prompt_mask"], out["completion_mask"]], 1)
+    mask = out["completion_mask"].float()
+    with torch.no_grad():
+        old, _ = completion_logprobs(trainer.model.eval(), input_ids, attention_mask, mask)
+        ref, _ = completion_logprobs(load_model(nano_dir).eval(), input_ids, attention_mask, mask)
+    totals = (rewards.per_function * torch.tensor([0.7, 0.3])).sum(1)
+    assert (old - ref).abs().max() > 1e-2 and len(set(totals.tolist())) > 2
+    ours = rloo_advantages(Accelerator(cpu=True), totals, ((old - ref) * mask).sum(1), cfg)
+    torch.testing.assert_close(ours, out["advantages"], atol=1e-5, rtol=0)
 
 
 def test_trl_scores_left_padded_rows_at_shifted_positions(nano_dir):

@@ -14,10 +14,14 @@ from classic_rl.infra.errors import require_choice
 from rlhf_toy.algorithms.base import OnlineAlgorithm, RLHFConfig
 from rlhf_toy.algorithms.grpo import GRPO
 from rlhf_toy.algorithms.ppo import PPO
+from rlhf_toy.algorithms.reinforce_pp import ReinforcePP
+from rlhf_toy.algorithms.rloo import RLOO
 
 ALGORITHMS: dict[str, type[OnlineAlgorithm]] = {
     "grpo": GRPO,
     "ppo": PPO,
+    "rloo": RLOO,
+    "reinforce_pp": ReinforcePP,
 }
 
 

@@ -10,13 +10,24 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from torch import Tensor
+
 from classic_rl.infra.cli import config_field
-from classic_rl.infra.errors import ConfigError, require_choice, require_nonnegative, require_positive
+from classic_rl.infra.errors import (
+    ConfigError,
+    check_finite,
+    require_choice,
+    require_nonnegative,
+    require_positive,
+)
 from classic_rl.infra.run_folder import RunFields
 from rlhf_toy.data import DATA_DIR
+from rlhf_toy.distributed import clip_gradients
+from rlhf_toy.generation.rollout import Rollout, completion_logprobs, trainer_forward
 from rlhf_toy.generation.sampling import SamplingConfig
 from rlhf_toy.lm.base_model import BASE_MODELS
 from rlhf_toy.lm.lora import ModelFields
+from rlhf_toy.lm.models import evaluation_mode
 from rlhf_toy.precision import PRECISIONS
 from rlhf_toy.rewards.functions import DEFAULT_REWARD
 
@@ -29,7 +40,7 @@ class RLHFConfig(ModelFields, RunFields):
     prompts_per_step x num_generations completions, split into num_minibatches gradient steps."""
 
     ALGO: ClassVar[str] = ""
-    algo: str = config_field("", "RL algorithm, one of rlhf_toy/algorithms/ (grpo, ppo; picks the config class)")
+    algo: str = config_field("", "RL algorithm, one of rlhf_toy/algorithms/ (grpo, ppo, rloo, reinforce_pp; picks the config class)")
     task: str | None = config_field(None, "Named task setting prompts, eval set, rewards and sampling defaults "
                                           "(rlhf_toy/tasks/; train_rlhf.py --task lists them)")
     model: str | None = config_field(None, "Policy to fine-tune: a save_pretrained folder or hub name (default: the "
@@ -198,3 +209,36 @@ class OnlineAlgorithm:
         """num passes of gradient steps on one rollout `[B]`, its sequence rewards `[B]` (the weighted sum of the rewards per
         function `[B, K]`, in --reward's order, whose weights reward_weights gives); returns the step's metrics."""
         raise NotImplementedError
+
+
+def check_reward_clip_range(clip_range: list[float] | None) -> None:
+    """A ConfigError unless --reward-clip-range is unset or [min, max] with min <= max."""
+    if clip_range is not None and (len(clip_range) != 2 or clip_range[0] > clip_range[1]):
+        raise ConfigError(f"--reward-clip-range takes two numbers, min <= max, got {clip_range}")
+
+
+def logprobs_before_update(policy, ref_model, rollout: Rollout, minibatches: list[Tensor], temperature: float,
+                           with_old: bool) -> tuple[Tensor | None, Tensor | None]:
+    """(the policy's log-probs `[B, C]` before the update, or None without with_old; the reference's, or None without
+    one), each from the update's own forward on its first pass's minibatches (trainer_forward), so that on the first
+    minibatch the ratio is exactly 1 and the KL to an unchanged reference exactly 0."""
+    def logprobs(model):
+        return trainer_forward(lambda rows: completion_logprobs(model, rollout.input_ids[rows], rollout.attention_mask[rows],
+                                                                rollout.completion_mask[rows], temperature)[:1], minibatches)[0]
+
+    ref = None
+    if ref_model is not None:
+        with evaluation_mode(ref_model):
+            ref = logprobs(ref_model)
+    return (logprobs(policy) if with_old else None), ref
+
+
+def gradient_step(accelerator, optimizer, loss: Tensor, parameters, max_grad_norm: float) -> Tensor:
+    """Backward, clip the gradient norm over every process, step; returns the norm before clipping. A non-finite loss
+    or norm raises NonFiniteError before the step, so the weights stay good."""
+    accelerator.backward(loss)
+    grad_norm = clip_gradients(accelerator, parameters, max_grad_norm)
+    check_finite(None, loss=loss, grad_norm=grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm

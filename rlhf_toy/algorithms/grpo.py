@@ -34,16 +34,14 @@ from classic_rl import core
 from classic_rl.infra.cli import config_field
 from classic_rl.infra.errors import (
     ConfigError,
-    check_finite,
     require_choice,
     require_nonnegative,
     require_positive,
 )
 from classic_rl.infra.metrics import MeanStats
-from rlhf_toy.algorithms.base import OnlineAlgorithm, RLHFConfig
-from rlhf_toy.distributed import clip_gradients, values_of_every_process
-from rlhf_toy.generation.rollout import Rollout, completion_logprobs, sampler_mismatch, trainer_forward
-from rlhf_toy.lm.models import evaluation_mode
+from rlhf_toy.algorithms.base import OnlineAlgorithm, RLHFConfig, gradient_step, logprobs_before_update
+from rlhf_toy.distributed import values_of_every_process
+from rlhf_toy.generation.rollout import Rollout, completion_logprobs, sampler_mismatch
 from rlhf_toy.rewards.functions import reward_weights
 
 LOSS_TYPES = ("grpo", "dapo", "bnpo", "dr_grpo", "cispo", "sapo", "luspo", "vespo")
@@ -360,15 +358,8 @@ def grpo_update(policy, ref_model, optimizer, accelerator, rollout: Rollout, rew
     gather = functools.partial(values_of_every_process, accelerator) if accelerator.num_processes > 1 else None
     entropy_control = entropy_control or cfg.entropy_controller()
 
-    def logprobs(model):
-        return trainer_forward(lambda rows: completion_logprobs(model, rollout.input_ids[rows], rollout.attention_mask[rows],
-                                                                rollout.completion_mask[rows], cfg.temperature)[:1], passes[0])[0]
-
-    ref_logprobs = None
-    if cfg.beta > 0:
-        with evaluation_mode(ref_model):
-            ref_logprobs = logprobs(ref_model)
-    old_logprobs = logprobs(policy) if cfg.num_iterations * cfg.num_minibatches > 1 else None
+    old_logprobs, ref_logprobs = logprobs_before_update(policy, ref_model if cfg.beta > 0 else None, rollout, passes[0],
+                                                        cfg.temperature, with_old=cfg.num_iterations * cfg.num_minibatches > 1)
     first_pass_old = torch.zeros_like(mask)  # the trainer's log-probs before the update, against the sampler's
     means = MeanStats()
     for iteration, minibatches in enumerate(passes):
@@ -377,11 +368,7 @@ def grpo_update(policy, ref_model, optimizer, accelerator, rollout: Rollout, rew
                                               gather, entropy_control)
             if iteration == 0:
                 first_pass_old[rows] = old
-            accelerator.backward(loss)
-            stats["grad_norm"] = clip_gradients(accelerator, policy.parameters(), cfg.max_grad_norm)
-            check_finite(None, loss=loss, grad_norm=stats["grad_norm"])  # before the step: the weights stay good
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            stats["grad_norm"] = gradient_step(accelerator, optimizer, loss, policy.parameters(), cfg.max_grad_norm)
             means.add(stats)
     metrics = means.means()
     metrics["clip_ratio"] = metrics.pop("clipfrac")

@@ -162,20 +162,12 @@ def build_critic(policy: PreTrainedModel, kind: str, load_copy, reward_model_dir
     return critic
 
 
-def token_rewards(scores: Tensor, kl: Tensor, mask: Tensor, beta: float) -> Tensor:
-    """`[B, C]`: -beta * k1 on every valid token, plus the sequence score on the last valid token."""
-    rewards = -beta * kl * mask
-    last = (mask.sum(1).long() - 1).clamp(min=0)
-    rewards[torch.arange(len(scores), device=scores.device), last] += scores
-    return rewards
-
-
 def advantages_and_returns(scores: Tensor, values: Tensor, kl: Tensor, mask: Tensor, beta: float,
                            cfg: PPOConfig, total=None) -> tuple[Tensor, Tensor]:
     """(advantages whitened over valid tokens, returns), both `[B, C]`, from sequence scores `[B]`, the rollout's
     values and per-token KL `[B, C]`: token_rewards, then GAE over each completion, which ends at its last token.
     total: sums over the processes (distributed.summed_over_processes), so whitening sees every process's tokens."""
-    rewards = token_rewards(scores, kl, mask, beta)
+    rewards = core.token_rewards(scores, kl, mask, beta)
     if cfg.whiten_rewards:
         rewards = core.masked_whiten(rewards, mask, shift_mean=False, total=total)
     # the episode ends at each completion's last token; nothing flows back from the padding after it
