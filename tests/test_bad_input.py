@@ -9,7 +9,7 @@ import pytest
 from tests.conftest import run_script
 
 SCRIPTS = ["train_classic.py", "evaluate_classic.py", "bench_classic.py", "compare_critics.py", "run_tutorials.py", "make_data.py",
-           "pretrain.py", "sample.py", "train_reward_model.py", "train_rlhf.py", "bench_rlhf.py", "compare_reasoning.py",
+           "pretrain.py", "sample.py", "train_reward_model.py", "train_rlhf.py", "bench_rlhf.py", "compare_algorithms.py",
            "arithmetic_breakdown.py", "label.py", "rlhf_loop.py", "train_dpo.py", "compare_preferences.py", "compare_ppo_recipes.py",
            "bench_demo.py", "bench_precision.py"]
 WITH_RUN_FOLDER_ARGUMENT = ("evaluate_classic.py", "arithmetic_breakdown.py")  # their first argument is an existing run
@@ -52,7 +52,7 @@ CASES = {
         ("bench_classic.py", ["--seeds", "three"], "invalid int value: 'three'"),
         ("compare_critics.py", ["--lambdas", "one"], "invalid float value: 'one'"),
         ("run_tutorials.py", ["--seeds", "first"], "invalid int value: 'first'"),
-        ("compare_reasoning.py", ["--seeds", "first"], "invalid int value: 'first'"),
+        ("compare_algorithms.py", ["--seeds", "first"], "invalid int value: 'first'"),
         ("make_data.py", ["--seed", "x"], "invalid int value: 'x'"),
         ("pretrain.py", ["--max-steps", "1.5"], "invalid int value: '1.5'"),
         ("sample.py", ["--n", "all"], "invalid int value: 'all'"),
@@ -87,7 +87,7 @@ CASES = {
         ("train_rlhf.py", ["--algo", "dpo"], "unknown --algo 'dpo'; accepted: grpo, ppo, rloo, reinforce_pp"),
         ("train_rlhf.py", ["--reward", "length,politeness"], "unknown reward 'politeness'"),
         ("train_rlhf.py", ["--task", "poetry"], "unknown --task 'poetry'; accepted: arithmetic"),
-        ("compare_reasoning.py", ["--algos", "dpo"], "invalid choice: 'dpo' (choose from 'grpo', 'ppo')"),
+        ("compare_algorithms.py", ["--methods", "dpo"], "invalid choice: 'dpo' (choose from 'dapo', 'grpo'"),
         ("bench_rlhf.py", ["--impls", "ours", "openrlhf"], "unknown --impls ['openrlhf']; accepted: ours, trl, ppo"),
         ("bench_rlhf.py", ["--precisions", "fp32", "fp16"], "unknown --precisions ['fp16']; accepted: fp32, bf16"),
         ("train_rlhf.py", ["--precision", "half"], "unknown --precision 'half'; accepted: auto, fp32, bf16"),
@@ -108,7 +108,9 @@ CASES = {
         ("bench_demo.py", ["--repeats", "0"], "--repeats must be > 0, got 0"),
         ("bench_precision.py", ["--threads", "0"], "--threads must be > 0, got 0"),
         ("bench_precision.py", ["--model", "{dir}/none"], "model folder {dir}/none not found"),
-        ("compare_reasoning.py", ["--steps", "0"], "--steps must be > 0, got 0"),
+        ("compare_algorithms.py", ["--budget-s", "0"], "--budget-s must be > 0, got 0.0"),
+        ("compare_algorithms.py", ["--steps", "task", "--budget-s", "5"], "--steps trains for steps, --budget-s for seconds"),
+        ("compare_algorithms.py", ["--steps", "many"], "--steps takes a number > 0 or 'task', got 'many'"),
         ("compare_preferences.py", ["--beta", "0"], "--beta must be > 0, got 0.0"),
         ("train_rlhf.py", ["--pass-at-k", "8"], "--pass-at-k 8 needs --eval-samples-per-prompt >= 8, got 2"),
         ("train_rlhf.py", ["--pass-at-k", "2"], "--pass-at-k counts answers the correct reward accepts; add correct to --reward"),
@@ -151,7 +153,7 @@ CASES = {
 def test_bad_input_gets_one_line_and_exit_2(script, args, message, files, monkeypatch, capsys):
     fill = lambda text: text.format(**files)  # noqa: E731
     if "--run-dir" not in args and script not in ("evaluate_classic.py", "bench_classic.py", "make_data.py", "sample.py",
-                                                  "bench_rlhf.py", "run_tutorials.py", "compare_reasoning.py", "arithmetic_breakdown.py",
+                                                  "bench_rlhf.py", "run_tutorials.py", "compare_algorithms.py", "arithmetic_breakdown.py",
                                                   "label.py", "compare_preferences.py", "compare_ppo_recipes.py", "bench_demo.py",
                                                   "bench_precision.py"):
         args = [*args, "--run-dir", "{dir}/fresh"]

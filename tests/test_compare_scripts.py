@@ -39,9 +39,14 @@ def test_compare_preferences_trains_each_method_on_each_label_set(nano_cache, tm
     assert (tmp_path / "out.png").is_file()
 
 
-def test_compare_reasoning_reports_pass_at_k_of_each_algorithm(nano_cache, tmp_path, monkeypatch, capsys):
-    result = run_comparison("compare_reasoning.py", ["--algos", "grpo", "ppo", "--seeds", "1", "--steps", "2"], tmp_path, monkeypatch, capsys)
-    assert sorted(row["algo"] for row in result["rows"]) == ["grpo", "ppo"]
+def test_compare_algorithms_trains_each_method_on_each_task_and_measures_its_kl(nano_cache, tmp_path, monkeypatch, capsys):
+    result = run_comparison("compare_algorithms.py", ["--methods", "gspo", "rloo", "reinforce++", "--seeds", "1", "--budget-s", "2"],
+                            tmp_path, monkeypatch, capsys)
+    assert {(row["task"], row["method"]) for row in result["rows"]} == {(task, method) for task in ("default", "arithmetic")
+                                                                       for method in ("gspo", "rloo", "reinforce++")}
+    for row in result["rows"]:
+        assert row["steps"] >= 1 and row["train_s"] >= 2 and row["kl"] > 0 and 0 <= row["after"] <= 1, row
+        assert row["curve"] and row["curve"][-1][0] <= row["train_s"] + 1e-6
     assert (tmp_path / "out.png").is_file()
 
 
