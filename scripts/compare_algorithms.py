@@ -24,7 +24,7 @@ import torch
 from classic_rl.infra.cli import cli, run_in_own_process, script_parser
 from classic_rl.infra.errors import ConfigError, require_positive
 from classic_rl.infra.machine import machine
-from classic_rl.infra.plots import plot_lines
+from classic_rl.infra.plots import plt  # with the Agg backend: files only
 from classic_rl.infra.run_folder import atomic_write, read_jsonl, write_json
 from rlhf_toy.data import load_prompt_rows
 from rlhf_toy.evaluation import kl_to_reference
@@ -77,7 +77,16 @@ def train_one(task: str, method: str, seed: int, budget: list[str], num_minibatc
                                     str(seed), "--log-completions-every", "0", "--run-dir", str(run_dir), "--overwrite"])
     summary = json.loads((run_dir / "summary.json").read_text())
     return {"task": task, "method": method, "seed": seed, "before": summary[before], "after": summary[after],
-            "steps": summary["steps"], "train_s": summary["wall_s"], "curve": curve(run_dir, task)}
+            "steps": summary["steps"], "train_s": summary["wall_s"], "curve": curve(run_dir, task), **diagnostics(run_dir)}
+
+
+def diagnostics(run_dir: Path, last: int = 10) -> dict[str, float]:
+    """What explains a result: the token entropy and completion length over the last steps (collapse, length bias) and
+    the share of tokens (or completions) whose ratio was clipped, over every step (how much the clip cut)."""
+    rows = [row for row in read_jsonl(run_dir / "metrics.jsonl") if "reward" in row]
+    return {"entropy_end": float(np.mean([row["entropy"] for row in rows[-last:]])),
+            "length_end": float(np.mean([row["completions/mean_length"] for row in rows[-last:]])),
+            "clip_ratio": float(np.mean([row["clip_ratio"] for row in rows]))}
 
 
 def budget_flags(task: str, budget_s: float | None, steps: str | None) -> list[str]:
@@ -130,37 +139,42 @@ def markdown(rows: list[dict], budgets: dict[str, list[str]], command: str) -> s
     for task in dict.fromkeys(r["task"] for r in rows):
         mine = [r for r in rows if r["task"] == task]
         lines += [f"## {task}: {TASKS[task][3]}", "", f"Before training: {spread([r['before'] for r in mine])}.", "",
-                  "| method | after, mean (min-max) over seeds | KL to base per completion | steps | training s |", "|---|---|---|---|---|"]
+                  "| method | after, mean (min-max) over seeds | KL to base per completion | entropy at the end | clipped | "
+                  "length at the end | steps | training s |", "|---|---|---|---|---|---|---|---|"]
         ranked = sorted(dict.fromkeys(r["method"] for r in mine), key=lambda m: -np.mean([r["after"] for r in mine if r["method"] == m]))
         for method in ranked:
             runs = [r for r in mine if r["method"] == method]
-            lines.append(f"| {method} | **{spread([r['after'] for r in runs])}** | {np.mean([r['kl'] for r in runs]):.2f} | "
-                         f"{np.mean([r['steps'] for r in runs]):.0f} | {np.mean([r['train_s'] for r in runs]):.0f} |")
+            mean = {key: np.mean([r[key] for r in runs]) for key in ("kl", "entropy_end", "clip_ratio", "length_end", "steps", "train_s")}
+            lines.append(f"| {method} | **{spread([r['after'] for r in runs])}** | {mean['kl']:.2f} | {mean['entropy_end']:.3f} | "
+                         f"{mean['clip_ratio']:.3f} | {mean['length_end']:.1f} | {mean['steps']:.0f} | {mean['train_s']:.0f} |")
         lines += ["", winners(mine, ranked), ""]
     return "\n".join(lines)
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """Per task: the score against training seconds (mean over seeds at each evaluation), and against KL."""
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    colors = {m: f"C{i % 10}" for i, m in enumerate(methods)}
-    styles = {m: "-" if i < 10 else "--" for i, m in enumerate(methods)}
-    panels = []
-    for task in dict.fromkeys(r["task"] for r in rows):
-        over_time, over_kl = {}, {}
-        for method in methods:
+    """A row per task: the score against training seconds (mean over seeds at each evaluation), and the final score
+    against KL to the base model (one point per run); one legend for all."""
+    methods, tasks = list(dict.fromkeys(r["method"] for r in rows)), list(dict.fromkeys(r["task"] for r in rows))
+    fig, axes = plt.subplots(len(tasks), 2, figsize=(12, 4 * len(tasks)), squeeze=False)
+    for (over_time, over_kl), task in zip(axes, tasks, strict=True):
+        for i, method in enumerate(methods):
             runs = [r for r in rows if r["task"] == task and r["method"] == method]
-            if not runs:
-                continue
             points = min(len(r["curve"]) for r in runs)
-            seconds = [np.mean([r["curve"][i][0] for r in runs]) for i in range(points)]
-            scores = [np.mean([r["curve"][i][1] for r in runs]) for i in range(points)]
-            over_time[method] = (seconds, scores, {"color": colors[method], "linestyle": styles[method]})
-            over_kl[method] = ([r["kl"] for r in runs], [r["after"] for r in runs],
-                               {"color": colors[method], "linestyle": "none", "marker": "o"})
-        panels += [("training seconds", f"{task}: {TASKS[task][3]}", over_time),
-                   ("KL to the base model per completion", f"{task}: {TASKS[task][3]} after", over_kl)]
-    plot_lines(path, panels, "every method on the same budget of seconds and samples")
+            style = {"color": f"C{i % 10}", "linestyle": "-" if i < 10 else "--"}
+            over_time.plot([np.mean([r["curve"][j][0] for r in runs]) for j in range(points)],
+                           [np.mean([r["curve"][j][1] for r in runs]) for j in range(points)], label=method, marker=".", **style)
+            over_kl.plot([r["kl"] for r in runs], [r["after"] for r in runs], marker="o" if i < 10 else "s", linestyle="none",
+                         color=style["color"])
+        over_time.set(xlabel="training seconds", ylabel=f"{task}: {TASKS[task][3]}")
+        over_kl.set(xlabel="KL to the base model per completion (k1)", ylabel=f"{task}: {TASKS[task][3]} after")
+        for ax in (over_time, over_kl):
+            ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=8)
+    fig.suptitle("every method on the same budget of seconds and samples")
+    fig.tight_layout(rect=(0, 0, 0.84, 1))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
 
 
 @cli
