@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor
 
 from classic_rl.infra.cli import config_field
@@ -151,6 +152,11 @@ class RLHFConfig(ModelFields, RunFields):
         """Passes over each rollout (GRPO's num_iterations, PPO's num_ppo_epochs)."""
         raise NotImplementedError
 
+    def minibatch_orders(self, completions: int) -> list[tuple[Tensor, ...]]:
+        """For each of the update's passes, a fresh random order of this process's completions split into
+        num_minibatches minibatches of row indices."""
+        return [torch.randperm(completions).split(completions // self.num_minibatches) for _ in range(self.passes)]
+
     @property
     def completions_per_step(self) -> int:
         return self.prompts_per_step * self.num_generations
@@ -215,6 +221,13 @@ def check_reward_clip_range(clip_range: list[float] | None) -> None:
     """A ConfigError unless --reward-clip-range is unset or [min, max] with min <= max."""
     if clip_range is not None and (len(clip_range) != 2 or clip_range[0] > clip_range[1]):
         raise ConfigError(f"--reward-clip-range takes two numbers, min <= max, got {clip_range}")
+
+
+def trained_mask(rollout: Rollout, mask_truncated_completions: bool) -> Tensor:
+    """The completion tokens `[B, C]` the loss trains on: all, or without the completions that hit the length limit (DAPO)."""
+    if not mask_truncated_completions:
+        return rollout.completion_mask
+    return rollout.completion_mask * (~rollout.is_truncated).float()[:, None]
 
 
 def logprobs_before_update(policy, ref_model, rollout: Rollout, minibatches: list[Tensor], temperature: float,

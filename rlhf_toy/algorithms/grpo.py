@@ -39,8 +39,14 @@ from classic_rl.infra.errors import (
     require_positive,
 )
 from classic_rl.infra.metrics import MeanStats
-from rlhf_toy.algorithms.base import OnlineAlgorithm, RLHFConfig, gradient_step, logprobs_before_update
-from rlhf_toy.distributed import values_of_every_process
+from rlhf_toy.algorithms.base import (
+    OnlineAlgorithm,
+    RLHFConfig,
+    gradient_step,
+    logprobs_before_update,
+    trained_mask,
+)
+from rlhf_toy.distributed import process_share, summed_over_processes, values_of_every_process
 from rlhf_toy.generation.rollout import Rollout, completion_logprobs, sampler_mismatch
 from rlhf_toy.rewards.functions import reward_weights
 
@@ -277,26 +283,28 @@ def high_entropy_mask(entropy: Tensor, mask: Tensor, quantile: float, gather=Non
     return (entropy * mask >= torch.quantile(everyone, quantile)) & mask.bool()
 
 
-def entropy_bonus(entropy: Tensor, mask: Tensor, control: core.EntropyController, reduce_sum) -> tuple[Tensor, float]:
+def entropy_bonus(entropy: Tensor, mask: Tensor, control: core.EntropyController, total=None) -> tuple[Tensor, float]:
     """(-coefficient x mean entropy over mask's tokens `[b, C]` (this process's, as TRL's), the coefficient applied); then
-    the adaptive controller sees the minibatch's mean entropy over every process (reduce_sum: their sum)."""
+    the adaptive controller sees the minibatch's mean entropy over every process (total: sums over the processes,
+    distributed.summed_over_processes; None in one)."""
     tokens, applied = mask.sum(), control.applied
     bonus = -applied * (entropy * mask).sum() / tokens.clamp(min=1.0)
-    entropy_sum, token_count = reduce_sum(torch.stack([(entropy.detach() * mask).sum(), tokens]))
+    sums = torch.stack([(entropy.detach() * mask).sum(), tokens])
+    entropy_sum, token_count = sums if total is None else total(sums)
     control.update((entropy_sum / token_count.clamp(min=1.0)).item())
     return bonus, applied
 
 
 def minibatch_loss(policy, rollout: Rollout, rows: Tensor, advantages: Tensor, old_logprobs: Tensor | None,
-                   ref_logprobs: Tensor | None, mask: Tensor, dapo_normaliser: Tensor, cfg: GRPOConfig, gather=None,
-                   entropy_control: core.EntropyController | None = None) -> tuple[Tensor, dict, Tensor]:
+                   ref_logprobs: Tensor | None, mask: Tensor, dapo_normaliser: Tensor, cfg: GRPOConfig, *,
+                   entropy_control: core.EntropyController, accelerator=None) -> tuple[Tensor, dict, Tensor]:
     """(loss, stats, the old log-probs `[b, C]` used) of the minibatch `rows` `[b]`, as TRL's GRPOTrainer computes it.
     old_logprobs None: the update takes one gradient step per rollout, so the old policy is this very forward
-    (TRL's per_token_logps.detach()) and the ratio is exactly 1. gather(values) -> every process's values (None: one
-    process). entropy_control: the entropy bonus's coefficient (default: cfg's, fixed)."""
-    control = entropy_control or cfg.entropy_controller()
+    (TRL's per_token_logps.detach()) and the ratio is exactly 1. entropy_control: the entropy bonus's coefficient.
+    accelerator: the run's, whose processes the entropy statistics span (None: one process)."""
+    several = accelerator is not None and accelerator.num_processes > 1
     logp, entropy = completion_logprobs(policy, rollout.input_ids[rows], rollout.attention_mask[rows], rollout.completion_mask[rows],
-                                        cfg.temperature, with_entropy=True, entropy_grad=control.enabled)
+                                        cfg.temperature, with_entropy=True, entropy_grad=entropy_control.enabled)
     old = logp.detach() if old_logprobs is None else old_logprobs[rows]
     weights, trained = None, mask[rows]
     if cfg.importance_sampling_correction:
@@ -305,6 +313,7 @@ def minibatch_loss(policy, rollout: Rollout, rows: Tensor, advantages: Tensor, o
     vespo = cfg.loss_type == "vespo"  # which folds the sampler's ratios into its own sequence weight
     per_token_loss, ratio, stats = policy_objective(logp, old, advantages[rows, None], mask[rows], cfg, weights if vespo else None)
     if cfg.top_entropy_quantile < 1:
+        gather = functools.partial(values_of_every_process, accelerator) if several else None
         trained = high_entropy_mask(entropy.detach(), mask[rows], 1 - cfg.top_entropy_quantile, gather) * mask[rows]
         per_token_loss = per_token_loss * trained
         stats["entropy_mask/kept"] = core.masked_mean(trained, mask[rows])
@@ -319,10 +328,10 @@ def minibatch_loss(policy, rollout: Rollout, rows: Tensor, advantages: Tensor, o
         per_token_loss = per_token_loss + cfg.beta * kl
     loss = grpo_loss(per_token_loss, mask[rows], cfg.loss_type, cfg.max_completion_length, dapo_normaliser)
     stats["entropy"] = core.masked_mean(entropy.detach(), mask[rows])
-    if control.enabled:
+    if entropy_control.enabled:
         stats["policy_loss"] = loss.detach()
-        bonus, stats["entropy_coef_applied"] = entropy_bonus(entropy, trained, control,
-                                                             lambda x: gather(x).view(-1, 2).sum(0) if gather else x)
+        bonus, stats["entropy_coef_applied"] = entropy_bonus(entropy, trained, entropy_control,
+                                                             summed_over_processes(accelerator) if several else None)
         loss = loss + bonus
     stats["loss"] = loss.detach()
     return loss, stats, old
@@ -336,7 +345,7 @@ def step_advantages(accelerator, rewards: Tensor, rewards_per_func: Tensor | Non
         advantages, frac_zero_std = gdpo_advantages(accelerator.gather(rewards_per_func), weights, cfg.num_generations)
     else:
         advantages, frac_zero_std = group_advantages(accelerator.gather(rewards), cfg.num_generations, cfg.scale_rewards)
-    return advantages.view(accelerator.num_processes, -1)[accelerator.process_index], frac_zero_std
+    return process_share(advantages, accelerator.process_index, accelerator.num_processes), frac_zero_std
 
 
 def grpo_update(policy, ref_model, optimizer, accelerator, rollout: Rollout, rewards: Tensor, cfg: GRPOConfig, *,
@@ -350,12 +359,9 @@ def grpo_update(policy, ref_model, optimizer, accelerator, rollout: Rollout, rew
     precision and mode it runs in.
     """
     advantages, frac_zero_std = step_advantages(accelerator, rewards, rewards_per_func, cfg)
-    mask = rollout.completion_mask
-    if cfg.mask_truncated_completions:
-        mask = mask * (~rollout.is_truncated).float()[:, None]
+    mask = trained_mask(rollout, cfg.mask_truncated_completions)
     dapo_normaliser = accelerator.reduce(mask.sum(), "sum").clamp(min=1.0) / (accelerator.num_processes * cfg.num_minibatches)
-    passes = [torch.randperm(len(rewards)).split(len(rewards) // cfg.num_minibatches) for _ in range(cfg.num_iterations)]
-    gather = functools.partial(values_of_every_process, accelerator) if accelerator.num_processes > 1 else None
+    passes = cfg.minibatch_orders(len(rewards))
     entropy_control = entropy_control or cfg.entropy_controller()
 
     old_logprobs, ref_logprobs = logprobs_before_update(policy, ref_model if cfg.beta > 0 else None, rollout, passes[0],
@@ -365,7 +371,7 @@ def grpo_update(policy, ref_model, optimizer, accelerator, rollout: Rollout, rew
     for iteration, minibatches in enumerate(passes):
         for rows in minibatches:
             loss, stats, old = minibatch_loss(policy, rollout, rows, advantages, old_logprobs, ref_logprobs, mask, dapo_normaliser, cfg,
-                                              gather, entropy_control)
+                                              entropy_control=entropy_control, accelerator=accelerator)
             if iteration == 0:
                 first_pass_old[rows] = old
             stats["grad_norm"] = gradient_step(accelerator, optimizer, loss, policy.parameters(), cfg.max_grad_norm)

@@ -211,7 +211,7 @@ def ppo_update(policy, critic: Critic, ref_model, optimizer, accelerator, rollou
     mask, total = rollout.completion_mask, summed_over_processes(accelerator)
     if cfg.missing_eos_penalty is not None:
         scores = scores - cfg.missing_eos_penalty * rollout.is_truncated.float()
-    epochs = [torch.randperm(len(scores)).split(len(scores) // cfg.num_minibatches) for _ in range(cfg.num_ppo_epochs)]
+    epochs = cfg.minibatch_orders(len(scores))
     old_logprobs, _, old_values = trainer_forward(lambda rows: policy_forward(policy, critic, rollout, rows, cfg.temperature), epochs[0])
     kl = torch.zeros_like(mask)
     if ref_model is not None:

@@ -102,7 +102,7 @@ def reinforce_pp_update(policy, ref_model, optimizer, accelerator, rollout: Roll
                         cfg: ReinforcePPConfig) -> dict[str, float]:
     """max_epochs passes of num_minibatches gradient steps over one rollout and its rewards `[B]`; returns metrics."""
     mask = rollout.completion_mask
-    epochs = [torch.randperm(len(rewards)).split(len(rewards) // cfg.num_minibatches) for _ in range(cfg.max_epochs)]
+    epochs = cfg.minibatch_orders(len(rewards))
     old_logprobs, ref_logprobs = logprobs_before_update(policy, ref_model if cfg.init_kl_coef > 0 else None, rollout, epochs[0],
                                                         cfg.temperature, with_old=True)
     kl = torch.zeros_like(mask) if ref_logprobs is None else core.kl_estimate(old_logprobs, ref_logprobs, cfg.kl_estimator, mask)

@@ -32,6 +32,7 @@ from rlhf_toy.algorithms.base import (
     check_reward_clip_range,
     gradient_step,
     logprobs_before_update,
+    trained_mask,
 )
 from rlhf_toy.distributed import process_share
 from rlhf_toy.generation.rollout import Rollout, completion_logprobs, sampler_mismatch
@@ -103,10 +104,8 @@ def sequence_loss(policy, rollout: Rollout, rows: Tensor, advantages: Tensor, ol
 
 def rloo_update(policy, ref_model, optimizer, accelerator, rollout: Rollout, rewards: Tensor, cfg: RLOOConfig) -> dict[str, float]:
     """num_iterations passes of num_minibatches gradient steps over one rollout and its rewards `[B]`; returns metrics."""
-    mask = rollout.completion_mask
-    if cfg.mask_truncated_completions:
-        mask = mask * (~rollout.is_truncated).float()[:, None]
-    passes = [torch.randperm(len(rewards)).split(len(rewards) // cfg.num_minibatches) for _ in range(cfg.num_iterations)]
+    mask = trained_mask(rollout, cfg.mask_truncated_completions)
+    passes = cfg.minibatch_orders(len(rewards))
     old_logprobs, ref_logprobs = logprobs_before_update(policy, ref_model if cfg.beta > 0 else None, rollout, passes[0], cfg.temperature,
                                                         with_old=cfg.num_iterations * cfg.num_minibatches > 1 or cfg.beta > 0)
     kl = torch.zeros_like(mask) if ref_logprobs is None else core.kl_estimate(old_logprobs, ref_logprobs, "k1", mask)
