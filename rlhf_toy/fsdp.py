@@ -69,12 +69,20 @@ def fsdp_modules(model: torch.nn.Module) -> list[FSDPModule]:
     return [module for module in model.modules() if isinstance(module, FSDPModule)]
 
 
+def reshard(*models) -> None:
+    """Put the sharded modules of models back in their sharded state (a no-op for those in it), so that their parameters
+    are the local shards."""
+    for model in models:
+        for module in fsdp_modules(model):
+            module.reshard()
+
+
 @contextlib.contextmanager
 def full_parameters(*models):
     """Within the block the sharded ones of models hold their full parameters as plain tensors, and forwards neither
     gather nor free them: every process must enter it together (the gathering is collective), and then any of them may
     sample, evaluate or save alone. Models that hold no sharded module pass through."""
-    groups = [module for model in models if model is not None for module in fsdp_modules(model)]
+    groups = list({id(module): module for model in models if model is not None for module in fsdp_modules(model)}.values())
     for module in groups:
         module.unshard()
         module.set_reshard_after_forward(False, recurse=False)
@@ -89,7 +97,7 @@ def full_parameters(*models):
 def full_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Inside full_parameters: the model's parameters and persistent buffers by name, what state_dict gives an unsharded
     model (whose state_dict hooks would reshard a sharded one), for save_pretrained(state_dict=...)."""
-    state = dict(model.named_parameters())
+    state = dict(model.named_parameters(remove_duplicate=False))  # tied weights under each name, as state_dict
     for prefix, module in model.named_modules():
         for name, buffer in module.named_buffers(recurse=False):
             if name not in module._non_persistent_buffers_set:
@@ -132,13 +140,13 @@ def save_sharded_checkpoint(accelerator, checkpoints, step: int, trained: torch.
     """Checkpoints.save for a sharded run, called by every process: each writes its shard of the optimizer state into
     optimizer/ (trained: every model the optimizer trains, as one module); then, with the full parameters gathered, the
     main process writes write_files(folder) (the model, from full_state) and state.pt with the full weights of modules
-    (a critic) and state. Returns the folder (None on the other processes)."""
+    (a critic, which trained holds too, or a moving reference) and state. Returns the folder (None on the other processes)."""
     if accelerator.is_main_process:
         shutil.rmtree(checkpoints.partial(step), ignore_errors=True)  # a crash's leftovers
     accelerator.wait_for_everyone()
     save_optimizer_shards(trained, optimizer, checkpoints.partial(step) / "optimizer")
     modules, folder = modules or {}, None
-    with full_parameters(trained):
+    with full_parameters(trained, *modules.values()):
         if accelerator.is_main_process:
             folder = checkpoints.save(step, write_files, keep_partial=True,
                                       **{name: full_state(module) for name, module in modules.items()}, **state)

@@ -64,6 +64,7 @@ from rlhf_toy.lm.lora import AdapterDisabled, save_merged, trainable_model, with
 from rlhf_toy.lm.models import check_model_exists, disable_dropout, load_model, load_tokenizer, model_writer
 from rlhf_toy.precision import autocast, bf16_linear_weights, set_up_precision
 from rlhf_toy.prompt_schedule import prompts_for_step, step_seed
+from rlhf_toy.reference_sync import ReferenceSync
 from rlhf_toy.rewards.functions import CombinedReward, RewardFunctionError, resolve_reward
 
 
@@ -84,6 +85,7 @@ class Run:
     algorithm: OnlineAlgorithm
     checkpoints: Checkpoints
     logger: RunLogger | None  # the main process's only
+    reference_sync: ReferenceSync | None = None  # --sync-ref-model's
     optimizer: Any = None  # these two set by place_models
     precision: str = "fp32"  # or "bf16": of the update and the reference's forward (sampling and evaluation stay fp32)
     last_step: int = 0  # the last step taken (cfg.steps unless max_train_s ran out first)
@@ -121,6 +123,8 @@ class Run:
         if not self.cfg.fsdp:
             return self.checkpoints.save(step, model_writer(policy, self.tokenizer), optimizer=self.optimizer)
         own = {name: obj for name, obj in self.algorithm.state().items() if isinstance(obj, torch.nn.Module)}  # a critic
+        if self.reference_sync is not None:
+            own["reference"] = self.ref_model
         return save_sharded_checkpoint(self.accelerator, self.checkpoints, step, self.trained, self.optimizer,
                                        lambda folder: model_writer(policy, self.tokenizer, full_state(policy))(folder), own)
 
@@ -185,10 +189,11 @@ def set_up(cfg: RLHFConfig) -> Run:
             raise ConfigError(f"{name}: {err}") from None
     algorithm = algorithm_class(cfg, policy, load_copy, tokenizer)
     logger = RunLogger(run_dir) if accelerator.is_main_process else None
-    checkpoints.track(logger=logger, **algorithm.state())
+    sync = ReferenceSync(policy, ref_model, cfg.ref_model_mixup_alpha, cfg.ref_model_sync_steps) if cfg.sync_ref_model else None
+    checkpoints.track(logger=logger, **algorithm.state(), **({"reference": ref_model, "reference_sync": sync} if sync else {}))
     checkpoints.restore()  # before sharding, which the models' full weights load into
     run = Run(cfg, accelerator, reward, gold, train_prompts, eval_prompts, run_dir, model_name, tokenizer, policy, ref_model,
-              algorithm, checkpoints, logger)
+              algorithm, checkpoints, logger, sync)
     place_models(run)
     if run.main:
         print_set_up(run)
@@ -205,12 +210,15 @@ def place_models(run: Run) -> None:
     run.precision = set_up_precision(cfg.precision, accelerator.device, policy, separate_reference, *own_models)
     if separate_reference is not None:
         run.ref_model = separate_reference.to(accelerator.device)
-        if run.precision == "bf16" and not cfg.fsdp:  # it runs only in the update, under autocast; FSDP gathers one dtype
+        # it runs only in the update, under autocast; FSDP gathers one dtype, and a moving reference mixes in fp32
+        if run.precision == "bf16" and not cfg.fsdp and not cfg.sync_ref_model:
             bf16_linear_weights(run.ref_model)
     # fused: the Trainer's default (adamw_torch_fused) since torch 2.8, so TRL runs it too; 1.4 -> 0.36 ms a step on CPU here
     run.policy, run.optimizer = prepare_training(
         accelerator, policy, cfg.fsdp, lambda params: torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0, fused=True),
         run.checkpoints, beside=run.algorithm.modules(), frozen=[separate_reference])
+    if run.reference_sync is not None:
+        run.reference_sync.attach(run.optimizer)
 
 
 def print_set_up(run: Run) -> None:

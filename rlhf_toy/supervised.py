@@ -66,6 +66,7 @@ class SupervisedRun:
     rates: Callable[[int, float], dict[str, float]] = field(default=lambda step, train_s: {})
     sharded: bool = False  # --fsdp: every process writes checkpoints, and evaluation sees the full parameters
     evaluated: tuple = ()  # other models evaluation runs (DPO's reference), whose parameters are gathered with the model's
+    saved_modules: dict = field(default_factory=dict)  # frozen models that checkpoints hold too (a moving reference), by name
 
 
 def train_supervised(run: SupervisedRun, loss_of: Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, float]]],
@@ -125,7 +126,7 @@ def save_checkpoint(run: SupervisedRun, step: int, train_s: float) -> Path | Non
     if not run.sharded:
         return run.checkpoints.save(step, run.write_model, optimizer=run.optimizer, train_s=train_s)
     return save_sharded_checkpoint(run.accelerator, run.checkpoints, step, trained_modules(run.model), run.optimizer,
-                                   run.write_model, train_s=train_s)
+                                   run.write_model, run.saved_modules, train_s=train_s)
 
 
 def check_finite_before_step(step: int, batches: ShuffledBatches, save, **values) -> None:

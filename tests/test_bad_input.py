@@ -114,6 +114,10 @@ CASES = {
         ("compare_preferences.py", ["--beta", "0"], "--beta must be > 0, got 0.0"),
         ("train_rlhf.py", ["--pass-at-k", "8"], "--pass-at-k 8 needs --eval-samples-per-prompt >= 8, got 2"),
         ("train_rlhf.py", ["--pass-at-k", "2"], "--pass-at-k counts answers the correct reward accepts; add correct to --reward"),
+        ("train_rlhf.py", ["--sync-ref-model", "--ref-model-mixup-alpha", "1.5"], "--ref-model-mixup-alpha must be in (0, 1], got 1.5"),
+        ("train_rlhf.py", ["--sync-ref-model", "--beta", "0"], "--sync-ref-model moves the reference model, which this run does not load"),
+        ("train_rlhf.py", ["--sync-ref-model", "--use-peft"], "under --use-peft the reference is the policy with its adapters disabled"),
+        ("train_dpo.py", ["--sync-ref-model", "--ref-model-sync-steps", "0"], "--ref-model-sync-steps must be >= 1, got 0"),
     ],
     "missing file": [
         ("train_classic.py", ["--config", "{dir}/none.yaml"], "cannot read --config {dir}/none.yaml"),

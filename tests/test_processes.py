@@ -68,6 +68,8 @@ TRAINERS = {  # name: (script, its flags given (nano, run_dir, the 2-process run
     "reinforce++-baseline": ("train_rlhf.py", lambda nano, run_dir: online_flags(nano, run_dir, "reinforce_pp")),
     "grpo, GDPO": ("train_rlhf.py", lambda nano, run_dir: online_flags(
         nano, run_dir, "grpo", reward="length,format", multi_objective_aggregation="normalize_then_sum")),
+    "grpo, moving reference, FSDP": ("train_rlhf.py", lambda nano, run_dir: online_flags(
+        nano, run_dir, "grpo", fsdp=True, sync_ref_model=True, ref_model_sync_steps=1)),
     "grpo, top-entropy fifth": ("train_rlhf.py", lambda nano, run_dir: online_flags(nano, run_dir, "grpo", top_entropy_quantile=0.2)),
     "grpo, LoRA, FSDP": ("train_rlhf.py", lambda nano, run_dir: online_flags(nano, run_dir, "grpo", fsdp=True, use_peft=True,
                                                                              learning_rate=1e-3)),
@@ -202,9 +204,11 @@ def test_the_gpu_checks_pass_on_cpu_and_write_the_table(tmp_path):
 
 
 def test_an_fsdp_run_killed_and_resumed_writes_what_an_uninterrupted_one_does(nano, tmp_path):
-    """Each process writes its shard of the optimizer state into the checkpoint; the resumed run reads them back."""
+    """Each process writes its shard of the optimizer state into the checkpoint; the resumed run reads them back. The
+    reference moves every 3 optimizer steps (2 a step): its full weights are in the checkpoint and load back sharded."""
     def flags(run_dir, *extra):
-        return [*online_flags(nano, run_dir, "grpo", fsdp=True), "--steps", "6", "--save-every", "2", "--fsdp", *extra]
+        return [*online_flags(nano, run_dir, "grpo", fsdp=True, sync_ref_model=True, ref_model_sync_steps=3), "--steps", "6",
+                "--save-every", "2", "--fsdp", *extra]
 
     straight = launch("train_rlhf.py", flags(tmp_path / "straight"), 2)
     assert straight.returncode == 0, straight.stderr[-3000:]

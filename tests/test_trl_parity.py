@@ -382,3 +382,34 @@ def test_reward_model_loss_equals_trls(nano_dir, tmp_path):
     batch = trainer.data_collator([{"chosen_ids": c, "rejected_ids": r} for c, r in zip(ids[:len(PAIRS)], ids[len(PAIRS):], strict=True)])
     theirs = trainer.compute_loss(trainer.model, batch)
     assert_same(ours, theirs, model, trainer.model)
+
+
+def test_the_moving_reference_equals_trls_sync_callback(policy_and_reference):
+    """TR-DPO on the nano model: 4 optimizer steps with sync every 2 at alpha 0.6, ours by the optimizer's hook and
+    TRL's SyncRefModelCallback at each step's end; the references agree bit for bit."""
+    from accelerate import Accelerator
+    from transformers import TrainerControl, TrainerState
+    from trl.trainer.callbacks import SyncRefModelCallback
+
+    from rlhf_toy.reference_sync import ReferenceSync
+
+    policy, reference = policy_and_reference
+    models = {side: (copy.deepcopy(policy), copy.deepcopy(reference)) for side in ("ours", "trl")}
+    optimizers = {side: torch.optim.SGD(models[side][0].parameters(), lr=0.01) for side in models}
+    ReferenceSync(*models["ours"], alpha=0.6, every=2).attach(optimizers["ours"])
+    callback, args = SyncRefModelCallback(models["trl"][1], accelerator=None), trl.GRPOConfig(
+        output_dir="unused", sync_ref_model=True, ref_model_mixup_alpha=0.6, ref_model_sync_steps=2, use_cpu=True, bf16=False,
+        report_to="none")
+    Accelerator(cpu=True)  # TRL's callback asks the accelerator state about DeepSpeed (after the config, which resets it)
+    state, generator = TrainerState(), torch.Generator().manual_seed(0)
+    for step in range(1, 5):
+        gradients = [torch.randn(p.shape, generator=generator) for p in policy.parameters()]
+        for side, (model, _) in models.items():
+            for p, g in zip(model.parameters(), gradients, strict=True):
+                p.grad = g.clone()
+            optimizers[side].step()
+        state.global_step = step
+        callback.on_step_end(args, state, TrainerControl(), model=models["trl"][0])
+    ours, theirs = models["ours"][1].state_dict(), models["trl"][1].state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert not torch.equal(ours["transformer.h.0.mlp.c_fc.weight"], reference.state_dict()["transformer.h.0.mlp.c_fc.weight"])

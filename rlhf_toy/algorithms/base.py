@@ -30,13 +30,14 @@ from rlhf_toy.lm.base_model import BASE_MODELS
 from rlhf_toy.lm.lora import ModelFields
 from rlhf_toy.lm.models import evaluation_mode
 from rlhf_toy.precision import PRECISIONS
+from rlhf_toy.reference_sync import ReferenceSyncFields
 from rlhf_toy.rewards.functions import DEFAULT_REWARD
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
 
 
 @dataclass
-class RLHFConfig(ModelFields, RunFields):
+class RLHFConfig(ModelFields, RunFields, ReferenceSyncFields):
     """What every RLHF algorithm takes. Batch arithmetic as TRL's: a step's generation batch is
     prompts_per_step x num_generations completions, split into num_minibatches gradient steps."""
 
@@ -114,6 +115,7 @@ class RLHFConfig(ModelFields, RunFields):
             raise ConfigError("--pass-at-k counts answers the correct reward accepts; add correct to --reward "
                               "(e.g. --task arithmetic)")
         self.check_minibatches(num_processes=1)
+        self.check_reference_sync(self.uses_reference)
         if self.temperature <= 0:  # every log-prob of the losses is of softmax(logits / T): greedy has none
             raise ConfigError(f"--temperature must be > 0 for training, got {self.temperature}; greedy decoding is for "
                               "evaluation (--eval-temperature 0) and scripts/sample.py")

@@ -61,6 +61,7 @@ from rlhf_toy.lm.models import (
     model_writer,
 )
 from rlhf_toy.precision import PRECISIONS, set_up_precision
+from rlhf_toy.reference_sync import ReferenceSync, ReferenceSyncFields
 from rlhf_toy.rewards.functions import DEFAULT_REWARD, resolve_reward
 from rlhf_toy.supervised import SupervisedRun, train_supervised
 
@@ -69,7 +70,7 @@ LABEL_SMOOTHING_LOSSES = ("robust", "cdpo")
 
 
 @dataclass
-class DPOConfig(ModelFields, RunFields):
+class DPOConfig(ModelFields, RunFields, ReferenceSyncFields):
     model: str | None = config_field(None, "Policy to fine-tune, and the frozen reference (default: the cached default base model)")
     preferences: str = config_field(str(DATA_DIR / "preferences_train.jsonl"), "Preference pairs (data/preferences_*.jsonl's "
                                                                                 "schema, or a scripts/label.py file)")
@@ -119,6 +120,7 @@ class DPOConfig(ModelFields, RunFields):
                               f"{self.loss_type} takes none (TRL's sigmoid ignores it)")
         if not 0 < self.eval_fraction < 1:
             raise ConfigError(f"--eval-fraction must be in (0, 1), got {self.eval_fraction}")
+        self.check_reference_sync(uses_reference=True)
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
@@ -227,17 +229,21 @@ def run_dpo(cfg: DPOConfig, accelerator) -> dict[str, Any]:
     separate_reference = None if cfg.use_peft else ref_model  # LoRA's is the policy itself
     precision = set_up_precision(cfg.precision, accelerator.device, policy, separate_reference)
     logger = RunLogger(run_dir) if accelerator.is_main_process else None
-    checkpoints.track(logger=logger, batches=batches)
+    sync = ReferenceSync(policy, ref_model, cfg.ref_model_mixup_alpha, cfg.ref_model_sync_steps) if cfg.sync_ref_model else None
+    moving = {"reference": ref_model} if sync else {}  # a moving reference's weights are in every checkpoint
+    checkpoints.track(logger=logger, batches=batches, **moving, **({"reference_sync": sync} if sync else {}))
     saved = checkpoints.restore() or {"train_s": 0.0}
     trained, optimizer = prepare_training(accelerator, policy, cfg.fsdp, checkpoints=checkpoints, frozen=[separate_reference],
                                           make_optimizer=lambda params: torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0))
+    if sync:
+        sync.attach(optimizer)
     if accelerator.is_main_process:
         print(f"dpo ({cfg.loss_type}, beta {cfg.beta}) from {model_name}: {len(pairs)} pairs ({ties} ties left out), "
               f"{len(eval_pairs)} held out, {cfg.steps} steps of {batches.batch_size} in {accelerator.num_processes} process(es)")
     run = SupervisedRun(trained, optimizer, batches, checkpoints, logger, accelerator, precision,
                         lambda folder: model_writer(policy, tokenizer, full_state(policy) if cfg.fsdp else None)(folder),
                         cfg.steps, cfg.max_grad_norm, cfg.eval_every, "dpo", max_train_s=cfg.max_train_s, sharded=cfg.fsdp,
-                        evaluated=(ref_model,))
+                        evaluated=(ref_model,), saved_modules=moving)
     evaluate = functools.partial(evaluate_on_prompts, tokenizer=tokenizer, prompts=eval_prompts, reward=judge,
                                  sampling=SamplingConfig(cfg.max_completion_length), samples_per_prompt=cfg.eval_samples_per_prompt,
                                  seed=cfg.seed)
