@@ -51,6 +51,8 @@ METHODS = {
     "top-entropy-20": ["--algo", "grpo", "--top-entropy-quantile", "0.2"],
     "adaptive-entropy": ["--algo", "grpo", "--use-adaptive-entropy"],
     "gdpo": ["--algo", "grpo", "--multi-objective-aggregation", "normalize_then_sum"],
+    # TR-DPO's moving reference at its alpha, its period scaled to these runs (tens to hundreds of gradient steps)
+    "tr-sync": ["--algo", "grpo", "--sync-ref-model", "--ref-model-sync-steps", "16"],
     "rloo": ["--algo", "rloo"],
     "reinforce++": ["--algo", "reinforce_pp", "--advantage-estimator", "reinforce"],
     "reinforce++-baseline": ["--algo", "reinforce_pp", "--advantage-estimator", "reinforce_baseline"],
