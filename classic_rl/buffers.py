@@ -48,7 +48,7 @@ class RolloutBuffer:
                 rewards[step, cut] += gamma * agent.get_value(agent.normalize(final_obs)).numpy()
             dones[step] = terminated | truncated
             next_obs = agent.normalize(raw_obs, update=True)
-            finished += envs.finished_episodes(infos, reward)
+            finished += envs.finished_episodes(infos)
         return next_obs, finished
 
     @torch.no_grad()

@@ -7,7 +7,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import imageio.v3 as iio
@@ -142,6 +142,30 @@ class VecEnvState:
         self.vec_env.episode_count = state["episode_count"]
 
 
+def scale_rewards(vec_env: gym.vector.VectorEnv, gamma: float) -> gym.vector.VectorEnv:
+    """vec_env with SB3 VecNormalize's reward scaling, gymnasium's NormalizeReward: each reward divided by the running
+    std of the discounted return (gamma). Wrapped outside make_vec_env's episode statistics, which stay the env's own."""
+    return gym.wrappers.vector.NormalizeReward(vec_env, gamma=gamma)
+
+
+class RewardScaleState:
+    """scale_rewards' running statistics as a checkpointable object (a resumed run scales as the first would have)."""
+
+    def __init__(self, vec_env: gym.wrappers.vector.NormalizeReward):
+        self.vec_env = vec_env
+
+    def state_dict(self) -> dict[str, Any]:
+        rms = self.vec_env.return_rms
+        return {"mean": float(rms.mean), "var": float(rms.var), "count": float(rms.count),
+                "accumulated_reward": self.vec_env.accumulated_reward.tolist(), "prev_dones": self.vec_env._prev_dones.tolist()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        rms = self.vec_env.return_rms
+        rms.mean, rms.var, rms.count = np.float64(state["mean"]), np.float64(state["var"]), state["count"]
+        self.vec_env.accumulated_reward[:] = state["accumulated_reward"]
+        self.vec_env._prev_dones[:] = state["prev_dones"]
+
+
 def make_vec_env(env_id: str, num_envs: int, asynchronous: bool = False) -> gym.vector.VectorEnv:
     """`num_envs` copies of env_id with same-step autoreset and episode statistics.
 
@@ -158,7 +182,18 @@ def make_vec_env(env_id: str, num_envs: int, asynchronous: bool = False) -> gym.
         vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
         wrappers=[clip_box_actions, EpisodeRecorder],
     )
-    return gym.wrappers.vector.RecordEpisodeStatistics(envs)
+    return EpisodeStatistics(envs)
+
+
+class EpisodeStatistics(gym.wrappers.vector.RecordEpisodeStatistics):
+    """gymnasium's episode statistics, with each finished episode's last reward as episode["final_reward"]: the env's own,
+    whatever scales the rewards outside (scale_rewards)."""
+
+    def step(self, actions):
+        obs, rewards, terminated, truncated, infos = super().step(actions)
+        if "episode" in infos:
+            infos["episode"]["final_reward"] = np.where(infos["_episode"], rewards, 0.0)
+        return obs, rewards, terminated, truncated, infos
 
 
 def truncation_bootstrap_obs(infos: dict, terminations: np.ndarray, truncations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -169,12 +204,13 @@ def truncation_bootstrap_obs(infos: dict, terminations: np.ndarray, truncations:
     return cut, np.stack([infos["final_obs"][i] for i in cut])
 
 
-def finished_episodes(infos: dict, rewards: np.ndarray) -> list[dict[str, float]]:
-    """{"return", "length", "final_reward"} of every episode that ended this step (RecordEpisodeStatistics'
-    figures, and this step's reward, e.g. LunarLander's +100 for coming to rest or -100 for a crash)."""
+def finished_episodes(infos: dict) -> list[dict[str, float]]:
+    """{"return", "length", "final_reward"} of every episode that ended this step (EpisodeStatistics' figures: the
+    last is this step's reward, e.g. LunarLander's +100 for coming to rest or -100 for a crash)."""
     if "episode" not in infos:
         return []
-    return [{"return": float(infos["episode"]["r"][i]), "length": int(infos["episode"]["l"][i]), "final_reward": float(rewards[i])}
+    episode = infos["episode"]
+    return [{"return": float(episode["r"][i]), "length": int(episode["l"][i]), "final_reward": float(episode["final_reward"][i])}
             for i in np.flatnonzero(infos["_episode"])]
 
 

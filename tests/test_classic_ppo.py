@@ -299,3 +299,23 @@ def test_bench_classic_gives_sb3_our_preset_in_its_own_terms():
     ours_net = ActorCritic(4, 2, ours.hidden_sizes)
     assert sum(p.numel() for p in model.policy.parameters()) == sum(p.numel() for p in ours_net.parameters())
     assert model.policy.optimizer.defaults["eps"] == 1e-5  # Adam's eps, as ours (CleanRL's)
+
+
+def test_reward_scaling_changes_what_the_critic_learns_not_the_returns_logged(tmp_path):
+    """Pendulum, 2 updates of 4 x 256 steps: the first rollout acts with the same initial policy either way, so its 4
+    episodes (200 steps each) are logged with the same raw returns; the critic's targets are scaled (the reward divided
+    by the discounted return's std, ~ -8 per step against ~ -1), so its first value loss is far smaller, and the policies
+    part after the first update."""
+    def run(name, **extra):
+        cfg = PPOConfig(env="Pendulum-v1", seed=4, total_timesteps=2_048, num_envs=4, num_steps=256, eval_every=2_048,
+                        eval_episodes=2, run_dir=str(tmp_path / name), **extra)
+        run_training("ppo", train, cfg)
+        episodes = [json.loads(line) for line in (tmp_path / name / "episodes.jsonl").read_text().splitlines()]
+        updates = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+                   if "losses/value_loss" in line]
+        return episodes, updates
+
+    (raw_episodes, raw_updates), (scaled_episodes, scaled_updates) = run("raw"), run("scaled", normalize_reward=True)
+    assert scaled_episodes[:4] == raw_episodes[:4] and all(e["return"] < -100 for e in raw_episodes[:4])
+    assert scaled_episodes[4:] != raw_episodes[4:]
+    assert scaled_updates[0]["losses/value_loss"] < raw_updates[0]["losses/value_loss"] / 10

@@ -45,7 +45,9 @@ def test_ppo_killed_or_interrupted_then_resumed_matches_an_uninterrupted_run(sig
     (dqn, "CartPole-v1", dict(total_timesteps=3_000, eval_every=1_000, learning_starts=500, train_frequency=100, gradient_steps=20)),
     (vpg, "CartPole-v1", dict(total_timesteps=3_000, eval_every=1_000, episodes_per_epoch=2)),
     (ppo, "Pendulum-v1", dict(total_timesteps=4_096, eval_every=1_024, num_envs=4, num_steps=64)),  # real-valued actions replayed exactly
-])
+    (ppo, "Pendulum-v1", dict(total_timesteps=4_096, eval_every=1_024, num_envs=4, num_steps=64, normalize_obs=True,
+                              normalize_reward=True)),  # the reward scale's running statistics are in the checkpoint
+], ids=["a2c", "dqn", "vpg", "ppo-continuous", "ppo-normalized"])
 def test_resuming_from_an_earlier_checkpoint_replays_the_same_run(module, env, fields, tmp_path):
     config_cls = {a2c: a2c.A2CConfig, dqn: dqn.DQNConfig, vpg: vpg.VPGConfig, ppo: ppo.PPOConfig}[module]
     cfg = config_cls(env=env, seed=2, eval_episodes=3, save_every=1_000, keep_checkpoints=10,

@@ -146,7 +146,7 @@ def train(cfg: DQNConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
         buffer.add(*transitions.push(obs, actions, rewards, stored_next, terminated, terminated | truncated))
         obs = next_obs
         previous_step, global_step = global_step, global_step + cfg.num_envs
-        logger.log_episodes(global_step, envs.finished_episodes(infos, rewards))
+        logger.log_episodes(global_step, envs.finished_episodes(infos))
         progress.update(cfg.num_envs)
 
         if global_step > cfg.learning_starts and global_step // cfg.train_frequency > previous_step // cfg.train_frequency:

@@ -69,6 +69,8 @@ class PPOConfig(ClassicConfig):
     normalize_returns: bool = config_field(False, "Whiten each rollout's returns; the critic learns them and A = R - V "
                                                   "(tutorial 003; with gae_lambda 1 these are Monte-Carlo returns)")
     normalize_obs: bool = config_field(False, "Running mean/std observation normalisation (saved with the policy)")
+    normalize_reward: bool = config_field(False, "Divide rewards by the running std of the discounted return (SB3 "
+                                                 "VecNormalize's reward scaling; logged returns stay the env's own)")
     hidden_sizes: list[int] = config_field([64, 64], "Hidden layer sizes of the actor and of the critic")
     activation: str = config_field("tanh", f"Activation of the hidden layers: {', '.join(ACTIVATIONS)}")
 
@@ -155,7 +157,8 @@ def update_policy(agent: ActorCritic, optimizer: torch.optim.Optimizer, buffer: 
 
 def train(cfg: PPOConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: Checkpoints) -> tuple[ActorCritic, int]:
     """Train a policy; returns it and the number of env steps taken."""
-    vec_env = envs.make_vec_env(cfg.env, cfg.num_envs, cfg.async_envs)
+    stats_env = envs.make_vec_env(cfg.env, cfg.num_envs, cfg.async_envs)
+    vec_env = envs.scale_rewards(stats_env, cfg.gamma) if cfg.normalize_reward else stats_env
     obs_dim, action_kwargs = distributions.policy_spaces(cfg.env, "ppo")
     agent = ActorCritic(obs_dim, hidden_sizes=cfg.hidden_sizes, normalize_obs=cfg.normalize_obs, activation=cfg.activation, **action_kwargs)
     optimizer = FlatAdam(flatten_parameters(agent), lr=cfg.learning_rate, eps=1e-5)
@@ -167,7 +170,8 @@ def train(cfg: PPOConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
 
     next_obs = agent.normalize(vec_env.reset(seed=cfg.seed)[0], update=True)
     global_step, first_update = 0, 1
-    checkpoints.track(model=agent, optimizer=optimizer, vec_env=envs.VecEnvState(vec_env), kl_ctl=kl_ctl)
+    checkpoints.track(model=agent, optimizer=optimizer, vec_env=envs.VecEnvState(stats_env), kl_ctl=kl_ctl,
+                      reward_scale=envs.RewardScaleState(vec_env) if cfg.normalize_reward else None)
     if resumed := checkpoints.restore():
         next_obs, global_step, first_update = resumed["next_obs"], resumed["global_step"], resumed["update"] + 1
     progress = tqdm(total=num_updates * cfg.batch_size, initial=global_step, unit="step", desc=f"ppo {cfg.env}", mininterval=1.0)
