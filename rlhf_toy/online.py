@@ -190,7 +190,7 @@ def set_up(cfg: RLHFConfig) -> Run:
     algorithm = algorithm_class(cfg, policy, load_copy, tokenizer)
     logger = RunLogger(run_dir) if accelerator.is_main_process else None
     sync = ReferenceSync(policy, ref_model, cfg.ref_model_mixup_alpha, cfg.ref_model_sync_steps) if cfg.sync_ref_model else None
-    checkpoints.track(logger=logger, **algorithm.state(), **({"reference": ref_model, "reference_sync": sync} if sync else {}))
+    checkpoints.track(logger=logger, **algorithm.state(), **(sync.checkpointed() if sync else {}))
     checkpoints.restore()  # before sharding, which the models' full weights load into
     run = Run(cfg, accelerator, reward, gold, train_prompts, eval_prompts, run_dir, model_name, tokenizer, policy, ref_model,
               algorithm, checkpoints, logger, sync)

@@ -66,6 +66,10 @@ class ReferenceSync:
             reshard(self.reference, self.policy)  # FSDP2 keeps a root's parameters gathered after a forward with no backward
             mix_into(self.reference, self.policy, self.alpha)
 
+    def checkpointed(self) -> dict[str, Any]:
+        """The objects a run's checkpoints track for it, by name: the reference (its weights) and this (its step count)."""
+        return {"reference": self.reference, "reference_sync": self}
+
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer_steps": self.optimizer_steps}
 

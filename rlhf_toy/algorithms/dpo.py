@@ -231,7 +231,7 @@ def run_dpo(cfg: DPOConfig, accelerator) -> dict[str, Any]:
     logger = RunLogger(run_dir) if accelerator.is_main_process else None
     sync = ReferenceSync(policy, ref_model, cfg.ref_model_mixup_alpha, cfg.ref_model_sync_steps) if cfg.sync_ref_model else None
     moving = {"reference": ref_model} if sync else {}  # a moving reference's weights are in every checkpoint
-    checkpoints.track(logger=logger, batches=batches, **moving, **({"reference_sync": sync} if sync else {}))
+    checkpoints.track(logger=logger, batches=batches, **(sync.checkpointed() if sync else {}))
     saved = checkpoints.restore() or {"train_s": 0.0}
     trained, optimizer = prepare_training(accelerator, policy, cfg.fsdp, checkpoints=checkpoints, frozen=[separate_reference],
                                           make_optimizer=lambda params: torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0))
