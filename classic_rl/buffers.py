@@ -63,14 +63,16 @@ class RolloutBuffer:
 
 
 class ReplayBuffer:
-    """A ring buffer of transitions (s, a, R, s', discount) in preallocated numpy arrays, sampled uniformly."""
+    """A ring buffer of transitions (s, a, R, s', discount) in preallocated numpy arrays, sampled uniformly.
+    Actions are integers (DQN), or float32 vectors `[action_dim]` when action_dim is given (SAC, TD3)."""
 
     FIELDS = ("obs", "next_obs", "actions", "returns", "discounts")
 
-    def __init__(self, capacity: int, obs_dim: int, seed: int):
+    def __init__(self, capacity: int, obs_dim: int, seed: int, action_dim: int | None = None):
         self.obs = np.zeros((capacity, obs_dim), dtype=np.float32)
         self.next_obs = np.zeros((capacity, obs_dim), dtype=np.float32)
-        self.actions = np.zeros(capacity, dtype=np.int64)
+        self.actions = (np.zeros(capacity, dtype=np.int64) if action_dim is None
+                        else np.zeros((capacity, action_dim), dtype=np.float32))
         self.returns = np.zeros(capacity, dtype=np.float32)
         self.discounts = np.zeros(capacity, dtype=np.float32)
         self.capacity, self.size, self.cursor = capacity, 0, 0
@@ -79,9 +81,10 @@ class ReplayBuffer:
     def add(self, obs, next_obs, actions, returns, discounts) -> np.ndarray:
         """Add a batch of transitions; returns the slots they were written to."""
         slots = (self.cursor + np.arange(len(actions))) % self.capacity
-        for i, j in enumerate(slots):
-            self.obs[j], self.next_obs[j], self.actions[j] = obs[i], next_obs[i], actions[i]
-            self.returns[j], self.discounts[j] = returns[i], discounts[i]
+        if not len(slots):
+            return slots
+        self.obs[slots], self.next_obs[slots], self.actions[slots] = obs, next_obs, actions
+        self.returns[slots], self.discounts[slots] = returns, discounts
         self.cursor = (self.cursor + len(actions)) % self.capacity
         self.size = min(self.size + len(actions), self.capacity)
         return slots

@@ -7,6 +7,8 @@ interface only, so they take discrete and continuous actions through the same co
     Box((d,))      DiagGaussian    head = mean `[B, d]`, a state-independent log-std `[d]` (a parameter),
                                    actions floats `[B, d]`, sampled unbounded: the env clips them (ClipAction),
                                    as CleanRL and SB3 do, and the log-prob is that of the unclipped sample
+    Box((d,))      TanhGaussian    (SAC) head = mean and log-std `[B, 2 d]`, both state-dependent; actions
+                                   tanh(u) in (-1, 1)^d, u Gaussian, with the log-det correction in the log-prob
 
 A new kind of action space is a new class here plus a line in `action_kwargs` and `make`.
 """
@@ -18,12 +20,15 @@ import math
 import gymnasium as gym
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Categorical as TorchCategorical
 from torch.distributions import Normal, kl_divergence
 
 from classic_rl import core, envs
 from classic_rl.infra.errors import ConfigError
+
+LOG_2PI = math.log(2 * math.pi)
 
 
 class Categorical(nn.Module):
@@ -113,12 +118,68 @@ class DiagGaussian(nn.Module):
         """(mean numpy `[B, d]`) -> (action `[B, d]`, log-prob `[B]`) for the log-std as it is now, the noise
         from torch's random stream: a = mean + std * eps, log pi(a) = sum(-eps^2 / 2 - log std - log(2 pi) / 2)."""
         log_std = self.log_std.detach().numpy().copy()
-        std, log_norm = np.exp(log_std), float(log_std.sum()) + 0.5 * math.log(2 * math.pi) * self.action_dim
+        std, log_norm = np.exp(log_std), float(log_std.sum()) + 0.5 * LOG_2PI * self.action_dim
 
         def sample(mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             eps = torch.randn(mean.shape).numpy()
             return mean + std * eps, -0.5 * np.square(eps).sum(1) - log_norm
         return sample
+
+
+class TanhGaussian(nn.Module):
+    """a = tanh(u), u ~ N(mean, diag(exp(log_std))^2), mean and log-std both from the head `[B, 2 d]` (SAC's
+    policy, Haarnoja et al. 2018), the log-std clamped to [-20, 2] as SB3 does. Actions lie in (-1, 1)^d: the
+    actor rescales them to the env's bounds outside the distribution, so log-probs, and SAC's entropy target
+    -d, mean the same on every env (SB3's convention; CleanRL's log-prob adds log of the action scale).
+
+        log pi(a) = sum_i [log N(u_i; mean_i, std_i) - log(1 - tanh(u_i)^2)]          (change of variables)
+        log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2 u))                          (exact; 1 - tanh^2 rounds
+                                                                                      to 0 once |u| > 9)
+    The entropy has no closed form: `entropy` estimates it as the mean of -log pi over draws."""
+
+    LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+
+    def __init__(self, action_dim: int):
+        super().__init__()
+        self.action_dim = action_dim
+        self.head_dim = 2 * action_dim
+
+    def params(self, head: Tensor) -> Tensor:
+        """(mean, clamped log-std) side by side `[B, 2 d]`."""
+        mean, log_std = head.chunk(2, -1)
+        return torch.cat([mean, log_std.clamp(self.LOG_STD_MIN, self.LOG_STD_MAX)], -1)
+
+    def rsample_with_log_prob(self, params: Tensor) -> tuple[Tensor, Tensor]:
+        """(action `[B, d]`, log pi(action) `[B]`), the action a differentiable function of params
+        (the reparameterisation SAC's actor loss needs): u = mean + std * eps, eps ~ N(0, I)."""
+        mean, log_std = params.chunk(2, -1)
+        eps = torch.randn_like(mean)
+        u = mean + log_std.exp() * eps
+        gaussian_log_prob = -0.5 * eps.square() - log_std - 0.5 * LOG_2PI
+        return torch.tanh(u), (gaussian_log_prob - squash_log_det(u)).sum(-1)
+
+    def log_prob(self, params: Tensor, actions: Tensor) -> Tensor:
+        """log pi(actions) `[B]` for actions `[B, d]` in (-1, 1), clamped 1e-6 inside so atanh stays finite."""
+        mean, log_std = params.chunk(2, -1)
+        u = torch.atanh(actions.clamp(-1 + 1e-6, 1 - 1e-6))
+        gaussian_log_prob = Normal(mean, log_std.exp(), validate_args=False).log_prob(u)
+        return (gaussian_log_prob - squash_log_det(u)).sum(-1)
+
+    def entropy(self, params: Tensor, draws: int = 1) -> Tensor:
+        """Estimate of the entropy `[B]`: the mean of -log pi(a) over `draws` samples a ~ pi."""
+        return -torch.stack([self.rsample_with_log_prob(params)[1] for _ in range(draws)]).mean(0)
+
+    def sample(self, params: Tensor) -> Tensor:
+        return self.rsample_with_log_prob(params)[0]
+
+    def mode(self, params: Tensor) -> Tensor:
+        """tanh(mean): the squashed Gaussian's centre (SB3's deterministic action)."""
+        return torch.tanh(params.chunk(2, -1)[0])
+
+
+def squash_log_det(u: Tensor) -> Tensor:
+    """log(d tanh(u) / du) = log(1 - tanh(u)^2) elementwise, in a form that stays exact for large |u|."""
+    return 2 * (math.log(2) - u - F.softplus(-2 * u))
 
 
 ActionDistribution = Categorical | DiagGaussian
@@ -149,6 +210,16 @@ def policy_spaces(env_id: str, algo: str) -> tuple[int, dict[str, int]]:
     """(obs_dim, action_kwargs) for an MLP policy acting in env_id, or a ConfigError."""
     observation_space, action_space = envs.env_spaces(env_id)
     return envs.require_box_observations(observation_space, env_id, algo), action_kwargs(action_space, env_id, algo)
+
+
+def continuous_spaces(env_id: str, algo: str) -> tuple[int, int, list[float], list[float]]:
+    """(obs_dim, action_dim, low, high) for an actor over a 1-D bounded Box action space, or a ConfigError."""
+    observation_space, action_space = envs.env_spaces(env_id)
+    obs_dim = envs.require_box_observations(observation_space, env_id, algo)
+    if not (isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1 and action_space.is_bounded()):
+        raise ConfigError(f"{algo} needs a bounded continuous (1-D Box) action space but {env_id} has {action_space}; accepted: "
+                          "e.g. Pendulum-v1, LunarLanderContinuous-v3, BipedalWalker-v3 (for discrete actions: ppo or dqn)")
+    return obs_dim, int(action_space.shape[0]), action_space.low.tolist(), action_space.high.tolist()
 
 
 def make(n_actions: int | None = None, action_dim: int | None = None) -> ActionDistribution:

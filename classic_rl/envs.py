@@ -75,8 +75,9 @@ def require_box_observations(space: gym.Space, env_id: str, algo: str) -> int:
 
 
 def env_spaces(env_id: str) -> tuple[gym.Space, gym.Space]:
-    """(observation space, action space) of env_id."""
-    env = make_env(env_id)
+    """(observation space, action space) of env_id, as the env declares them (a Box keeps its bounds)."""
+    check_env_id(env_id)
+    env = gym.make(env_id)
     env.close()
     return env.observation_space, env.action_space
 
@@ -202,6 +203,15 @@ def truncation_bootstrap_obs(infos: dict, terminations: np.ndarray, truncations:
     if cut.size == 0:
         return cut, np.empty(0)
     return cut, np.stack([infos["final_obs"][i] for i in cut])
+
+
+def next_observations(next_obs: np.ndarray, infos: dict, done: np.ndarray) -> np.ndarray:
+    """The s' of each env's transition `[N, obs_dim]`: next_obs, except where an episode ended, whose env has
+    already reset (same-step autoreset) and whose true last observation is in infos["final_obs"]."""
+    stored = next_obs.copy()
+    for i in np.flatnonzero(done):
+        stored[i] = infos["final_obs"][i]
+    return stored
 
 
 def finished_episodes(infos: dict) -> list[dict[str, float]]:

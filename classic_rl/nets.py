@@ -31,13 +31,15 @@ def layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias: float = 0.0) -
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
 
-def mlp(in_dim: int, hidden_sizes: list[int], out_dim: int, out_std: float, activation: type[nn.Module] = nn.Tanh) -> MLP:
-    """Linear -> activation stacks with orthogonal init; the last layer gets gain out_std."""
+def mlp(in_dim: int, hidden_sizes: list[int], out_dim: int, out_std: float | None, activation: type[nn.Module] = nn.Tanh) -> MLP:
+    """Linear -> activation stacks with orthogonal init; the last layer gets gain out_std. out_std None keeps
+    torch's default init throughout, as SB3 and CleanRL build SAC's and TD3's networks."""
     layers: list[nn.Module] = []
+    init = (lambda layer, std=None: layer) if out_std is None else layer_init
     for size in hidden_sizes:
-        layers += [layer_init(nn.Linear(in_dim, size)), activation()]
+        layers += [init(nn.Linear(in_dim, size)), activation()]
         in_dim = size
-    layers.append(layer_init(nn.Linear(in_dim, out_dim), std=out_std))
+    layers.append(init(nn.Linear(in_dim, out_dim), std=out_std))
     return MLP(*layers)
 
 
@@ -178,6 +180,72 @@ class ActorCritic(SavableModule):
         return act_from(self.distribution, self.policy_params(self.normalize(obs)), deterministic)
 
 
+class ContinuousActor(SavableModule):
+    """An actor for a bounded Box action space (SAC's and TD3's): obs `[B, obs_dim]` -> MLP (ReLU) -> a head,
+    the algorithms working in actions scaled to (-1, 1)^d, which `to_env` maps to the env's [low, high]."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden_sizes: list[int], low: list[float], high: list[float], head_dim: int):
+        super().__init__()
+        self.init_kwargs = dict(obs_dim=obs_dim, action_dim=action_dim, hidden_sizes=list(hidden_sizes), low=list(low), high=list(high))
+        self.net = mlp(obs_dim, hidden_sizes, head_dim, out_std=None, activation=nn.ReLU)
+        self.low, self.half_range = np.array(low, dtype=np.float32), (np.array(high, dtype=np.float32) - np.array(low, dtype=np.float32)) / 2
+
+    def to_env(self, actions: np.ndarray) -> np.ndarray:
+        """Actions in [-1, 1] `[B, d]` -> the env's units: low + (a + 1) (high - low) / 2."""
+        return self.low + (actions + 1) * self.half_range
+
+    def scaled_action(self, obs: Tensor, deterministic: bool) -> Tensor:
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        """Actions in the env's units for raw observations `[B, obs_dim]`."""
+        return self.to_env(self.scaled_action(torch.as_tensor(obs, dtype=torch.float32), deterministic).numpy())
+
+
+class SquashedGaussianActor(ContinuousActor):
+    """SAC's policy: a TanhGaussian (classic_rl/distributions.py) whose mean and log-std the MLP outputs."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden_sizes: list[int], low: list[float], high: list[float]):
+        super().__init__(obs_dim, action_dim, hidden_sizes, low, high, head_dim=2 * action_dim)
+        self.distribution = distributions.TanhGaussian(action_dim)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        """The distribution's parameters `[B, 2 d]`."""
+        return self.distribution.params(self.net(obs))
+
+    def scaled_action(self, obs: Tensor, deterministic: bool) -> Tensor:
+        params = self(obs)
+        return self.distribution.mode(params) if deterministic else self.distribution.sample(params)
+
+
+class DeterministicActor(ContinuousActor):
+    """TD3's (and DDPG's) policy mu(s) = tanh(MLP(s)) in (-1, 1)^d; exploration noise is the algorithm's."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden_sizes: list[int], low: list[float], high: list[float]):
+        super().__init__(obs_dim, action_dim, hidden_sizes, low, high, head_dim=action_dim)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return torch.tanh(self.net(obs))
+
+    def scaled_action(self, obs: Tensor, deterministic: bool) -> Tensor:
+        return self(obs)
+
+
+class QCritics(nn.Module):
+    """n action-value networks Q_i(s, a), each an MLP (ReLU) over the observation and the action side by side:
+    (obs `[B, obs_dim]`, actions in [-1, 1] `[B, d]`) -> `[n, B]`. SAC and TD3 take n = 2 and the minimum."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden_sizes: list[int], n_critics: int):
+        super().__init__()
+        self.nets = nn.ModuleList(mlp(obs_dim + action_dim, hidden_sizes, 1, out_std=None, activation=nn.ReLU)
+                                  for _ in range(n_critics))
+
+    def forward(self, obs: Tensor, actions: Tensor) -> Tensor:
+        inputs = torch.cat([obs, actions], -1)
+        return torch.stack([net(inputs).squeeze(-1) for net in self.nets])
+
+
 class QTable(SavableModule):
     """Action values `[n_states, n_actions]` as a buffer, so it saves like any other policy.
 
@@ -268,7 +336,7 @@ def act_from(distribution: distributions.ActionDistribution, params: Tensor, det
 
 
 MODEL_CLASSES: dict[str, type[SavableModule]] = {
-    cls.__name__: cls for cls in (ActorCritic, QTable, QNetwork, SoftmaxPolicy)
+    cls.__name__: cls for cls in (ActorCritic, QTable, QNetwork, SoftmaxPolicy, SquashedGaussianActor, DeterministicActor)
 }
 
 

@@ -48,7 +48,8 @@ class ClassicConfig(RunFields):
     torch_threads: int = config_field(1, "torch.set_num_threads: small MLPs on CPU are fastest with 1")
     run_dir: str = config_field("runs/classic", "Folder for config.json, metrics.jsonl, summary.json, plots, policy")
 
-    value_based: ClassVar[bool] = False  # the agent acts greedily on action values: no probabilities to sample
+    # the agent acts deterministically (greedy on action values, or TD3's actor): no probabilities to sample
+    deterministic_policy: ClassVar[bool] = False
 
     def __post_init__(self):
         envs.check_env_id(self.env)
@@ -57,7 +58,7 @@ class ClassicConfig(RunFields):
                          total_episodes=self.total_episodes)
         require_nonnegative(eval_every=self.eval_every)
         require_choice(eval_mode=(self.eval_mode, EVAL_MODES))
-        require_policy_to_sample(self.eval_mode, self.value_based)
+        require_policy_to_sample(self.eval_mode, self.deterministic_policy)
 
     @property
     def solved_threshold(self) -> float | None:
@@ -65,12 +66,12 @@ class ClassicConfig(RunFields):
         return self.target_return if self.target_return is not None else envs.check_env_id(self.env).reward_threshold
 
 
-def require_policy_to_sample(eval_mode: str, value_based: bool) -> None:
-    """--eval-mode sample needs action probabilities, which value-based agents do not have (they evaluated greedily
-    while reporting "sample")."""
-    if eval_mode == "sample" and value_based:
+def require_policy_to_sample(eval_mode: str, deterministic_policy: bool) -> None:
+    """--eval-mode sample needs action probabilities, which value-based agents and deterministic actors do not have
+    (value-based ones once evaluated greedily while reporting "sample")."""
+    if eval_mode == "sample" and deterministic_policy:
         raise ConfigError("--eval-mode sample draws actions from a policy's probabilities, and value-based agents (dqn, q_learning, "
-                          "sarsa, value and policy iteration) have none; accepted: greedy")
+                          "sarsa, value and policy iteration) and deterministic actors (td3, ddpg) have none; accepted: greedy")
 
 
 def policy_returns(model: SavableModule, env_id: str, episodes: int, seed: int, mode: str = "greedy") -> np.ndarray:
@@ -139,7 +140,7 @@ def run_training(algo: str, train_fn, cfg: ClassicConfig) -> dict[str, Any]:
     resumable = "checkpoints" in inspect.signature(train_fn).parameters
     if (cfg.save_every or cfg.resume) and not resumable:
         raise ConfigError(f"{algo} has no checkpoints (it trains in seconds to minutes); --save-every and --resume "
-                          "are accepted by ppo, trpo, a2c, a3c, vpg and dqn")
+                          "are accepted by ppo, trpo, a2c, a3c, vpg, dqn, sac, td3 and ddpg")
     run_dir, checkpoints = start_run(cfg, algo=algo)
     logger = RunLogger(run_dir)
     evaluator = Evaluator(cfg, logger)

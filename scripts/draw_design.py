@@ -28,11 +28,11 @@ WHAT = {  # the caption of each box: a folder, or a module of a package's top le
     "rlhf_toy/tasks/": "named tasks, arithmetic", "rlhf_toy/evaluation.py": "before / after",
     "rlhf_toy/corpus.py": "the synthetic data", "rlhf_toy/data.py": "JSONL, batches, labels",
     "rlhf_toy/precision.py": "bf16 where it is fast", "rlhf_toy/distributed.py": "processes",
-    "rlhf_toy/prompt_schedule.py": "prompt order", "rlhf_toy/reference_sync.py": "TR-DPO's moving reference", "classic_rl/algos/": "PPO, DQN, A2C, ...",
+    "rlhf_toy/prompt_schedule.py": "prompt order", "rlhf_toy/reference_sync.py": "TR-DPO's moving reference", "classic_rl/algos/": "PPO, DQN, SAC, ...",
     "classic_rl/core.py": "the PPO core", "classic_rl/infra/": "cli, checkpoints, runs",
     "classic_rl/training.py": "run_training", "classic_rl/envs.py": "vector envs", "classic_rl/nets.py": "MLP agents",
     "classic_rl/buffers.py": "rollouts, replay", "classic_rl/presets.py": "defaults", "classic_rl/tutorials.py": "presets",
-    "classic_rl/maze.py": "tutorial 002's env",
+    "classic_rl/maze.py": "tutorial 002's env", "classic_rl/off_policy.py": "SAC/TD3 loop", "classic_rl/distributions.py": "action distributions",
     "classic_rl/fast_mlp.py": "hand-written backward, flat Adam",
 }
 

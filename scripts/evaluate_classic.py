@@ -38,7 +38,7 @@ def main() -> None:
     except (json.JSONDecodeError, KeyError, TypeError):
         raise ConfigError(f"{config_path} is not a config written by scripts/train_classic.py (no JSON with an env)") from None
     config_cls = ALGOS.get(saved.get("algo"), (ClassicConfig,))[0]
-    require_policy_to_sample(args.eval_mode, config_cls.value_based)
+    require_policy_to_sample(args.eval_mode, config_cls.deterministic_policy)
     if args.video:
         envs.check_renders_frames(env_id)
     torch.set_num_threads(1)

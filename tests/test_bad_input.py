@@ -70,16 +70,17 @@ CASES = {
         ("train_classic.py", ["--algo", "dqn", "--eval-mode", "sample"], "--eval-mode sample draws actions from a policy's "
                                                                           "probabilities, and value-based agents (dqn, q_learning"),
         ("evaluate_classic.py", ["{dir}/dqn_run", "--eval-mode", "sample"], "value-based agents (dqn, q_learning, sarsa, value and "
-                                                                            "policy iteration) have none; accepted: greedy"),
+                                                                            "policy iteration) and deterministic actors (td3, ddpg) "
+                                                                            "have none; accepted: greedy"),
         ("evaluate_classic.py", ["{dir}/maze_run", "--video"], "--video needs an env that renders frames (rgb_array); Maze-v0 renders ['ansi']"),
     ],
     "unknown name": [
-        ("train_classic.py", ["--algo", "sac"], "unknown --algo 'sac'; accepted: random_search"),
+        ("train_classic.py", ["--algo", "ppg"], "unknown --algo 'ppg'; accepted: random_search"),
         ("train_classic.py", ["--env", "CartPol-v1"], "unknown env id 'CartPol-v1': did you mean CartPole-v1"),
         ("compare_critics.py", ["--algo", "ppo"], "argument --algo: invalid choice: 'ppo' (choose from 'vpg', 'a2c')"),
         ("train_classic.py", ["--preset", "tutorial-9"], "unknown --preset 'tutorial-9'; accepted: tutorial-000,"),
         ("run_tutorials.py", ["--presets", "tutorial-9"], "unknown --preset 'tutorial-9'; accepted: tutorial-000,"),
-        ("bench_classic.py", ["--algos", "sac"], "unknown --algos ['sac']; accepted: all, random_search"),
+        ("bench_classic.py", ["--algos", "ppg"], "unknown --algos ['ppg']; accepted: all, random_search"),
         ("bench_classic.py", ["--impls", "trl"], "invalid choice: 'trl' (choose from 'ours', 'sb3')"),
         ("pretrain.py", ["--preset", "huge"], "unknown --preset 'huge'; accepted: nano, tiny, small"),
         ("pretrain.py", ["--arch", "mamba"], "unknown --arch 'mamba'; accepted: gpt2, llama"),

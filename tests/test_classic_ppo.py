@@ -201,7 +201,7 @@ def run_cli(script, args, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["--algo", "sac"], "unknown --algo 'sac'; accepted: random_search, hill_climbing"),
+    (["--algo", "ppg"], "unknown --algo 'ppg'; accepted: random_search, hill_climbing"),
     (["--env", "CartPole-v9"], "unknown env id 'CartPole-v9': did you mean CartPole-v1"),
     (["--env", "Blackjack-v1"], "ppo needs a flat Box observation space but Blackjack-v1 has Tuple"),
     (["--learning-rate", "-0.1"], "--learning-rate must be > 0"),

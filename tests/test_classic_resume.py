@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from classic_rl.algos import a2c, dqn, ppo, vpg
+from classic_rl.algos import a2c, dqn, ppo, sac, td3, vpg
 from classic_rl.infra.errors import NonFiniteError
 from classic_rl.training import run_training
 from tests.conftest import comparable_metrics, kill_after_first_checkpoint, run_script
@@ -40,6 +40,22 @@ def test_ppo_killed_or_interrupted_then_resumed_matches_an_uninterrupted_run(sig
         assert final(broken)[key] == pytest.approx(final(tmp_path / "full")[key], abs=1e-4)
 
 
+SAC_ARGS = ["--algo", "sac", "--env", "Pendulum-v1", "--seed", "4", "--total-timesteps", "3000", "--eval-every", "1000",
+            "--eval-episodes", "3", "--hidden-sizes", "32", "32", "--batch-size", "32"]
+
+
+def test_sac_killed_then_resumed_matches_an_uninterrupted_run(tmp_path, monkeypatch, capsys):
+    """The replay buffer, the target critics, alpha and its optimiser, and the env mid-episode all come back."""
+    assert run_script("train_classic.py", [*SAC_ARGS, "--run-dir", str(tmp_path / "full")], monkeypatch, capsys)[0] == 0
+    broken = tmp_path / "broken"
+    args = [*SAC_ARGS, "--run-dir", str(broken), "--save-every", "500"]
+    assert kill_after_first_checkpoint("train_classic.py", args, broken, signal.SIGKILL) == -signal.SIGKILL
+    exit_code, out, _ = run_script("train_classic.py", [*args, "--resume"], monkeypatch, capsys)
+    assert exit_code == 0 and "resuming" in out
+    assert comparable_metrics(broken) == comparable_metrics(tmp_path / "full") and episodes(broken) == episodes(tmp_path / "full")
+    assert final(broken)["eval_return_mean"] == final(tmp_path / "full")["eval_return_mean"]
+
+
 @pytest.mark.parametrize("module, env, fields", [
     (a2c, "CartPole-v1", dict(total_timesteps=4_000, eval_every=1_000)),
     (dqn, "CartPole-v1", dict(total_timesteps=3_000, eval_every=1_000, learning_starts=500, train_frequency=100, gradient_steps=20)),
@@ -47,9 +63,12 @@ def test_ppo_killed_or_interrupted_then_resumed_matches_an_uninterrupted_run(sig
     (ppo, "Pendulum-v1", dict(total_timesteps=4_096, eval_every=1_024, num_envs=4, num_steps=64)),  # real-valued actions replayed exactly
     (ppo, "Pendulum-v1", dict(total_timesteps=4_096, eval_every=1_024, num_envs=4, num_steps=64, normalize_obs=True,
                               normalize_reward=True)),  # the reward scale's running statistics are in the checkpoint
-], ids=["a2c", "dqn", "vpg", "ppo-continuous", "ppo-normalized"])
+    (sac, "Pendulum-v1", dict(total_timesteps=2_400, eval_every=800, hidden_sizes=[32, 32], batch_size=32)),  # the replay
+    (td3, "Pendulum-v1", dict(total_timesteps=2_400, eval_every=800, hidden_sizes=[32, 32], batch_size=32)),  # buffer too
+], ids=["a2c", "dqn", "vpg", "ppo-continuous", "ppo-normalized", "sac", "td3"])
 def test_resuming_from_an_earlier_checkpoint_replays_the_same_run(module, env, fields, tmp_path):
-    config_cls = {a2c: a2c.A2CConfig, dqn: dqn.DQNConfig, vpg: vpg.VPGConfig, ppo: ppo.PPOConfig}[module]
+    config_cls = {a2c: a2c.A2CConfig, dqn: dqn.DQNConfig, vpg: vpg.VPGConfig, ppo: ppo.PPOConfig, sac: sac.SACConfig,
+                  td3: td3.TD3Config}[module]
     cfg = config_cls(env=env, seed=2, eval_episodes=3, save_every=1_000, keep_checkpoints=10,
                      run_dir=str(tmp_path / "run"), **fields)
     first = run_training("algo", module.train, cfg)
@@ -77,7 +96,7 @@ def test_non_finite_loss_stops_with_the_step_and_the_last_good_checkpoint(tmp_pa
 def test_save_every_is_refused_by_algorithms_without_checkpoints(tmp_path, monkeypatch, capsys):
     code, _, err = run_script("train_classic.py", ["--algo", "reinforce", "--save-every", "100", "--run-dir", str(tmp_path / "r")],
                               monkeypatch, capsys)
-    assert code == 2 and "accepted by ppo, trpo, a2c, a3c, vpg and dqn" in err
+    assert code == 2 and "accepted by ppo, trpo, a2c, a3c, vpg, dqn, sac, td3 and ddpg" in err
 
 
 def test_resume_without_a_checkpoint_and_resume_with_overwrite_are_refused(tmp_path, monkeypatch, capsys):

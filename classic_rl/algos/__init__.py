@@ -1,8 +1,8 @@
 """One module per algorithm family; each exposes a config dataclass and `train(cfg, logger, evaluator)`.
 
-Listed in the order a course would teach them, from search to PPO."""
+Listed in the order a course would teach them, from search to PPO, then off-policy continuous control."""
 
-from classic_rl.algos import a2c, a3c, dqn, ppo, reinforce, search, tabular, trpo, vpg
+from classic_rl.algos import a2c, a3c, dqn, ppo, reinforce, sac, search, tabular, td3, trpo, vpg
 
 ALGOS = {
     "random_search": (search.SearchConfig, search.train_random_search),
@@ -18,4 +18,7 @@ ALGOS = {
     "dqn": (dqn.DQNConfig, dqn.train),
     "trpo": (trpo.TRPOConfig, trpo.train),
     "ppo": (ppo.PPOConfig, ppo.train),
+    "ddpg": (td3.DDPGConfig, td3.train),
+    "td3": (td3.TD3Config, td3.train),
+    "sac": (sac.SACConfig, sac.train),
 }

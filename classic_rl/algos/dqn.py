@@ -38,7 +38,7 @@ from classic_rl.training import ClassicConfig, Evaluator
 
 @dataclass
 class DQNConfig(ClassicConfig):
-    value_based: ClassVar[bool] = True
+    deterministic_policy: ClassVar[bool] = True
     num_envs: int = config_field(1, "Parallel environments (each vector step adds num_envs transitions)")
     buffer_size: int = config_field(100_000, "Replay buffer capacity, in transitions")
     learning_rate: float = config_field(2.3e-3, "Adam learning rate")
@@ -140,10 +140,8 @@ def train(cfg: DQNConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
         explore = rng.random(cfg.num_envs) < epsilon
         actions[explore] = rng.integers(n_actions, size=int(explore.sum()))
         next_obs, rewards, terminated, truncated, infos = vec_env.step(actions)
-        stored_next = next_obs.copy()
-        for i in np.flatnonzero(terminated | truncated):  # same-step autoreset: the true s' is in final_obs
-            stored_next[i] = infos["final_obs"][i]
-        buffer.add(*transitions.push(obs, actions, rewards, stored_next, terminated, terminated | truncated))
+        done = terminated | truncated
+        buffer.add(*transitions.push(obs, actions, rewards, envs.next_observations(next_obs, infos, done), terminated, done))
         obs = next_obs
         previous_step, global_step = global_step, global_step + cfg.num_envs
         logger.log_episodes(global_step, envs.finished_episodes(infos))

@@ -36,7 +36,7 @@ Transitions = dict[int, dict[int, list[tuple[float, int, float, bool]]]]
 
 @dataclass
 class TabularConfig(ClassicConfig):
-    value_based: ClassVar[bool] = True
+    deterministic_policy: ClassVar[bool] = True
     env: str = config_field("Taxi-v4", "Gymnasium env id with Discrete observations and actions")
     total_timesteps: int = config_field(200_000, "Env steps (learning methods) or sweeps are not counted (planning)")
     eval_every: int = config_field(20_000, "Evaluate every this many env steps")
