@@ -9,10 +9,14 @@
     python scripts/bench_classic.py --envs CartPole-v1 --algos all --seeds 3 --plot bench/classic_cartpole_all.png
     python scripts/bench_classic.py --same-hparams --json bench/classic_speed.json --md bench/classic_speed.md
 
---same-hparams compares the implementations alone: PPO with our CartPole preset on both sides, a fixed
-budget of env steps (50k), no evaluation at all, one thread; each run times training from before
-env creation to the end of learning, both sides' own logging included, and reports env steps per
-second and the gradient epochs each side took (the preset's KL stop can end an update early).
+--same-hparams compares the implementations alone: each of --algos (PPO by default; SAC, TD3, DDPG) with our
+preset for the first --envs on both sides, a fixed budget of env steps (50k for PPO, 3k off-policy), no
+evaluation at all, one thread; each run times training from before env creation to the end of learning,
+both sides' own logging included, and reports env steps per second and the gradient epochs (PPO: the
+preset's KL stop can end an update early) or steps each side took.
+
+    python scripts/bench_classic.py --same-hparams --algos sac td3 --envs Pendulum-v1 --json bench/offpolicy_speed.json \
+        --md bench/offpolicy_speed.md
 
 For each env, seed and algorithm the runs go back to back in this process (ours, then SB3 with each
 of --sb3-hparams where it has settings), with the same torch thread count and the same evaluation:
@@ -37,10 +41,11 @@ import time
 from pathlib import Path
 
 import gymnasium as gym
+import numpy as np
 import torch
 
 from classic_rl import envs
-from classic_rl.algos import ALGOS, ppo
+from classic_rl.algos import ALGOS
 from classic_rl.infra.cli import cli, script_parser
 from classic_rl.infra.errors import ConfigError, require_positive
 from classic_rl.infra.machine import machine
@@ -65,17 +70,27 @@ ZOO = {
                                     gradient_steps=-1, exploration_fraction=0.12, exploration_final_eps=0.1,
                                     policy_kwargs=dict(net_arch=[256, 256])),
     ("a2c", "CartPole-v1"): dict(n_envs=8, n_timesteps=500_000, ent_coef=0.0),
+    ("sac", "Pendulum-v1"): dict(n_timesteps=20_000, learning_rate=1e-3),
+    ("td3", "Pendulum-v1"): dict(n_timesteps=20_000, gamma=0.98, buffer_size=200_000, learning_starts=10_000, noise_std=0.1,
+                                 gradient_steps=-1, train_freq=(1, "episode"), learning_rate=1e-3,
+                                 policy_kwargs=dict(net_arch=[400, 300])),
+    ("sac", "LunarLanderContinuous-v3"): dict(n_timesteps=500_000, batch_size=256, learning_rate="lin_7.3e-4", buffer_size=1_000_000,
+                                              ent_coef="auto", gamma=0.99, tau=0.01, train_freq=1, gradient_steps=1,
+                                              learning_starts=10_000, policy_kwargs=dict(net_arch=[400, 300])),
 }
 DEFAULT_SEEDS = {"CartPole-v1": 5, "LunarLander-v3": 3}
+SOLVED_AT = {"Pendulum-v1": -200.0}  # envs gymnasium registers without a reward threshold: issue 42's bar
 SB3_HPARAMS = ("ours", "zoo")  # our preset given to SB3 (identical settings); RL-Zoo's (each side's own best)
 HPARAMS_LABEL = {"preset": "our preset", "ours": "our preset (identical)", "zoo": "RL-Zoo (its own best)"}
 
 
 def sb3_settings(algo: str, env_id: str, hparams: str, ours) -> dict | None:
     """SB3 keyword arguments (plus n_envs and n_timesteps) for one comparison, or None where there are none:
-    RL-Zoo's table, or our PPO preset `ours` (a PPOConfig) translated to SB3's names."""
+    RL-Zoo's table, or our preset `ours` (a PPOConfig, SACConfig or TD3Config) translated to SB3's names."""
     if hparams == "zoo":
         return dict(ZOO[(algo, env_id)]) if (algo, env_id) in ZOO else None
+    if algo in ("sac", "td3", "ddpg"):
+        return sb3_off_policy_settings(algo, ours)
     if algo != "ppo" or ours.normalize_obs:  # SB3 would need a VecNormalize wrapper: not the same run
         return None
     return dict(n_envs=ours.num_envs, n_timesteps=ours.total_timesteps, n_steps=ours.num_steps,
@@ -87,10 +102,31 @@ def sb3_settings(algo: str, env_id: str, hparams: str, ours) -> dict | None:
                 policy_kwargs=dict(net_arch=dict(pi=list(ours.hidden_sizes), vf=list(ours.hidden_sizes)), activation_fn=torch.nn.Tanh))
 
 
+def sb3_off_policy_settings(algo: str, ours) -> dict:
+    """Our SAC / TD3 / DDPG config in SB3's names: the same networks (ReLU, torch's default init on both sides), replay,
+    batch, rates, update schedule, and SAC's entropy tuning or TD3's noise and delay."""
+    hp = dict(n_envs=ours.num_envs, n_timesteps=ours.total_timesteps, learning_rate=ours.learning_rate, buffer_size=ours.buffer_size,
+              learning_starts=ours.learning_starts, batch_size=ours.batch_size, tau=ours.tau, gamma=ours.gamma,
+              train_freq=ours.train_frequency, gradient_steps=ours.gradient_steps, policy_kwargs=dict(net_arch=list(ours.hidden_sizes)))
+    if algo == "sac":
+        return {**hp, "ent_coef": f"auto_{ours.alpha}" if ours.autotune else ours.alpha,
+                "target_entropy": "auto" if ours.target_entropy is None else ours.target_entropy}
+    hp["noise_std"] = ours.exploration_noise
+    if algo == "td3":  # SB3's DDPG fixes these itself (one critic, no delay, no smoothing)
+        hp.update(policy_delay=ours.policy_delay, target_policy_noise=ours.target_policy_noise, target_noise_clip=ours.target_noise_clip)
+        hp["policy_kwargs"]["n_critics"] = ours.n_critics
+    return hp
+
+
+def solved_threshold(env_id: str) -> float | None:
+    """The return that counts as solved: the env's registered threshold, or SOLVED_AT's."""
+    return SOLVED_AT.get(env_id, gym.spec(env_id).reward_threshold)
+
+
 def ours_config(algo: str, env_id: str, seed: int, eval_episodes: int, max_steps: int | None, run_dir: Path):
     config_cls, _ = ALGOS[algo]
     fields = {**preset(algo, env_id), "env": env_id, "seed": seed, "eval_episodes": eval_episodes,
-              "target_return": gym.spec(env_id).reward_threshold, "run_dir": str(run_dir), "overwrite": True}
+              "target_return": solved_threshold(env_id), "run_dir": str(run_dir), "overwrite": True}
     if max_steps:
         fields["total_timesteps"] = max_steps
     return config_cls(**fields)
@@ -108,6 +144,7 @@ def sb3_model(algo: str, env_id: str, hp: dict, seed: int):
     "lin_x" for a linear decay from x to 0, as the Zoo means it), on CPU."""
     import stable_baselines3  # an optional peer (the [bench] extra): imported only to run it
     from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.noise import NormalActionNoise
     from stable_baselines3.common.utils import LinearSchedule
 
     hp = dict(hp)
@@ -115,6 +152,9 @@ def sb3_model(algo: str, env_id: str, hp: dict, seed: int):
     for key in ("learning_rate", "clip_range"):
         if isinstance(hp.get(key), str):
             hp[key] = LinearSchedule(float(hp[key][4:]), 0.0, 1.0)
+    if "noise_std" in hp:  # Gaussian exploration noise, in SB3's [-1, 1] action scale as in ours
+        action_dim = gym.make(env_id).action_space.shape[0]
+        hp["action_noise"] = NormalActionNoise(np.zeros(action_dim), hp.pop("noise_std") * np.ones(action_dim))
     model_cls = getattr(stable_baselines3, algo.upper())
     return model_cls("MlpPolicy", make_vec_env(env_id, n_envs=n_envs, seed=seed), seed=seed, device="cpu", verbose=0, **hp), n_timesteps
 
@@ -123,7 +163,7 @@ def run_sb3(algo: str, env_id: str, hp: dict, seed: int, eval_episodes: int, eva
             max_seconds: float) -> dict:
     from stable_baselines3.common.callbacks import BaseCallback
 
-    threshold = gym.spec(env_id).reward_threshold
+    threshold = solved_threshold(env_id)
 
     class EvalAndStop(BaseCallback):
         """Evaluates where ours does, after the update that follows each eval_every steps: SB3 calls
@@ -222,59 +262,80 @@ def replot(json_path: str, plot_path: str) -> None:
     plot_curves(plot_path, results, saved["results"][0]["env"])
 
 
-def time_ours(cfg: ppo.PPOConfig) -> dict:
-    """Our PPO's training loop alone (env creation to the last update, its logging included): wall seconds, env steps,
-    gradient epochs."""
-    run_dir, checkpoints = start_run(cfg, algo="ppo")
+def time_ours(algo: str, cfg) -> dict:
+    """Our training loop alone (env creation to the last update, its logging included): wall seconds, env steps,
+    gradient epochs (PPO's, cut short by its KL stop) or gradient steps (off-policy)."""
+    run_dir, checkpoints = start_run(cfg, algo=algo)
     logger = RunLogger(run_dir)
     start = time.perf_counter()
-    _, env_steps = ppo.train(cfg, logger, Evaluator(cfg, logger), checkpoints)
+    _, env_steps = ALGOS[algo][1](cfg, logger, Evaluator(cfg, logger), checkpoints)
     wall_s = time.perf_counter() - start
-    epochs = sum(row["losses/epochs"] for row in logger.rows if "losses/epochs" in row)
+    if algo == "ppo":
+        updates = sum(row["losses/epochs"] for row in logger.rows if "losses/epochs" in row)
+    else:  # a burst of gradient_steps each time the env steps pass a multiple of train_frequency after learning_starts
+        updates = (env_steps // cfg.train_frequency - cfg.learning_starts // cfg.train_frequency) * cfg.gradient_steps
     logger.close()
-    return {"wall_s": wall_s, "env_steps": env_steps, "epochs": epochs}
+    return {"wall_s": wall_s, "env_steps": env_steps, "updates": updates}
 
 
-def time_sb3(hp: dict, env_id: str, seed: int, total_steps: int) -> dict:
-    """SB3's PPO with the same settings, from env creation to the end of learn(): wall seconds, env steps, gradient epochs."""
+def time_sb3(algo: str, hp: dict, env_id: str, seed: int, total_steps: int) -> dict:
+    """SB3 with the same settings, from env creation to the end of learn(): wall seconds, env steps, gradient epochs or steps."""
     start = time.perf_counter()
-    model, _ = sb3_model("ppo", env_id, hp, seed)
+    model, _ = sb3_model(algo, env_id, hp, seed)
     model.learn(total_timesteps=total_steps)
-    return {"wall_s": time.perf_counter() - start, "env_steps": int(model.num_timesteps), "epochs": model._n_updates}
+    return {"wall_s": time.perf_counter() - start, "env_steps": int(model.num_timesteps), "updates": model._n_updates}
+
+
+SAME_HPARAMS_STEPS = {"ppo": 50_000, "sac": 3_000, "td3": 3_000, "ddpg": 3_000}  # default --max-steps of --same-hparams
 
 
 def same_hparams(args, tmp: Path) -> None:
-    """Implementation against implementation: our CartPole PPO preset on both sides, no evaluation, a fixed budget of
-    env steps; ours and SB3 alternate seed by seed. Writes rows with impl, seed, wall_s, sps, epochs."""
-    env_id, total_steps = args.envs[0], args.max_steps or 50_000
-    rows = []
-    for seed in range(1, (args.seeds or 5) + 1):
-        cfg = ppo.PPOConfig(**{**preset("ppo", env_id), "env": env_id, "seed": seed, "total_timesteps": total_steps,
-                               "eval_every": 0, "torch_threads": args.threads, "run_dir": str(tmp / f"speed-{seed}"), "overwrite": True})
-        hp = sb3_settings("ppo", env_id, "ours", cfg)
-        for impl in ("ours", "sb3"):
-            gc.collect()
-            r = time_ours(cfg) if impl == "ours" else time_sb3(hp, env_id, seed, total_steps)
-            rows.append({"impl": impl, "seed": seed, **r, "sps": r["env_steps"] / r["wall_s"]})
-            print(f"{env_id} seed {seed} {impl}: {r['env_steps']} env steps in {r['wall_s']:.2f} s = {rows[-1]['sps']:.0f} steps/s, "
-                  f"{r['epochs']} gradient epochs", flush=True)
-    by_impl = {impl: [r for r in rows if r["impl"] == impl] for impl in ("ours", "sb3")}
-    median = {impl: statistics.median(r["sps"] for r in group) for impl, group in by_impl.items()}
-    lines = ["| impl | seeds | median env steps/s (range) | median wall s | median gradient epochs |", "|---|---|---|---|---|"]
-    for impl, group in by_impl.items():
-        sps = [r["sps"] for r in group]
-        lines.append(f"| {impl} | {len(group)} | {median[impl]:,.0f} ({min(sps):,.0f}-{max(sps):,.0f}) | "
-                     f"{statistics.median(r['wall_s'] for r in group):.2f} | {statistics.median(r['epochs'] for r in group):.0f} |")
-    lines.append(f"\nours / SB3, median env steps/s: {median['ours'] / median['sb3']:.2f}x ({env_id}, PPO, our preset on both sides, "
-                 f"{total_steps:,} steps, no evaluation, {args.threads} thread(s))")
+    """Implementation against implementation: our preset of each --algos on the first --envs on both sides, no evaluation,
+    a fixed budget of env steps; ours and SB3 alternate seed by seed. Writes rows with algo, impl, seed, wall_s, sps, updates."""
+    env_id, rows, lines = args.envs[0], [], []
+    for algo in args.algos:
+        total_steps = args.max_steps or SAME_HPARAMS_STEPS[algo]
+        for seed in range(1, (args.seeds or 5) + 1):
+            cfg = ALGOS[algo][0](**{**preset(algo, env_id), "env": env_id, "seed": seed, "total_timesteps": total_steps,
+                                    "eval_every": 0, "torch_threads": args.threads, "run_dir": str(tmp / f"speed-{algo}-{seed}"),
+                                    "overwrite": True})
+            hp = sb3_settings(algo, env_id, "ours", cfg)
+            for impl in ("ours", "sb3"):
+                gc.collect()
+                r = time_ours(algo, cfg) if impl == "ours" else time_sb3(algo, hp, env_id, seed, total_steps)
+                rows.append({"algo": algo, "impl": impl, "seed": seed, **r, "sps": r["env_steps"] / r["wall_s"]})
+                print(f"{env_id} {algo} seed {seed} {impl}: {r['env_steps']} env steps in {r['wall_s']:.2f} s = "
+                      f"{rows[-1]['sps']:.0f} steps/s, {r['updates']} gradient {'epochs' if algo == 'ppo' else 'steps'}", flush=True)
+        lines += speed_table(env_id, algo, [r for r in rows if r["algo"] == algo], total_steps, args.threads)
     table = "\n".join(lines)
     print(table)
     for path in (args.json, args.md):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.json, {"env": env_id, "total_steps": total_steps, "threads": args.threads, "machine": machine(),
-                           "ratio_median_sps": median["ours"] / median["sb3"], "rows": rows})
+    ratios = {algo: median_sps_ratio(rows, algo) for algo in args.algos}
+    write_json(args.json, {"env": env_id, "threads": args.threads, "machine": machine(), "ratio_median_sps_by_algo": ratios,
+                           "ratio_median_sps": ratios[args.algos[0]], "rows": rows})
     Path(args.md).write_text(f"{machine()}\n\n{table}\n")
     print(f"wrote {args.json} and {args.md}")
+
+
+def median_sps_ratio(rows: list[dict], algo: str) -> float:
+    """ours / SB3, median env steps per second of one algorithm's rows."""
+    median = {impl: statistics.median(r["sps"] for r in rows if r["algo"] == algo and r["impl"] == impl) for impl in ("ours", "sb3")}
+    return median["ours"] / median["sb3"]
+
+
+def speed_table(env_id: str, algo: str, rows: list[dict], total_steps: int, threads: int) -> list[str]:
+    """Markdown lines: per implementation, median (range) env steps/s, wall seconds and gradient updates; then the ratio."""
+    lines = [f"\n{algo} on {env_id}:\n", "| impl | seeds | median env steps/s (range) | median wall s | median gradient updates |",
+             "|---|---|---|---|---|"]
+    for impl in ("ours", "sb3"):
+        group = [r for r in rows if r["impl"] == impl]
+        sps = [r["sps"] for r in group]
+        lines.append(f"| {impl} | {len(group)} | {statistics.median(sps):,.0f} ({min(sps):,.0f}-{max(sps):,.0f}) | "
+                     f"{statistics.median(r['wall_s'] for r in group):.2f} | {statistics.median(r['updates'] for r in group):.0f} |")
+    lines.append(f"\n{algo}: ours / SB3, median env steps/s: {median_sps_ratio(rows, algo):.2f}x ({env_id}, our preset on both "
+                 f"sides, {total_steps:,} steps, no evaluation, {threads} thread(s))")
+    return lines
 
 
 @cli
@@ -296,8 +357,9 @@ def main() -> None:
     parser.add_argument("--plot", default=None, help="PNG of every algorithm's learning curve on the first env")
     parser.add_argument("--replot", default=None, metavar="JSON", help="Only redraw --plot from a results JSON written earlier")
     parser.add_argument("--same-hparams", action="store_true",
-                        help="Implementations alone: PPO, our preset of the first --envs on both sides, --max-steps (default "
-                             "50k) env steps, no evaluation; writes rows with impl, wall_s, sps")
+                        help="Implementations alone: each of --algos (ppo, sac, td3, ddpg) with our preset of the first --envs on "
+                             "both sides, --max-steps (default 50k for PPO, 3k off-policy) env steps, no evaluation; writes rows "
+                             "with algo, impl, wall_s, sps")
     args = parser.parse_args()
     given = {"seeds": args.seeds, "max_steps": args.max_steps}  # None: each env's or preset's default
     require_positive(**{k: v for k, v in given.items() if v is not None}, eval_episodes=args.eval_episodes,
@@ -323,6 +385,10 @@ def main() -> None:
     # is always ours, rather than charge one seed of one implementation with a library's start-up.
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
     if args.same_hparams:
+        if any(algo not in SAME_HPARAMS_STEPS for algo in algos):
+            raise ConfigError(f"--same-hparams runs SB3 on our settings, which it has for {', '.join(SAME_HPARAMS_STEPS)}; "
+                              f"got --algos {' '.join(algos)}")
+        args.algos = algos
         with tempfile.TemporaryDirectory() as tmp:
             same_hparams(args, Path(tmp))
         return

@@ -81,6 +81,8 @@ CASES = {
         ("train_classic.py", ["--preset", "tutorial-9"], "unknown --preset 'tutorial-9'; accepted: tutorial-000,"),
         ("run_tutorials.py", ["--presets", "tutorial-9"], "unknown --preset 'tutorial-9'; accepted: tutorial-000,"),
         ("bench_classic.py", ["--algos", "ppg"], "unknown --algos ['ppg']; accepted: all, random_search"),
+        ("bench_classic.py", ["--same-hparams", "--algos", "a2c"], "--same-hparams runs SB3 on our settings, which it has for ppo, "
+                                                                    "sac, td3, ddpg; got --algos a2c"),
         ("bench_classic.py", ["--impls", "trl"], "invalid choice: 'trl' (choose from 'ours', 'sb3')"),
         ("pretrain.py", ["--preset", "huge"], "unknown --preset 'huge'; accepted: nano, tiny, small"),
         ("pretrain.py", ["--arch", "mamba"], "unknown --arch 'mamba'; accepted: gpt2, llama"),
