@@ -19,6 +19,10 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     ("ppo", "LunarLander-v3"): dict(total_timesteps=1_000_000, num_envs=16, num_steps=256, num_minibatches=16,
                                     update_epochs=10, learning_rate=1e-3, anneal_lr=False, gamma=0.999, gae_lambda=0.98,
                                     ent_coef=0.01, normalize_obs=True, eval_every=10_000),
+    # LunarLander's recipe with Gaussian actions and no entropy bonus, as CleanRL's continuous PPO. Measured: bench/continuous.md.
+    ("ppo", "LunarLanderContinuous-v3"): dict(total_timesteps=1_000_000, num_envs=16, num_steps=256, num_minibatches=16,
+                                              update_epochs=10, learning_rate=1e-3, anneal_lr=False, gamma=0.999, gae_lambda=0.98,
+                                              ent_coef=0.0, normalize_obs=True, eval_every=10_000),
     # TRPO's dataclass defaults solve CartPole (seeds 1-3: 16,384 / 24,576 / 40,960 steps, 1.7-3.5 s). LunarLander
     # takes PPO's LunarLander recipe (16 x 256 steps, gamma 0.999, normalised observations) and a 0.02 trust region;
     # measured: solved (200) at 151,552 / 401,408 / 999,424 steps (14.8 / 37.8 / 97.4 s), seeds 1-3.

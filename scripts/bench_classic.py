@@ -33,6 +33,7 @@ second CPU-heavy job distorts every figure.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import statistics
@@ -204,6 +205,12 @@ def median_or_none(values):
     return statistics.median(values) if values else None
 
 
+def median_and_range(values, digits=1) -> str:
+    """'median (min-max)' of the runs that have a value (the solved ones), or '-'."""
+    values = [v for v in values if v is not None]
+    return f"{fmt(statistics.median(values), digits)} ({fmt(min(values), digits)}-{fmt(max(values), digits)})" if values else "-"
+
+
 def fmt(x, digits=1):
     return "-" if x is None else f"{x:,.{digits}f}"
 
@@ -211,12 +218,12 @@ def fmt(x, digits=1):
 def markdown(results: dict) -> str:
     """One row per (env, algo, impl, hyperparameters); under each comparison, our median seconds to solve
     over SB3's (below 1: ours is faster)."""
-    lines = ["| env | algo | impl | hyperparameters | solved | median steps to solve | median s to solve | median final eval "
-             "| env steps/s |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| env | algo | impl | hyperparameters | solved | median steps to solve (range) | median s to solve (range) "
+             "| median final eval | env steps/s |", "|---|---|---|---|---|---|---|---|---|"]
     for (env_id, algo, impl, hparams), runs in results.items():
         solved = sum(r["solved"] for r in runs)
         lines.append(f"| {env_id} | {algo} | {impl} | {HPARAMS_LABEL[hparams]} | {solved}/{len(runs)} "
-                     f"| {fmt(median_or_none([r['steps_to_solve'] for r in runs]), 0)} | {fmt(median_or_none([r['s_to_solve'] for r in runs]))} "
+                     f"| {median_and_range([r['steps_to_solve'] for r in runs], 0)} | {median_and_range([r['s_to_solve'] for r in runs])} "
                      f"| {fmt(statistics.median(r['final_eval'] for r in runs))} | {fmt(statistics.median(r['steps_per_s'] for r in runs), 0)} |")
     for (env_id, algo, impl, hparams), runs in results.items():
         ours = results.get((env_id, algo, "ours", "preset"))
@@ -295,8 +302,8 @@ def same_hparams(args, tmp: Path) -> None:
     env_id, rows, lines = args.envs[0], [], []
     for algo in args.algos:
         total_steps = args.max_steps or SAME_HPARAMS_STEPS[algo]
-        for seed in range(1, (args.seeds or 5) + 1):
-            cfg = ALGOS[algo][0](**{**preset(algo, env_id), "env": env_id, "seed": seed, "total_timesteps": total_steps,
+        for seed in range(args.first_seed, args.first_seed + (args.seeds or 5)):
+            cfg = ALGOS[algo][0](**{**preset(algo, env_id), **args.overrides, "env": env_id, "seed": seed, "total_timesteps": total_steps,
                                     "eval_every": 0, "torch_threads": args.threads, "run_dir": str(tmp / f"speed-{algo}-{seed}"),
                                     "overwrite": True})
             hp = sb3_settings(algo, env_id, "ours", cfg)
@@ -338,12 +345,36 @@ def speed_table(env_id: str, algo: str, rows: list[dict], total_steps: int, thre
     return lines
 
 
+def check_overrides(algos: list[str], overrides: dict) -> None:
+    """ConfigError for an --override field some algorithm's config lacks."""
+    for algo in algos:
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(ALGOS[algo][0])})
+        if unknown:
+            raise ConfigError(f"--override {', '.join(unknown)}: not a setting of {algo}; see train_classic.py --algo {algo} --help")
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """FIELD=VALUE pairs -> {field: value}, each value read as JSON (none: None, else a string if it is not JSON)."""
+    overrides = {}
+    for pair in pairs:
+        field, sep, value = pair.partition("=")
+        if not sep or not field:
+            raise ConfigError(f"--override takes FIELD=VALUE pairs (e.g. target_kl=none), got {pair!r}")
+        try:
+            overrides[field] = None if value.lower() == "none" else json.loads(value)
+        except json.JSONDecodeError:
+            overrides[field] = value
+    return overrides
+
+
 @cli
 def main() -> None:
     parser = script_parser(__doc__)
     parser.add_argument("--envs", nargs="+", default=list(DEFAULT_SEEDS), help=f"Env ids (default: {', '.join(DEFAULT_SEEDS)})")
     parser.add_argument("--algos", nargs="+", default=["ppo"], help=f"Algorithms, or 'all' (accepted: {', '.join(ALGOS)})")
     parser.add_argument("--seeds", type=int, default=None, help="Seeds per env (default: 5 for CartPole, 3 for LunarLander)")
+    parser.add_argument("--first-seed", type=int, default=1, help="Seeds run are first-seed, first-seed + 1, ... (fresh seeds: "
+                                                                  "ones no earlier report used)")
     parser.add_argument("--impls", nargs="+", default=["ours", "sb3"], choices=["ours", "sb3"], help="Which implementations to run")
     parser.add_argument("--sb3-hparams", nargs="+", default=list(SB3_HPARAMS), choices=SB3_HPARAMS,
                         help="SB3's settings: ours (our preset: identical hyperparameters; PPO only) and/or zoo (RL-Zoo's)")
@@ -356,11 +387,16 @@ def main() -> None:
     parser.add_argument("--md", default="runs/bench_classic.md", help="Where to write the Markdown table")
     parser.add_argument("--plot", default=None, help="PNG of every algorithm's learning curve on the first env")
     parser.add_argument("--replot", default=None, metavar="JSON", help="Only redraw --plot from a results JSON written earlier")
+    parser.add_argument("--override", nargs="+", default=[], metavar="FIELD=VALUE",
+                        help="With --same-hparams: change our preset on both sides, e.g. target_kl=none (a JSON value, or none)")
     parser.add_argument("--same-hparams", action="store_true",
                         help="Implementations alone: each of --algos (ppo, sac, td3, ddpg) with our preset of the first --envs on "
                              "both sides, --max-steps (default 50k for PPO, 3k off-policy) env steps, no evaluation; writes rows "
                              "with algo, impl, wall_s, sps")
     args = parser.parse_args()
+    args.overrides = parse_overrides(args.override)
+    if args.overrides and not args.same_hparams:
+        raise ConfigError("--override changes the preset both sides run under --same-hparams; add --same-hparams")
     given = {"seeds": args.seeds, "max_steps": args.max_steps}  # None: each env's or preset's default
     require_positive(**{k: v for k, v in given.items() if v is not None}, eval_episodes=args.eval_episodes,
                      sb3_max_seconds=args.sb3_max_seconds, threads=args.threads)
@@ -389,18 +425,19 @@ def main() -> None:
             raise ConfigError(f"--same-hparams runs SB3 on our settings, which it has for {', '.join(SAME_HPARAMS_STEPS)}; "
                               f"got --algos {' '.join(algos)}")
         args.algos = algos
+        check_overrides(algos, args.overrides)
         with tempfile.TemporaryDirectory() as tmp:
             same_hparams(args, Path(tmp))
         return
     results: dict[tuple[str, str, str], list] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for env_id in args.envs:
-            for seed in range(1, (args.seeds or DEFAULT_SEEDS.get(env_id, 3)) + 1):
+            for seed in range(args.first_seed, args.first_seed + (args.seeds or DEFAULT_SEEDS.get(env_id, 3))):
                 for algo in algos:
                     try:
                         cfg = ours_config(algo, env_id, seed, args.eval_episodes, args.max_steps, Path(tmp) / f"{algo}-{env_id}-{seed}")
                     except ConfigError as err:  # e.g. planning on CartPole: skip the pair, say why
-                        if seed == 1:
+                        if seed == args.first_seed:
                             print(f"skipping {algo} on {env_id}: {err}")
                         continue
                     runs = [("ours", "preset", None)] if "ours" in args.impls else []

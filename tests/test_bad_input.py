@@ -83,6 +83,10 @@ CASES = {
         ("bench_classic.py", ["--algos", "ppg"], "unknown --algos ['ppg']; accepted: all, random_search"),
         ("bench_classic.py", ["--same-hparams", "--algos", "a2c"], "--same-hparams runs SB3 on our settings, which it has for ppo, "
                                                                     "sac, td3, ddpg; got --algos a2c"),
+        ("bench_classic.py", ["--same-hparams", "--override", "target_kl"], "--override takes FIELD=VALUE pairs (e.g. "
+                                                                             "target_kl=none), got 'target_kl'"),
+        ("bench_classic.py", ["--same-hparams", "--override", "kl_target=0.1"], "--override kl_target: not a setting of ppo"),
+        ("bench_classic.py", ["--override", "target_kl=none"], "--override changes the preset both sides run under --same-hparams"),
         ("bench_classic.py", ["--impls", "trl"], "invalid choice: 'trl' (choose from 'ours', 'sb3')"),
         ("pretrain.py", ["--preset", "huge"], "unknown --preset 'huge'; accepted: nano, tiny, small"),
         ("pretrain.py", ["--arch", "mamba"], "unknown --arch 'mamba'; accepted: gpt2, llama"),
