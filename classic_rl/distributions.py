@@ -155,15 +155,13 @@ class TanhGaussian(nn.Module):
         mean, log_std = params.chunk(2, -1)
         eps = torch.randn_like(mean)
         u = mean + log_std.exp() * eps
-        gaussian_log_prob = -0.5 * eps.square() - log_std - 0.5 * LOG_2PI
-        return torch.tanh(u), (gaussian_log_prob - squash_log_det(u)).sum(-1)
+        return torch.tanh(u), (gaussian_log_density(eps, log_std) - squash_log_det(u)).sum(-1)
 
     def log_prob(self, params: Tensor, actions: Tensor) -> Tensor:
         """log pi(actions) `[B]` for actions `[B, d]` in (-1, 1), clamped 1e-6 inside so atanh stays finite."""
         mean, log_std = params.chunk(2, -1)
         u = torch.atanh(actions.clamp(-1 + 1e-6, 1 - 1e-6))
-        gaussian_log_prob = Normal(mean, log_std.exp(), validate_args=False).log_prob(u)
-        return (gaussian_log_prob - squash_log_det(u)).sum(-1)
+        return (gaussian_log_density((u - mean) * torch.exp(-log_std), log_std) - squash_log_det(u)).sum(-1)
 
     def entropy(self, params: Tensor, draws: int = 1) -> Tensor:
         """Estimate of the entropy `[B]`: the mean of -log pi(a) over `draws` samples a ~ pi."""
@@ -175,6 +173,11 @@ class TanhGaussian(nn.Module):
     def mode(self, params: Tensor) -> Tensor:
         """tanh(mean): the squashed Gaussian's centre (SB3's deterministic action)."""
         return torch.tanh(params.chunk(2, -1)[0])
+
+
+def gaussian_log_density(z: Tensor, log_std: Tensor) -> Tensor:
+    """log N(x; mean, std) elementwise, from the standardised z = (x - mean) / std."""
+    return -0.5 * z.square() - log_std - 0.5 * LOG_2PI
 
 
 def squash_log_det(u: Tensor) -> Tensor:

@@ -245,6 +245,10 @@ class QCritics(nn.Module):
         inputs = torch.cat([obs, actions], -1)
         return torch.stack([net(inputs).squeeze(-1) for net in self.nets])
 
+    def first(self, obs: Tensor, actions: Tensor) -> Tensor:
+        """Q_1(s, a) `[B]` alone (TD3's actor loss), without running the other critics."""
+        return self.nets[0](torch.cat([obs, actions], -1)).squeeze(-1)
+
 
 class QTable(SavableModule):
     """Action values `[n_states, n_actions]` as a buffer, so it saves like any other policy.

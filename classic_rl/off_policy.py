@@ -30,7 +30,7 @@ from classic_rl.infra.cli import config_field
 from classic_rl.infra.errors import ConfigError, require_layer_widths, require_positive
 from classic_rl.infra.metrics import RunLogger
 from classic_rl.nets import ContinuousActor
-from classic_rl.training import ClassicConfig, Evaluator
+from classic_rl.training import ClassicConfig, Evaluator, crossed
 
 LOG_EVERY = 1_000  # env steps between rows of training metrics (one per update would be one per env step)
 
@@ -120,11 +120,6 @@ class Counter:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.count = state["count"]
-
-
-def crossed(before: int, after: int, every: int) -> bool:
-    """Whether a multiple of `every` lies in (before, after]."""
-    return after // every > before // every
 
 
 def train_loop(cfg: OffPolicyConfig, agent: OffPolicyAgent, logger: RunLogger, evaluator: Evaluator,

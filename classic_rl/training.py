@@ -84,6 +84,11 @@ def policy_returns(model: SavableModule, env_id: str, episodes: int, seed: int, 
         return envs.play_episodes(lambda obs: model.act(obs, deterministic=False), env_id, episodes, seed)
 
 
+def crossed(before: int, after: int, every: int) -> bool:
+    """Whether a multiple of `every` lies in (before, after]: a periodic event due in the env steps just taken."""
+    return after // every > before // every
+
+
 def evaluation_seed(cfg: ClassicConfig, number: int) -> int:
     """Seed of a run's number-th evaluation (1-based): new episodes each time, never training's."""
     return cfg.seed + 10_000 * number

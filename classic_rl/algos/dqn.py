@@ -33,7 +33,7 @@ from classic_rl.infra.cli import config_field
 from classic_rl.infra.errors import ConfigError, check_finite, require_layer_widths, require_positive
 from classic_rl.infra.metrics import RunLogger
 from classic_rl.nets import QNetwork
-from classic_rl.training import ClassicConfig, Evaluator
+from classic_rl.training import ClassicConfig, Evaluator, crossed
 
 
 @dataclass
@@ -147,7 +147,7 @@ def train(cfg: DQNConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
         logger.log_episodes(global_step, envs.finished_episodes(infos))
         progress.update(cfg.num_envs)
 
-        if global_step > cfg.learning_starts and global_step // cfg.train_frequency > previous_step // cfg.train_frequency:
+        if global_step > cfg.learning_starts and crossed(previous_step, global_step, cfg.train_frequency):
             start = time.perf_counter()
             for _ in range(cfg.gradient_steps):
                 loss, q_taken = td_step(q_network, target_network, optimizer, buffer, cfg, global_step)
@@ -155,7 +155,7 @@ def train(cfg: DQNConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
                                      "charts/epsilon": epsilon, "charts/episodic_return": logger.recent_return(),
                                      "charts/SPS": global_step / logger.elapsed(), "time/update_s": time.perf_counter() - start})
             progress.set_postfix(ret=f"{logger.recent_return():.1f}", eps=f"{epsilon:.2f}", refresh=False)
-        if global_step // cfg.target_network_frequency > previous_step // cfg.target_network_frequency:
+        if crossed(previous_step, global_step, cfg.target_network_frequency):
             with torch.no_grad():
                 for target, online in zip(target_network.parameters(), q_network.parameters(), strict=True):
                     target.lerp_(online, cfg.tau)

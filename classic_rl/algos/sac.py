@@ -18,6 +18,7 @@ The order (alpha, critics, actor, targets) is SB3's, as is the tanh-Gaussian wit
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -53,7 +54,7 @@ class EntropyCoefficient(nn.Module):
 
     def __init__(self, alpha: float):
         super().__init__()
-        self.log_alpha = nn.Parameter(torch.tensor([float(np.log(alpha))]))
+        self.log_alpha = nn.Parameter(torch.tensor([math.log(alpha)]))
 
     def forward(self) -> Tensor:
         return self.log_alpha.exp()

@@ -89,7 +89,7 @@ class TD3:
         self.critics.step(critic_loss)
         self.updates.count += 1
         if self.updates.count % cfg.policy_delay == 0:
-            actor_loss = -self.critics.module(obs, self.actor(obs))[0].mean()
+            actor_loss = -self.critics.module.first(obs, self.actor(obs)).mean()
             self.actor_opt.step(actor_loss)
             self.critic_targets.update(cfg.tau)
             self.actor_target.update(cfg.tau)
