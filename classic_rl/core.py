@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 AGGREGATIONS = ("token", "seq", "seq-mean-token-sum", "none")
@@ -288,6 +289,24 @@ def kl_estimate(logp: Tensor, ref_logp: Tensor, kind: str = "k1", mask: Tensor |
     else:
         raise ValueError(f"unknown KL estimator {kind!r}; accepted: {', '.join(KL_KINDS)}")
     return _zero_masked(kl, mask)
+
+
+def bradley_terry_loss(chosen: Tensor, rejected: Tensor, target: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+    """-[t log sigmoid(r_c - r_r) + (1 - t) log sigmoid(r_r - r_c)], the mean over valid pairs: scores `[..., B]`, t the
+    probability that chosen is better (1 by default; 1/2 for a tie). The reward model's loss on both sides: InstructGPT's
+    over completions, Christiano et al.'s over clips of behaviour (a soft mask weights the pairs: their bootstrap)."""
+    margin = chosen - rejected
+    if target is None:
+        per_pair = -F.logsigmoid(margin)
+    else:
+        per_pair = -(target * F.logsigmoid(margin) + (1 - target) * F.logsigmoid(-margin))
+    return masked_mean(per_pair, mask)
+
+
+def ranking_accuracy(first: Tensor, second: Tensor, target: Tensor) -> float:
+    """Share of the pairs with a preference (target not 1/2) that the scores `[B]` order as labelled (NaN: all ties)."""
+    decided = target != 0.5
+    return float(((first > second) == (target > 0.5))[decided].float().mean()) if decided.any() else float("nan")
 
 
 def explained_variance(predicted: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -18,6 +18,9 @@ from classic_rl import maze  # noqa: F401 (registers Maze-v0)
 from classic_rl.infra.errors import ConfigError
 from classic_rl.infra.run_folder import atomic_write
 
+# a wrapper put between a vector env's episode statistics and the algorithm (e.g. one that replaces its rewards)
+VecEnvWrapper = Callable[[gym.vector.VectorEnv], gym.vector.VectorEnv]
+
 
 class Episode(NamedTuple):
     """One episode: observations `[T, obs_dim]`, actions `[T, ...]`, rewards `[T]`, whether it ended in a

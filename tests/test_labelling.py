@@ -11,16 +11,12 @@ import time
 import pytest
 import torch
 
+from classic_rl.core import bradley_terry_loss
 from classic_rl.infra.errors import ConfigError
 from rlhf_toy.data import load_preferences, to_labels
 from rlhf_toy.rewards.functions import answer_text
 from rlhf_toy.rewards.labelling import LabelFile, SimulatedLabeller, pair_key
-from rlhf_toy.rewards.reward_model import (
-    RewardModelConfig,
-    bradley_terry_loss,
-    held_out_accuracy,
-    train_reward_model,
-)
+from rlhf_toy.rewards.reward_model import RewardModelConfig, held_out_accuracy, train_reward_model
 from tests.conftest import ROOT, run_script
 
 

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 import rlhf_toy.rewards.reward_model as rm
+from classic_rl.core import bradley_terry_loss
 from classic_rl.infra.errors import ConfigError, NonFiniteError
 from rlhf_toy.data import load_rows, noisy_pairs
 from rlhf_toy.rewards.functions import resolve_reward
 from rlhf_toy.rewards.learned_reward import RewardModelScorer
-from rlhf_toy.rewards.reward_model import RewardModelConfig, bradley_terry_loss, spearman, train_reward_model
+from rlhf_toy.rewards.reward_model import RewardModelConfig, spearman, train_reward_model
 from tests.conftest import comparable_metrics
 
 

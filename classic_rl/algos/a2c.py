@@ -84,9 +84,13 @@ def gradient_of_the_rollout(agent: ActorCritic, buffer: RolloutBuffer, next_obs:
             "losses/explained_variance": core.explained_variance(b_values, returns)}
 
 
-def train(cfg: A2CConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: Checkpoints) -> tuple[ActorCritic, int]:
+def train(cfg: A2CConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: Checkpoints,
+          wrap_env: envs.VecEnvWrapper | None = None) -> tuple[ActorCritic, int]:
+    """Train a policy; returns it and the number of env steps taken. wrap_env: what the agent's rewards pass through
+    (classic_rl/preferences.py's reward model), outside the env's own episode statistics."""
     obs_dim, action_kwargs = distributions.policy_spaces(cfg.env, "a2c")
-    vec_env = envs.make_vec_env(cfg.env, cfg.num_envs)
+    stats_env = envs.make_vec_env(cfg.env, cfg.num_envs)
+    vec_env = wrap_env(stats_env) if wrap_env else stats_env
     agent = ActorCritic(obs_dim, hidden_sizes=cfg.hidden_sizes, shared=cfg.shared, **action_kwargs)
     optimizer = rmsprop(agent.parameters(), cfg.learning_rate)
     buffer = RolloutBuffer(cfg.num_steps, cfg.num_envs, obs_dim, agent.distribution)
@@ -95,7 +99,7 @@ def train(cfg: A2CConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: 
 
     next_obs = agent.normalize(vec_env.reset(seed=cfg.seed)[0])
     global_step, first_update = 0, 1
-    checkpoints.track(model=agent, optimizer=optimizer, vec_env=envs.VecEnvState(vec_env))
+    checkpoints.track(model=agent, optimizer=optimizer, vec_env=envs.VecEnvState(stats_env))
     if resumed := checkpoints.restore():
         next_obs, global_step, first_update = resumed["next_obs"], resumed["global_step"], resumed["update"] + 1
     progress = tqdm(total=num_updates * batch_size, initial=global_step, unit="step", desc=f"a2c {cfg.env}", mininterval=1.0)

@@ -155,10 +155,12 @@ def update_policy(agent: ActorCritic, optimizer: torch.optim.Optimizer, buffer: 
     }
 
 
-def train(cfg: PPOConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: Checkpoints) -> tuple[ActorCritic, int]:
-    """Train a policy; returns it and the number of env steps taken."""
+def train(cfg: PPOConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: Checkpoints,
+          wrap_env: envs.VecEnvWrapper | None = None) -> tuple[ActorCritic, int]:
+    """Train a policy; returns it and the number of env steps taken. wrap_env: see a2c.train."""
     stats_env = envs.make_vec_env(cfg.env, cfg.num_envs, cfg.async_envs)
-    vec_env = envs.scale_rewards(stats_env, cfg.gamma) if cfg.normalize_reward else stats_env
+    vec_env = wrap_env(stats_env) if wrap_env else stats_env
+    vec_env = envs.scale_rewards(vec_env, cfg.gamma) if cfg.normalize_reward else vec_env
     obs_dim, action_kwargs = distributions.policy_spaces(cfg.env, "ppo")
     agent = ActorCritic(obs_dim, hidden_sizes=cfg.hidden_sizes, normalize_obs=cfg.normalize_obs, activation=cfg.activation, **action_kwargs)
     optimizer = FlatAdam(flatten_parameters(agent), lr=cfg.learning_rate, eps=1e-5)

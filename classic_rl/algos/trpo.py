@@ -138,9 +138,11 @@ def value_regression(agent: ActorCritic, optimizer: torch.optim.Optimizer, obs: 
     return loss
 
 
-def train(cfg: TRPOConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: Checkpoints) -> tuple[ActorCritic, int]:
-    """Train a policy; returns it and the number of env steps taken."""
-    vec_env = envs.make_vec_env(cfg.env, cfg.num_envs)
+def train(cfg: TRPOConfig, logger: RunLogger, evaluator: Evaluator, checkpoints: Checkpoints,
+          wrap_env: envs.VecEnvWrapper | None = None) -> tuple[ActorCritic, int]:
+    """Train a policy; returns it and the number of env steps taken. wrap_env: see a2c.train."""
+    stats_env = envs.make_vec_env(cfg.env, cfg.num_envs)
+    vec_env = wrap_env(stats_env) if wrap_env else stats_env
     obs_dim, action_kwargs = distributions.policy_spaces(cfg.env, "trpo")
     agent = ActorCritic(obs_dim, hidden_sizes=cfg.hidden_sizes, normalize_obs=cfg.normalize_obs, **action_kwargs)
     value_optimizer = torch.optim.Adam(agent.critic.parameters(), lr=cfg.value_lr)
@@ -149,7 +151,7 @@ def train(cfg: TRPOConfig, logger: RunLogger, evaluator: Evaluator, checkpoints:
 
     next_obs = agent.normalize(vec_env.reset(seed=cfg.seed)[0], update=True)
     global_step = 0
-    checkpoints.track(model=agent, optimizer=value_optimizer, vec_env=envs.VecEnvState(vec_env))
+    checkpoints.track(model=agent, optimizer=value_optimizer, vec_env=envs.VecEnvState(stats_env))
     if resumed := checkpoints.restore():
         next_obs, global_step = resumed["next_obs"], resumed["global_step"]
     progress = tqdm(total=cfg.total_timesteps, initial=global_step, unit="step", desc=f"trpo {cfg.env}", mininterval=1.0)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification
 
+from classic_rl.core import bradley_terry_loss, ranking_accuracy
 from classic_rl.infra.cli import config_field
 from classic_rl.infra.errors import ConfigError, require_choice, require_positive
 from classic_rl.infra.metrics import RunLogger
@@ -101,15 +102,6 @@ class RewardModelConfig(ModelFields, RunFields):
             raise ConfigError(f"--label-noise must be in [0, 0.5) (at 0.5 labels carry no signal), got {self.label_noise}")
 
 
-def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
-    """-[t log sigmoid(r_c - r_r) + (1 - t) log sigmoid(r_r - r_c)] averaged over pairs `[B]`, t the probability
-    that chosen is better (1 by default; 1/2 for a tie)."""
-    margin = chosen - rejected
-    if target is None:
-        return -F.logsigmoid(margin).mean()
-    return -(target * F.logsigmoid(margin) + (1 - target) * F.logsigmoid(-margin)).mean()
-
-
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
     """Spearman rank correlation (average ranks for ties)."""
     return float(pd.Series(x).rank().corr(pd.Series(y).rank()))
@@ -130,12 +122,6 @@ def labels_loss(model, tokenizer, labels: Labels) -> tuple[torch.Tensor, dict[st
     if second is None:
         return F.mse_loss(first, target), {}
     return bradley_terry_loss(first, second, target), {"train/accuracy": ranking_accuracy(first, second, target)}
-
-
-def ranking_accuracy(first: torch.Tensor, second: torch.Tensor, target: torch.Tensor) -> float:
-    """Share of the pairs with a preference (not ties) that the scores order as labelled."""
-    decided = target != 0.5
-    return float(((first > second) == (target > 0.5))[decided].float().mean()) if decided.any() else float("nan")
 
 
 @torch.inference_mode()
