@@ -7,9 +7,10 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
+WEB_STAMP := $(VENV)/.installed-web
 MUTATE_STAMP := $(VENV)/.installed-mutate
 
-.PHONY: setup setup-bench test test-slow check-gpu demo demo-reasoning demo-chat rlhf-loop demo-classic tutorials bench bench-rlhf bench-real-models mutate lint clean
+.PHONY: setup setup-bench setup-web rlhf-lander rlhf-lander-web test test-slow check-gpu demo demo-reasoning demo-chat rlhf-loop demo-classic tutorials bench bench-rlhf bench-real-models mutate lint clean
 
 setup: $(STAMP)
 
@@ -19,8 +20,14 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $@
 
 $(BENCH_STAMP): $(STAMP)
-	$(PIP) install --quiet -c constraints.txt -e ".[dev,bench]"
+	$(PIP) install --quiet -c constraints.txt -e ".[dev,bench,web]"
 	touch $@
+
+$(WEB_STAMP): $(STAMP)
+	$(PIP) install --quiet -c constraints.txt -e ".[dev,web]"
+	touch $@
+
+setup-web: $(WEB_STAMP)
 
 setup-bench: $(BENCH_STAMP)
 
@@ -28,7 +35,8 @@ $(MUTATE_STAMP): $(STAMP)
 	$(PIP) install --quiet -c constraints.txt -e ".[dev,mutate]"
 	touch $@
 
-# The peers of the bench extra (TRL, SB3; a minute's install) come too: the TRL parity tests feed TRL's own loss code.
+# The peers of the bench extra (TRL, SB3; a minute's install) come too: the TRL parity tests feed TRL's own loss code,
+# and the web extra: the browser tests drive the labelling page (in Debian's Chromium, which .ci/run installs).
 test: setup-bench
 	$(PY) -m pytest
 
@@ -56,6 +64,21 @@ demo-chat: setup
 # python scripts/rlhf_loop.py --criterion "prefer the shorter answer"
 rlhf-loop: setup
 	$(PY) scripts/rlhf_loop.py --simulate brevity --label-noise 0.1 --run-dir runs/rlhf-loop
+
+# RLHF where it began (Christiano et al. 2017): PPO lands LunarLander from 2,000 comparisons of clips of its own behaviour
+# by a simulated labeller (10% of them wrong), never seeing the env's reward (~2-4 min); then a GIF of a landing.
+rlhf-lander: setup
+	$(PY) scripts/train_from_preferences.py --env LunarLander-v3 --target-return 200 --run-dir runs/rlhf-lander --overwrite
+	$(PY) scripts/evaluate_classic.py runs/rlhf-lander --episodes 20 --video
+
+# The same with you as the labeller, at http://127.0.0.1:8000/ (keys 1 / 2 / t / s / q; q ends labelling, training goes on).
+# Fewer labels than the simulated run: CartPole learns from about 100; pass ENV=LunarLander-v3 LABELS=2000 for the landing.
+ENV ?= CartPole-v1
+LABELS ?= 100
+rlhf-lander-web: setup-web
+	$(PY) scripts/train_from_preferences.py --env $(ENV) --max-labels $(LABELS) --labeller web --port 8000 \
+		--run-dir runs/rlhf-web-$(ENV) --overwrite
+	$(PY) scripts/evaluate_classic.py runs/rlhf-web-$(ENV) --episodes 20 --video
 
 demo-classic: setup
 	$(PY) scripts/train_classic.py --algo ppo --env CartPole-v1 --seed 1 --run-dir runs/demo-ppo-cartpole --overwrite

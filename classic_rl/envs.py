@@ -280,13 +280,23 @@ def check_renders_frames(env_id: str) -> None:
         raise ConfigError(f"--video needs an env that renders frames (rgb_array); {env_id} renders {modes or 'nothing'}")
 
 
-def record_gif(act: Callable[[np.ndarray], np.ndarray], env_id: str, seed: int, path: Path, max_frames: int = 1000) -> tuple[float, int]:
-    """Play one episode of env_id with act(obs `[1, obs_dim]`) -> actions `[1]`, rendered into an animated GIF
-    at half the env's frame rate (every other frame); returns (the episode's return, frames rendered)."""
+def frame_env(env_id: str) -> gym.Env:
+    """env_id rendering rgb_array frames offscreen."""
     # offscreen frames need no display: SDL's dummy video driver, unless the user chose one (on a headless machine the default
     # printed "error: XDG_RUNTIME_DIR is invalid or not set", which reads like this project's one-line errors)
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-    env = make_env(env_id, render_mode="rgb_array")
+    return make_env(env_id, render_mode="rgb_array")
+
+
+def write_gif(frames: list[np.ndarray], path: Path, fps: float, every: int = 1) -> None:
+    """Frames `[H, W, 3]` as a looping animated GIF, keeping every `every`-th one, played at fps / every."""
+    atomic_write(path, lambda tmp: iio.imwrite(tmp, np.stack(frames[::every]), extension=".gif", duration=1000 * every / fps, loop=0))
+
+
+def record_gif(act: Callable[[np.ndarray], np.ndarray], env_id: str, seed: int, path: Path, max_frames: int = 1000) -> tuple[float, int]:
+    """Play one episode of env_id with act(obs `[1, obs_dim]`) -> actions `[1]`, rendered into an animated GIF
+    at half the env's frame rate (every other frame); returns (the episode's return, frames rendered)."""
+    env = frame_env(env_id)
     obs, _ = env.reset(seed=seed)
     frames, total, done = [env.render()], 0.0, False
     while not done and len(frames) < max_frames:
@@ -295,6 +305,24 @@ def record_gif(act: Callable[[np.ndarray], np.ndarray], env_id: str, seed: int, 
         done = terminated or truncated
         frames.append(env.render())
     env.close()
-    fps = env.metadata.get("render_fps", 30)
-    atomic_write(path, lambda tmp: iio.imwrite(tmp, np.stack(frames[::2]), extension=".gif", duration=2000 / fps, loop=0))
+    write_gif(frames, path, env.metadata.get("render_fps", 30), every=2)
     return total, len(frames)
+
+
+def record_segment_gif(env_id: str, start: dict, actions: list, first_step: int, length: int, path: Path) -> None:
+    """A clip of `length` steps of a past episode, as an animated GIF at the env's frame rate: the episode is replayed from
+    how it began (`start`, EpisodeRecorder's) through its actions; steps after its end show its last frame, dimmed (the
+    absorbing state a segment's reward model sees there)."""
+    env = EpisodeRecorder(frame_env(env_id))
+    env.pending_episode = json.dumps({"start": start, "actions": actions[:first_step]})
+    env.replay()
+    box = isinstance(env.action_space, gym.spaces.Box)
+    frames = [env.render()]
+    for action in actions[first_step: first_step + length - 1]:
+        _, _, terminated, truncated, _ = env.step(np.asarray(action, dtype=env.action_space.dtype) if box else action)
+        frames.append(env.render())
+        if terminated or truncated:
+            break
+    frames += [frames[-1] // 2] * (length - len(frames))
+    env.close()
+    write_gif(frames, path, env.metadata.get("render_fps", 30))

@@ -11,11 +11,13 @@ reward; a reward model fitted to a labeller's comparisons of pairs of short clip
                         P_k[1 > 2] = sigmoid(R_k(1) - R_k(2)),  R_k(segment) = sum_t r_k(s_t, a_t) + n_absorbing b_k
     the policy's reward  r(s, a) = mean_k (r_k(s, a) - b_k) / scale
         (zero at the absorbing state, so ending an episode is worth what the labels say; scale: the root mean square
-         over the pool. Christiano et al. whiten the reward, but a shifted reward changes what termination means.)
+         over the pool. --reward-zero mean whitens it over the pool instead, as Christiano et al.: a shifted reward
+         changes what termination is worth, which is what their envs without termination did not mind)
     the env's own return is logged and evaluated as the gold score, never optimised
 
 The policy learns with an unchanged on-policy algorithm (PPO by default): the reward model is a vector-env wrapper
-between the env's episode statistics (which keep the gold return) and the algorithm.
+between the env's episode statistics (which keep the gold return) and the algorithm. The segments, their replay as
+clips and the labellers are in classic_rl/clips.py.
 """
 
 from __future__ import annotations
@@ -28,10 +30,20 @@ import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from classic_rl import core, envs
 from classic_rl.algos import a2c, ppo, trpo
+from classic_rl.clips import (
+    EpisodeTracker,
+    SegmentPool,
+    Segments,
+    SimulatedClipLabeller,
+    WebClipLabeller,
+    astuple_shallow,
+    step_features,
+)
 from classic_rl.infra.cli import config_field
 from classic_rl.infra.errors import ConfigError, require_choice, require_layer_widths, require_positive
 from classic_rl.infra.metrics import JsonLines, RunLogger
@@ -40,8 +52,12 @@ from classic_rl.infra.run_folder import write_json
 from classic_rl.training import crossed, run_training
 
 TRAINERS = {"ppo": (ppo.PPOConfig, ppo.train), "a2c": (a2c.A2CConfig, a2c.train), "trpo": (trpo.TRPOConfig, trpo.train)}
-LABELLERS = ("simulated",)
+LABELLERS = ("simulated", "web")
 QUERIES = ("disagreement", "uniform")
+REWARD_ZEROS = ("absorbing", "mean")
+# Per env, over the algorithm's own preset: LunarLander's rollouts are 16 x 256 steps and it trains for 1M, so a label
+# round every 8k steps (62 rounds, all labels in by 500k) instead of every 2k (244 rounds of refitting).
+PREFERENCE_PRESETS = {"LunarLander-v3": dict(max_labels=2000, label_every=8192)}
 
 
 @dataclass
@@ -49,11 +65,15 @@ class PreferenceFields:
     """What the preference loop adds to its algorithm's config."""
 
     max_labels: int = config_field(200, "Comparisons the labeller is asked for over the whole run")
-    labeller: str = config_field("simulated", f"Who answers: {', '.join(LABELLERS)} (prefers the segment with the higher "
-                                              "env return)")
+    labeller: str = config_field("simulated", f"Who answers: {', '.join(LABELLERS)} (simulated prefers the segment with the "
+                                              "higher env return; web: you, at a page of clips on 127.0.0.1:--port)")
+    port: int = config_field(8000, "Port of --labeller web's page (0: any free port; the address is printed)")
     label_noise: float = config_field(0.1, "Share of the simulated labeller's answers that are wrong (flipped; a tie stays one)")
     label_temperature: float = config_field(0.0, "Boltzmann temperature of the simulated labeller in units of return: "
                                                  "P[first] = sigmoid((R1 - R2) / T); 0 always prefers the higher return")
+    reward_zero: str = config_field("absorbing", f"Where the policy's reward is 0: {', '.join(REWARD_ZEROS)} (absorbing: after a "
+                                                 "termination, so ending an episode is worth what the labels say; mean: the "
+                                                 "pool's mean, Christiano et al.'s whitening)")
     queries: str = config_field("disagreement", f"Which candidate pairs are labelled: {', '.join(QUERIES)}")
     query_candidates: int = config_field(10, "Candidate pairs drawn per pair labelled")
     segment_length: int = config_field(25, "Env steps per segment (clip)")
@@ -74,8 +94,11 @@ class PreferenceFields:
                          label_every=self.label_every, pool_steps=self.pool_steps, ensemble_size=self.ensemble_size,
                          reward_lr=self.reward_lr, reward_steps=self.reward_steps, reward_batch_size=self.reward_batch_size,
                          labels_until=self.labels_until)
-        require_choice(labeller=(self.labeller, LABELLERS), queries=(self.queries, QUERIES))
+        require_choice(labeller=(self.labeller, LABELLERS), queries=(self.queries, QUERIES),
+                       reward_zero=(self.reward_zero, REWARD_ZEROS))
         require_layer_widths(self.reward_hidden_sizes)
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port must be in 0-65535 (0: any free port), got {self.port}")
         if not 0 <= self.label_noise < 0.5:
             raise ConfigError(f"--label-noise must be in [0, 0.5) (at 0.5 labels carry no signal), got {self.label_noise}")
         if not 0 < self.initial_label_fraction <= 1:
@@ -94,89 +117,6 @@ def preference_config(algo: str) -> type:
         raise ConfigError(f"--algo {algo} cannot train from preferences; accepted: {', '.join(TRAINERS)} (on-policy: "
                           "each rollout is scored by the reward model as it is collected)")
     return make_dataclass(f"{algo.upper()}FromPreferencesConfig", [], bases=(PreferenceFields, TRAINERS[algo][0]))
-
-
-@dataclass(frozen=True)
-class Segments:
-    """S clips of L steps: reward-model inputs `[S, L, F]` (observation, then the action one-hot or as it is), which
-    steps are real `[S, L]` (False: the absorbing state after a termination), the env's rewards `[S, L]` (0 there)."""
-
-    features: Tensor
-    real: Tensor
-    gold_rewards: Tensor
-
-    @property
-    def gold_returns(self) -> Tensor:
-        return self.gold_rewards.sum(-1)
-
-    def __len__(self) -> int:
-        return len(self.features)
-
-    def __getitem__(self, index) -> Segments:
-        return Segments(*(field[index] for field in astuple_shallow(self)))
-
-    @staticmethod
-    def cat(parts: list[Segments]) -> Segments:
-        return Segments(*(torch.cat(fields) for fields in zip(*map(astuple_shallow, parts), strict=True)))
-
-
-def astuple_shallow(segments: Segments) -> tuple[Tensor, Tensor, Tensor]:
-    return segments.features, segments.real, segments.gold_rewards
-
-
-def step_features(obs: np.ndarray, actions: np.ndarray, action_space: gym.Space) -> np.ndarray:
-    """Reward-model inputs `[N, F]` of N (s, a): the observation, then the action one-hot (discrete) or as it is."""
-    if isinstance(action_space, gym.spaces.Discrete):
-        actions = np.eye(action_space.n, dtype=np.float32)[np.asarray(actions, dtype=np.int64)]
-    return np.concatenate([obs, np.asarray(actions, dtype=np.float32).reshape(len(obs), -1)], axis=1, dtype=np.float32)
-
-
-class SegmentPool:
-    """The last `capacity` steps of each of N envs, oldest first, and segments cut from them."""
-
-    FIELDS = ("features", "rewards", "terminated", "truncated")
-
-    def __init__(self, capacity: int, num_envs: int, feature_dim: int):
-        self.features = np.zeros((capacity, num_envs, feature_dim), dtype=np.float32)
-        self.rewards = np.zeros((capacity, num_envs), dtype=np.float32)
-        self.terminated, self.truncated = np.zeros((capacity, num_envs), dtype=bool), np.zeros((capacity, num_envs), dtype=bool)
-        self.capacity, self.cursor, self.filled = capacity, 0, 0
-
-    def add(self, features: np.ndarray, rewards: np.ndarray, terminated: np.ndarray, truncated: np.ndarray) -> None:
-        """One step of every env: features `[N, F]`, the env's rewards and episode ends `[N]`."""
-        row = self.cursor
-        self.features[row], self.rewards[row], self.terminated[row], self.truncated[row] = features, rewards, terminated, truncated
-        self.cursor, self.filled = (row + 1) % self.capacity, min(self.filled + 1, self.capacity)
-
-    def sample(self, count: int, length: int, rng: np.random.Generator) -> Segments:
-        """Up to `count` segments at uniform random places. A step after its episode's termination is absorbing; a
-        segment that a time limit cuts before its last step is dropped (the return it would have had is unknown)."""
-        if self.filled < length:
-            raise ConfigError(f"the pool holds {self.filled} steps per env, fewer than a segment's {length}")
-        env = rng.integers(0, self.features.shape[1], size=2 * count)
-        start = rng.integers(0, self.filled - length + 1, size=2 * count)
-        rows = (self.cursor - self.filled + start[:, None] + np.arange(length)) % self.capacity  # [2 count, L]
-        ended = self.terminated[rows, env[:, None]] | self.truncated[rows, env[:, None]]
-        real = np.concatenate([np.ones((len(rows), 1), bool), np.cumsum(ended, 1)[:, :-1] == 0], axis=1)
-        cut = (real & self.truncated[rows, env[:, None]] & ~self.terminated[rows, env[:, None]])[:, :-1].any(1)
-        keep = np.flatnonzero(~cut)[:count]
-        rows, env, real = rows[keep], env[keep], real[keep]
-        return Segments(torch.from_numpy(self.features[rows, env[:, None]]), torch.from_numpy(real),
-                        torch.from_numpy(self.rewards[rows, env[:, None]] * real))
-
-    def real_features(self) -> Tensor:
-        """Every (s, a) in the pool `[filled * N, F]`."""
-        rows = (self.cursor - self.filled + np.arange(self.filled)) % self.capacity
-        return torch.from_numpy(self.features[rows].reshape(-1, self.features.shape[-1]))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**{name: torch.from_numpy(getattr(self, name).copy()) for name in self.FIELDS},
-                "cursor": self.cursor, "filled": self.filled}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for name in self.FIELDS:
-            getattr(self, name)[:] = state[name].numpy()
-        self.cursor, self.filled = state["cursor"], state["filled"]
 
 
 class RewardEnsemble(nn.Module):
@@ -223,28 +163,6 @@ def disagreement(first: Tensor, second: Tensor) -> Tensor:
     return torch.sigmoid(first - second).std(0) if len(first) > 1 else torch.zeros(first.shape[1])
 
 
-class SimulatedClipLabeller:
-    """Prefers the segment with the higher env return (equal returns: a tie), Boltzmann-rational at temperature > 0
-    (P[first] = sigmoid((R1 - R2) / T)); then each preference is flipped with probability `noise`."""
-
-    def __init__(self, noise: float, temperature: float, rng: np.random.Generator):
-        self.noise, self.temperature, self.rng = noise, temperature, rng
-
-    def judge(self, first: Segments, second: Segments) -> np.ndarray:
-        """mu `[P]`: 1 (first better), 0 (second better) or 0.5 (a tie)."""
-        margin = (first.gold_returns - second.gold_returns).double().numpy()
-        if self.temperature > 0:
-            mu = (self.rng.random(len(margin)) < 1 / (1 + np.exp(-margin / self.temperature))).astype(float)
-        else:
-            mu = np.where(np.abs(margin) < 1e-6, 0.5, (margin > 0).astype(float))
-        flip = (self.rng.random(len(mu)) < self.noise) & (mu != 0.5)
-        return np.where(flip, 1 - mu, mu)
-
-
-def empty_segments(length: int, feature_dim: int) -> Segments:
-    return Segments(torch.zeros(0, length, feature_dim), torch.zeros(0, length, dtype=torch.bool), torch.zeros(0, length))
-
-
 class PreferenceFeedback:
     """The loop's state: the pool of recent steps, the labelled pairs, the reward ensemble and its optimiser.
     LearnedReward hands it every env step; it runs a label round when one is due and scores the step."""
@@ -259,11 +177,13 @@ class PreferenceFeedback:
             self.ensemble = RewardEnsemble(feature_dim, cfg.reward_hidden_sizes, cfg.ensemble_size)
         self.optimizer = torch.optim.Adam(self.ensemble.parameters(), lr=cfg.reward_lr)
         self.pool = SegmentPool(cfg.pool_steps // cfg.num_envs, cfg.num_envs, feature_dim)
-        self.labeller = SimulatedClipLabeller(cfg.label_noise, cfg.label_temperature, self.rng)
-        self.first = self.second = empty_segments(cfg.segment_length, feature_dim)
+        self.episodes = EpisodeTracker(cfg.num_envs, keep_actions=cfg.labeller == "web")
+        self.labeller = (WebClipLabeller(cfg.env, cfg.segment_length, cfg.max_labels, cfg.port, logger.run_dir, self.episodes)
+                         if cfg.labeller == "web" else SimulatedClipLabeller(cfg.label_noise, cfg.label_temperature, self.rng))
+        self.first = self.second = Segments.empty(cfg.segment_length, feature_dim)
         self.mu, self.bootstrap = torch.zeros(0), torch.zeros(cfg.ensemble_size, 0)
         self.label_rows = JsonLines(logger.run_dir / "labels.jsonl")
-        self.scale, self.env_steps, self.last_obs = 1.0, 0, None
+        self.offset, self.scale, self.env_steps, self.last_obs, self.labelling_over = 0.0, 1.0, 0, None, False
 
     @property
     def labels_used(self) -> int:
@@ -282,9 +202,11 @@ class PreferenceFeedback:
 
     def observe(self, features: np.ndarray, rewards: np.ndarray, terminated: np.ndarray, truncated: np.ndarray) -> None:
         """One step of every env into the pool; a label round when one is due."""
-        self.pool.add(features, rewards, terminated, truncated)
+        self.pool.add(features, rewards, terminated, truncated, self.episodes.origins())
+        self.episodes.advance(terminated | truncated)
         before, self.env_steps = self.env_steps, self.env_steps + len(rewards)
-        if crossed(before, self.env_steps, self.cfg.label_every) and self.labels_used < self.labels_due(self.env_steps):
+        due = crossed(before, self.env_steps, self.cfg.label_every) and not self.labelling_over
+        if due and self.labels_used < self.labels_due(self.env_steps):
             self.label_round(self.labels_due(self.env_steps) - self.labels_used)
 
     @torch.no_grad()
@@ -292,19 +214,24 @@ class PreferenceFeedback:
         """The policy's reward `[N]` for N (s, a): 0 until the first labels."""
         if not self.labels_used:
             return np.zeros(len(features))
-        return (self.ensemble.policy_reward(torch.from_numpy(features)) / self.scale).double().numpy()
+        return ((self.ensemble.policy_reward(torch.from_numpy(features)) - self.offset) / self.scale).double().numpy()
 
     def label_round(self, wanted: int) -> None:
         """Choose `wanted` pairs from fresh candidates, ask the labeller, refit the ensemble, log the round."""
         candidates = self.pool.sample(2 * wanted * self.cfg.query_candidates, self.cfg.segment_length, self.rng)
-        first, second = candidates[0::2], candidates[1::2][: len(candidates) // 2]
-        first = first[: len(second)]
+        pairs = len(candidates) // 2
+        first, second = candidates[0: 2 * pairs: 2], candidates[1: 2 * pairs: 2]
         with torch.no_grad():
             first_returns, second_returns = self.ensemble.pair_returns(first, second)
         spread = disagreement(first_returns, second_returns)
-        chosen = (spread.topk(min(wanted, len(spread))).indices if self.cfg.queries == "disagreement"
-                  else torch.arange(min(wanted, len(spread))))
-        mu = torch.from_numpy(self.labeller.judge(first[chosen], second[chosen])).float()
+        chosen = spread.topk(min(wanted, pairs)).indices if self.cfg.queries == "disagreement" else torch.arange(min(wanted, pairs))
+        predicted = torch.sigmoid(first_returns - second_returns).mean(0)[chosen]  # the ensemble's P[first is better]
+        mu = torch.from_numpy(self.labeller.judge(first[chosen], second[chosen], predicted, self.labels_used)).float()
+        self.labelling_over = self.labeller.quit
+        self.episodes.forget_all_but(set(self.pool.origins[..., 0].ravel().tolist()) | set(self.episodes.ids.tolist()))
+        chosen, mu = chosen[~mu.isnan()], mu[~mu.isnan()]  # skipped pairs are no labels
+        if not len(mu):
+            return
         accuracy = core.ranking_accuracy(first_returns.mean(0)[chosen], second_returns.mean(0)[chosen], mu)
         self.add_labels(first[chosen], second[chosen], mu, spread[chosen])
         loss = self.fit()
@@ -313,6 +240,7 @@ class PreferenceFeedback:
             "preferences/labels_used": self.labels_used, "preferences/reward_loss": loss,
             "preferences/new_label_accuracy": accuracy, "preferences/ties": (mu == 0.5).float().mean().item(),
             "preferences/disagreement": spread[chosen].mean().item(), "preferences/reward_scale": self.scale,
+            "preferences/reward_offset": self.offset,
             "preferences/gold_correlation": gold_correlation(self.ensemble, candidates)})
 
     def add_labels(self, first: Segments, second: Segments, mu: Tensor, spread: Tensor) -> None:
@@ -338,24 +266,31 @@ class PreferenceFeedback:
 
     @torch.no_grad()
     def rescale(self) -> None:
-        """scale = the root mean square of the policy's reward over the pool, so it is about 1 whatever the labels."""
-        self.scale = max(self.ensemble.policy_reward(self.pool.real_features()).square().mean().sqrt().item(), 1e-6)
+        """The policy's reward over the pool about 1 in size: divided by its root mean square (reward_zero absorbing), or
+        whitened (mean)."""
+        rewards = self.ensemble.policy_reward(self.pool.real_features())
+        self.offset = rewards.mean().item() if self.cfg.reward_zero == "mean" else 0.0
+        self.scale = max((rewards - self.offset).square().mean().sqrt().item(), 1e-6)
 
     def state_dict(self) -> dict[str, Any]:
         return {"ensemble": self.ensemble.state_dict(), "optimizer": self.optimizer.state_dict(), "pool": self.pool.state_dict(),
                 "first": astuple_shallow(self.first), "second": astuple_shallow(self.second), "mu": self.mu, "bootstrap": self.bootstrap,
-                "scale": self.scale, "env_steps": self.env_steps, "last_obs": torch.from_numpy(self.last_obs),
-                "rng": self.rng.bit_generator.state, "label_rows": len(self.label_rows.rows)}
+                "offset": self.offset, "scale": self.scale, "env_steps": self.env_steps, "last_obs": torch.from_numpy(self.last_obs),
+                "rng": self.rng.bit_generator.state, "label_rows": len(self.label_rows.rows), "episodes": self.episodes.state_dict(),
+                "labelling_over": self.labelling_over}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.ensemble.load_state_dict(state["ensemble"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.pool.load_state_dict(state["pool"])
         self.first, self.second = Segments(*state["first"]), Segments(*state["second"])
-        self.mu, self.bootstrap, self.scale, self.env_steps = state["mu"], state["bootstrap"], state["scale"], state["env_steps"]
+        self.mu, self.bootstrap, self.offset, self.scale = state["mu"], state["bootstrap"], state["offset"], state["scale"]
+        self.env_steps = state["env_steps"]
         self.last_obs = state["last_obs"].numpy()
         self.rng.bit_generator.state = state["rng"]
         self.label_rows.truncate(state["label_rows"])
+        self.episodes.load_state_dict(state["episodes"])
+        self.labelling_over = state["labelling_over"]
 
 
 @torch.no_grad()
@@ -378,12 +313,19 @@ class LearnedReward(gym.vector.VectorWrapper):
     def reset(self, **kwargs):
         obs, infos = self.env.reset(**kwargs)
         self.feedback.last_obs = obs
+        if self.feedback.episodes.keep_actions:
+            self.feedback.episodes.begin(range(self.num_envs), self.env.unwrapped.get_attr("episode_start"))
         return obs, infos
 
     def step(self, actions):
         features = step_features(self.feedback.last_obs, actions, self.feedback.action_space)
+        tracker = self.feedback.episodes
+        if tracker.keep_actions:
+            tracker.record(actions)
         obs, rewards, terminated, truncated, infos = self.env.step(actions)
         self.feedback.observe(features, rewards, terminated, truncated)
+        if tracker.keep_actions and (terminated | truncated).any():  # the new episodes' starts, after the autoreset
+            tracker.begin(np.flatnonzero(terminated | truncated), self.env.unwrapped.get_attr("episode_start"))
         self.feedback.last_obs = obs
         return obs, self.feedback.reward(features), terminated, truncated, infos
 
@@ -398,16 +340,25 @@ def run_from_preferences(algo: str, cfg: PreferenceFields) -> dict[str, Any]:
         checkpoints.track(preferences=loops[0])
         return TRAINERS[algo][1](cfg, logger, evaluator, checkpoints, wrap_env=loops[0].wrap)
 
-    summary = run_training(algo, train_fn, cfg)
+    try:
+        summary = run_training(algo, train_fn, cfg)
+    finally:
+        if loops:  # the page (labeller web) says training is over and stops serving
+            loops[0].labeller.close(f"training is over, with {loops[0].labels_used} labels; the run is in {cfg.run_dir}")
     feedback = loops[0]
     segments = feedback.pool.sample(500, cfg.segment_length, np.random.default_rng(cfg.seed))
     with torch.no_grad():
         predicted = feedback.ensemble.segment_returns(segments).mean(0).numpy()
     run_dir = feedback.logger.run_dir
+    save_file(feedback.ensemble.state_dict(), run_dir / "reward_model.safetensors")
     plot_scatter(run_dir / "reward_vs_gold.png", segments.gold_returns.numpy(), predicted, "env return of a segment",
                  "reward model's return", f"{cfg.env}: the learned reward against the env's, {len(segments)} recent segments")
     plot_lines(run_dir / "labels.png", [("env steps", "labels used", {"labels": feedback.logger.series("preferences/labels_used")})],
                f"{algo} from preferences on {cfg.env} (seed {cfg.seed})")
+    label_steps, label_counts = feedback.logger.series("preferences/labels_used")
+    for evaluation in summary["evaluations"]:  # labels given by then, beside the env's return
+        evaluation["labels_used"] = int(label_counts[np.searchsorted(label_steps, evaluation["env_steps"], "right") - 1]
+                                        if label_steps and label_steps[0] <= evaluation["env_steps"] else 0)
     summary |= {"gold_return_final": summary["eval_return_mean"], "labels_used": feedback.labels_used, "labeller": cfg.labeller,
                 "label_noise": cfg.label_noise, "queries": cfg.queries, "max_labels": cfg.max_labels,
                 "reward_gold_correlation": gold_correlation(feedback.ensemble, segments)}

@@ -32,7 +32,7 @@ WHAT = {  # the caption of each box: a folder, or a module of a package's top le
     "classic_rl/core.py": "the PPO core", "classic_rl/infra/": "cli, checkpoints, runs",
     "classic_rl/training.py": "run_training", "classic_rl/envs.py": "vector envs", "classic_rl/nets.py": "MLP agents",
     "classic_rl/buffers.py": "rollouts, replay", "classic_rl/presets.py": "defaults", "classic_rl/tutorials.py": "presets",
-    "classic_rl/maze.py": "tutorial 002's env", "classic_rl/off_policy.py": "SAC/TD3 loop", "classic_rl/preferences.py": "RL from preferences", "classic_rl/distributions.py": "action distributions",
+    "classic_rl/maze.py": "tutorial 002's env", "classic_rl/off_policy.py": "SAC/TD3 loop", "classic_rl/preferences.py": "RL from preferences", "classic_rl/labelling_page.py": "labelling page", "classic_rl/distributions.py": "action distributions",
     "classic_rl/fast_mlp.py": "hand-written backward, flat Adam",
 }
 

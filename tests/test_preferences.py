@@ -1,27 +1,21 @@
-"""RL from preferences over clips of behaviour (classic_rl/preferences.py): segments cut from the pool, the ensemble's
+"""RL from preferences over clips of behaviour (classic_rl/preferences.py, classic_rl/clips.py): segments cut from the pool, the ensemble's
 segment returns and absorbing state, the simulated labeller, disagreement queries, a CartPole run that reaches 500 from
 at most 200 noisy labels, exact resume, and one-line refusals."""
 
 import json
 import math
 import signal
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from classic_rl import core
+from classic_rl.clips import SegmentPool, Segments, SimulatedClipLabeller, step_features
 from classic_rl.infra.errors import ConfigError
-from classic_rl.preferences import (
-    PreferenceFeedback,
-    RewardEnsemble,
-    SegmentPool,
-    Segments,
-    SimulatedClipLabeller,
-    disagreement,
-    preference_config,
-    step_features,
-)
+from classic_rl.preferences import PreferenceFeedback, RewardEnsemble, disagreement, preference_config
 from tests.conftest import comparable_metrics, kill_after_first_checkpoint, run_script
 
 
@@ -46,7 +40,7 @@ def filled_pool() -> SegmentPool:
     """One env, 8 steps with rewards 1..8: a termination after step 2 (index 2) and a time-limit cut after step 6."""
     pool = SegmentPool(capacity=8, num_envs=1, feature_dim=1)
     for t in range(8):
-        pool.add(np.array([[float(t)]]), np.array([t + 1.0]), np.array([t == 2]), np.array([t == 6]))
+        pool.add(np.array([[float(t)]]), np.array([t + 1.0]), np.array([t == 2]), np.array([t == 6]), np.array([[0, t]]))
     return pool
 
 
@@ -58,6 +52,7 @@ def test_segments_past_a_termination_are_absorbing_and_time_limit_cuts_are_dropp
     assert by_start[0].real.tolist() == [True, True, True, False] and by_start[0].gold_returns.item() == 1 + 2 + 3
     assert by_start[1].real.tolist() == [True, True, False, False] and by_start[1].gold_returns.item() == 2 + 3
     assert by_start[3].real.all() and by_start[3].gold_returns.item() == 4 + 5 + 6 + 7  # the cut is its last step
+    assert by_start[3].origins.tolist() == [0, 3]  # where it began: (episode, step)
 
 
 def test_a_segment_that_a_time_limit_cuts_before_its_last_step_is_never_drawn():
@@ -79,7 +74,7 @@ def constant_ensemble(rewards: list[float], absorbing: list[float]) -> RewardEns
 
 def test_segment_returns_count_absorbing_steps_as_b_and_the_policy_reward_is_zero_there():
     ensemble = constant_ensemble([1.0, 2.0], absorbing=[0.5, -1.0])
-    segments = Segments(torch.zeros(1, 4, 2), torch.tensor([[True, True, True, False]]), torch.zeros(1, 4))
+    segments = Segments(torch.zeros(1, 4, 2), torch.tensor([[True, True, True, False]]), torch.zeros(1, 4), torch.zeros(1, 2).long())
     assert ensemble.segment_returns(segments).tolist() == [[3 * 1.0 + 0.5], [3 * 2.0 - 1.0]]
     # mean_k (r_k - b_k) = ((1 - 0.5) + (2 + 1)) / 2
     assert ensemble.policy_reward(torch.zeros(3, 2)).tolist() == [1.75] * 3
@@ -98,7 +93,8 @@ def test_members_compute_what_one_mlp_each_would():
 
 def gold_segments(returns: list[float]) -> Segments:
     rewards = torch.tensor(returns).view(-1, 1)
-    return Segments(torch.zeros(len(returns), 1, 1), torch.ones(len(returns), 1, dtype=torch.bool), rewards)
+    return Segments(torch.zeros(len(returns), 1, 1), torch.ones(len(returns), 1, dtype=torch.bool), rewards,
+                    torch.zeros(len(returns), 2).long())
 
 
 def test_the_simulated_labeller_prefers_the_higher_return_ties_equal_ones_and_flips_at_its_rate():
@@ -153,7 +149,8 @@ def test_disagreement_queries_choose_the_pairs_the_members_split_on(tmp_path):
     feedback = PreferenceFeedback(cfg, logger)
     rng = np.random.default_rng(0)
     for t in range(64):
-        feedback.pool.add(rng.normal(size=(1, 6)).astype(np.float32), np.ones(1), np.array([t % 9 == 8]), np.zeros(1, bool))
+        feedback.pool.add(rng.normal(size=(1, 6)).astype(np.float32), np.ones(1), np.array([t % 9 == 8]), np.zeros(1, bool),
+                          np.array([[t // 9, t % 9]]))
     feedback.env_steps = 64
     feedback.label_round(3)
     rows = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().splitlines()]
@@ -195,3 +192,37 @@ def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, monkeypatch, 
 def test_pool_sampling_needs_a_segment_of_steps():
     with pytest.raises(ConfigError, match="fewer than a segment"):
         SegmentPool(capacity=8, num_envs=1, feature_dim=1).sample(1, 4, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("reward_zero, offset, scale", [("absorbing", 0.0, math.sqrt((1 + 9) / 2)), ("mean", 2.0, 1.0)])
+def test_the_policy_reward_is_scaled_to_about_1_and_zero_where_chosen(reward_zero, offset, scale, tmp_path):
+    cfg = preference_config("ppo")(env="CartPole-v1", run_dir=str(tmp_path), num_envs=1, pool_steps=64, label_every=64,
+                                   reward_zero=reward_zero)
+    feedback = PreferenceFeedback(cfg, logger=type("L", (), {"run_dir": tmp_path})())
+    feedback.ensemble = type("Stub", (), {"policy_reward": staticmethod(lambda features: features[..., 0])})()  # r - b = x_0
+    for x in (1.0, 3.0):
+        feedback.pool.add(np.full((1, 6), x, dtype=np.float32), np.ones(1), np.zeros(1, bool), np.zeros(1, bool), np.zeros((1, 2)))
+    feedback.rescale()
+    assert (feedback.offset, feedback.scale) == pytest.approx((offset, scale))
+    feedback.mu = torch.ones(1)  # labelled: the reward is on
+    assert feedback.reward(np.array([[3.0] * 6], dtype=np.float32)) == pytest.approx([(3.0 - offset) / scale])
+
+
+def test_a_segment_replays_as_the_clip_it_was():
+    """record_segment_gif rebuilds the episode from its seed and actions: its first frame is the one the env showed."""
+    import imageio.v3 as iio
+
+    from classic_rl import envs
+    env, actions = envs.frame_env("CartPole-v1"), [1] * 12  # the cart speeds up: every frame differs
+    env.reset(seed=5)
+    frames = [env.render()]
+    for action in actions:
+        env.step(action)
+        frames.append(env.render())
+    env.close()
+    path = Path(tempfile.mkdtemp()) / "clip.gif"
+    envs.record_segment_gif("CartPole-v1", {"seed": 5}, actions, first_step=4, length=6, path=path)
+    clip = iio.imread(path, index=None)
+    assert len(clip) == 6
+    assert np.abs(clip[0][..., :3].astype(int) - frames[4].astype(int)).mean() < 1.0  # a GIF's palette, nothing else
+    assert np.abs(clip[5][..., :3].astype(int) - frames[9].astype(int)).mean() < 1.0

@@ -16,6 +16,7 @@ Skips are written too, so that a continued session never shows the same pair aga
 from __future__ import annotations
 
 import datetime
+import functools
 import getpass
 import hashlib
 import json
@@ -32,6 +33,7 @@ import torch
 
 from classic_rl.infra.cli import config_field
 from classic_rl.infra.errors import ConfigError, TrainingInterrupted, require_positive
+from classic_rl.labelling_page import PAIR_KEYS, SCORE_KEYS, LabellingPage
 from rlhf_toy.chat import (
     Completion,
     Prompt,
@@ -45,9 +47,6 @@ from rlhf_toy.generation.sampling import SamplingConfig, generate_completions
 from rlhf_toy.lm.base_model import default_base_model, kind_for
 from rlhf_toy.lm.models import check_model_exists, load_model, load_tokenizer
 from rlhf_toy.rewards.functions import resolve_reward
-
-PAIR_ANSWERS = {"1": "1", "2": "2", "t": "tie", "s": "skip", "q": "quit"}
-SCORE_ANSWERS = {**{str(s): s for s in range(1, 6)}, "s": "skip", "q": "quit"}
 
 
 @dataclass
@@ -71,12 +70,17 @@ class LabelConfig:
     max_completion_length: int = config_field(40, "Max new tokens per completion")
     temperature: float = config_field(1.0, "Sampling temperature of the completions")
     torch_threads: int = config_field(2, "torch.set_num_threads")
+    web: bool = config_field(False, "Label in the browser instead of the terminal: a page served on 127.0.0.1:--port, with the "
+                                    "same keys, the same --out file and the same resume")
+    port: int = config_field(8000, "Port of the --web page (0: any free port; the address is printed)")
 
     def __post_init__(self):
         require_positive(n=self.n, max_completion_length=self.max_completion_length, temperature=self.temperature,
                          torch_threads=self.torch_threads)
         if not 0 <= self.label_noise < 0.5:
             raise ConfigError(f"--label-noise must be in [0, 0.5) (at 0.5 labels carry no signal), got {self.label_noise}")
+        if self.web and self.simulate:
+            raise ConfigError("--web shows the pairs to a person and --simulate answers them by a rule; give one of the two")
         if self.label_noise and not self.simulate:
             raise ConfigError("--label-noise flips a simulated labeller's answers; give --simulate REWARD too")
         self.out = self.out or f"runs/labels/{'scores' if self.pointwise else 'pairs'}.jsonl"
@@ -215,6 +219,21 @@ class Terminal:
                 return answers[reply]
             self.show(f"  {reply!r} is not an answer; accepted: {', '.join(answers)}")
 
+    def label(self, question: dict[str, Any], save: Callable[[Any], None]) -> Any:
+        """Show a question (LabellingPage.label's: kind pair or score), read the answer, save(answer) unless it is "quit"."""
+        criterion = f"   (criterion: {question['criterion']})" if question.get("criterion") else ""
+        self.show(f"\n--- {question['progress']}{criterion}")
+        if question["kind"] == "score":
+            self.show(wrapped("prompt:", question["prompt"]) + "\n" + wrapped("->", question["completion"]))
+            answer = self.ask("score 1 (bad) to 5 (good), s (skip), q (quit): ", SCORE_KEYS)
+        else:
+            self.show(wrapped("prompt:", question["prompt"]) + "\n" + wrapped("[1]", question["first"]) + "\n"
+                      + wrapped("[2]", question["second"]))
+            answer = self.ask("which is better? 1 / 2 / t (tie) / s (skip) / q (quit): ", PAIR_KEYS)
+        if answer != "quit":
+            save(answer)
+        return answer
+
 
 def wrapped(label: str, text: str) -> str:
     width = max(40, min(100, shutil.get_terminal_size().columns) - 6)
@@ -239,7 +258,7 @@ def pair_row(row: dict, first: str, second: str, answer: str, scores: list[float
             "outcome": outcome, **scored, **extra}
 
 
-def label_pairs(cfg: LabelConfig, file: LabelFile, pairs: Iterator[tuple[dict, str, str]], terminal: Terminal,
+def label_pairs(cfg: LabelConfig, file: LabelFile, pairs: Iterator[tuple[dict, str, str]], front: Terminal | LabellingPage,
                 simulated: SimulatedLabeller | None, model_name: str) -> None:
     """Ask (or simulate) until the file holds cfg.n labels or the labeller quits."""
     for row, first, second in pairs:
@@ -247,19 +266,29 @@ def label_pairs(cfg: LabelConfig, file: LabelFile, pairs: Iterator[tuple[dict, s
             return
         if pair_key(row["prompt"], first, second) in file.seen:
             continue
-        scores = None
+        save = functools.partial(save_pair, file, row, first, second, extra=provenance(cfg, model_name))
         if simulated:
             answer, scores = simulated.judge_pair(row, first, second)
-        else:
-            terminal.show(f"\n--- pair {file.labelled + 1} of {cfg.n}" + (f"   (criterion: {cfg.criterion})" if cfg.criterion else ""))
-            terminal.show(wrapped("prompt:", message_text(row["prompt"])) + "\n" + wrapped("[1]", first) + "\n" + wrapped("[2]", second))
-            answer = terminal.ask("which is better? 1 / 2 / t (tie) / s (skip) / q (quit): ", PAIR_ANSWERS)
-            if answer == "quit":
-                return
-        file.append(pair_row(row, first, second, answer, scores, provenance(cfg, model_name)))
+            save(answer, scores)
+            continue
+        question = {"kind": "pair", "progress": f"pair {file.labelled + 1} of {cfg.n}", "criterion": cfg.criterion,
+                    "prompt": message_text(row["prompt"]), "first": first, "second": second}
+        if front.label(question, save) == "quit":
+            return
 
 
-def label_pointwise(cfg: LabelConfig, file: LabelFile, pairs: Iterator[tuple[dict, str, str]], terminal: Terminal,
+def save_pair(file: LabelFile, row: dict, first: str, second: str, answer: str, scores: list[float] | None = None,
+              extra: dict | None = None) -> None:
+    file.append(pair_row(row, first, second, answer, scores, extra or {}))
+
+
+def save_score(file: LabelFile, row: dict, completion: str, score: int | str, extra: dict) -> None:
+    skipped = score == "skip"
+    file.append({"prompt": row["prompt"], "completion": as_written(row["prompt"], completion), "score": None if skipped else score,
+                 "outcome": "skipped" if skipped else "scored", **extra})
+
+
+def label_pointwise(cfg: LabelConfig, file: LabelFile, pairs: Iterator[tuple[dict, str, str]], front: Terminal | LabellingPage,
                     simulated: SimulatedLabeller | None, model_name: str) -> None:
     """Score both completions of each pair, one at a time, until the file holds cfg.n scores."""
     for row, *completions in pairs:
@@ -268,17 +297,14 @@ def label_pointwise(cfg: LabelConfig, file: LabelFile, pairs: Iterator[tuple[dic
                 return
             if completion_key(row["prompt"], completion) in file.seen:
                 continue
+            save = functools.partial(save_score, file, row, completion, extra=provenance(cfg, model_name))
             if simulated:
-                score = simulated.judge_one(row, completion)
-            else:
-                terminal.show(f"\n--- completion {file.labelled + 1} of {cfg.n}" + (f"   (criterion: {cfg.criterion})" if cfg.criterion else ""))
-                terminal.show(wrapped("prompt:", message_text(row["prompt"])) + "\n" + wrapped("->", completion))
-                score = terminal.ask("score 1 (bad) to 5 (good), s (skip), q (quit): ", SCORE_ANSWERS)
-                if score == "quit":
-                    return
-            skipped = score == "skip"
-            file.append({"prompt": row["prompt"], "completion": as_written(row["prompt"], completion), "score": None if skipped else score,
-                         "outcome": "skipped" if skipped else "scored", **provenance(cfg, model_name)})
+                save(simulated.judge_one(row, completion))
+                continue
+            question = {"kind": "score", "progress": f"completion {file.labelled + 1} of {cfg.n}", "criterion": cfg.criterion,
+                        "prompt": message_text(row["prompt"]), "completion": completion}
+            if front.label(question, save) == "quit":
+                return
 
 
 def run_labelling(cfg: LabelConfig, terminal: Terminal | None = None) -> dict[str, Any]:
@@ -295,6 +321,9 @@ def run_labelling(cfg: LabelConfig, terminal: Terminal | None = None) -> dict[st
         terminal.show(f"{cfg.out}: its last line was cut off (a killed session) and is dropped; that one is asked again")
     if start:
         terminal.show(f"{cfg.out}: {start} of {cfg.n} labels already there; continuing")
+    page = LabellingPage(cfg.port, title=f"rlhf-toy labelling: {cfg.out}") if cfg.web and start < cfg.n else None
+    if page:
+        terminal.show(f"labelling page: {page.url} (keys 1 / 2 / t / s / q); answers are appended to {cfg.out}")
     if start < cfg.n:
         torch.set_num_threads(cfg.torch_threads)
         model_name = cfg.model or default_base_model(kind=kind_for([row["prompt"] for row in prompt_rows]))
@@ -304,9 +333,12 @@ def run_labelling(cfg: LabelConfig, terminal: Terminal | None = None) -> dict[st
         pairs = candidate_pairs(policy, tokenizer, prompt_rows, SamplingConfig(cfg.max_completion_length, cfg.temperature),
                                 cfg.seed, enough)
         try:
-            (label_pointwise if cfg.pointwise else label_pairs)(cfg, file, pairs, terminal, simulated, model_name)
+            (label_pointwise if cfg.pointwise else label_pairs)(cfg, file, pairs, page or terminal, simulated, model_name)
         except KeyboardInterrupt:
             raise TrainingInterrupted(f"{file.labelled} labels are saved in {cfg.out}; run again to continue") from None
+        finally:
+            if page:
+                page.finish(f"{file.labelled} of {cfg.n} labels saved in {cfg.out}; run the same command to continue")
     summary = {"out": str(cfg.out), "labelled": file.labelled, "added": file.labelled - start, "wanted": cfg.n}
     terminal.show(f"{cfg.out}: {summary['labelled']} of {cfg.n} labels ({summary['added']} added this session)")
     return summary
