@@ -9,6 +9,7 @@ reward; a reward model fitted to a labeller's comparisons of pairs of short clip
         labels      the labeller's answer to each: mu = 1 (first better), 0 (second), 1/2 (a tie)
         fit         reward_steps Adam steps; member k minimises its bootstrap-weighted Bradley-Terry loss over all labels,
                         P_k[1 > 2] = sigmoid(R_k(1) - R_k(2)),  R_k(segment) = sum_t r_k(s_t, a_t) + n_absorbing b_k
+                    (--reward-sees-end: r_k(s_t, a_t, whether step t ended the episode))
     the policy's reward  r(s, a) = mean_k (r_k(s, a) - b_k) / scale
         (zero at the absorbing state, so ending an episode is worth what the labels say; scale: the root mean square
          over the pool. --reward-zero mean whitens it over the pool instead, as Christiano et al.: a shifted reward
@@ -74,6 +75,8 @@ class PreferenceFields:
     reward_zero: str = config_field("absorbing", f"Where the policy's reward is 0: {', '.join(REWARD_ZEROS)} (absorbing: after a "
                                                  "termination, so ending an episode is worth what the labels say; mean: the "
                                                  "pool's mean, Christiano et al.'s whitening)")
+    reward_sees_end: bool = config_field(False, "The reward model also reads whether the step ended its episode (a landing "
+                                                "and a crash can then differ at the step that ends them): r(s, a, end)")
     queries: str = config_field("disagreement", f"Which candidate pairs are labelled: {', '.join(QUERIES)}")
     query_candidates: int = config_field(10, "Candidate pairs drawn per pair labelled")
     segment_length: int = config_field(25, "Env steps per segment (clip)")
@@ -170,6 +173,7 @@ class PreferenceFeedback:
     def __init__(self, cfg: PreferenceFields, logger: RunLogger):
         observation_space, self.action_space = envs.env_spaces(cfg.env)
         feature_dim = step_features(observation_space.sample()[None], np.asarray([self.action_space.sample()]), self.action_space).shape[1]
+        feature_dim += cfg.reward_sees_end
         self.cfg, self.logger = cfg, logger
         self.rng = np.random.default_rng([cfg.seed, 43])  # its own stream: the policy starts as a run on the env's reward would
         with torch.random.fork_rng(devices=[]):
@@ -323,6 +327,8 @@ class LearnedReward(gym.vector.VectorWrapper):
         if tracker.keep_actions:
             tracker.record(actions)
         obs, rewards, terminated, truncated, infos = self.env.step(actions)
+        if self.feedback.cfg.reward_sees_end:
+            features = np.concatenate([features, terminated[:, None].astype(np.float32)], axis=1)
         self.feedback.observe(features, rewards, terminated, truncated)
         if tracker.keep_actions and (terminated | truncated).any():  # the new episodes' starts, after the autoreset
             tracker.begin(np.flatnonzero(terminated | truncated), self.env.unwrapped.get_attr("episode_start"))

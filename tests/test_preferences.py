@@ -226,3 +226,18 @@ def test_a_segment_replays_as_the_clip_it_was():
     assert len(clip) == 6
     assert np.abs(clip[0][..., :3].astype(int) - frames[4].astype(int)).mean() < 1.0  # a GIF's palette, nothing else
     assert np.abs(clip[5][..., :3].astype(int) - frames[9].astype(int)).mean() < 1.0
+
+
+def test_with_reward_sees_end_the_step_that_ends_an_episode_is_marked_in_its_features(tmp_path):
+    from classic_rl import envs
+    cfg = preference_config("ppo")(env="CartPole-v1", run_dir=str(tmp_path), num_envs=2, pool_steps=512, label_every=10_000,
+                                   reward_sees_end=True)
+    feedback = PreferenceFeedback(cfg, logger=type("L", (), {"run_dir": tmp_path})())
+    vec_env = feedback.wrap(envs.make_vec_env("CartPole-v1", 2))
+    vec_env.reset(seed=0)
+    ended = []
+    for _ in range(100):  # always pushing right: the pole falls within a few dozen steps
+        ended.append(vec_env.step(np.ones(2, dtype=np.int64))[2])
+    pool = feedback.pool
+    assert pool.features.shape[-1] == 4 + 2 + 1
+    assert (pool.features[:100, :, -1] == np.array(ended)).all() and np.array(ended).any()
