@@ -3,6 +3,7 @@ labeller; and the reward model trained on what it wrote (ties, pointwise scores)
 
 import io
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -203,6 +204,9 @@ def test_the_whole_loop_with_a_simulated_labeller(nano_dir, tmp_path, monkeypatc
     (["--simulate", "brevity", "--label-noise", "0.5"], "--label-noise must be in [0, 0.5)"),
     (["--prompts", "missing.jsonl"], "missing.jsonl not found"),
     (["--model", "no/such/folder"], "no/such/folder"),
+    (["--agree-with", "no/bob.jsonl"], "--agree-with: no file no/bob.jsonl; accepted: label files other labellers wrote"),
+    (["--agree-with", "pyproject.toml", "--pointwise"], "--agree-with compares answers to pairs; accepted: pair files"),
+    (["--web", "--simulate", "brevity"], "--web shows the pairs to a person and --simulate answers them by a rule"),
 ])
 def test_bad_label_flags_are_one_line_errors_and_write_nothing(args, message, tmp_path, monkeypatch, capsys):
     out = tmp_path / "labels.jsonl"
@@ -214,3 +218,29 @@ def test_bad_label_flags_are_one_line_errors_and_write_nothing(args, message, tm
 def test_the_loop_refuses_an_unknown_judge_before_labelling(tmp_path, monkeypatch, capsys):
     code, _, err = run_script("rlhf_loop.py", ["--judge", "kindness", "--run-dir", str(tmp_path / "loop")], monkeypatch, capsys)
     assert code == 2 and "unknown reward 'kindness'" in err and not (tmp_path / "loop").exists()
+
+
+def test_agreement_counts_the_same_answers_to_the_pairs_both_labellers_labelled(tmp_path):
+    from rlhf_toy.rewards.labelling import agreement
+
+    def write(name, rows):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({"prompt": prompt, "chosen": c, "rejected": r, "outcome": o}) + "\n" for prompt, c, r, o in rows))
+        return LabelFile(path, pointwise=False)
+
+    mine = write("alice.jsonl", [("p1", "a", "b", "preferred"), ("p2", "c", "d", "tie"), ("p3", "e", "f", "preferred"),
+                                 ("p4", "g", "h", "skipped")])
+    bob = write("bob.jsonl", [("p1", "a", "b", "preferred"), ("p2", "d", "c", "preferred"), ("p4", "g", "h", "preferred")])
+    carol = write("carol.jsonl", [("p1", "b", "a", "preferred"), ("p3", "f", "e", "tie")])
+    # p1: bob agrees, carol not; p2: bob not (a preference against a tie); p3: carol not; p4: alice skipped it
+    assert agreement(mine, [bob, carol]) == "you and the other labellers agree on 1 of 4 answers to pairs you both labelled"
+    assert agreement(mine, []) == ""
+
+
+def test_the_terminal_shows_agreement_with_another_labeller(nano_dir, tmp_path, monkeypatch, capsys):
+    bob = tmp_path / "bob.jsonl"
+    assert run_script("label.py", ["--model", nano_dir, "--out", str(bob), "--n", "3", "--simulate", "brevity"], monkeypatch,
+                      capsys)[0] == 0
+    code, out, rows = label(["--n", "3", "--agree-with", str(bob)], ["1", "1", "1"], nano_dir, tmp_path, monkeypatch, capsys)
+    assert code == 0 and len(rows) == 3
+    assert re.search(r"you and the other labellers agree on [01] of 1 answers to pairs you both labelled", out)

@@ -73,12 +73,18 @@ class LabelConfig:
     web: bool = config_field(False, "Label in the browser instead of the terminal: a page served on 127.0.0.1:--port, with the "
                                     "same keys, the same --out file and the same resume")
     port: int = config_field(8000, "Port of the --web page (0: any free port; the address is printed)")
+    agree_with: list[str] = config_field([], "Other labellers' pair files: each pair shown says how often your answers and "
+                                             "theirs agree on the pairs both of you labelled (the same --seed shows the same pairs)")
 
     def __post_init__(self):
         require_positive(n=self.n, max_completion_length=self.max_completion_length, temperature=self.temperature,
                          torch_threads=self.torch_threads)
         if not 0 <= self.label_noise < 0.5:
             raise ConfigError(f"--label-noise must be in [0, 0.5) (at 0.5 labels carry no signal), got {self.label_noise}")
+        if self.agree_with and self.pointwise:
+            raise ConfigError("--agree-with compares answers to pairs; accepted: pair files, without --pointwise")
+        if missing := [path for path in self.agree_with if not Path(path).is_file()]:
+            raise ConfigError(f"--agree-with: no file {missing[0]}; accepted: label files other labellers wrote")
         if self.web and self.simulate:
             raise ConfigError("--web shows the pairs to a person and --simulate answers them by a rule; give one of the two")
         if self.label_noise and not self.simulate:
@@ -222,7 +228,7 @@ class Terminal:
     def label(self, question: dict[str, Any], save: Callable[[Any], None]) -> Any:
         """Show a question (LabellingPage.label's: kind pair or score), read the answer, save(answer) unless it is "quit"."""
         criterion = f"   (criterion: {question['criterion']})" if question.get("criterion") else ""
-        self.show(f"\n--- {question['progress']}{criterion}")
+        self.show(f"\n--- {question['progress']}{criterion}" + (f"\n    {question['agreement']}" if question.get("agreement") else ""))
         if question["kind"] == "score":
             self.show(wrapped("prompt:", question["prompt"]) + "\n" + wrapped("->", question["completion"]))
             answer = self.ask("score 1 (bad) to 5 (good), s (skip), q (quit): ", SCORE_KEYS)
@@ -258,9 +264,26 @@ def pair_row(row: dict, first: str, second: str, answer: str, scores: list[float
             "outcome": outcome, **scored, **extra}
 
 
+def answer_of(row: dict) -> str | None:
+    """What a pair row says, in a form two labellers can share: the chosen text, "tie", or None for a skip."""
+    return {"tie": "tie", "skipped": None}.get(row.get("outcome"), message_text(row["chosen"]).strip())
+
+
+def agreement(mine: LabelFile, others: list[LabelFile]) -> str:
+    """"you and the other labellers agree on A of N answers to pairs you both labelled", or "" before any such pair."""
+    theirs = [{other.key(row): answer_of(row) for row in other.rows if answer_of(row) is not None} for other in others]
+    agreed = total = 0
+    for row in mine.rows:
+        if (answer := answer_of(row)) is not None:
+            shared = [answers[mine.key(row)] for answers in theirs if mine.key(row) in answers]
+            agreed, total = agreed + sum(a == answer for a in shared), total + len(shared)
+    return f"you and the other labellers agree on {agreed} of {total} answers to pairs you both labelled" if total else ""
+
+
 def label_pairs(cfg: LabelConfig, file: LabelFile, pairs: Iterator[tuple[dict, str, str]], front: Terminal | LabellingPage,
                 simulated: SimulatedLabeller | None, model_name: str) -> None:
     """Ask (or simulate) until the file holds cfg.n labels or the labeller quits."""
+    others = [LabelFile(path, pointwise=False) for path in cfg.agree_with]
     for row, first, second in pairs:
         if file.labelled >= cfg.n:
             return
@@ -272,7 +295,7 @@ def label_pairs(cfg: LabelConfig, file: LabelFile, pairs: Iterator[tuple[dict, s
             save(answer, scores)
             continue
         question = {"kind": "pair", "progress": f"pair {file.labelled + 1} of {cfg.n}", "criterion": cfg.criterion,
-                    "prompt": message_text(row["prompt"]), "first": first, "second": second}
+                    "prompt": message_text(row["prompt"]), "first": first, "second": second, "agreement": agreement(file, others)}
         if front.label(question, save) == "quit":
             return
 
