@@ -4,11 +4,9 @@ the labelling page (classic_rl/labelling_page.py)."""
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ from torch import Tensor
 
 from classic_rl import envs
 from classic_rl.infra.errors import ConfigError
-from classic_rl.infra.run_folder import read_jsonl
+from classic_rl.infra.run_folder import append_jsonl_fsynced, read_jsonl, utc_now
 from classic_rl.labelling_page import LabellingPage
 
 
@@ -240,10 +238,6 @@ def key_name(key: str) -> str:
     return hashlib.sha1(key.encode()).hexdigest()[:12]
 
 
-def utc_now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
 class LabelLog:
     """A person's answers, appended and fsynced one by one, and those already there (key -> answer)."""
 
@@ -253,8 +247,5 @@ class LabelLog:
         self.saved = {row["key"]: row["answer"] for row in rows}
 
     def append(self, row: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_jsonl_fsynced(self.path, row)
         self.saved[row["key"]] = row["answer"]

@@ -220,6 +220,7 @@ class PreferenceFeedback:
             return np.zeros(len(features))
         return ((self.ensemble.policy_reward(torch.from_numpy(features)) - self.offset) / self.scale).double().numpy()
 
+    @torch.no_grad()
     def label_round(self, wanted: int) -> None:
         """Choose `wanted` pairs from fresh candidates, ask the labeller, refit the ensemble, log the round."""
         candidates = self.pool.sample(2 * wanted * self.cfg.query_candidates, self.cfg.segment_length, self.rng)
@@ -245,7 +246,8 @@ class PreferenceFeedback:
             "preferences/new_label_accuracy": accuracy, "preferences/ties": (mu == 0.5).float().mean().item(),
             "preferences/disagreement": spread[chosen].mean().item(), "preferences/reward_scale": self.scale,
             "preferences/reward_offset": self.offset,
-            "preferences/gold_correlation": gold_correlation(self.ensemble, candidates)})
+            "preferences/gold_correlation": gold_correlation(self.ensemble.segment_returns(candidates).mean(0).numpy(),
+                                                             candidates.gold_returns.numpy())})
 
     def add_labels(self, first: Segments, second: Segments, mu: Tensor, spread: Tensor) -> None:
         """Keep the labelled pairs, each with a Poisson(1) count per member (an online bootstrap), and write them down."""
@@ -297,10 +299,8 @@ class PreferenceFeedback:
         self.labelling_over = state["labelling_over"]
 
 
-@torch.no_grad()
-def gold_correlation(ensemble: RewardEnsemble, segments: Segments) -> float:
-    """Pearson correlation between the ensemble's mean segment return and the env's (NaN when either is constant)."""
-    predicted, gold = ensemble.segment_returns(segments).mean(0).numpy(), segments.gold_returns.numpy()
+def gold_correlation(predicted: np.ndarray, gold: np.ndarray) -> float:
+    """Pearson correlation between the ensemble's mean segment returns `[S]` and the env's (NaN when either is constant)."""
     if len(gold) < 2 or predicted.std() == 0 or gold.std() == 0:
         return float("nan")
     return float(np.corrcoef(predicted, gold)[0, 1])
@@ -367,6 +367,6 @@ def run_from_preferences(algo: str, cfg: PreferenceFields) -> dict[str, Any]:
                                         if label_steps and label_steps[0] <= evaluation["env_steps"] else 0)
     summary |= {"gold_return_final": summary["eval_return_mean"], "labels_used": feedback.labels_used, "labeller": cfg.labeller,
                 "label_noise": cfg.label_noise, "queries": cfg.queries, "max_labels": cfg.max_labels,
-                "reward_gold_correlation": gold_correlation(feedback.ensemble, segments)}
+                "reward_gold_correlation": gold_correlation(predicted, segments.gold_returns.numpy())}
     write_json(run_dir / "summary.json", summary)
     return summary

@@ -4,6 +4,7 @@ config.json, seeds and torch threads set; on --resume, the existing folder and i
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import os
 import random
@@ -62,6 +63,19 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 def write_jsonl(path: str | Path, rows: list[dict]) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)))
+
+
+def append_jsonl_fsynced(path: str | Path, row: dict) -> None:
+    """Append one row and fsync it: once this returns, a kill or a power cut cannot lose it (labels people give)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def utc_now() -> str:
+    """The time in UTC, ISO 8601 to the second (when a label was given)."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

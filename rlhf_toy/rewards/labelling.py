@@ -15,12 +15,10 @@ Skips are written too, so that a continued session never shows the same pair aga
 
 from __future__ import annotations
 
-import datetime
 import functools
 import getpass
 import hashlib
 import json
-import os
 import random
 import shutil
 import textwrap
@@ -33,6 +31,7 @@ import torch
 
 from classic_rl.infra.cli import config_field
 from classic_rl.infra.errors import ConfigError, TrainingInterrupted, require_positive
+from classic_rl.infra.run_folder import append_jsonl_fsynced, utc_now
 from classic_rl.labelling_page import PAIR_KEYS, SCORE_KEYS, LabellingPage
 from rlhf_toy.chat import (
     Completion,
@@ -151,10 +150,7 @@ class LabelFile:
         return sum(row.get("outcome") != "skipped" for row in self.rows)
 
     def append(self, row: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_jsonl_fsynced(self.path, row)
         self.rows.append(row)
         self.seen.add(self.key(row))
 
@@ -246,12 +242,8 @@ def wrapped(label: str, text: str) -> str:
     return textwrap.fill(text, width, initial_indent=f"  {label} ", subsequent_indent=" " * (len(label) + 3))
 
 
-def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
 def provenance(cfg: LabelConfig, model_name: str) -> dict[str, Any]:
-    return {"labeller": cfg.labeller, "labelled_at": now(), "model": model_name,
+    return {"labeller": cfg.labeller, "labelled_at": utc_now(), "model": model_name,
             **({"criterion": cfg.criterion} if cfg.criterion else {})}
 
 
