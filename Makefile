@@ -10,7 +10,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 WEB_STAMP := $(VENV)/.installed-web
 MUTATE_STAMP := $(VENV)/.installed-mutate
 
-.PHONY: setup setup-bench setup-web rlhf-lander rlhf-lander-web test test-slow check-gpu demo demo-reasoning demo-chat rlhf-loop demo-classic tutorials bench bench-rlhf bench-real-models mutate lint clean
+.PHONY: setup setup-bench setup-web rlhf-lander rlhf-lander-web test test-slow check-gpu demo demo-reasoning demo-agent demo-chat rlhf-loop demo-classic tutorials bench bench-rlhf bench-real-models mutate lint clean
 
 setup: $(STAMP)
 
@@ -53,6 +53,13 @@ demo: setup
 demo-reasoning: setup
 	$(PY) scripts/train_rlhf.py --task arithmetic --run-dir runs/demo-reasoning --overwrite
 	$(PY) scripts/arithmetic_breakdown.py runs/demo-reasoning
+
+# A language model as an agent: FrozenLake (4x4, slippery) as a text game, a move and the square reached each turn. The
+# base model learns the format from epsilon-greedy play (built once, ~1 min); GRPO makes it win; then a Q-table (value
+# iteration, Q-learning) and the language model on the same 1,000 seeded episodes. The calculator: --task calculator.
+demo-agent: setup
+	$(PY) scripts/train_rlhf.py --task frozenlake --steps 120 --run-dir runs/demo-agent --overwrite
+	$(PY) scripts/compare_game_agents.py --lm-run runs/demo-agent
 
 # GRPO on a chat model: the built-in chat model (ChatML template, built once, ~1-2 min) on the same prompts as
 # conversations; the rewards see each completion as an assistant turn, as TRL passes it.

@@ -115,11 +115,25 @@ def gae(
 
 def token_rewards(scores: Tensor, kl: Tensor, mask: Tensor, beta: float) -> Tensor:
     """`[B, C]` rewards of a language model's tokens from its sequence scores `[B]` and per-token KL `[B, C]`: -beta * KL on
-    every valid token, plus the score on the last valid token (RLHF PPO's and REINFORCE++'s)."""
+    every valid token, plus the score on the last valid token (RLHF PPO's and REINFORCE++'s; in a multi-turn rollout
+    the model's last token, wherever the environment's tokens sit between its turns)."""
     rewards = -beta * kl * mask
-    last = (mask.sum(1).long() - 1).clamp(min=0)
-    rewards[torch.arange(len(scores), device=scores.device), last] += scores
+    rewards[torch.arange(len(scores), device=scores.device), last_valid_index(mask)] += scores
     return rewards
+
+
+def last_valid_index(mask: Tensor) -> Tensor:
+    """`[B]`: the index of each row's last valid position along the last axis (0 for a row with none)."""
+    steps = torch.arange(1, mask.shape[-1] + 1, device=mask.device)
+    return ((mask > 0) * steps).amax(-1).sub(1).clamp(min=0)
+
+
+def valid_first(mask: Tensor) -> Tensor:
+    """`[B, C]` indices that gather each row's valid positions first, in their order, then the masked ones: with
+    `x.gather(1, order)` a sequence computation (GAE, discounted returns) runs over the valid steps alone, as if the masked
+    ones (an environment's tokens between a model's turns) were not there; `scatter(1, order, y)` puts the results back.
+    The identity where every row's valid positions come first already."""
+    return torch.sort((mask <= 0).to(torch.int8), dim=-1, stable=True).indices
 
 
 def discounted_returns(rewards: Tensor, dones: Tensor, gamma: float) -> Tensor:

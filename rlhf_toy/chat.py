@@ -25,6 +25,9 @@ Completion = str | list[dict[str, str]]
 CHATML_TEMPLATE = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
                    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
+# Hermes's tool-call tags, as Qwen 2.5's chat template writes them (rlhf_toy/agents/turns.py)
+TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
+TOOL_RESPONSE_OPEN, TOOL_RESPONSE_CLOSE = "<tool_response>", "</tool_response>"
 
 
 def chatml(messages: list[dict[str, str]]) -> str:

@@ -8,7 +8,10 @@ Three kinds of data come from the same small world of names, places, animals and
 - `prompts`: RL prompts (train / eval) and `preferences`: pairs ranked by the rule judge
   (the reward model learns from them);
 - `arithmetic_*`: problems with their answers (train / held-out eval) and worked solutions, some
-  wrong, for the arithmetic base model (rlhf_toy/tasks/arithmetic.py).
+  wrong, for the arithmetic base model (rlhf_toy/tasks/arithmetic.py);
+- `calculator_*`: harder problems and transcripts that call the calculator sometimes and badly
+  (rlhf_toy/tasks/calculator.py); `frozenlake_*`, `maze_*`: episode seeds and starts of the text games
+  (rlhf_toy/agents/text_games.py).
 
 Every generator takes a `random.Random`, so the same seed always gives the same files.
 """
@@ -17,8 +20,10 @@ from __future__ import annotations
 
 import random
 
+from rlhf_toy.agents.text_games import GAMES, game_rows
 from rlhf_toy.rewards.functions import CLOSE_TAG, OPEN_TAG, resolve_reward
 from rlhf_toy.tasks.arithmetic import arithmetic_splits
+from rlhf_toy.tasks.calculator import calculator_splits
 
 FIRST_NAMES = """Ada Alan Alma Anton Arlo Asha Bea Ben Bruno Cara Cleo Cyril Dara Dev Dina Eli Elsa Emil Enzo Esme
 Ezra Faye Felix Finn Flora Gus Hana Hugo Ida Ines Ira Ivan Jade Jamal Jonah Juno Kai Kara Kenji Kira Lars Leah Lena
@@ -155,7 +160,9 @@ def preference_pair(rng: random.Random) -> dict:
 # Sizes of the shipped files (data/README.md describes their schemas).
 SPLIT_SIZES = {"pretrain": 12_000, "sft": 12_000, "prompts_train": 2_000, "prompts_eval": 64,
                "preferences_train": 4_000, "preferences_eval": 500,
-               "arithmetic_train": 2_000, "arithmetic_eval": 100, "arithmetic_sft": 40_000}
+               "arithmetic_train": 2_000, "arithmetic_eval": 100, "arithmetic_sft": 40_000,
+               "calculator_train": 2_000, "calculator_eval": 200, "calculator_sft": 16_000,
+               "frozenlake_train": 2_000, "frozenlake_eval": 1_000, "maze_train": 2_000, "maze_eval": 400}
 
 
 def generate_corpus(seed: int = 0, sizes: dict[str, int] | None = None) -> dict[str, list[dict[str, str]]]:
@@ -176,6 +183,11 @@ def generate_corpus(seed: int = 0, sizes: dict[str, int] | None = None) -> dict[
         splits[name] = [make(rng) for _ in range(sizes[name])]
     # the arithmetic splits are drawn together, so that no eval problem appears in the others
     splits.update(arithmetic_splits(random.Random(seed * 1_000 + len(makers)), sizes))
+    splits.update(calculator_splits(random.Random(seed * 1_000 + len(makers) + 1), sizes))
+    for index, game in enumerate(GAMES):  # episode seeds (and maze starts): eval 0.., train 10,000..; pretraining 100,000..
+        rng = random.Random(seed * 1_000 + len(makers) + 2 + index)
+        splits[f"{game}_eval"] = game_rows(game, sizes[f"{game}_eval"], 0, rng)
+        splits[f"{game}_train"] = game_rows(game, sizes[f"{game}_train"], 10_000, rng)
     for split in ("train", "eval"):  # the same prompts as conversations (TRL's format), for the chat model (--task chat)
         splits[f"prompts_chat_{split}"] = [{"prompt": [{"role": "user", "content": row["prompt"]}]} for row in splits[f"prompts_{split}"]]
     return splits

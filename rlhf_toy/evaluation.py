@@ -9,6 +9,8 @@ import torch
 from tqdm.auto import tqdm
 
 from classic_rl import core
+from rlhf_toy.agents.text_games import success_rate
+from rlhf_toy.agents.turns import Agent, tool_statistics
 from rlhf_toy.chat import message_text
 from rlhf_toy.data import DATA_DIR, load_prompt_rows, pretraining_blocks, split_columns
 from rlhf_toy.generation.rollout import sample_rollout
@@ -20,19 +22,25 @@ from rlhf_toy.tasks.arithmetic import pass_at_k
 
 
 def evaluate_on_prompts(policy, tokenizer, prompts: list[str] | list[dict], reward: CombinedReward, sampling: SamplingConfig,
-                        samples_per_prompt: int, seed: int, gold: CombinedReward | None = None, pass_k: int = 0) -> dict[str, Any]:
+                        samples_per_prompt: int, seed: int, gold: CombinedReward | None = None, pass_k: int = 0,
+                        agent: Agent | None = None) -> dict[str, Any]:
     """Mean reward (and components, and the gold reward if given) of samples_per_prompt sampled completions
     of each prompt (a string, or a row whose other columns reach the rewards), with rows of (prompt,
     completion, reward). With pass_k, also pass@1 and pass@k of the correct reward's verdicts, and the
-    mean words inside <think>.
+    mean words inside <think>. With an agent, multi-turn rollouts: also tool calls per completion, the share that
+    failed, and with the environment reward the share of episodes it scores 1 (success_rate).
 
     Samples with its own seed and leaves the caller's RNG untouched, so an evaluation before and one after
     training see the same sampling noise.
     """
     repeated, columns = split_columns([p for p in prompts for _ in range(samples_per_prompt)])
+    episodes = None
+    if agent is not None:
+        repeated, episodes = agent.start(repeated, columns)
+        columns = {**columns, "environments": episodes}
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        rollout = sample_rollout(policy, tokenizer, repeated, sampling)
+        rollout = sample_rollout(policy, tokenizer, repeated, sampling, episodes=episodes)
     totals, components = reward.score(repeated, rollout.completions, **columns)
     if gold is not None:
         components["gold"] = gold(repeated, rollout.completions, **columns)
@@ -42,6 +50,11 @@ def evaluate_on_prompts(policy, tokenizer, prompts: list[str] | list[dict], rewa
     if pass_k:
         result.update(pass_rates(components["correct"], samples_per_prompt, pass_k), k=pass_k,
                       think_words=float(np.mean([len(think_text(c).split()) for c in rollout.completions])))
+    if episodes is not None:
+        tools = tool_statistics(episodes)
+        result.update(call_frequency=tools["tools/call_frequency"], failure_frequency=tools["tools/failure_frequency"])
+    if "environment" in components:
+        result["success_rate"] = success_rate(components["environment"])
     return result
 
 

@@ -34,6 +34,8 @@ from classic_rl.infra.machine import peak_rss_mb
 from classic_rl.infra.metrics import RunLogger
 from classic_rl.infra.plots import plot_lines
 from classic_rl.infra.run_folder import start_run, truncate_jsonl, write_json
+from rlhf_toy.agents.registry import resolve_agent
+from rlhf_toy.agents.turns import Agent, tool_statistics
 from rlhf_toy.algorithms import algorithm_for
 from rlhf_toy.algorithms.base import OnlineAlgorithm, RLHFConfig
 from rlhf_toy.chat import require_chat_template
@@ -65,7 +67,11 @@ from rlhf_toy.lm.models import check_model_exists, disable_dropout, load_model, 
 from rlhf_toy.precision import autocast, bf16_linear_weights, set_up_precision
 from rlhf_toy.prompt_schedule import prompts_for_step, step_seed
 from rlhf_toy.reference_sync import ReferenceSync
-from rlhf_toy.rewards.functions import CombinedReward, RewardFunctionError, resolve_reward
+from rlhf_toy.rewards.functions import CombinedReward, RewardFunctionError, resolve_reward, reward_names
+from rlhf_toy.tasks import task_report
+
+EVAL_CURVES = ("pass_at_1", "pass_at_k", "think_words", "call_frequency", "success_rate")  # eval/* curves beside the reward
+AGENT_SUMMARY = {"call_frequency": "tool_calls_per_problem", "failure_frequency": "tool_failure_rate", "success_rate": "success_rate"}
 
 
 @dataclass
@@ -86,6 +92,7 @@ class Run:
     checkpoints: Checkpoints
     logger: RunLogger | None  # the main process's only
     reference_sync: ReferenceSync | None = None  # --sync-ref-model's
+    agent: Agent | None = None  # --tools / --environment-factory: multi-turn rollouts
     optimizer: Any = None  # these two set by place_models
     precision: str = "fp32"  # or "bf16": of the update and the reference's forward (sampling and evaluation stay fp32)
     last_step: int = 0  # the last step taken (cfg.steps unless max_train_s ran out first)
@@ -99,15 +106,16 @@ class Run:
     def start_step(self) -> int:
         return self.checkpoints.step + 1
 
-    def evaluate_policy(self) -> dict[str, Any]:
+    def evaluate_policy(self, with_agent: bool = True) -> dict[str, Any]:
+        """The eval prompts' rewards (evaluation.evaluate_on_prompts); with_agent=False samples single-turn (no tools)."""
         return evaluate_on_prompts(self.accelerator.unwrap_model(self.policy), self.tokenizer, self.eval_prompts, self.reward,
                                    self.cfg.eval_sampling, self.cfg.eval_samples_per_prompt, self.cfg.eval_seed, self.gold,
-                                   self.cfg.pass_at_k)
+                                   self.cfg.pass_at_k, self.agent if with_agent else None)
 
     def log_evaluation(self, step: int, result: dict[str, Any]) -> None:
         """An evaluation's means as eval/* metrics at `step` (0: before training), for the curves."""
         self.logger.log(step, {"eval/reward": result["reward"], "eval/mean_length": result["mean_length"],
-                               **{f"eval/{key}": result[key] for key in ("pass_at_1", "pass_at_k", "think_words") if key in result}})
+                               **{f"eval/{key}": result[key] for key in EVAL_CURVES if key in result}})
 
     def full_policy(self):
         """A block every process enters, inside which the main one may sample, evaluate or save the policy alone: with
@@ -171,6 +179,8 @@ def set_up(cfg: RLHFConfig) -> Run:
     reward = resolve_reward(cfg.reward, cfg.reward_weights, cfg.target_words)
     gold = resolve_reward(cfg.gold_reward, target_words=cfg.target_words) if cfg.gold_reward else None
     train_prompts, eval_prompts = load_prompt_rows(cfg.prompts), load_prompt_rows(cfg.eval_prompts)
+    agent = resolve_agent(cfg.tools, cfg.environment_factory, cfg.max_tool_calling_iterations)
+    check_agent(agent, cfg, train_prompts)
     if cfg.model:
         check_model_exists(cfg.model)
     run_dir, checkpoints = start_run(cfg, main_process=accelerator.is_main_process)
@@ -193,11 +203,21 @@ def set_up(cfg: RLHFConfig) -> Run:
     checkpoints.track(logger=logger, **algorithm.state(), **(sync.checkpointed() if sync else {}))
     checkpoints.restore()  # before sharding, which the models' full weights load into
     run = Run(cfg, accelerator, reward, gold, train_prompts, eval_prompts, run_dir, model_name, tokenizer, policy, ref_model,
-              algorithm, checkpoints, logger, sync)
+              algorithm, checkpoints, logger, sync, agent)
     place_models(run)
     if run.main:
         print_set_up(run)
     return run
+
+
+def check_agent(agent: Agent | None, cfg: RLHFConfig, prompts: list[dict]) -> None:
+    """A ConfigError before the run folder exists: the environment reward without environments, or an environment whose
+    first observation (reset on the first prompt row) is not text."""
+    if agent is None and "environment" in reward_names(cfg.reward):
+        raise ConfigError("--reward environment reads each rollout's environment; add --environment-factory (e.g. frozenlake) "
+                          "or use --task frozenlake")
+    if agent is not None and prompts:
+        agent.start(*split_columns(prompts[:1]))
 
 
 def place_models(run: Run) -> None:
@@ -317,10 +337,15 @@ def train_step(run: Run, step: int) -> tuple[dict[str, float], list[dict]]:
         group["lr"] = cfg.learning_rate_at(step)
     step_prompts = prompts_for_step(run.train_prompts, step, cfg.prompts_per_step, cfg.num_generations, cfg.seed)
     prompts, columns = split_columns(process_share(step_prompts, accelerator.process_index, accelerator.num_processes))
+    episodes = None
+    if run.agent is not None:  # each row's environment, reset from its columns; the rewards may read them (TRL's environments=)
+        prompts, episodes = run.agent.start(prompts, columns)
+        columns["environments"] = episodes
     # the step's completions are the same in any number of processes: each draws its rows' numbers of one stream
     uniforms = RowUniforms(step_seed(cfg.seed, step, 0), accelerator.process_index * len(prompts), len(step_prompts), accelerator.device)
     with run.full_policy():
-        rollout = sample_rollout(accelerator.unwrap_model(run.policy), run.tokenizer, prompts, cfg.sampling, uniforms=uniforms)
+        rollout = sample_rollout(accelerator.unwrap_model(run.policy), run.tokenizer, prompts, cfg.sampling, uniforms=uniforms,
+                                 episodes=episodes)
     t1 = time.perf_counter()
     try:  # a broken reward or a non-finite loss stops the run before any bad optimizer step
         totals, components = run.reward.score(prompts, rollout.completions, **columns)
@@ -342,6 +367,7 @@ def train_step(run: Run, step: int) -> tuple[dict[str, float], list[dict]]:
     t3 = time.perf_counter()
     metrics = metrics_over_processes(accelerator, {
         **metrics, **{f"rewards/{k}/mean": float(np.mean(v)) for k, v in components.items()},
+        **(tool_statistics(episodes) if episodes is not None else {}),
         "time/generate_s": t1 - t0, "time/reward_s": t2 - t1, "time/update_s": t3 - t2})
     everyone = accelerator.gather(torch.stack([rewards, rollout.completion_lengths.to(rewards),
                                                rollout.is_truncated.to(rewards)], dim=1))  # [completions, 3]
@@ -388,6 +414,10 @@ def finish(run: Run, before: dict[str, Any], train_time: float) -> dict[str, Any
     if cfg.pass_at_k:
         summary.update({f"{key}_{when}": result[key] for key in ("pass_at_1", "pass_at_k", "think_words")
                         for when, result in (("before", before), ("after", after))}, k=cfg.pass_at_k)
+    if run.agent is not None:
+        summary.update({f"{name}_{when}": result[key] for key, name in AGENT_SUMMARY.items()
+                        for when, result in (("before", before), ("after", after)) if key in result})
+    summary.update(task_report(run, before, after))
     write_json(run.run_dir / "summary.json", summary)
     write_json(run.run_dir / "eval_samples.json", {"before": before["rows"], "after": after["rows"]})
     plot_run(run)

@@ -107,7 +107,7 @@ def test_user_reward_from_a_file_and_from_a_module(user_file, monkeypatch):
 
 
 def test_a_missing_function_in_a_reward_file_is_named(user_file):
-    with pytest.raises(ConfigError, match=f"{user_file} has no function 'politeness'"):
+    with pytest.raises(ConfigError, match=f"{user_file} has no function or class 'politeness'"):
         resolve_reward(f"{user_file}:politeness")
 
 
@@ -146,9 +146,9 @@ def test_a_reward_function_without_trl_s_signature_is_refused_when_loaded(user_f
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("lenght", "unknown reward 'lenght'; accepted: length, format, think, correct, brevity, FILE.py:FUNCTION, package.module:function or rm:DIR"),
-    ("", "--reward is empty; accepted: a comma list of length, format, think, correct, brevity, FILE.py:FUNCTION, package.module:function or rm:DIR"),
-    ("missing_file.py:fn", "reward file missing_file.py not found"),
+    ("lenght", "unknown reward 'lenght'; accepted: length, format, think, correct, brevity, environment, FILE.py:FUNCTION, package.module:function or rm:DIR"),
+    ("", "--reward is empty; accepted: a comma list of length, format, think, correct, brevity, environment, FILE.py:FUNCTION, package.module:function or rm:DIR"),
+    ("missing_file.py:fn", "file missing_file.py not found \\(from --reward"),
     ("no_such_module_xyz:fn", "cannot import module 'no_such_module_xyz'"),
     ("length,format,length", "--reward names length more than once; accepted: each reward once"),
 ])

@@ -55,6 +55,14 @@ class RLHFConfig(ModelFields, RunFields, ReferenceSyncFields):
     target_words: int = config_field(12, "Target word count of the length reward when the prompt states none")
     gold_reward: str | None = config_field(None, "A reward computed on every rollout and evaluation but never optimised, "
                                                  "e.g. length,format while --reward is rm:DIR (the proxy-vs-gold picture)")
+    tools: str = config_field("", "Comma list of tools the model may call (TRL's tools=): calculator, FILE.py:FUNCTION or "
+                                  "package.module:FUNCTION; it writes <tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call> and "
+                                  "reads <tool_response>...</tool_response> (default: none, single-turn)")
+    environment_factory: str | None = config_field(None, "An environment per rollout (TRL's environment_factory=): a text game "
+                                                         "(frozenlake, maze), or FILE.py:CLASS / package.module:CLASS with reset(), "
+                                                         "its tools as methods and get_reward() (the environment reward)")
+    max_tool_calling_iterations: int | None = config_field(None, "Tool calls per completion at most; a call past them ends it "
+                                                                 "(default: no limit but --max-completion-length)")
     prompts: str = config_field(str(DATA_DIR / "prompts_train.jsonl"), "Training prompts (JSONL with a prompt field, or .txt)")
     eval_prompts: str = config_field(str(DATA_DIR / "prompts_eval.jsonl"), "Fixed evaluation prompts")
     eval_samples_per_prompt: int = config_field(2, "Completions per eval prompt for reward_before / reward_after")
@@ -103,6 +111,9 @@ class RLHFConfig(ModelFields, RunFields, ReferenceSyncFields):
                          max_train_s=self.max_train_s,
                          torch_threads=self.torch_threads, eval_samples_per_prompt=self.eval_samples_per_prompt)
         require_nonnegative(log_completions_every=self.log_completions_every, pass_at_k=self.pass_at_k, eval_every=self.eval_every)
+        if self.max_tool_calling_iterations is not None and self.max_tool_calling_iterations < 1:
+            raise ConfigError(f"--max-tool-calling-iterations must be >= 1, got {self.max_tool_calling_iterations}; accepted: a "
+                              "positive number of tool calls, or unset for no limit (--tools '' turns tools off)")
         require_choice(lr_scheduler_type=(self.lr_scheduler_type, LR_SCHEDULES), precision=(self.precision, PRECISIONS))
         if self.base_model is not None:
             require_choice(base_model=(self.base_model, BASE_MODELS))

@@ -166,13 +166,18 @@ def advantages_and_returns(scores: Tensor, values: Tensor, kl: Tensor, mask: Ten
                            cfg: PPOConfig, total=None) -> tuple[Tensor, Tensor]:
     """(advantages whitened over valid tokens, returns), both `[B, C]`, from sequence scores `[B]`, the rollout's
     values and per-token KL `[B, C]`: token_rewards, then GAE over each completion, which ends at its last token.
-    total: sums over the processes (distributed.summed_over_processes), so whitening sees every process's tokens."""
+    total: sums over the processes (distributed.summed_over_processes), so whitening sees every process's tokens.
+    In a multi-turn rollout GAE runs across the turns over the model's tokens alone (core.valid_first): the environment's
+    tokens are part of the transition to the next turn's first token, whose value bootstraps the turn before."""
     rewards = core.token_rewards(scores, kl, mask, beta)
     if cfg.whiten_rewards:
         rewards = core.masked_whiten(rewards, mask, shift_mean=False, total=total)
+    order = core.valid_first(mask)
+    packed_mask = mask.gather(1, order)
     # the episode ends at each completion's last token; nothing flows back from the padding after it
-    dones = 1.0 - torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], dim=1)
-    advantages, returns = core.gae(rewards, values, dones, scores.new_zeros(len(scores)), cfg.gamma, cfg.lam)
+    dones = 1.0 - torch.cat([packed_mask[:, 1:], torch.zeros_like(mask[:, :1])], dim=1)
+    advantages, returns = (torch.zeros_like(mask).scatter(1, order, x) for x in core.gae(
+        rewards.gather(1, order), values.gather(1, order), dones, scores.new_zeros(len(scores)), cfg.gamma, cfg.lam))
     return core.masked_whiten(advantages, mask, total=total), returns
 
 

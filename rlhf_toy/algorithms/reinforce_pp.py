@@ -93,8 +93,11 @@ def shaped_rewards(accelerator, rewards: Tensor, cfg: ReinforcePPConfig) -> Tens
 
 def reinforce_advantages(rewards: Tensor, kl: Tensor, mask: Tensor, cfg: ReinforcePPConfig, total=None) -> Tensor:
     """Advantages `[B, C]` from shaped sequence rewards `[B]` and per-token KL `[B, C]`: the returns to go of the token
-    rewards, whitened over the valid tokens (of every process with total: distributed.summed_over_processes)."""
-    returns = core.discounted_returns(core.token_rewards(rewards, kl, mask, cfg.init_kl_coef), torch.zeros_like(mask), cfg.gamma)
+    rewards, whitened over the valid tokens (of every process with total: distributed.summed_over_processes). The returns run
+    over the model's tokens alone (core.valid_first): an environment's tokens between its turns are no steps."""
+    order = core.valid_first(mask)
+    token_rewards = core.token_rewards(rewards, kl, mask, cfg.init_kl_coef).gather(1, order)
+    returns = torch.zeros_like(mask).scatter(1, order, core.discounted_returns(token_rewards, torch.zeros_like(mask), cfg.gamma))
     return core.masked_whiten(returns, mask, total=total) * mask
 
 

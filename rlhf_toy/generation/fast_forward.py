@@ -186,7 +186,7 @@ def length_groups(completion_mask: Tensor, min_saving: float = 0.2) -> list[tupl
     sorted by length (at a multiple of GROUP_ROWS_STEP, each group's longest completion rounded up to a multiple of
     GROUP_LENGTH_STEP) saves at least min_saving of the positions one group runs (each group costs a forward's fixed
     overhead); else one, at the longest completion, unrounded (completions of about one length pay no padding)."""
-    exact, order = completion_mask.sum(1).long().clamp(min=1).sort()
+    exact, order = (core.last_valid_index(completion_mask) + 1).sort()  # through the last model token (multi-turn: past the env's)
     lengths = (exact + GROUP_LENGTH_STEP - 1) // GROUP_LENGTH_STEP * GROUP_LENGTH_STEP
     splits = torch.tensor(range(GROUP_ROWS_STEP, len(lengths), GROUP_ROWS_STEP), dtype=torch.long, device=lengths.device)  # rows[:k] short
     positions = splits * lengths[splits - 1] + (len(lengths) - splits) * lengths[-1]

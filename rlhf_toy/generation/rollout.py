@@ -7,6 +7,9 @@ need as `[B, C]` tensors over completion tokens (C = longest completion in the b
     sampling_logprobs [B, C]     log pi_sampler(token) at the sampling temperature, from the sampler's own logits
     ref_logprobs     [B, C]      a reference's, one batched forward (evaluation's KL; None without a reference)
 
+In a multi-turn rollout (episodes: rlhf_toy/agents/turns.py) the completion holds the environment's tokens between the
+model's turns: attention_mask is 1 on them, completion_mask 0, so the losses never see them.
+
 Log-probs are always of logits / temperature, in sampling and in training. The sampler's are only a
 check: the updates take the old and reference log-probs from the trainer's own forward, in its own
 precision and mode (trainer_forward), as TRL does, so that the ratio is exactly 1 where it must be.
@@ -23,6 +26,7 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from classic_rl import core
+from rlhf_toy.agents.turns import TurnTaker
 from rlhf_toy.chat import Completion, Prompt, is_conversational, message_text, render_completion
 from rlhf_toy.generation import fast_forward
 from rlhf_toy.generation.fast_forward import PromptPass, length_groups
@@ -46,6 +50,7 @@ class Rollout:
     sampling_logprobs: Tensor
     ref_logprobs: Tensor | None
     is_truncated: Tensor  # [B] bool: no eos within max_new_tokens
+    episodes: list | None = None  # a multi-turn rollout's, one per row (their tool calls, their rewards)
 
     @property
     def prompt_length(self) -> int:
@@ -210,26 +215,30 @@ def sampler_mismatch(trainer_logprobs: Tensor, sampling_logprobs: Tensor, mask: 
 
 @torch.inference_mode()
 def sample_rollout(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], sampling: SamplingConfig,
-                   ref_model: PreTrainedModel | None = None, uniforms: RowUniforms | None = None) -> Rollout:
+                   ref_model: PreTrainedModel | None = None, uniforms: RowUniforms | None = None, episodes: list | None = None) -> Rollout:
     """Sample one completion per prompt (repeat prompts for groups), with the sampler's log-probs, and with ref_model
     the reference's (fp32, eval mode), for evaluation's KL; the trainer takes both from its own forward instead.
-    uniforms: the sampling's random numbers (a multi-process run's share of the batch's; default: torch's generator)."""
+    uniforms: the sampling's random numbers (a multi-process run's share of the batch's; default: torch's generator).
+    episodes: one per prompt (Agent.start), for a multi-turn rollout."""
     batch = encode_prompts(tokenizer, prompts, sampling.max_new_tokens, policy).to(policy.device)
     eos_token_ids, temperature = stop_token_ids(policy, tokenizer), sampling.temperature or 1.0
+    turns = TurnTaker(sampling.chooser(uniforms), tokenizer, episodes, eos_token_ids) if episodes is not None else None
     with evaluation_mode(policy):
         sequences, step_logprobs = sample_sequences(policy, tokenizer, batch, sampling, eos_token_ids,
                                                     per_step=functools.partial(core.token_logprobs, temperature=temperature),
-                                                    uniforms=uniforms)
+                                                    uniforms=uniforms, choose=turns)
     prompt_length = batch["input_ids"].shape[1]
     completion_ids = sequences[:, prompt_length:]
-    completion_mask, is_truncated = completion_mask_from_ids(completion_ids, eos_token_ids)
+    written, is_truncated = completion_mask_from_ids(completion_ids, eos_token_ids)  # every token up to the end
+    completion_mask = written if turns is None else written * (1.0 - turns.env_mask(written.shape[1]).to(written))
     # log-probs step by step keep memory at [B, V], not [B, C, V]
     sampling_logprobs = torch.stack(step_logprobs, dim=1) * completion_mask
     input_ids = sequences
-    attention_mask = torch.cat([batch["attention_mask"], completion_mask.long()], dim=1)
+    attention_mask = torch.cat([batch["attention_mask"], written.long()], dim=1)
     ref_logprobs = None
     if ref_model is not None:
         with evaluation_mode(ref_model):
             ref_logprobs, _ = completion_logprobs(ref_model, input_ids, attention_mask, completion_mask, temperature)
     completions = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-    return Rollout(prompts, completions, input_ids, attention_mask, completion_mask, sampling_logprobs, ref_logprobs, is_truncated)
+    return Rollout(prompts, completions, input_ids, attention_mask, completion_mask, sampling_logprobs, ref_logprobs, is_truncated,
+                   episodes)

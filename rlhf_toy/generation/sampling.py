@@ -94,13 +94,14 @@ class RowUniforms:
 
 def sample_sequences(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch: dict[str, torch.Tensor],
                      sampling: SamplingConfig, eos_token_ids: list[int], per_step=None, uniforms: RowUniforms | None = None,
-                     fast_decoder: bool = True) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+                     fast_decoder: bool = True, choose=None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """(sequences `[B, P + C]`, raw logits of each generated step `C x [B, V]`, or per_step(logits, tokens) of each step) for
     an encoded batch, stopping at any of eos_token_ids: GPT-2-family models decode with rlhf_toy.fast_decode (keeping
     only what per_step gives, step by step), others with transformers' generate. Both choose tokens with
     sampling.chooser(uniforms), so the two draw the same tokens from the same logits; fast_decoder=False samples with
-    generate where the fast decoder would serve (to compare them)."""
-    choose = sampling.chooser(uniforms)
+    generate where the fast decoder would serve (to compare them). choose(logits `[b, V]`, rows `[b]`) -> tokens `[b]`, called
+    once a step, replaces the chooser (a multi-turn rollout's, which puts an environment's tokens between the model's)."""
+    choose = choose or sampling.chooser(uniforms)
     if fast_decoder and supports_fast_decode(model):
         return sample_gpt2(model, batch["input_ids"], batch["attention_mask"], sampling.max_new_tokens, choose,
                            eos_token_ids, tokenizer.pad_token_id, per_step)

@@ -15,9 +15,14 @@ from rlhf_toy.lm.pretrain import PretrainConfig, pretrain
 BASE_MODEL_VERSION = "v4"  # bump when the corpus or recipe changes, so cached models are rebuilt (v3: bf16 where fast; v4: 400 steps, not 600)
 ARITHMETIC_MODEL_VERSION = "v1"  # likewise for the arithmetic base model
 CHAT_MODEL_VERSION = "v1"  # and for the chat model
+AGENT_MODEL_VERSION = "v1"  # and for the agent tasks' models
 # the built-in base models: the little world's stories and answers; those and sums; the stories with the answers as
-# ChatML conversations, a tokenizer with a chat template
-BASE_MODELS = ("default", "arithmetic", "chat")
+# ChatML conversations, a tokenizer with a chat template; transcripts of the agent tasks (rlhf_toy/agents/)
+BASE_MODELS = ("default", "arithmetic", "chat", "calculator", "frozenlake", "maze")
+# the agent tasks' recipes: bf16 where fast; the games' episodes run to 100 moves, longer than the default context
+AGENT_RECIPES = {"calculator": dict(transcripts="calculator", max_steps=1200, learning_rate=3e-3, min_lr_ratio=0.1, warmup_steps=30),
+                 **{game: dict(transcripts=game, max_steps=200, batch_size=16, n_positions=320, learning_rate=3e-3, min_lr_ratio=0.1)
+                    for game in ("frozenlake", "maze")}}
 
 
 def kind_for(prompts: list) -> str:
@@ -36,7 +41,8 @@ def default_base_model(preset: str = "tiny", kind: str = "default") -> str:
     Built in a temporary folder and renamed into place, so an interrupted build is never reused; inside a launched
     multi-process run, in a process of its own.
     """
-    version = {"default": BASE_MODEL_VERSION, "arithmetic": f"arithmetic-{ARITHMETIC_MODEL_VERSION}", "chat": f"chat-{CHAT_MODEL_VERSION}"}[kind]
+    version = {"default": BASE_MODEL_VERSION, "arithmetic": f"arithmetic-{ARITHMETIC_MODEL_VERSION}", "chat": f"chat-{CHAT_MODEL_VERSION}",
+               **{agent: f"{agent}-{AGENT_MODEL_VERSION}" for agent in AGENT_RECIPES}}[kind]
     final = cache_home() / f"base-{preset}-{version}"
     if (final / "model" / "config.json").is_file():
         return str(final / "model")
@@ -49,7 +55,7 @@ def default_base_model(preset: str = "tiny", kind: str = "default") -> str:
     # the arithmetic model keeps the recipe its pass@k was measured with (bench/reasoning-arithmetic.md): fp32, 1200 steps
     recipe = {"arithmetic": dict(max_steps=1200, learning_rate=3e-3, min_lr_ratio=0.1, warmup_steps=60, precision="fp32",
                                  arithmetic=True),
-              "chat": dict(chat=True)}.get(kind, {})
+              "chat": dict(chat=True), **AGENT_RECIPES}.get(kind, {})
     pretrain(PretrainConfig(preset=preset, data_dir=str(DATA_DIR), run_dir=str(building), overwrite=True, **recipe))
     shutil.rmtree(final, ignore_errors=True)
     building.rename(final)

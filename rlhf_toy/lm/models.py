@@ -31,7 +31,15 @@ from transformers import (
 )
 
 from classic_rl.infra.errors import ConfigError
-from rlhf_toy.chat import CHATML_TEMPLATE, CHATML_TOKENS, end_of_turn_ids
+from rlhf_toy.chat import (
+    CHATML_TEMPLATE,
+    CHATML_TOKENS,
+    TOOL_CALL_CLOSE,
+    TOOL_CALL_OPEN,
+    TOOL_RESPONSE_CLOSE,
+    TOOL_RESPONSE_OPEN,
+    end_of_turn_ids,
+)
 
 EOS_TOKEN, PAD_TOKEN = "<|endoftext|>", "<|pad|>"
 
@@ -43,10 +51,12 @@ MODEL_PRESETS: dict[str, dict[str, int]] = {
 }
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int, split_digits: bool = False, chat: bool = False) -> PreTrainedTokenizerFast:
+def train_tokenizer(texts: Iterable[str], vocab_size: int, split_digits: bool = False, chat: bool = False,
+                    tool_tags: bool = False) -> PreTrainedTokenizerFast:
     """Byte-level BPE (GPT-2's scheme) trained on texts, wrapped for transformers; split_digits keeps
     every digit its own token (as Llama's tokenizer does), so numbers are written digit by digit; chat adds
-    ChatML's special tokens and chat template (the built-in chat model).
+    ChatML's special tokens and chat template (the built-in chat model); tool_tags makes each of the tool-call tags
+    one token, as Qwen 2.5's are (else BPE merges "</tool_call><tool_response>" across them, into "><").
 
     A corpus with a small word list can stop short of vocab_size (each word becomes one
     token), so callers size the model from len(tokenizer), not from vocab_size.
@@ -63,6 +73,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, split_digits: bool = 
     if chat:
         tokenizer.add_special_tokens({"additional_special_tokens": list(CHATML_TOKENS)})
         tokenizer.chat_template = CHATML_TEMPLATE
+    if tool_tags:  # not special: they stay in decoded text, which the tools and rewards read
+        tokenizer.add_tokens([TOOL_CALL_OPEN, TOOL_CALL_CLOSE, TOOL_RESPONSE_OPEN, TOOL_RESPONSE_CLOSE])
     return tokenizer
 
 

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from classic_rl.infra.metrics import RunLogger
 from classic_rl.infra.plots import plot_lines
 from classic_rl.infra.run_folder import RunFields, start_run, write_json
 from rlhf_toy import data
+from rlhf_toy.agents import text_games
+from rlhf_toy.agents.text_games import GAMES, game_rows
 from rlhf_toy.chat import chatml, format_prompt
 from rlhf_toy.distributed import in_processes, require_even_split
 from rlhf_toy.lm.models import (
@@ -35,6 +38,8 @@ from rlhf_toy.lm.models import (
 from rlhf_toy.precision import PRECISIONS, set_up_precision
 from rlhf_toy.supervised import SupervisedRun, train_supervised
 
+TRANSCRIPTS = ("calculator", *GAMES)  # the agent tasks with base models of their own
+
 
 @dataclass
 class PretrainConfig(RunFields):
@@ -47,6 +52,8 @@ class PretrainConfig(RunFields):
                                            "with every digit its own token (the arithmetic base model of --task arithmetic)")
     chat: bool = config_field(False, "Read the prompt/response pairs as conversations in ChatML, with its special tokens and "
                                      "chat template in the tokenizer (the built-in chat model of --task chat)")
+    transcripts: str | None = config_field(None, f"Pretrain on an agent task's transcripts alone: {', '.join(TRANSCRIPTS)} (the "
+                                                 "base model of --task NAME)")
     vocab_size: int = config_field(2048, "BPE vocabulary to ask for (a small corpus may yield fewer tokens)")
     n_positions: int = config_field(128, "Context length, and the length of the packed training blocks")
     batch_size: int = config_field(32, "Blocks per optimizer step")
@@ -73,6 +80,8 @@ class PretrainConfig(RunFields):
         if self.arch not in ARCHITECTURES:
             raise ConfigError(f"unknown --arch {self.arch!r}; accepted: {', '.join(ARCHITECTURES)}")
         require_choice(precision=(self.precision, PRECISIONS))
+        if self.transcripts is not None:
+            require_choice(transcripts=(self.transcripts, TRANSCRIPTS))
         require_positive(vocab_size=self.vocab_size, n_positions=self.n_positions, batch_size=self.batch_size,
                          max_steps=self.max_steps, learning_rate=self.learning_rate, grad_clip=self.grad_clip,
                          eval_every=self.eval_every, torch_threads=self.torch_threads, max_train_s=self.max_train_s)
@@ -80,19 +89,26 @@ class PretrainConfig(RunFields):
             raise ConfigError("--val-fraction must be in (0, 1), --min-lr-ratio in [0, 1] and --warmup-steps >= 0")
 
 
-def training_texts(data_dir: str, arithmetic: bool = False, chat: bool = False) -> list[str]:
+GAME_TRANSCRIPTS, GAME_EPSILON = 8_000, 0.3  # episodes of each game's corpus, and the share of their moves at random
+
+
+def training_texts(data_dir: str, arithmetic: bool = False, chat: bool = False, transcripts: str | None = None) -> list[str]:
     """Plain documents plus prompt/response pairs in the policy's template (the plain one, or with chat ChatML turns,
     each ended by its end-of-turn token); with arithmetic, the worked solutions alone (12,000 of them mixed into the
     stories left the tiny model unable to read the operands' digits, held-out pass@8 3%; 40,000 alone and 1200 steps:
-    pass@8 91-94%)."""
+    pass@8 91-94%); with transcripts, an agent task's alone: the calculator's from data/, a game's played here
+    (text_games.transcripts, epsilon-greedy around the optimal policy, seeds apart from the task's)."""
+    if transcripts in GAMES:
+        rng = random.Random(0)
+        return text_games.transcripts(transcripts, game_rows(transcripts, GAME_TRANSCRIPTS, 100_000, rng), GAME_EPSILON, rng)
     def dialogues(name: str) -> list[str]:
         rows = data.load_rows(Path(data_dir) / f"{name}.jsonl", ["prompt", "response"])
         if chat:
             return [chatml([{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}]) for r in rows]
         return [f"{format_prompt(r['prompt'])} {r['response']}" for r in rows]
 
-    if arithmetic:
-        return dialogues("arithmetic_sft")
+    if arithmetic or transcripts == "calculator":
+        return dialogues("arithmetic_sft" if arithmetic else "calculator_sft")
     documents = [row["text"] for row in data.load_rows(Path(data_dir) / "pretrain.jsonl", ["text"])]
     if not (Path(data_dir) / "sft.jsonl").is_file():  # a folder of one's own documents (the shipped one has both)
         print(f"{data_dir} has no sft.jsonl: pretraining on the documents of pretrain.jsonl alone, no prompt/response pairs")
@@ -132,14 +148,15 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
 
 
 def run_pretraining(cfg: PretrainConfig, accelerator) -> dict[str, Any]:
-    texts = training_texts(cfg.data_dir, cfg.arithmetic, cfg.chat)  # bad data files are reported before the run folder is created
+    texts = training_texts(cfg.data_dir, cfg.arithmetic, cfg.chat, cfg.transcripts)  # bad data is reported before the run folder is made
     require_even_split(cfg.batch_size, accelerator.num_processes, "--batch-size")
     run_dir, checkpoints = start_run(cfg, main_process=accelerator.is_main_process)
     accelerator.wait_for_everyone()  # the main process has checked and created the run folder
     generator = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(len(texts), generator=generator).tolist()
     n_val = max(1, int(len(texts) * cfg.val_fraction))
-    tokenizer = train_tokenizer([texts[i] for i in order[n_val:]], cfg.vocab_size, split_digits=cfg.arithmetic, chat=cfg.chat)
+    tokenizer = train_tokenizer([texts[i] for i in order[n_val:]], cfg.vocab_size, split_digits=cfg.arithmetic or cfg.transcripts == "calculator",
+                                chat=cfg.chat, tool_tags=cfg.transcripts == "calculator")
     encode = lambda idx: tokenizer([texts[i] for i in idx], add_special_tokens=False).input_ids  # noqa: E731
     train_blocks = data.pack(encode(order[n_val:]), tokenizer.eos_token_id, cfg.n_positions)
     val_blocks = data.pack(encode(order[:n_val]), tokenizer.eos_token_id, cfg.n_positions)
@@ -180,7 +197,7 @@ def finish(cfg: PretrainConfig, model, tokenizer, logger: RunLogger, run_dir: Pa
     tokenizer.save_pretrained(model_dir)
     val_loss = logger.series("eval/loss")[1][-1]
     steps = logger.rows[-1]["step"]  # max_steps, or fewer once max_train_s was spent
-    summary = {"arch": cfg.arch, "preset": cfg.preset, "chat": cfg.chat, "params": num_parameters(model), "vocab_size": len(tokenizer), "steps": steps,
+    summary = {"arch": cfg.arch, "preset": cfg.preset, "chat": cfg.chat, "transcripts": cfg.transcripts, "params": num_parameters(model), "vocab_size": len(tokenizer), "steps": steps,
                "train_tokens": steps * tokens_per_step, "val_loss": val_loss, "perplexity": math.exp(val_loss),
                "train_loss_final": logger.rows[-1]["train/loss"], "tokens_per_s": steps * tokens_per_step / train_s,
                "precision": precision, "wall_s": logger.elapsed(), "model_dir": "model"}

@@ -14,6 +14,7 @@ Built-in rules return a score in [0, 1], 1 = perfect:
   scores 1: pair it with format to hold that hack back). The simulated labeller of the RLHF loop.
 - correct: 1 if the number inside the first `<answer> ... </answer>` equals the row's `answer`
   column (spaces, a sign, thousands commas and a final full stop allowed; anything else is 0).
+- environment: a multi-turn rollout's own reward, its environment's get_reward() (rlhf_toy/agents/).
 The default RLHF reward is `length,format` with weights 0.5,0.5.
 """
 
@@ -139,8 +140,17 @@ def correct_reward(prompts: list[str], completions: list[str], answer: list | No
     return [float(parse_answer_number(c) == int(str(a).strip())) for c, a in zip(completions, answer, strict=True)]
 
 
+def environment_reward(prompts: list, completions: list, environments: list | None = None, **_) -> list[float]:
+    """Each rollout's own reward from its environment, get_reward() (TRL's environment_factory protocol: the text games'
+    success, a user environment's score)."""
+    if environments is None:
+        raise ConfigError("the environment reward reads the rollouts' environments; add --environment-factory (e.g. "
+                          "--task frozenlake)")
+    return [environment.get_reward() for environment in environments]
+
+
 BUILTIN_REWARDS: dict[str, RewardFn] = {"length": length_reward, "format": format_reward, "think": think_reward,
-                                        "correct": correct_reward, "brevity": brevity_reward}
+                                        "correct": correct_reward, "brevity": brevity_reward, "environment": environment_reward}
 DEFAULT_REWARD = "length,format"
 
 
@@ -198,24 +208,31 @@ class CombinedReward:
         return self.score(prompts, completions, **columns)[0]
 
 
-def _load_user_function(spec: str) -> RewardFn:
-    """`path/to/file.py:function` or `package.module:function`."""
+def load_user_object(spec: str, flag: str) -> Callable:
+    """The callable named by `path/to/file.py:NAME` or `package.module:NAME` (a function, or a class to call), from the
+    command-line flag `flag`; a ConfigError for a missing file, module or name."""
     target, _, attr = spec.rpartition(":")
     if target.endswith(".py"):
         path = Path(target)
         if not path.is_file():
-            raise ConfigError(f"reward file {path} not found (from --reward {spec})")
-        module_spec = importlib.util.spec_from_file_location(f"user_reward_{path.stem}", path)
+            raise ConfigError(f"file {path} not found (from {flag} {spec})")
+        module_spec = importlib.util.spec_from_file_location(f"user_{path.stem}", path)
         module = importlib.util.module_from_spec(module_spec)
         module_spec.loader.exec_module(module)
     else:
         try:
             module = importlib.import_module(target)
         except ImportError as err:
-            raise ConfigError(f"cannot import module {target!r} for --reward {spec}: {err}") from None
+            raise ConfigError(f"cannot import module {target!r} for {flag} {spec}: {err}") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise ConfigError(f"{target} has no function {attr!r} (from --reward {spec})")
+        raise ConfigError(f"{target} has no function or class {attr!r} (from {flag} {spec})")
+    return fn
+
+
+def _load_user_function(spec: str) -> RewardFn:
+    """`path/to/file.py:function` or `package.module:function`, with TRL's reward signature."""
+    fn = load_user_object(spec, "--reward")
     try:
         inspect.signature(fn).bind_partial(["prompt"], ["completion"])  # columns come by name, and only some runs have them
     except TypeError:

@@ -7,6 +7,14 @@ and sampling defaults; any flag given beside --task overrides them.
     chat         the default prompts as conversations ([{"role": "user", ...}], TRL's format) for the built-in chat
                  model, which reads them through its ChatML template and ends its turn with <|im_end|>; the default
                  rewards, which receive each completion as an assistant turn
+    calculator   "Compute 347 * 29 - 512." with the calculator as a tool (--tools calculator); reward correct; the
+                 calculator base model, which calls it sometimes and badly; pass@1 with and without the tool, tool
+                 calls per problem and the ways answers go wrong, before and after
+    frozenlake   FrozenLake 4x4 (slippery) as a text game (--environment-factory frozenlake): the map, then a move and
+                 the square reached each turn; reward environment (1 at the goal); success rate over 1,000 seeded
+                 episodes against value iteration's optimal policy on the same seeds
+    maze         the tutorial maze from random starts as a text game; reward environment (shortest / taken moves at
+                 G); the share of starts walked by a shortest path
 """
 
 from __future__ import annotations
@@ -14,7 +22,9 @@ from __future__ import annotations
 from typing import Any
 
 from classic_rl.infra.errors import ConfigError
+from rlhf_toy.agents.text_games import optimal_success_rate
 from rlhf_toy.data import DATA_DIR
+from rlhf_toy.tasks.calculator import failure_counts
 
 TASKS: dict[str, dict[str, Any]] = {
     "arithmetic": dict(
@@ -30,6 +40,17 @@ TASKS: dict[str, dict[str, Any]] = {
     ),
     "chat": dict(prompts=str(DATA_DIR / "prompts_chat_train.jsonl"), eval_prompts=str(DATA_DIR / "prompts_chat_eval.jsonl"),
                  base_model="chat", run_dir="runs/chat"),
+    "calculator": dict(
+        prompts=str(DATA_DIR / "calculator_train.jsonl"), eval_prompts=str(DATA_DIR / "calculator_eval.jsonl"),
+        tools="calculator", max_tool_calling_iterations=2, reward="correct", base_model="calculator", max_completion_length=96,
+        eval_samples_per_prompt=4, pass_at_k=4, eval_every=50, learning_rate=2e-4, lr_scheduler_type="linear", steps=200,
+        run_dir="runs/calculator"),
+    **{game: dict(prompts=str(DATA_DIR / f"{game}_train.jsonl"), eval_prompts=str(DATA_DIR / f"{game}_eval.jsonl"),
+                  environment_factory=game, reward="environment", base_model=game,
+                  max_completion_length=208,  # 100 moves of two tokens (gymnasium's time limit), the ending and eos
+                  eval_samples_per_prompt=1, eval_every=50, learning_rate=2e-4, lr_scheduler_type="linear", steps=200,
+                  run_dir=f"runs/{game}")
+       for game in ("frozenlake", "maze")},
 }
 
 
@@ -40,6 +61,29 @@ def task_defaults(name: str, algo: str) -> dict[str, Any]:
     fields = dict(TASKS[name])
     by_algo = fields.pop("by_algo", {}).get(algo, {})
     return {"task": name, **fields, **by_algo}
+
+
+def calculator_report(run, before: dict, after: dict) -> dict[str, Any]:
+    """The trained model without the tool (pass@1 when its calls go unanswered), and how answers went wrong."""
+    no_tool = run.evaluate_policy(with_agent=False)
+    answers = [row["answer"] for row in run.eval_prompts for _ in range(run.cfg.eval_samples_per_prompt)]
+    return {"pass_at_1_no_tool_after": no_tool["pass_at_1"],
+            **{f"failure_modes_{when}": failure_counts(result["rows"], answers)
+               for when, result in (("before", before), ("after", after), ("no_tool_after", no_tool))}}
+
+
+def game_report(run, before: dict, after: dict) -> dict[str, Any]:
+    """Value iteration's optimal policy's success rate on the same episodes."""
+    return {"optimal_success_rate": optimal_success_rate(run.cfg.environment_factory, run.eval_prompts)}
+
+
+TASK_REPORTS = {"calculator": calculator_report, "frozenlake": game_report, "maze": game_report}
+
+
+def task_report(run, before: dict, after: dict) -> dict[str, Any]:
+    """summary.json's entries of run's task beyond the loop's own (none for most tasks)."""
+    report = TASK_REPORTS.get(run.cfg.task)
+    return report(run, before, after) if report is not None else {}
 
 
 def listing() -> str:

@@ -1,0 +1,220 @@
+"""Multi-turn rollouts: the model writes, an environment answers with tokens the model did not write, the model writes
+again, until it ends its completion, the environment ends the episode or the turn limit is reached.
+
+    episodes = [Agent.episode() for each row];  prompt += episode.reset(**row)     (TRL's environment_factory.reset)
+    decode   one token a step for every row, with the fast decoder or generate, through TurnTaker as the chooser:
+                 a row with environment tokens queued takes the next of them                      (env_mask 1)
+                 else the sampled token; once the turn's text ends in one of the episode's stop strings,
+                 reply = episode.respond(turn) is tokenized and queued, then eos if the episode is over
+    masks    completion_mask: the model's tokens alone, so no loss, KL or entropy term sees the environment's;
+             attention_mask: every token up to the end, so the model reads the environment's answers
+
+Two kinds of episode: ToolCalling, TRL's `tools=` and `environment_factory=` (the model writes Hermes / Qwen 2.5 tool
+calls, `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`, answered by `<tool_response>...</tool_response>`),
+and text games (rlhf_toy/agents/text_games.py), whose moves are words parsed from the model's turn.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from classic_rl.infra.errors import ConfigError
+from rlhf_toy.chat import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, TOOL_RESPONSE_CLOSE, TOOL_RESPONSE_OPEN
+
+
+class Episode:
+    """One rollout row's environment. stop_strings end a model turn; respond(turn text) -> the text appended after it
+    (which may set done: the completion then ends after that text); get_reward() -> the episode's reward, for the
+    `environment` reward. tool_calls and tool_failures count the calls and those that failed."""
+
+    stop_strings: tuple[str, ...] = ()
+
+    def __init__(self):
+        self.done, self.tool_calls, self.tool_failures = False, 0, 0
+
+    def reset(self, **row) -> str | None:
+        """The episode's first observation, appended to the prompt (None: nothing), from the prompt row's columns."""
+        return None
+
+    def respond(self, turn: str) -> str:
+        raise NotImplementedError
+
+    def get_reward(self) -> float:
+        raise ConfigError(f"{type(self).__name__} has no get_reward(); accepted with the environment reward: an environment "
+                          "that defines get_reward() (TRL's environment_factory protocol)")
+
+
+def tool_call_text(name: str, arguments: dict[str, Any]) -> str:
+    """A tool call as the model writes it: Hermes's format, which Qwen 2.5's chat template renders and TRL parses."""
+    return f"{TOOL_CALL_OPEN}{json.dumps({'name': name, 'arguments': arguments})}{TOOL_CALL_CLOSE}"
+
+
+def tool_response_text(content: str) -> str:
+    return f"{TOOL_RESPONSE_OPEN}{content}{TOOL_RESPONSE_CLOSE}"
+
+
+def parse_tool_call(turn: str) -> tuple[str, dict[str, Any]]:
+    """(name, arguments) of the last tool call in a turn; a ValueError, in one line, for anything else."""
+    body = turn.rsplit(TOOL_CALL_OPEN, 1)[-1].split(TOOL_CALL_CLOSE, 1)[0] if TOOL_CALL_OPEN in turn else None
+    try:
+        call = json.loads(body) if body is not None else None
+    except json.JSONDecodeError:
+        call = None
+    if not isinstance(call, dict) or not isinstance(call.get("name"), str) or not isinstance(call.get("arguments", {}), dict):
+        raise ValueError('the tool call is not {"name": NAME, "arguments": {...}} between <tool_call> and </tool_call>')
+    return call["name"], call.get("arguments", {})
+
+
+class ToolCalling(Episode):
+    """TRL's tools and environment_factory: the model calls tools (plain functions, and the public methods of the
+    environment instance) by name; each call's result, or its error in one line, is the tool response. After
+    max_calls calls, a further call ends the completion unanswered (TRL's max_tool_calling_iterations)."""
+
+    stop_strings = (TOOL_CALL_CLOSE,)
+
+    def __init__(self, tools: list[Callable], environment: Any = None, max_calls: int | None = None):
+        super().__init__()
+        self.environment, self.max_calls = environment, max_calls
+        methods = [] if environment is None else [getattr(environment, name) for name in public_methods(type(environment))]
+        self.tools = {fn.__name__: fn for fn in [*tools, *methods]}
+
+    def reset(self, **row) -> str | None:
+        if self.environment is None:
+            return None
+        observation = self.environment.reset(**row)
+        if observation is not None and not isinstance(observation, str):
+            raise ConfigError(f"{type(self.environment).__name__}.reset() returned {type(observation).__name__}; accepted: a "
+                              "str (the observation as text, appended to the prompt) or None")
+        return observation
+
+    def respond(self, turn: str) -> str:
+        if self.max_calls is not None and self.tool_calls >= self.max_calls:
+            self.done = True
+            return ""
+        self.tool_calls += 1
+        try:
+            name, arguments = parse_tool_call(turn)
+            if name not in self.tools:
+                raise ValueError(f"no tool named {name!r}; the tools: {', '.join(self.tools)}")
+            result = self.tools[name](**arguments)
+        except Exception as err:  # the model's bad call, or a tool that raised: the model reads the error, as in TRL
+            self.tool_failures += 1
+            result = f"error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")
+        self.done = bool(getattr(self.environment, "done", False))
+        return tool_response_text(str(result))
+
+    def get_reward(self) -> float:
+        if not callable(getattr(self.environment, "get_reward", None)):
+            return super().get_reward()
+        return float(self.environment.get_reward())
+
+
+def public_methods(cls: type) -> list[str]:
+    """The methods of an environment class that are tools: every public one but reset and get_reward (TRL's rule)."""
+    return [name for name, _ in inspect.getmembers(cls, predicate=inspect.isfunction)
+            if not name.startswith("_") and name not in ("reset", "get_reward")]
+
+
+@dataclass
+class Agent:
+    """How a run's rollouts go multi-turn: tools (TRL's `tools=`), an environment factory (TRL's `environment_factory=`:
+    a class whose instances have reset(), tools as methods and get_reward(), or one of Episode's), and the turn limit."""
+    tools: list[Callable] = field(default_factory=list)
+    environment_factory: Callable | None = None
+    max_tool_calling_iterations: int | None = None
+
+    def episode(self) -> Episode:
+        made = self.environment_factory() if self.environment_factory is not None else None
+        if isinstance(made, Episode):
+            return made
+        return ToolCalling(self.tools, made, self.max_tool_calling_iterations)
+
+    def start(self, prompts: list, columns: dict[str, list]) -> tuple[list, list[Episode]]:
+        """(the prompts with each episode's first observation appended, the episodes): one per row, reset with the row's
+        columns (a conversation's observation joins its last message, as TRL's does)."""
+        episodes = [self.episode() for _ in prompts]
+        started = []
+        for i, (prompt, episode) in enumerate(zip(prompts, episodes, strict=True)):
+            observation = episode.reset(**{name: values[i] for name, values in columns.items()})
+            started.append(prompt if observation is None else with_observation(prompt, observation))
+        return started, episodes
+
+
+def with_observation(prompt, observation: str):
+    if isinstance(prompt, list):  # a conversation: the last message's content grows
+        return [*prompt[:-1], {**prompt[-1], "content": f"{prompt[-1]['content']}\n{observation}"}]
+    return f"{prompt}\n{observation}"
+
+
+def tool_statistics(episodes: list[Episode]) -> dict[str, float]:
+    """TRL's tools/call_frequency (tool calls per completion) and tools/failure_frequency (the share of calls that failed)."""
+    calls, failures = sum(e.tool_calls for e in episodes), sum(e.tool_failures for e in episodes)
+    return {"tools/call_frequency": calls / max(1, len(episodes)), "tools/failure_frequency": failures / calls if calls else 0.0}
+
+
+class TurnTaker:
+    """The chooser of a multi-turn rollout (sample_sequences' choose): for each row still decoding, the next of the
+    environment's queued tokens, or else the sampled token, with which the model's turn may end and the row's episode
+    answer. env_steps[row] lists the decoding steps whose token the environment wrote."""
+
+    def __init__(self, choose, tokenizer, episodes: list[Episode], eos_token_ids: list[int]):
+        self.choose, self.tokenizer, self.episodes = choose, tokenizer, episodes
+        self.eos, self.ends = eos_token_ids[0], set(eos_token_ids)
+        self.pieces = token_pieces(tokenizer)
+        self.finished = [False] * len(episodes)  # the decoders may still ask for a row after its eos: it is padding
+        self.queued = [deque() for _ in episodes]
+        self.turn = [[] for _ in episodes]  # the token ids of each row's turn so far
+        self.turn_text = [""] * len(episodes)
+        self.env_steps = [[] for _ in episodes]
+        self.step = 0
+
+    def __call__(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        tokens = self.choose(logits, rows)
+        chosen = tokens.tolist()
+        for i, row in enumerate(rows.tolist()):
+            if self.finished[row]:
+                continue
+            if self.queued[row]:
+                chosen[i] = self.queued[row].popleft()
+                self.env_steps[row].append(self.step)
+            else:
+                self.take(row, chosen[i])
+            self.finished[row] = chosen[i] in self.ends
+        self.step += 1
+        return torch.tensor(chosen, dtype=tokens.dtype, device=tokens.device)
+
+    def take(self, row: int, token: int) -> None:
+        """The model wrote token on row: at the end of a turn, queue the episode's answer (and eos when it is over)."""
+        piece = self.pieces[token] if token < len(self.pieces) else ""
+        self.turn[row].append(token)
+        self.turn_text[row] += piece
+        episode, tail = self.episodes[row], self.turn_text[row]
+        # a stop string this token completed, even if the token runs past it (a BPE merge across the stop's end)
+        if not any(stop in tail[-len(stop) - len(piece):] for stop in episode.stop_strings):
+            return
+        reply = episode.respond(self.tokenizer.decode(self.turn[row]))
+        self.queued[row].extend(self.tokenizer(reply, add_special_tokens=False)["input_ids"] if reply else [])
+        if episode.done:
+            self.queued[row].append(self.eos)
+        self.turn[row], self.turn_text[row] = [], ""
+
+    def env_mask(self, width: int) -> torch.Tensor:
+        """`[B, width]`: 1 at the completion positions the environment wrote."""
+        mask = torch.zeros(len(self.episodes), width)
+        for row, steps in enumerate(self.env_steps):
+            mask[row, [s for s in steps if s < width]] = 1.0
+        return mask
+
+
+@functools.lru_cache(maxsize=4)
+def token_pieces(tokenizer) -> list[str]:
+    """Each token id's text on its own (exact for ASCII, which the stop strings are), computed once per tokenizer."""
+    return tokenizer.batch_decode([[i] for i in range(len(tokenizer))])

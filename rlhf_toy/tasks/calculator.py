@@ -1,0 +1,152 @@
+"""Arithmetic too hard to do in one's head, with a calculator to call: the problems, the tool, the base model's
+transcripts and the ways an answer goes wrong.
+
+A problem is "Compute 347 * 29 - 512." (a 3- or 4-digit number times a 2-digit one, then maybe plus or minus a third;
+or a sum times a 2-digit number). Its answer travels with it as a dataset column. The model may call the calculator
+in Hermes's tool-call format and read its answer:
+
+    Compute 347 * 29 - 512.  ->  <tool_call>{"name": "calculator", "arguments": {"expression": "347 * 29 - 512"}}</tool_call>
+                                 <tool_response>9551</tool_response> <answer> 9551 </answer>
+
+The pretraining transcripts call it sometimes and badly: right, with a wrong argument (a digit miscopied, an operand
+left out) or a malformed call, or not at all and a guess, so the base model is right about a third of the time.
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+import random
+import re
+
+from rlhf_toy.agents.turns import ToolCalling, parse_tool_call, tool_call_text
+from rlhf_toy.chat import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, TOOL_RESPONSE_CLOSE, TOOL_RESPONSE_OPEN
+from rlhf_toy.rewards.functions import parse_answer_number
+
+FORMS = ("{a} * {b}", "{a} * {b} + {c}", "{a} * {b} - {c}", "({a} + {c}) * {b}")
+_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
+
+
+def calculator(expression: str) -> str:
+    """Evaluates an arithmetic expression of integers with +, -, * and parentheses.
+
+    Args:
+        expression: the expression, e.g. "347 * 29 - 512"
+    """
+    def value(node: ast.AST) -> int:
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            return node.value
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+            return _OPERATORS[type(node.op)](value(node.left), value(node.right))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -value(node.operand)
+        raise ValueError(f"calculator takes integers with +, -, * and parentheses, got {expression!r}")
+
+    try:
+        tree = ast.parse(str(expression).strip(), mode="eval")
+    except SyntaxError:
+        raise ValueError(f"calculator cannot read {expression!r}") from None
+    return str(value(tree.body))
+
+
+def make_expression(rng: random.Random) -> str:
+    a, b, c = rng.randint(100, 9999), rng.randint(11, 99), rng.randint(10, 999)
+    return rng.choice(FORMS).format(a=a, b=b, c=c)
+
+
+def prompt_text(expression: str) -> str:
+    return f"Compute {expression}."
+
+
+def expression_of(prompt: str) -> str:
+    match = re.fullmatch(r"Compute (.+)\.", prompt.strip())
+    if match is None:
+        raise ValueError(f"{prompt!r} is not a calculator prompt ('Compute EXPRESSION.')")
+    return match[1]
+
+
+def answer_text(value: str) -> str:
+    return f"<answer> {value} </answer>"
+
+
+def miscopied(expression: str, rng: random.Random) -> str:
+    """The expression as a careless hand copies it: one digit changed, or the last operation left out."""
+    if rng.random() < 0.5 and expression.count(" ") >= 4 and not expression.startswith("("):
+        return expression.rsplit(" ", 2)[0]
+    digits = [i for i, ch in enumerate(expression) if ch.isdigit()]
+    i = rng.choice(digits)
+    return expression[:i] + str((int(expression[i]) + rng.randint(1, 9)) % 10) + expression[i + 1:]
+
+
+def transcript(expression: str, rng: random.Random, right_call: float, bad_call: float) -> str:
+    """A completion of the base model's corpus: the right call (right_call of them), a bad one (a miscopied argument or,
+    a tenth of those, a malformed call) answered as the run's tool answers it, or a guess without the tool (a tenth of
+    guesses right)."""
+    answer = calculator(expression)
+    draw = rng.random()
+    if draw >= right_call + bad_call:
+        return answer_text(answer if rng.random() < 0.1 else guess(answer, rng))
+    if draw >= right_call and rng.random() < 0.1:  # the argument as a bare expression, not a JSON string
+        call = f'{TOOL_CALL_OPEN}{{"name": "calculator", "arguments": {{"expression": {expression}}}}}{TOOL_CALL_CLOSE}'
+    else:
+        call = tool_call_text("calculator", {"expression": expression if draw < right_call else miscopied(expression, rng)})
+    response = ToolCalling([calculator]).respond(call)
+    result = response.removeprefix(TOOL_RESPONSE_OPEN).removesuffix(TOOL_RESPONSE_CLOSE)
+    return f"{call}{response} {answer_text(guess(answer, rng) if result.startswith('error') else result)}"
+
+
+def guess(answer: str, rng: random.Random) -> str:
+    """A number that looks like the answer: the right digits at the front, wrong ones after."""
+    keep = rng.randint(1, max(1, len(answer) - 2))
+    return answer[:keep] + "".join(str(rng.randint(0, 9)) for _ in answer[keep:])
+
+
+# Shares of the pretraining transcripts that call the calculator right, and badly
+RIGHT_CALL_RATE, BAD_CALL_RATE = 0.3, 0.3
+
+
+def calculator_splits(rng: random.Random, sizes: dict[str, int]) -> dict[str, list[dict[str, str]]]:
+    """Held-out eval problems, training prompts and pretraining transcripts, all of distinct problems. Rows:
+    {"prompt", "answer"} and {"prompt", "response"}."""
+    seen: set[str] = set()
+
+    def fresh() -> str:
+        while (expression := make_expression(rng)) in seen:
+            pass
+        seen.add(expression)
+        return expression
+
+    splits = {name: [{"prompt": prompt_text(e), "answer": calculator(e)} for e in (fresh() for _ in range(sizes[name]))]
+              for name in ("calculator_eval", "calculator_train")}
+    splits["calculator_sft"] = [{"prompt": prompt_text(e), "response": transcript(e, rng, RIGHT_CALL_RATE, BAD_CALL_RATE)}
+                                for e in (fresh() for _ in range(sizes["calculator_sft"]))]
+    return splits
+
+
+FAILURE_MODES = ("right", "no call, wrong guess", "wrong argument", "failed call", "misread result", "no answer")
+
+
+def failure_mode(prompt: str, completion: str, answer: str) -> str:
+    """What became of one completion: right, or which of FAILURE_MODES' ways it went wrong (its first call decides)."""
+    number = parse_answer_number(completion)
+    if number is not None and str(number) == str(answer).strip():
+        return "right"
+    if TOOL_CALL_OPEN not in completion or TOOL_RESPONSE_OPEN not in completion:
+        return "no call, wrong guess" if number is not None else "no answer"
+    first_call, after = completion.split(TOOL_CALL_CLOSE, 1) if TOOL_CALL_CLOSE in completion else (completion, "")
+    try:
+        _, arguments = parse_tool_call(first_call + TOOL_CALL_CLOSE)
+        right_argument = str(arguments.get("expression", "")).replace(" ", "") == expression_of(prompt).replace(" ", "")
+    except ValueError:
+        return "failed call"
+    if after.removeprefix(TOOL_RESPONSE_OPEN).startswith("error"):
+        return "failed call"
+    if not right_argument:
+        return "wrong argument"
+    return "misread result" if number is not None else "no answer"
+
+
+def failure_counts(rows: list[dict], answers: list[str]) -> dict[str, float]:
+    """The share of rows (prompt, completion) in each of FAILURE_MODES, given each row's right answer."""
+    modes = [failure_mode(row["prompt"], row["completion"], answer) for row, answer in zip(rows, answers, strict=True)]
+    return {mode: modes.count(mode) / max(1, len(modes)) for mode in FAILURE_MODES}

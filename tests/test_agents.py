@@ -1,0 +1,258 @@
+"""Language models as agents: multi-turn rollouts (the environment's tokens masked out of every loss), tool calls,
+the calculator, the text games, and bad input."""
+
+import json
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from classic_rl import core
+from classic_rl.infra.errors import ConfigError
+from rlhf_toy.agents.registry import resolve_agent
+from rlhf_toy.agents.text_games import GridGame, optimal_success_rate, shortest_moves
+from rlhf_toy.agents.turns import Agent, Episode, ToolCalling, parse_tool_call, tool_call_text, tool_statistics
+from rlhf_toy.algorithms import algorithm_for, config_for
+from rlhf_toy.algorithms.ppo import PPOConfig, advantages_and_returns
+from rlhf_toy.data import DATA_DIR, load_prompt_rows
+from rlhf_toy.generation import rollout as rollout_module
+from rlhf_toy.generation import sampling as sampling_module
+from rlhf_toy.generation.rollout import Rollout, completion_logprobs, sample_rollout
+from rlhf_toy.generation.sampling import RowUniforms, SamplingConfig, encode_prompts
+from rlhf_toy.lm.models import load_model, load_tokenizer
+from rlhf_toy.tasks.calculator import calculator, failure_mode, transcript
+from tests.conftest import run_script
+
+
+@pytest.fixture(scope="module")
+def policy_and_tokenizer(nano_dir):
+    return load_model(nano_dir).eval(), load_tokenizer(nano_dir)
+
+
+def two_turn_rollout(tokenizer, turns: list[tuple[str, str, str]]) -> tuple[Rollout, list[list[slice]]]:
+    """A rollout built by hand, one row per (model turn 1, environment's answer, model turn 2) of one prompt, and for each
+    row the slices of its completion that each model turn and the environment's answer occupy."""
+    prompt = "Compute 12 * 3."
+    batch = encode_prompts(tokenizer, [prompt] * len(turns), 32, type("M", (), {"config": type("C", (), {"n_positions": 128})()})())
+    rows, spans = [], []
+    for first, answer, second in turns:
+        parts = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in (first, answer, second)]
+        parts[2] = parts[2] + [tokenizer.eos_token_id]
+        edges = [0, len(parts[0]), len(parts[0]) + len(parts[1]), sum(map(len, parts))]
+        spans.append([slice(edges[i], edges[i + 1]) for i in range(3)])
+        rows.append(sum(parts, []))
+    width = max(map(len, rows))
+    completion_ids = torch.tensor([row + [tokenizer.eos_token_id] * (width - len(row)) for row in rows])
+    written = torch.tensor([[1.0] * len(row) + [0.0] * (width - len(row)) for row in rows])
+    completion_mask = written.clone()
+    for row, (_, env, _) in enumerate(spans):
+        completion_mask[row, env] = 0.0
+    input_ids = torch.cat([batch["input_ids"], completion_ids], dim=1)
+    attention_mask = torch.cat([batch["attention_mask"], written.long()], dim=1)
+    rollout = Rollout([prompt] * len(turns), ["?"] * len(turns), input_ids, attention_mask, completion_mask,
+                      torch.zeros_like(completion_mask), None, torch.zeros(len(turns), dtype=torch.bool))
+    return rollout, spans
+
+
+@pytest.mark.parametrize("algo", ["grpo", "ppo", "rloo", "reinforce_pp"])
+def test_the_environments_tokens_give_no_loss_or_gradient_and_every_model_turn_does(algo, nano_dir, policy_and_tokenizer,
+                                                                                    monkeypatch):
+    _, tokenizer = policy_and_tokenizer
+    # every row in one forward, so one logits tensor holds each row's every position (the grouping is tested elsewhere)
+    monkeypatch.setattr(rollout_module, "length_groups", lambda mask: [(torch.arange(len(mask)), mask.shape[1])])
+    policy = load_model(nano_dir)
+    rollout, spans = two_turn_rollout(tokenizer, [
+        (' <tool_call>{"name": "calculator"', "<tool_response>36</tool_response>", " <answer> 36 </answer>"),
+        (" <answer> 30", " </answer> the fox", " is wrong")])
+    cfg = config_for(algo)(num_generations=2, prompts_per_step=1, max_completion_length=32, **({"num_ppo_epochs": 1} if algo == "ppo" else {}))
+    cfg.minibatch_orders = lambda n: [(torch.arange(n),)] * cfg.passes  # rows in batch order, as the logits are read below
+    algorithm = algorithm_for(algo)(cfg, policy, lambda: load_model(nano_dir), tokenizer)
+    logits_with_grad = []
+    policy.lm_head.register_forward_hook(lambda _m, _i, out: out.retain_grad() or logits_with_grad.append(out) if out.requires_grad else None)
+    optimizer = torch.optim.SGD([p for m in [policy, *algorithm.modules()] for p in m.parameters()], lr=0.0)
+    rewards = torch.tensor([1.0, 0.0])
+    algorithm.update(policy, load_model(nano_dir).eval(), optimizer, Accelerator(cpu=True), rollout, rewards, rewards[:, None])
+
+    # one gradient step: one forward of the completions with a gradient (beside the shared prompt's, one position a prompt)
+    (logits,) = [out for out in logits_with_grad if out.shape[:2] == rollout.completion_mask.shape]
+    per_position = logits.grad.abs().sum(-1)  # [B, C]: how much each completion position's prediction moves the loss
+    for row, (first, env, second) in enumerate(spans):
+        assert per_position[row, env].eq(0).all()  # the environment's tokens: no term of the loss, no gradient
+        assert per_position[row, first].gt(0).all() and per_position[row, second].gt(0).all()  # every model turn's: all of them
+
+
+def test_gae_runs_across_the_turns_over_the_model_tokens_alone():
+    """A completion of 3 model tokens with 2 environment tokens after the first equals one of 3 contiguous tokens."""
+    cfg = PPOConfig(gamma=0.9, lam=0.8)
+    scores, kl = torch.tensor([2.0]), torch.tensor([[0.1, 0.0, 0.0, 0.2, 0.3]])
+    values = torch.tensor([[0.5, 9.0, 9.0, 1.0, 1.5]])  # the environment's positions hold values no term may read
+    holey = torch.tensor([[1.0, 0.0, 0.0, 1.0, 1.0]])
+    adv, ret = advantages_and_returns(scores, values, kl, holey, 0.5, cfg)
+    packed_adv, packed_ret = advantages_and_returns(scores, values[:, [0, 3, 4]], kl[:, [0, 3, 4]], torch.ones(1, 3), 0.5, cfg)
+    torch.testing.assert_close(adv[:, [0, 3, 4]], packed_adv)
+    torch.testing.assert_close(ret[:, [0, 3, 4]], packed_ret)
+    # by hand: r = (-0.05, -0.1, -0.15 + 2); deltas with V = (0.5, 1, 1.5) and V after the end 0
+    r, v = [-0.05, -0.1, 1.85], [0.5, 1.0, 1.5]
+    deltas = [r[0] + 0.9 * v[1] - v[0], r[1] + 0.9 * v[2] - v[1], r[2] - v[2]]
+    a2 = deltas[2]
+    a1 = deltas[1] + 0.72 * a2
+    a0 = deltas[0] + 0.72 * a1
+    torch.testing.assert_close(ret[0, [0, 3, 4]], torch.tensor([a0 + v[0], a1 + v[1], a2 + v[2]]))
+
+
+def test_last_valid_index_and_valid_first_by_hand():
+    mask = torch.tensor([[1.0, 0.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    assert core.last_valid_index(mask).tolist() == [2, 1, 0]
+    assert core.valid_first(mask).tolist() == [[0, 2, 1, 3], [0, 1, 2, 3], [0, 1, 2, 3]]
+    rewards = core.token_rewards(torch.tensor([1.0, 2.0, 3.0]), torch.zeros(3, 4), mask, 0.1)
+    assert rewards.tolist() == [[0, 0, 1, 0], [0, 2, 0, 0], [3, 0, 0, 0]]
+
+
+class Echo(Episode):
+    """Answers every turn ending in "." with " [ok]", and ends the episode at its second answer."""
+    stop_strings = (".",)
+
+    def respond(self, turn: str) -> str:
+        self.tool_calls += 1
+        self.done = self.tool_calls == 2
+        return " [ok]"
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_multi_turn_rollout_puts_the_environments_answers_between_the_turns_and_masks_them(fast, nano_dir, policy_and_tokenizer,
+                                                                                             monkeypatch):
+    policy, tokenizer = policy_and_tokenizer
+    if not fast:
+        monkeypatch.setattr(sampling_module, "supports_fast_decode", lambda _model: False)
+    episodes = [Echo() for _ in range(6)]
+    torch.manual_seed(0)
+    rollout = sample_rollout(policy, tokenizer, ["Tell me about Ada."] * 6, SamplingConfig(64), episodes=episodes)
+    answer = tokenizer(" [ok]", add_special_tokens=False)["input_ids"]
+    for row, episode in enumerate(episodes):
+        ids, mask = rollout.completion_ids[row].tolist(), rollout.completion_mask[row]
+        env = [j for j in range(len(ids)) if mask[j] == 0 and rollout.attention_mask[row, rollout.prompt_length + j] == 1]
+        if episode.done:  # two answers, each right after a model token that ends in ".", then an eos the model did not write
+            assert [ids[j] for j in env] == answer + answer + [tokenizer.eos_token_id]
+            assert rollout.completions[row].count("[ok]") == 2 and not rollout.is_truncated[row]
+        assert all(mask[j] == 1 for j in range(env[0])) if env else True
+    logp, _ = completion_logprobs(policy, rollout.input_ids, rollout.attention_mask, rollout.completion_mask)
+    torch.testing.assert_close(logp, rollout.sampling_logprobs, atol=2e-5, rtol=0)  # the model's tokens: as the sampler drew them
+    assert any(e.done for e in episodes)
+
+
+def test_both_decoders_draw_the_same_multi_turn_rollout(policy_and_tokenizer, monkeypatch):
+    policy, tokenizer = policy_and_tokenizer
+
+    def rollout():
+        uniforms = RowUniforms(3, 0, 4, "cpu")  # a row's draws whichever rows still decode beside it (the decoders differ there)
+        return sample_rollout(policy, tokenizer, ["Tell me about Ada."] * 4, SamplingConfig(48), uniforms=uniforms,
+                              episodes=[Echo() for _ in range(4)])
+
+    fast = rollout()
+    monkeypatch.setattr(sampling_module, "supports_fast_decode", lambda _model: False)
+    slow = rollout()
+    assert fast.completions == slow.completions and torch.equal(fast.completion_mask, slow.completion_mask)
+
+
+def test_tool_calls_are_parsed_run_and_answered_and_their_failures_are_one_line():
+    def broken(x: int) -> str:
+        raise RuntimeError("disk on fire\nTraceback lines the model never sees")
+
+    episode = ToolCalling([calculator, broken], max_calls=4)
+    respond = episode.respond
+    assert respond(tool_call_text("calculator", {"expression": "12 * (3 + 4) - 5"})) == "<tool_response>79</tool_response>"
+    assert respond(tool_call_text("broken", {"x": 1})) == "<tool_response>error: RuntimeError: disk on fire</tool_response>"
+    assert respond(tool_call_text("search", {"q": "fox"})).startswith("<tool_response>error: ValueError: no tool named 'search'")
+    assert respond('<tool_call>{"name": calculator}</tool_call>').startswith("<tool_response>error: ValueError: the tool call is not")
+    assert (episode.tool_calls, episode.tool_failures, episode.done) == (4, 3, False)
+    assert respond(tool_call_text("calculator", {"expression": "1 + 1"})) == "" and episode.done  # past the limit: the end
+    assert tool_statistics([episode, ToolCalling([])]) == {"tools/call_frequency": 2.0, "tools/failure_frequency": 0.75}
+    assert parse_tool_call('I will call <tool_call>{"name": "f", "arguments": {"a": 1}}</tool_call>') == ("f", {"a": 1})
+
+
+def test_the_calculator_and_the_ways_an_answer_goes_wrong_by_hand():
+    assert calculator("(1244 + 102) * 41") == str((1244 + 102) * 41) and calculator("-3 * 4") == "-12"
+    for bad in ("2 ** 10", "__import__('os')", "1 / 2", "12 *"):
+        with pytest.raises(ValueError, match="calculator"):
+            calculator(bad)
+    call = tool_call_text("calculator", {"expression": "347 * 29"})
+    right, wrong_arg = call + "<tool_response>10063</tool_response> <answer> 10063 </answer>", call.replace("347", "374")
+    cases = {right: "right", "<answer> 10062 </answer>": "no call, wrong guess",
+             wrong_arg + "<tool_response>10846</tool_response> <answer> 10846 </answer>": "wrong argument",
+             call + "<tool_response>10063</tool_response> <answer> 10036 </answer>": "misread result",
+             '<tool_call>{"name": "calculator", "arguments": {"expression": 347 * 29}}</tool_call><tool_response>error: ValueError: '
+             'the tool call is not JSON</tool_response> <answer> 1 </answer>': "failed call",
+             call + "<tool_response>10063</tool_response>": "no answer"}
+    for completion, mode in cases.items():
+        assert failure_mode("Compute 347 * 29.", completion, "10063") == mode, completion
+
+
+def test_the_calculator_transcripts_call_it_right_sometimes_and_badly_often():
+    import random
+    rng = random.Random(0)
+    modes = [failure_mode(f"Compute {e}.", transcript(e, rng, 0.3, 0.3), calculator(e))
+             for e in (f"{rng.randint(100, 9999)} * {rng.randint(11, 99)}" for _ in range(2000))]
+    share = {mode: modes.count(mode) / len(modes) for mode in set(modes)}
+    assert 0.3 < share["right"] < 0.38 and 0.2 < share["wrong argument"] < 0.3 and 0.35 < share["no call, wrong guess"] < 0.4
+
+
+def test_the_maze_as_a_text_game_by_hand():
+    game = GridGame("maze")  # the bottom rows: ".####..." (48-55) above "......#G" (56-63)
+    assert game.reset(start=54).endswith(".####... ......#G. You are on 54.")  # the maze's layout, then the player's square
+    assert game.respond(" up") == " 54" and not game.done  # a wall above: the player stays
+    assert game.respond("right") == " 55"
+    assert game.respond(" down") == " 63 goal" and game.done
+    assert game.get_reward() == pytest.approx(shortest_moves("maze", 54) / 3) == pytest.approx(2 / 3)  # 2 moves were enough
+    game.reset(start=55)
+    assert game.respond(" down") == " 63 goal" and game.get_reward() == 1.0  # a shortest path
+    game.reset(start=55)
+    assert game.respond(" jump") == " illegal" and game.done and game.get_reward() == 0.0
+
+
+def test_value_iteration_wins_frozenlake_three_quarters_of_the_shipped_eval_episodes():
+    rows = load_prompt_rows(DATA_DIR / "frozenlake_eval.jsonl")
+    assert len(rows) == 1000 and 0.72 < optimal_success_rate("frozenlake", rows) < 0.78
+    assert optimal_success_rate("maze", load_prompt_rows(DATA_DIR / "maze_eval.jsonl")[:50]) == 1.0
+
+
+class NumberObservation:
+    """A user environment (TRL's protocol) whose reset returns a number, not text."""
+
+    def reset(self, **_):
+        return 7
+
+    def poke(self, times: int) -> str:
+        """Pokes.
+
+        Args:
+            times: how often
+        """
+        return "ouch" * times
+
+
+def test_a_user_environments_methods_are_its_tools_and_a_non_text_observation_is_one_line():
+    agent = resolve_agent("calculator", "tests.test_agents:NumberObservation", 3)
+    assert sorted(agent.episode().tools) == ["calculator", "poke"]
+    with pytest.raises(ConfigError, match="NumberObservation.reset\\(\\) returned int; accepted: a str"):
+        agent.start(["hi"], {})
+    assert Agent().start(["hi"], {})[0] == ["hi"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--task", "calculator", "--max-tool-calling-iterations", "0"], "--max-tool-calling-iterations must be >= 1, got 0"),
+    (["--tools", "abacus"], "unknown --tools 'abacus'; accepted: calculator, FILE.py:NAME"),
+    (["--environment-factory", "chess"], "unknown --environment-factory 'chess'; accepted: frozenlake, maze"),
+    (["--reward", "environment"], "--reward environment reads each rollout's environment; add --environment-factory"),
+    (["--environment-factory", "tests.test_agents:NumberObservation"], "returned int; accepted: a str"),
+])
+def test_bad_agent_input_is_one_line_and_exit_2(args, message, nano_dir, tmp_path, monkeypatch, capsys):
+    code, _, err = run_script("train_rlhf.py", ["--model", nano_dir, "--steps", "1", "--run-dir", str(tmp_path / "run"), *args],
+                              monkeypatch, capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_task_list_names_the_agent_tasks(monkeypatch, capsys):
+    code, _, err = run_script("train_rlhf.py", ["--task", "nope"], monkeypatch, capsys)
+    assert code == 2 and all(task in err for task in ("calculator", "frozenlake", "maze"))
+    assert json.loads((DATA_DIR / "maze_eval.jsonl").read_text().splitlines()[0])["start"] >= 0
