@@ -25,10 +25,12 @@ from rlhf_toy.agents.text_games import GAMES, MOVES, optimal_policy, play, succe
 from rlhf_toy.data import load_prompt_rows
 
 
-def q_learning_policy(env_id: str, run_dir: Path, seed: int) -> tuple[list[int], int, float]:
-    """(greedy action per square, env steps, seconds) of classic_rl's Q-learning with its preset for env_id."""
+def q_learning_policy(env_id: str, run_dir: Path, seed: int, steps: int | None) -> tuple[list[int], int, float]:
+    """(greedy action per square, env steps, seconds) of classic_rl's Q-learning with its preset for env_id (steps: that
+    many env steps instead of the preset's)."""
     config_cls, train_fn = ALGOS["q_learning"]
-    cfg = config_cls(**{**preset("q_learning", env_id), "env": env_id, "seed": seed, "run_dir": str(run_dir), "overwrite": True})
+    fields = {**preset("q_learning", env_id), **({"total_timesteps": steps, "eval_every": steps} if steps else {})}
+    cfg = config_cls(**{**fields, "env": env_id, "seed": seed, "run_dir": str(run_dir), "overwrite": True})
     start = time.perf_counter()
     summary = run_training("q_learning", train_fn, cfg)
     table = load_agent(run_dir / "policy.safetensors")
@@ -56,6 +58,7 @@ def main() -> None:
     parser = script_parser(__doc__)
     parser.add_argument("--lm-run", required=True, help="Run folder of train_rlhf.py --task frozenlake or --task maze")
     parser.add_argument("--seed", type=int, default=0, help="Q-learning's seed")
+    parser.add_argument("--q-learning-steps", type=int, default=None, help="Q-learning's env steps (default: its preset's)")
     args = parser.parse_args()
     run_dir = Path(args.lm_run)
     if not (run_dir / "summary.json").is_file():
@@ -69,7 +72,7 @@ def main() -> None:
     start = time.perf_counter()
     planned = table_policy_success(game, rows, optimal_policy(game))
     table = [{"method": "value iteration (the env's model)", "success_rate": planned, "env_steps": 0, "wall_s": time.perf_counter() - start}]
-    policy, steps, seconds = q_learning_policy(env_id, run_dir / "q_learning", args.seed)
+    policy, steps, seconds = q_learning_policy(env_id, run_dir / "q_learning", args.seed, args.q_learning_steps)
     table.append({"method": "Q-learning (epsilon-greedy)", "success_rate": table_policy_success(game, rows, policy), "env_steps": steps,
                   "wall_s": seconds})
     table += language_model_rows(run_dir, config)

@@ -26,6 +26,7 @@ WHAT = {  # the caption of each box: a folder, or a module of a package's top le
     "rlhf_toy/algorithms/": "GRPO, PPO, RLOO, REINFORCE++, DPO", "rlhf_toy/generation/": "sampling, rollouts, log-probs",
     "rlhf_toy/rewards/": "rules, reward models, labels", "rlhf_toy/lm/": "models, pretraining",
     "rlhf_toy/tasks/": "named tasks, arithmetic", "rlhf_toy/evaluation.py": "before / after",
+    "rlhf_toy/agents/": "turns, tools, text games",
     "rlhf_toy/corpus.py": "the synthetic data", "rlhf_toy/data.py": "JSONL, batches, labels",
     "rlhf_toy/precision.py": "bf16 where it is fast", "rlhf_toy/distributed.py": "processes",
     "rlhf_toy/prompt_schedule.py": "prompt order", "rlhf_toy/reference_sync.py": "TR-DPO's moving reference", "classic_rl/algos/": "PPO, DQN, SAC, ...",

@@ -11,7 +11,15 @@ from classic_rl import core
 from classic_rl.infra.errors import ConfigError
 from rlhf_toy.agents.registry import resolve_agent
 from rlhf_toy.agents.text_games import GridGame, optimal_success_rate, shortest_moves
-from rlhf_toy.agents.turns import Agent, Episode, ToolCalling, parse_tool_call, tool_call_text, tool_statistics
+from rlhf_toy.agents.tools import calculator
+from rlhf_toy.agents.turns import (
+    Agent,
+    Episode,
+    ToolCalling,
+    parse_tool_call,
+    tool_call_text,
+    tool_statistics,
+)
 from rlhf_toy.algorithms import algorithm_for, config_for
 from rlhf_toy.algorithms.ppo import PPOConfig, advantages_and_returns
 from rlhf_toy.data import DATA_DIR, load_prompt_rows
@@ -20,7 +28,10 @@ from rlhf_toy.generation import sampling as sampling_module
 from rlhf_toy.generation.rollout import Rollout, completion_logprobs, sample_rollout
 from rlhf_toy.generation.sampling import RowUniforms, SamplingConfig, encode_prompts
 from rlhf_toy.lm.models import load_model, load_tokenizer
-from rlhf_toy.tasks.calculator import calculator, failure_mode, transcript
+from rlhf_toy.lm.pretrain import PretrainConfig, pretrain
+from rlhf_toy.online import train
+from rlhf_toy.tasks import task_defaults
+from rlhf_toy.tasks.calculator import failure_mode, transcript
 from tests.conftest import run_script
 
 
@@ -256,3 +267,37 @@ def test_the_task_list_names_the_agent_tasks(monkeypatch, capsys):
     code, _, err = run_script("train_rlhf.py", ["--task", "nope"], monkeypatch, capsys)
     assert code == 2 and all(task in err for task in ("calculator", "frozenlake", "maze"))
     assert json.loads((DATA_DIR / "maze_eval.jsonl").read_text().splitlines()[0])["start"] >= 0
+
+
+@pytest.fixture(scope="module")
+def maze_run(nano, tmp_path_factory):
+    """A nano model pretrained for seconds on maze transcripts, then 40 GRPO steps on the maze: (run folder, summary)."""
+    root = nano[0]
+    if not (root / "maze" / "summary.json").is_file():
+        pretrain(PretrainConfig(preset="nano", data_dir=str(root / "data"), transcripts="maze", vocab_size=300, batch_size=16,
+                                max_steps=100, n_positions=192, warmup_steps=10, learning_rate=3e-3, min_lr_ratio=0.1, eval_every=50,
+                                run_dir=str(root / "maze"), overwrite=True))
+    run_dir = tmp_path_factory.mktemp("maze") / "run"
+    fields = {**task_defaults("maze", "grpo"), "model": str(root / "maze" / "model"), "prompts": str(root / "data" / "maze_train.jsonl"),
+              "eval_prompts": str(root / "data" / "maze_eval.jsonl"), "steps": 40, "prompts_per_step": 4, "num_generations": 4,
+              "max_completion_length": 64, "eval_samples_per_prompt": 2, "eval_every": 0, "learning_rate": 1e-3,
+              "log_completions_every": 0, "run_dir": str(run_dir)}
+    return run_dir, train(config_for("grpo")(**fields))
+
+
+def test_grpo_teaches_a_language_model_the_maze_through_its_turns(maze_run):
+    _, summary = maze_run
+    assert summary["optimal_success_rate"] == 1.0
+    assert summary["success_rate_after"] > summary["success_rate_before"] + 0.2, summary
+    assert summary["tool_calls_per_problem_after"] > 0 and 0 <= summary["tool_failure_rate_after"] < 0.1
+
+
+def test_a_q_table_and_the_language_model_on_the_same_episodes(maze_run, monkeypatch, capsys):
+    run_dir, summary = maze_run
+    code, out, _ = run_script("compare_game_agents.py", ["--lm-run", str(run_dir), "--q-learning-steps", "20000"], monkeypatch, capsys)
+    table = json.loads((run_dir / "agents.json").read_text())
+    assert code == 0 and [row["method"] for row in table["rows"]] == [
+        "value iteration (the env's model)", "Q-learning (epsilon-greedy)", "language model, before RL", "language model, after GRPO"]
+    assert table["rows"][0]["success_rate"] == 1.0 and table["rows"][3]["success_rate"] == summary["success_rate_after"]
+    assert table["rows"][3]["env_steps"] > 40 * 16  # 40 steps of 16 episodes, each at least a move
+    assert "| value iteration (the env's model) | 1.000 | 0 |" in out

@@ -13,6 +13,8 @@ import argparse
 import dataclasses
 import difflib
 import functools
+import importlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -199,3 +201,25 @@ def run_in_own_process(script: str | Path, args: Sequence[str]) -> None:
     done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+
+
+def load_user_object(spec: str, flag: str) -> Callable:
+    """The callable named by `path/to/file.py:NAME` or `package.module:NAME` (a function, or a class to call), from the
+    command-line flag `flag`; a ConfigError for a missing file, module or name."""
+    target, _, attr = spec.rpartition(":")
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise ConfigError(f"file {path} not found (from {flag} {spec})")
+        module_spec = importlib.util.spec_from_file_location(f"user_{path.stem}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as err:
+            raise ConfigError(f"cannot import module {target!r} for {flag} {spec}: {err}") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ConfigError(f"{target} has no function or class {attr!r} (from {flag} {spec})")
+    return fn

@@ -5,11 +5,11 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
+from classic_rl.infra.cli import load_user_object
 from classic_rl.infra.errors import ConfigError
 from rlhf_toy.agents.text_games import GAMES, GridGame
+from rlhf_toy.agents.tools import calculator
 from rlhf_toy.agents.turns import Agent
-from rlhf_toy.rewards.functions import load_user_object
-from rlhf_toy.tasks.calculator import calculator
 
 TOOLS: dict[str, Callable] = {"calculator": calculator}
 ENVIRONMENTS: dict[str, Callable] = {game: functools.partial(GridGame, game) for game in GAMES}

@@ -21,16 +21,14 @@ The default RLHF reward is `length,format` with weights 0.5,0.5.
 from __future__ import annotations
 
 import functools
-import importlib
-import importlib.util
 import inspect
 import math
 import numbers
 import re
 import traceback
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
+from classic_rl.infra.cli import load_user_object
 from classic_rl.infra.errors import ConfigError
 from rlhf_toy.chat import Prompt, as_assistant_turn, is_conversational, message_text
 from rlhf_toy.rewards.learned_reward import RewardModelScorer
@@ -206,28 +204,6 @@ class CombinedReward:
 
     def __call__(self, prompts: list[str], completions: list[str], **columns) -> list[float]:
         return self.score(prompts, completions, **columns)[0]
-
-
-def load_user_object(spec: str, flag: str) -> Callable:
-    """The callable named by `path/to/file.py:NAME` or `package.module:NAME` (a function, or a class to call), from the
-    command-line flag `flag`; a ConfigError for a missing file, module or name."""
-    target, _, attr = spec.rpartition(":")
-    if target.endswith(".py"):
-        path = Path(target)
-        if not path.is_file():
-            raise ConfigError(f"file {path} not found (from {flag} {spec})")
-        module_spec = importlib.util.spec_from_file_location(f"user_{path.stem}", path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-    else:
-        try:
-            module = importlib.import_module(target)
-        except ImportError as err:
-            raise ConfigError(f"cannot import module {target!r} for {flag} {spec}: {err}") from None
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise ConfigError(f"{target} has no function or class {attr!r} (from {flag} {spec})")
-    return fn
 
 
 def _load_user_function(spec: str) -> RewardFn:

@@ -8,45 +8,21 @@ in Hermes's tool-call format and read its answer:
     Compute 347 * 29 - 512.  ->  <tool_call>{"name": "calculator", "arguments": {"expression": "347 * 29 - 512"}}</tool_call>
                                  <tool_response>9551</tool_response> <answer> 9551 </answer>
 
-The pretraining transcripts call it sometimes and badly: right, with a wrong argument (a digit miscopied, an operand
-left out) or a malformed call, or not at all and a guess, so the base model is right about a third of the time.
+The pretraining transcripts call it sometimes and badly: right, with a wrong argument (the parentheses dropped, the last
+operation left out, an operator changed) or a malformed call, or not at all and a guess.
 """
 
 from __future__ import annotations
 
-import ast
-import operator
 import random
 import re
 
+from rlhf_toy.agents.tools import calculator
 from rlhf_toy.agents.turns import ToolCalling, parse_tool_call, tool_call_text
 from rlhf_toy.chat import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, TOOL_RESPONSE_CLOSE, TOOL_RESPONSE_OPEN
 from rlhf_toy.rewards.functions import parse_answer_number
 
 FORMS = ("{a} * {b}", "{a} * {b} + {c}", "{a} * {b} - {c}", "({a} + {c}) * {b}")
-_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
-
-
-def calculator(expression: str) -> str:
-    """Evaluates an arithmetic expression of integers with +, -, * and parentheses.
-
-    Args:
-        expression: the expression, e.g. "347 * 29 - 512"
-    """
-    def value(node: ast.AST) -> int:
-        if isinstance(node, ast.Constant) and type(node.value) is int:
-            return node.value
-        if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
-            return _OPERATORS[type(node.op)](value(node.left), value(node.right))
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-            return -value(node.operand)
-        raise ValueError(f"calculator takes integers with +, -, * and parentheses, got {expression!r}")
-
-    try:
-        tree = ast.parse(str(expression).strip(), mode="eval")
-    except SyntaxError:
-        raise ValueError(f"calculator cannot read {expression!r}") from None
-    return str(value(tree.body))
 
 
 def make_expression(rng: random.Random) -> str:
@@ -69,17 +45,22 @@ def answer_text(value: str) -> str:
     return f"<answer> {value} </answer>"
 
 
-def miscopied(expression: str, rng: random.Random) -> str:
-    """The expression as a careless hand copies it: one digit changed, or the last operation left out."""
-    if rng.random() < 0.5 and expression.count(" ") >= 4 and not expression.startswith("("):
-        return expression.rsplit(" ", 2)[0]
-    digits = [i for i, ch in enumerate(expression) if ch.isdigit()]
-    i = rng.choice(digits)
-    return expression[:i] + str((int(expression[i]) + rng.randint(1, 9)) % 10) + expression[i + 1:]
+def misread(expression: str, rng: random.Random) -> str:
+    """The expression as a hasty hand writes it: without its parentheses, without its last operation, or with one operator
+    changed. Never a digit miscopied: that would teach the model to copy digits noisily, a habit spread over every token
+    of the call that RL then has to unlearn one sampled digit at a time."""
+    changed = {"*": "+", "+": "-", "-": "+"}
+    operators = [i for i, ch in enumerate(expression) if ch in changed and expression[i - 1] == " "]
+    options = [expression[:i] + changed[expression[i]] + expression[i + 1:] for i in operators]
+    if expression.startswith("("):
+        options.append(expression.replace("(", "").replace(")", ""))
+    elif expression.count(" ") >= 4:
+        options.append(expression.rsplit(" ", 2)[0])
+    return rng.choice(options)
 
 
 def transcript(expression: str, rng: random.Random, right_call: float, bad_call: float) -> str:
-    """A completion of the base model's corpus: the right call (right_call of them), a bad one (a miscopied argument or,
+    """A completion of the base model's corpus: the right call (right_call of them), a bad one (a misread expression or,
     a tenth of those, a malformed call) answered as the run's tool answers it, or a guess without the tool (a tenth of
     guesses right)."""
     answer = calculator(expression)
@@ -89,7 +70,7 @@ def transcript(expression: str, rng: random.Random, right_call: float, bad_call:
     if draw >= right_call and rng.random() < 0.1:  # the argument as a bare expression, not a JSON string
         call = f'{TOOL_CALL_OPEN}{{"name": "calculator", "arguments": {{"expression": {expression}}}}}{TOOL_CALL_CLOSE}'
     else:
-        call = tool_call_text("calculator", {"expression": expression if draw < right_call else miscopied(expression, rng)})
+        call = tool_call_text("calculator", {"expression": expression if draw < right_call else misread(expression, rng)})
     response = ToolCalling([calculator]).respond(call)
     result = response.removeprefix(TOOL_RESPONSE_OPEN).removesuffix(TOOL_RESPONSE_CLOSE)
     return f"{call}{response} {answer_text(guess(answer, rng) if result.startswith('error') else result)}"
