@@ -274,8 +274,8 @@ def maze_run(nano, tmp_path_factory):
     """A nano model pretrained for seconds on maze transcripts, then 40 GRPO steps on the maze: (run folder, summary)."""
     root = nano[0]
     if not (root / "maze" / "summary.json").is_file():
-        pretrain(PretrainConfig(preset="nano", data_dir=str(root / "data"), transcripts="maze", vocab_size=300, batch_size=16,
-                                max_steps=100, n_positions=192, warmup_steps=10, learning_rate=3e-3, min_lr_ratio=0.1, eval_every=50,
+        pretrain(PretrainConfig(preset="nano", data_dir=str(root / "data"), transcripts="maze", vocab_size=400, batch_size=16,
+                                max_steps=300, n_positions=256, warmup_steps=10, learning_rate=3e-3, min_lr_ratio=0.1, eval_every=50,
                                 run_dir=str(root / "maze"), overwrite=True))
     run_dir = tmp_path_factory.mktemp("maze") / "run"
     fields = {**task_defaults("maze", "grpo"), "model": str(root / "maze" / "model"), "prompts": str(root / "data" / "maze_train.jsonl"),
