@@ -43,8 +43,9 @@ TASKS: dict[str, dict[str, Any]] = {
     "calculator": dict(
         prompts=str(DATA_DIR / "calculator_train.jsonl"), eval_prompts=str(DATA_DIR / "calculator_eval.jsonl"),
         tools="calculator", max_tool_calling_iterations=2, reward="correct", base_model="calculator", max_completion_length=96,
-        eval_samples_per_prompt=4, pass_at_k=4, eval_every=50, learning_rate=2e-4, lr_scheduler_type="linear", steps=200,
-        run_dir="runs/calculator"),
+        eval_samples_per_prompt=4, pass_at_k=4, eval_every=100, run_dir="runs/calculator",
+        # seed 0, held-out pass@1 0.26 -> 0.91 in 500 steps at 2e-4 (0.82 at 200); 3e-4, 5e-4 or beta 0 collapsed it to 0
+        learning_rate=2e-4, lr_scheduler_type="linear", steps=500),
     **{game: dict(prompts=str(DATA_DIR / f"{game}_train.jsonl"), eval_prompts=str(DATA_DIR / f"{game}_eval.jsonl"),
                   environment_factory=game, reward="environment", base_model=game,
                   max_completion_length=208,  # 100 moves of two tokens (gymnasium's time limit), the ending and eos

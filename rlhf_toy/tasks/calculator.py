@@ -83,7 +83,7 @@ def guess(answer: str, rng: random.Random) -> str:
 
 
 # Shares of the pretraining transcripts that call the calculator right, and badly
-RIGHT_CALL_RATE, BAD_CALL_RATE = 0.3, 0.3
+RIGHT_CALL_RATE, BAD_CALL_RATE = 0.5, 0.25
 
 
 def calculator_splits(rng: random.Random, sizes: dict[str, int]) -> dict[str, list[dict[str, str]]]:
