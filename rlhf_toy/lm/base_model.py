@@ -24,7 +24,7 @@ BASE_MODELS = ("default", "arithmetic", "chat", "calculator", "frozenlake", "maz
 # games' episodes run to 100 moves, longer than the default context.
 AGENT_RECIPES = {"calculator": dict(transcripts="calculator", max_steps=1200, learning_rate=3e-3, min_lr_ratio=0.1, warmup_steps=60,
                                     precision="fp32"),
-                 **{game: dict(transcripts=game, max_steps=200, batch_size=16, n_positions=320, learning_rate=3e-3, min_lr_ratio=0.1)
+                 **{game: dict(transcripts=game, max_steps=400, batch_size=16, n_positions=320, learning_rate=3e-3, min_lr_ratio=0.1)
                     for game in ("frozenlake", "maze")}}
 
 
