@@ -416,7 +416,8 @@ def finish(run: Run, before: dict[str, Any], train_time: float) -> dict[str, Any
                         for when, result in (("before", before), ("after", after))}, k=cfg.pass_at_k)
     if run.agent is not None:
         summary.update({f"{name}_{when}": result[key] for key, name in AGENT_SUMMARY.items()
-                        for when, result in (("before", before), ("after", after)) if key in result})
+                        for when, result in (("before", before), ("after", after)) if key in result},
+                       tool_calls_per_problem=after["call_frequency"])  # the trained model's
     summary.update(task_report(run, before, after))
     write_json(run.run_dir / "summary.json", summary)
     write_json(run.run_dir / "eval_samples.json", {"before": before["rows"], "after": after["rows"]})

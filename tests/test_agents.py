@@ -290,7 +290,7 @@ def test_grpo_teaches_a_language_model_the_maze_through_its_turns(maze_run):
     _, summary = maze_run
     assert summary["optimal_success_rate"] == 1.0
     assert summary["success_rate_after"] > summary["success_rate_before"] + 0.2, summary
-    assert summary["tool_calls_per_problem_after"] > 0 and 0 <= summary["tool_failure_rate_after"] < 0.1
+    assert summary["tool_calls_per_problem"] == summary["tool_calls_per_problem_after"] > 0 and 0 <= summary["tool_failure_rate_after"] < 0.1
 
 
 @pytest.mark.slow
