@@ -38,7 +38,7 @@ def q_learning_policy(env_id: str, run_dir: Path, seed: int, steps: int | None) 
 
 
 def table_policy_success(game: str, rows: list[dict], policy) -> float:
-    return success_rate([play(game, row, lambda square: MOVES[policy[square]])[1] for row in rows])
+    return success_rate([play(game, row, lambda square: MOVES[policy[square]])[2] for row in rows])
 
 
 def language_model_rows(run_dir: Path, config: dict) -> list[dict]:

@@ -114,20 +114,21 @@ def shortest_moves(game: str, start: int) -> int:
     return moves
 
 
-def play(game: str, row: dict, choose_move) -> tuple[str, float]:
-    """(the completion's text, the reward) of one episode from a prompt row, moves chosen by choose_move(square)."""
+def play(game: str, row: dict, choose_move) -> tuple[str, str, float]:
+    """(the first observation, the completion's text, the reward) of one episode from a prompt row, moves chosen by
+    choose_move(square)."""
     episode = GridGame(game)
-    episode.reset(**{k: v for k, v in row.items() if k != "prompt"})
+    observation = episode.reset(**{k: v for k, v in row.items() if k != "prompt"})
     text = ""
     while not episode.done:
         move = f" {choose_move(episode.state)}"
         text += move + episode.respond(move)
-    return text, episode.get_reward()
+    return observation, text, episode.get_reward()
 
 
 def optimal_success_rate(game: str, rows: list[dict]) -> float:
     """Value iteration's policy's share of the rows' episodes with reward 1, on the same seeds and starts."""
-    return float(np.mean([play(game, row, lambda s: MOVES[optimal_policy(game)[s]])[1] >= 1.0 for row in rows]))
+    return success_rate([play(game, row, lambda s: MOVES[optimal_policy(game)[s]])[2] for row in rows])
 
 
 def transcripts(game: str, rows: list[dict], epsilon: float, rng: random.Random) -> list[str]:
@@ -138,8 +139,7 @@ def transcripts(game: str, rows: list[dict], epsilon: float, rng: random.Random)
 
     texts = []
     for row in rows:
-        observation = GridGame(game).reset(**{k: v for k, v in row.items() if k != "prompt"})
-        completion, _ = play(game, row, move)
+        observation, completion, _ = play(game, row, move)
         texts.append(f"{format_prompt(row['prompt'] + chr(10) + observation)}{completion}")
     return texts
 
