@@ -10,7 +10,7 @@ Three kinds of data come from the same small world of names, places, animals and
 - `arithmetic_*`: problems with their answers (train / held-out eval) and worked solutions, some
   wrong, for the arithmetic base model (rlhf_toy/tasks/arithmetic.py);
 - `calculator_*`: harder problems and transcripts that call the calculator sometimes and badly
-  (rlhf_toy/tasks/calculator.py); `frozenlake_*`, `maze_*`: episode seeds and starts of the text games
+  (rlhf_toy/tasks/calculator.py); `frozenlake_*`, `maze_*`, `taxi_*`: episode seeds (and starts) of the text games
   (rlhf_toy/agents/text_games.py).
 
 Every generator takes a `random.Random`, so the same seed always gives the same files.
@@ -162,7 +162,8 @@ SPLIT_SIZES = {"pretrain": 12_000, "sft": 12_000, "prompts_train": 2_000, "promp
                "preferences_train": 4_000, "preferences_eval": 500,
                "arithmetic_train": 2_000, "arithmetic_eval": 100, "arithmetic_sft": 40_000,
                "calculator_train": 2_000, "calculator_eval": 200, "calculator_sft": 16_000,
-               "frozenlake_train": 2_000, "frozenlake_eval": 1_000, "maze_train": 2_000, "maze_eval": 400}
+               "frozenlake_train": 2_000, "frozenlake_eval": 1_000, "maze_train": 2_000, "maze_eval": 400,
+               "taxi_train": 2_000, "taxi_eval": 400}
 
 
 def generate_corpus(seed: int = 0, sizes: dict[str, int] | None = None) -> dict[str, list[dict[str, str]]]:

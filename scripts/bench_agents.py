@@ -1,12 +1,12 @@
 #!/usr/bin/env python
-"""Language models as agents, measured: the calculator with and without the tool, FrozenLake and the maze as text games,
+"""Language models as agents, measured: the calculator with and without the tool, FrozenLake, the maze and Taxi as text games,
 each `train_rlhf.py --task NAME` with the task's own recipe, over seeds, one run at a time in its own process.
 
     python scripts/bench_agents.py --out bench/agents                       # every experiment, seed 0 (~20 min on 2 cores)
     python scripts/bench_agents.py --experiments frozenlake --seeds 0 1 2
 
 Experiments: calculator (the tool), calculator-no-tool (the same training with --tools '': its calls go unanswered, so
-it can only learn to answer in its head), frozenlake, maze. Run folders go to RUNS_DIR/EXPERIMENT-seedS; writes OUT.json
+it can only learn to answer in its head), frozenlake, maze, taxi. Run folders go to RUNS_DIR/EXPERIMENT-seedS; writes OUT.json
 (every summary's agent keys) and OUT.md (the table).
 """
 
@@ -22,7 +22,7 @@ from classic_rl.infra.run_folder import atomic_write, write_json
 
 SCRIPT = Path(__file__).resolve().parent / "train_rlhf.py"
 EXPERIMENTS = {"calculator": ["--task", "calculator"], "calculator-no-tool": ["--task", "calculator", "--tools", ""],
-               "frozenlake": ["--task", "frozenlake"], "maze": ["--task", "maze"]}
+               **{game: ["--task", game] for game in ("frozenlake", "maze", "taxi")}}
 # summary.json's keys each experiment reports, as (column, key)
 COLUMNS = {"calculator": [("pass@1 before", "pass_at_1_before"), ("pass@1 after", "pass_at_1_after"),
                           ("pass@1 after, no tool", "pass_at_1_no_tool_after"), ("calls before", "tool_calls_per_problem_before"),
@@ -30,8 +30,8 @@ COLUMNS = {"calculator": [("pass@1 before", "pass_at_1_before"), ("pass@1 after"
            "calculator-no-tool": [("pass@1 before", "pass_at_1_before"), ("pass@1 after", "pass_at_1_after")],
            "frozenlake": [("success before", "success_rate_before"), ("success after", "success_rate_after"),
                           ("value iteration", "optimal_success_rate")],
-           "maze": [("shortest path before", "success_rate_before"), ("shortest path after", "success_rate_after"),
-                    ("value iteration", "optimal_success_rate")]}
+           **{game: [("shortest path before", "success_rate_before"), ("shortest path after", "success_rate_after"),
+                     ("value iteration", "optimal_success_rate")] for game in ("maze", "taxi")}}
 
 
 def run(experiment: str, seed: int, runs_dir: Path) -> dict:

@@ -34,7 +34,7 @@ if os.environ.get("MUTANT_UNDER_TEST"):
 SMALL = {"pretrain": 1500, "sft": 1500, "prompts_train": 50, "prompts_eval": 8, "preferences_train": 400,
          "preferences_eval": 100, "arithmetic_train": 200, "arithmetic_eval": 16, "arithmetic_sft": 1500,
          "calculator_train": 100, "calculator_eval": 16, "calculator_sft": 1500, "frozenlake_train": 100, "frozenlake_eval": 32,
-         "maze_train": 100, "maze_eval": 32}
+         "maze_train": 100, "maze_eval": 32, "taxi_train": 100, "taxi_eval": 32}
 
 
 @pytest.fixture(scope="session")

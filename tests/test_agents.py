@@ -10,7 +10,7 @@ from accelerate import Accelerator
 from classic_rl import core
 from classic_rl.infra.errors import ConfigError
 from rlhf_toy.agents.registry import resolve_agent
-from rlhf_toy.agents.text_games import GridGame, optimal_success_rate, shortest_moves
+from rlhf_toy.agents.text_games import GridGame, make_game, optimal_success_rate, shortest_moves
 from rlhf_toy.agents.tools import calculator
 from rlhf_toy.agents.turns import (
     Agent,
@@ -220,10 +220,36 @@ def test_the_maze_as_a_text_game_by_hand():
     assert game.respond(" jump") == " illegal" and game.done and game.get_reward() == 0.0
 
 
+def test_taxi_as_a_text_game_by_hand():
+    game = make_game("taxi")  # seed 0: the taxi in row 3, column 0 (15), a wall on its east; the passenger at B
+    assert game.reset(seed=0).endswith("Y|.:.|B:.. The taxi is on 15, the passenger on 23, going to 20.")
+    wasted = [(" east", " 15"), (" pickup", " no")]  # into the wall; nobody to pick up: two moves that change nothing
+    to_passenger = [(" north", " 10"), (" east", " 11"), (" east", " 12"), (" east", " 13"), (" south", " 18"), (" south", " 23"),
+                    (" pickup", " aboard")]
+    to_destination = [(" north", " 18"), (" north", " 13"), (" west", " 12"), (" west", " 11"), (" west", " 10"), (" south", " 15"),
+                      (" south", " 20")]
+    for move, answer in wasted + to_passenger + to_destination:
+        assert game.respond(move) == answer and not game.done, move
+    assert game.respond(" dropoff") == " delivered goal" and game.done
+    assert shortest_moves("taxi", game.start) == 15 and game.get_reward() == pytest.approx(15 / 17)
+    game.reset(seed=0)
+    game.env.unwrapped.s = game.state = game.env.unwrapped.encode(4, 3, 4, 2)  # at B with the passenger aboard, going to Y
+    assert game.respond(" dropoff") == " dropped" and game.where() == "The taxi is on 23, the passenger on 23, going to 20."
+    assert game.respond(" left") == " illegal" and game.done and game.get_reward() == 0.0  # the grid games' moves are not Taxi's
+
+
+def test_a_text_game_runs_out_of_time_at_its_move_limit():
+    game = make_game("taxi")
+    game.reset(seed=0)
+    answers = [game.respond(" east") for _ in range(30)]  # into the wall, 30 times: Taxi's limit here (gymnasium's is 200)
+    assert answers[-2:] == [" 15", " 15 time"] and game.done and game.get_reward() == 0.0
+
+
 def test_value_iteration_wins_frozenlake_three_quarters_of_the_shipped_eval_episodes():
     rows = load_prompt_rows(DATA_DIR / "frozenlake_eval.jsonl")
     assert len(rows) == 1000 and 0.72 < optimal_success_rate("frozenlake", rows) < 0.78
     assert optimal_success_rate("maze", load_prompt_rows(DATA_DIR / "maze_eval.jsonl")[:50]) == 1.0
+    assert optimal_success_rate("taxi", load_prompt_rows(DATA_DIR / "taxi_eval.jsonl")[:50]) == 1.0
 
 
 class NumberObservation:
@@ -252,7 +278,7 @@ def test_a_user_environments_methods_are_its_tools_and_a_non_text_observation_is
 @pytest.mark.parametrize("args, message", [
     (["--task", "calculator", "--max-tool-calling-iterations", "0"], "--max-tool-calling-iterations must be >= 1, got 0"),
     (["--tools", "abacus"], "unknown --tools 'abacus'; accepted: calculator, FILE.py:NAME"),
-    (["--environment-factory", "chess"], "unknown --environment-factory 'chess'; accepted: frozenlake, maze"),
+    (["--environment-factory", "chess"], "unknown --environment-factory 'chess'; accepted: frozenlake, maze, taxi"),
     (["--reward", "environment"], "--reward environment reads each rollout's environment; add --environment-factory"),
     (["--environment-factory", "tests.test_agents:NumberObservation"], "returned int; accepted: a str"),
 ])
@@ -265,7 +291,7 @@ def test_bad_agent_input_is_one_line_and_exit_2(args, message, nano_dir, tmp_pat
 
 def test_the_task_list_names_the_agent_tasks(monkeypatch, capsys):
     code, _, err = run_script("train_rlhf.py", ["--task", "nope"], monkeypatch, capsys)
-    assert code == 2 and all(task in err for task in ("calculator", "frozenlake", "maze"))
+    assert code == 2 and all(task in err for task in ("calculator", "frozenlake", "maze", "taxi"))
     assert json.loads((DATA_DIR / "maze_eval.jsonl").read_text().splitlines()[0])["start"] >= 0
 
 
@@ -299,7 +325,9 @@ def test_a_q_table_and_the_language_model_on_the_same_episodes(maze_run, monkeyp
     code, out, _ = run_script("compare_game_agents.py", ["--lm-run", str(run_dir), "--q-learning-steps", "20000"], monkeypatch, capsys)
     table = json.loads((run_dir / "agents.json").read_text())
     assert code == 0 and [row["method"] for row in table["rows"]] == [
-        "value iteration (the env's model)", "Q-learning (epsilon-greedy)", "language model, before RL", "language model, after GRPO"]
+        "value iteration (the env's model)", "Q-learning (epsilon-greedy)", "language model, before RL", "language model, after GRPO",
+        "language model, before RL, greedy", "language model, after GRPO, greedy"]
     assert table["rows"][0]["success_rate"] == 1.0 and table["rows"][3]["success_rate"] == summary["success_rate_after"]
+    assert all(0 <= row["success_rate"] <= 1 for row in table["rows"][4:]) and table["rows"][5]["env_steps"] == table["rows"][3]["env_steps"]
     assert table["rows"][3]["env_steps"] > 40 * 16  # 40 steps of 16 episodes, each at least a move
     assert "| value iteration (the env's model) | 1.000 | 0 |" in out

@@ -7,12 +7,12 @@ from collections.abc import Callable
 
 from classic_rl.infra.cli import load_user_object
 from classic_rl.infra.errors import ConfigError
-from rlhf_toy.agents.text_games import GAMES, GridGame
+from rlhf_toy.agents.text_games import GAMES, make_game
 from rlhf_toy.agents.tools import calculator
 from rlhf_toy.agents.turns import Agent
 
 TOOLS: dict[str, Callable] = {"calculator": calculator}
-ENVIRONMENTS: dict[str, Callable] = {game: functools.partial(GridGame, game) for game in GAMES}
+ENVIRONMENTS: dict[str, Callable] = {game: functools.partial(make_game, game) for game in GAMES}
 
 
 def resolve_agent(tools: str, environment_factory: str | None, max_tool_calling_iterations: int | None) -> Agent | None:

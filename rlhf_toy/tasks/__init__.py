@@ -15,6 +15,9 @@ and sampling defaults; any flag given beside --task overrides them.
                  episodes against value iteration's optimal policy on the same seeds
     maze         the tutorial maze from random starts as a text game; reward environment (shortest / taken moves at
                  G); the share of starts walked by a shortest path
+    taxi         Taxi-v4 as a text game: drive to the passenger, pick them up, drop them off at their destination;
+                 reward environment (shortest / taken moves on delivery); the share of episodes delivered by a
+                 shortest route
 """
 
 from __future__ import annotations
@@ -52,6 +55,10 @@ TASKS: dict[str, dict[str, Any]] = {
                   eval_samples_per_prompt=1, eval_every=50, learning_rate=2e-4, lr_scheduler_type="linear", steps=200,
                   run_dir=f"runs/{game}")
        for game in ("frozenlake", "maze")},
+    # Taxi: 30 moves at most (text_games.GAMES), two tokens each, and eos
+    "taxi": dict(prompts=str(DATA_DIR / "taxi_train.jsonl"), eval_prompts=str(DATA_DIR / "taxi_eval.jsonl"), environment_factory="taxi",
+                 reward="environment", base_model="taxi", max_completion_length=64, eval_samples_per_prompt=1, eval_every=50,
+                 learning_rate=2e-4, lr_scheduler_type="linear", steps=200, run_dir="runs/taxi"),
 }
 
 
@@ -78,7 +85,7 @@ def game_report(run, before: dict, after: dict) -> dict[str, Any]:
     return {"optimal_success_rate": optimal_success_rate(run.cfg.environment_factory, run.eval_prompts)}
 
 
-TASK_REPORTS = {"calculator": calculator_report, "frozenlake": game_report, "maze": game_report}
+TASK_REPORTS = {"calculator": calculator_report, "frozenlake": game_report, "maze": game_report, "taxi": game_report}
 
 
 def task_report(run, before: dict, after: dict) -> dict[str, Any]:
