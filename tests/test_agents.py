@@ -14,6 +14,7 @@ from rlhf_toy.agents.text_games import GridGame, make_game, optimal_success_rate
 from rlhf_toy.agents.tools import calculator
 from rlhf_toy.agents.turns import (
     Agent,
+    ChatTurns,
     Episode,
     ToolCalling,
     parse_tool_call,
@@ -163,6 +164,73 @@ def test_both_decoders_draw_the_same_multi_turn_rollout(policy_and_tokenizer, mo
     monkeypatch.setattr(sampling_module, "supports_fast_decode", lambda _model: False)
     slow = rollout()
     assert fast.completions == slow.completions and torch.equal(fast.completion_mask, slow.completion_mask)
+
+
+def mul(a: int, b: int) -> int:
+    """Multiplies.
+
+    Args:
+        a: a factor
+        b: the other
+    """
+    return a * b
+
+
+class ScriptedModel:
+    """A chooser that writes each row's script of token ids, whatever the logits (the model's side of a rollout by hand)."""
+
+    def __init__(self, scripts: list[list[int]]):
+        self.scripts = [list(script) for script in scripts]
+
+    def __call__(self, logits, rows):
+        return torch.tensor([self.scripts[row].pop(0) if self.scripts[row] else 0 for row in rows.tolist()])
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_chat_models_tool_call_is_answered_through_its_chat_template(fast, nano_chat_dir, monkeypatch):
+    """TRL's multi-turn chat rollout: the model ends its turn after the call, the tool's answer is a tool message the
+    template renders, and the model's next turn follows the generation prompt; what the policy reads is the template's
+    rendering of the whole conversation."""
+    policy, tokenizer = load_model(nano_chat_dir).eval(), load_tokenizer(nano_chat_dir)
+    if not fast:
+        monkeypatch.setattr(sampling_module, "supports_fast_decode", lambda _model: False)
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    call = tool_call_text("mul", {"a": 12, "b": 3})  # short: the nano tokenizer spends a token on most characters
+    written_by_model = [tokenizer(call, add_special_tokens=False)["input_ids"] + [end], tokenizer("36", add_special_tokens=False)["input_ids"] + [end]]
+    tool_turn = ChatTurns(tokenizer, [tokenizer.eos_token_id]).tool_turn({"role": "tool", "name": "mul", "content": "36"})
+    script = written_by_model[0] + [0] * len(tool_turn) + written_by_model[1]  # the chooser draws at the environment's steps too
+    monkeypatch.setattr(SamplingConfig, "chooser", lambda self, uniforms=None: ScriptedModel([script]))
+    prompt = [{"role": "user", "content": "Compute 12 * 3."}]
+    episodes = Agent([mul]).start([prompt], {})[1]
+    rollout = sample_rollout(policy, tokenizer, [prompt], SamplingConfig(96), episodes=episodes)
+    conversation = [*prompt, {"role": "assistant", "content": call}, {"role": "tool", "content": "36"},
+                    {"role": "assistant", "content": "36"}]
+    terminal = tokenizer.decode([tokenizer.eos_token_id])
+    written = rollout.attention_mask[0].bool()
+    assert tokenizer.decode(rollout.input_ids[0][written]) == tokenizer.apply_chat_template(conversation, tokenize=False).rstrip("\n") + terminal
+    assert episodes[0].tool_calls == 1 and episodes[0].tool_failures == 0 and not rollout.is_truncated[0]
+    model_tokens = rollout.completion_ids[0][rollout.completion_mask[0].bool()].tolist()
+    assert model_tokens == sum(written_by_model, [])  # both end-of-turn tokens trained; the tool turn and the terminal token not
+
+
+QWEN_TOOL_TEMPLATE = (  # Qwen 2.5's chat template, its tool parts: the call inside the assistant turn, the answer in a user turn
+    "{% for message in messages %}{% if message.role == 'tool' %}<|im_start|>user\n<tool_response>\n{{ message.content }}"
+    "\n</tool_response><|im_end|>\n{% elif message.tool_calls %}<|im_start|>assistant{% for c in message.tool_calls %}"
+    "\n<tool_call>\n{\"name\": \"{{ c.function.name }}\", \"arguments\": {{ c.function.arguments | tojson }}}\n</tool_call>"
+    "{% endfor %}<|im_end|>\n{% else %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_the_tool_turn_is_what_the_chat_template_writes_after_the_call_and_a_template_that_rewrites_the_past_is_one_line(nano_chat_dir):
+    tokenizer = load_tokenizer(nano_chat_dir)
+    tokenizer.chat_template = QWEN_TOOL_TEMPLATE
+    turns = ChatTurns(tokenizer, [tokenizer.eos_token_id])
+    answer = tokenizer.decode(turns.tool_turn({"role": "tool", "name": "calculator", "content": "36"}))
+    assert answer == "\n<|im_start|>user\n<tool_response>\n36\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+    assert turns.terminal == tokenizer.eos_token_id != turns.end_of_turn
+    tokenizer.chat_template = "{% for m in messages | reverse %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    with pytest.raises(ConfigError, match="renders an assistant turn differently once a tool message follows it"):
+        turns.tool_turn({"role": "tool", "name": "calculator", "content": "36"})
 
 
 def test_tool_calls_are_parsed_run_and_answered_and_their_failures_are_one_line():

@@ -12,6 +12,12 @@ again, until it ends its completion, the environment ends the episode or the tur
 Two kinds of episode: ToolCalling, TRL's `tools=` and `environment_factory=` (the model writes Hermes / Qwen 2.5 tool
 calls, `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`, answered by `<tool_response>...</tool_response>`),
 and text games (rlhf_toy/agents/text_games.py), whose moves are words parsed from the model's turn.
+
+A conversational prompt's tool calls go through the chat template, as TRL's do (ChatTurns): the model ends its turn
+with the template's end-of-turn token; the call's answer is a {"role": "tool"} message rendered by the template,
+with the generation prompt of the next assistant turn (Qwen 2.5: `<|im_start|>user <tool_response>...`); the model's
+end-of-turn tokens are trained, the template's text is not. The decoders then stop at a terminal token the
+environment writes after the last turn, since the end-of-turn token no longer ends a completion.
 """
 
 from __future__ import annotations
@@ -27,7 +33,13 @@ from typing import Any
 import torch
 
 from classic_rl.infra.errors import ConfigError
-from rlhf_toy.chat import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, TOOL_RESPONSE_CLOSE, TOOL_RESPONSE_OPEN
+from rlhf_toy.chat import (
+    TOOL_CALL_CLOSE,
+    TOOL_CALL_OPEN,
+    TOOL_RESPONSE_CLOSE,
+    TOOL_RESPONSE_OPEN,
+    end_of_turn_ids,
+)
 
 
 class Episode:
@@ -96,10 +108,17 @@ class ToolCalling(Episode):
         return observation
 
     def respond(self, turn: str) -> str:
+        message = self.call(turn)
+        return "" if message is None else tool_response_text(message["content"])
+
+    def call(self, turn: str) -> dict[str, str] | None:
+        """The turn's tool call run: TRL's tool message {"role": "tool", "name", "content"} (the result, or the error in
+        one line); None past max_calls, which ends the episode."""
         if self.max_calls is not None and self.tool_calls >= self.max_calls:
             self.done = True
-            return ""
+            return None
         self.tool_calls += 1
+        name = "tool"
         try:
             name, arguments = parse_tool_call(turn)
             if name not in self.tools:
@@ -109,7 +128,7 @@ class ToolCalling(Episode):
             self.tool_failures += 1
             result = f"error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")
         self.done = bool(getattr(self.environment, "done", False))
-        return tool_response_text(str(result))
+        return {"role": "tool", "name": name, "content": str(result)}
 
     def get_reward(self) -> float:
         if not callable(getattr(self.environment, "get_reward", None)):
@@ -160,14 +179,49 @@ def tool_statistics(episodes: list[Episode]) -> dict[str, float]:
     return {"tools/call_frequency": calls / max(1, len(episodes)), "tools/failure_frequency": failures / calls if calls else 0.0}
 
 
+class ChatTurns:
+    """A chat template's side of a multi-turn rollout: the text that follows the model's end-of-turn token when a tool
+    answers (TRL's _get_tool_suffix_ids: a dummy conversation with and without the tool message), and the terminal
+    token the environment writes after the last turn (an eos or pad id that no turn ends with)."""
+
+    def __init__(self, tokenizer, eos_token_ids: list[int]):
+        self.tokenizer = tokenizer
+        self.end_of_turn_ids = set(end_of_turn_ids(tokenizer))
+        self.end_of_turn = min(self.end_of_turn_ids)
+        others = [i for i in [*eos_token_ids, tokenizer.pad_token_id] if i is not None and i not in self.end_of_turn_ids]
+        if not others:
+            raise ConfigError("the tokenizer's end-of-turn token is also its eos and pad token, so a multi-turn chat rollout "
+                              "cannot tell a turn's end from the completion's; accepted: a tokenizer with a pad token of its own")
+        self.terminal = others[0]
+
+    def tool_turn(self, message: dict[str, str]) -> list[int]:
+        """The ids after the model's end-of-turn token that show it the tool message and open its next turn."""
+        dummy = [{"role": "user", "content": "dummy"},
+                 {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": message["name"],
+                                                                                                       "arguments": {}}}]}]
+        prefix = self.tokenizer.apply_chat_template(dummy, tokenize=False)
+        full = self.tokenizer.apply_chat_template([*dummy, message], tokenize=False, add_generation_prompt=True)
+        if not full.startswith(prefix):
+            raise ConfigError("the tokenizer's chat template renders an assistant turn differently once a tool message follows "
+                              "it; accepted: a template whose conversation so far is a prefix of the next turn's")
+        end = self.tokenizer.convert_ids_to_tokens(self.end_of_turn)
+        after_end = prefix[prefix.rindex(end) + len(end):] if end in prefix else ""  # ChatML's newline after <|im_end|>
+        return self.tokenizer(after_end + full[len(prefix):], add_special_tokens=False)["input_ids"]
+
+
 class TurnTaker:
     """The chooser of a multi-turn rollout (sample_sequences' choose): for each row still decoding, the next of the
     environment's queued tokens, or else the sampled token, with which the model's turn may end and the row's episode
-    answer. env_steps[row] lists the decoding steps whose token the environment wrote."""
+    answer. env_steps[row] lists the decoding steps whose token the environment wrote. stop_ids: what the decoders stop
+    at (the eos ids, or with chat turns the terminal token alone)."""
 
-    def __init__(self, choose, tokenizer, episodes: list[Episode], eos_token_ids: list[int]):
+    def __init__(self, choose, tokenizer, episodes: list[Episode], eos_token_ids: list[int], conversational: bool = False):
         self.choose, self.tokenizer, self.episodes = choose, tokenizer, episodes
-        self.eos, self.ends = eos_token_ids[0], set(eos_token_ids)
+        self.chat = ChatTurns(tokenizer, eos_token_ids) if conversational and end_of_turn_ids(tokenizer) else None
+        self.stop_ids = eos_token_ids if self.chat is None else [self.chat.terminal]
+        self.ends = set(self.stop_ids)
+        # what the environment writes when it ends an episode: eos, or the closed turn and the terminal token
+        self.closing = [self.stop_ids[0]] if self.chat is None else [self.chat.end_of_turn, self.chat.terminal]
         self.pieces = token_pieces(tokenizer)
         self.finished = [False] * len(episodes)  # the decoders may still ask for a row after its eos: it is padding
         self.queued = [deque() for _ in episodes]
@@ -197,13 +251,31 @@ class TurnTaker:
         self.turn[row].append(token)
         self.turn_text[row] += piece
         episode, tail = self.episodes[row], self.turn_text[row]
+        if self.chat is not None and token in self.chat.end_of_turn_ids:
+            self.end_chat_turn(row, episode)
+            return
+        if self.chat is not None and isinstance(episode, ToolCalling):
+            return  # a chat model's tool call is answered when its turn ends
         # a stop string this token completed, even if the token runs past it (a BPE merge across the stop's end)
         if not any(stop in tail[-len(stop) - len(piece):] for stop in episode.stop_strings):
             return
         reply = episode.respond(self.tokenizer.decode(self.turn[row]))
         self.queued[row].extend(self.tokenizer(reply, add_special_tokens=False)["input_ids"] if reply else [])
         if episode.done:
-            self.queued[row].append(self.eos)
+            self.queued[row].extend(self.closing)
+        self.turn[row], self.turn_text[row] = [], ""
+
+    def end_chat_turn(self, row: int, episode: Episode) -> None:
+        """A chat model ended its turn: a tool call in it is answered as a tool message and the model's next turn opened;
+        any other turn was the answer, and the terminal token ends the completion."""
+        called = isinstance(episode, ToolCalling) and TOOL_CALL_CLOSE in self.turn_text[row]
+        message = episode.call(self.tokenizer.decode(self.turn[row])) if called else None
+        if message is None:
+            self.queued[row].append(self.chat.terminal)
+        else:
+            self.queued[row].extend(self.chat.tool_turn(message))
+            if episode.done:
+                self.queued[row].extend(self.closing)
         self.turn[row], self.turn_text[row] = [], ""
 
     def env_mask(self, width: int) -> torch.Tensor:

@@ -222,7 +222,10 @@ def sample_rollout(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     episodes: one per prompt (Agent.start), for a multi-turn rollout."""
     batch = encode_prompts(tokenizer, prompts, sampling.max_new_tokens, policy).to(policy.device)
     eos_token_ids, temperature = stop_token_ids(policy, tokenizer), sampling.temperature or 1.0
-    turns = TurnTaker(sampling.chooser(uniforms), tokenizer, episodes, eos_token_ids) if episodes is not None else None
+    turns = None
+    if episodes is not None:
+        turns = TurnTaker(sampling.chooser(uniforms), tokenizer, episodes, eos_token_ids, any(map(is_conversational, prompts)))
+        eos_token_ids = turns.stop_ids
     with evaluation_mode(policy):
         sequences, step_logprobs = sample_sequences(policy, tokenizer, batch, sampling, eos_token_ids,
                                                     per_step=functools.partial(core.token_logprobs, temperature=temperature),
