@@ -101,7 +101,11 @@ def test_two_processes_train_the_weights_one_process_trains(trainer, nano, tmp_p
         start = load_model(str(nano[0] / "run" / "model")).state_dict()
         moved = [(one[k] - start.get(k, torch.zeros_like(one[k]))).abs().max().item() for k in one if k in start or "lora_B" in k]
         assert max(moved) > 1e-4
-    assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-5
+    # nearly every weight agrees to 1e-7; the few whose gradient is rounding noise move by Adam up to lr a step either
+    # way, and how far apart they end depends on the CPU's float rounding (max 1e-5 on a Xeon, 1.7e-5 on an EPYC). A
+    # wrong reduction moves most weights apart by about as much as they moved (> 1e-4), which both bounds catch
+    differences = torch.cat([(one[k] - two[k]).abs().flatten() for k in one])
+    assert differences.quantile(0.999).item() < 1e-6 and differences.max().item() < 1e-4
     summaries = [json.loads((tmp_path / f"{n}-process" / "summary.json").read_text()) for n in (1, 2)]
     assert summaries[0]["steps"] == summaries[1]["steps"] == 3
     if "held_mb" in summaries[0]:  # an online run's weights and optimizer state per process: FSDP holds about half
