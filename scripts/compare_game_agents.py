@@ -25,7 +25,7 @@ from classic_rl.nets import load_agent
 from classic_rl.presets import preset
 from classic_rl.training import run_training
 from rlhf_toy.agents.registry import resolve_agent
-from rlhf_toy.agents.text_games import GAMES, optimal_policy, play, success_rate
+from rlhf_toy.agents.text_games import GAMES, optimal_policy, policy_success_rate
 from rlhf_toy.data import load_prompt_rows
 from rlhf_toy.evaluation import evaluate_on_prompts
 from rlhf_toy.generation.sampling import SamplingConfig
@@ -43,11 +43,6 @@ def q_learning_policy(env_id: str, run_dir: Path, seed: int, steps: int | None) 
     summary = run_training("q_learning", train_fn, cfg)
     table = load_agent(run_dir / "policy.safetensors")
     return table.q.argmax(-1).tolist(), int(summary.get("env_steps", cfg.total_timesteps)), time.perf_counter() - start
-
-
-def table_policy_success(game: str, rows: list[dict], policy) -> float:
-    moves = GAMES[game]["moves"]
-    return success_rate([play(game, row, lambda state: moves[policy[state]])[2] for row in rows])
 
 
 def language_model_rows(run_dir: Path, config: dict, rows: list[dict]) -> list[dict]:
@@ -92,10 +87,10 @@ def main() -> None:
     rows = load_prompt_rows(config["eval_prompts"])
     env_id = GAMES[game]["env_id"]
     start = time.perf_counter()
-    planned = table_policy_success(game, rows, optimal_policy(game))
+    planned = policy_success_rate(game, rows, optimal_policy(game))
     table = [{"method": "value iteration (the env's model)", "success_rate": planned, "env_steps": 0, "wall_s": time.perf_counter() - start}]
     policy, steps, seconds = q_learning_policy(env_id, run_dir / "q_learning", args.seed, args.q_learning_steps)
-    table.append({"method": "Q-learning (epsilon-greedy)", "success_rate": table_policy_success(game, rows, policy), "env_steps": steps,
+    table.append({"method": "Q-learning (epsilon-greedy)", "success_rate": policy_success_rate(game, rows, policy), "env_steps": steps,
                   "wall_s": seconds})
     table += language_model_rows(run_dir, config, rows)
     lines = [f"{env_id} as a text game, {len(rows)} evaluation episodes (the same seeds and starts for every method)", "",

@@ -190,10 +190,15 @@ def play(game: str, row: dict, choose_move) -> tuple[str, str, float]:
     return observation, text, episode.get_reward()
 
 
+def policy_success_rate(game: str, rows: list[dict], policy) -> float:
+    """A table policy's (an action per state) share of the rows' episodes with reward 1."""
+    moves = GAMES[game]["moves"]
+    return success_rate([play(game, row, lambda state: moves[policy[state]])[2] for row in rows])
+
+
 def optimal_success_rate(game: str, rows: list[dict]) -> float:
     """Value iteration's policy's share of the rows' episodes with reward 1, on the same seeds and starts."""
-    moves = GAMES[game]["moves"]
-    return success_rate([play(game, row, lambda s: moves[optimal_policy(game)[s]])[2] for row in rows])
+    return policy_success_rate(game, rows, optimal_policy(game))
 
 
 def transcripts(game: str, rows: list[dict], epsilon: float, rng: random.Random) -> list[str]:

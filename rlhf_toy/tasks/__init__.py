@@ -25,10 +25,12 @@ from __future__ import annotations
 from typing import Any
 
 from classic_rl.infra.errors import ConfigError
-from rlhf_toy.agents.text_games import optimal_success_rate
+from rlhf_toy.agents.text_games import GAMES, optimal_success_rate
 from rlhf_toy.data import DATA_DIR
 from rlhf_toy.tasks.calculator import failure_counts
 
+# a game's moves at most (text_games.GAMES: 100, Taxi 30) of two tokens each, the ending and eos
+GAME_COMPLETION_TOKENS = {"frozenlake": 208, "maze": 208, "taxi": 64}
 TASKS: dict[str, dict[str, Any]] = {
     "arithmetic": dict(
         prompts=str(DATA_DIR / "arithmetic_train.jsonl"), eval_prompts=str(DATA_DIR / "arithmetic_eval.jsonl"),
@@ -50,15 +52,10 @@ TASKS: dict[str, dict[str, Any]] = {
         # seed 0, held-out pass@1 0.26 -> 0.91 in 500 steps at 2e-4 (0.82 at 200); 3e-4, 5e-4 or beta 0 collapsed it to 0
         learning_rate=2e-4, lr_scheduler_type="linear", steps=500),
     **{game: dict(prompts=str(DATA_DIR / f"{game}_train.jsonl"), eval_prompts=str(DATA_DIR / f"{game}_eval.jsonl"),
-                  environment_factory=game, reward="environment", base_model=game,
-                  max_completion_length=208,  # 100 moves of two tokens (gymnasium's time limit), the ending and eos
+                  environment_factory=game, reward="environment", base_model=game, max_completion_length=GAME_COMPLETION_TOKENS[game],
                   eval_samples_per_prompt=1, eval_every=50, learning_rate=2e-4, lr_scheduler_type="linear", steps=200,
                   run_dir=f"runs/{game}")
-       for game in ("frozenlake", "maze")},
-    # Taxi: 30 moves at most (text_games.GAMES), two tokens each, and eos
-    "taxi": dict(prompts=str(DATA_DIR / "taxi_train.jsonl"), eval_prompts=str(DATA_DIR / "taxi_eval.jsonl"), environment_factory="taxi",
-                 reward="environment", base_model="taxi", max_completion_length=64, eval_samples_per_prompt=1, eval_every=50,
-                 learning_rate=2e-4, lr_scheduler_type="linear", steps=200, run_dir="runs/taxi"),
+       for game in GAMES},
 }
 
 
@@ -85,7 +82,7 @@ def game_report(run, before: dict, after: dict) -> dict[str, Any]:
     return {"optimal_success_rate": optimal_success_rate(run.cfg.environment_factory, run.eval_prompts)}
 
 
-TASK_REPORTS = {"calculator": calculator_report, "frozenlake": game_report, "maze": game_report, "taxi": game_report}
+TASK_REPORTS = {"calculator": calculator_report, **{game: game_report for game in GAMES}}
 
 
 def task_report(run, before: dict, after: dict) -> dict[str, Any]:
