@@ -41,9 +41,9 @@ def evaluate_on_prompts(policy, tokenizer, prompts: list[str] | list[dict], rewa
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         rollout = sample_rollout(policy, tokenizer, repeated, sampling, episodes=episodes)
-    totals, components = reward.score(repeated, rollout.completions, **columns)
+    totals, components = reward.score(repeated, rollout.reward_completions, **columns)
     if gold is not None:
-        components["gold"] = gold(repeated, rollout.completions, **columns)
+        components["gold"] = gold(repeated, rollout.reward_completions, **columns)
     result = {"reward": float(np.mean(totals)), "components": {k: float(np.mean(v)) for k, v in components.items()},
               "mean_length": float(rollout.completion_lengths.float().mean()),
               "rows": [{"prompt": p, "completion": c, "reward": r} for p, c, r in zip(repeated, rollout.completions, totals, strict=True)]}

@@ -348,9 +348,9 @@ def train_step(run: Run, step: int) -> tuple[dict[str, float], list[dict]]:
                                  episodes=episodes)
     t1 = time.perf_counter()
     try:  # a broken reward or a non-finite loss stops the run before any bad optimizer step
-        totals, components = run.reward.score(prompts, rollout.completions, **columns)
+        totals, components = run.reward.score(prompts, rollout.reward_completions, **columns)
         if run.gold is not None:
-            components["gold"] = run.gold(prompts, rollout.completions, **columns)
+            components["gold"] = run.gold(prompts, rollout.reward_completions, **columns)
         rewards = torch.tensor(totals, dtype=torch.float32, device=accelerator.device)
         rewards_per_func = torch.tensor([components[name] for name in run.reward.functions], dtype=torch.float32,
                                         device=accelerator.device).T  # [B, K], TRL's name

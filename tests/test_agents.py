@@ -17,6 +17,7 @@ from rlhf_toy.agents.turns import (
     ChatTurns,
     Episode,
     ToolCalling,
+    assistant_message,
     parse_tool_call,
     tool_call_text,
     tool_statistics,
@@ -31,6 +32,7 @@ from rlhf_toy.generation.sampling import RowUniforms, SamplingConfig, encode_pro
 from rlhf_toy.lm.models import load_model, load_tokenizer
 from rlhf_toy.lm.pretrain import PretrainConfig, pretrain
 from rlhf_toy.online import train
+from rlhf_toy.rewards.functions import BUILTIN_REWARDS, CombinedReward
 from rlhf_toy.tasks import task_defaults
 from rlhf_toy.tasks.calculator import failure_mode, transcript
 from tests.conftest import run_script
@@ -211,6 +213,53 @@ def test_a_chat_models_tool_call_is_answered_through_its_chat_template(fast, nan
     assert episodes[0].tool_calls == 1 and episodes[0].tool_failures == 0 and not rollout.is_truncated[0]
     model_tokens = rollout.completion_ids[0][rollout.completion_mask[0].bool()].tolist()
     assert model_tokens == sum(written_by_model, [])  # both end-of-turn tokens trained; the tool turn and the terminal token not
+    assert rollout.completion_messages == [[  # what reward functions receive, as TRL passes a multi-turn completion
+        {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "mul", "arguments": {"a": 12, "b": 3}}}]},
+        {"role": "tool", "name": "mul", "content": "36"}, {"role": "assistant", "content": "36"}]]
+
+
+def test_reward_functions_receive_a_chat_rollouts_turns_as_messages_even_a_turn_cut_short(nano_chat_dir, monkeypatch):
+    """Three rows: a tool call then the answer; the answer at once; an answer the token budget cuts. A TRL reward
+    function reads the messages; a built-in rule reads the last one."""
+    tokenizer = load_tokenizer(nano_chat_dir)
+    turns = ChatTurns(tokenizer, [tokenizer.eos_token_id])
+
+    def ids(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    end, call = turns.end_of_turn, tool_call_text("mul", {"a": 2, "b": 3})
+    tool_turn = turns.tool_turn({"role": "tool", "name": "mul", "content": "6"})
+    answer = "<answer>6</answer>"
+    scripts = [ids(call) + [end] + [0] * len(tool_turn) + ids(answer) + [end], ids(answer) + [end], ids("7") * 200]
+    monkeypatch.setattr(SamplingConfig, "chooser", lambda self, uniforms=None: ScriptedModel(scripts))
+    prompts = [[{"role": "user", "content": "Compute 2 * 3."}]] * 3
+    rollout = sample_rollout(load_model(nano_chat_dir).eval(), tokenizer, prompts, SamplingConfig(100),
+                             episodes=Agent([mul]).start(prompts, {})[1])
+    cut = rollout.completion_messages[2][0]["content"]
+    assert rollout.completion_messages == [
+        [{"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "mul", "arguments": {"a": 2, "b": 3}}}]},
+         {"role": "tool", "name": "mul", "content": "6"}, {"role": "assistant", "content": answer}],
+        [{"role": "assistant", "content": answer}],
+        [{"role": "assistant", "content": cut}]]
+    assert set(cut) == {"7"} and rollout.is_truncated.tolist() == [False, False, True]
+    seen = []
+
+    def turns_taken(prompts, completions, **columns):
+        seen.extend(completions)
+        return [float(sum(m["role"] == "assistant" for m in c)) for c in completions]
+
+    reward = CombinedReward({"turns": turns_taken, "correct": BUILTIN_REWARDS["correct"]}, [1.0, 1.0])
+    components = reward.score(prompts, rollout.reward_completions, answer=["6", "6", "6"])[1]
+    assert seen == rollout.completion_messages and components["turns"] == [2.0, 1.0, 1.0]
+    assert components["correct"] == [1.0, 1.0, 0.0]  # the rule judges the last assistant turn, not the tool's answer
+
+
+def test_a_turn_is_parsed_as_trl_parses_it_a_well_formed_call_into_tool_calls_anything_else_into_content():
+    call = tool_call_text("mul", {"a": 2, "b": 3})
+    assert assistant_message(f" Let me multiply. {call} ") == {
+        "role": "assistant", "content": "Let me multiply.", "tool_calls": [{"type": "function", "function": {"name": "mul", "arguments": {"a": 2, "b": 3}}}]}
+    for text in ('<tool_call>{"name": mul}</tool_call>', "<tool_call>", " 6 "):
+        assert assistant_message(text) == {"role": "assistant", "content": text.strip()}
 
 
 QWEN_TOOL_TEMPLATE = (  # Qwen 2.5's chat template, its tool parts: the call inside the assistant turn, the answer in a user turn

@@ -17,7 +17,8 @@ A conversational prompt's tool calls go through the chat template, as TRL's do (
 with the template's end-of-turn token; the call's answer is a {"role": "tool"} message rendered by the template,
 with the generation prompt of the next assistant turn (Qwen 2.5: `<|im_start|>user <tool_response>...`); the model's
 end-of-turn tokens are trained, the template's text is not. The decoders then stop at a terminal token the
-environment writes after the last turn, since the end-of-turn token no longer ends a completion.
+environment writes after the last turn, since the end-of-turn token no longer ends a completion. Reward functions then
+receive each completion as TRL does, its messages: assistant turns (with tool_calls) and tool messages.
 """
 
 from __future__ import annotations
@@ -83,6 +84,19 @@ def parse_tool_call(turn: str) -> tuple[str, dict[str, Any]]:
     if not isinstance(call, dict) or not isinstance(call.get("name"), str) or not isinstance(call.get("arguments", {}), dict):
         raise ValueError('the tool call is not {"name": NAME, "arguments": {...}} between <tool_call> and </tool_call>')
     return call["name"], call.get("arguments", {})
+
+
+def assistant_message(text: str) -> dict[str, Any]:
+    """A model turn as TRL's parse_response gives it for Qwen 2.5's template: a tool call moved into tool_calls, the text
+    outside it the content (stripped); a turn without a well-formed call is all content."""
+    try:
+        name, arguments = parse_tool_call(text)
+    except ValueError:
+        return {"role": "assistant", "content": text.strip()}
+    before, _, rest = text.rpartition(TOOL_CALL_OPEN)
+    content = before + rest.split(TOOL_CALL_CLOSE, 1)[-1]
+    return {"role": "assistant", "content": content.strip(),
+            "tool_calls": [{"type": "function", "function": {"name": name, "arguments": arguments}}]}
 
 
 class ToolCalling(Episode):
@@ -228,6 +242,8 @@ class TurnTaker:
         self.turn = [[] for _ in episodes]  # the token ids of each row's turn so far
         self.turn_text = [""] * len(episodes)
         self.env_steps = [[] for _ in episodes]
+        self.tool_turns = [[] for _ in episodes]  # per row (step of the model's end-of-turn, tool message, its ids' count)
+        self.turn_open = [False] * len(episodes)  # the model has written since the last tool turn
         self.step = 0
 
     def __call__(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -248,6 +264,7 @@ class TurnTaker:
     def take(self, row: int, token: int) -> None:
         """The model wrote token on row: at the end of a turn, queue the episode's answer (and eos when it is over)."""
         piece = self.pieces[token] if token < len(self.pieces) else ""
+        self.turn_open[row] = True
         self.turn[row].append(token)
         self.turn_text[row] += piece
         episode, tail = self.episodes[row], self.turn_text[row]
@@ -273,10 +290,29 @@ class TurnTaker:
         if message is None:
             self.queued[row].append(self.chat.terminal)
         else:
-            self.queued[row].extend(self.chat.tool_turn(message))
+            tool_turn = self.chat.tool_turn(message)
+            self.queued[row].extend(tool_turn)
+            self.tool_turns[row].append((self.step, message, len(tool_turn)))
+            self.turn_open[row] = False
             if episode.done:
                 self.queued[row].extend(self.closing)
         self.turn[row], self.turn_text[row] = [], ""
+
+    def completion_messages(self, completion_ids: torch.Tensor) -> list[list[dict[str, Any]]]:
+        """Each row's completion `[B, C]` as TRL passes a multi-turn chat completion to reward functions: its assistant
+        turns (a tool call parsed into tool_calls) with the tool messages between them, and the last turn, if the model
+        wrote one, even cut short by the token budget."""
+        conversations = []
+        for row, ids in enumerate(completion_ids.tolist()):
+            messages, start = [], 0
+            for end, tool_message, length in self.tool_turns[row]:
+                messages += [self.assistant_turn(ids[start:end + 1]), tool_message]
+                start = end + 1 + length
+            conversations.append(messages + [self.assistant_turn(ids[start:])] if self.turn_open[row] else messages)
+        return conversations
+
+    def assistant_turn(self, ids: list[int]) -> dict[str, Any]:
+        return assistant_message(self.tokenizer.decode(ids, skip_special_tokens=True))
 
     def env_mask(self, width: int) -> torch.Tensor:
         """`[B, width]`: 1 at the completion positions the environment wrote."""

@@ -51,6 +51,13 @@ class Rollout:
     ref_logprobs: Tensor | None
     is_truncated: Tensor  # [B] bool: no eos within max_new_tokens
     episodes: list | None = None  # a multi-turn rollout's, one per row (their tool calls, their rewards)
+    completion_messages: list | None = None  # a multi-turn chat rollout's: each row's assistant turns and tool messages
+
+    @property
+    def reward_completions(self) -> list:
+        """The completions as TRL passes them to reward functions: a multi-turn chat rollout's as lists of messages
+        (assistant turns with their tool_calls, tool messages), any other's as texts (made turns for a chat prompt)."""
+        return self.completions if self.completion_messages is None else self.completion_messages
 
     @property
     def prompt_length(self) -> int:
@@ -243,5 +250,6 @@ def sample_rollout(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
         with evaluation_mode(ref_model):
             ref_logprobs, _ = completion_logprobs(ref_model, input_ids, attention_mask, completion_mask, temperature)
     completions = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+    messages = turns.completion_messages(completion_ids) if turns is not None and turns.chat is not None else None
     return Rollout(prompts, completions, input_ids, attention_mask, completion_mask, sampling_logprobs, ref_logprobs, is_truncated,
-                   episodes)
+                   episodes, messages)

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 
 from classic_rl.infra.cli import load_user_object
 from classic_rl.infra.errors import ConfigError
-from rlhf_toy.chat import Prompt, as_assistant_turn, is_conversational, message_text
+from rlhf_toy.chat import Completion, Prompt, as_assistant_turn, is_conversational, message_text
 from rlhf_toy.rewards.learned_reward import RewardModelScorer
 
 OPEN_TAG, CLOSE_TAG = "<answer>", "</answer>"  # the layout the format reward asks for
@@ -192,9 +192,9 @@ class CombinedReward:
     def __init__(self, functions: dict[str, RewardFn], weights: Sequence[float]):
         self.functions, self.weights = functions, list(weights)
 
-    def score(self, prompts: list[Prompt], completions: list[str], **columns) -> tuple[list[float], dict[str, list[float]]]:
-        """completions are texts; for conversational prompts each function receives them as TRL passes them, assistant
-        turns `[{"role": "assistant", "content": text}]`."""
+    def score(self, prompts: list[Prompt], completions: list[Completion], **columns) -> tuple[list[float], dict[str, list[float]]]:
+        """completions are texts, or a multi-turn chat rollout's lists of messages; for conversational prompts each
+        function receives them as TRL passes them, lists of messages (a text as `[{"role": "assistant", "content": text}]`)."""
         if any(map(is_conversational, prompts)):
             completions = [as_assistant_turn(c) for c in completions]
         components = {name: call_reward(name, fn, prompts, completions, columns) for name, fn in self.functions.items()}
