@@ -5,7 +5,8 @@
                                                                           generation prompt (apply_chat_template)
 
 A conversational prompt's completion is the assistant turn; rewards receive it as TRL passes it,
-`[{"role": "assistant", "content": text}]`, so a TRL reward function works unchanged. The turn ends at the
+`[{"role": "assistant", "content": text}]` (a multi-turn one: its turns with their tool_calls and the tool messages),
+so a TRL reward function works unchanged. The turn ends at the
 template's end-of-turn token (`<|im_end|>`, `<|eot_id|>`, ...), which stops generation like eos.
 """
 
@@ -21,9 +22,15 @@ from classic_rl.infra.errors import ConfigError
 Prompt = str | list[dict[str, str]]
 Completion = str | list[dict[str, str]]
 
-# ChatML, the template of Qwen and SmolLM2's instruct models: the built-in chat model's (PretrainConfig.chat)
-CHATML_TEMPLATE = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-                   "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+# ChatML, the template of Qwen and SmolLM2's instruct models: the built-in chat models' (PretrainConfig.chat), with Qwen
+# 2.5's tool parts: an assistant's tool_calls in <tool_call> tags after its content, a tool message as a user turn in
+# <tool_response> tags (one turn per tool message; Qwen 2.5 groups consecutive ones into one)
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'tool' %}<|im_start|>user\n<tool_response>\n{{ message['content'] }}"
+    "\n</tool_response><|im_end|>\n{% else %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+    "{% for call in message['tool_calls'] or [] %}{% if message['content'] or not loop.first %}{{ '\\n' }}{% endif %}<tool_call>\n"
+    "{\"name\": \"{{ call['function']['name'] }}\", \"arguments\": {{ call['function']['arguments'] | tojson }}}\n</tool_call>"
+    "{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
 # Hermes's tool-call tags, as Qwen 2.5's chat template writes them (rlhf_toy/agents/turns.py)
 TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
@@ -33,7 +40,9 @@ TOOL_RESPONSE_OPEN, TOOL_RESPONSE_CLOSE = "<tool_response>", "</tool_response>"
 def chatml(messages: list[dict[str, str]]) -> str:
     """A conversation rendered by CHATML_TEMPLATE without a tokenizer: the built-in chat model's pretraining texts are
     written before its tokenizer exists (tests check this equals that tokenizer's apply_chat_template)."""
-    return jinja2.Template(CHATML_TEMPLATE).render(messages=messages, add_generation_prompt=False)
+    # transformers' settings: a newline right after a block tag is dropped
+    return jinja2.Environment(trim_blocks=True, lstrip_blocks=True).from_string(CHATML_TEMPLATE).render(messages=messages,
+                                                                                                      add_generation_prompt=False)
 
 
 def format_prompt(prompt: str) -> str:

@@ -191,4 +191,6 @@ def generate_corpus(seed: int = 0, sizes: dict[str, int] | None = None) -> dict[
         splits[f"{game}_train"] = game_rows(game, sizes[f"{game}_train"], 10_000, rng)
     for split in ("train", "eval"):  # the same prompts as conversations (TRL's format), for the chat model (--task chat)
         splits[f"prompts_chat_{split}"] = [{"prompt": [{"role": "user", "content": row["prompt"]}]} for row in splits[f"prompts_{split}"]]
+        splits[f"calculator_chat_{split}"] = [{"prompt": [{"role": "user", "content": row["prompt"]}], "answer": row["answer"]}
+                                              for row in splits[f"calculator_{split}"]]
     return splits

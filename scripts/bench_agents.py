@@ -6,7 +6,8 @@ each `train_rlhf.py --task NAME` with the task's own recipe, over seeds, one run
     python scripts/bench_agents.py --experiments frozenlake --seeds 0 1 2
 
 Experiments: calculator (the tool), calculator-no-tool (the same training with --tools '': its calls go unanswered, so
-it can only learn to answer in its head), frozenlake, maze, taxi. Run folders go to RUNS_DIR/EXPERIMENT-seedS; writes OUT.json
+it can only learn to answer in its head), calculator-chat (the same through a chat template: the call in the assistant's
+turn, the answer a tool message), frozenlake, maze, taxi. Run folders go to RUNS_DIR/EXPERIMENT-seedS; writes OUT.json
 (every summary's agent keys) and OUT.md (the table).
 """
 
@@ -22,11 +23,13 @@ from classic_rl.infra.run_folder import atomic_write, write_json
 
 SCRIPT = Path(__file__).resolve().parent / "train_rlhf.py"
 EXPERIMENTS = {"calculator": ["--task", "calculator"], "calculator-no-tool": ["--task", "calculator", "--tools", ""],
+               "calculator-chat": ["--task", "calculator-chat"],
                **{game: ["--task", game] for game in ("frozenlake", "maze", "taxi")}}
 # summary.json's keys each experiment reports, as (column, key)
-COLUMNS = {"calculator": [("pass@1 before", "pass_at_1_before"), ("pass@1 after", "pass_at_1_after"),
-                          ("pass@1 after, no tool", "pass_at_1_no_tool_after"), ("calls before", "tool_calls_per_problem_before"),
-                          ("calls after", "tool_calls_per_problem_after")],
+CALCULATOR_COLUMNS = [("pass@1 before", "pass_at_1_before"), ("pass@1 after", "pass_at_1_after"),
+                      ("pass@1 after, no tool", "pass_at_1_no_tool_after"), ("calls before", "tool_calls_per_problem_before"),
+                      ("calls after", "tool_calls_per_problem_after")]
+COLUMNS = {"calculator": CALCULATOR_COLUMNS, "calculator-chat": CALCULATOR_COLUMNS,
            "calculator-no-tool": [("pass@1 before", "pass_at_1_before"), ("pass@1 after", "pass_at_1_after")],
            "frozenlake": [("success before", "success_rate_before"), ("success after", "success_rate_after"),
                           ("value iteration", "optimal_success_rate")],
@@ -49,7 +52,7 @@ def table(results: dict[str, list[dict]]) -> list[str]:
                   "| " + " | ".join([name for name, _ in columns] + ["training s"]) + " |", "|---" * (len(columns) + 1) + "|"]
         cells = [spread([s[key] for s in summaries]) for _, key in columns] + [spread([s["wall_s"] for s in summaries], "{:.0f}")]
         lines += ["| " + " | ".join(cells) + " |", ""]
-        if experiment == "calculator":
+        if experiment in ("calculator", "calculator-chat"):
             for when in ("before", "after", "no_tool_after"):
                 modes = summaries[0][f"failure_modes_{when}"]
                 lines.append(f"failure modes {when.replace('_', ' ')} (seed {summaries[0]['seed']}): "

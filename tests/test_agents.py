@@ -19,6 +19,8 @@ from rlhf_toy.agents.turns import (
     ToolCalling,
     assistant_message,
     parse_tool_call,
+    plain_text,
+    text_messages,
     tool_call_text,
     tool_statistics,
 )
@@ -197,16 +199,16 @@ def test_a_chat_models_tool_call_is_answered_through_its_chat_template(fast, nan
     if not fast:
         monkeypatch.setattr(sampling_module, "supports_fast_decode", lambda _model: False)
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    call = tool_call_text("mul", {"a": 12, "b": 3})  # short: the nano tokenizer spends a token on most characters
-    written_by_model = [tokenizer(call, add_special_tokens=False)["input_ids"] + [end], tokenizer("36", add_special_tokens=False)["input_ids"] + [end]]
-    tool_turn = ChatTurns(tokenizer, [tokenizer.eos_token_id]).tool_turn({"role": "tool", "name": "mul", "content": "36"})
+    call = tool_call_text("mul", {"a": 2, "b": 3})  # short: the nano tokenizer spends a token on most characters
+    written_by_model = [tokenizer(call, add_special_tokens=False)["input_ids"] + [end], tokenizer("6", add_special_tokens=False)["input_ids"] + [end]]
+    tool_turn = ChatTurns(tokenizer, [tokenizer.eos_token_id]).tool_turn({"role": "tool", "name": "mul", "content": "6"})
     script = written_by_model[0] + [0] * len(tool_turn) + written_by_model[1]  # the chooser draws at the environment's steps too
     monkeypatch.setattr(SamplingConfig, "chooser", lambda self, uniforms=None: ScriptedModel([script]))
-    prompt = [{"role": "user", "content": "Compute 12 * 3."}]
+    prompt = [{"role": "user", "content": "Compute 2 * 3."}]
     episodes = Agent([mul]).start([prompt], {})[1]
-    rollout = sample_rollout(policy, tokenizer, [prompt], SamplingConfig(96), episodes=episodes)
-    conversation = [*prompt, {"role": "assistant", "content": call}, {"role": "tool", "content": "36"},
-                    {"role": "assistant", "content": "36"}]
+    rollout = sample_rollout(policy, tokenizer, [prompt], SamplingConfig(104), episodes=episodes)
+    conversation = [*prompt, {"role": "assistant", "content": call}, {"role": "tool", "content": "6"},
+                    {"role": "assistant", "content": "6"}]
     terminal = tokenizer.decode([tokenizer.eos_token_id])
     written = rollout.attention_mask[0].bool()
     assert tokenizer.decode(rollout.input_ids[0][written]) == tokenizer.apply_chat_template(conversation, tokenize=False).rstrip("\n") + terminal
@@ -214,8 +216,8 @@ def test_a_chat_models_tool_call_is_answered_through_its_chat_template(fast, nan
     model_tokens = rollout.completion_ids[0][rollout.completion_mask[0].bool()].tolist()
     assert model_tokens == sum(written_by_model, [])  # both end-of-turn tokens trained; the tool turn and the terminal token not
     assert rollout.completion_messages == [[  # what reward functions receive, as TRL passes a multi-turn completion
-        {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "mul", "arguments": {"a": 12, "b": 3}}}]},
-        {"role": "tool", "name": "mul", "content": "36"}, {"role": "assistant", "content": "36"}]]
+        {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "mul", "arguments": {"a": 2, "b": 3}}}]},
+        {"role": "tool", "name": "mul", "content": "6"}, {"role": "assistant", "content": "6"}]]
 
 
 def test_reward_functions_receive_a_chat_rollouts_turns_as_messages_even_a_turn_cut_short(nano_chat_dir, monkeypatch):
@@ -233,7 +235,7 @@ def test_reward_functions_receive_a_chat_rollouts_turns_as_messages_even_a_turn_
     scripts = [ids(call) + [end] + [0] * len(tool_turn) + ids(answer) + [end], ids(answer) + [end], ids("7") * 200]
     monkeypatch.setattr(SamplingConfig, "chooser", lambda self, uniforms=None: ScriptedModel(scripts))
     prompts = [[{"role": "user", "content": "Compute 2 * 3."}]] * 3
-    rollout = sample_rollout(load_model(nano_chat_dir).eval(), tokenizer, prompts, SamplingConfig(100),
+    rollout = sample_rollout(load_model(nano_chat_dir).eval(), tokenizer, prompts, SamplingConfig(106),
                              episodes=Agent([mul]).start(prompts, {})[1])
     cut = rollout.completion_messages[2][0]["content"]
     assert rollout.completion_messages == [
@@ -322,6 +324,17 @@ def test_the_calculator_transcripts_call_it_right_sometimes_and_badly_often():
              for e in (f"{rng.randint(100, 9999)} * {rng.randint(11, 99)}" for _ in range(2000))]
     share = {mode: modes.count(mode) / len(modes) for mode in set(modes)}
     assert 0.5 < share["right"] < 0.56 and 0.18 < share["wrong argument"] < 0.26 and 0.2 < share["no call, wrong guess"] < 0.25
+
+
+def test_the_calculator_transcripts_as_conversations_turn_back_into_the_transcripts():
+    responses = [row["response"] for row in load_prompt_rows(DATA_DIR / "calculator_sft.jsonl")]
+    conversations = [text_messages(response) for response in responses]
+    assert all(plain_text(c) == response for c, response in zip(conversations, responses, strict=True))
+    kinds = {tuple(m["role"] + ("+call" if "tool_calls" in m else "") for m in c) for c in conversations}
+    assert kinds == {("assistant",), ("assistant+call", "tool", "assistant"), ("assistant", "tool", "assistant")}
+    malformed = next(c for c in conversations if len(c) == 3 and "tool_calls" not in c[0])  # a call TRL would not parse
+    assert malformed[0]["content"].startswith("<tool_call>") and malformed[1]["name"] == "tool"
+    assert malformed[1]["content"].startswith("error: ValueError: the tool call is not")
 
 
 def test_the_maze_as_a_text_game_by_hand():
@@ -448,3 +461,28 @@ def test_a_q_table_and_the_language_model_on_the_same_episodes(maze_run, monkeyp
     assert all(0 <= row["success_rate"] <= 1 for row in table["rows"][4:]) and table["rows"][5]["env_steps"] == table["rows"][3]["env_steps"]
     assert table["rows"][3]["env_steps"] > 40 * 16  # 40 steps of 16 episodes, each at least a move
     assert "| value iteration (the env's model) | 1.000 | 0 |" in out
+
+
+@pytest.mark.parametrize("task", ["calculator", "calculator-chat"])
+def test_the_calculator_tasks_report_pass_at_1_with_and_without_the_tool_and_how_answers_went_wrong(task, nano, tmp_path, monkeypatch, capsys):
+    """The task's whole path on a nano model pretrained for seconds on the transcripts (as conversations for the chat
+    task): summary.json's keys, failure modes that add up, and samples written as standard completions."""
+    root = nano[0]
+    model = root / task / "model"
+    if not (model / "config.json").is_file():
+        pretrain(PretrainConfig(preset="nano", data_dir=str(root / "data"), transcripts="calculator", chat=task == "calculator-chat",
+                                vocab_size=400, batch_size=16, max_steps=60, warmup_steps=10, learning_rate=3e-3, eval_every=60,
+                                run_dir=str(root / task), overwrite=True))
+    data = root / "data" / task.replace("-", "_")
+    args = ["--task", task, "--model", str(model), "--prompts", f"{data}_train.jsonl", "--eval-prompts", f"{data}_eval.jsonl",
+            "--steps", "2", "--prompts-per-step", "2", "--num-generations", "2", "--eval-samples-per-prompt", "2", "--pass-at-k", "2",
+            "--eval-every", "0", "--log-completions-every", "0", "--run-dir", str(tmp_path / "run")]
+    code, _, err = run_script("train_rlhf.py", args, monkeypatch, capsys)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert {"pass_at_1_before", "pass_at_1_after", "pass_at_1_no_tool_after", "tool_calls_per_problem"} <= summary.keys()
+    for when in ("before", "after", "no_tool_after"):
+        assert sum(summary[f"failure_modes_{when}"].values()) == pytest.approx(1.0)
+    samples = json.loads((tmp_path / "run" / "eval_samples.json").read_text())["after"]
+    assert len(samples) == 32 and not any("<|im_" in row["completion"] for row in samples)
+    assert all(isinstance(row["prompt"], list) == (task == "calculator-chat") for row in samples)

@@ -51,6 +51,18 @@ def test_the_chat_models_pretraining_texts_are_its_templates_rendering(chat_toke
     assert chat_tokenizer.chat_template == CHATML_TEMPLATE
 
 
+def test_the_chatml_template_writes_tool_calls_and_answers_as_qwen_2_5s_does(chat_tokenizer):
+    call = {"type": "function", "function": {"name": "calculator", "arguments": {"expression": "2 * 3"}}}
+    conversation = [{"role": "user", "content": "Compute 2 * 3."}, {"role": "assistant", "content": "", "tool_calls": [call]},
+                    {"role": "tool", "name": "calculator", "content": "6"}, {"role": "assistant", "content": "Sure.", "tool_calls": [call, call]}]
+    assert chatml(conversation) == chat_tokenizer.apply_chat_template(conversation, tokenize=False) == (
+        "<|im_start|>user\nCompute 2 * 3.<|im_end|>\n"
+        '<|im_start|>assistant\n<tool_call>\n{"name": "calculator", "arguments": {"expression": "2 * 3"}}\n</tool_call><|im_end|>\n'
+        "<|im_start|>user\n<tool_response>\n6\n</tool_response><|im_end|>\n"
+        '<|im_start|>assistant\nSure.\n<tool_call>\n{"name": "calculator", "arguments": {"expression": "2 * 3"}}\n</tool_call>'
+        '\n<tool_call>\n{"name": "calculator", "arguments": {"expression": "2 * 3"}}\n</tool_call><|im_end|>\n')
+
+
 def test_the_end_of_turn_token_is_read_from_the_template(chat_tokenizer):
     assert end_of_turn_text(chat_tokenizer) == "<|im_end|>"
     im_end = chat_tokenizer.convert_tokens_to_ids("<|im_end|>")

@@ -99,6 +99,33 @@ def assistant_message(text: str) -> dict[str, Any]:
             "tool_calls": [{"type": "function", "function": {"name": name, "arguments": arguments}}]}
 
 
+def text_messages(text: str) -> list[dict[str, Any]]:
+    """A standard completion's turns as a chat completion's messages (plain_text's inverse): the text before each
+    <tool_response> an assistant turn, parsed as TRL parses one, the response a tool message named by its call ("tool"
+    after a malformed one, as ToolCalling names it), the rest the last turn."""
+    messages, rest = [], text
+    while TOOL_RESPONSE_OPEN in rest and TOOL_RESPONSE_CLOSE in rest:
+        turn, rest = rest.split(TOOL_RESPONSE_OPEN, 1)
+        content, rest = rest.split(TOOL_RESPONSE_CLOSE, 1)
+        call = assistant_message(turn)
+        name = call["tool_calls"][0]["function"]["name"] if "tool_calls" in call else "tool"
+        messages += [call, {"role": "tool", "name": name, "content": content}]
+    return [*messages, assistant_message(rest)]
+
+
+def plain_text(messages: list[dict[str, Any]]) -> str:
+    """A multi-turn chat completion written as a standard prompt's completion is: each call in Hermes's text, its tool's
+    answer right after it in <tool_response> tags, a space before each later turn."""
+    text = ""
+    for message in messages:
+        if message["role"] == "tool":
+            text += tool_response_text(message["content"])
+            continue
+        calls = "".join(tool_call_text(c["function"]["name"], c["function"]["arguments"]) for c in message.get("tool_calls", []))
+        text += (" " if text else "") + " ".join(part for part in (message["content"], calls) if part)
+    return text
+
+
 class ToolCalling(Episode):
     """TRL's tools and environment_factory: the model calls tools (plain functions, and the public methods of the
     environment instance) by name; each call's result, or its error in one line, is the tool response. After

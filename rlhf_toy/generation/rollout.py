@@ -26,7 +26,7 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from classic_rl import core
-from rlhf_toy.agents.turns import TurnTaker
+from rlhf_toy.agents.turns import TurnTaker, plain_text
 from rlhf_toy.chat import Completion, Prompt, is_conversational, message_text, render_completion
 from rlhf_toy.generation import fast_forward
 from rlhf_toy.generation.fast_forward import PromptPass, length_groups
@@ -43,7 +43,7 @@ from rlhf_toy.lm.models import evaluation_mode, position_ids, stop_token_ids
 @dataclass
 class Rollout:
     prompts: list[Prompt]
-    completions: list[str]
+    completions: list[str]  # the decoded texts; a multi-turn chat rollout's messages as agents.turns.plain_text writes them
     input_ids: Tensor
     attention_mask: Tensor
     completion_mask: Tensor
@@ -249,7 +249,8 @@ def sample_rollout(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     if ref_model is not None:
         with evaluation_mode(ref_model):
             ref_logprobs, _ = completion_logprobs(ref_model, input_ids, attention_mask, completion_mask, temperature)
-    completions = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
     messages = turns.completion_messages(completion_ids) if turns is not None and turns.chat is not None else None
+    # the texts shown and logged: a chat rollout's turns as a standard completion writes them, not the template's scaffold
+    completions = tokenizer.batch_decode(completion_ids, skip_special_tokens=True) if messages is None else list(map(plain_text, messages))
     return Rollout(prompts, completions, input_ids, attention_mask, completion_mask, sampling_logprobs, ref_logprobs, is_truncated,
                    episodes, messages)

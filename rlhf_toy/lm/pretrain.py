@@ -24,6 +24,7 @@ from classic_rl.infra.run_folder import RunFields, start_run, write_json
 from rlhf_toy import data
 from rlhf_toy.agents import text_games
 from rlhf_toy.agents.text_games import GAMES, game_rows
+from rlhf_toy.agents.turns import text_messages
 from rlhf_toy.chat import chatml, format_prompt
 from rlhf_toy.distributed import in_processes, require_even_split
 from rlhf_toy.lm.models import (
@@ -107,8 +108,9 @@ def training_texts(data_dir: str, arithmetic: bool = False, chat: bool = False, 
         return text_games.transcripts(transcripts, game_rows(transcripts, GAME_TRANSCRIPTS, 100_000, rng), GAME_EPSILON[transcripts], rng)
     def dialogues(name: str) -> list[str]:
         rows = data.load_rows(Path(data_dir) / f"{name}.jsonl", ["prompt", "response"])
-        if chat:
-            return [chatml([{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}]) for r in rows]
+        if chat:  # the calculator's turns as the template writes a tool call and its answer, others one answer each
+            to_messages = tool_conversation if transcripts == "calculator" else answer_conversation
+            return [chatml(to_messages(r["prompt"], r["response"])) for r in rows]
         return [f"{format_prompt(r['prompt'])} {r['response']}" for r in rows]
 
     if arithmetic or transcripts == "calculator":
@@ -118,6 +120,15 @@ def training_texts(data_dir: str, arithmetic: bool = False, chat: bool = False, 
         print(f"{data_dir} has no sft.jsonl: pretraining on the documents of pretrain.jsonl alone, no prompt/response pairs")
         return documents
     return documents + dialogues("sft")
+
+
+def answer_conversation(prompt: str, response: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+
+
+def tool_conversation(prompt: str, response: str) -> list[dict]:
+    """A transcript with tool calls as a chat conversation: the call in an assistant turn, its answer a tool message."""
+    return [{"role": "user", "content": prompt}, *text_messages(response)]
 
 
 def cosine_with_warmup(step: int, cfg: PretrainConfig) -> float:

@@ -10,6 +10,9 @@ and sampling defaults; any flag given beside --task overrides them.
     calculator   "Compute 347 * 29 - 512." with the calculator as a tool (--tools calculator); reward correct; the
                  calculator base model, which calls it sometimes and badly; pass@1 with and without the tool, tool
                  calls per problem and the ways answers go wrong, before and after
+    calculator-chat  the calculator through a chat template, as TRL's tools= runs it: the problems as conversations, a
+                 call in the assistant's turn, the tool's answer a tool message the template renders as the next user
+                 turn; the calculator-chat base model (the same transcripts as conversations); the same report
     frozenlake   FrozenLake 4x4 (slippery) as a text game (--environment-factory frozenlake): the map, then a move and
                  the square reached each turn; reward environment (1 at the goal); success rate over 1,000 seeded
                  episodes against value iteration's optimal policy on the same seeds
@@ -31,6 +34,12 @@ from rlhf_toy.tasks.calculator import failure_counts
 
 # a game's moves at most (text_games.GAMES: 100, Taxi 30) of two tokens each, the ending and eos
 GAME_COMPLETION_TOKENS = {"frozenlake": 208, "maze": 208, "taxi": 64}
+CALCULATOR_TASK = dict(
+    prompts=str(DATA_DIR / "calculator_train.jsonl"), eval_prompts=str(DATA_DIR / "calculator_eval.jsonl"),
+    tools="calculator", max_tool_calling_iterations=2, reward="correct", base_model="calculator", max_completion_length=96,
+    eval_samples_per_prompt=4, pass_at_k=4, eval_every=100, run_dir="runs/calculator",
+    # seed 0, held-out pass@1 0.26 -> 0.91 in 500 steps at 2e-4 (0.82 at 200); 3e-4, 5e-4 or beta 0 collapsed it to 0
+    learning_rate=2e-4, lr_scheduler_type="linear", steps=500)
 TASKS: dict[str, dict[str, Any]] = {
     "arithmetic": dict(
         prompts=str(DATA_DIR / "arithmetic_train.jsonl"), eval_prompts=str(DATA_DIR / "arithmetic_eval.jsonl"),
@@ -45,12 +54,10 @@ TASKS: dict[str, dict[str, Any]] = {
     ),
     "chat": dict(prompts=str(DATA_DIR / "prompts_chat_train.jsonl"), eval_prompts=str(DATA_DIR / "prompts_chat_eval.jsonl"),
                  base_model="chat", run_dir="runs/chat"),
-    "calculator": dict(
-        prompts=str(DATA_DIR / "calculator_train.jsonl"), eval_prompts=str(DATA_DIR / "calculator_eval.jsonl"),
-        tools="calculator", max_tool_calling_iterations=2, reward="correct", base_model="calculator", max_completion_length=96,
-        eval_samples_per_prompt=4, pass_at_k=4, eval_every=100, run_dir="runs/calculator",
-        # seed 0, held-out pass@1 0.26 -> 0.91 in 500 steps at 2e-4 (0.82 at 200); 3e-4, 5e-4 or beta 0 collapsed it to 0
-        learning_rate=2e-4, lr_scheduler_type="linear", steps=500),
+    "calculator": CALCULATOR_TASK,
+    "calculator-chat": dict(CALCULATOR_TASK, prompts=str(DATA_DIR / "calculator_chat_train.jsonl"),
+                            eval_prompts=str(DATA_DIR / "calculator_chat_eval.jsonl"), base_model="calculator-chat",
+                            run_dir="runs/calculator-chat"),
     **{game: dict(prompts=str(DATA_DIR / f"{game}_train.jsonl"), eval_prompts=str(DATA_DIR / f"{game}_eval.jsonl"),
                   environment_factory=game, reward="environment", base_model=game, max_completion_length=GAME_COMPLETION_TOKENS[game],
                   eval_samples_per_prompt=1, eval_every=50, learning_rate=2e-4, lr_scheduler_type="linear", steps=200,
@@ -82,7 +89,7 @@ def game_report(run, before: dict, after: dict) -> dict[str, Any]:
     return {"optimal_success_rate": optimal_success_rate(run.cfg.environment_factory, run.eval_prompts)}
 
 
-TASK_REPORTS = {"calculator": calculator_report, **{game: game_report for game in GAMES}}
+TASK_REPORTS = {"calculator": calculator_report, "calculator-chat": calculator_report, **{game: game_report for game in GAMES}}
 
 
 def task_report(run, before: dict, after: dict) -> dict[str, Any]:

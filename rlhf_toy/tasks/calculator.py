@@ -19,7 +19,14 @@ import re
 
 from rlhf_toy.agents.tools import calculator
 from rlhf_toy.agents.turns import ToolCalling, parse_tool_call, tool_call_text
-from rlhf_toy.chat import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, TOOL_RESPONSE_CLOSE, TOOL_RESPONSE_OPEN
+from rlhf_toy.chat import (
+    TOOL_CALL_CLOSE,
+    TOOL_CALL_OPEN,
+    TOOL_RESPONSE_CLOSE,
+    TOOL_RESPONSE_OPEN,
+    Prompt,
+    message_text,
+)
 from rlhf_toy.rewards.functions import parse_answer_number
 
 FORMS = ("{a} * {b}", "{a} * {b} + {c}", "{a} * {b} - {c}", "({a} + {c}) * {b}")
@@ -107,8 +114,9 @@ def calculator_splits(rng: random.Random, sizes: dict[str, int]) -> dict[str, li
 FAILURE_MODES = ("right", "no call, wrong guess", "wrong argument", "failed call", "misread result", "no answer")
 
 
-def failure_mode(prompt: str, completion: str, answer: str) -> str:
-    """What became of one completion: right, or which of FAILURE_MODES' ways it went wrong (its first call decides)."""
+def failure_mode(prompt: Prompt, completion: str, answer: str) -> str:
+    """What became of one completion (a chat rollout's as agents.turns.plain_text writes it): right, or which of
+    FAILURE_MODES' ways it went wrong (its first call decides)."""
     number = parse_answer_number(completion)
     if number is not None and str(number) == str(answer).strip():
         return "right"
@@ -117,7 +125,7 @@ def failure_mode(prompt: str, completion: str, answer: str) -> str:
     first_call, after = completion.split(TOOL_CALL_CLOSE, 1) if TOOL_CALL_CLOSE in completion else (completion, "")
     try:
         _, arguments = parse_tool_call(first_call + TOOL_CALL_CLOSE)
-        right_argument = str(arguments.get("expression", "")).replace(" ", "") == expression_of(prompt).replace(" ", "")
+        right_argument = str(arguments.get("expression", "")).replace(" ", "") == expression_of(message_text(prompt)).replace(" ", "")
     except ValueError:
         return "failed call"
     if after.removeprefix(TOOL_RESPONSE_OPEN).startswith("error"):
