@@ -27,10 +27,11 @@ BASE_MODELS = ("default", "arithmetic", "chat", "calculator", "calculator-chat",
 # spread over the context (the taxi's, the passenger's or the destination's): after 400 steps it delivered by a shortest
 # route 0.03 of the time and GRPO lifted that to 0.13 in 100 steps; after 800, 0.31 and 0.94 (bench/agents.md). The
 # calculator's transcripts as conversations are longer (median 86 tokens against 69), so a batch holds fewer: with
-# 1,200 steps copying never formed (held-out pass@1 0.000); with 2,000 it formed between steps 1,000 and 1,400 (0.116).
+# 1,200 steps copying never formed (held-out pass@1 0.000); with 2,000 it formed between steps 1,000 and 1,400 (0.116,
+# and GRPO took that to 0.30); with 3,000, 0.479 (bench/agents.md).
 GAME_PRETRAIN_STEPS = {"frozenlake": 400, "maze": 400, "taxi": 800}
 CALCULATOR_RECIPE = dict(transcripts="calculator", max_steps=1200, learning_rate=3e-3, min_lr_ratio=0.1, warmup_steps=60, precision="fp32")
-AGENT_RECIPES = {"calculator": CALCULATOR_RECIPE, "calculator-chat": dict(CALCULATOR_RECIPE, chat=True, max_steps=2000),
+AGENT_RECIPES = {"calculator": CALCULATOR_RECIPE, "calculator-chat": dict(CALCULATOR_RECIPE, chat=True, max_steps=3000),
                  **{game: dict(transcripts=game, max_steps=GAME_PRETRAIN_STEPS[game], batch_size=16, n_positions=320,
                                learning_rate=3e-3, min_lr_ratio=0.1)
                     for game in GAMES}}
