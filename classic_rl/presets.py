@@ -38,8 +38,8 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
                                     learning_starts=0, target_network_frequency=250, train_frequency=4, gradient_steps=4,
                                     exploration_fraction=0.12, end_e=0.1, eval_every=25_000),
     # Pendulum with Gaussian actions: 4 x 512-step rollouts, 32 minibatches, gamma 0.9, observations and rewards normalised
-    # (SB3 VecNormalize's recipe). Measured (bench/classic-ppo.md): -200 reached at 100k / 82k / 82k / 82k steps on seeds 2-5;
-    # seed 1 stayed near -600 for all 200k.
+    # (SB3 VecNormalize's recipe). Measured (bench/classic-ppo.md): on an EPYC, -200 on 15 of 15 seeds at 41k-199k steps
+    # (median 82k); on a Xeon, at 100k / 82k / 82k / 82k steps on seeds 2-5, while seed 1 stayed near -600 for all 200k.
     ("ppo", "Pendulum-v1"): dict(total_timesteps=200_000, num_envs=4, num_steps=512, num_minibatches=32, update_epochs=10,
                                  learning_rate=1e-3, gamma=0.9, gae_lambda=0.95, ent_coef=0.0, normalize_obs=True,
                                  normalize_reward=True, eval_every=20_000),
