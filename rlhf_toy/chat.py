@@ -12,6 +12,7 @@ template's end-of-turn token (`<|im_end|>`, `<|eot_id|>`, ...), which stops gene
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jinja2
@@ -40,9 +41,14 @@ TOOL_RESPONSE_OPEN, TOOL_RESPONSE_CLOSE = "<tool_response>", "</tool_response>"
 def chatml(messages: list[dict[str, str]]) -> str:
     """A conversation rendered by CHATML_TEMPLATE without a tokenizer: the built-in chat model's pretraining texts are
     written before its tokenizer exists (tests check this equals that tokenizer's apply_chat_template)."""
-    # transformers' settings: a newline right after a block tag is dropped
-    return jinja2.Environment(trim_blocks=True, lstrip_blocks=True).from_string(CHATML_TEMPLATE).render(messages=messages,
-                                                                                                      add_generation_prompt=False)
+    return chatml_template().render(messages=messages, add_generation_prompt=False)
+
+
+@functools.cache
+def chatml_template() -> jinja2.Template:
+    """CHATML_TEMPLATE compiled once (a compile took 2.7 ms, a rendering 13 us: the chat models pretrain on 12,000-16,000 renderings), with transformers'
+    settings: a newline right after a block tag is dropped."""
+    return jinja2.Environment(trim_blocks=True, lstrip_blocks=True).from_string(CHATML_TEMPLATE)
 
 
 def format_prompt(prompt: str) -> str:
