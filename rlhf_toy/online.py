@@ -248,8 +248,8 @@ def print_set_up(run: Run) -> None:
     print(f"{cfg.algo}: {cfg.prompts_per_step} prompts x {cfg.num_generations} completions = {cfg.completions_per_step} "
           f"completions per step in {world} process(es){' (FSDP)' if cfg.fsdp else ''}, {cfg.num_minibatches} minibatch(es) x "
           f"{cfg.passes} pass(es), {cfg.steps} steps, reward {cfg.reward}, model {run.model_name}, device {run.accelerator.device}, "
-          f"{run.precision}, sampling with " + ("the fast GPT-2 decoder" if supports_fast_decode(policy)
-                                                else "transformers' generate (the fast decoder is GPT-2's)"))
+          f"{run.precision}, sampling with " + ("the fast decoder" if supports_fast_decode(policy)
+                                                else "transformers' generate (the fast decoder does not compute this model)"))
     ignored = ignored_generation_settings(policy)
     if ignored:
         print(f"the model's generation_config sets {', '.join(f'{k}={v}' for k, v in ignored.items())}: ignored; sampling "

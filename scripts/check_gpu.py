@@ -90,7 +90,7 @@ def on_device(device: str, cpu: bool) -> None:
 
 
 def decoder(work: Path, precision: str, cpu: bool) -> str:
-    """The fast GPT-2 decoder against generate on the device: the same greedy tokens, and the same sampled tokens from
+    """The fast decoder against generate on the device: the same greedy tokens, and the same sampled tokens from
     the same numbers; their speeds."""
     device = "cpu" if cpu else "cuda"
     model, tokenizer = load_model(str(work / "base-fp32" / "model")).to(device).eval(), load_tokenizer(str(work / "base-fp32" / "model"))

@@ -1,5 +1,5 @@
-"""Sampling: the fast GPT-2 decoder against transformers' generate and a teacher-forced forward, its fallbacks,
-stop tokens, and the inverse-CDF sampler."""
+"""Sampling: the fast decoder (GPT-2's and Llama's lean steps) against transformers' generate and a teacher-forced
+forward, its fallbacks, stop tokens, and the inverse-CDF sampler."""
 
 import copy
 import warnings
@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from classic_rl import core
 from rlhf_toy.generation import fast_decode
-from rlhf_toy.generation.fast_decode import sample_gpt2, supports_fast_decode
+from rlhf_toy.generation.fast_decode import sample_fast, supports_fast_decode
 from rlhf_toy.generation.rollout import completion_mask_from_ids
 from rlhf_toy.generation.sampling import RowUniforms, SamplingConfig, encode_prompts, sample_sequences
 from rlhf_toy.lm.models import load_model, load_tokenizer, position_ids, stop_token_ids
@@ -19,9 +19,11 @@ from tests.conftest import max_difference_while_decoding
 PROMPTS = ["Describe a fox.", "Tell me about Ada and the lake in 8 words.", "Hi."]
 
 
-@pytest.fixture(scope="module")
-def policy_and_tokenizer(nano_dir):
-    return load_model(nano_dir).eval(), load_tokenizer(nano_dir)
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def policy_and_tokenizer(request):
+    """A nano GPT-2 and a nano Llama (rotary positions, RMSNorm, SwiGLU, grouped-query attention): each lean step."""
+    model_dir = request.getfixturevalue("nano_dir" if request.param == "gpt2" else "nano_llama_dir")
+    return load_model(model_dir).eval(), load_tokenizer(model_dir)
 
 
 def generate_greedy(policy, tokenizer, batch, max_new_tokens):
@@ -33,7 +35,7 @@ def generate_greedy(policy, tokenizer, batch, max_new_tokens):
 
 def fast_greedy(policy, tokenizer, batch, max_new_tokens):
     with torch.inference_mode():
-        return sample_gpt2(policy, batch["input_ids"], batch["attention_mask"], max_new_tokens,
+        return sample_fast(policy, batch["input_ids"], batch["attention_mask"], max_new_tokens,
                            SamplingConfig(temperature=0).chooser(), stop_token_ids(policy, tokenizer), tokenizer.pad_token_id)
 
 
@@ -75,26 +77,28 @@ def test_fast_decode_stops_at_any_eos_id_of_the_generation_config(policy_and_tok
 def test_fast_decode_while_sampling_gives_the_logits_of_a_teacher_forced_forward(policy_and_tokenizer):
     policy, tokenizer = policy_and_tokenizer
     batch = encode_prompts(tokenizer, PROMPTS * 2, 20, policy)  # repeated prompts: the shared prefill is exercised
+    stops = torch.tensor([tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(".")])  # rows end at a full stop too
     torch.manual_seed(0)
     with torch.inference_mode():
-        sequences, logits = sample_gpt2(policy, batch["input_ids"], batch["attention_mask"], 20,
-                                        SamplingConfig(temperature=1.3, top_k=50).chooser(), [tokenizer.eos_token_id],
-                                        tokenizer.pad_token_id)
+        sequences, logits = sample_fast(policy, batch["input_ids"], batch["attention_mask"], 20,
+                                        SamplingConfig(temperature=1.3, top_k=50).chooser(), stops.tolist(), tokenizer.pad_token_id)
         prompt_length = batch["input_ids"].shape[1]
         completion = sequences[:, prompt_length:]
         valid = torch.cat([batch["attention_mask"], torch.ones_like(completion)], dim=1)
         forward = policy(input_ids=sequences, attention_mask=valid, position_ids=position_ids(valid)).logits
     assert len(set(map(tuple, completion.tolist()))) > 3  # sampled: the repeated prompts got different completions
-    lengths = completion_mask_from_ids(completion, [tokenizer.eos_token_id])[0].sum(1)
+    lengths = completion_mask_from_ids(completion, stops.tolist())[0].sum(1)
     assert lengths.min() < 10 and lengths.max() == 20  # rows finished early: the loop dropped them and went on
     for t, step_logits in enumerate(logits):
-        alive = ~torch.isin(completion[:, :t], torch.tensor([tokenizer.eos_token_id])).any(1)  # rows not finished before t
+        alive = ~torch.isin(completion[:, :t], stops).any(1)  # rows not finished before t
         torch.testing.assert_close(step_logits[alive], forward[alive, prompt_length - 1 + t], atol=1e-4, rtol=0)
 
 
-def test_a_gpt2_the_lean_step_does_not_compute_falls_back_to_generate(nano_dir, policy_and_tokenizer):
-    tokenizer = policy_and_tokenizer[1]
-    policy = AutoModelForCausalLM.from_pretrained(nano_dir, scale_attn_weights=False).eval()  # logits not / sqrt(head_dim)
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_a_model_the_lean_step_does_not_compute_falls_back_to_generate(arch, nano_dir, nano_llama_dir):
+    model_dir, variant = {"gpt2": (nano_dir, dict(scale_attn_weights=False)),  # attention logits not / sqrt(head_dim)
+                          "llama": (nano_llama_dir, dict(rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0}))}[arch]  # rotary tables scaled
+    tokenizer, policy = load_tokenizer(model_dir), AutoModelForCausalLM.from_pretrained(model_dir, **variant).eval()
     batch = encode_prompts(tokenizer, PROMPTS, 12, policy)
     reference = generate_greedy(policy, tokenizer, batch, 12)
     lean = fast_greedy(policy, tokenizer, batch, 12)[1]
@@ -163,11 +167,12 @@ def test_the_decoding_activation_is_the_models_own_function(name):
     assert (fast_decode.decoding_activation(name)(x) - ACT2FN[name](x)).abs().max() < 2e-6
 
 
-def test_the_generate_fallback_keeps_each_steps_log_probs_not_its_logits(nano_llama_dir):
-    """A Llama samples through generate: the sampler's log-probs, recorded step by step by a logits processor, are those of
-    generate's own raw logits and of a teacher-forced forward, and every step's token is the one generate chose."""
+def test_the_generate_fallback_keeps_each_steps_log_probs_not_its_logits(nano_dir):
+    """A model the lean step does not compute samples through generate: the sampler's log-probs, recorded step by step by a
+    logits processor, are those of generate's own raw logits and of a teacher-forced forward, and every step's token is
+    the one generate chose."""
     from rlhf_toy.generation.rollout import completion_logprobs, sample_rollout
-    policy, tokenizer = load_model(nano_llama_dir).eval(), load_tokenizer(nano_llama_dir)
+    policy, tokenizer = AutoModelForCausalLM.from_pretrained(nano_dir, scale_attn_weights=False).eval(), load_tokenizer(nano_dir)
     assert not supports_fast_decode(policy)
     batch = encode_prompts(tokenizer, PROMPTS, 10, policy)
     sampling = SamplingConfig(max_new_tokens=10, temperature=0.7)
@@ -183,3 +188,26 @@ def test_the_generate_fallback_keeps_each_steps_log_probs_not_its_logits(nano_ll
     rollout = sample_rollout(policy, tokenizer, PROMPTS, sampling)
     forward, _ = completion_logprobs(policy, rollout.input_ids, rollout.attention_mask, rollout.completion_mask, 0.7)
     torch.testing.assert_close(rollout.sampling_logprobs, forward, atol=1e-4, rtol=0)
+
+
+def test_a_qwen2_with_biases_on_its_queries_keys_and_values_decodes_as_generate_does(nano_dir):
+    """Qwen2 is a Llama with biases on q, k and v: one built small from its config (random weights, random biases) gives
+    generate's greedy tokens and logits through the lean Llama step."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    tokenizer = load_tokenizer(nano_dir)
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
+    policy = Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():
+        for layer in policy.model.layers:
+            for projection in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                projection.bias.normal_(0, 0.5)
+    assert supports_fast_decode(policy) and policy.model.layers[0].self_attn.o_proj.bias is None
+    batch = encode_prompts(tokenizer, PROMPTS, 16, policy)
+    reference = generate_greedy(policy, tokenizer, batch, 16)
+    sequences, logits = fast_greedy(policy, tokenizer, batch, 16)
+    assert torch.equal(sequences, reference.sequences)
+    completion = sequences[:, batch["input_ids"].shape[1]:]
+    assert max_difference_while_decoding(logits, reference.logits, completion, stop_token_ids(policy, tokenizer)) < 1e-4

@@ -26,10 +26,14 @@ from tests.test_on_policy import one_step_config
 PROMPTS = [p for p in ["Describe a fox.", "Tell me about Ada and the lake."] for _ in range(4)]
 
 
-def lora_policy(model_dir, seed=0, **fields):
+GPT2_BLOCK_LINEARS = ["c_attn", "c_proj", "c_fc"]
+LLAMA_BLOCK_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def lora_policy(model_dir, seed=0, targets=tuple(GPT2_BLOCK_LINEARS), **fields):
     """The model with adapters on every block linear, their B made non-zero so that they change its outputs."""
     torch.manual_seed(seed)
-    policy = with_lora(load_model(model_dir), ModelFields(use_peft=True, lora_target_modules=["c_attn", "c_proj", "c_fc"], **fields))
+    policy = with_lora(load_model(model_dir), ModelFields(use_peft=True, lora_target_modules=list(targets), **fields))
     with torch.no_grad():
         for name, param in policy.named_parameters():
             if "lora_B" in name:
@@ -41,22 +45,25 @@ def greedy(model, tokenizer, batch, fast: bool):
     config = SamplingConfig(max_new_tokens=12, temperature=0)
     with torch.inference_mode():
         if fast:
-            from rlhf_toy.generation.fast_decode import sample_gpt2
-            return sample_gpt2(model, batch["input_ids"], batch["attention_mask"], 12, config.chooser(),
+            from rlhf_toy.generation.fast_decode import sample_fast
+            return sample_fast(model, batch["input_ids"], batch["attention_mask"], 12, config.chooser(),
                                stop_token_ids(model, tokenizer), tokenizer.pad_token_id)[0]
         return model.generate(**batch, generation_config=config.generation_config(tokenizer, stop_token_ids(model, tokenizer)))
 
 
-def test_the_fast_decoder_samples_with_the_adapters_merged_in(nano_dir):
-    policy, tokenizer = lora_policy(nano_dir).eval(), load_tokenizer(nano_dir)
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_the_fast_decoder_samples_with_the_adapters_merged_in(arch, request):
+    model_dir = request.getfixturevalue("nano_dir" if arch == "gpt2" else "nano_llama_dir")
+    policy = lora_policy(model_dir, targets=GPT2_BLOCK_LINEARS if arch == "gpt2" else LLAMA_BLOCK_LINEARS).eval()
+    tokenizer = load_tokenizer(model_dir)
     batch = encode_prompts(tokenizer, PROMPTS[::4], 12, policy)
     assert supports_fast_decode(policy)
     assert torch.equal(greedy(policy, tokenizer, batch, fast=True), greedy(policy, tokenizer, batch, fast=False))
-    base = greedy(load_model(nano_dir).eval(), tokenizer, batch, fast=False)
+    base = greedy(load_model(model_dir).eval(), tokenizer, batch, fast=False)
     with adapters_disabled(policy):  # the reference samples as the base model
         assert torch.equal(greedy(policy, tokenizer, batch, fast=True), base)
     assert not torch.equal(greedy(policy, tokenizer, batch, fast=True), base)  # the adapters do change the policy
-    head = with_lora(load_model(nano_dir), ModelFields(use_peft=True, lora_target_modules=["lm_head"]))
+    head = with_lora(load_model(model_dir), ModelFields(use_peft=True, lora_target_modules=["lm_head"]))
     assert not supports_fast_decode(head)  # an adapter the lean step would not apply: generate instead
 
 

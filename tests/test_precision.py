@@ -13,7 +13,7 @@ from classic_rl.infra import machine
 from classic_rl.infra.errors import ConfigError
 from rlhf_toy import precision
 from rlhf_toy.algorithms.grpo import GRPOConfig
-from rlhf_toy.generation.fast_decode import sample_gpt2
+from rlhf_toy.generation.fast_decode import sample_fast
 from rlhf_toy.generation.rollout import completion_logits, completion_logprobs
 from rlhf_toy.generation.sampling import SamplingConfig, encode_prompts
 from rlhf_toy.lm.models import load_model, load_tokenizer, stop_token_ids
@@ -80,9 +80,11 @@ def test_fp32_is_no_autocast_and_bf16_runs_matmuls_in_bf16():
         assert (x @ x.T).dtype == torch.bfloat16
 
 
-@pytest.fixture(scope="module")
-def policy_and_tokenizer(nano_dir):
-    return load_model(nano_dir).eval(), load_tokenizer(nano_dir)
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def policy_and_tokenizer(request):
+    """Each lean step of the fast decoder: a nano GPT-2 and a nano Llama."""
+    model_dir = request.getfixturevalue("nano_dir" if request.param == "gpt2" else "nano_llama_dir")
+    return load_model(model_dir).eval(), load_tokenizer(model_dir)
 
 
 def test_fast_decode_in_bf16_matches_generate_in_bf16(policy_and_tokenizer):
@@ -94,7 +96,7 @@ def test_fast_decode_in_bf16_matches_generate_in_bf16(policy_and_tokenizer):
     eos = stop_token_ids(policy, tokenizer)
     with torch.inference_mode(), autocast("bf16", CPU):
         reference = policy.generate(**batch, generation_config=greedy.generation_config(tokenizer, eos, with_logits=True))
-        sequences, logits = sample_gpt2(policy, batch["input_ids"], batch["attention_mask"], 16, greedy.chooser(), eos,
+        sequences, logits = sample_fast(policy, batch["input_ids"], batch["attention_mask"], 16, greedy.chooser(), eos,
                                         tokenizer.pad_token_id)
     assert torch.equal(sequences, reference.sequences)
     scale = max(step.abs().max().item() for step in reference.logits)
@@ -172,9 +174,9 @@ def test_fast_decode_reads_a_bf16_prefill_into_fp32_steps(policy_and_tokenizer):
     eos = stop_token_ids(policy, tokenizer)
     greedy = SamplingConfig(max_new_tokens=12, temperature=0).chooser()
     with torch.inference_mode():
-        plain_sequences, plain_logits = sample_gpt2(policy, batch["input_ids"], batch["attention_mask"], 12, greedy, eos,
+        plain_sequences, plain_logits = sample_fast(policy, batch["input_ids"], batch["attention_mask"], 12, greedy, eos,
                                                     tokenizer.pad_token_id)
-        sequences, logits = sample_gpt2(wrapped, batch["input_ids"], batch["attention_mask"], 12, greedy, eos, tokenizer.pad_token_id)
+        sequences, logits = sample_fast(wrapped, batch["input_ids"], batch["attention_mask"], 12, greedy, eos, tokenizer.pad_token_id)
     assert logits[-1].dtype == torch.float32 and torch.equal(sequences, plain_sequences)
     scale = max(step.abs().max().item() for step in plain_logits)
     completion = sequences[:, batch["input_ids"].shape[1]:]

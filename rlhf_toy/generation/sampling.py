@@ -1,5 +1,5 @@
-"""Batched sampling from a causal LM with a KV cache and left padding: rlhf_toy.fast_decode for GPT-2-family
-models, transformers' `generate` for the rest."""
+"""Batched sampling from a causal LM with a KV cache and left padding: rlhf_toy.fast_decode for GPT-2 and
+Llama-family models, transformers' `generate` for the rest."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from transformers import (
 from classic_rl.infra.cli import config_field
 from classic_rl.infra.errors import ConfigError
 from rlhf_toy.chat import Prompt, is_conversational, render_prompt
-from rlhf_toy.generation.fast_decode import sample_gpt2, supports_fast_decode
+from rlhf_toy.generation.fast_decode import sample_fast, supports_fast_decode
 from rlhf_toy.lm.models import evaluation_mode, stop_token_ids
 
 
@@ -96,14 +96,14 @@ def sample_sequences(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                      sampling: SamplingConfig, eos_token_ids: list[int], per_step=None, uniforms: RowUniforms | None = None,
                      fast_decoder: bool = True, choose=None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """(sequences `[B, P + C]`, raw logits of each generated step `C x [B, V]`, or per_step(logits, tokens) of each step) for
-    an encoded batch, stopping at any of eos_token_ids: GPT-2-family models decode with rlhf_toy.fast_decode (keeping
+    an encoded batch, stopping at any of eos_token_ids: models fast_decode supports decode with it (keeping
     only what per_step gives, step by step), others with transformers' generate. Both choose tokens with
     sampling.chooser(uniforms), so the two draw the same tokens from the same logits; fast_decoder=False samples with
     generate where the fast decoder would serve (to compare them). choose(logits `[b, V]`, rows `[b]`) -> tokens `[b]`, called
     once a step, replaces the chooser (a multi-turn rollout's, which puts an environment's tokens between the model's)."""
     choose = choose or sampling.chooser(uniforms)
     if fast_decoder and supports_fast_decode(model):
-        return sample_gpt2(model, batch["input_ids"], batch["attention_mask"], sampling.max_new_tokens, choose,
+        return sample_fast(model, batch["input_ids"], batch["attention_mask"], sampling.max_new_tokens, choose,
                            eos_token_ids, tokenizer.pad_token_id, per_step)
     rows = torch.arange(len(batch["input_ids"]), device=batch["input_ids"].device)
     with neutral_generation_config(model):
