@@ -156,6 +156,22 @@ def pack(token_lists: list[list[int]], eos_id: int, block: int) -> torch.Tensor:
     return torch.tensor(stream[: n * block]).view(n, block)
 
 
+def pad_rows(token_lists: list[list[int]], eos_id: int, pad_id: int, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each document followed by eos in a row of its own from position 0, cut to max_length and right-padded to the
+    longest: (ids `[n, L]`, lengths `[n]`), for documents whose start the model must see (TRL's packing=False)."""
+    rows = [[*tokens, eos_id][:max_length] for tokens in token_lists]
+    width = max(map(len, rows))
+    ids = torch.tensor([row + [pad_id] * (width - len(row)) for row in rows])
+    return ids, torch.tensor([len(row) for row in rows])
+
+
+def padded_batch(ids: torch.Tensor, lengths: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of pad_rows' output cut to their longest: (input ids `[b, L]`, labels `[b, L]` with -100 on the padding)."""
+    width = int(lengths[rows].max())
+    batch = ids[rows, :width]
+    return batch, batch.masked_fill(torch.arange(width) >= lengths[rows, None], -100)
+
+
 def pretraining_blocks(path: str | Path, tokenizer, block: int) -> torch.Tensor:
     """The documents of a JSONL file with a "text" field, tokenized and packed into `[n_blocks, block]`."""
     texts = [row["text"] for row in load_rows(path, ["text"])]

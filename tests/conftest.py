@@ -57,10 +57,11 @@ def nano(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def nano_arithmetic_dir(nano):
-    """A nano GPT-2 pretrained as briefly, with the worked arithmetic and single-digit tokens (the arithmetic base model's recipe)."""
+    """A nano Llama pretrained as briefly on the worked arithmetic with single-digit tokens, each solution a row of its own
+    (the arithmetic base model's recipe)."""
     root = nano[0]
     if not (root / "arithmetic" / "summary.json").is_file():
-        pretrain(PretrainConfig(preset="nano", data_dir=str(root / "data"), arithmetic=True, vocab_size=600, batch_size=16,
+        pretrain(PretrainConfig(preset="nano", arch="llama", packing=False, data_dir=str(root / "data"), arithmetic=True, vocab_size=600, batch_size=16,
                                 max_steps=120, warmup_steps=10, learning_rate=3e-3, min_lr_ratio=0.1, eval_every=60, run_dir=str(root / "arithmetic"), overwrite=True))
     return str(root / "arithmetic" / "model")
 

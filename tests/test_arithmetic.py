@@ -135,7 +135,7 @@ def test_task_arithmetic_measures_pass_at_k_before_during_and_after(nano, nano_a
 
 def test_a_task_sets_its_defaults_per_algorithm_and_flags_still_win():
     grpo, ppo = task_defaults("arithmetic", "grpo"), task_defaults("arithmetic", "ppo")
-    assert grpo["steps"] == 900 and ppo["steps"] == 360 and "by_algo" not in grpo and grpo["reward"] == ppo["reward"]
+    assert grpo["steps"] == 200 and ppo["steps"] == 360 and "by_algo" not in grpo and grpo["reward"] == ppo["reward"]
     assert parse_config(PPOConfig, ["--steps", "7"], defaults=ppo).steps == 7
 
 

@@ -10,10 +10,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlhf_toy import corpus
 from rlhf_toy.chat import format_prompt
-from rlhf_toy.data import DATA_DIR, load_prompts
+from rlhf_toy.data import DATA_DIR, load_prompts, pad_rows, padded_batch
 from rlhf_toy.generation.sampling import SamplingConfig, generate_completions
 from rlhf_toy.lm.models import load_model, load_tokenizer, train_tokenizer
-from rlhf_toy.lm.pretrain import PretrainConfig, pretrain
+from rlhf_toy.lm.pretrain import PretrainConfig, TokenRows, heldout_loss, pretrain
 from tests.conftest import SMALL, comparable_metrics, run_script
 
 
@@ -133,3 +133,37 @@ def test_pretraining_resumed_from_a_checkpoint_ends_like_an_uninterrupted_run(na
     resumed = pretrain(PretrainConfig(**fields, resume=True))
     assert comparable_metrics(tmp_path / "run") == reference
     assert resumed["val_loss"] == pytest.approx(straight["val_loss"], abs=1e-6)
+
+
+def test_pad_rows_puts_each_text_in_a_row_of_its_own_and_labels_leave_the_padding_out():
+    ids, lengths = pad_rows([[5, 6], [7], [8, 9, 10, 11]], eos_id=1, pad_id=0, max_length=4)
+    assert ids.tolist() == [[5, 6, 1, 0], [7, 1, 0, 0], [8, 9, 10, 11]] and lengths.tolist() == [3, 2, 4]  # the last cut
+    batch, labels = padded_batch(ids, lengths, torch.tensor([0, 1]))
+    assert batch.tolist() == [[5, 6, 1], [7, 1, 0]]  # cut to the batch's longest row
+    assert labels.tolist() == [[5, 6, 1], [7, 1, -100]]
+
+
+def test_the_held_out_loss_of_unpacked_rows_is_each_texts_own_loss_whatever_the_padding(nano):
+    """Texts of different lengths batched two at a time: the loss over the batches' real tokens is the token-weighted mean of
+    each text's loss computed alone (its eos predicted, from position 0)."""
+    model_dir = str(nano[0] / "run" / "model")
+    model, tokenizer = load_model(model_dir).eval(), load_tokenizer(model_dir)
+    texts = [format_prompt("Tell me about Ada.") + " Ada the baker.", "a fox", "the old fox lived near the lake in Ashford"]
+    token_lists = tokenizer(texts, add_special_tokens=False).input_ids
+    alone = []
+    with torch.inference_mode():
+        for tokens in token_lists:
+            ids = torch.tensor([[*tokens, tokenizer.eos_token_id]])
+            alone.append((model(input_ids=ids, labels=ids).loss.item() * len(tokens), len(tokens)))
+    rows = TokenRows(token_lists, tokenizer, 64, packing=False)
+    assert rows.num_tokens() == sum(n + 1 for _, n in alone)
+    expected = sum(loss for loss, _ in alone) / sum(n for _, n in alone)
+    assert heldout_loss(model, rows, batch_size=2, device=torch.device("cpu")) == pytest.approx(expected, rel=1e-5)
+
+
+def test_pretraining_without_packing_learns_from_rows_that_start_at_position_0(nano, tmp_path):
+    summary = pretrain(PretrainConfig(preset="nano", data_dir=str(nano[0] / "data"), vocab_size=600, batch_size=8, packing=False,
+                                      max_steps=30, warmup_steps=3, eval_every=30, learning_rate=5e-3, run_dir=str(tmp_path / "run")))
+    first = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])["train/loss"]
+    assert summary["val_loss"] < first - 1.0
+    assert summary["train_tokens"] < 30 * 8 * 128  # rows as long as their texts, not blocks of n_positions

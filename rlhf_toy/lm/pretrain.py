@@ -45,7 +45,7 @@ TRANSCRIPTS = ("calculator", *GAMES)  # the agent tasks with base models of thei
 @dataclass
 class PretrainConfig(RunFields):
     preset: str = config_field("tiny", f"Model size: {', '.join(MODEL_PRESETS)}")
-    arch: str = config_field("gpt2", f"Architecture: {', '.join(ARCHITECTURES)} (the policy's fast decoder is GPT-2's)")
+    arch: str = config_field("gpt2", f"Architecture: {', '.join(ARCHITECTURES)} (both sample with the fast decoder)")
     seed: int = config_field(0, "Seeds python, numpy, torch and batch order")
     data_dir: str = config_field(str(data.DATA_DIR), "Folder with pretrain.jsonl and, optionally, sft.jsonl (scripts/make_data.py "
                                                      "writes the shipped ones)")
@@ -57,6 +57,9 @@ class PretrainConfig(RunFields):
                                                  "base model of --task NAME)")
     vocab_size: int = config_field(2048, "BPE vocabulary to ask for (a small corpus may yield fewer tokens)")
     n_positions: int = config_field(128, "Context length, and the length of the packed training blocks")
+    packing: bool = config_field(True, "Pack the texts into blocks of n_positions tokens, cutting them at the blocks' edges (TRL's "
+                                       "SFTConfig packing); false: each text in a row of its own from position 0, as a prompt is seen "
+                                       "when sampled, padded to the batch's longest")
     batch_size: int = config_field(32, "Blocks per optimizer step")
     max_steps: int = config_field(400, "Optimizer steps (tiny: held-out loss 1.498 after 400, 70 s in bf16 on a slow EPYC; bench/base-model-and-demo.md)")
     learning_rate: float = config_field(5e-3, "Peak AdamW learning rate (tiny models take a large one)")
@@ -146,13 +149,40 @@ def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
 
 
+class TokenRows:
+    """Texts as rows of token ids: packed into blocks `[n, n_positions]`, or one text a row from position 0
+    (data.pad_rows). batch(rows `[b]`) -> (input ids, labels `[b, L]`, -100 where no token is predicted)."""
+
+    def __init__(self, token_lists: list[list[int]], tokenizer, n_positions: int, packing: bool):
+        if packing:
+            self.ids, self.lengths = data.pack(token_lists, tokenizer.eos_token_id, n_positions), None
+        else:
+            self.ids, self.lengths = data.pad_rows(token_lists, tokenizer.eos_token_id, tokenizer.pad_token_id, n_positions)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def num_tokens(self) -> int:
+        return self.ids.numel() if self.lengths is None else int(self.lengths.sum())
+
+    def batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.lengths is None:
+            return self.ids[rows], self.ids[rows]
+        return data.padded_batch(self.ids, self.lengths, rows)
+
+
 @torch.inference_mode()
-def heldout_loss(model, blocks: torch.Tensor, batch_size: int, device) -> float:
-    """Mean next-token loss over every held-out block."""
+def heldout_loss(model, rows: TokenRows, batch_size: int, device) -> float:
+    """Mean next-token loss over every predicted token of the held-out rows."""
     model.eval()
-    losses = [model(input_ids=b.to(device), labels=b.to(device)).loss.item() * len(b) for b in blocks.split(batch_size)]
+    total, count = 0.0, 0
+    order = torch.arange(len(rows)) if rows.lengths is None else rows.lengths.argsort()  # like lengths together: less padding
+    for chunk in order.split(batch_size):
+        ids, labels = (t.to(device) for t in rows.batch(chunk))
+        predicted = int((labels[:, 1:] != -100).sum())
+        total, count = total + model(input_ids=ids, labels=labels).loss.item() * predicted, count + predicted
     model.train()
-    return sum(losses) / len(blocks)
+    return total / count
 
 
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
@@ -173,18 +203,18 @@ def run_pretraining(cfg: PretrainConfig, accelerator) -> dict[str, Any]:
     tokenizer = train_tokenizer([texts[i] for i in order[n_val:]], cfg.vocab_size, split_digits=cfg.arithmetic or cfg.transcripts == "calculator",
                                 chat=cfg.chat, tool_tags=cfg.transcripts == "calculator")
     encode = lambda idx: tokenizer([texts[i] for i in idx], add_special_tokens=False).input_ids  # noqa: E731
-    train_blocks = data.pack(encode(order[n_val:]), tokenizer.eos_token_id, cfg.n_positions)
-    val_blocks = data.pack(encode(order[:n_val]), tokenizer.eos_token_id, cfg.n_positions)
+    train_rows = TokenRows(encode(order[n_val:]), tokenizer, cfg.n_positions, cfg.packing)
+    val_rows = TokenRows(encode(order[:n_val]), tokenizer, cfg.n_positions, cfg.packing)
 
     model = (load_model(str(checkpoints.folder / "model")) if checkpoints.resumed
              else build_model(cfg.preset, tokenizer, cfg.n_positions, cfg.arch))
     optimizer = torch.optim.AdamW(decay_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=(0.9, 0.95), fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_with_warmup(step, cfg))
-    batches = data.ShuffledBatches(len(train_blocks), cfg.batch_size, generator)
+    batches = data.ShuffledBatches(len(train_rows), cfg.batch_size, generator)
     logger = RunLogger(run_dir) if accelerator.is_main_process else None
     checkpoints.track(logger=logger, optimizer=optimizer, scheduler=scheduler, batches=batches)
     saved = checkpoints.restore() or {"train_s": 0.0}
-    tokens_per_step = min(cfg.batch_size, len(train_blocks)) * train_blocks.shape[1]  # every batch: that many full blocks
+    tokens_per_step = min(cfg.batch_size, len(train_rows)) * train_rows.num_tokens() / len(train_rows)  # on average
     precision = set_up_precision(cfg.precision, accelerator.device, model)
     trained, optimizer = accelerator.prepare(model.to(accelerator.device), optimizer)
     run = SupervisedRun(trained, optimizer, batches, checkpoints, logger, accelerator, precision, model_writer(model, tokenizer),
@@ -192,19 +222,19 @@ def run_pretraining(cfg: PretrainConfig, accelerator) -> dict[str, Any]:
                         rates=lambda step, s: {"train/tokens_per_s": step * tokens_per_step / s})
 
     def loss_of(rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        batch = train_blocks[rows].to(accelerator.device)
-        return trained(input_ids=batch, labels=batch).loss, {}
+        ids, labels = (t.to(accelerator.device) for t in train_rows.batch(rows))
+        return trained(input_ids=ids, labels=labels).loss, {}
 
     if accelerator.is_main_process:
         print(f"pretraining {cfg.arch} {cfg.preset}: {num_parameters(model) / 1e6:.2f}M parameters, vocab {len(tokenizer)}, "
-              f"{train_blocks.numel():,} train / {val_blocks.numel():,} held-out tokens, device {accelerator.device}, {precision}, "
+              f"{train_rows.num_tokens():,} train / {val_rows.num_tokens():,} held-out tokens, device {accelerator.device}, {precision}, "
               f"{accelerator.num_processes} process(es)")
-    train_s = train_supervised(run, loss_of, lambda: {"eval/loss": heldout_loss(model, val_blocks, cfg.batch_size, accelerator.device)},
+    train_s = train_supervised(run, loss_of, lambda: {"eval/loss": heldout_loss(model, val_rows, cfg.batch_size, accelerator.device)},
                                lambda m: {"loss": f"{m['train/loss']:.3f}", "tok_s": f"{m['train/tokens_per_s']:.0f}"}, saved["train_s"])
     return finish(cfg, model, tokenizer, logger, run_dir, tokens_per_step, train_s, precision) if accelerator.is_main_process else {}
 
 
-def finish(cfg: PretrainConfig, model, tokenizer, logger: RunLogger, run_dir: Path, tokens_per_step: int, train_s: float,
+def finish(cfg: PretrainConfig, model, tokenizer, logger: RunLogger, run_dir: Path, tokens_per_step: float, train_s: float,
            precision: str) -> dict[str, Any]:
     """Save the model; write summary.json and loss.png."""
     model_dir = run_dir / "model"
@@ -213,7 +243,7 @@ def finish(cfg: PretrainConfig, model, tokenizer, logger: RunLogger, run_dir: Pa
     val_loss = logger.series("eval/loss")[1][-1]
     steps = logger.rows[-1]["step"]  # max_steps, or fewer once max_train_s was spent
     summary = {"arch": cfg.arch, "preset": cfg.preset, "chat": cfg.chat, "transcripts": cfg.transcripts, "params": num_parameters(model), "vocab_size": len(tokenizer), "steps": steps,
-               "train_tokens": steps * tokens_per_step, "val_loss": val_loss, "perplexity": math.exp(val_loss),
+               "train_tokens": round(steps * tokens_per_step), "val_loss": val_loss, "perplexity": math.exp(val_loss),
                "train_loss_final": logger.rows[-1]["train/loss"], "tokens_per_s": steps * tokens_per_step / train_s,
                "precision": precision, "wall_s": logger.elapsed(), "model_dir": "model"}
     write_json(run_dir / "summary.json", summary)
