@@ -49,7 +49,7 @@ demo: setup
 	$(PY) scripts/train_rlhf.py --algo grpo --run-dir runs/demo-grpo --overwrite
 
 # The second demo: GRPO on arithmetic with a reward that checks the answer; pass@1 and pass@8 on held-out problems
-# before and after, and what was learned by problem type. Builds the arithmetic base model once (~5 min).
+# before and after, and what was learned by problem type. Builds the arithmetic base model once (~2.5 min); about 4 min.
 demo-reasoning: setup
 	$(PY) scripts/train_rlhf.py --task arithmetic --run-dir runs/demo-reasoning --overwrite
 	$(PY) scripts/arithmetic_breakdown.py runs/demo-reasoning

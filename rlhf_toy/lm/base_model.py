@@ -32,12 +32,12 @@ BASE_MODELS = ("default", "arithmetic", "chat", "calculator", "calculator-chat",
 # calculator's transcripts as conversations are longer (median 86 tokens against 69), so a batch holds fewer: with
 # 1,200 steps copying never formed (held-out pass@1 0.000); with 2,000 it formed between steps 1,000 and 1,400 (0.116,
 # and GRPO took that to 0.30); with 3,000, 0.479 (bench/agents.md).
-# The arithmetic model: a Llama, each worked solution in a row of its own from position 0 (not packed into blocks), in
-# fp32. Reading an operand's digits is attention at a relative offset: with rotary positions and the problem where the
-# RL prompt puts it, 1200 steps gave held-out pass@1 0.40 (pass@8 0.97) and GRPO took it to 0.88 in 300 steps, against
-# a packed GPT-2's 0.38-0.41 and 0.82-0.86 after 900 (bench/reasoning-arithmetic.md); 1000 steps: 0.30, and 0.66 after
-# GRPO; in bf16, 0.30. Batches grouped by length (less padding, 10% faster) never formed it: pass@1 0.00. The held-out
-# loss twice, not six times: each pass is 2,000 solutions.
+# The arithmetic model: a Llama, each worked solution in a row of its own from position 0, in fp32. Held-out pass@1
+# after 1200 steps of 32 rows (seed 0, bench/reasoning-arithmetic.md): 0.40 (pass@8 0.97), which GRPO takes to 0.85-0.88
+# in 200 steps. Reading an operand's digits is attention at a relative offset, which rotary positions give (a GPT-2 on
+# the same rows: 0.21); a row per solution holds half the tokens of packed blocks of 128 (packed: 32 blocks 0.55 in twice
+# the time, 16 blocks 0.27, 700 steps of 32 blocks 0.17). 1000 steps: 0.30; bf16: 0.30; batches grouped by length (10%
+# faster): 0.00. The held-out loss twice, not six times: each pass is 2,000 solutions.
 ARITHMETIC_RECIPE = dict(arithmetic=True, arch="llama", packing=False, max_steps=1200, learning_rate=3e-3, min_lr_ratio=0.1,
                          warmup_steps=60, precision="fp32", eval_every=600)
 GAME_PRETRAIN_STEPS = {"frozenlake": 400, "maze": 400, "taxi": 800}
