@@ -56,11 +56,11 @@ class PretrainConfig(RunFields):
     transcripts: str | None = config_field(None, f"Pretrain on an agent task's transcripts alone: {', '.join(TRANSCRIPTS)} (the "
                                                  "base model of --task NAME)")
     vocab_size: int = config_field(2048, "BPE vocabulary to ask for (a small corpus may yield fewer tokens)")
-    n_positions: int = config_field(128, "Context length, and the length of the packed training blocks")
+    n_positions: int = config_field(128, "Context length: the length of the packed training blocks, the longest row without packing")
     packing: bool = config_field(True, "Pack the texts into blocks of n_positions tokens, cutting them at the blocks' edges (TRL's "
                                        "SFTConfig packing); false: each text in a row of its own from position 0, as a prompt is seen "
                                        "when sampled, padded to the batch's longest")
-    batch_size: int = config_field(32, "Blocks per optimizer step")
+    batch_size: int = config_field(32, "Blocks (rows, without packing) per optimizer step")
     max_steps: int = config_field(400, "Optimizer steps (tiny: held-out loss 1.498 after 400, 70 s in bf16 on a slow EPYC; bench/base-model-and-demo.md)")
     learning_rate: float = config_field(5e-3, "Peak AdamW learning rate (tiny models take a large one)")
     min_lr_ratio: float = config_field(0.0, "Cosine decays to learning_rate * this")
@@ -167,7 +167,8 @@ class TokenRows:
 
     def batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.lengths is None:
-            return self.ids[rows], self.ids[rows]
+            blocks = self.ids[rows]  # every token is predicted: the labels are the inputs
+            return blocks, blocks
         return data.padded_batch(self.ids, self.lengths, rows)
 
 
