@@ -85,17 +85,36 @@ def saved_weights(run_dir) -> dict[str, torch.Tensor]:
     return load_file(folder / ("adapter_model.safetensors" if (folder / "adapter_model.safetensors").is_file() else "model.safetensors"))
 
 
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory):
+    """run(script, flags, nano, monkeypatch, capsys): the folder of `flags` run to the end in this process, once per
+    configuration (a trainer and its FSDP case share one). A 1-process run needs no launcher, and the start-up of a
+    python is most of such a short run."""
+    runs = {}
+
+    def run(script: str, flags, nano, monkeypatch, capsys):
+        key = (script, tuple(flags(nano, ROOT / "RUN")))
+        if key not in runs:
+            run_dir = tmp_path_factory.mktemp("1-process")
+            code, _, err = run_script(script, [*flags(nano, run_dir), "--cpu"], monkeypatch, capsys)
+            assert code == 0, err[-3000:]
+            runs[key] = run_dir
+        return runs[key]
+    return run
+
+
 @pytest.mark.parametrize("trainer", TRAINERS)
-def test_two_processes_train_the_weights_one_process_trains(trainer, nano, tmp_path):
+def test_two_processes_train_the_weights_one_process_trains(trainer, nano, tmp_path, one_process_run, monkeypatch, capsys):
     """Each process takes half of every batch; gradients, advantages, whitening and the KL controller's input are those
     of the whole batch, and sampling draws each completion's numbers from one stream, so the weights agree to float
     rounding after 3 steps (and moved)."""
     script, flags = TRAINERS[trainer]
-    for n in (1, 2):  # with FSDP, the 2 processes shard the model (a 1-process run has nothing to shard over)
-        extra = ["--fsdp"] if n == 2 and trainer.endswith("FSDP") else []
-        result = launch(script, flags(nano, tmp_path / f"{n}-process") + extra, n)
-        assert result.returncode == 0, result.stderr[-3000:]
-    one, two = saved_weights(tmp_path / "1-process"), saved_weights(tmp_path / "2-process")
+    one_dir = one_process_run(script, flags, nano, monkeypatch, capsys)
+    # with FSDP, the 2 processes shard the model (a 1-process run has nothing to shard over)
+    extra = ["--fsdp"] if trainer.endswith("FSDP") else []
+    result = launch(script, flags(nano, tmp_path / "2-process") + extra, 2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = saved_weights(one_dir), saved_weights(tmp_path / "2-process")
     assert one.keys() == two.keys()
     if trainer != "pretraining":  # pretraining starts from random weights; LoRA's B matrices from zero
         start = load_model(str(nano[0] / "run" / "model")).state_dict()
@@ -106,11 +125,11 @@ def test_two_processes_train_the_weights_one_process_trains(trainer, nano, tmp_p
     # wrong reduction moves most weights apart by about as much as they moved (> 1e-4), which both bounds catch
     differences = torch.cat([(one[k] - two[k]).abs().flatten() for k in one])
     assert differences.quantile(0.999).item() < 1e-6 and differences.max().item() < 1e-4
-    summaries = [json.loads((tmp_path / f"{n}-process" / "summary.json").read_text()) for n in (1, 2)]
+    summaries = [json.loads((run_dir / "summary.json").read_text()) for run_dir in (one_dir, tmp_path / "2-process")]
     assert summaries[0]["steps"] == summaries[1]["steps"] == 3
     if "held_mb" in summaries[0]:  # an online run's weights and optimizer state per process: FSDP holds about half
         assert summaries[1]["held_mb"] < (0.6 if trainer.endswith("FSDP") and "LoRA" not in trainer else 1.01) * summaries[0]["held_mb"]
-    metrics = [(tmp_path / f"{n}-process" / "metrics.jsonl").read_text().splitlines() for n in (1, 2)]
+    metrics = [(run_dir / "metrics.jsonl").read_text().splitlines() for run_dir in (one_dir, tmp_path / "2-process")]
     assert len(metrics[0]) == len(metrics[1])  # the main process alone logs
 
 
