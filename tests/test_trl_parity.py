@@ -13,6 +13,7 @@ import dataclasses
 import pytest
 import torch
 
+from rlhf_toy.algorithms import rloo
 from rlhf_toy.algorithms.dpo import DPO_LOSS_TYPES, DPOConfig, dpo_batch_loss
 from rlhf_toy.algorithms.grpo import (
     LOSS_TYPES,
@@ -228,17 +229,24 @@ def trl_rloo_trainer(model_dir: str, cfg: RLOOConfig, out_dir, reward_funcs, wei
     return trainer
 
 
-@pytest.mark.parametrize("case", [dict(), dict(epsilon_high=0.28, num_minibatches=2), dict(epsilon=0.1, temperature=0.7),
-                                  dict(num_minibatches=2, processes=2)], ids=str)
-def test_rloo_loss_equals_trls(case, grpo_batch, nano_dir, tmp_path):
-    """Each minibatch of each process: TRL's RLOO _compute_loss (one ratio per completion, old log-probs away from the
-    policy's so that both clip branches are taken) and ours."""
-    rollout, advantages, old, _ = grpo_batch
+RLOO_CASES = [dict(), dict(epsilon_high=0.28, num_minibatches=2), dict(epsilon=0.1, temperature=0.7),
+              dict(num_minibatches=2, processes=2)]  # processes: each process's share of the batch, as a process sees it
+
+
+def rloo_trainer_of_case(case: dict, nano_dir, out_dir):
+    """(cfg, processes, TRL's RLOOTrainer) of a case of RLOO_CASES."""
     case = dict(case)
     processes = case.pop("processes", 1)
     cfg = RLOOConfig(prompts_per_step=B // G, num_generations=G, max_completion_length=10, **case)
-    trainer = trl_rloo_trainer(nano_dir, cfg, tmp_path, lambda prompts, completions, **_: [0.0] * len(prompts), processes=processes)
-    policy, mask, prompt, share = load_model(nano_dir).train(), rollout.completion_mask, rollout.prompt_length, B // processes
+    return cfg, processes, trl_rloo_trainer(nano_dir, cfg, out_dir, lambda prompts, completions, **_: [0.0] * len(prompts),
+                                            processes=processes)
+
+
+def assert_rloo_losses_equal(cfg, processes: int, trainer, policy, grpo_batch, tolerance: float) -> None:
+    """Each minibatch of each process: TRL's RLOO _compute_loss (one ratio per completion, old log-probs away from the
+    policy's so that both clip branches are taken) and ours on `policy`, in loss and gradient."""
+    rollout, advantages, old, _ = grpo_batch
+    mask, prompt, share = rollout.completion_mask, rollout.prompt_length, B // processes
     for process in range(processes):
         for rows in torch.arange(process * share, (process + 1) * share).split(share // cfg.num_minibatches):
             ours, _, _ = sequence_loss(policy, rollout, rows, advantages, old, mask, cfg)
@@ -246,11 +254,51 @@ def test_rloo_loss_equals_trls(case, grpo_batch, nano_dir, tmp_path):
                 "prompt_ids": rollout.input_ids[rows, :prompt], "prompt_mask": rollout.attention_mask[rows, :prompt],
                 "completion_ids": rollout.completion_ids[rows], "completion_mask": mask[rows].long(),
                 "old_logps": (old[rows] * mask[rows]).sum(1), "advantages": advantages[rows]})
-            # RLOO's ratio is the exponential of a sum over the completion's log-probs, so the two forwards' rounding
-            # adds up over its tokens and scales the whole gradient: on an EPYC the losses were 1.8-3.5e-6 apart and one
-            # gradient element of 0.7 by 1.9e-5 (all under 1e-6 on a Xeon); at 0.7 the policy's log-probs are also far
-            # from the old ones taken at 1, ratios of 4 on average. A wrong term moves them by percents
-            assert_same(ours, theirs, policy, trainer.model, tolerance=5e-5)
+            assert_same(ours, theirs, policy, trainer.model, tolerance)
+
+
+@pytest.mark.parametrize("case", RLOO_CASES, ids=str)
+def test_rloo_loss_equals_trls(case, grpo_batch, nano_dir, tmp_path):
+    """Each forward our own: RLOO's ratio is the exponential of a sum over the completion's log-probs, so the two
+    forwards' rounding adds up over its tokens and scales the whole gradient: on an EPYC the losses were 1.8-3.5e-6
+    apart and one gradient element of 0.7 by 1.9e-5 (all under 1e-6 on a Xeon); at 0.7 the policy's log-probs are also
+    far from the old ones taken at 1, ratios of 4 on average. A wrong term moves them by percents. The next two tests
+    split it at 1e-6: the same log-probs give the same loss, and the log-probs are the same token by token."""
+    cfg, processes, trainer = rloo_trainer_of_case(case, nano_dir, tmp_path)
+    assert_rloo_losses_equal(cfg, processes, trainer, load_model(nano_dir).train(), grpo_batch, tolerance=5e-5)
+
+
+@pytest.mark.parametrize("case", RLOO_CASES, ids=str)
+def test_rloo_loss_of_trls_log_probs_equals_trls(case, grpo_batch, nano_dir, tmp_path, monkeypatch):
+    """Our sequence_loss reading its token log-probs from TRL's own forward (its fused LM head in fp32, on a copy of
+    TRL's model): what each does with the log-probs, the loss math alone, agrees to 1e-6 in loss and gradient."""
+    cfg, processes, trainer = rloo_trainer_of_case(case, nano_dir, tmp_path)
+
+    def trls_logprobs(model, input_ids, attention_mask, completion_mask, temperature, with_entropy):
+        logp, entropy, _ = trainer._get_per_token_logps_and_entropies(model, input_ids, attention_mask, completion_mask.shape[1],
+                                                                       compute_entropy=with_entropy)
+        return logp, entropy
+    monkeypatch.setattr(rloo, "completion_logprobs", trls_logprobs)
+    assert_rloo_losses_equal(cfg, processes, trainer, copy.deepcopy(trainer.model), grpo_batch, tolerance=1e-6)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_token_log_probs_equal_trls_fused_lm_head(temperature, grpo_batch, nano_dir, tmp_path):
+    """Our completion log-probs against TRL's chunked fp32 LM head, token by token, to 1e-6 (relative where they
+    exceed 1, as assert_same: a log-prob of -5 is rounded to a few 1e-7 either way); the entropies to 1e-5: both take
+    logsumexp(z) - E_p[z], a difference of two numbers the size of the largest logits (about 10 at temperature 0.7), whose fp32
+    rounding came to 4e-6 on an EPYC."""
+    rollout = grpo_batch[0]
+    cfg = RLOOConfig(prompts_per_step=B // G, num_generations=G, max_completion_length=10, temperature=temperature)
+    trainer = trl_rloo_trainer(nano_dir, cfg, tmp_path, lambda prompts, completions, **_: [0.0] * len(prompts))
+    mask = rollout.completion_mask
+    with torch.no_grad():
+        ours, our_entropy = completion_logprobs(load_model(nano_dir).train(), rollout.input_ids, rollout.attention_mask, mask,
+                                                temperature, with_entropy=True)
+        theirs, their_entropy, _ = trainer._get_per_token_logps_and_entropies(
+            trainer.model, rollout.input_ids, rollout.attention_mask, mask.shape[1], compute_entropy=True)
+    torch.testing.assert_close(ours * mask, theirs * mask, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(our_entropy * mask, their_entropy * mask, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("case", [dict(), dict(normalize_advantages=True, reward_clip_range=[0.0, 1.5])], ids=str)
