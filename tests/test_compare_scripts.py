@@ -7,6 +7,7 @@ import shutil
 import pytest
 
 from rlhf_toy.lm.base_model import ARITHMETIC_MODEL_VERSION, BASE_MODEL_VERSION
+from rlhf_toy.tasks import TASKS
 from tests.conftest import run_script
 
 pytestmark = pytest.mark.slow
@@ -48,6 +49,9 @@ def test_compare_algorithms_trains_each_method_on_each_task_and_measures_its_kl(
         assert row["steps"] >= 1 and row["train_s"] >= 2 and row["kl"] > 0 and 0 <= row["after"] <= 1, row
         assert row["curve"] and row["curve"][-1][0] <= row["train_s"] + 1e-6
     assert (tmp_path / "out.png").is_file()
+    # two gradient steps a rollout (the default --num-minibatches) at half the arithmetic recipe's rate each
+    arithmetic = json.loads((tmp_path / "runs" / "arithmetic" / "rloo-seed1" / "config.json").read_text())
+    assert arithmetic["num_minibatches"] == 2 and arithmetic["learning_rate"] == TASKS["arithmetic"]["learning_rate"] / 2
 
 
 def test_compare_ppo_recipes_runs_its_four_variants(nano_cache, tmp_path, monkeypatch, capsys):
