@@ -57,8 +57,11 @@ LABELLERS = ("simulated", "web")
 QUERIES = ("disagreement", "uniform")
 REWARD_ZEROS = ("absorbing", "mean")
 # Per env, over the algorithm's own preset: LunarLander's rollouts are 16 x 256 steps and it trains for 1M, so a label
-# round every 8k steps (62 rounds, all labels in by 500k) instead of every 2k (244 rounds of refitting).
-PREFERENCE_PRESETS = {"LunarLander-v3": dict(max_labels=2000, label_every=8192)}
+# round every 8k steps (62 rounds, all labels in by 500k) instead of every 2k (244 rounds of refitting). The learned
+# reward's errors add up over the horizon: at PPO's gamma of 0.999 (1,000 steps) a small reward for staying aloft
+# outweighs a landing, and two seeds of three hovered; at 0.99, with the reward model reading whether a step ended
+# the episode (a landing and a crash then differ where they end), seeds 1-3 landed (bench/classic-preferences.md).
+PREFERENCE_PRESETS = {"LunarLander-v3": dict(max_labels=2000, label_every=8192, gamma=0.99, reward_sees_end=True)}
 
 
 @dataclass
