@@ -286,11 +286,10 @@ def test_rloo_loss_of_trls_log_probs_equals_trls(case, grpo_batch, nano_dir, tmp
 def test_token_log_probs_equal_trls_fused_lm_head(temperature, grpo_batch, nano_dir, tmp_path):
     """Our completion log-probs against TRL's chunked fp32 LM head, token by token, to 1e-6 (relative where they
     exceed 1, as assert_same: a log-prob of -5 is rounded to a few 1e-7 either way); the entropies to 1e-5: both take
-    logsumexp(z) - E_p[z], a difference of two numbers the size of the largest logits (about 10 at temperature 0.7), whose fp32
-    rounding came to 4e-6 on an EPYC."""
+    logsumexp(z) - E_p[z], a difference of two numbers the size of the largest logits (about 10 at temperature 0.7),
+    whose fp32 rounding came to 4e-6 on an EPYC."""
     rollout = grpo_batch[0]
-    cfg = RLOOConfig(prompts_per_step=B // G, num_generations=G, max_completion_length=10, temperature=temperature)
-    trainer = trl_rloo_trainer(nano_dir, cfg, tmp_path, lambda prompts, completions, **_: [0.0] * len(prompts))
+    _, _, trainer = rloo_trainer_of_case(dict(temperature=temperature), nano_dir, tmp_path)
     mask = rollout.completion_mask
     with torch.no_grad():
         ours, our_entropy = completion_logprobs(load_model(nano_dir).train(), rollout.input_ids, rollout.attention_mask, mask,
