@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from classic_rl.infra.checkpoints import Checkpoints, StopRequest
-from classic_rl.infra.cli import config_field, parse_config
+from classic_rl.infra.cli import config_field, parse_config, run_in_own_process
 from classic_rl.infra.errors import ConfigError, TrainingInterrupted
 from classic_rl.infra.metrics import RunLogger
 from tests.conftest import ROOT
@@ -253,3 +253,39 @@ def test_a_process_forked_under_the_ctrl_c_handler_leaves_ctrl_c_to_its_parent(c
         _, status = os.waitpid(child, 0)
         assert not stop.requested
     assert os.waitstatus_to_exitcode(status) == 0 and "Ctrl-C" not in capfd.readouterr().err
+
+
+PROBE_SCRIPT = """import json, os, sys
+print("to stdout")
+print("to stderr", file=sys.stderr)
+json.dump({"cwd": os.getcwd(), "probe": os.environ.get("PROBE"), "argv": sys.argv[1:], "name": __name__}, open("probe.json", "w"))
+sys.exit(int(sys.argv[1]))
+"""
+
+
+def test_a_script_run_in_its_own_process_sees_the_callers_folder_environment_and_flags_at_the_call(tmp_path, monkeypatch, capfd):
+    """The comparison scripts' runs are forked from a server started at the first run: each run still gets the folder and
+    environment its caller has when it asks (a relative --run-dir, a test's RLHF_TOY_HOME), and prints nothing."""
+    script, first, second = tmp_path / "probe.py", tmp_path / "first", tmp_path / "second"
+    script.write_text(PROBE_SCRIPT)
+    first.mkdir(), second.mkdir()
+    monkeypatch.chdir(first)
+    run_in_own_process(script, ["0", "a"])  # starts the server (unless an earlier test did)
+    monkeypatch.chdir(second)
+    monkeypatch.setenv("PROBE", "set after the server started")
+    run_in_own_process(script, ["0", "b"])
+    seen = [json.loads((folder / "probe.json").read_text()) for folder in (first, second)]
+    assert [s["cwd"] for s in seen] == [str(first), str(second)] and seen[1]["probe"] == "set after the server started"
+    assert [s["argv"] for s in seen] == [["0", "a"], ["0", "b"]] and seen[0]["name"] == "__main__"
+    assert capfd.readouterr().out == ""
+
+
+@pytest.mark.parametrize("code", ["2", "nan"])
+def test_a_script_that_fails_in_its_own_process_raises_with_its_exit_code_and_stderr(code, tmp_path, monkeypatch):
+    """sys.exit(2) (a ConfigError through cli) and an exception (int("nan"): exit 1 and its traceback) both reach the
+    caller as one RuntimeError naming the command, the exit code and the end of the script's stderr."""
+    (tmp_path / "probe.py").write_text(PROBE_SCRIPT)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RuntimeError, match=f"probe.py {code} failed \\(exit {1 if code == 'nan' else 2}\\)") as raised:
+        run_in_own_process(tmp_path / "probe.py", [code])
+    assert "to stderr" in str(raised.value) and ("ValueError" in str(raised.value)) == (code == "nan")

@@ -10,15 +10,18 @@ and `--no-flag` clear it; lists take several values; `--x none` unsets an option
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import difflib
 import functools
 import importlib
 import importlib.util
 import json
+import multiprocessing
 import os
-import subprocess
+import runpy
 import sys
+import tempfile
 import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -195,12 +198,42 @@ def cli(main: Callable[[], Any]) -> Callable[[], None]:
 
 
 def run_in_own_process(script: str | Path, args: Sequence[str]) -> None:
-    """Run a Python script in a fresh process, its output discarded, as the comparison scripts run each
-    training run; a failure raises RuntimeError with the command and the end of its stderr."""
-    command = [sys.executable, str(script), *args]
-    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+    """Run a Python script in a process of its own, its output discarded, as the comparison scripts run each
+    training run; a failure raises RuntimeError with the command and the end of its stderr.
+
+    The process is forked from a server that imported the script's modules once (multiprocessing's forkserver): a
+    fresh python spends ~6 s importing torch and transformers before a run starts, a forked one none. The server
+    runs no torch op, so each child starts its own OpenMP threads (a fork after a parallel op hangs GNU libgomp), and
+    each child takes this process's environment and working folder as they are at the call."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(imported_modules(Path(script)))  # read once, when the first run starts the server
+    with tempfile.NamedTemporaryFile(suffix=".stderr") as stderr:
+        child = context.Process(target=_run_script, args=(str(script), list(args), dict(os.environ), os.getcwd(), stderr.name))
+        child.start()
+        child.join()
+        if child.exitcode != 0:
+            raise RuntimeError(f"{sys.executable} {script} {' '.join(args)} failed (exit {child.exitcode}):\n"
+                               f"{Path(stderr.name).read_text()[-2000:]}")
+
+
+def imported_modules(script: Path) -> list[str]:
+    """The absolute imports at a script's top level (`import a.b`, `from a.b import c`: a.b)."""
+    body = ast.parse(script.read_text()).body
+    return ([alias.name for node in body if isinstance(node, ast.Import) for alias in node.names]
+            + [node.module for node in body if isinstance(node, ast.ImportFrom) and node.level == 0])
+
+
+def _run_script(script: str, args: list[str], environ: dict[str, str], cwd: str, stderr_path: str) -> None:
+    """In the forked child: the caller's environment and folder, stdout discarded, stderr to stderr_path, the script
+    run as __main__ (a SystemExit's code is the process's exit code)."""
+    os.environ.clear()
+    os.environ.update(environ)
+    os.chdir(cwd)
+    with open(os.devnull, "w") as null, open(stderr_path, "w") as err:
+        os.dup2(null.fileno(), sys.stdout.fileno())
+        os.dup2(err.fileno(), sys.stderr.fileno())
+    sys.argv = [script, *args]
+    runpy.run_path(script, run_name="__main__")
 
 
 def load_user_object(spec: str, flag: str) -> Callable:
