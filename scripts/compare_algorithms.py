@@ -4,7 +4,7 @@ task (eval reward of the length,format rule) and on the arithmetic task (held-ou
 seconds of training and the same sampling per step (the task's prompts x completions x tokens); afterwards the KL
 of each trained model to its base model is measured alike on the model's own samples of the eval prompts.
 
-    python scripts/compare_algorithms.py --out bench/algorithms           # every method, 2 tasks, 3 seeds: about an hour on 2 cores
+    python scripts/compare_algorithms.py --out bench/algorithms           # every method, 2 tasks, 3 seeds: under an hour on 2 cores
     python scripts/compare_algorithms.py --methods grpo rloo --tasks arithmetic --seeds 1 --budget-s 60
     python scripts/compare_algorithms.py --methods grpo ppo --tasks arithmetic --steps task --num-minibatches 1  # the task's recipe
 
@@ -65,7 +65,7 @@ TASKS = {  # name: (train_rlhf.py flags, the summary's score after training and 
 }
 # a run on a budget of seconds: as many steps as fit (a constant learning rate then: the arithmetic task's linear decay
 # spans the steps asked for); arithmetic evaluated on 4 samples a problem, every 40 steps. The default budgets fit every
-# method, both tasks and 3 seeds in about an hour on 2 cores (54 min on a Xeon, 63 on an EPYC: bench/algorithms.md).
+# method, both tasks and 3 seeds in under an hour on 2 cores (54 min on an EPYC, base models built: bench/algorithms.md).
 BUDGET_FLAGS = {"default": ["--steps", "100000"],
                 "arithmetic": ["--steps", "100000", "--eval-samples-per-prompt", "4", "--pass-at-k", "4", "--eval-every", "40"]}
 DEFAULT_BUDGET_S = {"default": 10.0, "arithmetic": 36.0}
