@@ -202,9 +202,10 @@ def run_in_own_process(script: str | Path, args: Sequence[str]) -> None:
     training run; a failure raises RuntimeError with the command and the end of its stderr.
 
     The process is forked from a server that imported the script's modules once (multiprocessing's forkserver): a
-    fresh python spends ~6 s importing torch and transformers before a run starts, a forked one none. The server
-    runs no torch op, so each child starts its own OpenMP threads (a fork after a parallel op hangs GNU libgomp), and
-    each child takes this process's environment and working folder as they are at the call."""
+    fresh python spent ~9 s of each comparison run before the run's clock started (most of it importing torch and
+    transformers), a forked one ~1 s. The server runs no torch op, so each child starts its own OpenMP threads (a fork
+    after a parallel op hangs GNU libgomp), and each child takes this process's environment and working folder as
+    they are at the call."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(imported_modules(Path(script)))  # read once, when the first run starts the server
     with tempfile.NamedTemporaryFile(suffix=".stderr") as stderr:
