@@ -268,6 +268,13 @@ def test_rloo_loss_equals_trls(case, grpo_batch, nano_dir, tmp_path):
     assert_rloo_losses_equal(cfg, processes, trainer, load_model(nano_dir).train(), grpo_batch, tolerance=5e-5)
 
 
+def trl_token_logprobs(trainer, model, input_ids, attention_mask, completion_mask, with_entropy: bool):
+    """(token log-probs, entropies or None) `[B, T]` of the completions from TRL's own forward (its chunked fp32 LM head)."""
+    logp, entropy, _ = trainer._get_per_token_logps_and_entropies(model, input_ids, attention_mask, completion_mask.shape[1],
+                                                                   compute_entropy=with_entropy)
+    return logp, entropy
+
+
 @pytest.mark.parametrize("case", RLOO_CASES, ids=str)
 def test_rloo_loss_of_trls_log_probs_equals_trls(case, grpo_batch, nano_dir, tmp_path, monkeypatch):
     """Our sequence_loss reading its token log-probs from TRL's own forward (its fused LM head in fp32, on a copy of
@@ -275,9 +282,7 @@ def test_rloo_loss_of_trls_log_probs_equals_trls(case, grpo_batch, nano_dir, tmp
     cfg, processes, trainer = rloo_trainer_of_case(case, nano_dir, tmp_path)
 
     def trls_logprobs(model, input_ids, attention_mask, completion_mask, temperature, with_entropy):
-        logp, entropy, _ = trainer._get_per_token_logps_and_entropies(model, input_ids, attention_mask, completion_mask.shape[1],
-                                                                       compute_entropy=with_entropy)
-        return logp, entropy
+        return trl_token_logprobs(trainer, model, input_ids, attention_mask, completion_mask, with_entropy)
     monkeypatch.setattr(rloo, "completion_logprobs", trls_logprobs)
     assert_rloo_losses_equal(cfg, processes, trainer, copy.deepcopy(trainer.model), grpo_batch, tolerance=1e-6)
 
@@ -294,8 +299,7 @@ def test_token_log_probs_equal_trls_fused_lm_head(temperature, grpo_batch, nano_
     with torch.no_grad():
         ours, our_entropy = completion_logprobs(load_model(nano_dir).train(), rollout.input_ids, rollout.attention_mask, mask,
                                                 temperature, with_entropy=True)
-        theirs, their_entropy, _ = trainer._get_per_token_logps_and_entropies(
-            trainer.model, rollout.input_ids, rollout.attention_mask, mask.shape[1], compute_entropy=True)
+        theirs, their_entropy = trl_token_logprobs(trainer, trainer.model, rollout.input_ids, rollout.attention_mask, mask, True)
     torch.testing.assert_close(ours * mask, theirs * mask, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(our_entropy * mask, their_entropy * mask, atol=1e-5, rtol=1e-5)
 
