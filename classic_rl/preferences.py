@@ -61,7 +61,10 @@ REWARD_ZEROS = ("absorbing", "mean")
 # reward's errors add up over the horizon: at PPO's gamma of 0.999 (1,000 steps) a small reward for staying aloft
 # outweighs a landing, and two seeds of three hovered; at 0.99, with the reward model reading whether a step ended
 # the episode (a landing and a crash then differ where they end), seeds 1-3 landed (bench/classic-preferences.md).
-PREFERENCE_PRESETS = {"LunarLander-v3": dict(max_labels=2000, label_every=8192, gamma=0.99, reward_sees_end=True)}
+# CartPole: every label by 50k steps as with PPO's 100k budget, but the learning rate annealed over 200k; at 100k a
+# seed could still be climbing when the rate reached 0 (2 of 3 seeds at 500 on an EPYC), at 200k 3 of 3 reached it.
+PREFERENCE_PRESETS = {"LunarLander-v3": dict(max_labels=2000, label_every=8192, gamma=0.99, reward_sees_end=True),
+                      "CartPole-v1": dict(total_timesteps=200_000, labels_until=0.25)}
 
 
 @dataclass
