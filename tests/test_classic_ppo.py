@@ -15,12 +15,13 @@ import torch
 from gymnasium.vector import AutoresetMode
 
 from classic_rl import envs
+from classic_rl.algos import ALGOS
 from classic_rl.algos.ppo import PPOConfig, minibatch_indices, train, update_policy
 from classic_rl.buffers import RolloutBuffer
 from classic_rl.fast_mlp import FlatAdam, flatten_parameters
 from classic_rl.infra.cli import parse_config
 from classic_rl.nets import ActorCritic, ObsNormalizer, load_agent, save_agent
-from classic_rl.presets import preset
+from classic_rl.presets import PRESETS, preset
 from classic_rl.training import run_training
 from tests.conftest import run_script
 
@@ -251,6 +252,14 @@ def test_none_unsets_an_optional_field_that_a_preset_set():
     assert parse_config(PPOConfig, argv, defaults=preset("ppo", "CartPole-v1")).target_kl == 0.03
     cfg = parse_config(PPOConfig, argv + ["--target-kl", "None", "--vf-clip", "none"], defaults=preset("ppo", "CartPole-v1"))
     assert cfg.target_kl is None and cfg.vf_clip is None
+
+
+@pytest.mark.parametrize("algo, env", sorted(PRESETS))
+def test_every_preset_builds_its_algorithms_config(algo, env):
+    """A field misspelt in a preset would fail only when a user ran that (algo, env); here it fails at once."""
+    config_cls, _ = ALGOS[algo]
+    cfg = config_cls(**preset(algo, env), env=env)
+    assert all(getattr(cfg, field) == value for field, value in PRESETS[(algo, env)].items())
 
 
 def test_evaluate_rejects_a_folder_without_a_run(monkeypatch, capsys, tmp_path):
