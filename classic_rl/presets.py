@@ -47,8 +47,8 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # same rate with our defaults (Zoo: [400, 300] networks and 10k random steps). Measured: bench/continuous.md.
     **{(algo, "Pendulum-v1"): dict(total_timesteps=20_000, learning_rate=1e-3, eval_every=1_000) for algo in ("sac", "td3", "ddpg")},
     # RL-Zoo's SAC LunarLanderContinuous setting (tau 0.01, 10k random steps, a 7.3e-4 rate, there annealed to 0 over
-    # 500k, here constant over 300k) with SB3's default 256x256 networks (Zoo: 400x300, 1.8x the multiply-adds). Measured:
-    # bench/continuous.md.
+    # 500k, here constant over 300k) with SB3's default 256x256 networks (Zoo: 400x300, 1.8x the multiply-adds). Measured
+    # (bench/continuous.md, EPYC): 200 at 90k-160k env steps on seeds 1-5, 16-32 minutes each.
     ("sac", "LunarLanderContinuous-v3"): dict(total_timesteps=300_000, learning_rate=7.3e-4, tau=0.01, learning_starts=10_000,
                                               eval_every=10_000),
     # Tabular: Taxi-v4 (gymnasium 1.4 renamed Taxi-v3) reaches 7.86 in 200k steps; FrozenLake's optimum is 0.744.
