@@ -62,6 +62,8 @@ ZOO = {
                                  n_epochs=20, ent_coef=0.0, learning_rate="lin_0.001", clip_range="lin_0.2"),
     ("ppo", "LunarLander-v3"): dict(n_envs=16, n_timesteps=1_000_000, n_steps=1024, batch_size=64, gae_lambda=0.98,
                                     gamma=0.999, n_epochs=4, ent_coef=0.01),
+    ("ppo", "LunarLanderContinuous-v3"): dict(n_envs=16, n_timesteps=1_000_000, n_steps=1024, batch_size=64, gae_lambda=0.98,
+                                              gamma=0.999, n_epochs=4, ent_coef=0.01),
     ("dqn", "CartPole-v1"): dict(n_timesteps=100_000, learning_rate=2.3e-3, batch_size=64, buffer_size=100_000,
                                  learning_starts=1000, gamma=0.99, target_update_interval=10, train_freq=256,
                                  gradient_steps=128, exploration_fraction=0.16, exploration_final_eps=0.04,
