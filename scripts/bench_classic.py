@@ -28,7 +28,11 @@ learning rate and its linear decay, clip range, loss coefficients and advantage 
 KL stop (after an epoch whose approx KL exceeded target_kl) becomes SB3's target_kl / 1.5, since SB3
 stops before the minibatch whose approx KL exceeds 1.5 x target_kl. `--plot` draws every algorithm's
 eval curve (first seed) against env steps and against wall seconds. Run it on a quiet machine: a
-second CPU-heavy job distorts every figure.
+second CPU-heavy job distorts every figure. Long runs go one seed per invocation (a killed run then loses
+one seed), merged into one table afterwards:
+
+    python scripts/bench_classic.py --envs LunarLanderContinuous-v3 --algos sac --first-seed 2 --seeds 1 --json runs/s2.json
+    python scripts/bench_classic.py --merge runs/s1.json runs/s2.json --json bench/x.json --md bench/x.md
 """
 
 from __future__ import annotations
@@ -260,15 +264,56 @@ def plot_curves(path: str, results: dict, env_id: str) -> None:
     plt.close(fig)
 
 
-def replot(json_path: str, plot_path: str) -> None:
-    """Redraw the plot from a saved results JSON (no training)."""
+def load_results(json_path: str, flag: str) -> tuple[dict, dict]:
+    """(the saved JSON, its results keyed by (env, algo, impl, hyperparameters)) from a file this script wrote."""
+    if not Path(json_path).is_file():
+        raise ConfigError(f"{flag} {json_path}: no such file")
     try:
         saved = json.loads(Path(json_path).read_text())
         results = {(r["env"], r["algo"], r["impl"], r.get("hparams", "zoo" if r["impl"] == "sb3" else "preset")): r["runs"]
                    for r in saved["results"]}
     except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ConfigError(f"--replot {json_path} is not a results JSON written by this script ({err!r:.60})") from None
+        raise ConfigError(f"{flag} {json_path} is not a results JSON written by this script ({err!r:.60})") from None
+    return saved, results
+
+
+def replot(json_path: str, plot_path: str) -> None:
+    """Redraw the plot from a saved results JSON (no training)."""
+    saved, results = load_results(json_path, "--replot")
     plot_curves(plot_path, results, saved["results"][0]["env"])
+
+
+def merge(json_paths: list[str]) -> tuple[dict, dict]:
+    """(settings, results) of several results JSONs (one seed per invocation, so that a killed run loses one seed):
+    every file from one machine, thread count and evaluation size, and no (env, algo, impl, hparams, seed) twice."""
+    settings, merged = None, {}
+    for path in json_paths:
+        saved, results = load_results(path, "--merge")
+        mine = {key: saved.get(key) for key in ("threads", "eval_episodes", "machine")}
+        if settings is not None and mine != settings:
+            raise ConfigError(f"--merge {path} ran with {mine}, the first file with {settings}: merge runs of one setting and machine only")
+        settings = mine
+        for key, runs in results.items():
+            seen = {r["seed"] for r in merged.get(key, [])}
+            if twice := sorted(seen & {r["seed"] for r in runs}):
+                raise ConfigError(f"--merge {path} repeats seed {twice[0]} of {' '.join(key)}; each seed may come from one file only")
+            merged[key] = sorted(merged.get(key, []) + runs, key=lambda r: r["seed"])
+    return settings, merged
+
+
+def write_results(args, settings: dict, results: dict) -> None:
+    """The table on stdout and in --md, the raw results in --json, and the curves in --plot if asked."""
+    table = markdown(results)
+    print(table)
+    for path in (args.json, args.md):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_json(args.json, {**settings, "results": [{"env": e, "algo": a, "impl": i, "hparams": h, "runs": runs}
+                                                   for (e, a, i, h), runs in results.items()]})
+    Path(args.md).write_text(f"{settings['machine']}\n\n{table}\n")
+    print(f"wrote {args.json} and {args.md}")
+    if args.plot:
+        plot_curves(args.plot, results, next(iter(results))[0])
+        print(f"wrote {args.plot}")
 
 
 def time_ours(algo: str, cfg) -> dict:
@@ -389,6 +434,8 @@ def main() -> None:
     parser.add_argument("--md", default="runs/bench_classic.md", help="Where to write the Markdown table")
     parser.add_argument("--plot", default=None, help="PNG of every algorithm's learning curve on the first env")
     parser.add_argument("--replot", default=None, metavar="JSON", help="Only redraw --plot from a results JSON written earlier")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="Only merge results JSONs written earlier (e.g. one seed each) into --json, --md and --plot")
     parser.add_argument("--override", nargs="+", default=[], metavar="FIELD=VALUE",
                         help="With --same-hparams: change our preset on both sides, e.g. target_kl=none (a JSON value, or none)")
     parser.add_argument("--same-hparams", action="store_true",
@@ -406,6 +453,9 @@ def main() -> None:
         if not args.plot or not Path(args.replot).is_file():
             raise ConfigError("--replot needs an existing results JSON and --plot PNG")
         replot(args.replot, args.plot)
+        return
+    if args.merge:
+        write_results(args, *merge(args.merge))
         return
     algos = list(ALGOS) if args.algos == ["all"] else args.algos
     unknown = [a for a in algos if a not in ALGOS]
@@ -456,18 +506,7 @@ def main() -> None:
                         print(f"{env_id} {algo} seed {seed} {impl} ({HPARAMS_LABEL[hparams]}): solved={r['solved']} at "
                               f"{r['steps_to_solve']} steps / {fmt(r['s_to_solve'])} s, final eval {r['final_eval']:.1f}, "
                               f"{r['steps_per_s']:.0f} steps/s", flush=True)
-    table = markdown(results)
-    print(table)
-    for path in (args.json, args.md):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.json, {"threads": args.threads, "eval_episodes": args.eval_episodes, "machine": machine(),
-                           "results": [{"env": e, "algo": a, "impl": i, "hparams": h, "runs": runs}
-                                       for (e, a, i, h), runs in results.items()]})
-    Path(args.md).write_text(f"{machine()}\n\n{table}\n")
-    print(f"wrote {args.json} and {args.md}")
-    if args.plot:
-        plot_curves(args.plot, results, args.envs[0])
-        print(f"wrote {args.plot}")
+    write_results(args, {"threads": args.threads, "eval_episodes": args.eval_episodes, "machine": machine()}, results)
 
 
 if __name__ == "__main__":

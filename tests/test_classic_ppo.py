@@ -294,6 +294,30 @@ def test_bench_classic_plots_every_algorithm(tmp_path, monkeypatch, capsys):
     assert len(ALGOS) > 10 and (tmp_path / "all.png").stat().st_size > 10_000
 
 
+def test_bench_classic_merges_one_seed_per_file(tmp_path, monkeypatch, capsys):
+    """`--merge`: seeds run one invocation each become one table, in seed order; a seed twice or another machine is refused."""
+    def results_file(name, seed, machine="EPYC", solved_at=None):
+        run = {"seed": seed, "solved": solved_at is not None, "steps_to_solve": solved_at, "s_to_solve": solved_at and solved_at / 1000,
+               "final_eval": 210.0, "env_steps": 50_000, "wall_s": 50.0, "steps_per_s": 1000.0,
+               "evaluations": [{"env_steps": 50_000, "wall_s": 50.0, "mean": 210.0}]}
+        saved = {"threads": 1, "eval_episodes": 10, "machine": machine,
+                 "results": [{"env": "LunarLander-v3", "algo": "ppo", "impl": "ours", "hparams": "preset", "runs": [run]}]}
+        (tmp_path / name).write_text(json.dumps(saved))
+        return str(tmp_path / name)
+
+    seed3, seed1 = results_file("s3.json", 3, solved_at=30_000), results_file("s1.json", 1)
+    out = ["--json", str(tmp_path / "all.json"), "--md", str(tmp_path / "all.md")]
+    code, _, err = run_script("bench_classic.py", ["--merge", seed3, seed1, *out], monkeypatch, capsys)
+    assert code == 0, err
+    merged = json.loads((tmp_path / "all.json").read_text())
+    assert merged["machine"] == "EPYC" and [r["seed"] for r in merged["results"][0]["runs"]] == [1, 3]
+    assert "| LunarLander-v3 | ppo | ours | our preset | 1/2 | 30,000 (30,000-30,000) | 30.0 (30.0-30.0) |" in (tmp_path / "all.md").read_text()
+    for bad, message in ((results_file("again.json", 3), "repeats seed 3 of LunarLander-v3 ppo ours preset"),
+                         (results_file("xeon.json", 2, machine="Xeon"), "merge runs of one setting and machine only")):
+        code, _, err = run_script("bench_classic.py", ["--merge", seed1, seed3, bad, *out], monkeypatch, capsys)
+        assert code == 2 and message in err
+
+
 @pytest.mark.slow
 def test_bench_classic_gives_sb3_our_preset_in_its_own_terms():
     """The identical-hyperparameters comparison: SB3's PPO built from our CartPole preset has our rollout, batch,
