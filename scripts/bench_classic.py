@@ -66,8 +66,6 @@ ZOO = {
                                  n_epochs=20, ent_coef=0.0, learning_rate="lin_0.001", clip_range="lin_0.2"),
     ("ppo", "LunarLander-v3"): dict(n_envs=16, n_timesteps=1_000_000, n_steps=1024, batch_size=64, gae_lambda=0.98,
                                     gamma=0.999, n_epochs=4, ent_coef=0.01),
-    ("ppo", "LunarLanderContinuous-v3"): dict(n_envs=16, n_timesteps=1_000_000, n_steps=1024, batch_size=64, gae_lambda=0.98,
-                                              gamma=0.999, n_epochs=4, ent_coef=0.01),
     ("dqn", "CartPole-v1"): dict(n_timesteps=100_000, learning_rate=2.3e-3, batch_size=64, buffer_size=100_000,
                                  learning_starts=1000, gamma=0.99, target_update_interval=10, train_freq=256,
                                  gradient_steps=128, exploration_fraction=0.16, exploration_final_eps=0.04,
@@ -85,6 +83,7 @@ ZOO = {
                                               ent_coef="auto", gamma=0.99, tau=0.01, train_freq=1, gradient_steps=1,
                                               learning_starts=10_000, policy_kwargs=dict(net_arch=[400, 300])),
 }
+ZOO[("ppo", "LunarLanderContinuous-v3")] = ZOO[("ppo", "LunarLander-v3")]  # RL Zoo's PPO entry is the same for both
 DEFAULT_SEEDS = {"CartPole-v1": 5, "LunarLander-v3": 3}
 SOLVED_AT = {"Pendulum-v1": -200.0}  # envs gymnasium registers without a reward threshold: issue 42's bar
 SB3_HPARAMS = ("ours", "zoo")  # our preset given to SB3 (identical settings); RL-Zoo's (each side's own best)
